@@ -1,0 +1,156 @@
+"""The `alg` command line. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable, Sequence
+
+from .engine import Engine, make_slots
+from .errors import AlgError, ConfigError, PluginError
+from .model import PROTO_NAMES
+from .pcap import CaptureError
+from .plugins import PluginHost, load_plugins
+from .policy import FAMILY_NAMES, Policy, default_policy, load_policy
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits 2 already; keep the message short
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def resolve_policy(host: PluginHost, paths: Sequence[str] | None, *, only_listed: bool) -> Policy:
+    specs = {n: c.spec for n, c in host.helpers.items()}
+    if not paths:
+        return default_policy(specs)
+    return load_policy(paths, specs, only_listed=only_listed)
+
+
+def cmd_replay(args: argparse.Namespace, host: PluginHost) -> int:
+    from .replay import replay, write
+
+    policy = resolve_policy(host, args.policy, only_listed=False)
+    helpers = [h for h in policy.helpers.values() if not args.helper or h.name in args.helper]
+    missing = set(args.helper or ()) - {h.name for h in helpers}
+    if missing:
+        print(f"alg replay: no helper named {', '.join(sorted(missing))} "
+              f"(have: {', '.join(sorted(policy.helpers))})", file=sys.stderr)
+        return EXIT_USAGE
+    engine = Engine(make_slots(helpers, host.helpers), policy.core, track_related=True)
+    progress = sys.stderr if sys.stderr.isatty() else None
+    try:
+        result = replay(engine, args.pcap, progress)
+    except (OSError, CaptureError) as exc:
+        print(f"alg replay: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    write(result.expectations, args.format)
+    for e in engine.take_events():
+        host.hook.alg_expectation_event(event=e)
+    if args.stats:
+        json.dump({"frames": result.frames, "undecodable": result.undecodable, "not_ip": result.not_ip,
+                   "related_flows": result.related_flows, **engine.stats()}, sys.stderr, indent=1)
+        sys.stderr.write("\n")
+    return EXIT_OK
+
+
+def helper_info(host: PluginHost, policy: Policy) -> list[dict]:
+    out = []
+    for name, hp in sorted(policy.helpers.items()):
+        cls = host.helpers[hp.helper]
+        out.append({
+            "name": hp.name,
+            "helper": hp.helper,
+            "plugin": host.origin.get(hp.helper),
+            "enabled": hp.enabled,
+            "protocols": [PROTO_NAMES[p] for p in hp.protocols],
+            "families": [FAMILY_NAMES[f] for f in hp.families],
+            "ports": list(hp.ports),
+            "queue": hp.queue,
+            "queue_len": hp.queue_len,
+            "classes": [{"name": c.name, "expect_max": c.max_expected, "expect_timeout": c.timeout}
+                        for c in hp.classes],
+            "options": dict(hp.options),
+            "doc": (cls.__module__ and (sys.modules[cls.__module__].__doc__ or "").strip().splitlines() or [""])[0],
+        })
+    return out
+
+
+def cmd_helpers(args: argparse.Namespace, host: PluginHost) -> int:
+    policy = resolve_policy(host, args.policy, only_listed=False)
+    info = helper_info(host, policy)
+    if args.format == "json":
+        json.dump(info, sys.stdout, indent=1, default=str)
+        print()
+        return EXIT_OK
+    for h in info:
+        classes = ", ".join(f"{c['name']} {c['expect_max']}/{c['expect_timeout']}s" for c in h["classes"])
+        print(f"{h['name']:<10} {'/'.join(h['protocols']):<8} ports {','.join(map(str, h['ports'])):<12} "
+              f"queue {h['queue']:<4} {classes}  [{h['plugin']}]")
+    for name, why in host.blocked.items():
+        print(f"blocked plugin {name}: {why}")
+    return EXIT_OK
+
+
+Command = Callable[[argparse.Namespace, PluginHost], int]
+
+
+def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
+    p = _Parser(prog="alg", description="Userspace conntrack helpers (ALGs) for Netfilter")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("replay", help="derive expectations from captures")
+    r.add_argument("pcap", nargs="+", metavar="PCAP")
+    r.add_argument("--format", choices=("text", "json"), default="text")
+    r.add_argument("--helper", action="append", metavar="NAME", help="only this helper (repeatable)")
+    r.add_argument("--policy", action="append", metavar="FILE|DIR", help="policy overrides (repeatable)")
+    r.add_argument("--stats", action="store_true", help="counters as JSON on stderr")
+    r.set_defaults(func=cmd_replay)
+
+    h = sub.add_parser("helpers", help="list loaded helpers and their policies")
+    h.add_argument("--format", choices=("text", "json"), default="text")
+    h.add_argument("--policy", action="append", metavar="FILE|DIR")
+    h.set_defaults(func=cmd_helpers)
+
+    try:
+        from . import daemon_cli
+    except ImportError:  # the daemon commands need the kernel adapters' libraries
+        daemon_cli = None  # type: ignore[assignment]
+    if daemon_cli is not None:
+        daemon_cli.add_commands(sub)
+    if host is not None:
+        host.hook.alg_add_commands(subparsers=sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        host = load_plugins()
+    except PluginError as exc:
+        print(f"alg: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    parser = build_parser(host)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args, host) or 0)
+    except ConfigError as exc:
+        print(f"alg: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AlgError as exc:
+        print(f"alg: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

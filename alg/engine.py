@@ -1,0 +1,308 @@
+"""The dispatcher: one decoded packet in, kernel work out.
+
+`Engine.process` finds the packet's flow, feeds its helper (a dictionary
+lookup and a direct call, no pluggy on this path), puts every expectation
+request through the policy gate and returns the `Decision`s (expectations to
+create or delete) for the caller to carry out: the replay sink records them,
+the daemon sends them to ctnetlink and reports kernel failures back with
+`kernel_failed`. Nothing here does I/O, reads a clock or can fail a packet's
+verdict: a helper that raises costs its flow, not the packet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from .decode import Packet
+from .errors import ProtocolViolation
+from .expect import Admission, Expectation, ExpectationTable, Refusal
+from .flows import Flow, FlowTable, packet_key, packet_tuple
+from .model import NEED_DATA, TCP, Direction, Expect, Helper, Notice, Parsed, Segment, Unexpect, ports_ok
+from .policy import CorePolicy, HelperPolicy
+
+log = logging.getLogger("alg.engine")
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    expectation: Expectation
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    expectation: Expectation
+    why: str  # 'evicted' | 'removed'
+
+
+Decision = Create | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectationEvent:
+    """What `alg_expectation_event` observers get."""
+
+    kind: str  # created | refused | evicted | removed | failed
+    expectation: Expectation
+    reason: str = ""
+
+
+@dataclass
+class ClassStats:
+    created: int = 0
+    evicted: int = 0
+    removed: int = 0
+    refused: Counter = field(default_factory=Counter)  # by Refusal value
+    kernel_failed: Counter = field(default_factory=Counter)  # by errno name
+
+
+@dataclass
+class HelperStats:
+    packets: int = 0
+    bytes: int = 0
+    parse_errors: int = 0
+    internal_errors: int = 0
+    flows: int = 0
+    notices: Counter = field(default_factory=Counter)
+    classes: dict[str, ClassStats] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "packets": self.packets, "bytes": self.bytes, "flows": self.flows,
+            "parse_errors": self.parse_errors, "internal_errors": self.internal_errors,
+            "notices": dict(self.notices),
+            "classes": {
+                n: {"created": c.created, "evicted": c.evicted, "removed": c.removed,
+                    "refused": dict(c.refused), "kernel_failed": dict(c.kernel_failed)}
+                for n, c in self.classes.items()
+            },
+        }
+
+
+class HelperSlot:
+    """A configured helper: its policy, its instance and its counters."""
+
+    __slots__ = ("policy", "helper", "stats", "max_expected")
+
+    def __init__(self, policy: HelperPolicy, helper: Helper):
+        self.policy = policy
+        self.helper = helper
+        self.stats = HelperStats(classes={c.name: ClassStats() for c in policy.classes})
+        self.max_expected = {c.name: c.max_expected for c in policy.classes}
+
+
+class RateLimitedLog:
+    """Logs a message kind at most once per interval, with the count suppressed."""
+
+    def __init__(self, logger: logging.Logger, interval: float, clock: Callable[[], float] = time.monotonic):
+        self.logger, self.interval, self.clock = logger, interval, clock
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter = Counter()
+
+    def __call__(self, level: int, kind: str, msg: str, *args: Any) -> None:
+        now = self.clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval:
+            self._suppressed[kind] += 1
+            return
+        self._last[kind] = now
+        n = self._suppressed.pop(kind, 0)
+        self.logger.log(level, msg + (f" ({n} more since last report)" if n else ""), *args)
+
+
+class Engine:
+    def __init__(
+        self,
+        slots: Mapping[str, HelperSlot],
+        core: CorePolicy | None = None,
+        *,
+        track_related: bool = False,
+        max_flows: int = 65536,
+    ):
+        self.core = core or CorePolicy()
+        self.slots = dict(slots)
+        self.flows = FlowTable(max_flows)
+        self.table = ExpectationTable(self.core.expect_budget)
+        self.track_related = track_related  # replay: new flows fulfil expectations
+        self.related_flows = 0
+        self.events: list[ExpectationEvent] = []
+        self.warn = RateLimitedLog(log, self.core.log_interval)
+        # replay chooses the helper by protocol and destination port, as the
+        # raw-table `CT --helper` rule would
+        self.by_port: dict[tuple[int, int], HelperSlot] = {}
+        for slot in self.slots.values():
+            if slot.policy.enabled:
+                for proto in slot.policy.protocols:
+                    for port in slot.policy.ports:
+                        self.by_port.setdefault((proto, port), slot)
+
+    # ------------------------------------------------------------ per packet
+    def process(self, pkt: Packet, now: float, frame: int | None = None, slot: HelperSlot | None = None) -> list[Decision]:
+        """Inspect one packet. `slot` forces the helper (live: the queue's)."""
+        found = self.flows.lookup(pkt)
+        if found is None:
+            flow, direction = self._new_flow(pkt, now, slot), Direction.ORIGINAL
+        else:
+            flow, direction = found
+        flow.last_seen = now
+        h = flow.helper
+        if h is None or flow.failed:
+            return []
+        h.stats.packets += 1
+        h.stats.bytes += len(pkt.payload)
+        try:
+            if flow.streams is not None:
+                stream = flow.streams[direction]
+                if not stream.feed(pkt.seq, pkt.tcp_flags, pkt.payload):
+                    return []
+                return self._inspect_stream(flow, direction, stream, now, frame)
+            if not pkt.payload:
+                return []
+            outcome = h.helper.inspect(Segment(pkt.payload, direction, flow.tuple, now), flow.state)
+            return self._apply(flow, outcome.actions, now, frame) if isinstance(outcome, Parsed) else []
+        except ProtocolViolation as exc:
+            flow.failed = True
+            h.stats.parse_errors += 1
+            self.warn(logging.INFO, f"violation-{h.policy.name}", "%s: %s: %s", h.policy.name, flow.tuple, exc)
+        except Exception as exc:  # a helper bug must not cost the packet its verdict
+            flow.failed = True
+            h.stats.internal_errors += 1
+            self.warn(logging.ERROR, f"bug-{h.policy.name}", "%s: helper raised %s on %s: %s",
+                      h.policy.name, type(exc).__name__, flow.tuple, exc)
+        return []
+
+    def _new_flow(self, pkt: Packet, now: float, slot: HelperSlot | None) -> Flow:
+        tup = packet_tuple(pkt)
+        if self.track_related:
+            self.table.expire(now)
+            exp = self.table.match(tup)
+            if exp is not None:
+                if not exp.flags & 0x1:  # PERMANENT ones stay
+                    self.table.remove(exp)
+                self.related_flows += 1
+                flow = Flow(tup, None, None, 0, now)
+                flow.related_to = exp
+                self.flows.add(packet_key(pkt), flow)
+                return flow
+        if slot is None:
+            slot = self.by_port.get((pkt.proto, pkt.dport))
+            if slot is None:
+                # a capture that starts mid-flow: the first packet may be the server's
+                rev = self.by_port.get((pkt.proto, pkt.sport))
+                if rev is not None and pkt.proto == TCP and not pkt.tcp_flags & 0x02:
+                    flow = self._flow_for(tup.reversed(), rev, now)
+                    self.flows.add((pkt.proto, pkt.dst, pkt.src, pkt.dport, pkt.sport), flow)
+                    return flow
+        if slot is not None and pkt.l3 not in slot.policy.families:
+            slot = None
+        flow = self._flow_for(tup, slot, now)
+        self.flows.add(packet_key(pkt), flow)
+        return flow
+
+    def _flow_for(self, tup, slot: HelperSlot | None, now: float) -> Flow:
+        if slot is None:
+            return Flow(tup, None, None, 0, now)
+        slot.stats.flows += 1
+        return Flow(tup, slot, slot.helper.new_state(), slot.policy.max_buffer, now)
+
+    def _inspect_stream(self, flow: Flow, direction: Direction, stream, now: float, frame) -> list[Decision]:
+        decisions: list[Decision] = []
+        helper = flow.helper.helper
+        while stream.buf:
+            outcome = helper.inspect(Segment(stream.buf, direction, flow.tuple, now), flow.state)
+            if outcome is NEED_DATA:
+                break
+            assert isinstance(outcome, Parsed)
+            if outcome.consumed <= 0 or outcome.consumed > len(stream.buf):
+                raise RuntimeError(f"helper consumed {outcome.consumed} of {len(stream.buf)} bytes")
+            stream.buf = stream.buf[outcome.consumed :]
+            decisions += self._apply(flow, outcome.actions, now, frame)
+        return decisions
+
+    # ------------------------------------------------------------ actions
+    def _apply(self, flow: Flow, actions: Iterable, now: float, frame: int | None) -> list[Decision]:
+        h: HelperSlot = flow.helper
+        out: list[Decision] = []
+        for a in actions:
+            if isinstance(a, Expect):
+                out += self._expect(h, flow, a, now, frame)
+            elif isinstance(a, Unexpect):
+                for e in self.table.of_master(flow.tuple, a.cls, a.tag):
+                    self.table.remove(e)
+                    h.stats.classes[e.cls].removed += 1
+                    self.events.append(ExpectationEvent("removed", e))
+                    out.append(Delete(e, "removed"))
+            elif isinstance(a, Notice):
+                h.stats.notices[a.code] += 1
+        return out
+
+    def _expect(self, h: HelperSlot, flow: Flow, a: Expect, now: float, frame) -> list[Decision]:
+        pol = h.policy
+        cls = h.stats.classes.get(a.cls)
+        l3 = flow.tuple.l3
+        if cls is None or not ports_ok(a.sport, a.dport) or a.dst.version != l3 or (
+            a.src is not None and a.src.version != l3
+        ):
+            h.stats.internal_errors += 1
+            self.warn(logging.ERROR, f"invalid-{pol.name}", "%s: invalid expectation request %r", pol.name, a)
+            return []
+        ec = pol.expect_class(a.cls)
+        e = Expectation(pol.name, a.cls, pol.class_id(a.cls), l3, a.proto, a.src, a.dst, a.sport, a.dport,
+                        flow.tuple, ec.timeout, a.flags, frame, now, a.tag)
+        self.table.expire(now)
+        adm: Admission = self.table.admit(e, h.max_expected[a.cls])
+        out: list[Decision] = []
+        for victim in adm.evicted:
+            cls.evicted += 1
+            self.events.append(ExpectationEvent("evicted", victim))
+            out.append(Delete(victim, "evicted"))
+        if adm.refused is not None:
+            self.refused(e, adm.refused)
+            return out
+        cls.created += 1
+        self.events.append(ExpectationEvent("created", e))
+        out.append(Create(e))
+        return out
+
+    def refused(self, e: Expectation, why: Refusal, detail: str = "") -> None:
+        h = self.slots.get(e.helper)
+        if h is not None:
+            h.stats.classes[e.cls].refused[why.value] += 1
+        self.events.append(ExpectationEvent("refused", e, why.value))
+        hint = ""
+        if why in (Refusal.BUDGET, Refusal.KERNEL_FULL):
+            hint = " - the expectation table is full; raise it (see `alg doctor`)"
+        self.warn(logging.WARNING, f"refused-{why.value}", "%s: expectation refused (%s%s) for %s%s",
+                  e.helper, why.value, f": {detail}" if detail else "", e.master, hint)
+
+    def kernel_failed(self, e: Expectation, errno_name: str, full: bool) -> None:
+        """The daemon reports a create the kernel refused: undo and count it."""
+        self.table.remove(e)
+        h = self.slots.get(e.helper)
+        if h is not None:
+            c = h.stats.classes[e.cls]
+            c.created -= 1
+            c.kernel_failed[errno_name] += 1
+        self.events.append(ExpectationEvent("failed", e, errno_name))
+        if full:
+            self.refused(e, Refusal.KERNEL_FULL, errno_name)
+
+    def take_events(self) -> list[ExpectationEvent]:
+        events, self.events = self.events, []
+        return events
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "helpers": {n: s.stats.to_json() for n, s in self.slots.items()},
+            "flows": len(self.flows),
+            "flows_evicted": self.flows.evicted,
+            "expectations": len(self.table),
+            "expect_budget": self.table.budget,
+        }
+
+
+def make_slots(policies: Iterable[HelperPolicy], classes: Mapping[str, type[Helper]]) -> dict[str, HelperSlot]:
+    return {p.name: HelperSlot(p, classes[p.helper](p.options)) for p in policies if p.enabled}

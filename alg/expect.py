@@ -1,0 +1,187 @@
+"""Expectations and the policy gate, with the kernel's semantics.
+
+Per master and class at most ExpectMax expectations: a new one evicts the
+oldest (nf_ct_expect_related does the same). Each lives ExpectTimeout
+seconds. An identical expectation from the same master replaces the old one;
+from another master it clashes (the kernel answers EBUSY). On top, a global
+budget: past it a request is refused, counted with its reason, and the
+caller decides the verdict (by default the packet is still accepted).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from .model import EXPECT_F_INACTIVE, EXPECT_F_PERMANENT, EXPECT_F_USERSPACE, PROTO_NAMES, FlowTuple, IPAddress
+
+
+class Refusal(str, enum.Enum):
+    BUDGET = "budget"  # alg's global expectation budget is spent
+    CLASH = "clash"  # the same tuple is expected by another master
+    INVALID = "invalid"  # unknown class, bad port or family (a helper bug)
+    KERNEL_FULL = "kernel-full"  # nf_conntrack_expect_max reached (ENOSPC/EMFILE)
+    KERNEL = "kernel"  # any other kernel refusal
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """One expectation: the expected flow's original-direction tuple and mask."""
+
+    helper: str  # kernel helper name
+    cls: str
+    class_id: int
+    l3: int
+    proto: int
+    src: IPAddress | None  # None: wildcard (mask 0)
+    dst: IPAddress
+    sport: int | None
+    dport: int
+    master: FlowTuple
+    timeout: int
+    flags: int = 0
+    frame: int | None = None
+    created: float = 0.0
+    tag: str | None = None
+
+    @property
+    def key(self) -> tuple:
+        return (self.l3, self.proto, self.src, self.dst, self.sport, self.dport)
+
+    def matches(self, t: FlowTuple) -> bool:
+        return (
+            t.proto == self.proto
+            and t.dst == self.dst
+            and t.dport == self.dport
+            and (self.src is None or t.src == self.src)
+            and (self.sport is None or t.sport == self.sport)
+        )
+
+    def _zero(self) -> IPAddress:
+        return ipaddress.ip_address("::" if self.l3 == 6 else "0.0.0.0")
+
+    def _ones(self) -> IPAddress:
+        return ipaddress.ip_address("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff" if self.l3 == 6 else "255.255.255.255")
+
+    def to_json(self) -> dict[str, Any]:
+        m = self.master
+        return {
+            "helper": self.helper,
+            "class": self.cls,
+            "frame": self.frame,
+            "l3": f"ipv{self.l3}",
+            "proto": PROTO_NAMES[self.proto],
+            "src": None if self.src is None else str(self.src),
+            "dst": str(self.dst),
+            "sport": self.sport,
+            "dport": self.dport,
+            "mask": {
+                "src": str(self._zero() if self.src is None else self._ones()),
+                "dst": str(self._ones()),
+                "sport": 0 if self.sport is None else 0xFFFF,
+                "dport": 0xFFFF,
+            },
+            "master": {"src": str(m.src), "dst": str(m.dst), "sport": m.sport, "dport": m.dport,
+                       "proto": PROTO_NAMES.get(m.proto, str(m.proto))},
+            "timeout": self.timeout,
+            "flags": flag_names(self.flags),
+        }
+
+    def to_text(self) -> str:
+        """One line in the format of `conntrack -L expect`."""
+        m = self.master
+        flags = "".join(f" {f}" for f in flag_names(self.flags))
+        return (
+            f"{self.timeout} proto={self.proto} src={self.src or self._zero()} dst={self.dst} "
+            f"sport={self.sport or 0} dport={self.dport} "
+            f"mask-src={self._zero() if self.src is None else self._ones()} mask-dst={self._ones()} "
+            f"sport={0 if self.sport is None else 65535} dport=65535 "
+            f"master-src={m.src} master-dst={m.dst} sport={m.sport} dport={m.dport}"
+            f"{flags} class={self.class_id} helper={self.helper}"
+        )
+
+
+def flag_names(flags: int) -> list[str]:
+    names = [(EXPECT_F_PERMANENT, "PERMANENT"), (EXPECT_F_INACTIVE, "INACTIVE"), (EXPECT_F_USERSPACE, "USERSPACE")]
+    return [n for bit, n in names if flags & bit]
+
+
+@dataclass
+class Admission:
+    """What admitting one expectation did to the table."""
+
+    accepted: Expectation | None
+    evicted: list[Expectation] = field(default_factory=list)
+    refused: Refusal | None = None
+
+
+class ExpectationTable:
+    def __init__(self, budget: int = 4096):
+        self.budget = budget
+        self._by_master: dict[FlowTuple, dict[str, deque[Expectation]]] = {}
+        self._by_key: dict[tuple, Expectation] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def __iter__(self) -> Iterator[Expectation]:
+        return iter(list(self._by_key.values()))
+
+    def _deadline(self, e: Expectation) -> float:
+        return e.created + e.timeout
+
+    def expire(self, now: float) -> list[Expectation]:
+        gone = [e for e in self._by_key.values() if self._deadline(e) <= now]
+        for e in gone:
+            self.remove(e)
+        return gone
+
+    def remove(self, e: Expectation) -> bool:
+        if self._by_key.get(e.key) is not e:
+            return False
+        del self._by_key[e.key]
+        classes = self._by_master.get(e.master, {})
+        q = classes.get(e.cls)
+        if q is not None:
+            q.remove(e)
+            if not q:
+                del classes[e.cls]
+        if not classes:
+            self._by_master.pop(e.master, None)
+        return True
+
+    def admit(self, e: Expectation, max_expected: int) -> Admission:
+        old = self._by_key.get(e.key)
+        if old is not None:
+            if old.master != e.master:
+                return Admission(None, refused=Refusal.CLASH)
+            self.remove(old)  # same master asks again: the new one replaces it
+        q = self._by_master.setdefault(e.master, {}).setdefault(e.cls, deque())
+        evicted = []
+        while len(q) >= max_expected:
+            victim = q[0]
+            self.remove(victim)
+            evicted.append(victim)
+            q = self._by_master.setdefault(e.master, {}).setdefault(e.cls, deque())
+        if len(self._by_key) >= self.budget:
+            return Admission(None, evicted, Refusal.BUDGET)
+        q.append(e)
+        self._by_key[e.key] = e
+        return Admission(e, evicted)
+
+    def of_master(self, master: FlowTuple, cls: str | None = None, tag: str | None = None) -> list[Expectation]:
+        out = []
+        for name, q in self._by_master.get(master, {}).items():
+            if cls is None or name == cls:
+                out += [e for e in q if tag is None or e.tag == tag]
+        return out
+
+    def match(self, t: FlowTuple) -> Expectation | None:
+        """The expectation a new flow fulfils, if any (replay's conntrack lookup)."""
+        for e in self._by_key.values():
+            if e.l3 == t.l3 and e.matches(t):
+                return e
+        return None

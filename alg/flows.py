@@ -1,0 +1,153 @@
+"""Userspace flow table and TCP byte streams.
+
+Live, the kernel's conntrack is the authority and this table only carries
+what the kernel cannot: each flow's helper state and its unconsumed TCP
+bytes. In replay it also stands in for conntrack: the first packet of a flow
+fixes its original direction.
+
+Theory of operation of `TcpStream` (one per direction): the first SYN (or,
+when a capture starts mid-stream, the first segment seen) fixes the next
+expected sequence number. An in-order segment is appended to `buf`; an
+old one (retransmission) is trimmed to what is new, or ignored; a segment
+from the future is parked in `ooo` until the hole fills. The helper consumes
+from the front of `buf`. Buffered bytes (in order plus parked) are bounded by
+the helper's `max_buffer`: past it the stream raises ProtocolViolation and
+the flow stops being inspected, as a peer that never finishes a command
+must not make us hold memory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from .decode import TCP_SYN, Packet
+from .errors import ProtocolViolation
+from .model import TCP, Direction, FlowTuple
+
+_MOD = 1 << 32
+
+
+class TcpStream:
+    __slots__ = ("next_seq", "buf", "ooo", "ooo_bytes", "limit")
+
+    def __init__(self, limit: int):
+        self.next_seq: int | None = None
+        self.buf = b""
+        self.ooo: dict[int, bytes] = {}
+        self.ooo_bytes = 0
+        self.limit = limit
+
+    def feed(self, seq: int, flags: int, payload: bytes) -> bool:
+        """Take a segment; True when new in-order bytes were appended."""
+        if flags & TCP_SYN:
+            seq = (seq + 1) % _MOD
+            if self.next_seq is None:
+                self.next_seq = seq
+        if not payload:
+            return False
+        if self.next_seq is None:
+            self.next_seq = seq
+        ahead = (seq - self.next_seq) % _MOD
+        if ahead >= _MOD // 2:  # starts before next_seq: retransmission or overlap
+            behind = _MOD - ahead
+            if behind >= len(payload):
+                return False
+            payload, seq = payload[behind:], self.next_seq
+            ahead = 0
+        if ahead:
+            if seq not in self.ooo or len(self.ooo[seq]) < len(payload):
+                self.ooo_bytes += len(payload) - len(self.ooo.get(seq, b""))
+                self.ooo[seq] = payload
+            self._check()
+            return False
+        self._append(payload)
+        while self.ooo:
+            progressed = False
+            for s in list(self.ooo):
+                a = (s - self.next_seq) % _MOD
+                data = self.ooo[s]
+                if a == 0 or a >= _MOD // 2:
+                    del self.ooo[s]
+                    self.ooo_bytes -= len(data)
+                    skip = 0 if a == 0 else _MOD - a
+                    if skip < len(data):
+                        self._append(data[skip:])
+                        progressed = True
+            if not progressed:
+                break
+        self._check()
+        return True
+
+    def _append(self, data: bytes) -> None:
+        self.buf += data
+        self.next_seq = (self.next_seq + len(data)) % _MOD  # type: ignore[operator]
+
+    def _check(self) -> None:
+        if len(self.buf) + self.ooo_bytes > self.limit:
+            raise ProtocolViolation(f"more than {self.limit} bytes buffered without a complete message")
+
+
+class Flow:
+    """One master flow as alg sees it."""
+
+    __slots__ = ("tuple", "helper", "state", "streams", "failed", "last_seen", "related_to")
+
+    def __init__(self, tup: FlowTuple, helper: Any, state: Any, max_buffer: int, now: float):
+        self.tuple = tup
+        self.helper = helper  # an engine.HelperSlot, or None for flows alg does not inspect
+        self.state = state
+        self.streams = (TcpStream(max_buffer), TcpStream(max_buffer)) if tup.proto == TCP else None
+        self.failed = False
+        self.last_seen = now
+        self.related_to: Any = None  # replay: the expectation this flow fulfilled
+
+
+def packet_key(pkt: Packet) -> tuple:
+    return (pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport)
+
+
+def packet_tuple(pkt: Packet) -> FlowTuple:
+    return FlowTuple(
+        pkt.l3, pkt.proto, ipaddress.ip_address(pkt.src), ipaddress.ip_address(pkt.dst), pkt.sport, pkt.dport
+    )
+
+
+class FlowTable:
+    """Flows by packet tuple in both directions, bounded (oldest evicted first)."""
+
+    def __init__(self, max_flows: int = 65536, idle_timeout: float = 3600.0):
+        self.max_flows = max_flows
+        self.idle_timeout = idle_timeout
+        self._by_key: dict[tuple, tuple[Flow, Direction]] = {}
+        self._flows: dict[tuple, Flow] = {}  # original key -> flow, in insertion order
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def lookup(self, pkt: Packet) -> tuple[Flow, Direction] | None:
+        return self._by_key.get((pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport))
+
+    def add(self, key: tuple, flow: Flow) -> None:
+        proto, src, dst, sport, dport = key
+        while len(self._flows) >= self.max_flows:
+            self.remove(next(iter(self._flows)))
+            self.evicted += 1
+        self._flows[key] = flow
+        self._by_key[key] = (flow, Direction.ORIGINAL)
+        self._by_key[(proto, dst, src, dport, sport)] = (flow, Direction.REPLY)
+
+    def remove(self, key: tuple) -> None:
+        flow = self._flows.pop(key, None)
+        if flow is None:
+            return
+        proto, src, dst, sport, dport = key
+        self._by_key.pop(key, None)
+        self._by_key.pop((proto, dst, src, dport, sport), None)
+
+    def expire(self, now: float) -> int:
+        stale = [k for k, f in self._flows.items() if now - f.last_seen > self.idle_timeout]
+        for k in stale:
+            self.remove(k)
+        return len(stale)

@@ -1,0 +1,1 @@
+"""Kernel adapters: the only code that talks to the kernel (NetfilterQueue, netlink)."""

@@ -1,0 +1,241 @@
+"""The sans-IO helper API: what a helper declares, sees and returns.
+
+A helper is a descriptor (`HelperSpec`) plus a small class with one method,
+`inspect(segment, state)`. The core owns every socket, the clock, the flow
+table and the kernel; the helper only turns bytes into actions:
+
+* `Expect`   open a pinhole: the kernel should treat the described flow as
+             RELATED to the flow the bytes came from (the master);
+* `Unexpect` withdraw what this master expected earlier (by class and/or tag);
+* `Notice`   something worth counting that is not an error (a hostname where
+             an address was wanted, an address that is not the sender's...).
+
+`inspect` returns `Parsed(consumed, actions)` or `NEED_DATA`. On TCP the core
+hands over the in-order bytes not yet consumed for that direction; on UDP one
+whole datagram. A peer that breaks the protocol makes the helper raise
+`ProtocolViolation`.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Sequence, Union
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+TCP = 6
+UDP = 17
+PROTO_NAMES = {TCP: "tcp", UDP: "udp"}
+PROTO_NUMBERS = {v: k for k, v in PROTO_NAMES.items()}
+
+# Expectation flags, from include/uapi/linux/netfilter/nf_conntrack_common.h
+EXPECT_F_PERMANENT = 0x1
+EXPECT_F_INACTIVE = 0x2
+EXPECT_F_USERSPACE = 0x4
+HELPER_NAME_MAX = 15  # NF_CT_HELPER_NAME_LEN - 1
+
+
+class Direction(enum.IntEnum):
+    """Which way a packet goes relative to the master flow (kernel numbering)."""
+
+    ORIGINAL = 0  # from the side that opened the flow
+    REPLY = 1
+
+
+@dataclass(frozen=True, slots=True)
+class FlowTuple:
+    """A connection's original-direction tuple."""
+
+    l3: int  # 4 or 6
+    proto: int  # TCP or UDP
+    src: IPAddress
+    dst: IPAddress
+    sport: int
+    dport: int
+
+    def reversed(self) -> "FlowTuple":
+        return FlowTuple(self.l3, self.proto, self.dst, self.src, self.dport, self.sport)
+
+    def __str__(self) -> str:
+        return f"{PROTO_NAMES.get(self.proto, self.proto)} {self.src}:{self.sport} -> {self.dst}:{self.dport}"
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """What a helper is shown: bytes from one direction of one master flow."""
+
+    data: bytes
+    direction: Direction
+    flow: FlowTuple  # the master, original direction
+    now: float  # seconds; capture time in replay, monotonic time live
+
+    @property
+    def sender(self) -> IPAddress:
+        return self.flow.src if self.direction is Direction.ORIGINAL else self.flow.dst
+
+    @property
+    def receiver(self) -> IPAddress:
+        return self.flow.dst if self.direction is Direction.ORIGINAL else self.flow.src
+
+    @property
+    def sender_port(self) -> int:
+        return self.flow.sport if self.direction is Direction.ORIGINAL else self.flow.dport
+
+    @property
+    def receiver_port(self) -> int:
+        return self.flow.dport if self.direction is Direction.ORIGINAL else self.flow.sport
+
+
+# ---------------------------------------------------------------- actions
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """Ask for an expectation: the flow `src:sport -> dst:dport` over `proto`
+    will be RELATED to the master. `None` is a wildcard (mask 0).
+
+    `where` is (offset, length) of the advertised address and port in the
+    bytes given to the helper, for a later NAT rewrite step.
+    """
+
+    cls: str
+    proto: int
+    src: IPAddress | None
+    dst: IPAddress
+    sport: int | None
+    dport: int
+    flags: int = 0
+    tag: str | None = None  # groups expectations for Unexpect (a SIP Call-ID, say)
+    where: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Unexpect:
+    """Withdraw this master's expectations of a class and/or tag (None = any)."""
+
+    cls: str | None = None
+    tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A counted event that is not a protocol error (e.g. 'hostname-in-sdp')."""
+
+    code: str
+    detail: str = ""
+
+
+Action = Union[Expect, Unexpect, Notice]
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    consumed: int
+    actions: tuple[Action, ...] = ()
+
+
+class _NeedData:
+    """More bytes are needed before anything can be said (a value, not an error)."""
+
+    __slots__ = ()
+    _instance: "_NeedData | None" = None
+
+    def __new__(cls) -> "_NeedData":
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = _NeedData()
+Outcome = Union[Parsed, _NeedData]
+
+
+# ---------------------------------------------------------------- descriptors
+@dataclass(frozen=True, slots=True)
+class ExpectClass:
+    """An expectation class: the kernel's helper policy entry (name, max, timeout)."""
+
+    name: str
+    max_expected: int
+    timeout: int  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """A helper-specific policy knob (goes in the `[options]` table)."""
+
+    default: Any
+    doc: str
+    type: type | None = None  # defaults to type(default)
+
+    @property
+    def kind(self) -> type:
+        return self.type or type(self.default)
+
+
+@dataclass(frozen=True, slots=True)
+class HelperSpec:
+    """What a helper is, as the kernel and the policy files see it."""
+
+    name: str  # default kernel helper name, at most 15 characters
+    protocols: tuple[int, ...]  # TCP and/or UDP
+    ports: tuple[int, ...]
+    classes: tuple[ExpectClass, ...]
+    families: tuple[int, ...] = (4, 6)
+    options: Mapping[str, Option] = field(default_factory=dict)
+    priv_data_len: int = 0  # kernel per-conntrack private area; 0 = none needed
+    max_buffer: int = 65536  # bytes buffered per flow direction on TCP
+    doc: str = ""
+
+    def class_id(self, name: str) -> int:
+        for i, c in enumerate(self.classes):
+            if c.name == name:
+                return i
+        raise KeyError(name)
+
+
+class Helper:
+    """Base class for helpers. Subclasses set `spec` and implement `inspect`.
+
+    An instance is made per configured helper with its resolved options; the
+    per-flow state comes from `new_state()` and is handed back on every call.
+    """
+
+    spec: ClassVar[HelperSpec]
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        merged = {k: o.default for k, o in self.spec.options.items()}
+        merged.update(options or {})
+        self.options: Mapping[str, Any] = merged
+
+    def new_state(self) -> Any:
+        return None
+
+    def inspect(self, segment: Segment, state: Any) -> Outcome:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+HelperFactory = Callable[..., Helper]
+
+
+def ip(text: str | bytes) -> IPAddress:
+    """Address from text or packed bytes (4 or 16)."""
+    return ipaddress.ip_address(text)
+
+
+def same_family(addr: IPAddress, l3: int) -> bool:
+    return addr.version == l3
+
+
+def ports_ok(*ports: int | None) -> bool:
+    return all(p is None or 0 < p < 65536 for p in ports)
+
+
+__all__: Sequence[str] = [
+    "Action", "Direction", "EXPECT_F_INACTIVE", "EXPECT_F_PERMANENT", "EXPECT_F_USERSPACE", "Expect",
+    "ExpectClass", "FlowTuple", "HELPER_NAME_MAX", "Helper", "HelperSpec", "IPAddress", "NEED_DATA",
+    "Notice", "Option", "Outcome", "Parsed", "PROTO_NAMES", "Segment", "TCP", "UDP", "Unexpect", "ip",
+]

@@ -1,0 +1,365 @@
+"""Policy files: one TOML file per helper, plus an optional `alg.toml` for the core.
+
+The knobs are conntrackd.conf's (QueueNum, QueueLen, ExpectMax,
+ExpectTimeout) plus ours. A helper file::
+
+    helper = "ftp"            # which registered helper implementation
+    name = "ftp"              # kernel helper name (<= 15 chars); must not clash
+    enabled = true
+    queue = 20                # NFQUEUE number (conntrackd: QueueNum)
+    queue_len = 1024          # conntrackd: QueueLen
+    protocols = ["tcp"]
+    families = ["ipv4", "ipv6"]
+    ports = [21]
+    max_buffer = 65536        # bytes buffered per flow direction (TCP)
+    max_flows = 65536         # flows tracked by this helper, oldest evicted
+
+    [classes.default]         # one table per expectation class
+    expect_max = 1            # conntrackd: ExpectMax
+    expect_timeout = 300      # conntrackd: ExpectTimeout (seconds)
+
+    [options]                 # the helper's own knobs, e.g. FTP's loose
+    loose = false
+
+and `alg.toml`::
+
+    [core]
+    expect_budget = 4096      # expectations alg keeps at once, all helpers
+    accept_on_pressure = true # verdict when an expectation cannot be made
+    status_socket = "/run/alg/alg.sock"
+    log_interval = 10         # seconds between repeated warnings of one kind
+
+Every problem raises `ConfigError` naming file, line and key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping
+
+from .errors import ConfigError
+from .model import HELPER_NAME_MAX, PROTO_NAMES, PROTO_NUMBERS, ExpectClass, HelperSpec
+
+FAMILIES = {"ipv4": 4, "ipv6": 6}
+FAMILY_NAMES = {v: k for k, v in FAMILIES.items()}
+
+# Default NFQUEUE numbers of the built-in helpers; others start at FIRST_FREE_QUEUE.
+DEFAULT_QUEUES = {"ftp": 20, "sip": 21, "rpc": 22, "tns": 23, "ssdp": 24, "dhcpv6": 25, "mdns": 26, "slp": 27}
+FIRST_FREE_QUEUE = 40
+
+
+@dataclass(frozen=True)
+class HelperPolicy:
+    helper: str  # implementation (HelperSpec.name)
+    name: str  # kernel helper name
+    enabled: bool
+    queue: int
+    queue_len: int
+    protocols: tuple[int, ...]
+    families: tuple[int, ...]
+    ports: tuple[int, ...]
+    classes: tuple[ExpectClass, ...]
+    options: Mapping[str, Any]
+    max_buffer: int
+    max_flows: int = 65536
+    source: str = "<built-in>"
+
+    def expect_class(self, name: str) -> ExpectClass:
+        for c in self.classes:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def class_id(self, name: str) -> int:
+        for i, c in enumerate(self.classes):
+            if c.name == name:
+                return i
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class CorePolicy:
+    expect_budget: int = 4096
+    accept_on_pressure: bool = True
+    status_socket: str = "/run/alg/alg.sock"
+    log_interval: float = 10.0
+    source: str = "<built-in>"
+
+
+@dataclass
+class Policy:
+    core: CorePolicy = field(default_factory=CorePolicy)
+    helpers: dict[str, HelperPolicy] = field(default_factory=dict)  # by kernel name
+
+
+def default_helper_policy(spec: HelperSpec, queue: int | None = None) -> HelperPolicy:
+    return HelperPolicy(
+        helper=spec.name,
+        name=spec.name,
+        enabled=True,
+        queue=DEFAULT_QUEUES.get(spec.name, FIRST_FREE_QUEUE) if queue is None else queue,
+        queue_len=1024,
+        protocols=spec.protocols,
+        families=spec.families,
+        ports=spec.ports,
+        classes=spec.classes,
+        options={k: o.default for k, o in spec.options.items()},
+        max_buffer=spec.max_buffer,
+    )
+
+
+def default_policy(specs: Mapping[str, HelperSpec]) -> Policy:
+    policy = Policy()
+    free = FIRST_FREE_QUEUE
+    for name in sorted(specs):
+        q = DEFAULT_QUEUES.get(name)
+        if q is None:
+            q, free = free, free + 1
+        policy.helpers[name] = default_helper_policy(specs[name], q)
+    return policy
+
+
+# ---------------------------------------------------------------- loading
+class _Locator:
+    """Finds the line of a key in TOML text (tomllib keeps no positions)."""
+
+    _table = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]")
+    _key = re.compile(r"""^\s*("?)([A-Za-z0-9_.-]+)\1\s*=""")
+
+    def __init__(self, path: str, text: str):
+        self.path = path
+        self.lines = text.splitlines()
+
+    def line(self, table: tuple[str, ...], key: str | None) -> int | None:
+        current: tuple[str, ...] = ()
+        for n, text in enumerate(self.lines, 1):
+            m = self._table.match(text)
+            if m:
+                current = tuple(p.strip().strip('"') for p in m.group(1).split("."))
+                if key is None and current == table:
+                    return n
+                continue
+            m = self._key.match(text)
+            if m and key is not None and current == table and m.group(2) == key:
+                return n
+        return None
+
+    def error(self, message: str, table: tuple[str, ...] = (), key: str | None = None) -> ConfigError:
+        dotted = ".".join(table + ((key,) if key else ())) or None
+        return ConfigError(message, self.path, self.line(table, key) or self.line(table, None), dotted)
+
+
+def _read(path: str) -> tuple[dict[str, Any], _Locator]:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError(exc.strerror or str(exc), path) from exc
+    text = raw.decode("utf-8", "replace")
+    loc = _Locator(path, text)
+    try:
+        return tomllib.loads(text), loc
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(f"not valid TOML: {exc}", path, int(m.group(1)) if m else None) from exc
+
+
+def _get(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], loc: _Locator, table=(), default=None):
+    if key not in doc:
+        return default
+    value = doc[key]
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise loc.error(f"must be {names}, not {type(value).__name__} {value!r}", table, key)
+    return value
+
+
+def _int_in(doc, key, lo, hi, loc, table=(), default=None):
+    value = _get(doc, key, int, loc, table, default)
+    if value is not None and not lo <= value <= hi:
+        raise loc.error(f"must be between {lo} and {hi}, not {value}", table, key)
+    return value
+
+
+_HELPER_KEYS = {"helper", "name", "enabled", "queue", "queue_len", "protocols", "families", "ports",
+                "max_buffer", "max_flows", "classes", "options"}
+_CORE_KEYS = {"expect_budget", "accept_on_pressure", "status_socket", "log_interval"}
+
+
+def parse_helper_policy(path: str, specs: Mapping[str, HelperSpec], doc=None, loc=None) -> HelperPolicy:
+    if doc is None:
+        doc, loc = _read(path)
+    assert loc is not None
+    for key in doc:
+        if key not in _HELPER_KEYS:
+            raise loc.error(f"unknown key (known: {', '.join(sorted(_HELPER_KEYS))})", (), key)
+    impl = _get(doc, "helper", str, loc)
+    if impl is None:
+        raise loc.error("missing: which helper this file configures, e.g. helper = \"ftp\"", (), "helper")
+    if impl not in specs:
+        raise loc.error(f"no such helper {impl!r} (loaded: {', '.join(sorted(specs))})", (), "helper")
+    spec = specs[impl]
+    base = default_helper_policy(spec)
+    name = _get(doc, "name", str, loc, default=base.name)
+    if not name or len(name) > HELPER_NAME_MAX or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise loc.error(f"kernel helper name: 1 to {HELPER_NAME_MAX} of [A-Za-z0-9_.-], not {name!r}", (), "name")
+
+    def names(key: str, table: Mapping[str, int], allowed: tuple[int, ...], default: tuple[int, ...]):
+        values = _get(doc, key, list, loc, default=None)
+        if values is None:
+            return default
+        out = []
+        for v in values:
+            if v not in table or table[v] not in allowed:
+                ok = [k for k, n in table.items() if n in allowed]
+                raise loc.error(f"{v!r} is not one of {ok}", (), key)
+            out.append(table[v])
+        if not out:
+            raise loc.error("must not be empty", (), key)
+        return tuple(out)
+
+    protocols = names("protocols", PROTO_NUMBERS, spec.protocols, spec.protocols)
+    families = names("families", FAMILIES, spec.families, spec.families)
+    ports = _get(doc, "ports", list, loc, default=list(spec.ports))
+    for p in ports:
+        if isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 65536:
+            raise loc.error(f"ports must be integers 1-65535, not {p!r}", (), "ports")
+    classes = list(spec.classes)
+    class_doc = _get(doc, "classes", dict, loc, default={})
+    known = {c.name: i for i, c in enumerate(classes)}
+    for cname, cdoc in class_doc.items():
+        table = ("classes", cname)
+        if cname not in known:
+            raise loc.error(f"helper {impl} has no class {cname!r} (classes: {', '.join(known)})", table)
+        if not isinstance(cdoc, dict):
+            raise loc.error("must be a table", ("classes",), cname)
+        for key in cdoc:
+            if key not in ("expect_max", "expect_timeout"):
+                raise loc.error("unknown key (known: expect_max, expect_timeout)", table, key)
+        old = classes[known[cname]]
+        classes[known[cname]] = ExpectClass(
+            cname,
+            _int_in(cdoc, "expect_max", 1, 65535, loc, table, old.max_expected),
+            _int_in(cdoc, "expect_timeout", 1, 86400 * 7, loc, table, old.timeout),
+        )
+    options = dict(base.options)
+    for key, value in _get(doc, "options", dict, loc, default={}).items():
+        opt = spec.options.get(key)
+        if opt is None:
+            raise loc.error(f"helper {impl} has no option {key!r} (options: {', '.join(spec.options) or 'none'})",
+                            ("options",), key)
+        kind = opt.kind
+        if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
+            raise loc.error(f"must be {kind.__name__}, not {type(value).__name__} {value!r}", ("options",), key)
+        options[key] = value
+    return replace(
+        base,
+        name=name,
+        enabled=_get(doc, "enabled", bool, loc, default=True),
+        queue=_int_in(doc, "queue", 0, 65535, loc, default=base.queue),
+        queue_len=_int_in(doc, "queue_len", 1, 1 << 20, loc, default=base.queue_len),
+        protocols=protocols,
+        families=families,
+        ports=tuple(ports),
+        classes=tuple(classes),
+        options=options,
+        max_buffer=_int_in(doc, "max_buffer", 512, 1 << 24, loc, default=base.max_buffer),
+        max_flows=_int_in(doc, "max_flows", 1, 1 << 24, loc, default=base.max_flows),
+        source=path,
+    )
+
+
+def parse_core_policy(path: str) -> CorePolicy:
+    doc, loc = _read(path)
+    for key in doc:
+        if key != "core":
+            raise loc.error("unknown table (alg.toml has only [core])", (), key)
+    core = _get(doc, "core", dict, loc, default={})
+    t = ("core",)
+    for key in core:
+        if key not in _CORE_KEYS:
+            raise loc.error(f"unknown key (known: {', '.join(sorted(_CORE_KEYS))})", t, key)
+    d = CorePolicy()
+    interval = _get(core, "log_interval", (int, float), loc, t, d.log_interval)
+    if interval <= 0:
+        raise loc.error("must be positive", t, "log_interval")
+    return CorePolicy(
+        expect_budget=_int_in(core, "expect_budget", 1, 1 << 24, loc, t, d.expect_budget),
+        accept_on_pressure=_get(core, "accept_on_pressure", bool, loc, t, d.accept_on_pressure),
+        status_socket=_get(core, "status_socket", str, loc, t, d.status_socket),
+        log_interval=float(interval),
+        source=path,
+    )
+
+
+def policy_files(paths: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            out += sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith(".toml"))
+        elif os.path.exists(p):
+            out.append(p)
+        else:
+            raise ConfigError("no such file or directory", p)
+    return out
+
+
+def load_policy(paths: Iterable[str], specs: Mapping[str, HelperSpec], *, only_listed: bool) -> Policy:
+    """Policy from files (and directories of *.toml).
+
+    only_listed=True (the daemon given --policy): exactly the helpers the files
+    name run. False (replay): the files override built-in defaults.
+    """
+    policy = Policy() if only_listed else default_policy(specs)
+    seen: dict[str, str] = {}
+    queues: dict[int, str] = {}
+    for path in policy_files(paths):
+        if os.path.basename(path) == "alg.toml":
+            policy.core = parse_core_policy(path)
+            continue
+        doc, loc = _read(path)
+        hp = parse_helper_policy(path, specs, doc, loc)
+        if hp.name in seen:
+            raise loc.error(f"helper name {hp.name!r} is already used by {seen[hp.name]}", (), "name")
+        seen[hp.name] = path
+        if not only_listed and hp.name != hp.helper:
+            policy.helpers.pop(hp.helper, None)
+        policy.helpers[hp.name] = hp
+    for hp in policy.helpers.values():
+        if not hp.enabled:
+            continue
+        if hp.queue in queues:
+            other = queues[hp.queue]
+            if hp.source != "<built-in>":
+                doc, loc = _read(hp.source)
+                raise loc.error(f"queue {hp.queue} is already used by helper {other}", (), "queue")
+            raise ConfigError(f"queue {hp.queue} of built-in helper {hp.name} is already used by {other}")
+        queues[hp.queue] = hp.name
+    return policy
+
+
+def render_helper_policy(hp: HelperPolicy) -> str:
+    """The policy as a TOML file (what `policies/*.toml` hold)."""
+    lines = [
+        f'helper = "{hp.helper}"',
+        f'name = "{hp.name}"',
+        f"enabled = {str(hp.enabled).lower()}",
+        f"queue = {hp.queue}",
+        f"queue_len = {hp.queue_len}",
+        "protocols = [" + ", ".join(f'"{PROTO_NAMES[p]}"' for p in hp.protocols) + "]",
+        "families = [" + ", ".join(f'"{FAMILY_NAMES[f]}"' for f in hp.families) + "]",
+        "ports = [" + ", ".join(str(p) for p in hp.ports) + "]",
+        f"max_buffer = {hp.max_buffer}",
+        f"max_flows = {hp.max_flows}",
+    ]
+    for c in hp.classes:
+        lines += ["", f"[classes.{c.name}]", f"expect_max = {c.max_expected}", f"expect_timeout = {c.timeout}"]
+    if hp.options:
+        lines += ["", "[options]"]
+        for k, v in hp.options.items():
+            lines.append(f"{k} = " + (str(v).lower() if isinstance(v, bool) else repr(v) if not isinstance(v, str)
+                                      else f'"{v}"'))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""dhcpv6 helper: not written yet (registers nothing)."""

@@ -1,0 +1,134 @@
+"""FTP: opens the data connection announced on the control connection.
+
+Active mode: the client's `PORT h1,h2,h3,h4,p1,p2` (RFC 959 §4.1.2, IPv4)
+or `EPRT |af|addr|port|` (RFC 2428 §2) names where the server must connect,
+so the server may open `tcp server:* -> client:port`.
+Passive mode: the server's `227 ... (h1,h2,h3,h4,p1,p2)` (RFC 959, RFC 1123
+§4.1.2.6) or `229 ... (|||port|)` (RFC 2428 §3) names where the client must
+connect, so the client may open `tcp client:* -> server:port`.
+
+Security, as the kernel's nf_conntrack_ftp: an advertised address that is
+not the sender's own gives no expectation unless the `loose` option is set
+(the PORT-bounce / FTP-bounce defence); port 0, out-of-range numbers and an
+EPRT family that does not match the connection give none. After `AUTH TLS`
+is accepted (234) the channel is encrypted and nothing more is read.
+
+Policy: one class `default`, 1 expectation per control connection, 300 s
+(the kernel's defaults). NAT rewriting: not yet (offsets are reported).
+Limits: commands are read line by line; a line longer than `max_buffer`
+(8 KiB) stops inspection of the flow.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import alg
+from alg import TCP, Direction, Expect, ExpectClass, HelperSpec, Notice, Option, Parsed
+
+# RFC 959 PORT argument and the 227 reply's numbers (the kernel scans the 227
+# text for the first digit; so do we)
+_SIX_NUMBERS = re.compile(rb"(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3})")
+# RFC 2428 §2: EPRT<space><d><net-prt><d><net-addr><d><tcp-port><d>, d any of ASCII 33-126
+_EPRT = re.compile(rb"(?P<d>[!-~])(?P<af>[12])(?P=d)(?P<addr>[0-9A-Fa-f:.]+)(?P=d)(?P<port>\d{1,5})(?P=d)")
+# RFC 2428 §3: 229 Entering Extended Passive Mode (<d><d><d><tcp-port><d>)
+_EPSV = re.compile(rb"\((?P<d>[!-~])(?P=d)(?P=d)(?P<port>\d{1,5})(?P=d)\)")
+
+
+class FtpState:
+    __slots__ = ("auth_requested", "encrypted")
+
+    def __init__(self) -> None:
+        self.auth_requested = False
+        self.encrypted = False
+
+
+class FtpHelper(alg.Helper):
+    spec = HelperSpec(
+        name="ftp",
+        protocols=(TCP,),
+        ports=(21,),
+        classes=(ExpectClass("default", 1, 300),),
+        options={"loose": Option(False, "accept an advertised address that is not the sender's (unsafe)")},
+        priv_data_len=24,  # conntrackd's ftp helper uses 24; lets alg take over an `nfct add`-ed helper
+        max_buffer=8192,
+    )
+
+    def new_state(self) -> FtpState:
+        return FtpState()
+
+    def inspect(self, segment: alg.Segment, state: FtpState) -> alg.Outcome:
+        data = segment.data
+        if state.encrypted:
+            return Parsed(len(data))
+        end = data.find(b"\n")
+        if end < 0:
+            return alg.NEED_DATA
+        line = data[:end + 1]
+        if segment.direction is Direction.ORIGINAL:
+            actions = self._command(line, segment, state)
+        else:
+            actions = self._reply(line, segment, state)
+        return Parsed(end + 1, actions)
+
+    # ------------------------------------------------------------ client -> server
+    def _command(self, line: bytes, seg: alg.Segment, state: FtpState) -> tuple:
+        verb = line[:5].upper()
+        if verb == b"PORT " and seg.flow.l3 == 4:
+            m = _SIX_NUMBERS.search(line, 5)
+            return self._six(m, seg) if m else (Notice("malformed", "PORT"),)
+        if verb == b"EPRT ":
+            m = _EPRT.match(line, 5)
+            if not m:
+                return (Notice("malformed", "EPRT"),)
+            if int(m["af"]) != {4: 1, 6: 2}[seg.flow.l3]:
+                return (Notice("family-mismatch", "EPRT"),)
+            try:
+                addr = ipaddress.ip_address(m["addr"].decode())
+            except ValueError:
+                return (Notice("malformed", "EPRT address"),)
+            return self._expect(addr, int(m["port"]), seg, (m.start("addr"), m.end("port") - m.start("addr")))
+        if line[:8].upper() == b"AUTH TLS" or line[:8].upper() == b"AUTH SSL":
+            state.auth_requested = True
+        return ()
+
+    # ------------------------------------------------------------ server -> client
+    def _reply(self, line: bytes, seg: alg.Segment, state: FtpState) -> tuple:
+        code = line[:4]
+        if code == b"227 " and seg.flow.l3 == 4:
+            m = _SIX_NUMBERS.search(line, 4)
+            return self._six(m, seg) if m else (Notice("malformed", "227"),)
+        if code == b"229 ":
+            m = _EPSV.search(line, 4)
+            if not m:
+                return (Notice("malformed", "229"),)
+            return self._expect(seg.sender, int(m["port"]), seg, (m.start("port"), len(m["port"])))
+        if state.auth_requested and code[:3] in (b"234",):
+            state.encrypted = True
+            return (Notice("tls", "control channel encrypted, no longer inspected"),)
+        if state.auth_requested and code[:1] in (b"4", b"5"):
+            state.auth_requested = False
+        return ()
+
+    def _six(self, m: re.Match, seg: alg.Segment) -> tuple:
+        n = [int(x) for x in m.groups()]
+        if any(x > 255 for x in n):
+            return (Notice("malformed", "number above 255"),)
+        addr = ipaddress.IPv4Address(bytes(n[:4]))
+        return self._expect(addr, n[4] * 256 + n[5], seg, (m.start(), m.end() - m.start()))
+
+    def _expect(self, addr: alg.IPAddress, port: int, seg: alg.Segment, where: tuple[int, int]) -> tuple:
+        if not 0 < port < 65536:
+            return (Notice("bad-port", str(port)),)
+        if addr.version != seg.flow.l3:
+            return (Notice("family-mismatch", str(addr)),)
+        if addr != seg.sender:
+            if not self.options["loose"]:
+                return (Notice("address-mismatch", f"{addr} advertised by {seg.sender}"),)
+        return (Expect("default", TCP, seg.receiver, addr, None, port, where=(where,)),)
+
+
+@alg.hookimpl
+def alg_register_helpers(register):
+    register(FtpHelper)

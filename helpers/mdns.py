@@ -1,0 +1,1 @@
+"""mdns helper: not written yet (registers nothing)."""

@@ -1,0 +1,1 @@
+"""rpc helper: not written yet (registers nothing)."""

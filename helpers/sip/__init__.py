@@ -1,0 +1,1 @@
+"""SIP/SDP helper: not written yet (registers nothing)."""

@@ -1,0 +1,1 @@
+"""slp helper: not written yet (registers nothing)."""

@@ -1,0 +1,1 @@
+"""ssdp helper: not written yet (registers nothing)."""

@@ -1,0 +1,1 @@
+"""tns helper: not written yet (registers nothing)."""
