@@ -251,7 +251,7 @@ class Engine:
             return []
         ec = pol.expect_class(a.cls)
         e = Expectation(pol.name, a.cls, pol.class_id(a.cls), l3, a.proto, a.src, a.dst, a.sport, a.dport,
-                        flow.tuple, ec.timeout, a.flags, frame, now, a.tag)
+                        flow.tuple, ec.timeout, a.flags, frame, now, a.tag, a.src_prefix)
         self.table.expire(now)
         adm: Admission = self.table.admit(e, h.max_expected[a.cls])
         out: list[Decision] = []

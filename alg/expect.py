@@ -46,6 +46,7 @@ class Expectation:
     frame: int | None = None
     created: float = 0.0
     tag: str | None = None
+    src_prefix: int | None = None  # bits of `src` that must match; None: all of them
 
     @property
     def key(self) -> tuple:
@@ -56,9 +57,19 @@ class Expectation:
             t.proto == self.proto
             and t.dst == self.dst
             and t.dport == self.dport
-            and (self.src is None or t.src == self.src)
+            and (self.src is None or t.src in self.src_network)
             and (self.sport is None or t.sport == self.sport)
         )
+
+    @property
+    def src_network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        assert self.src is not None
+        return ipaddress.ip_network((self.src, self.src_prefix if self.src_prefix is not None else self.src.max_prefixlen),
+                                    strict=False)
+
+    @property
+    def src_mask(self) -> IPAddress:
+        return self._zero() if self.src is None else self.src_network.netmask
 
     def _zero(self) -> IPAddress:
         return ipaddress.ip_address("::" if self.l3 == 6 else "0.0.0.0")
@@ -79,7 +90,7 @@ class Expectation:
             "sport": self.sport,
             "dport": self.dport,
             "mask": {
-                "src": str(self._zero() if self.src is None else self._ones()),
+                "src": str(self.src_mask),
                 "dst": str(self._ones()),
                 "sport": 0 if self.sport is None else 0xFFFF,
                 "dport": 0xFFFF,
@@ -97,7 +108,7 @@ class Expectation:
         return (
             f"{self.timeout} proto={self.proto} src={self.src or self._zero()} dst={self.dst} "
             f"sport={self.sport or 0} dport={self.dport} "
-            f"mask-src={self._zero() if self.src is None else self._ones()} mask-dst={self._ones()} "
+            f"mask-src={self.src_mask} mask-dst={self._ones()} "
             f"sport={0 if self.sport is None else 65535} dport=65535 "
             f"master-src={m.src} master-dst={m.dst} sport={m.sport} dport={m.dport}"
             f"{flags} class={self.class_id} helper={self.helper}"

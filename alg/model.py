@@ -107,6 +107,7 @@ class Expect:
     flags: int = 0
     tag: str | None = None  # groups expectations for Unexpect (a SIP Call-ID, say)
     where: tuple[tuple[int, int], ...] = ()
+    src_prefix: int | None = None  # with `src`: leading bits that must match (None: all)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,9 @@ Security, as the kernel's nf_conntrack_ftp: an advertised address that is
 not the sender's own gives no expectation unless the `loose` option is set
 (the PORT-bounce / FTP-bounce defence); port 0, out-of-range numbers and an
 EPRT family that does not match the connection give none. After `AUTH TLS`
-is accepted (234) the channel is encrypted and nothing more is read.
+is accepted (234) the channel carries TLS records, which are skipped; a
+client that later sends `CCC` (RFC 4217 §12.3) goes back to clear text,
+and those commands are read again, as the kernel's helper would.
 
 Policy: one class `default`, 1 expectation per control connection, 300 s
 (the kernel's defaults). NAT rewriting: not yet (offsets are reported).
@@ -36,12 +38,17 @@ _EPRT = re.compile(rb"(?P<d>[!-~])(?P<af>[12])(?P=d)(?P<addr>[0-9A-Fa-f:.]+)(?P=
 _EPSV = re.compile(rb"\((?P<d>[!-~])(?P=d)(?P=d)(?P<port>\d{1,5})(?P=d)\)")
 
 
+# TLS record content types (RFC 8446 §5.1): change_cipher_spec .. application_data
+_TLS_RECORD_TYPES = frozenset(range(20, 24))
+
+
 class FtpState:
-    __slots__ = ("auth_requested", "encrypted")
+    __slots__ = ("auth_requested", "encrypted", "tls_skip")
 
     def __init__(self) -> None:
         self.auth_requested = False
         self.encrypted = False
+        self.tls_skip = [0, 0]  # bytes of a TLS record still to skip, per direction
 
 
 class FtpHelper(alg.Helper):
@@ -61,7 +68,15 @@ class FtpHelper(alg.Helper):
     def inspect(self, segment: alg.Segment, state: FtpState) -> alg.Outcome:
         data = segment.data
         if state.encrypted:
-            return Parsed(len(data))
+            direction = segment.direction
+            if not state.tls_skip[direction] and data[0] in _TLS_RECORD_TYPES:
+                if len(data) < 5:
+                    return alg.NEED_DATA
+                state.tls_skip[direction] = 5 + int.from_bytes(data[3:5], "big")
+            if state.tls_skip[direction]:
+                n = min(state.tls_skip[direction], len(data))
+                state.tls_skip[direction] -= n
+                return Parsed(n)
         end = data.find(b"\n")
         if end < 0:
             return alg.NEED_DATA
