@@ -140,7 +140,8 @@ class Engine:
                         self.by_port.setdefault((proto, port), slot)
 
     # ------------------------------------------------------------ per packet
-    def process(self, pkt: Packet, now: float, frame: int | None = None, slot: HelperSlot | None = None) -> list[Decision]:
+    def process(self, pkt: Packet, now: float, frame: int | None = None,
+                slot: HelperSlot | None = None) -> list[Decision]:
         """Inspect one packet. `slot` forces the helper (live: the queue's)."""
         found = self.flows.lookup(pkt)
         if found is None:

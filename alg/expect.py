@@ -64,8 +64,8 @@ class Expectation:
     @property
     def src_network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         assert self.src is not None
-        return ipaddress.ip_network((self.src, self.src_prefix if self.src_prefix is not None else self.src.max_prefixlen),
-                                    strict=False)
+        prefix = self.src.max_prefixlen if self.src_prefix is None else self.src_prefix
+        return ipaddress.ip_network((self.src, prefix), strict=False)
 
     @property
     def src_mask(self) -> IPAddress:

@@ -151,7 +151,8 @@ class Boom(alg.Helper):
             raise ZeroDivisionError("helper bug")
         if segment.data == b"bad":
             raise ProtocolViolation("nonsense")
-        return alg.Parsed(len(segment.data), (alg.Expect("d", alg.UDP, None, segment.sender, None, 7000 + segment.data[0]),))
+        port = 7000 + segment.data[0]
+        return alg.Parsed(len(segment.data), (alg.Expect("d", alg.UDP, None, segment.sender, None, port),))
 
 
 def engine_with(helper_cls, **core):

@@ -41,7 +41,6 @@ CASES = [(name, flow) for name, cls in sorted(HOST.helpers.items()) for flow in 
 def test_any_bytes_give_actions_or_a_protocol_violation(name, flow, chunks):
     helper = HOST.helpers[name]()
     state = helper.new_state()
-    classes = {c.name for c in helper.spec.classes}
     for now, (direction, data) in enumerate(chunks):
         if not data:
             continue

@@ -185,6 +185,6 @@ def test_layers_point_one_way():
             assert not mods & (io_libs | {"time", "os", "threading"}), rel
             for node in ast.walk(tree):
                 if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("alg."):
-                    assert False, f"{rel}: helpers import only `alg` itself, not {node.module}"
+                    raise AssertionError(f"{rel}: helpers import only `alg` itself, not {node.module}")
         elif "kernel" not in rel.parts:
             assert not mods & {"netfilterqueue", "pyroute2", "scapy"}, rel
