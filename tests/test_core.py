@@ -213,3 +213,40 @@ def test_replay_of_a_missing_or_bad_file_exits_1(tmp_path, capsys):
     assert main(["replay", str(bad)]) == 1
     assert main(["replay", str(tmp_path / "none.pcap")]) == 1
     assert main(["replay", "--helper", "nosuch", str(bad)]) == 2
+
+
+def ftp_engine(**policy_changes):
+    from dataclasses import replace
+    host = load_plugins()
+    policy = default_policy({n: c.spec for n, c in host.helpers.items()})
+    return Engine(make_slots([replace(policy.helpers["ftp"], **policy_changes)], host.helpers))
+
+
+def tcp(src, dst, sport, dport, payload=b"", flags="PA", seq=1000):
+    return decode_ip(raw(IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags, seq=seq) / Raw(payload)))
+
+
+def test_capture_starting_mid_flow_with_the_servers_reply():
+    eng = ftp_engine()
+    [d] = eng.process(tcp("10.0.0.2", "10.0.0.1", 21, 40000, b"227 Entering Passive Mode (10,0,0,2,4,1)\r\n"), 0.0)
+    e = d.expectation
+    assert (str(e.src), str(e.dst), e.dport) == ("10.0.0.1", "10.0.0.2", 1025)
+    assert (e.master.sport, e.master.dport) == (40000, 21)  # the master keeps its original direction
+
+
+def test_flows_per_helper_are_bounded_oldest_first():
+    eng = ftp_engine(max_flows=2)
+    for port in (40000, 40001, 40002):
+        eng.process(tcp("10.0.0.1", "10.0.0.2", port, 21, flags="S"), 0.0)
+    assert len(eng.flows) == 2 and eng.flows.evicted == 1
+    assert eng.flows.lookup(tcp("10.0.0.1", "10.0.0.2", 40000, 21)) is None
+
+
+def test_idle_flows_and_old_expectations_are_swept():
+    eng = ftp_engine()
+    eng.process(tcp("10.0.0.1", "10.0.0.2", 40000, 21, b"PORT 10,0,0,1,4,1\r\n", flags="PA"), 0.0)
+    assert len(eng.table) == 1
+    eng.process(tcp("10.0.0.3", "10.0.0.2", 40000, 21, flags="S"), 301.0)
+    assert len(eng.table) == 0
+    eng.process(tcp("10.0.0.3", "10.0.0.2", 40001, 21, flags="S"), 4000.0)
+    assert len(eng.flows) == 1
