@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAB_DIR = Path(os.environ.get("LAB_DIR") or ROOT.parent / "shared" / "lab")
+LAB_DIR = Path(os.environ.get("LAB_DIR") or next(
+    (p for p in (ROOT.parent / "shared" / "lab", Path("/work/shared/lab")) if p.is_dir()), ROOT.parent / "shared" / "lab"))
 sys.path.insert(0, str(LAB_DIR))
 sys.path.insert(0, str(ROOT / "tests"))
 try:
