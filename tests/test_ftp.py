@@ -157,3 +157,68 @@ def test_fuzz_never_crashes(data, direction, flow, encrypted):
             if isinstance(a, Expect):
                 assert a.dst == (flow.src if direction is ORIG else flow.dst)
                 assert 0 < a.dport < 65536
+
+
+# ---------------------------------------------------------------- through the engine
+from alg.decode import Packet  # noqa: E402
+from alg.engine import Create, Delete, Engine, make_slots  # noqa: E402
+from alg.plugins import load_plugins  # noqa: E402
+from alg.policy import default_policy  # noqa: E402
+
+SYN, ACK, PSH = 0x02, 0x10, 0x08
+
+
+def ftp_engine() -> Engine:
+    host = load_plugins()
+    policy = default_policy({n: c.spec for n, c in host.helpers.items()})
+    return Engine(make_slots([h for h in policy.helpers.values() if h.name == "ftp"], host.helpers), policy.core)
+
+
+class Conn:
+    """A client->server FTP control connection driven packet by packet."""
+
+    def __init__(self, eng: Engine):
+        self.eng, self.cseq, self.sseq, self.t = eng, 1000, 5000, 0.0
+        self.c, self.s = C4.packed, S4.packed
+        self.send(True, b"", SYN)
+        self.send(False, b"", SYN | ACK)
+
+    def pkt(self, client: bool, data: bytes, flags: int = ACK | PSH, seq: int | None = None) -> Packet:
+        if client:
+            p = Packet(4, TCP, self.c, self.s, 40000, 21, data, self.cseq if seq is None else seq, flags)
+        else:
+            p = Packet(4, TCP, self.s, self.c, 21, 40000, data, self.sseq if seq is None else seq, flags)
+        if seq is None:
+            adv = len(data) + (1 if flags & SYN else 0)
+            if client:
+                self.cseq += adv
+            else:
+                self.sseq += adv
+        return p
+
+    def send(self, client: bool, data: bytes, flags: int = ACK | PSH):
+        self.t += 0.01
+        return self.eng.process(self.pkt(client, data, flags), self.t)
+
+
+def test_engine_second_pasv_evicts_first():
+    conn = Conn(ftp_engine())
+    d1 = conn.send(False, b"227 Entering Passive Mode (10,0,2,2,156,65).\r\n")
+    d2 = conn.send(False, b"227 Entering Passive Mode (10,0,2,2,156,66).\r\n")
+    assert [type(d) for d in d1] == [Create]
+    kinds = sorted(type(d).__name__ for d in d2)
+    assert kinds == ["Create", "Delete"]  # ExpectMax=1: the kernel evicts the oldest
+    (gone,) = [d for d in d2 if isinstance(d, Delete)]
+    assert gone.why == "evicted" and gone.expectation.dport == 40001
+
+
+def test_engine_retransmission_and_out_of_order():
+    eng = ftp_engine()
+    conn = Conn(eng)
+    first, second = b"PORT 10,0,1,2,", b"1,1\r\n"
+    p1 = conn.pkt(True, first)
+    p2 = conn.pkt(True, second)
+    assert eng.process(p2, 1.0) == []           # out of order: held back
+    got = eng.process(p1, 1.1)                  # gap filled: one PORT, one expectation
+    assert [d.expectation.dport for d in got if isinstance(d, Create)] == [257]
+    assert eng.process(p1, 1.2) == [] and eng.process(p2, 1.3) == []  # retransmissions: nothing new
