@@ -222,3 +222,25 @@ def test_engine_retransmission_and_out_of_order():
     got = eng.process(p1, 1.1)                  # gap filled: one PORT, one expectation
     assert [d.expectation.dport for d in got if isinstance(d, Create)] == [257]
     assert eng.process(p1, 1.2) == [] and eng.process(p2, 1.3) == []  # retransmissions: nothing new
+
+
+def test_cleartext_after_ccc_is_inspected_again():
+    helper = FtpHelper()
+    state = helper.new_state()
+    feed(b"AUTH TLS\r\n", ORIG, helper=helper, state=state)
+    feed(b"234 Proceed with negotiation.\r\n", REPLY, helper=helper, state=state)
+    body = b"CCC\r\n"  # the CCC command itself travels inside TLS
+    feed(bytes([23, 3, 3, 0, len(body)]) + body, ORIG, helper=helper, state=state)
+    acts, rest = feed(b"PORT 10,0,1,2,1,2\r\n", ORIG, helper=helper, state=state)
+    assert [e.dport for e in expects(acts)] == [258] and rest == b""
+
+
+def test_engine_byte_bound_per_flow():
+    eng = ftp_engine()
+    conn = Conn(eng)
+    for _ in range(5):  # 10 kB without a line end: more than max_buffer (8192)
+        conn.send(True, b"A" * 2000)
+    # the stream gave up on this flow (ProtocolViolation, counted): even a valid
+    # PORT from the right address opens nothing afterwards
+    assert [d for d in conn.send(True, b"\r\nPORT 10,0,1,2,1,1\r\n") if isinstance(d, Create)] == []
+    assert eng.stats()["helpers"]["ftp"]["parse_errors"] == 1
