@@ -189,7 +189,8 @@ class Engine:
                 if not exp.flags & 0x1:  # PERMANENT ones stay
                     self.table.remove(exp)
                 self.related_flows += 1
-                flow = Flow(tup, None, None, 0, now)
+                child = self.slots.get(exp.helper) if exp.assign_helper else None
+                flow = self._flow_for(tup, child, now)
                 flow.related_to = exp
                 self.flows.add(packet_key(pkt), flow)
                 return flow, Direction.ORIGINAL
@@ -257,7 +258,7 @@ class Engine:
             return []
         ec = pol.expect_class(a.cls)
         e = Expectation(pol.name, a.cls, pol.class_id(a.cls), l3, a.proto, a.src, a.dst, a.sport, a.dport,
-                        flow.tuple, ec.timeout, a.flags, frame, now, a.tag, a.src_prefix)
+                        flow.tuple, ec.timeout, a.flags, frame, now, a.tag, a.src_prefix, a.assign_helper)
         adm: Admission = self.table.admit(e, h.max_expected[a.cls])
         out: list[Decision] = []
         for victim in adm.evicted:

@@ -47,6 +47,7 @@ class Expectation:
     created: float = 0.0
     tag: str | None = None
     src_prefix: int | None = None  # bits of `src` that must match; None: all of them
+    assign_helper: bool = False  # the expected flow gets the master's helper
 
     @property
     def key(self) -> tuple:
@@ -79,7 +80,8 @@ class Expectation:
 
     def to_json(self) -> dict[str, Any]:
         m = self.master
-        return {
+        extra: dict[str, Any] = {"assign_helper": True} if self.assign_helper else {}
+        return extra | {
             "helper": self.helper,
             "class": self.cls,
             "frame": self.frame,

@@ -109,6 +109,10 @@ class Expect:
     tag: str | None = None  # groups expectations for Unexpect (a SIP Call-ID, say)
     where: tuple[tuple[int, int], ...] = ()
     src_prefix: int | None = None  # with `src`: leading bits that must match (None: all)
+    # the expected flow is inspected by this same helper (the kernel's
+    # CTA_EXPECT_HELP_NAME): how conntrackd's SSDP helper reads the unicast
+    # answers to a multicast search and the HTTP connections they lead to
+    assign_helper: bool = False
 
 
 @dataclass(frozen=True, slots=True)
