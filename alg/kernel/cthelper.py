@@ -158,26 +158,26 @@ def pyroute2_new(name, l3, proto, queue, classes, priv_data_len, enabled=True, s
 
 
 def parse_helper(payload: bytes) -> dict[str, Any]:
-    m = nfct_helper_msg(b"\0" * 16 + payload)
-    m.decode()
-    tup = m.get_attr("NFCTH_TUPLE")
-    pol = m.get_attr("NFCTH_POLICY")
+    """Parse one NFNL_MSG_CTHELPER_NEW payload (nfgenmsg + attributes) of a dump."""
+    a = L.parse_attrs(payload, 4)
+    u32 = lambda d, k: struct.unpack("!I", d[k])[0] if k in d else None  # noqa: E731
+    s = lambda d, k: d[k].split(b"\0", 1)[0].decode(errors="replace") if k in d else None  # noqa: E731
+    tup = L.parse_attrs(a.get(NFCTH_TUPLE, b""))
+    pol = L.parse_attrs(a.get(NFCTH_POLICY, b""))
     classes = []
-    if pol is not None:
-        for i in range(1, NF_CT_MAX_EXPECT_CLASSES + 1):
-            s = pol.get_attr(f"NFCTH_POLICY_SET{i}")
-            if s is not None:
-                classes.append({"name": s.get_attr("NFCTH_POLICY_NAME"),
-                                "max_expected": s.get_attr("NFCTH_POLICY_EXPECT_MAX"),
-                                "timeout": s.get_attr("NFCTH_POLICY_EXPECT_TIMEOUT")})
-    l3num = tup.get_attr("NFCTH_TUPLE_L3PROTONUM") if tup is not None else None
+    for i in range(NF_CT_MAX_EXPECT_CLASSES):
+        if NFCTH_POLICY_SET1 + i in pol:
+            c = L.parse_attrs(pol[NFCTH_POLICY_SET1 + i])
+            classes.append({"name": s(c, NFCTH_POLICY_NAME), "max_expected": u32(c, NFCTH_POLICY_EXPECT_MAX),
+                            "timeout": u32(c, NFCTH_POLICY_EXPECT_TIMEOUT)})
+    l3num = struct.unpack("!H", tup[NFCTH_TUPLE_L3PROTONUM])[0] if NFCTH_TUPLE_L3PROTONUM in tup else None
     return {
-        "name": m.get_attr("NFCTH_NAME"),
+        "name": s(a, NFCTH_NAME),
         "l3": {socket.AF_INET: 4, socket.AF_INET6: 6}.get(l3num, l3num),
-        "proto": tup.get_attr("NFCTH_TUPLE_L4PROTONUM") if tup is not None else None,
-        "queue": m.get_attr("NFCTH_QUEUE_NUM"),
-        "priv_data_len": m.get_attr("NFCTH_PRIV_DATA_LEN"),
-        "enabled": m.get_attr("NFCTH_STATUS") == NFCT_HELPER_STATUS_ENABLED,
+        "proto": tup[NFCTH_TUPLE_L4PROTONUM][0] if NFCTH_TUPLE_L4PROTONUM in tup else None,
+        "queue": u32(a, NFCTH_QUEUE_NUM),
+        "priv_data_len": u32(a, NFCTH_PRIV_DATA_LEN),
+        "enabled": u32(a, NFCTH_STATUS) == NFCT_HELPER_STATUS_ENABLED,
         "classes": classes,
     }
 
