@@ -396,8 +396,9 @@ class Ctnetlink:
         self.lookups += 1
         ref = None
         for by_reply in (False, True):
+            # behind NAT the packet's (post-NAT) tuple is the reverse of the master's reply tuple
             try:
-                rep = self._do("ct-get", pack_ct_get, t, by_reply)
+                rep = self._do("ct-get", pack_ct_get, t.reversed() if by_reply else t, by_reply)
             except KernelError as exc:
                 if exc.errno == E.ENOENT:
                     continue
@@ -425,7 +426,12 @@ class Ctnetlink:
         """Create (or refresh) expectation ``e``; raise KernelError on refusal."""
         m = master.tuple if master is not None else e.master
         try:
-            self._do("exp-new", pack_exp_new, e, m)
+            try:
+                self._do("exp-new", pack_exp_new, e, m)
+            except KernelError as exc:
+                if exc.errno != E.EAGAIN:  # the kernel loaded the named helper's module: retry once
+                    raise
+                self._do("exp-new", pack_exp_new, e, m)
         except KernelError as exc:
             if exc.errno == E.ENOENT:
                 self.forget(e.master)
