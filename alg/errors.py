@@ -47,3 +47,10 @@ class KernelError(AlgError):
         self.errno, self.operation = errno, operation
         text = f"{operation}: {os.strerror(errno)} (errno {errno})"
         super().__init__(f"{text}: {detail}" if detail else text)
+
+    @property
+    def full(self) -> bool:
+        """The expectation table (or the helper's max_expected) is full."""
+        import errno as _e
+
+        return self.errno in (_e.ENOSPC, _e.EMFILE)

@@ -1,0 +1,466 @@
+"""ctnetlink expectations and master conntrack lookup.
+
+Two encodings of the same messages live here:
+
+* ``nfct_exp_msg`` / ``nfct_ct_msg``: pyroute2 NLA classes declared with the
+  kernel's attribute numbers (include/uapi/linux/netfilter/nfnetlink_conntrack.h).
+  They parse dumps and events and are the reference encoding in the tests.
+* lean packers (``pack_ct_get``, ``pack_exp_new``, ...): precomputed struct
+  layouts sent on a plain netlink socket.  Used while a packet waits for its
+  verdict (master lookup, expectation create); byte for byte equal to the
+  pyroute2 encoding (tests/test_netlink_golden.py).
+
+Kernel behaviour relied on (net/netfilter/nf_conntrack_netlink.c,
+ctnetlink_new_expect / ctnetlink_create_expect):
+
+* EXP_NEW with NLM_F_CREATE and without NLM_F_EXCL: a new expectation is
+  created; an existing one with the same tuple is updated (timeout refreshed),
+  so a retransmitted PASV reply is harmless.
+* ENOENT: the master in CTA_EXPECT_MASTER is not in the (confirmed) table yet:
+  retry after the verdict.  EOPNOTSUPP: the master has no helper / the named
+  helper does not exist.  EINVAL: class >= the helper's class count, bad
+  attributes.  EBUSY: clash with an expectation of another master.
+  EMFILE / ENOSPC: expectation table (nf_conntrack_expect_max) or the
+  helper's max_expected is full.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import ipaddress
+import os
+import socket
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2.netlink import NLA_F_NESTED, nla
+from pyroute2.netlink.nfnetlink import nfgen_msg
+
+from alg.errors import KernelError
+from alg.kernel import nlmsg as L
+from alg.model import FlowTuple
+
+IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
+IPCTNL_MSG_EXP_NEW, IPCTNL_MSG_EXP_GET, IPCTNL_MSG_EXP_DELETE = 0, 1, 2
+NFNLGRP_CONNTRACK_EXP_NEW = 4
+NFNLGRP_CONNTRACK_EXP_DESTROY = 6
+
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_ID, CTA_HELP = 1, 2, 12, 5
+CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
+CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
+CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
+(CTA_EXPECT_MASTER, CTA_EXPECT_TUPLE, CTA_EXPECT_MASK, CTA_EXPECT_TIMEOUT, CTA_EXPECT_ID,
+ CTA_EXPECT_HELP_NAME, CTA_EXPECT_ZONE, CTA_EXPECT_FLAGS, CTA_EXPECT_CLASS, CTA_EXPECT_NAT,
+ CTA_EXPECT_FN) = range(1, 12)
+
+NF_CT_EXPECT_PERMANENT, NF_CT_EXPECT_INACTIVE, NF_CT_EXPECT_USERSPACE = 0x1, 0x2, 0x4
+
+FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+FULL_ERRNOS = (E.ENOSPC, E.EMFILE)
+
+
+# ---------------------------------------------------------------- pyroute2 declarations
+
+class _tuple(nla):
+    nla_flags = NLA_F_NESTED
+    prefix = "CTA_TUPLE_"
+    nla_map = (
+        ("CTA_TUPLE_UNSPEC", "none"),
+        ("CTA_TUPLE_IP", "cta_ip"),
+        ("CTA_TUPLE_PROTO", "cta_proto"),
+        ("CTA_TUPLE_ZONE", "be16"),
+    )
+
+    class cta_ip(nla):
+        nla_flags = NLA_F_NESTED
+        prefix = "CTA_IP_"
+        nla_map = (
+            ("CTA_IP_UNSPEC", "none"),
+            ("CTA_IP_V4_SRC", "ip4addr"),
+            ("CTA_IP_V4_DST", "ip4addr"),
+            ("CTA_IP_V6_SRC", "ip6addr"),
+            ("CTA_IP_V6_DST", "ip6addr"),
+        )
+
+    class cta_proto(nla):
+        nla_flags = NLA_F_NESTED
+        prefix = "CTA_PROTO_"
+        nla_map = (
+            ("CTA_PROTO_UNSPEC", "none"),
+            ("CTA_PROTO_NUM", "uint8"),
+            ("CTA_PROTO_SRC_PORT", "be16"),
+            ("CTA_PROTO_DST_PORT", "be16"),
+        )
+
+
+class nfct_exp_msg(nfgen_msg):
+    """IPCTNL_MSG_EXP_* in NFNL_SUBSYS_CTNETLINK_EXP."""
+
+    prefix = "CTA_EXPECT_"
+    nla_map = (
+        ("CTA_EXPECT_UNSPEC", "none"),
+        ("CTA_EXPECT_MASTER", "cta_tuple"),
+        ("CTA_EXPECT_TUPLE", "cta_tuple"),
+        ("CTA_EXPECT_MASK", "cta_tuple"),
+        ("CTA_EXPECT_TIMEOUT", "be32"),
+        ("CTA_EXPECT_ID", "be32"),
+        ("CTA_EXPECT_HELP_NAME", "asciiz"),
+        ("CTA_EXPECT_ZONE", "be16"),
+        ("CTA_EXPECT_FLAGS", "be32"),
+        ("CTA_EXPECT_CLASS", "be32"),
+        ("CTA_EXPECT_NAT", "hex"),
+        ("CTA_EXPECT_FN", "asciiz"),
+    )
+    cta_tuple = _tuple
+
+
+class nfct_ct_msg(nfgen_msg):
+    """IPCTNL_MSG_CT_GET request / CT_NEW reply (only what the lookup needs)."""
+
+    prefix = "CTA_"
+    nla_map = (
+        ("CTA_UNSPEC", "none"),
+        ("CTA_TUPLE_ORIG", "cta_tuple"),
+        ("CTA_TUPLE_REPLY", "cta_tuple"),
+        ("CTA_STATUS", "be32"),
+        ("CTA_PROTOINFO", "hex"),
+        ("CTA_HELP", "hex"),
+        ("CTA_NAT_SRC", "hex"),
+        ("CTA_TIMEOUT", "be32"),
+        ("CTA_MARK", "be32"),
+        ("CTA_COUNTERS_ORIG", "hex"),
+        ("CTA_COUNTERS_REPLY", "hex"),
+        ("CTA_USE", "be32"),
+        ("CTA_ID", "be32"),
+    )
+    cta_tuple = _tuple
+
+
+def tuple_nla(t: FlowTuple) -> dict:
+    """pyroute2 value of a CTA_TUPLE_* nest for ``t``."""
+    s, d = ("CTA_IP_V4_SRC", "CTA_IP_V4_DST") if t.l3 == 4 else ("CTA_IP_V6_SRC", "CTA_IP_V6_DST")
+    return {"attrs": [
+        ("CTA_TUPLE_IP", {"attrs": [(s, str(t.src)), (d, str(t.dst))]}),
+        ("CTA_TUPLE_PROTO", {"attrs": [("CTA_PROTO_NUM", t.proto), ("CTA_PROTO_SRC_PORT", t.sport),
+                                       ("CTA_PROTO_DST_PORT", t.dport)]}),
+    ]}
+
+
+# ---------------------------------------------------------------- lean packers
+
+_IPA = {4: (CTA_IP_V4_SRC, CTA_IP_V4_DST), 6: (CTA_IP_V6_SRC, CTA_IP_V6_DST)}
+
+
+def pack_tuple(typ: int, l3: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
+    a, b = _IPA[l3]
+    return L.nest(typ,
+                  L.nest(CTA_TUPLE_IP, L.nla(a, src), L.nla(b, dst)),
+                  L.nest(CTA_TUPLE_PROTO, L.nla(CTA_PROTO_NUM, L.u8(proto)),
+                         L.nla(CTA_PROTO_SRC_PORT, L.be16(sport)), L.nla(CTA_PROTO_DST_PORT, L.be16(dport))))
+
+
+def pack_flow(typ: int, t: FlowTuple) -> bytes:
+    return pack_tuple(typ, t.l3, t.proto, t.src.packed, t.dst.packed, t.sport, t.dport)
+
+
+def pack_ct_get(t: FlowTuple, by_reply: bool = False, seq: int = 0, pid: int = 0) -> bytes:
+    """IPCTNL_MSG_CT_GET by original (or reply) tuple, with ACK."""
+    return L.message(L.NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET, L.NLM_F_REQUEST | L.NLM_F_ACK, FAMILY[t.l3],
+                     pack_flow(CTA_TUPLE_REPLY if by_reply else CTA_TUPLE_ORIG, t), seq, pid)
+
+
+def exp_body(e, master: FlowTuple, zone: int = 0) -> bytes:
+    """Attributes of an EXP_NEW for alg.expect.Expectation ``e`` (order as nfct_exp_msg)."""
+    zero = bytes(16 if e.l3 == 6 else 4)
+    src = zero if e.src is None else e.src.packed
+    return b"".join((
+        pack_flow(CTA_EXPECT_MASTER, master),
+        pack_tuple(CTA_EXPECT_TUPLE, e.l3, e.proto, src, e.dst.packed, e.sport or 0, e.dport),
+        pack_tuple(CTA_EXPECT_MASK, e.l3, e.proto, e.src_mask.packed, e._ones().packed,
+                   0 if e.sport is None else 0xFFFF, 0xFFFF),
+        L.nla(CTA_EXPECT_TIMEOUT, L.be32(e.timeout)),
+        L.nla(CTA_EXPECT_HELP_NAME, L.asciiz(e.helper)),
+        L.nla(CTA_EXPECT_ZONE, L.be16(zone)),
+        L.nla(CTA_EXPECT_FLAGS, L.be32(e.flags)),
+        L.nla(CTA_EXPECT_CLASS, L.be32(e.class_id)),
+    ))
+
+
+EXP_NEW_FLAGS = L.NLM_F_REQUEST | L.NLM_F_ACK | L.NLM_F_CREATE
+
+
+def pack_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0) -> bytes:
+    return L.message(L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_NEW, EXP_NEW_FLAGS, FAMILY[e.l3],
+                     exp_body(e, master), seq, pid)
+
+
+def pack_exp_delete(e, seq: int = 0, pid: int = 0) -> bytes:
+    zero = bytes(16 if e.l3 == 6 else 4)
+    body = pack_tuple(CTA_EXPECT_TUPLE, e.l3, e.proto, zero if e.src is None else e.src.packed, e.dst.packed,
+                      e.sport or 0, e.dport)
+    return L.message(L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_DELETE, L.NLM_F_REQUEST | L.NLM_F_ACK,
+                     FAMILY[e.l3], body, seq, pid)
+
+
+def pyroute2_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0) -> bytes:
+    """Reference encoding of pack_exp_new through the NLA classes."""
+    ones = e._ones()
+    msk = FlowTuple(e.l3, e.proto, e.src_mask, ones, 0 if e.sport is None else 0xFFFF, 0xFFFF)
+    tup = FlowTuple(e.l3, e.proto, e.src if e.src is not None else e._zero(), e.dst, e.sport or 0, e.dport)
+    m = nfct_exp_msg()
+    m["nfgen_family"] = FAMILY[e.l3]
+    m["attrs"] = [
+        ("CTA_EXPECT_MASTER", tuple_nla(master)),
+        ("CTA_EXPECT_TUPLE", tuple_nla(tup)),
+        ("CTA_EXPECT_MASK", tuple_nla(msk)),
+        ("CTA_EXPECT_TIMEOUT", e.timeout),
+        ("CTA_EXPECT_HELP_NAME", e.helper),
+        ("CTA_EXPECT_ZONE", 0),
+        ("CTA_EXPECT_FLAGS", e.flags),
+        ("CTA_EXPECT_CLASS", e.class_id),
+    ]
+    m["header"]["type"] = (L.NFNL_SUBSYS_CTNETLINK_EXP << 8) | IPCTNL_MSG_EXP_NEW
+    m["header"]["flags"] = EXP_NEW_FLAGS
+    m["header"]["sequence_number"] = seq
+    m["header"]["pid"] = pid
+    m.encode()
+    return bytes(m.data)
+
+
+def pyroute2_ct_get(t: FlowTuple, by_reply: bool = False, seq: int = 0, pid: int = 0) -> bytes:
+    m = nfct_ct_msg()
+    m["nfgen_family"] = FAMILY[t.l3]
+    m["attrs"] = [("CTA_TUPLE_REPLY" if by_reply else "CTA_TUPLE_ORIG", tuple_nla(t))]
+    m["header"]["type"] = (L.NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
+    m["header"]["flags"] = L.NLM_F_REQUEST | L.NLM_F_ACK
+    m["header"]["sequence_number"] = seq
+    m["header"]["pid"] = pid
+    m.encode()
+    return bytes(m.data)
+
+
+# ---------------------------------------------------------------- parsing
+
+def _parse_tuple(b: bytes) -> FlowTuple | None:
+    a = L.parse_attrs(b)
+    ip = L.parse_attrs(a.get(CTA_TUPLE_IP, b""))
+    pr = L.parse_attrs(a.get(CTA_TUPLE_PROTO, b""))
+    if CTA_IP_V4_SRC in ip:
+        l3, src, dst = 4, ip[CTA_IP_V4_SRC], ip.get(CTA_IP_V4_DST)
+    elif CTA_IP_V6_SRC in ip:
+        l3, src, dst = 6, ip[CTA_IP_V6_SRC], ip.get(CTA_IP_V6_DST)
+    else:
+        return None
+    if dst is None or CTA_PROTO_NUM not in pr:
+        return None
+    port = lambda k: struct.unpack("!H", pr[k])[0] if k in pr else 0  # noqa: E731
+    return FlowTuple(l3, pr[CTA_PROTO_NUM][0], ipaddress.ip_address(src), ipaddress.ip_address(dst),
+                     port(CTA_PROTO_SRC_PORT), port(CTA_PROTO_DST_PORT))
+
+
+@dataclass(frozen=True, slots=True)
+class MasterRef:
+    """The master conntrack as the kernel knows it."""
+
+    tuple: FlowTuple  # kernel's original-direction tuple
+    id: int  # conntrack id
+    by_reply: bool  # found through the reply tuple (NAT between)
+
+
+@dataclass(frozen=True)
+class KernelExpectation:
+    """An expectation as listed by the kernel; fields named like Expectation.to_json."""
+
+    helper: str | None
+    class_id: int
+    tuple: FlowTuple
+    mask: FlowTuple
+    master: FlowTuple
+    timeout: int
+    flags: int
+    id: int
+    zone: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        t, m = self.tuple, self.mask
+        wild_src = int(m.src) == 0
+        return {
+            "helper": self.helper,
+            "class_id": self.class_id,
+            "l3": f"ipv{t.l3}",
+            "proto": {6: "tcp", 17: "udp"}.get(t.proto, t.proto),
+            "src": None if wild_src else str(t.src),
+            "src_prefix": None if wild_src else bin(int(m.src)).count("1"),
+            "dst": str(t.dst),
+            "sport": t.sport if m.sport else None,
+            "dport": t.dport,
+            "master": {"src": str(self.master.src), "dst": str(self.master.dst),
+                       "sport": self.master.sport, "dport": self.master.dport},
+            "timeout": self.timeout,
+            "flags": self.flags,
+        }
+
+
+def parse_expectation(payload: bytes) -> KernelExpectation | None:
+    """Parse one IPCTNL_MSG_EXP_NEW payload (nfgenmsg + attrs)."""
+    a = L.parse_attrs(payload, 4)
+    try:
+        tup = _parse_tuple(a[CTA_EXPECT_TUPLE])
+        msk = _parse_tuple(a[CTA_EXPECT_MASK])
+        mst = _parse_tuple(a[CTA_EXPECT_MASTER])
+    except KeyError:
+        return None
+    if tup is None or msk is None or mst is None:
+        return None
+    u32 = lambda k: struct.unpack("!I", a[k])[0] if k in a else 0  # noqa: E731
+    name = a.get(CTA_EXPECT_HELP_NAME)
+    return KernelExpectation(
+        helper=name.rstrip(b"\0").decode() if name else None,
+        class_id=u32(CTA_EXPECT_CLASS), tuple=tup, mask=msk, master=mst,
+        timeout=u32(CTA_EXPECT_TIMEOUT), flags=u32(CTA_EXPECT_FLAGS), id=u32(CTA_EXPECT_ID),
+        zone=struct.unpack("!H", a[CTA_EXPECT_ZONE])[0] if CTA_EXPECT_ZONE in a else 0)
+
+
+# ---------------------------------------------------------------- the adapter
+
+@dataclass(frozen=True)
+class ExpectationEvent:
+    kind: str  # "new" | "destroy"
+    expectation: KernelExpectation
+
+
+class Events:
+    """Expectation events (NFNLGRP_CONNTRACK_EXP_NEW/DESTROY); select on fileno()."""
+
+    def __init__(self) -> None:
+        self.sock = L.NfnlSocket()
+        for g in (NFNLGRP_CONNTRACK_EXP_NEW, NFNLGRP_CONNTRACK_EXP_DESTROY):
+            self.sock.sock.setsockopt(270, 1, g)  # SOL_NETLINK, NETLINK_ADD_MEMBERSHIP
+        self.sock.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self) -> list[ExpectationEvent]:
+        out: list[ExpectationEvent] = []
+        while True:
+            try:
+                data = self.sock.sock.recv(1 << 16)
+            except BlockingIOError:
+                return out
+            for t, _f, _s, payload in L.iter_messages(data):
+                if t >> 8 != L.NFNL_SUBSYS_CTNETLINK_EXP:
+                    continue
+                e = parse_expectation(payload)
+                if e is not None:
+                    out.append(ExpectationEvent("destroy" if t & 0xFF == IPCTNL_MSG_EXP_DELETE else "new", e))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Ctnetlink:
+    """Expectations and master lookup over one netlink socket (per network namespace)."""
+
+    def __init__(self, cache_size: int = 1024):
+        self.sock = L.NfnlSocket()
+        self.cache_size = cache_size
+        self._cache: OrderedDict[FlowTuple, MasterRef] = OrderedDict()
+        self.lookups = self.cache_hits = 0
+
+    def __enter__(self) -> "Ctnetlink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _do(self, op: str, build, *args) -> list[tuple[int, bytes]]:
+        seq = self.sock.next_seq()
+        try:
+            return self.sock.transact(build(*args, seq=seq, pid=0), seq)
+        except L.NetlinkError as exc:
+            raise KernelError(exc.errno, op) from None
+
+    # -- master lookup (hot path)
+    def find_master(self, t: FlowTuple) -> MasterRef | None:
+        hit = self._cache.get(t)
+        if hit is not None:
+            self._cache.move_to_end(t)
+            self.cache_hits += 1
+            return hit
+        self.lookups += 1
+        ref = None
+        for by_reply in (False, True):
+            # behind NAT the packet's (post-NAT) tuple is the reverse of the master's reply tuple
+            try:
+                rep = self._do("ct-get", pack_ct_get, t.reversed() if by_reply else t, by_reply)
+            except KernelError as exc:
+                if exc.errno == E.ENOENT:
+                    continue
+                raise
+            for _typ, payload in rep:
+                a = L.parse_attrs(payload, 4)
+                orig = _parse_tuple(a.get(CTA_TUPLE_ORIG, b""))
+                if orig is not None:
+                    cid = struct.unpack("!I", a[CTA_ID])[0] if CTA_ID in a else 0
+                    ref = MasterRef(orig, cid, by_reply)
+                    break
+            if ref is not None:
+                break
+        if ref is not None:
+            self._cache[t] = ref
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return ref
+
+    def forget(self, t: FlowTuple) -> None:
+        self._cache.pop(t, None)
+
+    # -- expectations
+    def create(self, e, master: MasterRef | None = None) -> None:
+        """Create (or refresh) expectation ``e``; raise KernelError on refusal."""
+        m = master.tuple if master is not None else e.master
+        try:
+            try:
+                self._do("exp-new", pack_exp_new, e, m)
+            except KernelError as exc:
+                if exc.errno != E.EAGAIN:  # the kernel loaded the named helper's module: retry once
+                    raise
+                self._do("exp-new", pack_exp_new, e, m)
+        except KernelError as exc:
+            if exc.errno == E.ENOENT:
+                self.forget(e.master)
+            raise
+
+    def delete(self, e) -> None:
+        self._do("exp-delete", pack_exp_delete, e)
+
+    def list(self) -> list[KernelExpectation]:
+        out = []
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            msgs = self._do("exp-list", lambda seq, pid, fam=fam: L.message(
+                L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_GET, L.NLM_F_REQUEST | L.NLM_F_DUMP, fam, b"", seq, pid))
+            for _t, payload in msgs:
+                if payload[0] != fam:
+                    continue
+                x = parse_expectation(payload)
+                if x is not None:
+                    out.append(x)
+        return out
+
+    def flush(self) -> None:
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            self._do("exp-flush", lambda seq, pid, fam=fam: L.message(
+                L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_DELETE, L.NLM_F_REQUEST | L.NLM_F_ACK, fam, b"", seq, pid))
+
+    def events(self) -> Events:
+        return Events()
+
+
+def is_full(exc: KernelError) -> bool:
+    return exc.errno in FULL_ERRNOS

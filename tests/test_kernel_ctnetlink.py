@@ -1,0 +1,185 @@
+"""ctnetlink expectations against the host kernel, in alg-nl-* namespaces.
+
+A client in alg-nl-cli opens a TCP connection to port 21 of a server in
+alg-nl-srv through alg-nl-fw, where the raw table attaches the in-kernel
+`ftp` helper.  Expectations are created / listed / deleted / flushed on that
+master through alg.kernel.ctnetlink and compared with `conntrack -L expect`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress as I
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from alg.errors import KernelError
+from alg.expect import Expectation
+from alg.model import FlowTuple
+
+pytestmark = pytest.mark.kernel
+LAB = "/work/shared/lab/netns.sh"
+ENV = dict(os.environ, LAB_NS_CLIENT="alg-nl-cli", LAB_NS_FW="alg-nl-fw", LAB_NS_SERVER="alg-nl-srv")
+HOLD = """
+import socket, sys, time
+if sys.argv[1] == "srv":
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", int(sys.argv[2]))); s.listen(8); print("ready", flush=True)
+    conns = [s.accept() for _ in range(int(sys.argv[3]))]; time.sleep(60)
+else:
+    c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=5)
+    print(c.getsockname()[1], flush=True); time.sleep(60)
+"""
+
+
+def sh(cmd: str) -> str:
+    r = subprocess.run(["bash", "-c", f"source {LAB}; {cmd}"], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def in_ns(ns: str, fn):
+    """Run fn() with the thread in netns `ns` (sockets opened there stay there)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    orig = os.open("/proc/self/ns/net", os.O_RDONLY)
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        assert libc.setns(fd, 0x40000000) == 0, os.strerror(ctypes.get_errno())
+        return fn()
+    finally:
+        libc.setns(orig, 0x40000000)
+        os.close(fd)
+        os.close(orig)
+
+
+@pytest.fixture(scope="module")
+def net(kernel_ok):
+    sh("lab_net_down >/dev/null 2>&1; lab_net_up tcp/21 tcp/2121 >/dev/null && "
+       "lab_fw iptables -t raw -A PREROUTING -i c1 -p tcp --dport 21 -j CT --helper ftp && "
+       "lab_fw iptables -t nat -A POSTROUTING -o s1 -p tcp --dport 2121 -j MASQUERADE")
+    procs = []
+    try:
+        masters = {}
+        for port in (21, 2121):
+            srv = subprocess.Popen(["ip", "netns", "exec", "alg-nl-srv", sys.executable, "-c", HOLD, "srv", str(port), "1"],
+                                   stdout=subprocess.PIPE, text=True)
+            procs.append(srv)
+            assert srv.stdout.readline().strip() == "ready"
+            cli = subprocess.Popen(["ip", "netns", "exec", "alg-nl-cli", sys.executable, "-c", HOLD, "cli", "10.0.2.2",
+                                    str(port)], stdout=subprocess.PIPE, text=True)
+            procs.append(cli)
+            sport = int(cli.stdout.readline())
+            masters[port] = FlowTuple(4, 6, I.ip_address("10.0.1.2"), I.ip_address("10.0.2.2"), sport, port)
+        time.sleep(0.2)
+        from alg.kernel.ctnetlink import Ctnetlink
+        ctn = in_ns("alg-nl-fw", Ctnetlink)
+        yield ctn, masters
+        ctn.close()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        sh("lab_net_down >/dev/null 2>&1; true")
+
+
+def expect(master, dport=50004, **kw):
+    d = dict(helper="ftp", cls="ftp", class_id=0, l3=4, proto=6, src=master.src, dst=master.dst, sport=None,
+             dport=dport, master=master, timeout=300)
+    d.update(kw)
+    return Expectation(**d)
+
+
+def conntrack_expect() -> str:
+    return sh("lab_fw conntrack -L expect 2>/dev/null")
+
+
+def test_find_master_and_create_list_delete(net):
+    ctn, m = net
+    ref = ctn.find_master(m[21])
+    assert ref is not None and ref.tuple == m[21] and not ref.by_reply and ref.id
+    assert ctn.find_master(m[21]) is ref  # cached
+    ctn.flush()
+    e = expect(ref.tuple)
+    ctn.create(e, ref)
+    ctn.create(e, ref)  # a retransmitted announcement refreshes, it does not fail
+    ks = ctn.list()
+    assert len(ks) == 1
+    k = ks[0]
+    assert (k.helper, k.class_id, k.master, k.tuple.dport, k.mask.sport) == ("ftp", 0, m[21], 50004, 0)
+    assert 290 < k.timeout <= 300
+    j = k.to_json()
+    assert (j["src"], j["dst"], j["sport"], j["dport"]) == ("10.0.1.2", "10.0.2.2", None, 50004)
+    out = conntrack_expect()
+    assert "dport=50004" in out and f"master-src=10.0.1.2 master-dst=10.0.2.2 sport={m[21].sport} dport=21" in out
+    assert "helper=ftp" in out
+    ctn.delete(e)
+    assert ctn.list() == [] and "dport=50004" not in conntrack_expect()
+    with pytest.raises(KernelError) as ei:
+        ctn.delete(e)
+    assert ei.value.errno == errno.ENOENT
+
+
+def test_wildcard_src_prefix_and_flush(net):
+    ctn, m = net
+    ctn.flush()
+    ctn.create(expect(m[21], dport=50010, src=None))
+    assert [k.to_json()["src"] for k in ctn.list()] == [None]
+    # the in-kernel ftp helper's policy allows 1 expectation per master: the next one evicts it
+    ctn.create(expect(m[21], dport=50011, src_prefix=24))
+    got = {k.tuple.dport: k.to_json() for k in ctn.list()}
+    assert list(got) == [50011] and got[50011]["src_prefix"] == 24
+    assert "mask-src=255.255.255.0" in conntrack_expect()
+    ctn.flush()
+    assert ctn.list() == []
+
+
+def test_events(net):
+    ctn, m = net
+    ctn.flush()
+    ev = in_ns("alg-nl-fw", ctn.events)
+    try:
+        ctn.create(expect(m[21], dport=50020))
+        ctn.flush()
+        time.sleep(0.05)
+        kinds = [(x.kind, x.expectation.tuple.dport) for x in ev.read()]
+        assert ("new", 50020) in kinds and ("destroy", 50020) in kinds
+    finally:
+        ev.close()
+
+
+def test_errors(net):
+    ctn, m = net
+    with pytest.raises(KernelError) as ei:
+        ctn.create(expect(m[21], class_id=3))  # ftp has one class
+    assert ei.value.errno == errno.EINVAL and not ei.value.full
+    with pytest.raises(KernelError) as ei:
+        ctn.create(expect(m[2121]))  # master without helper
+    assert ei.value.errno == errno.EOPNOTSUPP
+    ghost = FlowTuple(4, 6, I.ip_address("10.0.1.2"), I.ip_address("10.0.2.2"), 1, 21)
+    assert ctn.find_master(ghost) is None
+    with pytest.raises(KernelError) as ei:
+        ctn.create(expect(ghost))
+    assert ei.value.errno == errno.ENOENT
+
+
+def test_find_master_behind_nat_by_reply_tuple(net):
+    ctn, m = net
+    natted = FlowTuple(4, 6, I.ip_address("10.0.2.1"), I.ip_address("10.0.2.2"), m[2121].sport, 2121)
+    ref = ctn.find_master(natted)
+    if ref is not None and ref.tuple == natted:
+        pytest.skip("MASQUERADE kept neither address nor port distinct")
+    assert ref is not None and ref.by_reply and ref.tuple == m[2121]
+
+
+def test_cthelper_missing_on_this_kernel_is_a_clear_error(kernel_ok):
+    from alg.kernel.cthelper import Cthelper
+    with Cthelper() as c:
+        if c.supported():
+            pytest.skip("this kernel has nfnetlink_cthelper")
+        with pytest.raises(KernelError, match="nfnetlink_cthelper is not available"):
+            c.list()
