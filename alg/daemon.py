@@ -67,8 +67,11 @@ def resolve(host: PluginHost, paths: list[str] | None) -> Policy:
 
 
 class Daemon:
-    def __init__(self, host: PluginHost, policy_paths: list[str] | None):
+    def __init__(self, host: PluginHost, policy_paths: list[str] | None, use_cthelper: bool = True):
         self.host = host
+        # without cthelper (kernels that lack it) packets come from NFQUEUE rules the
+        # operator writes, and masters must carry a helper some other way (in-kernel)
+        self.use_cthelper = use_cthelper
         self.policy_paths = policy_paths
         self.policy = resolve(host, policy_paths)
         self.engine = Engine(make_slots(self.policy.helpers.values(), host.helpers), self.policy.core)
@@ -86,7 +89,7 @@ class Daemon:
 
     # ------------------------------------------------------------ start / stop
     def start(self) -> None:
-        if not self.cthelper.supported():
+        if self.use_cthelper and not self.cthelper.supported():
             raise KernelError(E.EOPNOTSUPP, "cthelper",
                               "this kernel has no nfnetlink_cthelper (CONFIG_NF_CT_NETLINK_HELPER); see `alg doctor`")
         for slot in self.engine.slots.values():
@@ -99,6 +102,9 @@ class Daemon:
     def _register(self, slot: HelperSlot) -> None:
         hp = slot.policy
         spec = self.host.helpers[hp.helper].spec
+        if not self.use_cthelper:
+            self.queues.bind(hp.queue, hp.queue_len, lambda pkt, slot=slot: self.on_packet(pkt, slot))
+            return
         self.cthelper.register(hp, spec.priv_data_len)
         for l3 in sorted({4, *hp.families}):
             for proto in hp.protocols:
@@ -272,7 +278,9 @@ class Daemon:
             if old is not None and old.policy == slot.policy:
                 new_slots[name] = old
             elif old is not None and old.policy.queue == slot.policy.queue:
-                self.cthelper.register(slot.policy, self.host.helpers[slot.policy.helper].spec.priv_data_len)
+                if self.use_cthelper:
+                    self.cthelper.register(slot.policy,
+                                           self.host.helpers[slot.policy.helper].spec.priv_data_len)
                 self.queues.rebind(slot.policy.queue, lambda pkt, s=slot: self.on_packet(pkt, s))
             else:
                 self._register(slot)

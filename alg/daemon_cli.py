@@ -24,7 +24,7 @@ def _policy(host: PluginHost, args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace, host: PluginHost) -> int:
     from .daemon import Daemon
 
-    daemon = Daemon(host, args.policy)  # a bad policy raises ConfigError: exit 2
+    daemon = Daemon(host, args.policy, use_cthelper=not args.no_cthelper)  # bad policy: ConfigError, exit 2
     try:
         return daemon.run()
     except KernelError as exc:
@@ -156,6 +156,9 @@ def add_commands(sub: Any) -> None:
         return p
 
     r = with_policy(sub.add_parser("run", help="run the helper daemon (foreground)"))
+    r.add_argument("--no-cthelper", action="store_true",
+                   help="do not register helpers: read queues fed by your own NFQUEUE rules (kernels without "
+                        "nfnetlink_cthelper; masters need an in-kernel helper)")
     r.set_defaults(func=cmd_run)
     s = with_policy(sub.add_parser("status", help="counters of the running daemon"))
     s.add_argument("--format", choices=("text", "json"), default="text")
