@@ -88,3 +88,13 @@ write("uac-register", "UAC: REGISTER (Expires 3600), 200 with the binding; REGIS
 write("uas-register", "registrar for uac-register.xml: grants what is asked (echoes Contact and Expires)",
       recv("REGISTER") + resp(200, "OK", extra="      [last_Expires:]\n", contact="      [last_Contact:]\n")
       + recv("REGISTER") + resp(200, "OK", extra="      [last_Expires:]\n", contact="      [last_Contact:]\n"))
+
+# the kernel helper's known differences: a=rtcp (RFC 3605), an odd T.38 port, a port count
+# (SIPp only expands [media_port] on m=audio/m=video lines: the others are literal, for -mp 16000)
+DIFF = ["m=audio [media_port] RTP/AVP 0", "a=rtcp:16011", "m=video [media_port+30]/2 RTP/AVP 96",
+        "m=image 16021 udptl t38"]
+write("uac-diff", "UAC: INVITE whose SDP uses a=rtcp, a port count and an odd udptl port; 200; ACK; BYE",
+      req("INVITE", 1, sdp(DIFF), to_tag=False) + recv(100, True) + recv(180, True) + recv(200, rrs=True)
+      + req("ACK", 1, retrans=False) + pause(500) + req("BYE", 2) + recv(200))
+write("uas-diff", "UAS for uac-diff.xml (plain audio answer)",
+      recv("INVITE") + resp(100, "Trying") + resp(200, "OK", sdp(AV[:2])) + recv("ACK") + recv("BYE") + resp(200, "OK"))
