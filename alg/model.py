@@ -18,6 +18,7 @@ whole datagram. A peer that breaks the protocol makes the helper raise
 
 from __future__ import annotations
 
+import builtins
 import enum
 import ipaddress
 from dataclasses import dataclass, field
@@ -173,8 +174,8 @@ class Option:
     type: type | None = None  # defaults to type(default)
 
     @property
-    def kind(self) -> type:
-        return self.type or type(self.default)
+    def kind(self) -> builtins.type:
+        return self.type or builtins.type(self.default)
 
 
 @dataclass(frozen=True, slots=True)

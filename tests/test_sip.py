@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import alg
 from alg import TCP, UDP, Direction, Expect, FlowTuple, Notice, Parsed, Segment, Unexpect
 from alg.decode import Packet
-from alg.engine import Create, Delete, Engine, HelperSlot
+from alg.engine import Create, Engine, HelperSlot
 from alg.policy import default_helper_policy
 from alg_helpers.sip import SipHelper, grammar, sdp
 
@@ -85,7 +85,7 @@ def notices(actions) -> list[str]:
     return [a.code for a in actions if isinstance(a, Notice)]
 
 
-O, R = Direction.ORIGINAL, Direction.REPLY
+ORIG, R = Direction.ORIGINAL, Direction.REPLY
 
 
 # ---------------------------------------------------------------- grammar
@@ -176,8 +176,8 @@ def test_ipv6_call():
 
 def test_multipart_body():
     part = sdp_body()
-    body = (b"--xyz\r\nContent-Type: application/sdp\r\n\r\n" + part + b"\r\n--xyz\r\nContent-Type: application/isup\r\n"
-            b"\r\n\x01\x02\r\n--xyz--\r\n")
+    body = (b"--xyz\r\nContent-Type: application/sdp\r\n\r\n" + part
+            + b"\r\n--xyz\r\nContent-Type: application/isup\r\n\r\n\x01\x02\r\n--xyz--\r\n")
     acts = Dialog().send(invite(body, ctype='multipart/mixed;boundary="xyz"'))
     assert expects(acts) == [("audio", B, A, 16000), ("audio", B, A, 16001)]
 
@@ -249,19 +249,24 @@ def test_cseq_method_must_match():
 
 
 def register(expires="3600", contact=f"<sip:alice@{A}:5061>", cseq=1) -> bytes:
-    return msg(f"REGISTER sip:{B} SIP/2.0", "reg-1", f"{cseq} REGISTER", headers=(f"Contact: {contact}", f"Expires: {expires}"))
+    return msg(f"REGISTER sip:{B} SIP/2.0", "reg-1", f"{cseq} REGISTER",
+               headers=(f"Contact: {contact}", f"Expires: {expires}"))
+
+
+def reg_ok(*headers: str, cseq="1 REGISTER") -> bytes:
+    return response(200, cseq=cseq, callid="reg-1", headers=headers)
 
 
 def test_register_binding_and_expiry_zero():
     d = Dialog()
     assert d.send(register()) == []
-    acts = d.send(response(200, cseq="1 REGISTER", callid="reg-1", headers=(f"Contact: <sip:alice@{A}:5061>;expires=1800",)), R)
+    acts = d.send(reg_ok(f"Contact: <sip:alice@{A}:5061>;expires=1800"), R)
     assert acts == [Expect("signalling", UDP, ipaddress.ip_address(B), ipaddress.ip_address(A), None, 5061,
                            flags=alg.EXPECT_F_PERMANENT, tag="reg-1", where=acts[0].where)]
     assert d.send(register(expires="0", cseq=2)) == [Unexpect("signalling", "reg-1")]
     d = Dialog()
     d.send(register())
-    assert d.send(response(200, cseq="1 REGISTER", callid="reg-1", headers=(f"Contact: <sip:alice@{A}:5061>;expires=0",)), R) == [
+    assert d.send(reg_ok(f"Contact: <sip:alice@{A}:5061>;expires=0"), R) == [
         Unexpect("signalling", "reg-1")]
     assert Dialog().send(register(expires="0", contact="*")) == [Unexpect("signalling")]
 
@@ -295,7 +300,7 @@ def test_contact_naming_another_internal_host():
     d = Dialog()
     acts = d.send(register(contact=f"<sip:alice@{C}:3306>"))
     assert notices(acts) == ["contact-not-sender"]
-    assert d.send(response(200, cseq="1 REGISTER", callid="reg-1", headers=(f"Contact: <sip:alice@{C}:3306>",)), R) == []
+    assert d.send(reg_ok(f"Contact: <sip:alice@{C}:3306>"), R) == []
 
 
 def _tcp_packets(segments: list[bytes], src=A, dst=B, sport=40000, dport=5060) -> list[Packet]:
@@ -325,7 +330,8 @@ def test_nat_slipstreaming_register_inside_http_body():
     # the body so that a TCP segment starts with a SIP REGISTER whose Contact
     # names the victim's port. Parsing starts at the stream's first byte only.
     reg = register(contact=f"<sip:x@{A}:3306;transport=tcp>")
-    http = b"POST /x HTTP/1.1\r\nHost: evil.example:5060\r\nContent-Length: " + str(len(reg) + 1000).encode() + b"\r\n\r\n"
+    http = (b"POST /x HTTP/1.1\r\nHost: evil.example:5060\r\nContent-Length: " + str(len(reg) + 1000).encode()
+            + b"\r\n\r\n")
     pad = b"A" * 1000
     engine = _engine()
     decisions = _run(engine, _tcp_packets([http + pad, reg]))
@@ -386,7 +392,8 @@ def test_engine_pressure_refusal_is_counted_and_packet_decision_unaffected():
     s, d = ipaddress.ip_address(A).packed, ipaddress.ip_address(B).packed
     out = []
     for i in range(3):
-        out += engine.process(Packet(4, UDP, s, d, 5061 + i, 5060, invite(sdp_body(media=(f"m=audio {16000 + 4 * i} RTP/AVP 0",)), callid=f"c{i}")), float(i), i + 1)
+        call = invite(sdp_body(media=(f"m=audio {16000 + 4 * i} RTP/AVP 0",)), callid=f"c{i}")
+        out += engine.process(Packet(4, UDP, s, d, 5061 + i, 5060, call), float(i), i + 1)
     creates = [x for x in out if isinstance(x, Create)]
     assert len(creates) == 3
     refused = engine.stats()["helpers"]["sip"]["classes"]["audio"]["refused"]
@@ -400,7 +407,7 @@ _SEEDS = [invite(), response(200, body=sdp_body(addr=B)), register(), invite(sdp
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.sampled_from(_SEEDS), cuts=st.lists(st.integers(0, 2000), max_size=6),
-       junk=st.binary(max_size=64), proto=st.sampled_from([UDP, TCP]), direction=st.sampled_from([O, R]))
+       junk=st.binary(max_size=64), proto=st.sampled_from([UDP, TCP]), direction=st.sampled_from([ORIG, R]))
 def test_fuzz_actions_or_protocol_violation(seed, cuts, junk, proto, direction):
     data = bytearray(seed)
     for c in cuts:

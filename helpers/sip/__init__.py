@@ -354,13 +354,14 @@ class SipHelper(alg.Helper):
             return ()
         granted: dict[tuple, int | None] = {}
         for h in msg.all(b"contact"):
-            for elem, off in grammar.split_list(h.value):
+            for elem, _ in grammar.split_list(h.value):
                 c = grammar.parse_contact(elem, 0)
                 if c is not None and c.addr is not None:
                     granted[(c.addr, c.port)] = c.expires
         header = self._expires(msg.value(b"expires"))
         out: list = []
         for c in tr.contacts:
+            assert c.addr is not None  # only address literals are kept (_register)
             g = granted.get((c.addr, c.port))
             expires = g if g is not None else header
             if expires == 0:

@@ -157,7 +157,8 @@ def parse(data: bytes, stream: bool, max_message: int) -> Message:
             raise alg.ProtocolViolation(f"bad Content-Length {clen[:20]!r}")
         n = int(clen) if len(clen) <= 12 else MAX_CONTENT_LENGTH + 1
         if n > MAX_CONTENT_LENGTH or body_start + n > max_message:
-            raise alg.ProtocolViolation(f"Content-Length {clen[:20].decode('latin-1')} beyond the {max_message}-byte bound")
+            raise alg.ProtocolViolation(
+                f"Content-Length {clen[:20].decode('latin-1')} beyond the {max_message}-byte bound")
         if body_start + n > len(data):
             if stream:
                 raise Incomplete

@@ -136,7 +136,7 @@ def sdp_bodies(content_type: bytes | None, body: bytes, body_offset: int) -> lis
     if not m:
         return []
     delim = b"--" + m.group(1)
-    out = []
+    out: list[tuple[bytes, int]] = []
     pos = body.find(delim)
     while pos >= 0 and len(out) < 8:
         nxt = body.find(delim, pos + len(delim))

@@ -1,3 +1,8 @@
+"""Writes the SIPp scenario files in this folder (run it here: python3 make-scenarios.py).
+
+uac-X.xml / uas-X.xml pairs for tools/record-sip.sh and the lab scenarios;
+SIPp expands [media_port] and the other [keywords] when it sends.
+"""
 HDR = '''<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">
 <!-- alg: {doc} -->
@@ -25,7 +30,10 @@ def req(method, cseq, sdp=None, retrans=True, extra="", to_tag=True, uri="[servi
     ]]>
   </send>
 '''
-def resp(code, reason, sdp=None, extra="", contact="      Contact: <sip:[local_ip]:[local_port];transport=[transport]>\n"):
+CONTACT = "      Contact: <sip:[local_ip]:[local_port];transport=[transport]>\n"
+
+
+def resp(code, reason, sdp=None, extra="", contact=CONTACT):
     ctype = "      Content-Type: application/sdp\n" if sdp else ""
     return f'''  <send>
     <![CDATA[
@@ -52,7 +60,8 @@ def sdp(media):
     for line in media:
         s += "      " + line + "\n"
     return s
-AV = ["m=audio [media_port] RTP/AVP 0", "a=rtpmap:0 PCMU/8000", "m=video [media_port+2] RTP/AVP 96", "a=rtpmap:96 H264/90000"]
+AV = ["m=audio [media_port] RTP/AVP 0", "a=rtpmap:0 PCMU/8000",
+      "m=video [media_port+2] RTP/AVP 96", "a=rtpmap:96 H264/90000"]
 AUDIO2 = ["m=audio [media_port+4] RTP/AVP 8", "a=rtpmap:8 PCMA/8000", "m=video 0 RTP/AVP 96"]
 def recv(what, optional=False, rrs=False):
     opt = ' optional="true"' if optional else ''
@@ -78,7 +87,8 @@ write("uas-av", "UAS for uac-av.xml",
 write("uac-cancel", "UAC: INVITE with audio SDP, 180 with SDP, CANCEL, 200 (CANCEL), 487, ACK",
       req("INVITE", 1, sdp(AV[:2]), to_tag=False) + recv(100, True) + recv(180) + pause(500)
       + req("CANCEL", 1, to_tag=False) + recv(200) + recv(487) + req("ACK", 1, retrans=False))
-write("uas-cancel", "UAS for uac-cancel.xml (the 487 answers the INVITE: CSeq 1 INVITE, the CANCEL shares its Via branch)",
+write("uas-cancel", "UAS for uac-cancel.xml (the 487 answers the INVITE: CSeq 1 INVITE; "
+      "the CANCEL shares its Via branch)",
       recv("INVITE") + resp(100, "Trying") + resp(180, "Ringing", sdp(AV[:2])) + recv("CANCEL") + resp(200, "OK")
       + resp(487, "Request Terminated").replace("[last_CSeq:]", "CSeq: 1 INVITE") + recv("ACK"))
 REG = "[remote_ip]:[remote_port]"
