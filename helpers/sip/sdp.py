@@ -10,12 +10,15 @@ single newline").
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
 
 import alg
 
+# only the lines read here: m=, c=, a=rtcp: (RFC 8866 §5: <type>=<value>, CRLF or LF)
+_LINE = re.compile(rb"^([mc]|a(?==rtcp:))=([^\r\n]*)", re.MULTILINE)
 # c=<nettype> <addrtype> <connection-address> (§5.7); TTL / count suffixes on multicast
 _C = re.compile(rb"IN[ ]+IP([46])[ ]+([^ /\r\n]+)(?:/[0-9]+){0,2}[ ]*$")
 # m=<media> <port>[/<number of ports>] <proto> <fmt> ... (§5.14)
@@ -69,27 +72,27 @@ def _connection(value: bytes, off: int) -> Connection | None:
 
 
 def _address(fam: int, text: bytes, off: int) -> Connection:
+    return Connection(fam, text, _literal(fam, text), (off, len(text)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _literal(fam: int, text: bytes) -> alg.IPAddress | None:
+    """The address in `text` if it is a literal of family `fam` (cached: a
+    gateway sees the same few addresses over and over)."""
     try:
-        addr: alg.IPAddress | None = ipaddress.ip_address(text.decode("ascii"))
+        addr = ipaddress.ip_address(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
-        addr = None
-    if addr is not None and addr.version != fam:
-        addr = None
-    return Connection(fam, text, addr, (off, len(text)))
+        return None
+    return addr if addr.version == fam else None
 
 
 def parse(body: bytes, base: int = 0, max_media: int = 32) -> Session:
     """Parse an SDP body that starts at offset `base` of the message."""
     s = Session()
-    off = 0
     current: Media | None = None
-    for raw in body.split(b"\n"):
-        line = raw.rstrip(b"\r")
-        start = base + off
-        off += len(raw) + 1
-        if len(line) < 2 or line[1:2] != b"=":
-            continue
-        kind, value = line[:1], line[2:]
+    for lm in _LINE.finditer(body):
+        kind, value = lm.group(1), lm.group(2)
+        start = base + lm.start()
         if kind == b"m":
             mm = _M.match(value)
             if not mm:

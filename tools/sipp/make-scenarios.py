@@ -108,3 +108,11 @@ write("uac-diff", "UAC: INVITE whose SDP uses a=rtcp, a port count and an odd ud
       + req("ACK", 1, retrans=False) + pause(500) + req("BYE", 2) + recv(200))
 write("uas-diff", "UAS for uac-diff.xml (plain audio answer)",
       recv("INVITE") + resp(100, "Trying") + resp(200, "OK", sdp(AV[:2])) + recv("ACK") + recv("BYE") + resp(200, "OK"))
+
+# the lab scenarios: one audio call held for -d milliseconds (`<pause/>` without a value)
+write("uac-lab", "UAC for the lab: INVITE with audio SDP, 200 with SDP, ACK, hold for -d ms, BYE",
+      req("INVITE", 1, sdp(AV[:2]), to_tag=False) + recv(100, True) + recv(180, True) + recv(200, rrs=True)
+      + req("ACK", 1, retrans=False) + '  <pause/>\n' + req("BYE", 2) + recv(200))
+write("uas-lab", "UAS for uac-lab.xml",
+      recv("INVITE") + resp(100, "Trying") + resp(180, "Ringing") + resp(200, "OK", sdp(AV[:2])) + recv("ACK")
+      + recv("BYE") + resp(200, "OK"))
