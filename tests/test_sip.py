@@ -433,3 +433,18 @@ def test_fuzz_random_bytes(data):
             Dialog(proto).send(data)
         except alg.ProtocolViolation:
             assert proto == TCP
+
+
+def test_offsets_point_at_the_advertised_address_and_port():
+    # the NAT step will rewrite in place: every Expect says where its address and port are
+    raw = b"\r\n" + invite()  # a leading keep-alive on UDP shifts every offset
+    (e, _) = expects_raw = [a for a in Dialog().send(raw) if isinstance(a, Expect)]
+    (c_off, c_len), (p_off, p_len) = e.where
+    assert raw[c_off:c_off + c_len] == A.encode() and raw[p_off:p_off + p_len] == b"16000"
+    assert len(expects_raw) == 2
+    d = Dialog()
+    reg = register(contact=f"<sip:alice@{A}:5061>")
+    d.send(reg)
+    (sig,) = d.send(reg_ok(), R)
+    ((off, n),) = sig.where
+    assert reg[off:off + n] == f"{A}:5061".encode()
