@@ -448,3 +448,16 @@ def test_offsets_point_at_the_advertised_address_and_port():
     (sig,) = d.send(reg_ok(), R)
     ((off, n),) = sig.where
     assert reg[off:off + n] == f"{A}:5061".encode()
+
+
+def test_policy_file_has_the_kernel_defaults():
+    from pathlib import Path
+
+    from alg.policy import load_policy
+    path = Path(__file__).resolve().parents[1] / "policies" / "sip.toml"
+    pol = load_policy([str(path)], {"sip": SipHelper.spec}, only_listed=True).helpers["sip"]
+    assert [(c.name, c.max_expected, c.timeout) for c in pol.classes] == [
+        ("signalling", 1, 180), ("audio", 4, 180), ("video", 4, 180), ("image", 2, 180)]
+    assert pol.class_id("image") == 3  # the kernel's SIP_EXPECT_IMAGE
+    assert dict(pol.options) == {k: o.default for k, o in SipHelper.spec.options.items()}
+    assert (pol.ports, set(pol.protocols)) == ((5060,), {UDP, TCP})
