@@ -116,3 +116,13 @@ write("uac-lab", "UAC for the lab: INVITE with audio SDP, 200 with SDP, ACK, hol
 write("uas-lab", "UAS for uac-lab.xml",
       recv("INVITE") + resp(100, "Trying") + resp(180, "Ringing") + resp(200, "OK", sdp(AV[:2])) + recv("ACK")
       + recv("BYE") + resp(200, "OK"))
+
+# the pressure scenario: many calls from one SIPp process (-t un: one socket, so one conntrack
+# master, per call); each call's media port comes from the injection file (-inf, [field0])
+FIELD = ["m=audio [field0] RTP/AVP 0", "a=rtpmap:0 PCMU/8000"]
+write("uac-phone", "UAC for the pressure scenario: like uac-lab.xml, audio port from -inf [field0]",
+      req("INVITE", 1, sdp(FIELD), to_tag=False) + recv(100, True) + recv(180, True) + recv(200, rrs=True)
+      + req("ACK", 1, retrans=False) + '  <pause/>\n' + req("BYE", 2) + recv(200))
+write("uas-phone", "UAS for uac-phone.xml, audio port from -inf [field0]",
+      recv("INVITE") + resp(100, "Trying") + resp(180, "Ringing") + resp(200, "OK", sdp(FIELD)) + recv("ACK")
+      + recv("BYE") + resp(200, "OK"))

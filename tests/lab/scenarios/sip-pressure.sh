@@ -3,9 +3,12 @@
 # NAT gateway, SIP through it, and an expectation table too small for their
 # media ("nf_ct_sip: all ports in use for SDP media", then dropped INVITEs).
 #
-# 40 SIPp UACs (one process and one address each, 10.0.1.10-49) call one SIPp
-# UAS through lab-fw, which masquerades them (SIP_PRESSURE_NAT=0: no NAT) and
-# runs alg's SIP helper. Each call needs 4 expectations (RTP+RTCP each way).
+# 40 calls from one SIPp UAC process in lab-cli (`-t un`: one UDP socket, so
+# one conntrack master, per phone; each phone's audio port from an injection
+# file) to one SIPp UAS, through lab-fw, which masquerades them
+# (SIP_PRESSURE_NAT=0: no NAT) and runs alg's SIP helper. Each call needs 4
+# expectations (RTP+RTCP each way). One process per side keeps it affordable
+# under TCG (40 SIPp processes poll the CPU away).
 #   phase 1: net.netfilter.nf_conntrack_expect_max = 40: the table fills.
 #     - no signalling packet dropped (all 40 calls complete, NFQUEUE drops 0)
 #     - alg counts the refusals by reason; `alg status` and `alg doctor` show
@@ -21,11 +24,13 @@ OUT=$LAB_SCRATCH/sip-pressure
 mkdir -p "$OUT"
 PHONES=${SIP_PRESSURE_PHONES:-40}
 LOW=${SIP_PRESSURE_EXPECT_MAX:-40}
-HOLD_MS=${SIP_PRESSURE_HOLD_MS:-30000}
+HOLD_MS=${SIP_PRESSURE_HOLD_MS:-20000}
 NAT=${SIP_PRESSURE_NAT:-1}
 OLD_MAX=$(sysctl -n net.netfilter.nf_conntrack_expect_max)
-ADDRS=()
-for i in $(seq 10 $((PHONES + 9))); do ADDRS+=("10.0.1.$i"); done
+PHONE_PORTS=() UAS_PORTS=()
+for i in $(seq 0 $((PHONES - 1))); do PHONE_PORTS+=($((16000 + 2 * i))); UAS_PORTS+=($((20000 + 2 * i))); done
+{ echo SEQUENTIAL; printf '%s\n' "${PHONE_PORTS[@]}"; } >"$OUT/uac.csv"
+{ echo SEQUENTIAL; printf '%s\n' "${UAS_PORTS[@]}"; } >"$OUT/uas.csv"
 
 cleanup() {
     sip_alg_stop
@@ -36,27 +41,24 @@ cleanup() {
 trap cleanup EXIT
 
 lab_net_up udp/5060 || { echo "FAIL lab_net_up"; exit 1; }
-for a in "${ADDRS[@]}"; do ip -n "$LAB_NS_CLIENT" addr add "$a/24" dev c0; done
-lab_fw "$LAB_IPT" -I FORWARD 3 -i c1 -o s1 -s 10.0.1.0/24 -d "$LAB_SERVER4" -p udp --dport 5060 \
-    -m conntrack --ctstate NEW -m comment --comment lab-ctl-phones -j ACCEPT
-lab_fw "$LAB_IPT" -I FORWARD 1 -i s1 -o c1 -p udp --dport 16000 -m conntrack --ctstate RELATED -m comment --comment sip-rel-phones
-lab_fw "$LAB_IPT" -I FORWARD 1 -i c1 -o s1 -p udp --dport 20000 -m conntrack --ctstate RELATED -m comment --comment sip-rel-uas
+lab_fw "$LAB_IPT" -I FORWARD 1 -i s1 -o c1 -p udp --dport 16000:16999 -m conntrack --ctstate RELATED \
+    -m comment --comment sip-rel-phones
+lab_fw "$LAB_IPT" -I FORWARD 1 -i c1 -o s1 -p udp --dport 20000:20999 -m conntrack --ctstate RELATED \
+    -m comment --comment sip-rel-uas
 [ "$NAT" = 1 ] && lab_fw "$LAB_IPT" -t nat -A POSTROUTING -o s1 -s 10.0.1.0/24 -j MASQUERADE
 sip_policy "$OUT/policy"
 
-# calls: 40 UACs, media both ways while they are up; sets CALLS_OK, TO_PHONES, TO_UAS, DROPS
+# calls LABEL: the 40 calls, media both ways while they are up; sets CALLS_OK, TO_PHONES, TO_UAS, DROPS
 calls() {
-    local label=$1 pids=() rc ok=0 i p0 u0 d0
+    local label=$1 i p0 u0 d0 uac uas
     p0=$(count_rule sip-rel-phones 4) u0=$(count_rule sip-rel-uas 4) d0=$(count_rule lab-drop 4)
-    lab_srv sipp -sf "$SIPP_DIR/uas-lab.xml" -i "$LAB_SERVER4" -p 5060 -mp 20000 -m "$PHONES" -timeout 120s \
-        >"$OUT/$label-uas.log" 2>&1 &
-    local uas=$!
+    lab_srv sipp -sf "$SIPP_DIR/uas-phone.xml" -i "$LAB_SERVER4" -p 5060 -t u1 -inf "$OUT/uas.csv" -m "$PHONES" \
+        -timeout 180s >"$OUT/$label-uas.log" 2>&1 &
+    uas=$!
     sleep 1
-    for a in "${ADDRS[@]}"; do
-        lab_cli sipp -sf "$SIPP_DIR/uac-lab.xml" "$LAB_SERVER4:5060" -i "$a" -p 5061 -mp 16000 -m 1 -s phone \
-            -d "$HOLD_MS" -timeout 120s >"$OUT/$label-uac-$a.log" 2>&1 &
-        pids+=($!)
-    done
+    lab_cli sipp -sf "$SIPP_DIR/uac-phone.xml" "$LAB_SERVER4:5060" -i "$LAB_CLIENT4" -t un -max_socket 256 -inf "$OUT/uac.csv" \
+        -m "$PHONES" -l "$PHONES" -r "$PHONES" -d "$HOLD_MS" -s phone -timeout 180s >"$OUT/$label-uac.log" 2>&1 &
+    uac=$!
     # every phone's INVITE through the firewall (or give up after 60 s), then time to answer
     for i in $(seq 1 120); do
         [ "$(lab_fw conntrack -L -p udp --dport 5060 2>/dev/null | grep -c 'dport=5060')" -ge "$PHONES" ] && break
@@ -64,11 +66,27 @@ calls() {
     done
     sleep 4
     fw_expect >"$OUT/$label-expect.txt" || true
-    media_to "$LAB_NS_SERVER" 16000 "${ADDRS[@]}"      # UAS -> every phone
-    media "$LAB_NS_CLIENT" "$LAB_SERVER4" 20000 "${ADDRS[@]}"   # every phone -> UAS
-    for p in "${pids[@]}"; do rc=0; wait "$p" || rc=$?; [ "$rc" = 0 ] && ok=$((ok + 1)); done
+    ip netns exec "$LAB_NS_SERVER" "${LAB_HOST_PYTHON:-python3}" - "$LAB_CLIENT4" "${PHONE_PORTS[@]}" <<'PY' &
+import socket, sys
+dst, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
+for p in ports:  # UAS -> each phone's announced audio port
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"\x80" + b"\x00" * 171, (dst, p)); u.close()
+PY
+    local m1=$!
+    ip netns exec "$LAB_NS_CLIENT" "${LAB_HOST_PYTHON:-python3}" - "$LAB_SERVER4" "${UAS_PORTS[@]}" <<'PY' &
+import socket, sys
+dst, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
+for p in ports:  # each phone -> the UAS's announced audio port for its call
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"\x80" + b"\x00" * 171, (dst, p)); u.close()
+PY
+    local m2=$!
+    wait "$m1" "$m2" 2>/dev/null || true
+    local rc=0
+    wait "$uac" || rc=$?
     wait "$uas" || true
-    CALLS_OK=$ok
+    CALLS_OK=$(grep -a "Successful call" "$OUT/$label-uac.log" | tail -1 | awk -F'|' '{gsub(/ /, "", $3); print $3 + 0}')
+    [ "$rc" = 0 ] && [ -z "$CALLS_OK" ] && CALLS_OK=$PHONES
+    CALLS_OK=${CALLS_OK:-0}
     TO_PHONES=$(( $(count_rule sip-rel-phones 4) - p0 ))
     TO_UAS=$(( $(count_rule sip-rel-uas 4) - u0 ))
     DROPS=$(( $(count_rule lab-drop 4) - d0 ))
