@@ -17,7 +17,7 @@ source "$LAB_DIR/netns.sh"
 source "$ALG_ROOT/tools/sipp/lab-lib.sh"
 OUT=$LAB_SCRATCH/sip
 mkdir -p "$OUT"
-HOLD_MS=${SIP_LAB_HOLD_MS:-7000}
+HOLD_MS=${SIP_LAB_HOLD_MS:-15000}  # long enough for two Python starts under TCG
 
 cleanup() {
     sip_alg_stop
@@ -53,8 +53,10 @@ sip_call() {
         sleep 0.25
     done
     fw_expect >"$OUT/$label-expect.txt" || true
-    media "$LAB_NS_SERVER" "$cli" 16000     # callee -> caller (expected from the INVITE's SDP)
+    media "$LAB_NS_SERVER" "$cli" 16000 &   # callee -> caller (expected from the INVITE's SDP)
+    local m1=$!
     media "$LAB_NS_CLIENT" "$srv" 20000     # caller -> callee (expected from the 200's SDP)
+    wait "$m1" || true
     wait "$uac" || rc=$?
     wait "$uas" || rc=$((rc | $?))
     LAST_SIGNALLING=$rc LAST_EXPECT=$n
