@@ -64,7 +64,11 @@ lab_fw tcpdump -i c1 -U -n -s 0 -w "$OUT/capture.pcap" 2>"$OUT/tcpdump.log" &
 PIDS+=($!)
 lab_fw conntrack -E expect >"$OUT/kernel-expect.txt" 2>&1 &
 PIDS+=($!)
-sleep 0.5
+for _ in $(seq 1 50); do  # a loaded machine starts tcpdump late: never call before it listens
+    grep -q "listening on" "$OUT/tcpdump.log" 2>/dev/null && break
+    sleep 0.1
+done
+sleep 0.3
 
 # send N datagrams from NS to ADDR:PORT (one flow per port)
 media() {  # NS DST PORT...
