@@ -147,6 +147,11 @@ class Engine:
         if now - self._swept >= 1.0 or now < self._swept:
             self.sweep(now)
         found = self.flows.lookup(pkt)
+        if found is not None and pkt.proto == TCP and found[1] is Direction.ORIGINAL and _reopens(found[0], pkt):
+            # a new connection on the same ports (a phone reconnecting from its
+            # fixed source port): conntrack makes it a new flow, so do we
+            self.flows.remove(packet_key(pkt))
+            found = None
         flow, direction = found if found is not None else self._new_flow(pkt, now, slot)
         flow.last_seen = now
         h = flow.helper
@@ -308,6 +313,14 @@ class Engine:
             "expectations": len(self.table),
             "expect_budget": self.table.budget,
         }
+
+
+def _reopens(flow: Flow, pkt: Packet) -> bool:
+    """A SYN (without ACK) whose sequence number is not the flow's own."""
+    if pkt.tcp_flags & 0x12 != 0x02 or flow.streams is None:
+        return False
+    nxt = flow.streams[Direction.ORIGINAL].next_seq
+    return nxt is not None and nxt != (pkt.seq + 1) % (1 << 32)
 
 
 def make_slots(policies: Iterable[HelperPolicy], classes: Mapping[str, type[Helper]]) -> dict[str, HelperSlot]:

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Lab scenario (runs inside the VM), the seed failure: about 40 phones behind a
+# NAT gateway, SIP through it, and an expectation table too small for their
+# media ("nf_ct_sip: all ports in use for SDP media", then dropped INVITEs).
+#
+# 40 calls from one SIPp UAC process in lab-cli (`-t un`: one UDP socket, so
+# one conntrack master, per phone; each phone's audio port from an injection
+# file) to one SIPp UAS, through lab-fw, which masquerades them
+# (SIP_PRESSURE_NAT=0: no NAT) and runs alg's SIP helper. Each call needs 4
+# expectations (RTP+RTCP each way). One process per side keeps it affordable
+# under TCG (40 SIPp processes poll the CPU away).
+#   phase 1: net.netfilter.nf_conntrack_expect_max = 40: the table fills.
+#     - no signalling packet dropped (all 40 calls complete, NFQUEUE drops 0)
+#     - alg counts the refusals by reason; `alg status` and `alg doctor` show
+#       the pressure and the fix
+#   phase 2: the fix applied (expect_max 4096): all 40 calls get media both ways.
+set -u
+: "${ALG_ROOT:?}" "${ALG:?}" "${LAB_DIR:?}" "${LAB_SCRATCH:?}"
+# shellcheck source=/dev/null
+source "$LAB_DIR/netns.sh"
+# shellcheck source=../../../tools/sipp/lab-lib.sh
+source "$ALG_ROOT/tools/sipp/lab-lib.sh"
+OUT=$LAB_SCRATCH/sip-pressure
+mkdir -p "$OUT"
+PHONES=${SIP_PRESSURE_PHONES:-40}
+LOW=${SIP_PRESSURE_EXPECT_MAX:-40}
+HOLD_MS=${SIP_PRESSURE_HOLD_MS:-20000}
+NAT=${SIP_PRESSURE_NAT:-1}
+OLD_MAX=$(sysctl -n net.netfilter.nf_conntrack_expect_max)
+PHONE_PORTS=() UAS_PORTS=()
+for i in $(seq 0 $((PHONES - 1))); do PHONE_PORTS+=($((16000 + 2 * i))); UAS_PORTS+=($((20000 + 2 * i))); done
+{ echo SEQUENTIAL; printf '%s\n' "${PHONE_PORTS[@]}"; } >"$OUT/uac.csv"
+{ echo SEQUENTIAL; printf '%s\n' "${UAS_PORTS[@]}"; } >"$OUT/uas.csv"
+
+cleanup() {
+    sip_alg_stop
+    lab_fw "$ALG" cleanup >/dev/null 2>&1 || true
+    sysctl -qw net.netfilter.nf_conntrack_expect_max="$OLD_MAX" || true
+    lab_net_down
+}
+trap cleanup EXIT
+
+lab_net_up udp/5060 || { echo "FAIL lab_net_up"; exit 1; }
+lab_fw "$LAB_IPT" -I FORWARD 1 -i s1 -o c1 -p udp --dport 16000:16999 -m conntrack --ctstate RELATED \
+    -m comment --comment sip-rel-phones
+lab_fw "$LAB_IPT" -I FORWARD 1 -i c1 -o s1 -p udp --dport 20000:20999 -m conntrack --ctstate RELATED \
+    -m comment --comment sip-rel-uas
+[ "$NAT" = 1 ] && lab_fw "$LAB_IPT" -t nat -A POSTROUTING -o s1 -s 10.0.1.0/24 -j MASQUERADE
+sip_policy "$OUT/policy"
+
+# calls LABEL: the 40 calls, media both ways while they are up; sets CALLS_OK, TO_PHONES, TO_UAS, DROPS
+calls() {
+    local label=$1 i p0 u0 d0 uac uas
+    p0=$(count_rule sip-rel-phones 4) u0=$(count_rule sip-rel-uas 4) d0=$(count_rule lab-drop 4)
+    lab_srv sipp -sf "$SIPP_DIR/uas-phone.xml" -i "$LAB_SERVER4" -p 5060 -t u1 -inf "$OUT/uas.csv" -m "$PHONES" \
+        -timeout 180s >"$OUT/$label-uas.log" 2>&1 &
+    uas=$!
+    sleep 1
+    lab_cli sipp -sf "$SIPP_DIR/uac-phone.xml" "$LAB_SERVER4:5060" -i "$LAB_CLIENT4" -t un -max_socket 256 -inf "$OUT/uac.csv" \
+        -m "$PHONES" -l "$PHONES" -r "$PHONES" -d "$HOLD_MS" -s phone -timeout 180s >"$OUT/$label-uac.log" 2>&1 &
+    uac=$!
+    # every phone's INVITE through the firewall (or give up after 60 s), then time to answer
+    for i in $(seq 1 120); do
+        [ "$(lab_fw conntrack -L -p udp --dport 5060 2>/dev/null | grep -c 'dport=5060')" -ge "$PHONES" ] && break
+        sleep 0.5
+    done
+    sleep 4
+    fw_expect >"$OUT/$label-expect.txt" || true
+    ip netns exec "$LAB_NS_SERVER" "${LAB_HOST_PYTHON:-python3}" - "$LAB_CLIENT4" "${PHONE_PORTS[@]}" <<'PY' &
+import socket, sys
+dst, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
+for p in ports:  # UAS -> each phone's announced audio port
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"\x80" + b"\x00" * 171, (dst, p)); u.close()
+PY
+    local m1=$!
+    ip netns exec "$LAB_NS_CLIENT" "${LAB_HOST_PYTHON:-python3}" - "$LAB_SERVER4" "${UAS_PORTS[@]}" <<'PY' &
+import socket, sys
+dst, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
+for p in ports:  # each phone -> the UAS's announced audio port for its call
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"\x80" + b"\x00" * 171, (dst, p)); u.close()
+PY
+    local m2=$!
+    wait "$m1" "$m2" 2>/dev/null || true
+    local rc=0
+    wait "$uac" || rc=$?
+    wait "$uas" || true
+    CALLS_OK=$(grep -a "Successful call" "$OUT/$label-uac.log" | tail -1 | awk -F'|' '{gsub(/ /, "", $3); print $3 + 0}')
+    [ "$rc" = 0 ] && [ -z "$CALLS_OK" ] && CALLS_OK=$PHONES
+    CALLS_OK=${CALLS_OK:-0}
+    TO_PHONES=$(( $(count_rule sip-rel-phones 4) - p0 ))
+    TO_UAS=$(( $(count_rule sip-rel-uas 4) - u0 ))
+    DROPS=$(( $(count_rule lab-drop 4) - d0 ))
+}
+
+# ---------------------------------------------------------------- phase 1: a table too small
+sysctl -qw net.netfilter.nf_conntrack_expect_max="$LOW"
+if ! sip_alg_start "$OUT/policy" "$OUT/alg.log"; then fail "sip-pressure alg run started"; exit 1; fi
+check "sip-pressure rules applied" sip_rules "$OUT/policy"
+QUEUE=$(awk -F= '/^queue *=/ {gsub(/[ \t]|#.*/, "", $2); print $2}' "$OUT/policy/sip.toml")
+q0=$(queue_drops "$QUEUE")
+calls pressure
+echo "phase 1 (expect_max $LOW): calls ok $CALLS_OK/$PHONES, media RELATED to phones $TO_PHONES, to UAS $TO_UAS, dropped $DROPS"
+check "sip-pressure no signalling dropped: all $PHONES calls completed ($CALLS_OK)" test "$CALLS_OK" = "$PHONES"
+check "sip-pressure no NFQUEUE drops" test "$(( $(queue_drops "$QUEUE") - q0 ))" = 0
+check "sip-pressure the table filled: some media dropped ($DROPS)" test "$DROPS" -ge 1
+lab_fw "$ALG" status --format json >"$OUT/status.json" 2>&1 || true
+lab_fw "$ALG" status >"$OUT/status.txt" 2>&1 || true
+lab_fw "$ALG" doctor >"$OUT/doctor.txt" 2>&1 || true
+check "sip-pressure refusals counted by reason in alg status" \
+    grep -Eq '"(kernel-full|budget)"[[:space:]]*:[[:space:]]*[1-9]' "$OUT/status.json"
+check "sip-pressure alg status shows the pressure" grep -Eiq 'kernel-full|refus' "$OUT/status.txt"
+check "sip-pressure alg doctor names the fix" grep -Eiq 'expect_max|expect_hashsize' "$OUT/doctor.txt"
+grep -Eq 'refused.*kernel-full|kernel-full.*(expect|table)' "$OUT/alg.log" && pass "sip-pressure refusal logged" \
+    || fail "sip-pressure refusal logged"
+
+# ---------------------------------------------------------------- phase 2: the fix
+sysctl -qw net.netfilter.nf_conntrack_expect_max=4096   # runtime form of doctor's advice
+lab_fw conntrack -F >/dev/null 2>&1 || true
+lab_fw conntrack -F expect >/dev/null 2>&1 || true
+lab_fw conntrack -F -f ipv6 >/dev/null 2>&1 || true
+calls fixed
+echo "phase 2 (expect_max 4096): calls ok $CALLS_OK/$PHONES, media RELATED to phones $TO_PHONES, to UAS $TO_UAS, dropped $DROPS"
+check "sip-pressure fixed: all $PHONES calls completed" test "$CALLS_OK" = "$PHONES"
+check "sip-pressure fixed: media to all $PHONES phones RELATED ($TO_PHONES)" test "$TO_PHONES" = "$PHONES"
+check "sip-pressure fixed: media from all $PHONES phones RELATED ($TO_UAS)" test "$TO_UAS" = "$PHONES"
+check "sip-pressure fixed: nothing dropped ($DROPS)" test "$DROPS" = 0
+
+echo "sip-pressure: $FAILS failed"
+[ "$FAILS" = 0 ]

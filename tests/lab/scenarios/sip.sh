@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Lab scenario (runs inside the VM): alg's SIP helper as a userspace conntrack
+# helper. SIPp calls (UDP/IPv4, TCP/IPv4, UDP/IPv6) go through lab-fw, whose
+# FORWARD chain accepts NEW only for SIP (udp+tcp 5060); the RTP datagrams each
+# side sends to the port the other side's SDP announced must pass as RELATED.
+# The UDP INVITE is the first packet of its flow (its conntrack is unconfirmed
+# while queued): its media expectation must still be made.
+# Negative control: alg stopped => the same media is dropped.
+#
+#   export ALG_ROOT=/path/to/alg ALG=$ALG_ROOT/.venv/bin/alg
+#   /work/shared/lab/vm-run -e ALG_ROOT -e ALG tests/lab/scenarios/sip.sh
+set -u
+: "${ALG_ROOT:?}" "${ALG:?}" "${LAB_DIR:?}" "${LAB_SCRATCH:?}"
+# shellcheck source=/dev/null
+source "$LAB_DIR/netns.sh"
+# shellcheck source=../../../tools/sipp/lab-lib.sh
+source "$ALG_ROOT/tools/sipp/lab-lib.sh"
+OUT=$LAB_SCRATCH/sip
+mkdir -p "$OUT"
+HOLD_MS=${SIP_LAB_HOLD_MS:-15000}  # long enough for two Python starts under TCG
+
+cleanup() {
+    sip_alg_stop
+    lab_fw "$ALG" cleanup >/dev/null 2>&1 || true
+    lab_net_down
+}
+trap cleanup EXIT
+
+lab_net_up udp/5060 tcp/5060 || { echo "FAIL lab_net_up"; exit 1; }
+for ipt in "$LAB_IPT" "$LAB_IP6T"; do
+    lab_fw "$ipt" -I FORWARD 1 -i s1 -o c1 -p udp --dport 16000 -m conntrack --ctstate RELATED -m comment --comment sip-rel-caller
+    lab_fw "$ipt" -I FORWARD 1 -i c1 -o s1 -p udp --dport 20000 -m conntrack --ctstate RELATED -m comment --comment sip-rel-callee
+done
+sip_policy "$OUT/policy"
+
+# sip_call udp|tcp 4|6 LABEL: one call, media both ways while it is up
+sip_call() {
+    local tr=$1 fam=$2 label=$3 t cli srv uri uas uac rc=0 n=0 i
+    [ "$tr" = udp ] && t=u1 || t=t1
+    if [ "$fam" = 6 ]; then cli=$LAB_CLIENT6 srv=$LAB_SERVER6 uri="[$LAB_SERVER6]"; else cli=$LAB_CLIENT4 srv=$LAB_SERVER4 uri=$LAB_SERVER4; fi
+    local c0 c1 d0
+    c0=$(count_rule sip-rel-caller) c1=$(count_rule sip-rel-callee) d0=$(count_rule lab-drop)
+    lab_srv sipp -sf "$SIPP_DIR/uas-lab.xml" -i "$srv" -p 5060 -t $t -mp 20000 -m 1 -timeout 60s \
+        >"$OUT/$label-uas.log" 2>&1 &
+    uas=$!
+    sleep 1
+    lab_cli sipp -sf "$SIPP_DIR/uac-lab.xml" "$uri:5060" -i "$cli" -p 5061 -t $t -mp 16000 -m 1 -s alice \
+        -d "$HOLD_MS" -timeout 60s >"$OUT/$label-uac.log" 2>&1 &
+    uac=$!
+    for i in $(seq 1 40); do  # until both SDPs have been seen (or 10 s)
+        n=$(fw_expect | grep -c "helper=alg-sip") || true
+        [ "$n" -ge 4 ] && break
+        sleep 0.25
+    done
+    fw_expect >"$OUT/$label-expect.txt" || true
+    media "$LAB_NS_SERVER" "$cli" 16000 &   # callee -> caller (expected from the INVITE's SDP)
+    local m1=$!
+    media "$LAB_NS_CLIENT" "$srv" 20000     # caller -> callee (expected from the 200's SDP)
+    wait "$m1" || true
+    wait "$uac" || rc=$?
+    wait "$uas" || rc=$((rc | $?))
+    LAST_SIGNALLING=$rc LAST_EXPECT=$n
+    LAST_CALLER=$(( $(count_rule sip-rel-caller) - c0 ))
+    LAST_CALLEE=$(( $(count_rule sip-rel-callee) - c1 ))
+    LAST_DROP=$(( $(count_rule lab-drop) - d0 ))
+}
+
+# ---------------------------------------------------------------- phase P: alg running
+if ! sip_alg_start "$OUT/policy" "$OUT/alg.log"; then
+    fail "sip alg run started"; exit 1
+fi
+pass "sip alg run started"
+check "sip rules applied" sip_rules "$OUT/policy"
+for combo in "udp 4" "tcp 4" "udp 6"; do
+    set -- $combo
+    label=sip-$1$2
+    lab_fw conntrack -F >/dev/null 2>&1 || true; lab_fw conntrack -F -f ipv6 >/dev/null 2>&1 || true
+    sip_call "$1" "$2" "$label"
+    check "$label signalling completed (sipp exit 0)" test "$LAST_SIGNALLING" = 0
+    check "$label expectations listed by the kernel (helper=alg-sip: $LAST_EXPECT)" test "$LAST_EXPECT" -ge 4
+    check "$label media to the caller RELATED (INVITE's SDP)" test "$LAST_CALLER" -ge 1
+    check "$label media to the callee RELATED (200's SDP)" test "$LAST_CALLEE" -ge 1
+done
+lab_fw "$ALG" status >"$OUT/status.txt" 2>&1 || true
+
+# ---------------------------------------------------------------- negative control
+sip_alg_stop
+lab_fw conntrack -F >/dev/null 2>&1 || true
+lab_fw conntrack -F expect >/dev/null 2>&1 || true
+lab_fw conntrack -F -f ipv6 >/dev/null 2>&1 || true
+sip_call udp 4 sip-negative
+check "sip negative: no expectation without alg" test "$LAST_EXPECT" = 0
+check "sip negative: media dropped without alg (dropped $LAST_DROP)" test "$LAST_DROP" -ge 2 -a "$LAST_CALLER" = 0 -a "$LAST_CALLEE" = 0
+
+echo "sip: $FAILS failed"
+[ "$FAILS" = 0 ]

@@ -1,0 +1,113 @@
+# Shared by tests/lab/scenarios/sip.sh and sip-pressure.sh (sourced, runs in the lab VM).
+# Needs ALG_ROOT, ALG, LAB_DIR, LAB_SCRATCH; the caller has sourced "$LAB_DIR/netns.sh".
+
+SIPP_DIR=$ALG_ROOT/tools/sipp
+FAILS=0
+ALG_PID=
+pass() { echo "PASS $*"; }
+fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
+check() {  # NAME CMD...: PASS/FAIL on the command's status
+    local name=$1; shift
+    if "$@"; then pass "$name"; else fail "$name"; fi
+}
+
+# sip_policy DIR [KEY=VALUE...]: the SIP policy under a name that cannot clash
+# with the kernel's own nf_conntrack_sip ("sip"), options overridden
+sip_policy() {
+    local dir=$1; shift
+    mkdir -p "$dir"
+    sed -e 's/^name = "sip" /name = "alg-sip"/' "$ALG_ROOT/policies/sip.toml" >"$dir/sip.toml"
+    local kv
+    for kv in "$@"; do sed -i "s/^${kv%%=*} = [^ ]*/${kv%%=*} = ${kv#*=}/" "$dir/sip.toml"; done
+    [ -f "$ALG_ROOT/policies/alg.toml" ] && cp "$ALG_ROOT/policies/alg.toml" "$dir/" || true
+}
+
+# sip_alg_start POLICY_DIR LOG: alg run in fw, wait until it answers `alg status`
+sip_alg_start() {
+    # not through lab_fw: $! must be alg itself (ip netns exec execs it), so SIGTERM reaches it
+    ip netns exec "$LAB_NS_FW" "$ALG" run --policy "$1" >>"$2" 2>&1 &
+    ALG_PID=$!
+    local i
+    for i in $(seq 1 120); do
+        if ! kill -0 "$ALG_PID" 2>/dev/null; then echo "alg run exited; log:" >&2; tail -20 "$2" >&2; ALG_PID=; return 1; fi
+        lab_fw "$ALG" status >/dev/null 2>&1 && return 0
+        sleep 0.5
+    done
+    return 1
+}
+
+sip_alg_stop() {
+    [ -n "$ALG_PID" ] || return 0
+    kill -TERM "$ALG_PID" 2>/dev/null || true
+    local i
+    for i in $(seq 1 40); do kill -0 "$ALG_PID" 2>/dev/null || break; sleep 0.25; done
+    kill -KILL "$ALG_PID" 2>/dev/null || true
+    wait "$ALG_PID" 2>/dev/null || true
+    ALG_PID=
+}
+
+# sip_rules POLICY_DIR: apply `alg rules --iptables` in fw (command lines or
+# iptables-restore input, whichever alg prints)
+sip_rules() {
+    local rules line
+    rules=$(lab_fw "$ALG" rules --iptables --policy "$1" 2>/dev/null) || rules=$(lab_fw "$ALG" rules --iptables) || return 1
+    printf '%s\n' "$rules" >"$LAB_SCRATCH/sip-rules.txt"
+    if printf '%s\n' "$rules" | grep -q '^\*raw'; then
+        printf '%s\n' "$rules" | lab_fw iptables-restore --noflush || return 1
+        return 0
+    fi
+    while IFS= read -r line; do
+        case $line in iptables*|ip6tables*) eval "lab_fw $line" || return 1 ;; esac
+    done <<<"$rules"
+}
+
+# count_rule NAME [4|6|46]: packets of FORWARD rules commented NAME
+count_rule() {
+    local name=$1 fams=${2:-46} total=0 n ipt
+    for ipt in $([[ $fams == *4* ]] && echo "$LAB_IPT") $([[ $fams == *6* ]] && echo "$LAB_IP6T"); do
+        n=$(lab_fw "$ipt" -nvxL FORWARD | awk -v c="/* $name */" 'index($0, c) {s += $1} END {print s+0}')
+        total=$((total + n))
+    done
+    echo "$total"
+}
+
+# media NS DST PORT [SRC_ADDR...]: one UDP datagram from each SRC_ADDR (or
+# the namespace's own address) to DST:PORT, from one Python process
+media() {
+    local ns=$1 dst=$2 port=$3; shift 3
+    ip netns exec "$ns" "${LAB_HOST_PYTHON:-python3}" - "$dst" "$port" "$@" <<'EOF'
+import socket, sys
+dst, port, srcs = sys.argv[1], int(sys.argv[2]), sys.argv[3:] or [None]
+fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+for src in srcs:
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    if src:
+        s.bind((src, 0))
+    s.sendto(b"\x80\x00\x00\x01" + b"\x00" * 168, (dst, port))
+    s.close()
+EOF
+}
+
+# sends to many destinations: media_to NS PORT DST...
+media_to() {
+    local ns=$1 port=$2; shift 2
+    ip netns exec "$ns" "${LAB_HOST_PYTHON:-python3}" - "$port" "$@" <<'EOF'
+import socket, sys
+port, dsts = int(sys.argv[1]), sys.argv[2:]
+for d in dsts:
+    s = socket.socket(socket.AF_INET6 if ":" in d else socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"\x80\x00\x00\x01" + b"\x00" * 168, (d, port))
+    s.close()
+EOF
+}
+
+# fw_expect: `conntrack -L expect` of both families in fw
+fw_expect() {
+    lab_fw conntrack -L expect -f ipv4 2>/dev/null
+    lab_fw conntrack -L expect -f ipv6 2>/dev/null
+}
+
+# queue_drops QUEUE: dropped + user-dropped packets of an NFQUEUE in fw
+queue_drops() {
+    lab_fw cat /proc/net/netfilter/nfnetlink_queue 2>/dev/null | awk -v q="$1" '$1 == q {print $6 + $7; f = 1} END {if (!f) print 0}'
+}
