@@ -29,7 +29,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .decode import DecodeError, decode_ip
 from .engine import Create, Delete, Engine, HelperSlot, RateLimitedLog, make_slots
@@ -103,14 +103,14 @@ class Daemon:
         hp = slot.policy
         spec = self.host.helpers[hp.helper].spec
         if not self.use_cthelper:
-            self.queues.bind(hp.queue, hp.queue_len, lambda pkt, slot=slot: self.on_packet(pkt, slot))
+            self.queues.bind(hp.queue, hp.queue_len, self._callback(slot))
             return
         self.cthelper.register(hp, spec.priv_data_len)
         for l3 in sorted({4, *hp.families}):
             for proto in hp.protocols:
                 if (hp.name, l3, proto) not in self.registered:
                     self.registered.append((hp.name, l3, proto))
-        self.queues.bind(hp.queue, hp.queue_len, lambda pkt, slot=slot: self.on_packet(pkt, slot))
+        self.queues.bind(hp.queue, hp.queue_len, self._callback(slot))
 
     def stop(self) -> None:
         """Disable and remove our helpers, unbind the queues. Safe to call twice."""
@@ -149,6 +149,9 @@ class Daemon:
         self.status_sock = s
 
     # ------------------------------------------------------------ per packet
+    def _callback(self, slot: HelperSlot) -> Callable[[Any], None]:
+        return lambda pkt: self.on_packet(pkt, slot)
+
     def on_packet(self, pkt: Any, slot: HelperSlot) -> None:
         verdict_accept = True
         try:
@@ -229,14 +232,14 @@ class Daemon:
                 if self.reload_asked:
                     self.reload_asked = False
                     self.reload()
-                fds = self.queues.fds() + [self._wake_r] + ([self.status_sock] if self.status_sock else [])
+                fds = self.queues.fds() + [self._wake_r] + ([self.status_sock.fileno()] if self.status_sock else [])
                 timeout = max(0.0, min(p[0] for p in self.pending) - time.monotonic()) if self.pending else 1.0
                 try:
                     ready, _, _ = select.select(fds, [], [], timeout)
                 except InterruptedError:
                     continue
                 for fd in ready:
-                    if fd is self.status_sock:
+                    if self.status_sock is not None and fd == self.status_sock.fileno():
                         self._serve_status()
                     elif fd == self._wake_r:
                         os.read(self._wake_r, 64)
@@ -281,7 +284,7 @@ class Daemon:
                 if self.use_cthelper:
                     self.cthelper.register(slot.policy,
                                            self.host.helpers[slot.policy.helper].spec.priv_data_len)
-                self.queues.rebind(slot.policy.queue, lambda pkt, s=slot: self.on_packet(pkt, s))
+                self.queues.rebind(slot.policy.queue, self._callback(slot))
             else:
                 self._register(slot)
         for name, old in self.engine.slots.items():

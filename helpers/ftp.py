@@ -15,7 +15,9 @@ is accepted (234) the channel carries TLS records, which are skipped; a
 client that later sends `CCC` (RFC 4217 §12.3) goes back to clear text,
 and those commands are read again, as the kernel's helper would.
 
-Policy: one class `default`, 1 expectation per control connection, 300 s
+Policy: one class `ftp` (the kernel's and conntrackd's policy name, so alg
+can take over a helper that `nfct add helper ftp` created), 1 expectation per
+control connection, 300 s
 (the kernel's defaults). NAT rewriting: not yet (offsets are reported).
 Limits: commands are read line by line; a line longer than `max_buffer`
 (8 KiB) stops inspection of the flow.
@@ -56,7 +58,7 @@ class FtpHelper(alg.Helper):
         name="ftp",
         protocols=(TCP,),
         ports=(21,),
-        classes=(ExpectClass("default", 1, 300),),
+        classes=(ExpectClass("ftp", 1, 300),),
         options={"loose": Option(False, "accept an advertised address that is not the sender's (unsafe)")},
         priv_data_len=24,  # conntrackd's ftp helper uses 24; lets alg take over an `nfct add`-ed helper
         max_buffer=8192,
@@ -141,7 +143,7 @@ class FtpHelper(alg.Helper):
         if addr != seg.sender:
             if not self.options["loose"]:
                 return (Notice("address-mismatch", f"{addr} advertised by {seg.sender}"),)
-        return (Expect("default", TCP, seg.receiver, addr, None, port, where=(where,)),)
+        return (Expect("ftp", TCP, seg.receiver, addr, None, port, where=(where,)),)
 
 
 @alg.hookimpl

@@ -66,7 +66,7 @@ def test_cases(mode, name, direction, flow, data, want):
         acts, rest = feed(data, direction, flow, chunk=1 if mode == "bytewise" else None)
         assert rest == b""
     (e,) = expects(acts)
-    assert (e.src, e.dst, e.dport, e.sport, e.proto, e.cls) == (*want, None, TCP, "default")
+    assert (e.src, e.dst, e.dport, e.sport, e.proto, e.cls) == (*want, None, TCP, "ftp")
 
 
 def test_several_commands_in_one_segment():

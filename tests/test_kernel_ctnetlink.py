@@ -66,7 +66,7 @@ def net(kernel_ok):
     try:
         masters = {}
         for port in (21, 2121):
-            srv = subprocess.Popen(["ip", "netns", "exec", "alg-nl-srv", sys.executable, "-c", HOLD, "srv", str(port), "1"],
+            srv = subprocess.Popen(["ip", "netns", "exec", "alg-nl-srv", sys.executable, "-c", HOLD, "srv", str(port), "1"],  # noqa: E501
                                    stdout=subprocess.PIPE, text=True)
             procs.append(srv)
             assert srv.stdout.readline().strip() == "ready"

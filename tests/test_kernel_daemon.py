@@ -84,6 +84,6 @@ def test_nfqueue_verdicts_and_expectations_with_real_ftp(kernel_ok: None) -> Non
         assert daemon.returncode == 0, log
         ftp = st["helpers"]["ftp"]
         assert ftp["packets"] >= 20 and st["verdicts"] >= ftp["packets"] and st["queue_errors"] == 0
-        assert ftp["classes"]["default"]["created"] == 3, st
+        assert ftp["classes"]["ftp"]["created"] == 3, st
         assert not st["kernel_errors"], st
         print(f"3 transfers through alg's queue in {elapsed:.2f} s, {st['verdicts']} verdicts")

@@ -140,7 +140,7 @@ def test_kernel_ftp_helper_equals_replay(kernel_ok: None) -> None:
     key = lambda d: json.dumps(d, sort_keys=True)  # noqa: E731
     assert sorted(map(key, map(normalise_alg, ours))) == sorted(map(key, map(normalise_kernel, kernel)))
     for e in ours:
-        assert e["class"] == 0 or e["class"] in ("default", "0")
+        assert e["class"] == 0 or e["class"] in ("ftp", "0")
         assert abs(e["timeout"] - 300) <= 2
     for k in kernel:
         assert k.get("class", "0") == "0"

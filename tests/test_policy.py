@@ -40,7 +40,7 @@ def test_shipped_policies_equal_the_helpers_defaults(specs):
 
 
 def test_override_class_and_option(tmp_path, specs):
-    path = write(tmp_path, 'helper = "ftp"\nports = [21, 2121]\n[classes.default]\nexpect_max = 3\n'
+    path = write(tmp_path, 'helper = "ftp"\nports = [21, 2121]\n[classes.ftp]\nexpect_max = 3\n'
                            '[options]\nloose = true\n')
     hp = load_policy([path], specs, only_listed=True).helpers["ftp"]
     assert hp.ports == (21, 2121)
@@ -59,7 +59,7 @@ def test_renamed_helper_replaces_the_default_and_two_files_give_two_instances(tm
 
 @pytest.mark.parametrize("text, line, key", [
     ('helper = "ftp"\nqueue = "twenty"\n', 2, "queue"),
-    ('helper = "ftp"\n\n[classes.default]\nexpect_max = 0\n', 4, "expect_max"),
+    ('helper = "ftp"\n\n[classes.ftp]\nexpect_max = 0\n', 4, "expect_max"),
     ('helper = "ftp"\n[classes.data]\nexpect_max = 2\n', 2, "data"),
     ('helper = "ftp"\n[options]\nlose = true\n', 3, "lose"),
     ('helper = "ftp"\n[options]\nloose = "yes"\n', 3, "loose"),
@@ -100,7 +100,7 @@ def test_core_policy_errors(tmp_path, specs):
 
 
 def test_cli_exits_2_naming_file_line_and_key(tmp_path, capsys):
-    path = write(tmp_path, 'helper = "ftp"\n[classes.default]\nexpect_timeout = "long"\n')
+    path = write(tmp_path, 'helper = "ftp"\n[classes.ftp]\nexpect_timeout = "long"\n')
     pcap = ROOT / "tests/pcaps/ftp-zeek_ftp-ipv4/capture.pcap"
     assert main(["replay", "--policy", path, str(pcap)]) == 2
     err = capsys.readouterr().err

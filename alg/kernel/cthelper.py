@@ -173,7 +173,7 @@ def parse_helper(payload: bytes) -> dict[str, Any]:
     l3num = struct.unpack("!H", tup[NFCTH_TUPLE_L3PROTONUM])[0] if NFCTH_TUPLE_L3PROTONUM in tup else None
     return {
         "name": s(a, NFCTH_NAME),
-        "l3": {socket.AF_INET: 4, socket.AF_INET6: 6}.get(l3num, l3num),
+        "l3": {int(socket.AF_INET): 4, int(socket.AF_INET6): 6}.get(l3num or 0, l3num),
         "proto": tup[NFCTH_TUPLE_L4PROTONUM][0] if NFCTH_TUPLE_L4PROTONUM in tup else None,
         "queue": u32(a, NFCTH_QUEUE_NUM),
         "priv_data_len": u32(a, NFCTH_PRIV_DATA_LEN),
@@ -216,7 +216,7 @@ class Cthelper:
         try:
             return self.sock.transact(build(*args, seq=seq, pid=0), seq)
         except L.NetlinkError as exc:
-            e = exc.errno
+            e = exc.errno or 0
             if e in (E.EINVAL, E.EOPNOTSUPP) and (op == "cthelper-list" or not self.supported()):
                 # nfnetlink answers EINVAL for a message to a subsystem that is not registered
                 raise KernelError(e, op, _HINTS[E.EOPNOTSUPP]) from None

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import errno as E
 import ipaddress
-import os
 import socket
 import struct
 from collections import OrderedDict
@@ -384,7 +383,7 @@ class Ctnetlink:
         try:
             return self.sock.transact(build(*args, seq=seq, pid=0), seq)
         except L.NetlinkError as exc:
-            raise KernelError(exc.errno, op) from None
+            raise KernelError(exc.errno or 0, op) from None
 
     # -- master lookup (hot path)
     def find_master(self, t: FlowTuple) -> MasterRef | None:

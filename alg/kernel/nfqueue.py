@@ -30,12 +30,15 @@ class QueueSet:
         self._callbacks[num] = callback
         try:
             # the callback is looked up per packet so a reload can swap it in place
-            q.bind(num, lambda pkt, n=num: self._callbacks[n](pkt), max_len=max_len)
+            q.bind(num, self._dispatcher(num), max_len=max_len)
         except OSError as exc:
             raise KernelError(exc.errno or 0, f"bind queue {num}",
                               "is another program bound to it, or nfnetlink_queue missing?") from None
         self._by_num[num] = q
         self._by_fd[q.get_fd()] = q
+
+    def _dispatcher(self, num: int) -> Callback:
+        return lambda pkt: self._callbacks[num](pkt)
 
     def rebind(self, num: int, callback: Callback) -> None:
         self._callbacks[num] = callback

@@ -63,7 +63,8 @@ def asciiz(s: str) -> bytes:
 
 def message(subsys: int, msg: int, flags: int, family: int, body: bytes, seq: int = 0, pid: int = 0) -> bytes:
     """nlmsghdr + nfgenmsg + attributes."""
-    return _NLH.pack(16 + 4 + len(body), (subsys << 8) | msg, flags, seq, pid) + _NFGEN.pack(family, NFNETLINK_V0, 0) + body
+    header = _NLH.pack(16 + 4 + len(body), (subsys << 8) | msg, flags, seq, pid)
+    return header + _NFGEN.pack(family, NFNETLINK_V0, 0) + body
 
 
 def parse_attrs(data: bytes, off: int = 0, end: int | None = None) -> dict[int, bytes]:
