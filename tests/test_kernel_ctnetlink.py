@@ -38,7 +38,7 @@ else:
 
 
 def sh(cmd: str) -> str:
-    r = subprocess.run(["bash", "-c", f"source {LAB}; {cmd}"], env=ENV, capture_output=True, text=True)
+    r = subprocess.run(["bash", "-c", f"source {LAB}; {cmd}"], env=ENV, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
 
@@ -88,8 +88,8 @@ def net(kernel_ok):
 
 
 def expect(master, dport=50004, **kw):
-    d = dict(helper="ftp", cls="ftp", class_id=0, l3=4, proto=6, src=master.src, dst=master.dst, sport=None,
-             dport=dport, master=master, timeout=300)
+    d = {"helper": "ftp", "cls": "ftp", "class_id": 0, "l3": 4, "proto": 6, "src": master.src, "dst": master.dst, "sport": None,
+             "dport": dport, "master": master, "timeout": 300}
     d.update(kw)
     return Expectation(**d)
 

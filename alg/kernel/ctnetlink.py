@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import errno as E
 import ipaddress
-import os
 import socket
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from pyroute2.netlink import NLA_F_NESTED, nla
 from pyroute2.netlink.nfnetlink import nfgen_msg
@@ -255,7 +254,7 @@ def _parse_tuple(b: bytes) -> FlowTuple | None:
         return None
     if dst is None or CTA_PROTO_NUM not in pr:
         return None
-    port = lambda k: struct.unpack("!H", pr[k])[0] if k in pr else 0  # noqa: E731
+    port = lambda k: struct.unpack("!H", pr[k])[0] if k in pr else 0
     return FlowTuple(l3, pr[CTA_PROTO_NUM][0], ipaddress.ip_address(src), ipaddress.ip_address(dst),
                      port(CTA_PROTO_SRC_PORT), port(CTA_PROTO_DST_PORT))
 
@@ -292,7 +291,7 @@ class KernelExpectation:
             "l3": f"ipv{t.l3}",
             "proto": {6: "tcp", 17: "udp"}.get(t.proto, t.proto),
             "src": None if wild_src else str(t.src),
-            "src_prefix": None if wild_src else bin(int(m.src)).count("1"),
+            "src_prefix": None if wild_src else int(m.src).bit_count(),
             "dst": str(t.dst),
             "sport": t.sport if m.sport else None,
             "dport": t.dport,
@@ -314,7 +313,7 @@ def parse_expectation(payload: bytes) -> KernelExpectation | None:
         return None
     if tup is None or msk is None or mst is None:
         return None
-    u32 = lambda k: struct.unpack("!I", a[k])[0] if k in a else 0  # noqa: E731
+    u32 = lambda k: struct.unpack("!I", a[k])[0] if k in a else 0
     name = a.get(CTA_EXPECT_HELP_NAME)
     return KernelExpectation(
         helper=name.rstrip(b"\0").decode() if name else None,
@@ -370,7 +369,7 @@ class Ctnetlink:
         self._cache: OrderedDict[FlowTuple, MasterRef] = OrderedDict()
         self.lookups = self.cache_hits = 0
 
-    def __enter__(self) -> "Ctnetlink":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -384,7 +383,7 @@ class Ctnetlink:
         try:
             return self.sock.transact(build(*args, seq=seq, pid=0), seq)
         except L.NetlinkError as exc:
-            raise KernelError(exc.errno, op) from None
+            raise KernelError(exc.errno or E.EIO, op) from None
 
     # -- master lookup (hot path)
     def find_master(self, t: FlowTuple) -> MasterRef | None:
