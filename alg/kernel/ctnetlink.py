@@ -32,6 +32,7 @@ import socket
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Self
 
 from pyroute2.netlink import NLA_F_NESTED, nla
@@ -170,15 +171,24 @@ def pack_ct_get(t: FlowTuple, by_reply: bool = False, seq: int = 0, pid: int = 0
                      pack_flow(CTA_TUPLE_REPLY if by_reply else CTA_TUPLE_ORIG, t), seq, pid)
 
 
+@lru_cache(maxsize=256)
+def _mask_nla(l3: int, proto: int, src_bits: int, sport_any: bool) -> bytes:
+    """CTA_EXPECT_MASK: precomputed per (family, proto, source prefix, source port wildcard)."""
+    width = 32 if l3 == 4 else 128
+    smask = (((1 << src_bits) - 1) << (width - src_bits)).to_bytes(width // 8, "big")
+    return pack_tuple(CTA_EXPECT_MASK, l3, proto, smask, b"\xff" * (width // 8), 0 if sport_any else 0xFFFF, 0xFFFF)
+
+
 def exp_body(e, master: FlowTuple, zone: int = 0) -> bytes:
     """Attributes of an EXP_NEW for alg.expect.Expectation ``e`` (order as nfct_exp_msg)."""
-    zero = bytes(16 if e.l3 == 6 else 4)
-    src = zero if e.src is None else e.src.packed
+    if e.src is None:
+        src, bits = bytes(16 if e.l3 == 6 else 4), 0
+    else:
+        src, bits = e.src.packed, e.src.max_prefixlen if e.src_prefix is None else e.src_prefix
     return b"".join((
         pack_flow(CTA_EXPECT_MASTER, master),
         pack_tuple(CTA_EXPECT_TUPLE, e.l3, e.proto, src, e.dst.packed, e.sport or 0, e.dport),
-        pack_tuple(CTA_EXPECT_MASK, e.l3, e.proto, e.src_mask.packed, e._ones().packed,
-                   0 if e.sport is None else 0xFFFF, 0xFFFF),
+        _mask_nla(e.l3, e.proto, bits, e.sport is None),
         L.nla(CTA_EXPECT_TIMEOUT, L.be32(e.timeout)),
         L.nla(CTA_EXPECT_HELP_NAME, L.asciiz(e.helper)),
         L.nla(CTA_EXPECT_ZONE, L.be16(zone)),
