@@ -293,22 +293,25 @@ class KernelExpectation:
     zone: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        t, m = self.tuple, self.mask
-        wild_src = int(m.src) == 0
+        """Same keys as alg.expect.Expectation.to_json (minus its class name and frame, plus class_id)."""
+        from alg.expect import flag_names
+        from alg.model import PROTO_NAMES
+
+        t, m, ms = self.tuple, self.mask, self.master
         return {
             "helper": self.helper,
             "class_id": self.class_id,
             "l3": f"ipv{t.l3}",
-            "proto": {6: "tcp", 17: "udp"}.get(t.proto, t.proto),
-            "src": None if wild_src else str(t.src),
-            "src_prefix": None if wild_src else int(m.src).bit_count(),
+            "proto": PROTO_NAMES.get(t.proto, str(t.proto)),
+            "src": None if int(m.src) == 0 else str(t.src),
             "dst": str(t.dst),
             "sport": t.sport if m.sport else None,
             "dport": t.dport,
-            "master": {"src": str(self.master.src), "dst": str(self.master.dst),
-                       "sport": self.master.sport, "dport": self.master.dport},
+            "mask": {"src": str(m.src), "dst": str(m.dst), "sport": m.sport, "dport": m.dport},
+            "master": {"src": str(ms.src), "dst": str(ms.dst), "sport": ms.sport, "dport": ms.dport,
+                       "proto": PROTO_NAMES.get(ms.proto, str(ms.proto))},
             "timeout": self.timeout,
-            "flags": self.flags,
+            "flags": flag_names(self.flags),
         }
 
 
