@@ -65,16 +65,18 @@ def net(kernel_ok):
     procs = []
     try:
         masters = {}
-        for port in (21, 2121):
-            srv = subprocess.Popen(["ip", "netns", "exec", "alg-nl-srv", sys.executable, "-c", HOLD, "srv", str(port), "1"],
-                                   stdout=subprocess.PIPE, text=True)
-            procs.append(srv)
-            assert srv.stdout.readline().strip() == "ready"
+        for port in (21, 2121, 21):
+            if port not in masters:
+                srv = subprocess.Popen(["ip", "netns", "exec", "alg-nl-srv", sys.executable, "-c", HOLD, "srv",
+                                        str(port), "2"], stdout=subprocess.PIPE, text=True)
+                procs.append(srv)
+                assert srv.stdout.readline().strip() == "ready"
             cli = subprocess.Popen(["ip", "netns", "exec", "alg-nl-cli", sys.executable, "-c", HOLD, "cli", "10.0.2.2",
                                     str(port)], stdout=subprocess.PIPE, text=True)
             procs.append(cli)
             sport = int(cli.stdout.readline())
-            masters[port] = FlowTuple(4, 6, I.ip_address("10.0.1.2"), I.ip_address("10.0.2.2"), sport, port)
+            masters["21b" if port in masters else port] = FlowTuple(4, 6, I.ip_address("10.0.1.2"),
+                                                                     I.ip_address("10.0.2.2"), sport, port)
         time.sleep(0.2)
         from alg.kernel.ctnetlink import Ctnetlink
         ctn = in_ns("alg-nl-fw", Ctnetlink)
@@ -106,7 +108,10 @@ def test_find_master_and_create_list_delete(net):
     ctn.flush()
     e = expect(ref.tuple)
     ctn.create(e, ref)
-    ctn.create(e, ref)  # a retransmitted announcement refreshes, it does not fail
+    with pytest.raises(KernelError) as ei:
+        ctn.create(e, ref)  # exclusive by default
+    assert ei.value.errno == errno.EEXIST
+    ctn.create(e, ref, exclusive=False)  # a retransmitted announcement refreshes
     ks = ctn.list()
     assert len(ks) == 1
     k = ks[0]
@@ -136,6 +141,20 @@ def test_wildcard_src_prefix_and_flush(net):
     assert "mask-src=255.255.255.0" in conntrack_expect()
     ctn.flush()
     assert ctn.list() == []
+
+
+def test_clash_between_masters(net):
+    ctn, m = net
+    ctn.flush()
+    ctn.create(expect(m[21], dport=50030))
+    with pytest.raises(KernelError) as ei:
+        ctn.create(expect(m["21b"], dport=50030))  # identical tuple, other master
+    assert ei.value.errno == errno.EEXIST
+    with pytest.raises(KernelError) as ei:
+        ctn.create(expect(m["21b"], dport=50030, src=None))  # overlapping (wildcard source)
+    assert ei.value.errno == errno.EBUSY and not ei.value.full
+    assert [k.master for k in ctn.list()] == [m[21]]
+    ctn.flush()
 
 
 def test_events(net):

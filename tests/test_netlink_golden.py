@@ -31,7 +31,7 @@ def exp(master, **kw):
 CT_GET_V4 = ("48000000010105000700000000000000020000003400018014000180080001000a000102080002000a000202"
              "1c0002800500010006000000060002009c4000000600030000150000")
 EXP_NEW_V4 = (
-    "d8000000000205040300000005000000020000003400018014000180080001000a000102080002000a0002021c00028005000100"
+    "d8000000000205060300000005000000020000003400018014000180080001000a000102080002000a0002021c00028005000100"
     "06000000060002009c40000006000300001500003400028014000180080001000a000102080002000a0002021c00028005000100"
     "0600000006000200000000000600030"
     "0c3540000340003801400018008000100ffffffff08000200ffffffff1c00028005000100060000000600020000000000060003"
@@ -65,13 +65,16 @@ def test_exp_new_v4_golden():
     exp(M4), exp(M6), exp(M4, src=None), exp(M6, src=None), exp(M4, sport=20, class_id=1, flags=1),
     exp(M4, src_prefix=24), exp(M6, src_prefix=64, proto=17, helper="sip", timeout=60),
 ])
-def test_exp_new_equals_pyroute2(e):
-    assert C.pack_exp_new(e, e.master, seq=42, pid=9) == C.pyroute2_exp_new(e, e.master, seq=42, pid=9)
+@pytest.mark.parametrize("excl", [True, False])
+def test_exp_new_equals_pyroute2(e, excl):
+    assert C.pack_exp_new(e, e.master, 42, 9, excl) == C.pyroute2_exp_new(e, e.master, 42, 9, excl)
 
 
-def test_exp_new_flags_create_without_excl():
+def test_exp_new_flags():
     f = struct.unpack_from("=H", C.pack_exp_new(exp(M4), M4), 6)[0]
-    assert f & L.NLM_F_CREATE and f & L.NLM_F_ACK and not f & L.NLM_F_EXCL
+    assert f & L.NLM_F_CREATE and f & L.NLM_F_ACK and f & L.NLM_F_EXCL
+    f = struct.unpack_from("=H", C.pack_exp_new(exp(M4), M4, exclusive=False), 6)[0]
+    assert f & L.NLM_F_CREATE and not f & L.NLM_F_EXCL
 
 
 def test_exp_new_mask_carries_src_prefix_and_wildcards():

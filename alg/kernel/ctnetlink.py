@@ -13,9 +13,11 @@ Two encodings of the same messages live here:
 Kernel behaviour relied on (net/netfilter/nf_conntrack_netlink.c,
 ctnetlink_new_expect / ctnetlink_create_expect):
 
-* EXP_NEW with NLM_F_CREATE and without NLM_F_EXCL: a new expectation is
-  created; an existing one with the same tuple is updated (timeout refreshed),
-  so a retransmitted PASV reply is harmless.
+* EXP_NEW with NLM_F_CREATE: a new expectation is created.  If one with the
+  same tuple exists, NLM_F_EXCL makes it EEXIST; without NLM_F_EXCL the
+  existing one is updated (timeout refreshed) *whatever its master is*.  So
+  create() sends NLM_F_EXCL by default (EEXIST: a retransmission, or another
+  master expects the identical tuple) and ``exclusive=False`` refreshes.
 * ENOENT: the master in CTA_EXPECT_MASTER is not in the (confirmed) table yet:
   retry after the verdict.  EOPNOTSUPP: the master has no helper / the named
   helper does not exist.  EINVAL: class >= the helper's class count, bad
@@ -200,9 +202,9 @@ def exp_body(e, master: FlowTuple, zone: int = 0) -> bytes:
 EXP_NEW_FLAGS = L.NLM_F_REQUEST | L.NLM_F_ACK | L.NLM_F_CREATE
 
 
-def pack_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0) -> bytes:
-    return L.message(L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_NEW, EXP_NEW_FLAGS, FAMILY[e.l3],
-                     exp_body(e, master), seq, pid)
+def pack_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0, exclusive: bool = True) -> bytes:
+    return L.message(L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_NEW,
+                     EXP_NEW_FLAGS | (L.NLM_F_EXCL if exclusive else 0), FAMILY[e.l3], exp_body(e, master), seq, pid)
 
 
 def pack_exp_delete(e, seq: int = 0, pid: int = 0) -> bytes:
@@ -213,7 +215,7 @@ def pack_exp_delete(e, seq: int = 0, pid: int = 0) -> bytes:
                      FAMILY[e.l3], body, seq, pid)
 
 
-def pyroute2_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0) -> bytes:
+def pyroute2_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0, exclusive: bool = True) -> bytes:
     """Reference encoding of pack_exp_new through the NLA classes."""
     ones = e._ones()
     msk = FlowTuple(e.l3, e.proto, e.src_mask, ones, 0 if e.sport is None else 0xFFFF, 0xFFFF)
@@ -231,7 +233,7 @@ def pyroute2_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0) -> bytes:
         ("CTA_EXPECT_CLASS", e.class_id),
     ]
     m["header"]["type"] = (L.NFNL_SUBSYS_CTNETLINK_EXP << 8) | IPCTNL_MSG_EXP_NEW
-    m["header"]["flags"] = EXP_NEW_FLAGS
+    m["header"]["flags"] = EXP_NEW_FLAGS | (L.NLM_F_EXCL if exclusive else 0)
     m["header"]["sequence_number"] = seq
     m["header"]["pid"] = pid
     m.encode()
@@ -434,16 +436,22 @@ class Ctnetlink:
         self._cache.pop(t, None)
 
     # -- expectations
-    def create(self, e, master: MasterRef | None = None) -> None:
-        """Create (or refresh) expectation ``e``; raise KernelError on refusal."""
+    def create(self, e, master: MasterRef | None = None, exclusive: bool = True) -> None:
+        """Create expectation ``e`` (``exclusive=False``: or refresh the one with its tuple).
+
+        Raises KernelError: EEXIST (same tuple already expected), EBUSY (clash
+        with an overlapping one), ENOENT (master not confirmed yet; the cache
+        entry is dropped), EOPNOTSUPP (master without helper), EINVAL (class
+        out of range), ENOSPC/EMFILE (``.full``).
+        """
         m = master.tuple if master is not None else e.master
         try:
             try:
-                self._do("exp-new", pack_exp_new, e, m)
+                self._do("exp-new", lambda seq, pid: pack_exp_new(e, m, seq, pid, exclusive))
             except KernelError as exc:
                 if exc.errno != E.EAGAIN:  # the kernel loaded the named helper's module: retry once
                     raise
-                self._do("exp-new", pack_exp_new, e, m)
+                self._do("exp-new", lambda seq, pid: pack_exp_new(e, m, seq, pid, exclusive))
         except KernelError as exc:
             if exc.errno == E.ENOENT:
                 self.forget(e.master)
