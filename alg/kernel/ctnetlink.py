@@ -341,8 +341,8 @@ def parse_expectation(payload: bytes) -> KernelExpectation | None:
 
 @dataclass(frozen=True)
 class ExpectationEvent:
-    kind: str  # "new" | "destroy"
-    expectation: KernelExpectation
+    kind: str  # "new" | "destroy" | "overflow" (ENOBUFS: events were lost, list() to resync)
+    expectation: KernelExpectation | None
 
 
 class Events:
@@ -364,6 +364,11 @@ class Events:
                 data = self.sock.sock.recv(1 << 16)
             except BlockingIOError:
                 return out
+            except OSError as exc:
+                if exc.errno != E.ENOBUFS:
+                    raise
+                out.append(ExpectationEvent("overflow", None))
+                continue
             for t, _f, _s, payload in L.iter_messages(data):
                 if t >> 8 != L.NFNL_SUBSYS_CTNETLINK_EXP:
                     continue
