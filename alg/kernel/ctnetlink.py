@@ -424,7 +424,8 @@ class Ctnetlink:
                 raise
             for _typ, payload in rep:
                 a = L.parse_attrs(payload, 4)
-                orig = _parse_tuple(a.get(CTA_TUPLE_ORIG, b""))
+                # found by original tuple: it is the key itself, no need to parse it back
+                orig = _parse_tuple(a.get(CTA_TUPLE_ORIG, b"")) if by_reply else t
                 if orig is not None:
                     cid = struct.unpack("!I", a[CTA_ID])[0] if CTA_ID in a else 0
                     ref = MasterRef(orig, cid, by_reply)
