@@ -109,9 +109,9 @@ def test_find_master_and_create_list_delete(net):
     e = expect(ref.tuple)
     ctn.create(e, ref)
     with pytest.raises(KernelError) as ei:
-        ctn.create(e, ref)  # exclusive by default
+        ctn.create(e, ref, exclusive=True)
     assert ei.value.errno == errno.EEXIST
-    ctn.create(e, ref, exclusive=False)  # a retransmitted announcement refreshes
+    ctn.create(e, ref)  # default: a retransmitted announcement refreshes
     ks = ctn.list()
     assert len(ks) == 1
     k = ks[0]
@@ -148,7 +148,7 @@ def test_clash_between_masters(net):
     ctn.flush()
     ctn.create(expect(m[21], dport=50030))
     with pytest.raises(KernelError) as ei:
-        ctn.create(expect(m["21b"], dport=50030))  # identical tuple, other master
+        ctn.create(expect(m["21b"], dport=50030), exclusive=True)  # identical tuple, other master
     assert ei.value.errno == errno.EEXIST
     with pytest.raises(KernelError) as ei:
         ctn.create(expect(m["21b"], dport=50030, src=None))  # overlapping (wildcard source)

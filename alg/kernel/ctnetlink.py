@@ -15,9 +15,12 @@ ctnetlink_new_expect / ctnetlink_create_expect):
 
 * EXP_NEW with NLM_F_CREATE: a new expectation is created.  If one with the
   same tuple exists, NLM_F_EXCL makes it EEXIST; without NLM_F_EXCL the
-  existing one is updated (timeout refreshed) *whatever its master is*.  So
-  create() sends NLM_F_EXCL by default (EEXIST: a retransmission, or another
-  master expects the identical tuple) and ``exclusive=False`` refreshes.
+  existing one is updated (timeout refreshed) *whatever its master is*.
+  create() sends NLM_F_EXCL (EEXIST: a retransmission, or another
+  master expects the identical tuple) when ``exclusive=True``; the default
+  (``exclusive=False``, what the daemon was built against) refreshes, so a
+  retransmitted announcement is harmless; cross-master clashes on identical
+  tuples are caught earlier by alg.expect.ExpectationTable.
 * ENOENT: the master in CTA_EXPECT_MASTER is not in the (confirmed) table yet:
   retry after the verdict.  EOPNOTSUPP: the master has no helper / the named
   helper does not exist.  EINVAL: class >= the helper's class count, bad
@@ -202,7 +205,7 @@ def exp_body(e, master: FlowTuple, zone: int = 0) -> bytes:
 EXP_NEW_FLAGS = L.NLM_F_REQUEST | L.NLM_F_ACK | L.NLM_F_CREATE
 
 
-def pack_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0, exclusive: bool = True) -> bytes:
+def pack_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0, exclusive: bool = False) -> bytes:
     return L.message(L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_NEW,
                      EXP_NEW_FLAGS | (L.NLM_F_EXCL if exclusive else 0), FAMILY[e.l3], exp_body(e, master), seq, pid)
 
@@ -215,7 +218,7 @@ def pack_exp_delete(e, seq: int = 0, pid: int = 0) -> bytes:
                      FAMILY[e.l3], body, seq, pid)
 
 
-def pyroute2_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0, exclusive: bool = True) -> bytes:
+def pyroute2_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0, exclusive: bool = False) -> bytes:
     """Reference encoding of pack_exp_new through the NLA classes."""
     ones = e._ones()
     msk = FlowTuple(e.l3, e.proto, e.src_mask, ones, 0 if e.sport is None else 0xFFFF, 0xFFFF)
@@ -442,10 +445,10 @@ class Ctnetlink:
         self._cache.pop(t, None)
 
     # -- expectations
-    def create(self, e, master: MasterRef | None = None, exclusive: bool = True) -> None:
-        """Create expectation ``e`` (``exclusive=False``: or refresh the one with its tuple).
+    def create(self, e, master: MasterRef | None = None, exclusive: bool = False) -> None:
+        """Create expectation ``e``, or refresh the one with its tuple (``exclusive=True``: EEXIST).
 
-        Raises KernelError: EEXIST (same tuple already expected), EBUSY (clash
+        Raises KernelError: EEXIST (exclusive and same tuple already expected), EBUSY (clash
         with an overlapping one), ENOENT (master not confirmed yet; the cache
         entry is dropped), EOPNOTSUPP (master without helper), EINVAL (class
         out of range), ENOSPC/EMFILE (``.full``).
