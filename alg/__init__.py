@@ -7,14 +7,15 @@ for the plugin contract and `alg.testing` for the harness to test a helper.
 from .errors import AlgError, ConfigError, KernelError, PluginError, ProtocolViolation
 from .hookspecs import hookimpl
 from .model import (
-    EXPECT_F_INACTIVE, EXPECT_F_PERMANENT, EXPECT_F_USERSPACE, HELPER_NAME_MAX, NEED_DATA, TCP, UDP, Action,
-    Direction, Expect, ExpectClass, FlowTuple, Helper, HelperSpec, IPAddress, Notice, Option, Outcome, Parsed,
+    EXPECT_F_INACTIVE, EXPECT_F_PERMANENT, EXPECT_F_USERSPACE, HELPER_NAME_MAX, NEED_DATA, PROTO_NAMES, TCP, UDP,
+    Action, Direction, Expect, ExpectClass, FlowTuple, Helper, HelperSpec, IPAddress, Notice, Option, Outcome, Parsed,
     Segment, Unexpect, ip,
 )
 
 __all__ = [
     "AlgError", "ConfigError", "KernelError", "PluginError", "ProtocolViolation", "hookimpl",
-    "EXPECT_F_INACTIVE", "EXPECT_F_PERMANENT", "EXPECT_F_USERSPACE", "HELPER_NAME_MAX", "NEED_DATA", "TCP", "UDP",
+    "EXPECT_F_INACTIVE", "EXPECT_F_PERMANENT", "EXPECT_F_USERSPACE", "HELPER_NAME_MAX", "NEED_DATA", "PROTO_NAMES",
+    "TCP", "UDP",
     "Action", "Direction", "Expect", "ExpectClass", "FlowTuple", "Helper", "HelperSpec", "IPAddress", "Notice",
     "Option", "Outcome", "Parsed", "Segment", "Unexpect", "ip",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -60,7 +61,7 @@ def cmd_replay(args: argparse.Namespace, host: PluginHost) -> int:
 
 def helper_info(host: PluginHost, policy: Policy) -> list[dict]:
     out = []
-    for name, hp in sorted(policy.helpers.items()):
+    for _name, hp in sorted(policy.helpers.items()):
         cls = host.helpers[hp.helper]
         out.append({
             "name": hp.name,
@@ -118,9 +119,9 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
     h.set_defaults(func=cmd_helpers)
 
     try:
-        from . import daemon_cli
+        daemon_cli = importlib.import_module("alg.daemon_cli")
     except ImportError:  # the daemon commands need the kernel adapters' libraries
-        daemon_cli = None  # type: ignore[assignment]
+        daemon_cli = None
     if daemon_cli is not None:
         daemon_cli.add_commands(sub)
     if host is not None:

@@ -128,6 +128,7 @@ class Engine:
         self.table = ExpectationTable(self.core.expect_budget)
         self.track_related = track_related  # replay: new flows fulfil expectations
         self.related_flows = 0
+        self._swept = 0.0
         self.events: list[ExpectationEvent] = []
         self.warn = RateLimitedLog(log, self.core.log_interval)
         # replay chooses the helper by protocol and destination port, as the
@@ -140,13 +141,13 @@ class Engine:
                         self.by_port.setdefault((proto, port), slot)
 
     # ------------------------------------------------------------ per packet
-    def process(self, pkt: Packet, now: float, frame: int | None = None, slot: HelperSlot | None = None) -> list[Decision]:
+    def process(self, pkt: Packet, now: float, frame: int | None = None,
+                slot: HelperSlot | None = None) -> list[Decision]:
         """Inspect one packet. `slot` forces the helper (live: the queue's)."""
+        if now - self._swept >= 1.0 or now < self._swept:
+            self.sweep(now)
         found = self.flows.lookup(pkt)
-        if found is None:
-            flow, direction = self._new_flow(pkt, now, slot), Direction.ORIGINAL
-        else:
-            flow, direction = found
+        flow, direction = found if found is not None else self._new_flow(pkt, now, slot)
         flow.last_seen = now
         h = flow.helper
         if h is None or flow.failed:
@@ -174,19 +175,25 @@ class Engine:
                       h.policy.name, type(exc).__name__, flow.tuple, exc)
         return []
 
-    def _new_flow(self, pkt: Packet, now: float, slot: HelperSlot | None) -> Flow:
+    def sweep(self, now: float) -> list[Expectation]:
+        """Forget idle flows and timed-out expectations (at most once a second)."""
+        self._swept = now
+        self.flows.expire(now)
+        return self.table.expire(now)
+
+    def _new_flow(self, pkt: Packet, now: float, slot: HelperSlot | None) -> tuple[Flow, Direction]:
         tup = packet_tuple(pkt)
         if self.track_related:
-            self.table.expire(now)
             exp = self.table.match(tup)
             if exp is not None:
                 if not exp.flags & 0x1:  # PERMANENT ones stay
                     self.table.remove(exp)
                 self.related_flows += 1
-                flow = Flow(tup, None, None, 0, now)
+                child = self.slots.get(exp.helper) if exp.assign_helper else None
+                flow = self._flow_for(tup, child, now)
                 flow.related_to = exp
                 self.flows.add(packet_key(pkt), flow)
-                return flow
+                return flow, Direction.ORIGINAL
         if slot is None:
             slot = self.by_port.get((pkt.proto, pkt.dport))
             if slot is None:
@@ -194,13 +201,13 @@ class Engine:
                 rev = self.by_port.get((pkt.proto, pkt.sport))
                 if rev is not None and pkt.proto == TCP and not pkt.tcp_flags & 0x02:
                     flow = self._flow_for(tup.reversed(), rev, now)
-                    self.flows.add((pkt.proto, pkt.dst, pkt.src, pkt.dport, pkt.sport), flow)
-                    return flow
+                    self.flows.add((pkt.proto, pkt.dst, pkt.src, pkt.dport, pkt.sport), flow, rev.policy.max_flows)
+                    return flow, Direction.REPLY
         if slot is not None and pkt.l3 not in slot.policy.families:
             slot = None
         flow = self._flow_for(tup, slot, now)
-        self.flows.add(packet_key(pkt), flow)
-        return flow
+        self.flows.add(packet_key(pkt), flow, slot.policy.max_flows if slot else None)
+        return flow, Direction.ORIGINAL
 
     def _flow_for(self, tup, slot: HelperSlot | None, now: float) -> Flow:
         if slot is None:
@@ -251,8 +258,7 @@ class Engine:
             return []
         ec = pol.expect_class(a.cls)
         e = Expectation(pol.name, a.cls, pol.class_id(a.cls), l3, a.proto, a.src, a.dst, a.sport, a.dport,
-                        flow.tuple, ec.timeout, a.flags, frame, now, a.tag, a.src_prefix)
-        self.table.expire(now)
+                        flow.tuple, ec.timeout, a.flags, frame, now, a.tag, a.src_prefix, a.assign_helper)
         adm: Admission = self.table.admit(e, h.max_expected[a.cls])
         out: list[Decision] = []
         for victim in adm.evicted:

@@ -47,6 +47,7 @@ class Expectation:
     created: float = 0.0
     tag: str | None = None
     src_prefix: int | None = None  # bits of `src` that must match; None: all of them
+    assign_helper: bool = False  # the expected flow gets the master's helper
 
     @property
     def key(self) -> tuple:
@@ -64,8 +65,8 @@ class Expectation:
     @property
     def src_network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         assert self.src is not None
-        return ipaddress.ip_network((self.src, self.src_prefix if self.src_prefix is not None else self.src.max_prefixlen),
-                                    strict=False)
+        prefix = self.src.max_prefixlen if self.src_prefix is None else self.src_prefix
+        return ipaddress.ip_network((self.src, prefix), strict=False)
 
     @property
     def src_mask(self) -> IPAddress:
@@ -79,7 +80,8 @@ class Expectation:
 
     def to_json(self) -> dict[str, Any]:
         m = self.master
-        return {
+        extra: dict[str, Any] = {"assign_helper": True} if self.assign_helper else {}
+        return extra | {
             "helper": self.helper,
             "class": self.cls,
             "frame": self.frame,
@@ -134,6 +136,8 @@ class ExpectationTable:
         self.budget = budget
         self._by_master: dict[FlowTuple, dict[str, deque[Expectation]]] = {}
         self._by_key: dict[tuple, Expectation] = {}
+        # (proto, dst, dport) -> keys: what a new flow is matched by
+        self._by_dest: dict[tuple, dict[tuple, None]] = {}
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -154,6 +158,10 @@ class ExpectationTable:
         if self._by_key.get(e.key) is not e:
             return False
         del self._by_key[e.key]
+        dest = self._by_dest[(e.proto, e.dst, e.dport)]
+        del dest[e.key]
+        if not dest:
+            del self._by_dest[(e.proto, e.dst, e.dport)]
         classes = self._by_master.get(e.master, {})
         q = classes.get(e.cls)
         if q is not None:
@@ -181,6 +189,7 @@ class ExpectationTable:
             return Admission(None, evicted, Refusal.BUDGET)
         q.append(e)
         self._by_key[e.key] = e
+        self._by_dest.setdefault((e.proto, e.dst, e.dport), {})[e.key] = None
         return Admission(e, evicted)
 
     def of_master(self, master: FlowTuple, cls: str | None = None, tag: str | None = None) -> list[Expectation]:
@@ -192,7 +201,8 @@ class ExpectationTable:
 
     def match(self, t: FlowTuple) -> Expectation | None:
         """The expectation a new flow fulfils, if any (replay's conntrack lookup)."""
-        for e in self._by_key.values():
-            if e.l3 == t.l3 and e.matches(t):
+        for key in self._by_dest.get((t.proto, t.dst, t.dport), ()):
+            e = self._by_key[key]
+            if e.matches(t):
                 return e
         return None

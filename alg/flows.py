@@ -114,13 +114,15 @@ def packet_tuple(pkt: Packet) -> FlowTuple:
 
 
 class FlowTable:
-    """Flows by packet tuple in both directions, bounded (oldest evicted first)."""
+    """Flows by packet tuple in both directions, bounded in all and per helper
+    (the oldest is evicted first), forgotten after `idle_timeout` seconds."""
 
     def __init__(self, max_flows: int = 65536, idle_timeout: float = 3600.0):
         self.max_flows = max_flows
         self.idle_timeout = idle_timeout
         self._by_key: dict[tuple, tuple[Flow, Direction]] = {}
         self._flows: dict[tuple, Flow] = {}  # original key -> flow, in insertion order
+        self._owned: dict[Any, dict[tuple, None]] = {}  # helper slot -> its flows' keys, in order
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -129,8 +131,15 @@ class FlowTable:
     def lookup(self, pkt: Packet) -> tuple[Flow, Direction] | None:
         return self._by_key.get((pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport))
 
-    def add(self, key: tuple, flow: Flow) -> None:
+    def add(self, key: tuple, flow: Flow, limit: int | None = None) -> None:
+        """Add a flow; `limit` bounds the flows of the same helper."""
         proto, src, dst, sport, dport = key
+        if flow.helper is not None:
+            owned = self._owned.setdefault(flow.helper, {})
+            while limit is not None and len(owned) >= limit:
+                self.remove(next(iter(owned)))
+                self.evicted += 1
+            owned[key] = None
         while len(self._flows) >= self.max_flows:
             self.remove(next(iter(self._flows)))
             self.evicted += 1
@@ -143,6 +152,8 @@ class FlowTable:
         if flow is None:
             return
         proto, src, dst, sport, dport = key
+        if flow.helper is not None:
+            self._owned.get(flow.helper, {}).pop(key, None)
         self._by_key.pop(key, None)
         self._by_key.pop((proto, dst, src, dport, sport), None)
 

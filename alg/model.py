@@ -18,6 +18,7 @@ whole datagram. A peer that breaks the protocol makes the helper raise
 
 from __future__ import annotations
 
+import builtins
 import enum
 import ipaddress
 from dataclasses import dataclass, field
@@ -108,6 +109,10 @@ class Expect:
     tag: str | None = None  # groups expectations for Unexpect (a SIP Call-ID, say)
     where: tuple[tuple[int, int], ...] = ()
     src_prefix: int | None = None  # with `src`: leading bits that must match (None: all)
+    # the expected flow is inspected by this same helper (the kernel's
+    # CTA_EXPECT_HELP_NAME): how conntrackd's SSDP helper reads the unicast
+    # answers to a multicast search and the HTTP connections they lead to
+    assign_helper: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +178,8 @@ class Option:
     type: type | None = None  # defaults to type(default)
 
     @property
-    def kind(self) -> type:
-        return self.type or type(self.default)
+    def kind(self) -> builtins.type:
+        return self.type or builtins.type(self.default)
 
 
 @dataclass(frozen=True, slots=True)

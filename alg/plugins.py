@@ -58,11 +58,12 @@ class PluginHost:
     def _collect(self) -> None:
         self.helpers.clear()
         self.origin.clear()
-        for plugin in list(self.pm.get_plugins()):
+        # in registration order: built-ins and entry points first, so a late
+        # plugin cannot take over a name that is already in use
+        for name, plugin in list(self.pm.list_name_plugin()):
             impl = getattr(plugin, "alg_register_helpers", None)
-            if impl is None or self.pm.is_blocked(self.pm.get_name(plugin) or ""):
+            if plugin is None or impl is None or self.pm.is_blocked(name):
                 continue
-            name = self.pm.get_name(plugin) or repr(plugin)
             found: list[type[Helper]] = []
             try:
                 impl(register=found.append)
@@ -123,7 +124,7 @@ def load_plugins(extra: Iterable[object] = (), entry_points: bool = True) -> Plu
                 log.error("plugin %s failed to load: %s", ep.name, exc)
                 pm.set_blocked(ep.name)
     for plugin in extra:
-        pm.register(plugin)
+        pm.register(plugin, name=getattr(plugin, "__name__", None) or type(plugin).__name__)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:

@@ -164,7 +164,8 @@ def _read(path: str) -> tuple[dict[str, Any], _Locator]:
         return tomllib.loads(text), loc
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(f"not valid TOML: {exc}", path, int(m.group(1)) if m else None) from exc
+        line = int(m.group(1)) if m else max(1, len(loc.lines))  # "at end of document"
+        raise ConfigError(f"not valid TOML: {exc}", path, line) from exc
 
 
 def _get(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], loc: _Locator, table=(), default=None):

@@ -67,6 +67,7 @@ def replay_iter(engine: Engine, paths: Iterable[str], result: ReplayResult,
         progress.flush()
 
 
-def write(expectations: Iterable[Expectation], fmt: str, out: IO[str] = sys.stdout) -> None:
+def write(expectations: Iterable[Expectation], fmt: str, out: IO[str] | None = None) -> None:
+    out = out or sys.stdout
     for e in expectations:
         out.write((json.dumps(e.to_json(), sort_keys=True) if fmt == "json" else e.to_text()) + "\n")

@@ -1,1 +1,208 @@
-"""ssdp helper: not written yet (registers nothing)."""
+"""SSDP (UPnP discovery and eventing): the answers to a search, the
+description fetch they lead to, and the event callbacks a subscriber asks for.
+
+Three flows, three classes (UPnP Device Architecture 1.1/2.0, §1.3, §4):
+
+* `search`: an M-SEARCH (§1.3.2) to 239.255.255.250, [ff02::c] or
+  [ff05::c] port 1900 is answered by every matching device with a unicast
+  `HTTP/1.1 200 OK` from its port 1900 to the searcher's address and port.
+  Expectation `udp *:* -> client:sport`, PERMANENT (many devices answer),
+  as conntrackd's. The answer flow is inspected by this helper too
+  (`assign_helper`, the kernel's expectation helper name), to read its
+  LOCATION.
+* `location`: the answer's `LOCATION: http://addr:port/...` names the
+  device description the control point fetches next (§2.1). Expectation
+  `tcp client:* -> responder:port`, PERMANENT within its timeout (a control
+  point opens several connections: description, service descriptions,
+  SOAP control), and only when `addr` is the responder's own address.
+  conntrackd opens `tcp *:* -> <whatever LOCATION names>` instead: any host
+  may then connect to any address:port an answer names, which lets a forged
+  answer punch a pinhole towards a third host. alg does not (a Notice
+  `location-not-sender` is counted).
+* `callback`: a SUBSCRIBE (§4.1.2) on that TCP connection carries
+  `CALLBACK: <http://addr:port/path>`; the device will connect there to
+  send its NOTIFY events. Expectation `tcp device:* -> addr:port`, only
+  when `addr` is the subscriber's own address (as conntrackd checks too).
+  A NOTIFY arriving on such a callback connection renews it
+  (`tcp device:* -> subscriber:port` again), as conntrackd does.
+
+Checks: the M-SEARCH must go to an SSDP group (a unicast M-SEARCH is answered
+on its own flow); addresses in LOCATION/CALLBACK must be literals of the
+flow's family (a hostname gives none: `hostname-in-url`); ports 1-65535.
+HTTP requests on TCP are read head by head, bodies skipped by
+Content-Length; a chunked request body stops inspection of that direction.
+
+Subnet: `subnet_only` is off by default (UPnP lets multicast cross one router,
+UDA §1.1.2 TTL 2, and ff05::c is site-scoped); with it the `search`
+expectation admits answers only from the client's subnet.
+
+Policy: classes search, location, callback: 8 expectations per master, 300 s
+each (conntrackd's one class `ssdp`, 8 / 300 s). NAT: not yet (offsets of
+the URL addresses are reported in `where`). Live use needs the kernel helper
+registered for UDP and TCP under the same name, as conntrackd's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import alg
+from alg import EXPECT_F_PERMANENT, TCP, UDP, Direction, Expect, ExpectClass, HelperSpec, Notice, Parsed
+
+from ._discovery import prefix_for, subnet_only_option
+
+SSDP_PORT = 1900
+GROUPS = frozenset(ipaddress.ip_address(a) for a in ("239.255.255.250", "ff02::c", "ff05::c"))
+# RFC 9112 §3: request-line; UDA §1.3.2 M-SEARCH * HTTP/1.1
+_REQUEST_LINE = re.compile(rb"([A-Z-]+) (\S+) HTTP/1\.[01]\r?\n")
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})")
+# RFC 9112 §5: field-line = field-name ":" OWS field-value OWS
+_FIELD = re.compile(rb"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\r?$", re.M)
+# RFC 3986 §3.2: http://host[:port]; host an IPv4 literal or [IPv6]
+_URL = re.compile(rb"http://(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^/:\s>]+))(?::(?P<port>\d{1,5}))?",
+                  re.I)
+_CALLBACK_URLS = re.compile(rb"<([^>]*)>")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+class SsdpState:
+    __slots__ = ("skip", "opaque")
+
+    def __init__(self) -> None:
+        self.skip = [0, 0]  # body bytes still to skip, per direction (TCP)
+        self.opaque = [False, False]  # direction no longer readable (chunked body)
+
+
+def _fields(head: bytes) -> dict[bytes, tuple[bytes, int]]:
+    """Header fields by lower-case name: (value, offset of the value)."""
+    out: dict[bytes, tuple[bytes, int]] = {}
+    for m in _FIELD.finditer(head):
+        out.setdefault(m[1].lower(), (m[2], m.start(2)))
+    return out
+
+
+class SsdpHelper(alg.Helper):
+    spec = HelperSpec(
+        name="ssdp",
+        protocols=(UDP, TCP),
+        ports=(SSDP_PORT,),
+        classes=(ExpectClass("search", 8, 300), ExpectClass("location", 8, 300), ExpectClass("callback", 8, 300)),
+        options=subnet_only_option(False, "off: UPnP allows a router hop and site scope"),
+        max_buffer=16384,
+        doc="M-SEARCH -> udp *:* -> client:sport; LOCATION -> tcp client -> responder; CALLBACK -> tcp device -> cb",
+    )
+
+    def new_state(self) -> SsdpState:
+        return SsdpState()
+
+    def inspect(self, segment: alg.Segment, state: SsdpState) -> alg.Outcome:
+        if segment.flow.proto == UDP:
+            return Parsed(len(segment.data), self._datagram(segment))
+        return self._stream(segment, state)
+
+    # ------------------------------------------------------------ UDP
+    def _datagram(self, seg: alg.Segment) -> tuple:
+        data = seg.data
+        if data.startswith(b"M-SEARCH "):
+            if seg.direction is not Direction.ORIGINAL:
+                return ()
+            if seg.flow.dst not in GROUPS:
+                return (Notice("unicast-search"),)
+            prefix = prefix_for(self.options, seg.flow.l3)
+            return (Expect("search", UDP, seg.sender if prefix is not None else None, seg.sender, None,
+                           seg.sender_port, flags=EXPECT_F_PERMANENT, assign_helper=True, src_prefix=prefix),)
+        m = _STATUS_LINE.match(data)
+        if m is None or m[1] != b"200":
+            return ()
+        head = _HEAD_END.split(data, 1)[0]
+        location = _fields(head).get(b"location")
+        if location is None:
+            return (Notice("no-location"),)
+        return self._location(seg, *location)
+
+    def _location(self, seg: alg.Segment, value: bytes, offset: int) -> tuple:
+        parsed = self._url(value, seg.flow.l3)
+        if isinstance(parsed, Notice):
+            return (parsed,)
+        addr, port, span = parsed
+        if addr != seg.sender:
+            return (Notice("location-not-sender", f"{addr} named by {seg.sender}"),)
+        return (Expect("location", TCP, seg.receiver, addr, None, port, flags=EXPECT_F_PERMANENT,
+                       assign_helper=True, where=((offset + span[0], span[1]),)),)
+
+    @staticmethod
+    def _url(value: bytes, l3: int) -> tuple[alg.IPAddress, int, tuple[int, int]] | Notice:
+        m = _URL.match(value)
+        if m is None:
+            return Notice("malformed", "url")
+        text = m["v6"] or m["host"]
+        try:
+            addr = ipaddress.ip_address(text.decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            return Notice("hostname-in-url", text[:64].decode("ascii", "replace"))
+        if addr.version != l3:
+            return Notice("family-mismatch", str(addr))
+        port = int(m["port"]) if m["port"] else 80
+        if not 0 < port < 65536:
+            return Notice("bad-port", str(port))
+        start = m.start("v6") - 1 if m["v6"] else m.start("host")
+        return addr, port, (start, m.end() - start)
+
+    # ------------------------------------------------------------ TCP
+    def _stream(self, seg: alg.Segment, state: SsdpState) -> alg.Outcome:
+        data, d = seg.data, seg.direction
+        if d is Direction.REPLY or state.opaque[d]:
+            return Parsed(len(data))  # responses (descriptions, SOAP) carry nothing we need
+        if state.skip[d]:
+            n = min(state.skip[d], len(data))
+            state.skip[d] -= n
+            return Parsed(n)
+        end = _HEAD_END.search(data)
+        if end is None:
+            if len(data) > self.spec.max_buffer:
+                raise alg.ProtocolViolation("HTTP request head longer than the buffer")
+            return alg.NEED_DATA
+        head = data[:end.start()]
+        fields = _fields(head)
+        te = fields.get(b"transfer-encoding", (b"", 0))[0]
+        length = fields.get(b"content-length", (b"0", 0))[0]
+        if te and te.lower() != b"identity":
+            state.opaque[d] = True
+        elif length.isdigit():
+            state.skip[d] = int(length)
+        else:
+            raise alg.ProtocolViolation("bad Content-Length")
+        line = _REQUEST_LINE.match(head + b"\n")
+        actions: tuple = ()
+        if line is None:
+            actions = (Notice("malformed", "request line"),)
+        elif line[1] == b"SUBSCRIBE":
+            callback = fields.get(b"callback")
+            if callback is not None:
+                actions = self._callbacks(seg, *callback)
+        elif line[1] == b"NOTIFY":
+            # an event on a callback connection: keep the next one possible
+            actions = (Expect("callback", TCP, seg.sender, seg.receiver, None, seg.receiver_port,
+                              assign_helper=True),)
+        return Parsed(end.end(), actions)
+
+    def _callbacks(self, seg: alg.Segment, value: bytes, offset: int) -> tuple:
+        out: list = []
+        for m in _CALLBACK_URLS.finditer(value):
+            parsed = self._url(m[1], seg.flow.l3)
+            if isinstance(parsed, Notice):
+                out.append(parsed)
+                continue
+            addr, port, span = parsed
+            if addr != seg.sender:
+                out.append(Notice("callback-not-sender", f"{addr} named by {seg.sender}"))
+                continue
+            out.append(Expect("callback", TCP, seg.receiver, addr, None, port, assign_helper=True,
+                              where=((offset + m.start(1) + span[0], span[1]),)))
+        return tuple(out) or (Notice("malformed", "CALLBACK"),)
+
+
+@alg.hookimpl
+def alg_register_helpers(register):
+    register(SsdpHelper)

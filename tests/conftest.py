@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAB_DIR = Path(os.environ.get("LAB_DIR") or ROOT.parent / "shared" / "lab")
+_LAB_PLACES = (ROOT.parent / "shared" / "lab", Path("/work/shared/lab"))  # next to the project, or in /work
+LAB_DIR = Path(os.environ.get("LAB_DIR") or next((p for p in _LAB_PLACES if p.is_dir()), _LAB_PLACES[0]))
 sys.path.insert(0, str(LAB_DIR))
 sys.path.insert(0, str(ROOT / "tests"))
 try:

@@ -1,0 +1,373 @@
+"""The daemon: NFQUEUE in, ctnetlink expectations out (`alg run`).
+
+Theory of operation. At start every enabled helper of the policy is
+registered with nfnetlink_cthelper (status enabled, its NFQUEUE number and
+the policy's classes) and its queue is bound. One thread serves all queues
+with select(): a queued packet is decoded, given to the engine with the
+queue's helper, the expectations it yields are created with ctnetlink
+*before* the verdict, and then the packet is accepted, whatever happened on
+the way. Two cases wait until after the verdict: a master that the kernel
+has not confirmed yet (its first packet is the one in the queue: ENOENT)
+and those are retried a few times right after; and observers' hooks.
+
+On SIGTERM/SIGINT the helpers are disabled and removed and the queues
+unbound: a helper left enabled with nobody reading its queue breaks the
+control connections (their conntracks are never confirmed, DESIGN.md). The
+helpers registered are also written to a state file so `alg cleanup` can
+undo what a crashed instance left. SIGHUP reloads the policy files; a bad
+file keeps the running policy.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .decode import DecodeError, decode_ip
+from .engine import Create, Delete, Engine, HelperSlot, RateLimitedLog, make_slots
+from .errors import AlgError, ConfigError, KernelError
+from .expect import Expectation, Refusal
+from .kernel.cthelper import Cthelper
+from .kernel.ctnetlink import Ctnetlink, is_full
+from .kernel.nfqueue import QueueSet
+from .plugins import PluginHost
+from .policy import Policy, default_policy, load_policy
+
+log = logging.getLogger("alg.daemon")
+STATE_FILE = "/run/alg/helpers.json"
+RETRY_DELAYS = (0.002, 0.01, 0.05, 0.2)  # after the verdict, for an unconfirmed master
+
+
+@dataclass
+class DaemonStats:
+    verdicts: int = 0
+    dropped: int = 0
+    decode_errors: int = 0
+    queue_errors: int = 0
+    kernel_errors: dict[str, int] = field(default_factory=dict)
+    deferred: int = 0
+    started: float = field(default_factory=time.time)
+
+
+def errno_name(code: int) -> str:
+    return E.errorcode.get(code, str(code))
+
+
+def resolve(host: PluginHost, paths: list[str] | None) -> Policy:
+    specs = {n: c.spec for n, c in host.helpers.items()}
+    return load_policy(paths, specs, only_listed=True) if paths else default_policy(specs)
+
+
+class Daemon:
+    def __init__(self, host: PluginHost, policy_paths: list[str] | None, use_cthelper: bool = True):
+        self.host = host
+        # without cthelper (kernels that lack it) packets come from NFQUEUE rules the
+        # operator writes, and masters must carry a helper some other way (in-kernel)
+        self.use_cthelper = use_cthelper
+        self.policy_paths = policy_paths
+        self.policy = resolve(host, policy_paths)
+        self.engine = Engine(make_slots(self.policy.helpers.values(), host.helpers), self.policy.core)
+        self.stats = DaemonStats()
+        self.warn = RateLimitedLog(log, self.policy.core.log_interval)
+        self.ct = Ctnetlink()
+        self.cthelper = Cthelper()
+        self.queues = QueueSet()
+        self.registered: list[tuple[str, int, int]] = []  # (name, l3, l4proto)
+        self.pending: list[tuple[float, int, Expectation]] = []  # (due, attempt, expectation)
+        self.stopping = False
+        self.reload_asked = False
+        self.status_sock: socket.socket | None = None
+        self._wake_r, self._wake_w = os.pipe()
+
+    # ------------------------------------------------------------ start / stop
+    def start(self) -> None:
+        if self.use_cthelper and not self.cthelper.supported():
+            raise KernelError(E.EOPNOTSUPP, "cthelper",
+                              "this kernel has no nfnetlink_cthelper (CONFIG_NF_CT_NETLINK_HELPER); see `alg doctor`")
+        for slot in self.engine.slots.values():
+            self._register(slot)
+        self._write_state()
+        self._open_status()
+        log.info("serving %s", ", ".join(f"{s.policy.name} (queue {s.policy.queue})"
+                                          for s in self.engine.slots.values()))
+
+    def _register(self, slot: HelperSlot) -> None:
+        hp = slot.policy
+        spec = self.host.helpers[hp.helper].spec
+        if not self.use_cthelper:
+            self.queues.bind(hp.queue, hp.queue_len, lambda pkt, slot=slot: self.on_packet(pkt, slot))
+            return
+        self.cthelper.register(hp, spec.priv_data_len)
+        for l3 in sorted({4, *hp.families}):
+            for proto in hp.protocols:
+                if (hp.name, l3, proto) not in self.registered:
+                    self.registered.append((hp.name, l3, proto))
+        self.queues.bind(hp.queue, hp.queue_len, lambda pkt, slot=slot: self.on_packet(pkt, slot))
+
+    def stop(self) -> None:
+        """Disable and remove our helpers, unbind the queues. Safe to call twice."""
+        remove_helpers(self.cthelper, self.registered)
+        self.registered.clear()
+        self._write_state()
+        self.queues.unbind_all()
+        if self.status_sock is not None:
+            self.status_sock.close()
+            self.status_sock = None
+            try:
+                os.unlink(self.policy.core.status_socket)
+            except OSError:
+                pass
+
+    def _write_state(self) -> None:
+        try:
+            os.makedirs(os.path.dirname(STATE_FILE), exist_ok=True)
+            with open(STATE_FILE + ".tmp", "w") as f:
+                json.dump({"pid": os.getpid(), "helpers": self.registered}, f)
+            os.replace(STATE_FILE + ".tmp", STATE_FILE)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", STATE_FILE, exc)
+
+    def _open_status(self) -> None:
+        path = self.policy.core.status_socket
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(path)
+        s.listen(8)
+        s.setblocking(False)
+        self.status_sock = s
+
+    # ------------------------------------------------------------ per packet
+    def on_packet(self, pkt: Any, slot: HelperSlot) -> None:
+        verdict_accept = True
+        try:
+            payload = pkt.get_payload()
+            try:
+                decoded = decode_ip(payload)
+            except DecodeError:
+                self.stats.decode_errors += 1
+                decoded = None
+            if decoded is not None and decoded.frag is None:
+                for d in self.engine.process(decoded, time.monotonic(), slot=slot):
+                    if isinstance(d, Create):
+                        if not self._create(d.expectation) and not self.policy.core.accept_on_pressure:
+                            verdict_accept = False
+                    elif isinstance(d, Delete):
+                        self._delete(d.expectation)
+        except Exception as exc:  # never leave a packet without a verdict
+            self.stats.queue_errors += 1
+            self.warn(logging.ERROR, "packet", "error handling a packet of %s: %s: %s",
+                      slot.policy.name, type(exc).__name__, exc)
+        finally:
+            try:
+                if verdict_accept:
+                    pkt.accept()
+                else:
+                    pkt.drop()
+                    self.stats.dropped += 1
+                self.stats.verdicts += 1
+            except Exception as exc:
+                self.stats.queue_errors += 1
+                self.warn(logging.ERROR, "verdict", "verdict failed: %s", exc)
+
+    def _create(self, e: Expectation, attempt: int = 0) -> bool:
+        """Create in the kernel; False when refused for lack of room."""
+        try:
+            master = self.ct.find_master(e.master)
+            if master is None:
+                raise KernelError(E.ENOENT, "ct-get")
+            self.ct.create(e, master)
+            return True
+        except KernelError as exc:
+            if exc.errno == E.ENOENT and attempt < len(RETRY_DELAYS):
+                # the master is unconfirmed while its first packet waits in our queue: after the verdict
+                self.pending.append((time.monotonic() + RETRY_DELAYS[attempt], attempt + 1, e))
+                self.stats.deferred += 1
+                return True
+            name = errno_name(exc.errno)
+            self.stats.kernel_errors[name] = self.stats.kernel_errors.get(name, 0) + 1
+            self.engine.kernel_failed(e, name, is_full(exc))
+            if not is_full(exc):
+                self.warn(logging.WARNING, f"create-{name}", "%s: expectation %s refused by the kernel: %s",
+                          e.helper, e.to_text(), exc)
+            return not is_full(exc)
+
+    def _delete(self, e: Expectation) -> None:
+        try:
+            self.ct.delete(e)
+        except KernelError as exc:
+            if exc.errno != E.ENOENT:  # already used or timed out
+                name = errno_name(exc.errno)
+                self.stats.kernel_errors[name] = self.stats.kernel_errors.get(name, 0) + 1
+
+    def _retry_pending(self) -> None:
+        now = time.monotonic()
+        due = [p for p in self.pending if p[0] <= now]
+        self.pending = [p for p in self.pending if p[0] > now]
+        for _due, attempt, e in due:
+            self._create(e, attempt)
+
+    # ------------------------------------------------------------ loop
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_signal)
+        self.start()
+        try:
+            while not self.stopping:
+                if self.reload_asked:
+                    self.reload_asked = False
+                    self.reload()
+                fds = self.queues.fds() + [self._wake_r] + ([self.status_sock] if self.status_sock else [])
+                timeout = max(0.0, min(p[0] for p in self.pending) - time.monotonic()) if self.pending else 1.0
+                try:
+                    ready, _, _ = select.select(fds, [], [], timeout)
+                except InterruptedError:
+                    continue
+                for fd in ready:
+                    if fd is self.status_sock:
+                        self._serve_status()
+                    elif fd == self._wake_r:
+                        os.read(self._wake_r, 64)
+                    else:
+                        self.queues.service(fd)
+                if self.pending:
+                    self._retry_pending()
+                self._observe()
+        finally:
+            self.stop()
+        log.info("stopped; helpers removed, queues unbound")
+        return 0
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_asked = True
+        else:
+            self.stopping = True
+        os.write(self._wake_w, b"x")
+
+    def _observe(self) -> None:
+        events = self.engine.take_events()
+        for ev in events:
+            try:
+                self.host.hook.alg_expectation_event(event=ev)
+            except Exception as exc:
+                self.warn(logging.ERROR, "observer", "expectation observer failed: %s", exc)
+
+    def reload(self) -> None:
+        try:
+            policy = resolve(self.host, self.policy_paths)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running policy: %s", exc)
+            return
+        new_slots = make_slots(policy.helpers.values(), self.host.helpers)
+        # keep what did not change (and its counters); bind new queues before dropping old ones
+        for name, slot in new_slots.items():
+            old = self.engine.slots.get(name)
+            if old is not None and old.policy == slot.policy:
+                new_slots[name] = old
+            elif old is not None and old.policy.queue == slot.policy.queue:
+                if self.use_cthelper:
+                    self.cthelper.register(slot.policy,
+                                           self.host.helpers[slot.policy.helper].spec.priv_data_len)
+                self.queues.rebind(slot.policy.queue, lambda pkt, s=slot: self.on_packet(pkt, s))
+            else:
+                self._register(slot)
+        for name, old in self.engine.slots.items():
+            if name not in new_slots or new_slots[name].policy.queue != old.policy.queue:
+                if name not in new_slots:
+                    gone = [r for r in self.registered if r[0] == name]
+                    remove_helpers(self.cthelper, gone)
+                    self.registered = [r for r in self.registered if r[0] != name]
+                self.queues.unbind(old.policy.queue)
+        self.policy = policy
+        self.engine.slots = new_slots
+        self.engine.core = policy.core
+        self._write_state()
+        log.info("policy reloaded: %s", ", ".join(sorted(new_slots)))
+
+    # ------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        st = self.engine.stats()
+        refused = sum(sum(c["refused"].values()) for h in st["helpers"].values() for c in h["classes"].values())
+        return {
+            "pid": os.getpid(),
+            "uptime": round(time.time() - self.stats.started, 1),
+            "verdicts": self.stats.verdicts, "dropped": self.stats.dropped,
+            "decode_errors": self.stats.decode_errors, "queue_errors": self.stats.queue_errors,
+            "kernel_errors": dict(self.stats.kernel_errors), "deferred_creates": self.stats.deferred,
+            "queues": {s.policy.name: s.policy.queue for s in self.engine.slots.values()},
+            "refused_total": refused,
+            **st,
+        }
+
+    def _serve_status(self) -> None:
+        assert self.status_sock is not None
+        try:
+            conn, _ = self.status_sock.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.settimeout(1.0)
+            try:
+                conn.sendall(json.dumps(self.status()).encode())
+            except OSError:
+                pass
+
+
+def remove_helpers(cthelper: Cthelper, registered: list[tuple[str, int, int]] | list[list]) -> list[str]:
+    """Disable, then delete, each (name, l3, proto); returns what could not be undone."""
+    problems = []
+    for name, l3, proto in registered:
+        try:
+            cthelper.set_status(name, proto, False, l3)
+        except KernelError as exc:
+            if exc.errno != E.ENOENT:
+                problems.append(f"{name}: {exc}")
+            continue
+        try:
+            cthelper.unregister(name, proto, l3)
+        except KernelError as exc:  # EBUSY while conntracks use it: disabled is enough
+            if exc.errno not in (E.ENOENT, E.EBUSY):
+                problems.append(f"{name}: {exc}")
+    return problems
+
+
+def read_status(path: str, timeout: float = 2.0) -> dict[str, Any]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        chunks = []
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            chunks.append(b)
+    except OSError as exc:
+        raise AlgError(f"no alg daemon answers on {path}: {exc.strerror or exc}") from None
+    finally:
+        s.close()
+    return json.loads(b"".join(chunks))
+
+
+def refusal_fix(reason: str) -> str:
+    if reason in (Refusal.KERNEL_FULL.value, "ENOSPC", "EMFILE"):
+        return ("the kernel's expectation table is full: raise it with `options nf_conntrack expect_hashsize=N` "
+                "in /etc/modprobe.d (nf_conntrack_expect_max = 4 x N), see `alg doctor`")
+    if reason == Refusal.BUDGET.value:
+        return "alg's own budget is spent: raise [core] expect_budget in alg.toml"
+    if reason == Refusal.CLASH.value:
+        return "another master expects the same flow (normal for repeated answers)"
+    return ""

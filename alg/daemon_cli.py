@@ -1,0 +1,177 @@
+"""The daemon's sub-commands: run, status, rules, doctor, cleanup."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from . import doctor, rules
+from .errors import AlgError, KernelError
+from .plugins import PluginHost
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _policy(host: PluginHost, args: argparse.Namespace):
+    from .daemon import resolve
+
+    return resolve(host, args.policy)
+
+
+def cmd_run(args: argparse.Namespace, host: PluginHost) -> int:
+    from .daemon import Daemon
+
+    daemon = Daemon(host, args.policy, use_cthelper=not args.no_cthelper)  # bad policy: ConfigError, exit 2
+    try:
+        return daemon.run()
+    except KernelError as exc:
+        print(f"alg run: {exc}", file=sys.stderr)
+        daemon.stop()
+        return EXIT_FAILURE
+
+
+def cmd_status(args: argparse.Namespace, host: PluginHost) -> int:
+    from .daemon import read_status
+
+    st = read_status(args.socket or _policy(host, args).core.status_socket)
+    if args.format == "json":
+        json.dump(st, sys.stdout, indent=1)
+        print()
+        return EXIT_OK
+    print(f"alg pid {st['pid']} up {st['uptime']} s: {st['verdicts']} verdicts ({st['dropped']} dropped), "
+          f"{st['decode_errors']} undecodable, {st['queue_errors']} queue errors, "
+          f"{st['expectations']}/{st['expect_budget']} expectations")
+    if st["kernel_errors"]:
+        print("kernel errors: " + ", ".join(f"{k} {v}" for k, v in st["kernel_errors"].items()))
+    for name, h in st["helpers"].items():
+        print(f"helper {name} (queue {st['queues'].get(name)}): packets {h['packets']}, flows {h['flows']}, "
+              f"parse errors {h['parse_errors']}, internal errors {h['internal_errors']}"
+              + (", notices " + ", ".join(f"{k} {v}" for k, v in h["notices"].items()) if h["notices"] else ""))
+        for cname, c in h["classes"].items():
+            refused = ", ".join(f"{k} {v}" for k, v in c["refused"].items()) or "0"
+            failed = ", ".join(f"{k} {v}" for k, v in c["kernel_failed"].items()) or "0"
+            print(f"  class {cname}: created {c['created']}, refused {refused}, evicted {c['evicted']}, "
+                  f"removed {c['removed']}, kernel failed {failed}")
+    return EXIT_OK
+
+
+def cmd_rules(args: argparse.Namespace, host: PluginHost) -> int:
+    policy = _policy(host, args)
+    helpers = [h for h in policy.helpers.values() if h.enabled and (not args.helper or h.name in args.helper)]
+    if args.helper and {h.name for h in helpers} != set(args.helper):
+        print(f"alg rules: no helper named {', '.join(sorted(set(args.helper) - {h.name for h in helpers}))}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(rules.nft(helpers) if args.nft else rules.iptables(helpers))
+    return EXIT_OK
+
+
+def _probe(fn: Any) -> bool:
+    try:
+        return bool(fn())
+    except (AlgError, OSError):
+        return False
+
+
+def cmd_doctor(args: argparse.Namespace, host: PluginHost) -> int:
+    from .daemon import read_status
+    from .kernel.cthelper import Cthelper
+    from .kernel.ctnetlink import Ctnetlink
+
+    policy = _policy(host, args)
+    helpers = [h for h in policy.helpers.values() if h.enabled]
+
+    def cthelper_ok() -> bool:
+        with Cthelper() as c:
+            return c.supported()
+
+    def ct_count() -> int:
+        with Ctnetlink() as c:
+            return len(c.list())
+
+    checks = doctor.check_features("/", cthelper_ok, lambda: ct_count() >= 0)
+    checks += doctor.check_clashes("/", helpers)
+    checks += doctor.check_rules(helpers, doctor.ruleset())
+    count = None
+    try:
+        count = ct_count()
+    except (AlgError, OSError):
+        pass
+    checks.append(doctor.check_headroom(doctor.sysctl_int("/", "net.netfilter.nf_conntrack_expect_max"), count))
+    try:
+        status = read_status(policy.core.status_socket, timeout=1.0)
+    except AlgError:
+        status = None
+    checks += doctor.check_daemon(status)
+    for c in checks:
+        print(c.line())
+    return EXIT_FAILURE if any(c.level == doctor.FAIL for c in checks) else EXIT_OK
+
+
+def cmd_cleanup(args: argparse.Namespace, host: PluginHost) -> int:
+    """Remove helpers a dead instance left enabled (from its state file, else the policy)."""
+    from .daemon import STATE_FILE, remove_helpers
+    from .kernel.cthelper import Cthelper
+
+    registered: list = []
+    try:
+        with open(STATE_FILE) as f:
+            state = json.load(f)
+        pid = state.get("pid")
+        if pid and pid != os.getpid() and os.path.exists(f"/proc/{pid}") and not args.force:
+            print(f"alg cleanup: alg pid {pid} is still running (use --force)", file=sys.stderr)
+            return EXIT_FAILURE
+        registered = state.get("helpers", [])
+    except (OSError, ValueError):
+        pass
+    if not registered:
+        policy = _policy(host, args)
+        registered = [(h.name, l3, p) for h in policy.helpers.values() for l3 in sorted({4, *h.families})
+                      for p in h.protocols]
+    try:
+        with Cthelper() as c:
+            if not c.supported():
+                print("alg cleanup: no nfnetlink_cthelper on this kernel: nothing to clean")
+                return EXIT_OK
+            problems = remove_helpers(c, registered)
+    except (AlgError, OSError) as exc:
+        print(f"alg cleanup: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for p in problems:
+        print(f"alg cleanup: {p}", file=sys.stderr)
+    try:
+        os.unlink(STATE_FILE)
+    except OSError:
+        pass
+    print(f"alg cleanup: {len(registered) - len(problems)} helper entries disabled and removed")
+    return EXIT_FAILURE if problems else EXIT_OK
+
+
+def add_commands(sub: Any) -> None:
+    def with_policy(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--policy", action="append", metavar="DIR|FILE", help="policy files (default: built-in)")
+        return p
+
+    r = with_policy(sub.add_parser("run", help="run the helper daemon (foreground)"))
+    r.add_argument("--no-cthelper", action="store_true",
+                   help="do not register helpers: read queues fed by your own NFQUEUE rules (kernels without "
+                        "nfnetlink_cthelper; masters need an in-kernel helper)")
+    r.set_defaults(func=cmd_run)
+    s = with_policy(sub.add_parser("status", help="counters of the running daemon"))
+    s.add_argument("--format", choices=("text", "json"), default="text")
+    s.add_argument("--socket", help="status socket (default from the policy)")
+    s.set_defaults(func=cmd_status)
+    ru = with_policy(sub.add_parser("rules", help="print the firewall rules that pair with alg"))
+    g = ru.add_mutually_exclusive_group()
+    g.add_argument("--iptables", action="store_true", help="iptables-restore input (default)")
+    g.add_argument("--nft", action="store_true", help="an nft -f file")
+    ru.add_argument("--helper", action="append", metavar="NAME")
+    ru.set_defaults(func=cmd_rules)
+    d = with_policy(sub.add_parser("doctor", help="check kernel, rules and expectation headroom"))
+    d.set_defaults(func=cmd_doctor)
+    c = with_policy(sub.add_parser("cleanup", help="remove helpers a crashed instance left enabled"))
+    c.add_argument("--force", action="store_true")
+    c.set_defaults(func=cmd_cleanup)

@@ -1,0 +1,133 @@
+#!/bin/bash
+# ftp: alg as the firewall's FTP helper, end to end, inside the lab VM.
+#   1. `alg run` registers its ftp helper (nfnetlink_cthelper); `alg rules` is applied in lab-fw
+#   2. a real FTP server (pyftpdlib) and clients (ftplib passive v4 + v6, lftp active v4):
+#      each data connection passes the firewall as RELATED (lab-related counter), the
+#      firewall drops any other NEW flow (lab-drop)
+#   3. negative control: alg stopped (its helper removed) -> the data connection is dropped
+#   4. reference: conntrackd's own ftp helper on the same transfer; the expectation it
+#      creates equals alg's (timeout, data port and client port normalised)
+set -u
+source "$LAB_DIR/netns.sh"
+RUN=/run/alg-lab/ftp; OUT=$LAB_SCRATCH/ftp; mkdir -p "$RUN/root" "$OUT"
+SYS_PY="/usr/bin/python3 -I"            # has pyftpdlib (Debian package)
+PEERS="$SYS_PY $LAB_DIR/lab_peers.py"
+POLICY=$RUN/ftp.toml
+SOCK=$RUN/alg.sock
+fails=0; PIDS=(); ALG_PID=
+pass() { echo "PASS $1"; }
+fail() { echo "FAIL $1"; fails=$((fails + 1)); }
+cleanup() {
+    [ -n "$ALG_PID" ] && kill "$ALG_PID" 2>/dev/null
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    nfct del helper ftp inet tcp 2>/dev/null
+    lab_net_down
+}
+trap cleanup EXIT
+
+echo "alg lab payload" >"$RUN/root/hello.txt"
+cat >"$POLICY" <<TOML
+helper = "ftp"
+queue = 5
+TOML
+cat >"$RUN/alg.toml" <<TOML
+[core]
+status_socket = "$SOCK"
+TOML
+
+lab_net_up tcp/21 || { echo "FAIL lab_net_up"; exit 1; }
+ip netns exec "$LAB_NS_SERVER" $PEERS ftp-server --bind "$LAB_SERVER4" --root "$RUN/root" --pasv-ports 50000-50009 >"$OUT/ftpd4.log" 2>&1 & PIDS+=($!)
+ip netns exec "$LAB_NS_SERVER" $PEERS ftp-server --bind "$LAB_SERVER6" --root "$RUN/root" --pasv-ports 50010-50019 >"$OUT/ftpd6.log" 2>&1 & PIDS+=($!)
+
+start_alg() {
+    ip netns exec "$LAB_NS_FW" "$ALG" run --policy "$POLICY" --policy "$RUN/alg.toml" >>"$OUT/alg.log" 2>&1 &
+    ALG_PID=$!
+    for _ in $(seq 100); do
+        lab_fw "$ALG" status --socket "$SOCK" >/dev/null 2>&1 && return 0
+        kill -0 "$ALG_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "alg did not come up:"; tail -20 "$OUT/alg.log"; return 1
+}
+stop_alg() { kill -TERM "$ALG_PID" 2>/dev/null; wait "$ALG_PID"; local rc=$?; ALG_PID=; return $rc; }
+related() { lab_fw_count related; }
+fw_reset() { lab_fw conntrack -F >/dev/null 2>&1; lab_fw conntrack -F expect >/dev/null 2>&1; }
+normalise() {  # conntrack -L expect lines -> comparable (no timeout, data port or client port)
+    sed -E 's/^[0-9]+ //; s/(mask-dst=[^ ]+ sport=[0-9]+ dport=[0-9]+ master-src=[^ ]+ master-dst=[^ ]+ sport=)[0-9]+/\1C/; s/dport=5[0-9]{4}/dport=P/' "$1" | grep dport= | sort
+}
+
+sleep 1
+start_alg && pass alg-starts || { fail alg-starts; exit 1; }
+lab_fw nfct list helper 2>/dev/null | tr -s '\t\n' ' ' | grep -q "name = ftp, .queuenum = 5,.*status = enabled" \
+    && pass helper-registered-enabled || { fail helper-registered-enabled; lab_fw nfct list helper; }
+"$ALG" rules --policy "$POLICY" | lab_fw iptables-restore --noflush && \
+"$ALG" rules --policy "$POLICY" | lab_fw ip6tables-restore --noflush && pass rules-applied || fail rules-applied
+
+# passive, IPv4 (PASV), expectation recorded between 227 and the data connect
+r0=$(related)
+lab_cli $PEERS ftp-get --host "$LAB_SERVER4" --file hello.txt --timeout 5 \
+    --after-pasv "ip netns exec $LAB_NS_FW conntrack -L expect >$OUT/alg-exp.txt 2>/dev/null" >"$OUT/pasv4.log" 2>&1 \
+    && [ "$(related)" -gt "$r0" ] && pass passive-ipv4-related || { fail passive-ipv4-related; cat "$OUT/pasv4.log"; }
+grep -q "helper=ftp" "$OUT/alg-exp.txt" && pass alg-expectation-listed || fail alg-expectation-listed
+# passive, IPv6 (EPSV)
+r0=$(related)
+lab_cli $PEERS ftp-get --host "$LAB_SERVER6" --file hello.txt --timeout 5 >"$OUT/pasv6.log" 2>&1 \
+    && [ "$(related)" -gt "$r0" ] && pass passive-ipv6-related || { fail passive-ipv6-related; cat "$OUT/pasv6.log"; }
+# active, IPv4 (PORT), lftp
+r0=$(related)
+lab_cli timeout 20 lftp -e "set ftp:passive-mode off; set net:timeout 5; set net:max-retries 1; get hello.txt -o $RUN/active.txt; quit" \
+    "ftp://anonymous:lab@$LAB_SERVER4" >"$OUT/active4.log" 2>&1
+cmp -s "$RUN/active.txt" "$RUN/root/hello.txt" && [ "$(related)" -gt "$r0" ] && pass active-ipv4-related \
+    || { fail active-ipv4-related; cat "$OUT/active4.log"; }
+lab_fw "$ALG" status --socket "$SOCK" >"$OUT/status.txt" 2>&1
+grep -q "created [1-9]" "$OUT/status.txt" && pass status-counts-created || { fail status-counts-created; cat "$OUT/status.txt"; }
+
+# clean stop: helper removed, queue unbound
+stop_alg && pass alg-stops-cleanly || fail alg-stops-cleanly
+lab_fw nfct list helper 2>/dev/null | grep -q "name = ftp" && fail helper-removed-on-stop || pass helper-removed-on-stop
+
+# negative control: no alg -> data connection dropped
+fw_reset; d0=$(lab_fw_count drop)
+lab_cli $PEERS ftp-get --host "$LAB_SERVER4" --file hello.txt --timeout 3 >"$OUT/neg.log" 2>&1
+rc=$?
+[ $rc -ne 0 ] && [ "$(lab_fw_count drop)" -gt "$d0" ] && pass negative-control-dropped || fail "negative-control-dropped (rc=$rc)"
+
+# reference: conntrackd's ftp helper on the same transfer
+fw_reset
+cat >"$RUN/conntrackd.conf" <<CONF
+General {
+	HashSize 8192
+	HashLimit 65535
+	Syslog off
+	LogFile $RUN/conntrackd.log
+	LockFile $RUN/conntrackd.lock
+	UNIX { Path $RUN/conntrackd.ctl }
+}
+Helper {
+	Type ftp inet tcp {
+		QueueNum 5
+		QueueLen 1024
+		Policy ftp {
+			ExpectMax 1
+			ExpectTimeout 300
+		}
+	}
+}
+CONF
+lab_fw nfct add helper ftp inet tcp
+ip netns exec "$LAB_NS_FW" conntrackd -C "$RUN/conntrackd.conf" >"$OUT/conntrackd.out" 2>&1 & PIDS+=($!)
+for _ in $(seq 100); do
+    lab_fw nfct list helper 2>/dev/null | tr -s '\t\n' ' ' | grep -q "name = ftp, .queuenum = 5,.*status = enabled" && break
+    sleep 0.1
+done
+lab_cli $PEERS ftp-get --host "$LAB_SERVER4" --file hello.txt --timeout 5 \
+    --after-pasv "ip netns exec $LAB_NS_FW conntrack -L expect >$OUT/conntrackd-exp.txt 2>/dev/null" >"$OUT/ref.log" 2>&1 \
+    && pass conntrackd-reference-passes || fail conntrackd-reference-passes
+normalise "$OUT/alg-exp.txt" >"$OUT/alg-exp.norm"
+normalise "$OUT/conntrackd-exp.txt" >"$OUT/conntrackd-exp.norm"
+echo "alg:        $(cat "$OUT/alg-exp.norm")"
+echo "conntrackd: $(cat "$OUT/conntrackd-exp.norm")"
+[ -s "$OUT/alg-exp.norm" ] && cmp -s "$OUT/alg-exp.norm" "$OUT/conntrackd-exp.norm" \
+    && pass expectations-equal-conntrackd || fail expectations-equal-conntrackd
+exit $((fails > 0))

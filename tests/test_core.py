@@ -1,0 +1,252 @@
+"""The core below the helpers: decoding, TCP streams, the expectation table, the engine."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.all import IP, TCP, UDP, Dot1Q, Ether, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, Raw, fragment, raw
+
+import alg
+from alg.decode import DecodeError, Defragmenter, decode_ip, decode_link
+from alg.engine import Create, Delete, Engine, make_slots
+from alg.errors import ProtocolViolation
+from alg.expect import Expectation, ExpectationTable, Refusal
+from alg.flows import TcpStream
+from alg.model import FlowTuple
+from alg.plugins import load_plugins
+from alg.policy import CorePolicy, default_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+A, B = ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("10.0.0.2")
+
+
+# ---------------------------------------------------------------- decoding
+def test_decode_ipv4_tcp_and_ethernet_vlan():
+    frame = raw(Ether() / Dot1Q(vlan=5) / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=1, dport=21, seq=7,
+                                                                                   flags="PA") / Raw(b"USER x\r\n"))
+    pkt = decode_ip(decode_link(1, frame))
+    assert (pkt.l3, pkt.proto, pkt.sport, pkt.dport, pkt.seq, pkt.payload) == (4, 6, 1, 21, 7, b"USER x\r\n")
+    assert pkt.src == B.packed[:3] + b"\x01"
+
+
+def test_decode_ipv6_extension_headers():
+    data = raw(IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()
+               / UDP(sport=5060, dport=5060) / Raw(b"OPTIONS"))
+    pkt = decode_ip(data)
+    assert (pkt.l3, pkt.proto, pkt.dport, pkt.payload) == (6, 17, 5060, b"OPTIONS")
+
+
+@pytest.mark.parametrize("l3", [4, 6])
+def test_fragments_reassemble(l3):
+    body = bytes(range(256)) * 12
+    if l3 == 4:
+        frags = fragment(IP(src="10.0.0.1", dst="10.0.0.2", id=9) / UDP(sport=1, dport=2) / Raw(body), 600)
+    else:
+        from scapy.all import IPv6ExtHdrFragment, fragment6
+        frags = fragment6(IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrFragment(id=9) / UDP(sport=1, dport=2)
+                          / Raw(body), 700)
+    defrag = Defragmenter()
+    out = [defrag.feed(decode_ip(raw(f))) for f in reversed(frags)]
+    whole = [p for p in out if p is not None]
+    assert len(whole) == 1 and whole[0].payload == body and whole[0].dport == 2
+
+
+@pytest.mark.parametrize("data", [b"", b"\x45", b"\x45" + b"\x00" * 10, b"\x60" + b"\x00" * 20, b"\x99" * 40,
+                                  raw(IP() / TCP())[:30]])
+def test_truncated_or_foreign_packets_raise_decode_error(data):
+    with pytest.raises(DecodeError):
+        decode_ip(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200))
+def test_decode_never_raises_anything_but_decode_error(data):
+    try:
+        decode_ip(data)
+    except DecodeError:
+        pass
+
+
+# ---------------------------------------------------------------- TCP streams
+def test_stream_orders_segments_and_drops_retransmissions():
+    s = TcpStream(1000)
+    s.feed(99, 0x02, b"")  # SYN
+    assert s.feed(100, 0x18, b"PA")
+    assert not s.feed(106, 0x18, b"ST\r\n")  # from the future: parked
+    assert s.feed(102, 0x18, b"SV\r\n")  # fills the hole
+    assert s.buf == b"PASV\r\nST\r\n"
+    assert not s.feed(100, 0x18, b"PASV")  # retransmission
+    assert s.feed(104, 0x18, b"\r\nST\r\nQUIT")  # overlap: only the new part
+    assert s.buf == b"PASV\r\nST\r\nQUIT"
+
+
+def test_stream_bound_raises_protocol_violation():
+    s = TcpStream(100)
+    s.feed(0, 0x02, b"")
+    with pytest.raises(ProtocolViolation):
+        s.feed(1, 0x18, b"x" * 101)
+
+
+def test_stream_sequence_wraps():
+    s = TcpStream(100)
+    s.feed(2**32 - 3, 0x02, b"")
+    assert s.feed(2**32 - 2, 0x18, b"ab")
+    assert s.feed(0, 0x18, b"cd")
+    assert s.buf == b"abcd"
+
+
+# ---------------------------------------------------------------- expectation table
+MASTER = FlowTuple(4, 6, A, B, 40000, 21)
+OTHER = FlowTuple(4, 6, A, B, 40001, 21)
+
+
+def exp(port: int, master: FlowTuple = MASTER, cls: str = "default", created: float = 0.0, timeout=300):
+    return Expectation("ftp", cls, 0, 4, 6, A, B, None, port, master, timeout, created=created)
+
+
+def test_per_master_and_class_max_evicts_the_oldest():
+    t = ExpectationTable()
+    assert t.admit(exp(1000), 2).accepted
+    assert t.admit(exp(1001), 2).accepted
+    adm = t.admit(exp(1002), 2)
+    assert adm.accepted and [e.dport for e in adm.evicted] == [1000]
+    assert sorted(e.dport for e in t) == [1001, 1002]
+
+
+def test_clash_with_another_master_and_replace_by_the_same():
+    t = ExpectationTable()
+    t.admit(exp(1000), 4)
+    assert t.admit(exp(1000, OTHER), 4).refused is Refusal.CLASH
+    again = t.admit(exp(1000, created=5.0), 4)
+    assert again.accepted and len(t) == 1
+
+
+def test_global_budget_refuses_and_timeouts_expire():
+    t = ExpectationTable(budget=2)
+    t.admit(exp(1000), 9)
+    t.admit(exp(1001, OTHER), 9)
+    assert t.admit(exp(1002), 9).refused is Refusal.BUDGET
+    assert len(t.expire(now=300.0)) == 2 and len(t) == 0
+
+
+def test_src_prefix_gives_a_network_mask():
+    e = Expectation("x", "d", 0, 4, 17, ipaddress.ip_address("192.168.1.7"), B, None, 53, MASTER, 30,
+                    src_prefix=24)
+    assert e.to_json()["mask"]["src"] == "255.255.255.0"
+    assert e.matches(FlowTuple(4, 17, ipaddress.ip_address("192.168.1.99"), B, 5353, 53))
+    assert not e.matches(FlowTuple(4, 17, ipaddress.ip_address("192.168.2.1"), B, 5353, 53))
+
+
+# ---------------------------------------------------------------- engine
+class Boom(alg.Helper):
+    spec = alg.HelperSpec(name="boom", protocols=(alg.UDP,), ports=(9,), classes=(alg.ExpectClass("d", 1, 9),))
+
+    def inspect(self, segment, state):
+        if segment.data == b"bug":
+            raise ZeroDivisionError("helper bug")
+        if segment.data == b"bad":
+            raise ProtocolViolation("nonsense")
+        port = 7000 + segment.data[0]
+        return alg.Parsed(len(segment.data), (alg.Expect("d", alg.UDP, None, segment.sender, None, port),))
+
+
+def engine_with(helper_cls, **core):
+    host = load_plugins(extra=[type("P", (), {"alg_register_helpers": alg.hookimpl(
+        lambda self, register: register(helper_cls))})()])
+    policy = default_policy({n: c.spec for n, c in host.helpers.items()})
+    return Engine(make_slots([policy.helpers[helper_cls.spec.name]], host.helpers), CorePolicy(**core))
+
+
+def udp(payload: bytes, sport=5000):
+    return decode_ip(raw(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=sport, dport=9) / Raw(payload)))
+
+
+def test_helper_bug_and_violation_cost_the_flow_not_the_engine():
+    eng = engine_with(Boom)
+    assert eng.process(udp(b"bug"), 0.0) == []
+    assert eng.process(udp(b"fine"), 1.0) == []  # that flow is no longer inspected
+    assert eng.process(udp(b"bad", 5001), 1.0) == []
+    stats = eng.stats()["helpers"]["boom"]
+    assert (stats["internal_errors"], stats["parse_errors"]) == (1, 1)
+    [d] = eng.process(udp(b"ok", 5002), 2.0)
+    assert isinstance(d, Create) and d.expectation.dport == 7000 + ord("o")
+
+
+def test_max_expected_one_evicts_and_reports_delete():
+    eng = engine_with(Boom)
+    eng.process(udp(b"one"), 0.0)
+    out = eng.process(udp(b"two"), 1.0)
+    assert [type(d) for d in out] == [Delete, Create]
+    assert eng.stats()["helpers"]["boom"]["classes"]["d"]["evicted"] == 1
+
+
+def test_budget_refusal_is_counted_by_reason():
+    eng = engine_with(Boom, expect_budget=1)
+    eng.process(udp(b"a", 6000), 0.0)
+    assert eng.process(udp(b"b", 6001), 0.0) == []
+    assert eng.stats()["helpers"]["boom"]["classes"]["d"]["refused"] == {"budget": 1}
+
+
+# ---------------------------------------------------------------- replay contract
+def test_replay_json_contract(capsys):
+    from alg.cli import main
+    assert main(["replay", "--format", "json", str(ROOT / "tests/pcaps/ftp-zeek_ftp-ipv6/capture.pcap")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows
+    for r in rows:
+        assert {"helper", "class", "frame", "l3", "proto", "src", "dst", "sport", "dport", "mask", "master",
+                "timeout", "flags"} <= set(r)
+        assert set(r["mask"]) == {"src", "dst", "sport", "dport"}
+        assert set(r["master"]) >= {"src", "dst", "sport", "dport", "proto"}
+        assert r["l3"] == "ipv6" and r["proto"] == "tcp" and r["sport"] is None and r["frame"] >= 1
+
+
+def test_replay_of_a_missing_or_bad_file_exits_1(tmp_path, capsys):
+    from alg.cli import main
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"not a capture at all")
+    assert main(["replay", str(bad)]) == 1
+    assert main(["replay", str(tmp_path / "none.pcap")]) == 1
+    assert main(["replay", "--helper", "nosuch", str(bad)]) == 2
+
+
+def ftp_engine(**policy_changes):
+    from dataclasses import replace
+    host = load_plugins()
+    policy = default_policy({n: c.spec for n, c in host.helpers.items()})
+    return Engine(make_slots([replace(policy.helpers["ftp"], **policy_changes)], host.helpers))
+
+
+def tcp(src, dst, sport, dport, payload=b"", flags="PA", seq=1000):
+    return decode_ip(raw(IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags, seq=seq) / Raw(payload)))
+
+
+def test_capture_starting_mid_flow_with_the_servers_reply():
+    eng = ftp_engine()
+    [d] = eng.process(tcp("10.0.0.2", "10.0.0.1", 21, 40000, b"227 Entering Passive Mode (10,0,0,2,4,1)\r\n"), 0.0)
+    e = d.expectation
+    assert (str(e.src), str(e.dst), e.dport) == ("10.0.0.1", "10.0.0.2", 1025)
+    assert (e.master.sport, e.master.dport) == (40000, 21)  # the master keeps its original direction
+
+
+def test_flows_per_helper_are_bounded_oldest_first():
+    eng = ftp_engine(max_flows=2)
+    for port in (40000, 40001, 40002):
+        eng.process(tcp("10.0.0.1", "10.0.0.2", port, 21, flags="S"), 0.0)
+    assert len(eng.flows) == 2 and eng.flows.evicted == 1
+    assert eng.flows.lookup(tcp("10.0.0.1", "10.0.0.2", 40000, 21)) is None
+
+
+def test_idle_flows_and_old_expectations_are_swept():
+    eng = ftp_engine()
+    eng.process(tcp("10.0.0.1", "10.0.0.2", 40000, 21, b"PORT 10,0,0,1,4,1\r\n", flags="PA"), 0.0)
+    assert len(eng.table) == 1
+    eng.process(tcp("10.0.0.3", "10.0.0.2", 40000, 21, flags="S"), 301.0)
+    assert len(eng.table) == 0
+    eng.process(tcp("10.0.0.3", "10.0.0.2", 40001, 21, flags="S"), 4000.0)
+    assert len(eng.flows) == 1

@@ -1,0 +1,89 @@
+"""Host-kernel tier for the daemon: the NFQUEUE verdict path with real traffic,
+expectations created through ctnetlink, `alg doctor` on this kernel.
+
+The host kernel has no nfnetlink_cthelper, so here alg runs with
+`--no-cthelper`: an NFQUEUE rule feeds it the FTP control connection and the
+master carries the in-kernel ftp helper (which ctnetlink requires of a master).
+The full cthelper path runs in the lab VM (tests/lab/scenarios/ftp.sh)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from netns import SERVER4, Net
+from test_kernel_ftp_differential import VSFTPD_CONF
+
+pytestmark = pytest.mark.kernel
+ALG = [sys.executable, "-m", "alg"]
+
+
+def test_alg_doctor_reports_missing_cthelper_on_this_kernel(kernel_ok: None) -> None:
+    from alg.kernel.cthelper import Cthelper
+    with Cthelper() as c:
+        if c.supported():
+            pytest.skip("this kernel has nfnetlink_cthelper")
+    out = subprocess.run(ALG + ["doctor"], capture_output=True, text=True)
+    assert out.returncode == 1
+    line = next(x for x in out.stdout.splitlines() if "nfnetlink_cthelper" in x)
+    assert line.startswith("fail") and "cannot register userspace helpers" in line
+
+
+def test_alg_run_without_cthelper_fails_clearly(kernel_ok: None) -> None:
+    from alg.kernel.cthelper import Cthelper
+    with Cthelper() as c:
+        if c.supported():
+            pytest.skip("this kernel has nfnetlink_cthelper")
+    out = subprocess.run(ALG + ["run"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "nfnetlink_cthelper" in out.stderr
+
+
+def test_nfqueue_verdicts_and_expectations_with_real_ftp(kernel_ok: None) -> None:
+    net = Net(f"alg-dm{os.getpid() % 100:02d}")
+    with net, tempfile.TemporaryDirectory(prefix="alg-dm-") as tmp:
+        root = Path(tmp) / "pub"
+        root.mkdir()
+        (root / "f.bin").write_bytes(os.urandom(50000))
+        for p in (tmp, root):
+            os.chmod(p, 0o755)
+        os.chmod(root / "f.bin", 0o644)
+        (Path(tmp) / "vsftpd.conf").write_text(VSFTPD_CONF.format(root=root))
+        (Path(tmp) / "ftp.toml").write_text('helper = "ftp"\nqueue = 7\n')
+        sock = f"{tmp}/alg.sock"
+        (Path(tmp) / "alg.toml").write_text(f'[core]\nstatus_socket = "{sock}"\n')
+        net.fw("iptables", "-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--dport", "21", "-j", "CT", "--helper", "ftp")
+        # both directions of the control connection go through alg's queue
+        for match in (["--dport", "21"], ["--sport", "21"]):
+            net.fw("iptables", "-A", "FORWARD", "-p", "tcp", *match, "-j", "NFQUEUE", "--queue-num", "7")
+        vsftpd = net.popen("srv", "vsftpd", str(Path(tmp) / "vsftpd.conf"))
+        daemon = net.popen("fw", *ALG, "run", "--no-cthelper", "--policy", f"{tmp}/ftp.toml",
+                           "--policy", f"{tmp}/alg.toml", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            for _ in range(100):
+                if os.path.exists(sock):
+                    break
+                time.sleep(0.05)
+            t0 = time.monotonic()
+            for args in (["--disable-epsv"], [], ["-P", "-", "--disable-eprt"]):  # PASV, EPSV, PORT
+                out = net.cli("curl", "-sS", "--max-time", "10", *args, "-o", "/dev/null", f"ftp://{SERVER4}/f.bin",
+                              check=False)
+                assert out.returncode == 0, out.stderr
+            elapsed = time.monotonic() - t0
+            st = json.loads(net.fw(*ALG, "status", "--format", "json", "--socket", sock).stdout)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            log = daemon.communicate(timeout=10)[0]
+            vsftpd.kill()
+        assert daemon.returncode == 0, log
+        ftp = st["helpers"]["ftp"]
+        assert ftp["packets"] >= 20 and st["verdicts"] >= ftp["packets"] and st["queue_errors"] == 0
+        assert ftp["classes"]["default"]["created"] == 3, st
+        assert not st["kernel_errors"], st
+        print(f"3 transfers through alg's queue in {elapsed:.2f} s, {st['verdicts']} verdicts")

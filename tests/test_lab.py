@@ -1,0 +1,41 @@
+"""Lab tier: the whole cthelper path in the VM with Debian's kernel (../shared/lab).
+
+The VM boots once per test session and runs every scenario script in
+tests/lab/scenarios/ (see tests/lab/run-all.sh); each scenario is reported as
+its own test, with its PASS/FAIL lines. Skips, with the reason, only where the
+VM cannot start."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = sorted(p.stem for p in (ROOT / "tests" / "lab" / "scenarios").glob("*.sh"))
+
+
+@pytest.fixture(scope="session")
+def lab_run(tmp_path_factory):
+    from labvm import run_in_vm  # from ../shared/lab (conftest puts it on sys.path)
+
+    scratch = tmp_path_factory.mktemp("lab")
+    os.environ["ALG_ROOT"] = str(ROOT)
+    r = run_in_vm(str(ROOT / "tests" / "lab" / "run-all.sh"), scratch=scratch, timeout=1500,
+                  env={"ALG_ROOT": str(ROOT)})
+    results = {m.group(1): (int(m.group(2)), int(m.group(3)))
+               for m in re.finditer(r"^SCENARIO (\S+) (\d+) (\d+)$", r.stdout, re.M)}
+    return scratch, results, r
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_lab_scenario(lab_run, name):
+    scratch, results, r = lab_run
+    assert name in results, f"the VM run did not reach {name}: rc {r.returncode}\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
+    rc, seconds = results[name]
+    out = (scratch / f"{name}.out").read_text(errors="replace")
+    print(f"{name}: {seconds} s\n{out}")
+    assert rc == 0, out[-5000:]

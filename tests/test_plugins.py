@@ -1,0 +1,190 @@
+"""The plugin contract: third-party helpers load like built-ins, bad ones are blocked."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import alg
+from alg import hookspecs
+from alg.errors import PluginError
+from alg.plugins import load_plugins
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class EchoHelper(alg.Helper):
+    """A test helper: every UDP datagram `PORT n` expects udp receiver -> sender:n."""
+
+    spec = alg.HelperSpec(name="echo", protocols=(alg.UDP,), ports=(7,), classes=(alg.ExpectClass("data", 2, 60),))
+
+    def inspect(self, segment, state):
+        if segment.data.startswith(b"PORT "):
+            port = int(segment.data[5:].strip())
+            return alg.Parsed(len(segment.data), (alg.Expect("data", alg.UDP, segment.receiver, segment.sender,
+                                                             None, port),))
+        return alg.Parsed(len(segment.data))
+
+
+class EchoPlugin:
+    @alg.hookimpl
+    def alg_register_helpers(self, register):
+        register(EchoHelper)
+
+
+def test_every_hook_is_documented():
+    specs = [f for name, f in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("alg_")]
+    assert specs
+    for f in specs:
+        assert f.__doc__ and len(f.__doc__.strip()) > 40, f.__name__
+        assert f.__name__ in hookspecs.__doc__ or f.__name__ in Path(hookspecs.__file__).read_text()
+
+
+def test_every_hook_is_exercised_by_this_suite():
+    """Each hookspec name appears in a test other than this file's list."""
+    text = "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
+    for name, _ in inspect.getmembers(hookspecs, inspect.isfunction):
+        if name.startswith("alg_"):
+            assert f"def {name}(" in text, name
+
+
+def test_builtin_helpers_load_through_the_entry_point_group():
+    host = load_plugins()
+    assert "ftp" in host.helpers
+    assert host.origin["ftp"] == "ftp"  # registered under its entry-point name, like any plugin
+    assert not host.blocked
+
+
+def test_helpers_folder_is_not_a_top_level_helpers_module():
+    import alg_helpers.ftp
+    assert Path(alg_helpers.ftp.__file__).resolve() == ROOT / "helpers" / "ftp.py"
+    top = ROOT / "alg.egg-info" / "top_level.txt"
+    if top.exists():
+        assert "helpers" not in top.read_text().split()
+
+
+def test_third_party_plugin_registers_and_replays(tmp_path):
+    host = load_plugins(extra=[EchoPlugin()])
+    assert host.helpers["echo"] is EchoHelper
+    from scapy.all import IP, UDP, Raw, wrpcap
+    pcap = tmp_path / "echo.pcap"
+    wrpcap(str(pcap), [IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=4000, dport=7) / Raw(b"PORT 5000\n"),
+                       IP(src="10.0.0.2", dst="10.0.0.1") / UDP(sport=9999, dport=5000) / Raw(b"data")])
+    from alg.engine import Engine, make_slots
+    from alg.policy import default_policy
+    from alg.replay import replay
+    policy = default_policy({n: c.spec for n, c in host.helpers.items()})
+    engine = Engine(make_slots([policy.helpers["echo"]], host.helpers), track_related=True)
+    result = replay(engine, [str(pcap)])
+    [e] = result.expectations
+    assert (str(e.src), str(e.dst), e.sport, e.dport, e.helper, e.cls) == ("10.0.0.2", "10.0.0.1", None, 5000,
+                                                                          "echo", "data")
+    assert result.related_flows == 1
+
+
+def test_expectation_events_reach_observers(tmp_path):
+    seen = []
+
+    class Observer:
+        @alg.hookimpl
+        def alg_expectation_event(self, event):
+            seen.append(event.kind)
+
+    host = load_plugins(extra=[Observer()])
+    from alg.cli import cmd_replay, build_parser
+    args = build_parser().parse_args(["replay", str(ROOT / "tests/pcaps/ftp-zeek_ftp-ipv4/capture.pcap")])
+    assert cmd_replay(args, host) == 0
+    assert seen.count("created") == 4
+
+
+def test_add_commands_hook(capsys):
+    class Commands:
+        @alg.hookimpl
+        def alg_add_commands(self, subparsers):
+            p = subparsers.add_parser("hello")
+            p.set_defaults(func=lambda args, host: print("hello from a plugin") or 0)
+
+    host = load_plugins(extra=[Commands()])
+    from alg.cli import build_parser
+    args = build_parser(host).parse_args(["hello"])
+    assert args.func(args, host) == 0
+    assert "hello from a plugin" in capsys.readouterr().out
+
+
+def test_misspelt_hook_fails_loudly():
+    class Typo:
+        @alg.hookimpl
+        def alg_register_helper(self, register):  # missing "s"
+            pass
+
+    with pytest.raises(PluginError, match="alg_register_helper"):
+        load_plugins(extra=[Typo()])
+
+
+@pytest.mark.parametrize("bad_name", ["", "a-name-over-15-chars"])
+def test_bad_descriptor_blocks_only_that_plugin(bad_name):
+    class Bad(alg.Helper):
+        spec = alg.HelperSpec(name=bad_name, protocols=(alg.UDP,), ports=(9,), classes=(alg.ExpectClass("x", 1, 1),))
+
+    class BadPlugin:
+        @alg.hookimpl
+        def alg_register_helpers(self, register):
+            register(Bad)
+
+    host = load_plugins(extra=[BadPlugin()])
+    assert "ftp" in host.helpers and bad_name not in host.helpers
+    assert any("name" in why for why in host.blocked.values())
+
+
+def test_name_clash_with_a_builtin_is_blocked():
+    class Ftp2(alg.Helper):
+        spec = alg.HelperSpec(name="ftp", protocols=(alg.TCP,), ports=(21,), classes=(alg.ExpectClass("d", 1, 1),))
+
+    class Clash:
+        @alg.hookimpl
+        def alg_register_helpers(self, register):
+            register(Ftp2)
+
+    host = load_plugins(extra=[Clash()])
+    assert host.helpers["ftp"] is not Ftp2
+    assert any("already registered" in why for why in host.blocked.values())
+
+
+def test_block_and_pick_plugins_by_environment():
+    env = {"ALG_BLOCK_PLUGINS": "ftp", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "alg", "helpers", "--format", "json"], capture_output=True,
+                         text=True, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "ftp" not in {h["name"] for h in json.loads(out.stdout)}
+    env = {"ALG_PLUGINS": "ftp", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "alg", "helpers", "--format", "json"], capture_output=True,
+                         text=True, env=env, cwd=ROOT)
+    assert {h["name"] for h in json.loads(out.stdout)} == {"ftp"}
+
+
+def test_layers_point_one_way():
+    """Only alg/kernel/ imports netfilterqueue and pyroute2; helpers use only alg's public API;
+    the pure core imports no I/O library."""
+    io_libs = {"netfilterqueue", "pyroute2", "socket", "scapy", "subprocess"}
+    for path in list((ROOT / "alg").rglob("*.py")) + list((ROOT / "helpers").rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        tree = ast.parse(path.read_text())
+        mods = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                mods.add(node.module.split(".")[0])
+        if rel.parts[0] == "helpers":
+            assert not mods & (io_libs | {"time", "os", "threading"}), rel
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("alg."):
+                    raise AssertionError(f"{rel}: helpers import only `alg` itself, not {node.module}")
+        elif "kernel" not in rel.parts:
+            assert not mods & {"netfilterqueue", "pyroute2", "scapy"}, rel

@@ -1,0 +1,201 @@
+"""Scripted discovery peers for recordings and the lab (stdlib only).
+
+  upnp-device ADDR      SSDP responder on 239.255.255.250:1900 answering M-SEARCH by unicast with
+                        LOCATION http://ADDR:49152/desc.xml; HTTP on ADDR:49152 serving the description,
+                        one service's SCPD, and SUBSCRIBE (answers SID, then sends the initial NOTIFY to
+                        the CALLBACK URL, UDA 2.0 §4.1.2, §4.3)
+  upnp-control-point ADDR   M-SEARCH, fetch LOCATION, SUBSCRIBE with a callback on ADDR:49200
+  slp-agent ADDR        SLPv2 SA (RFC 2608): joins 239.255.255.253, answers SrvRqst with a SrvRply
+  slp-ua DST [SRC]      sends one SLPv2 SrvRqst for service:printer to DST:427 and prints replies
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.request import urlopen
+
+SSDP = ("239.255.255.250", 1900)
+DESC = """<?xml version="1.0"?>
+<root xmlns="urn:schemas-upnp-org:device-1-0"><specVersion><major>1</major><minor>0</minor></specVersion>
+<device><deviceType>urn:schemas-upnp-org:device:BinaryLight:1</deviceType><friendlyName>alg lab light</friendlyName>
+<manufacturer>alg</manufacturer><modelName>lab</modelName><UDN>uuid:00000000-0000-0000-0000-00000000a1a1</UDN>
+<serviceList><service><serviceType>urn:schemas-upnp-org:service:SwitchPower:1</serviceType>
+<serviceId>urn:upnp-org:serviceId:SwitchPower</serviceId><SCPDURL>/scpd.xml</SCPDURL>
+<controlURL>/ctl</controlURL><eventSubURL>/evt</eventSubURL></service></serviceList></device></root>
+"""
+SCPD = """<?xml version="1.0"?>
+<scpd xmlns="urn:schemas-upnp-org:service-1-0"><specVersion><major>1</major><minor>0</minor></specVersion>
+<actionList/><serviceStateTable><stateVariable sendEvents="yes"><name>Status</name><dataType>boolean</dataType>
+<defaultValue>0</defaultValue></stateVariable></serviceStateTable></scpd>
+"""
+
+
+def upnp_device(addr: str) -> None:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _send(self, body: str, ctype="text/xml; charset=\"utf-8\"", extra=()):
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in extra:
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self._send(SCPD if "scpd" in self.path else DESC)
+
+        def do_SUBSCRIBE(self):
+            cb = re.findall(r"<([^>]*)>", self.headers.get("CALLBACK", ""))
+            self._send("", extra=(("SID", "uuid:sub-1"), ("TIMEOUT", "Second-300")))
+            if cb:
+                threading.Thread(target=notify, args=(cb[0],), daemon=True).start()
+
+        def do_UNSUBSCRIBE(self):
+            self._send("")
+
+    def notify(url: str) -> None:
+        time.sleep(0.3)
+        m = re.match(r"http://\[?([^\]/]+?)\]?:(\d+)(/.*)?$", url)
+        if not m:
+            return
+        body = ('<?xml version="1.0"?><e:propertyset xmlns:e="urn:schemas-upnp-org:event-1-0">'
+                "<e:property><Status>0</Status></e:property></e:propertyset>").encode()
+        head = (f"NOTIFY {m[3] or '/'} HTTP/1.1\r\nHOST: {m[1]}:{m[2]}\r\nCONTENT-TYPE: text/xml\r\n"
+                f"NT: upnp:event\r\nNTS: upnp:propchange\r\nSID: uuid:sub-1\r\nSEQ: 0\r\n"
+                f"CONTENT-LENGTH: {len(body)}\r\n\r\n").encode()
+        try:
+            with socket.create_connection((m[1], int(m[2])), timeout=3) as s:
+                s.sendall(head + body)
+                s.recv(4096)
+            print("notified", url, flush=True)
+        except OSError as exc:
+            print("notify failed", url, exc, flush=True)
+
+    srv = ThreadingHTTPServer((addr, 49152), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("", 1900))
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton(SSDP[0]) + socket.inet_aton(addr))
+    print("device ready", flush=True)
+    while True:
+        data, peer = s.recvfrom(4096)
+        if not data.startswith(b"M-SEARCH"):
+            continue
+        st = re.search(rb"(?im)^ST:\s*(.+?)\s*$", data)
+        target = st[1].decode() if st else "ssdp:all"
+        if target == "ssdp:all":
+            target = "upnp:rootdevice"
+        reply = (f"HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=1800\r\nEXT:\r\n"
+                 f"LOCATION: http://{addr}:49152/desc.xml\r\nSERVER: Linux/6 UPnP/1.0 alg-lab/1\r\n"
+                 f"ST: {target}\r\nUSN: uuid:00000000-0000-0000-0000-00000000a1a1::{target}\r\n\r\n")
+        # a device answers from its SSDP socket (port 1900) by unicast
+        s.sendto(reply.encode(), peer)
+        print("answered", peer, flush=True)
+
+
+def upnp_control_point(addr: str) -> None:
+    got: list[str] = []
+
+    class Cb(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_NOTIFY(self):
+            n = int(self.headers.get("Content-Length", 0))
+            got.append(self.rfile.read(n).decode())
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    cb = ThreadingHTTPServer((addr, 49200), Cb)
+    threading.Thread(target=cb.serve_forever, daemon=True).start()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, 0))
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 2)
+    s.settimeout(3)
+    s.sendto(b'M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: "ssdp:discover"\r\nMX: 1\r\n'
+             b"ST: upnp:rootdevice\r\n\r\n", SSDP)
+    data, peer = s.recvfrom(4096)
+    loc = re.search(rb"(?im)^LOCATION:\s*(\S+)", data)[1].decode()
+    print("answer from", peer, loc, flush=True)
+    desc = urlopen(loc, timeout=3).read()
+    print("description", len(desc), "bytes", flush=True)
+    host = re.match(r"http://([^/]+)", loc)[1]
+    sock = socket.create_connection(tuple(host.rsplit(":", 1)[0:1]) + (int(host.rsplit(":", 1)[1]),), timeout=3)
+    sock.sendall(f"SUBSCRIBE /evt HTTP/1.1\r\nHOST: {host}\r\nCALLBACK: <http://{addr}:49200/cb>\r\n"
+                 f"NT: upnp:event\r\nTIMEOUT: Second-300\r\nContent-Length: 0\r\n\r\n".encode())
+    print("subscribe:", sock.recv(4096).split(b"\r\n")[0].decode(), flush=True)
+    for _ in range(30):
+        if got:
+            break
+        time.sleep(0.1)
+    print("events", len(got), flush=True)
+    sys.exit(0 if got else 1)
+
+
+# SLPv2, RFC 2608 §8: version, function, length(3), flags(2), next-ext(3), xid(2), lang-len(2), lang
+def slp_header(function: int, xid: int, body: bytes, multicast: bool) -> bytes:
+    lang = b"en"
+    total = 14 + len(lang) + len(body)
+    flags = 0x2000 if multicast else 0
+    return struct.pack("!BB", 2, function) + total.to_bytes(3, "big") + struct.pack("!H", flags) + \
+        b"\x00\x00\x00" + struct.pack("!HH", xid, len(lang)) + lang + body
+
+
+def _s(text: str) -> bytes:
+    return struct.pack("!H", len(text)) + text.encode()
+
+
+def slp_agent(addr: str) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    s.bind(("", 427))
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                 socket.inet_aton("239.255.255.253") + socket.inet_aton(addr))
+    print("slp agent ready", flush=True)
+    while True:
+        data, peer = s.recvfrom(4096)
+        if len(data) < 16 or data[0] != 2 or data[1] != 1:
+            continue
+        xid = struct.unpack_from("!H", data, 10)[0]
+        url = f"service:printer:lpr://{addr}/queue"
+        entry = b"\x00" + struct.pack("!H", 65535) + _s(url) + b"\x00"  # RFC 2608 §4.3 URL entry
+        body = struct.pack("!HH", 0, 1) + entry  # SrvRply: error 0, one URL entry
+        reply = slp_header(2, xid, body, False)
+        s.sendto(reply, peer)  # unicast from port 427
+        print("answered", peer, flush=True)
+
+
+def slp_ua(dst: str, src: str = "") -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    s.bind((src, 0))
+    s.settimeout(2)
+    body = _s("") + _s("service:printer") + _s("DEFAULT") + _s("") + _s("")  # PRList, type, scopes, pred, SPI
+    s.sendto(slp_header(1, 0x4242, body, True), (dst, 427))
+    n = 0
+    try:
+        while True:
+            data, peer = s.recvfrom(4096)
+            n += 1
+            print("reply from", peer, len(data), "bytes", flush=True)
+    except socket.timeout:
+        pass
+    print("replies", n, flush=True)
+    sys.exit(0 if n else 1)
+
+
+if __name__ == "__main__":
+    cmd, *args = sys.argv[1:]
+    {"upnp-device": upnp_device, "upnp-control-point": upnp_control_point, "slp-agent": slp_agent,
+     "slp-ua": slp_ua}[cmd](*args)
