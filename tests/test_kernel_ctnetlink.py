@@ -90,7 +90,8 @@ def net(kernel_ok):
 
 
 def expect(master, dport=50004, **kw):
-    d = {"helper": "ftp", "cls": "ftp", "class_id": 0, "l3": 4, "proto": 6, "src": master.src, "dst": master.dst, "sport": None,
+    d = {"helper": "ftp", "cls": "ftp", "class_id": 0, "l3": 4, "proto": 6, "src": master.src,
+         "dst": master.dst, "sport": None,
              "dport": dport, "master": master, "timeout": 300}
     d.update(kw)
     return Expectation(**d)

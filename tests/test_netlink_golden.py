@@ -22,8 +22,8 @@ M6 = FlowTuple(6, 6, I.ip_address("fd00:1::2"), I.ip_address("fd00:2::2"), 40000
 
 
 def exp(master, **kw):
-    d = {"helper": "ftp", "cls": "data", "class_id": 0, "l3": master.l3, "proto": 6, "src": master.src, "dst": master.dst,
-             "sport": None, "dport": 50004, "master": master, "timeout": 300}
+    d = {"helper": "ftp", "cls": "data", "class_id": 0, "l3": master.l3, "proto": 6, "src": master.src,
+         "dst": master.dst,     "sport": None, "dport": 50004, "master": master, "timeout": 300}
     d.update(kw)
     return Expectation(**d)
 

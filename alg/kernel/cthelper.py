@@ -160,8 +160,13 @@ def pyroute2_new(name, l3, proto, queue, classes, priv_data_len, enabled=True, s
 def parse_helper(payload: bytes) -> dict[str, Any]:
     """Parse one NFNL_MSG_CTHELPER_NEW payload (nfgenmsg + attributes) of a dump."""
     a = L.parse_attrs(payload, 4)
-    u32 = lambda d, k: struct.unpack("!I", d[k])[0] if k in d else None
-    s = lambda d, k: d[k].split(b"\0", 1)[0].decode(errors="replace") if k in d else None
+
+    def u32(d: dict[int, bytes], k: int) -> int | None:
+        return struct.unpack("!I", d[k])[0] if k in d else None
+
+    def s(d: dict[int, bytes], k: int) -> str | None:
+        return d[k].split(b"\0", 1)[0].decode(errors="replace") if k in d else None
+
     tup = L.parse_attrs(a.get(NFCTH_TUPLE, b""))
     pol = L.parse_attrs(a.get(NFCTH_POLICY, b""))
     classes = []

@@ -269,7 +269,10 @@ def _parse_tuple(b: bytes) -> FlowTuple | None:
         return None
     if dst is None or CTA_PROTO_NUM not in pr:
         return None
-    port = lambda k: struct.unpack("!H", pr[k])[0] if k in pr else 0
+
+    def port(k: int) -> int:
+        return struct.unpack("!H", pr[k])[0] if k in pr else 0
+
     return FlowTuple(l3, pr[CTA_PROTO_NUM][0], ipaddress.ip_address(src), ipaddress.ip_address(dst),
                      port(CTA_PROTO_SRC_PORT), port(CTA_PROTO_DST_PORT))
 
@@ -331,7 +334,10 @@ def parse_expectation(payload: bytes) -> KernelExpectation | None:
         return None
     if tup is None or msk is None or mst is None:
         return None
-    u32 = lambda k: struct.unpack("!I", a[k])[0] if k in a else 0
+
+    def u32(k: int) -> int:
+        return struct.unpack("!I", a[k])[0] if k in a else 0
+
     name = a.get(CTA_EXPECT_HELP_NAME)
     return KernelExpectation(
         helper=name.rstrip(b"\0").decode() if name else None,

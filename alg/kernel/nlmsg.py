@@ -63,7 +63,8 @@ def asciiz(s: str) -> bytes:
 
 def message(subsys: int, msg: int, flags: int, family: int, body: bytes, seq: int = 0, pid: int = 0) -> bytes:
     """nlmsghdr + nfgenmsg + attributes."""
-    return _NLH.pack(16 + 4 + len(body), (subsys << 8) | msg, flags, seq, pid) + _NFGEN.pack(family, NFNETLINK_V0, 0) + body
+    head = _NLH.pack(16 + 4 + len(body), (subsys << 8) | msg, flags, seq, pid)
+    return head + _NFGEN.pack(family, NFNETLINK_V0, 0) + body
 
 
 def parse_attrs(data: bytes, off: int = 0, end: int | None = None) -> dict[int, bytes]:
@@ -133,7 +134,7 @@ class NfnlSocket:
                 data = self.sock.recv(1 << 16)
             except TimeoutError:
                 raise NetlinkError(_errno.ETIMEDOUT, "no answer from the kernel") from None
-            for t, f, s, payload in iter_messages(data):
+            for t, _f, s, payload in iter_messages(data):
                 if s != seq:
                     continue  # stale reply of an earlier, abandoned request
                 if t == NLMSG_ERROR:
