@@ -38,7 +38,7 @@ else:
 
 
 def sh(cmd: str) -> str:
-    r = subprocess.run(["bash", "-c", f"source {LAB}; {cmd}"], env=ENV, capture_output=True, text=True)
+    r = subprocess.run(["bash", "-c", f"source {LAB}; {cmd}"], env=ENV, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
 
@@ -65,16 +65,18 @@ def net(kernel_ok):
     procs = []
     try:
         masters = {}
-        for port in (21, 2121):
-            srv = subprocess.Popen(["ip", "netns", "exec", "alg-nl-srv", sys.executable, "-c", HOLD, "srv", str(port), "1"],  # noqa: E501
-                                   stdout=subprocess.PIPE, text=True)
-            procs.append(srv)
-            assert srv.stdout.readline().strip() == "ready"
+        for port in (21, 2121, 21):
+            if port not in masters:
+                srv = subprocess.Popen(["ip", "netns", "exec", "alg-nl-srv", sys.executable, "-c", HOLD, "srv",
+                                        str(port), "2"], stdout=subprocess.PIPE, text=True)
+                procs.append(srv)
+                assert srv.stdout.readline().strip() == "ready"
             cli = subprocess.Popen(["ip", "netns", "exec", "alg-nl-cli", sys.executable, "-c", HOLD, "cli", "10.0.2.2",
                                     str(port)], stdout=subprocess.PIPE, text=True)
             procs.append(cli)
             sport = int(cli.stdout.readline())
-            masters[port] = FlowTuple(4, 6, I.ip_address("10.0.1.2"), I.ip_address("10.0.2.2"), sport, port)
+            masters["21b" if port in masters else port] = FlowTuple(4, 6, I.ip_address("10.0.1.2"),
+                                                                     I.ip_address("10.0.2.2"), sport, port)
         time.sleep(0.2)
         from alg.kernel.ctnetlink import Ctnetlink
         ctn = in_ns("alg-nl-fw", Ctnetlink)
@@ -88,8 +90,9 @@ def net(kernel_ok):
 
 
 def expect(master, dport=50004, **kw):
-    d = dict(helper="ftp", cls="ftp", class_id=0, l3=4, proto=6, src=master.src, dst=master.dst, sport=None,
-             dport=dport, master=master, timeout=300)
+    d = {"helper": "ftp", "cls": "ftp", "class_id": 0, "l3": 4, "proto": 6, "src": master.src,
+         "dst": master.dst, "sport": None,
+             "dport": dport, "master": master, "timeout": 300}
     d.update(kw)
     return Expectation(**d)
 
@@ -106,7 +109,10 @@ def test_find_master_and_create_list_delete(net):
     ctn.flush()
     e = expect(ref.tuple)
     ctn.create(e, ref)
-    ctn.create(e, ref)  # a retransmitted announcement refreshes, it does not fail
+    with pytest.raises(KernelError) as ei:
+        ctn.create(e, ref, exclusive=True)
+    assert ei.value.errno == errno.EEXIST
+    ctn.create(e, ref)  # default: a retransmitted announcement refreshes
     ks = ctn.list()
     assert len(ks) == 1
     k = ks[0]
@@ -132,10 +138,24 @@ def test_wildcard_src_prefix_and_flush(net):
     # the in-kernel ftp helper's policy allows 1 expectation per master: the next one evicts it
     ctn.create(expect(m[21], dport=50011, src_prefix=24))
     got = {k.tuple.dport: k.to_json() for k in ctn.list()}
-    assert list(got) == [50011] and got[50011]["src_prefix"] == 24
+    assert list(got) == [50011] and got[50011]["mask"]["src"] == "255.255.255.0"
     assert "mask-src=255.255.255.0" in conntrack_expect()
     ctn.flush()
     assert ctn.list() == []
+
+
+def test_clash_between_masters(net):
+    ctn, m = net
+    ctn.flush()
+    ctn.create(expect(m[21], dport=50030))
+    with pytest.raises(KernelError) as ei:
+        ctn.create(expect(m["21b"], dport=50030), exclusive=True)  # identical tuple, other master
+    assert ei.value.errno == errno.EEXIST
+    with pytest.raises(KernelError) as ei:
+        ctn.create(expect(m["21b"], dport=50030, src=None))  # overlapping (wildcard source)
+    assert ei.value.errno == errno.EBUSY and not ei.value.full
+    assert [k.master for k in ctn.list()] == [m[21]]
+    ctn.flush()
 
 
 def test_events(net):

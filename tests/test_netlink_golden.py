@@ -22,8 +22,8 @@ M6 = FlowTuple(6, 6, I.ip_address("fd00:1::2"), I.ip_address("fd00:2::2"), 40000
 
 
 def exp(master, **kw):
-    d = dict(helper="ftp", cls="data", class_id=0, l3=master.l3, proto=6, src=master.src, dst=master.dst,
-             sport=None, dport=50004, master=master, timeout=300)
+    d = {"helper": "ftp", "cls": "data", "class_id": 0, "l3": master.l3, "proto": 6, "src": master.src,
+         "dst": master.dst,     "sport": None, "dport": 50004, "master": master, "timeout": 300}
     d.update(kw)
     return Expectation(**d)
 
@@ -65,19 +65,22 @@ def test_exp_new_v4_golden():
     exp(M4), exp(M6), exp(M4, src=None), exp(M6, src=None), exp(M4, sport=20, class_id=1, flags=1),
     exp(M4, src_prefix=24), exp(M6, src_prefix=64, proto=17, helper="sip", timeout=60),
 ])
-def test_exp_new_equals_pyroute2(e):
-    assert C.pack_exp_new(e, e.master, seq=42, pid=9) == C.pyroute2_exp_new(e, e.master, seq=42, pid=9)
+@pytest.mark.parametrize("excl", [True, False])
+def test_exp_new_equals_pyroute2(e, excl):
+    assert C.pack_exp_new(e, e.master, 42, 9, excl) == C.pyroute2_exp_new(e, e.master, 42, 9, excl)
 
 
-def test_exp_new_flags_create_without_excl():
+def test_exp_new_flags():
     f = struct.unpack_from("=H", C.pack_exp_new(exp(M4), M4), 6)[0]
     assert f & L.NLM_F_CREATE and f & L.NLM_F_ACK and not f & L.NLM_F_EXCL
+    f = struct.unpack_from("=H", C.pack_exp_new(exp(M4), M4, exclusive=True), 6)[0]
+    assert f & L.NLM_F_CREATE and f & L.NLM_F_EXCL
 
 
 def test_exp_new_mask_carries_src_prefix_and_wildcards():
     k = C.parse_expectation(C.pack_exp_new(exp(M4, src_prefix=24), M4)[16:])
     assert str(k.mask.src) == "255.255.255.0" and k.mask.sport == 0 and k.mask.dport == 0xFFFF
-    assert k.to_json()["src_prefix"] == 24
+    assert k.to_json()["mask"]["src"] == "255.255.255.0"
     w = C.parse_expectation(C.pack_exp_new(exp(M6, src=None), M6)[16:])
     assert w.to_json()["src"] is None and int(w.mask.src) == 0
 
@@ -127,3 +130,12 @@ def test_cthelper_status_and_del_layouts():
     d = H.pack_del("ftp", 6, 17)
     assert struct.unpack_from("=H", d, 4)[0] == (L.NFNL_SUBSYS_CTHELPER << 8) | H.NFNL_MSG_CTHELPER_DEL
     assert H.parse_helper(d[16:])["proto"] == 17
+
+
+@pytest.mark.parametrize("e", [exp(M4), exp(M6, src=None), exp(M4, sport=20, src_prefix=24, flags=1)])
+def test_kernel_json_matches_replay_json(e):
+    k = C.parse_expectation(C.pack_exp_new(e, e.master)[16:]).to_json()
+    j = e.to_json()
+    for key in ("helper", "l3", "proto", "src", "dst", "sport", "dport", "mask", "master", "timeout", "flags"):
+        assert k[key] == j[key], key
+    assert k["class_id"] == e.class_id

@@ -13,9 +13,14 @@ Two encodings of the same messages live here:
 Kernel behaviour relied on (net/netfilter/nf_conntrack_netlink.c,
 ctnetlink_new_expect / ctnetlink_create_expect):
 
-* EXP_NEW with NLM_F_CREATE and without NLM_F_EXCL: a new expectation is
-  created; an existing one with the same tuple is updated (timeout refreshed),
-  so a retransmitted PASV reply is harmless.
+* EXP_NEW with NLM_F_CREATE: a new expectation is created.  If one with the
+  same tuple exists, NLM_F_EXCL makes it EEXIST; without NLM_F_EXCL the
+  existing one is updated (timeout refreshed) *whatever its master is*.
+  create() sends NLM_F_EXCL (EEXIST: a retransmission, or another
+  master expects the identical tuple) when ``exclusive=True``; the default
+  (``exclusive=False``, what the daemon was built against) refreshes, so a
+  retransmitted announcement is harmless; cross-master clashes on identical
+  tuples are caught earlier by alg.expect.ExpectationTable.
 * ENOENT: the master in CTA_EXPECT_MASTER is not in the (confirmed) table yet:
   retry after the verdict.  EOPNOTSUPP: the master has no helper / the named
   helper does not exist.  EINVAL: class >= the helper's class count, bad
@@ -32,7 +37,8 @@ import socket
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, Self
 
 from pyroute2.netlink import NLA_F_NESTED, nla
 from pyroute2.netlink.nfnetlink import nfgen_msg
@@ -170,15 +176,24 @@ def pack_ct_get(t: FlowTuple, by_reply: bool = False, seq: int = 0, pid: int = 0
                      pack_flow(CTA_TUPLE_REPLY if by_reply else CTA_TUPLE_ORIG, t), seq, pid)
 
 
+@lru_cache(maxsize=256)
+def _mask_nla(l3: int, proto: int, src_bits: int, sport_any: bool) -> bytes:
+    """CTA_EXPECT_MASK: precomputed per (family, proto, source prefix, source port wildcard)."""
+    width = 32 if l3 == 4 else 128
+    smask = (((1 << src_bits) - 1) << (width - src_bits)).to_bytes(width // 8, "big")
+    return pack_tuple(CTA_EXPECT_MASK, l3, proto, smask, b"\xff" * (width // 8), 0 if sport_any else 0xFFFF, 0xFFFF)
+
+
 def exp_body(e, master: FlowTuple, zone: int = 0) -> bytes:
     """Attributes of an EXP_NEW for alg.expect.Expectation ``e`` (order as nfct_exp_msg)."""
-    zero = bytes(16 if e.l3 == 6 else 4)
-    src = zero if e.src is None else e.src.packed
+    if e.src is None:
+        src, bits = bytes(16 if e.l3 == 6 else 4), 0
+    else:
+        src, bits = e.src.packed, e.src.max_prefixlen if e.src_prefix is None else e.src_prefix
     return b"".join((
         pack_flow(CTA_EXPECT_MASTER, master),
         pack_tuple(CTA_EXPECT_TUPLE, e.l3, e.proto, src, e.dst.packed, e.sport or 0, e.dport),
-        pack_tuple(CTA_EXPECT_MASK, e.l3, e.proto, e.src_mask.packed, e._ones().packed,
-                   0 if e.sport is None else 0xFFFF, 0xFFFF),
+        _mask_nla(e.l3, e.proto, bits, e.sport is None),
         L.nla(CTA_EXPECT_TIMEOUT, L.be32(e.timeout)),
         L.nla(CTA_EXPECT_HELP_NAME, L.asciiz(e.helper)),
         L.nla(CTA_EXPECT_ZONE, L.be16(zone)),
@@ -190,9 +205,9 @@ def exp_body(e, master: FlowTuple, zone: int = 0) -> bytes:
 EXP_NEW_FLAGS = L.NLM_F_REQUEST | L.NLM_F_ACK | L.NLM_F_CREATE
 
 
-def pack_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0) -> bytes:
-    return L.message(L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_NEW, EXP_NEW_FLAGS, FAMILY[e.l3],
-                     exp_body(e, master), seq, pid)
+def pack_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0, exclusive: bool = False) -> bytes:
+    return L.message(L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_NEW,
+                     EXP_NEW_FLAGS | (L.NLM_F_EXCL if exclusive else 0), FAMILY[e.l3], exp_body(e, master), seq, pid)
 
 
 def pack_exp_delete(e, seq: int = 0, pid: int = 0) -> bytes:
@@ -203,7 +218,7 @@ def pack_exp_delete(e, seq: int = 0, pid: int = 0) -> bytes:
                      FAMILY[e.l3], body, seq, pid)
 
 
-def pyroute2_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0) -> bytes:
+def pyroute2_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0, exclusive: bool = False) -> bytes:
     """Reference encoding of pack_exp_new through the NLA classes."""
     ones = e._ones()
     msk = FlowTuple(e.l3, e.proto, e.src_mask, ones, 0 if e.sport is None else 0xFFFF, 0xFFFF)
@@ -221,7 +236,7 @@ def pyroute2_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0) -> bytes:
         ("CTA_EXPECT_CLASS", e.class_id),
     ]
     m["header"]["type"] = (L.NFNL_SUBSYS_CTNETLINK_EXP << 8) | IPCTNL_MSG_EXP_NEW
-    m["header"]["flags"] = EXP_NEW_FLAGS
+    m["header"]["flags"] = EXP_NEW_FLAGS | (L.NLM_F_EXCL if exclusive else 0)
     m["header"]["sequence_number"] = seq
     m["header"]["pid"] = pid
     m.encode()
@@ -254,7 +269,10 @@ def _parse_tuple(b: bytes) -> FlowTuple | None:
         return None
     if dst is None or CTA_PROTO_NUM not in pr:
         return None
-    port = lambda k: struct.unpack("!H", pr[k])[0] if k in pr else 0  # noqa: E731
+
+    def port(k: int) -> int:
+        return struct.unpack("!H", pr[k])[0] if k in pr else 0
+
     return FlowTuple(l3, pr[CTA_PROTO_NUM][0], ipaddress.ip_address(src), ipaddress.ip_address(dst),
                      port(CTA_PROTO_SRC_PORT), port(CTA_PROTO_DST_PORT))
 
@@ -283,22 +301,25 @@ class KernelExpectation:
     zone: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        t, m = self.tuple, self.mask
-        wild_src = int(m.src) == 0
+        """Same keys as alg.expect.Expectation.to_json (minus its class name and frame, plus class_id)."""
+        from alg.expect import flag_names
+        from alg.model import PROTO_NAMES
+
+        t, m, ms = self.tuple, self.mask, self.master
         return {
             "helper": self.helper,
             "class_id": self.class_id,
             "l3": f"ipv{t.l3}",
-            "proto": {6: "tcp", 17: "udp"}.get(t.proto, t.proto),
-            "src": None if wild_src else str(t.src),
-            "src_prefix": None if wild_src else bin(int(m.src)).count("1"),
+            "proto": PROTO_NAMES.get(t.proto, str(t.proto)),
+            "src": None if int(m.src) == 0 else str(t.src),
             "dst": str(t.dst),
             "sport": t.sport if m.sport else None,
             "dport": t.dport,
-            "master": {"src": str(self.master.src), "dst": str(self.master.dst),
-                       "sport": self.master.sport, "dport": self.master.dport},
+            "mask": {"src": str(m.src), "dst": str(m.dst), "sport": m.sport, "dport": m.dport},
+            "master": {"src": str(ms.src), "dst": str(ms.dst), "sport": ms.sport, "dport": ms.dport,
+                       "proto": PROTO_NAMES.get(ms.proto, str(ms.proto))},
             "timeout": self.timeout,
-            "flags": self.flags,
+            "flags": flag_names(self.flags),
         }
 
 
@@ -313,7 +334,10 @@ def parse_expectation(payload: bytes) -> KernelExpectation | None:
         return None
     if tup is None or msk is None or mst is None:
         return None
-    u32 = lambda k: struct.unpack("!I", a[k])[0] if k in a else 0  # noqa: E731
+
+    def u32(k: int) -> int:
+        return struct.unpack("!I", a[k])[0] if k in a else 0
+
     name = a.get(CTA_EXPECT_HELP_NAME)
     return KernelExpectation(
         helper=name.rstrip(b"\0").decode() if name else None,
@@ -326,8 +350,8 @@ def parse_expectation(payload: bytes) -> KernelExpectation | None:
 
 @dataclass(frozen=True)
 class ExpectationEvent:
-    kind: str  # "new" | "destroy"
-    expectation: KernelExpectation
+    kind: str  # "new" | "destroy" | "overflow" (ENOBUFS: events were lost, list() to resync)
+    expectation: KernelExpectation | None
 
 
 class Events:
@@ -349,6 +373,11 @@ class Events:
                 data = self.sock.sock.recv(1 << 16)
             except BlockingIOError:
                 return out
+            except OSError as exc:
+                if exc.errno != E.ENOBUFS:
+                    raise
+                out.append(ExpectationEvent("overflow", None))
+                continue
             for t, _f, _s, payload in L.iter_messages(data):
                 if t >> 8 != L.NFNL_SUBSYS_CTNETLINK_EXP:
                     continue
@@ -369,7 +398,7 @@ class Ctnetlink:
         self._cache: OrderedDict[FlowTuple, MasterRef] = OrderedDict()
         self.lookups = self.cache_hits = 0
 
-    def __enter__(self) -> "Ctnetlink":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -383,7 +412,7 @@ class Ctnetlink:
         try:
             return self.sock.transact(build(*args, seq=seq, pid=0), seq)
         except L.NetlinkError as exc:
-            raise KernelError(exc.errno or 0, op) from None
+            raise KernelError(exc.errno or E.EIO, op) from None
 
     # -- master lookup (hot path)
     def find_master(self, t: FlowTuple) -> MasterRef | None:
@@ -404,7 +433,8 @@ class Ctnetlink:
                 raise
             for _typ, payload in rep:
                 a = L.parse_attrs(payload, 4)
-                orig = _parse_tuple(a.get(CTA_TUPLE_ORIG, b""))
+                # found by original tuple: it is the key itself, no need to parse it back
+                orig = _parse_tuple(a.get(CTA_TUPLE_ORIG, b"")) if by_reply else t
                 if orig is not None:
                     cid = struct.unpack("!I", a[CTA_ID])[0] if CTA_ID in a else 0
                     ref = MasterRef(orig, cid, by_reply)
@@ -421,16 +451,22 @@ class Ctnetlink:
         self._cache.pop(t, None)
 
     # -- expectations
-    def create(self, e, master: MasterRef | None = None) -> None:
-        """Create (or refresh) expectation ``e``; raise KernelError on refusal."""
+    def create(self, e, master: MasterRef | None = None, exclusive: bool = False) -> None:
+        """Create expectation ``e``, or refresh the one with its tuple (``exclusive=True``: EEXIST).
+
+        Raises KernelError: EEXIST (exclusive and same tuple already expected), EBUSY (clash
+        with an overlapping one), ENOENT (master not confirmed yet; the cache
+        entry is dropped), EOPNOTSUPP (master without helper), EINVAL (class
+        out of range), ENOSPC/EMFILE (``.full``).
+        """
         m = master.tuple if master is not None else e.master
         try:
             try:
-                self._do("exp-new", pack_exp_new, e, m)
+                self._do("exp-new", lambda seq, pid: pack_exp_new(e, m, seq, pid, exclusive))
             except KernelError as exc:
                 if exc.errno != E.EAGAIN:  # the kernel loaded the named helper's module: retry once
                     raise
-                self._do("exp-new", pack_exp_new, e, m)
+                self._do("exp-new", lambda seq, pid: pack_exp_new(e, m, seq, pid, exclusive))
         except KernelError as exc:
             if exc.errno == E.ENOENT:
                 self.forget(e.master)

@@ -63,8 +63,8 @@ def asciiz(s: str) -> bytes:
 
 def message(subsys: int, msg: int, flags: int, family: int, body: bytes, seq: int = 0, pid: int = 0) -> bytes:
     """nlmsghdr + nfgenmsg + attributes."""
-    header = _NLH.pack(16 + 4 + len(body), (subsys << 8) | msg, flags, seq, pid)
-    return header + _NFGEN.pack(family, NFNETLINK_V0, 0) + body
+    head = _NLH.pack(16 + 4 + len(body), (subsys << 8) | msg, flags, seq, pid)
+    return head + _NFGEN.pack(family, NFNETLINK_V0, 0) + body
 
 
 def parse_attrs(data: bytes, off: int = 0, end: int | None = None) -> dict[int, bytes]:
@@ -103,8 +103,9 @@ class NetlinkError(OSError):
 class NfnlSocket:
     """Plain blocking NETLINK_NETFILTER socket with sequence numbers."""
 
-    def __init__(self, groups: int = 0, rcvbuf: int = 1 << 20):
+    def __init__(self, groups: int = 0, rcvbuf: int = 1 << 20, timeout: float | None = 2.0):
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+        self.sock.settimeout(timeout)  # a kernel that never answers must not hold a packet forever
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         except OSError:
@@ -129,8 +130,11 @@ class NfnlSocket:
         self.sock.send(msg)
         out: list[tuple[int, bytes]] = []
         while True:
-            data = self.sock.recv(1 << 16)
-            for t, f, s, payload in iter_messages(data):
+            try:
+                data = self.sock.recv(1 << 16)
+            except TimeoutError:
+                raise NetlinkError(_errno.ETIMEDOUT, "no answer from the kernel") from None
+            for t, _f, s, payload in iter_messages(data):
                 if s != seq:
                     continue  # stale reply of an earlier, abandoned request
                 if t == NLMSG_ERROR:
@@ -141,8 +145,6 @@ class NfnlSocket:
                 if t == NLMSG_DONE:
                     return out
                 out.append((t, payload))
-                if not f & NLM_F_MULTI and not f & NLM_F_ACK:
-                    pass
 
     def close(self) -> None:
         self.sock.close()
