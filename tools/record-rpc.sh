@@ -33,10 +33,10 @@ cleanup() { [ -n "$SRV_PID" ] && kill "$SRV_PID" 2>/dev/null; wait 2>/dev/null; 
 trap cleanup EXIT
 
 lab_net_up udp/111 tcp/111
-lab_fw iptables -P FORWARD ACCEPT
-lab_fw ip6tables -P FORWARD ACCEPT
+lab_fw iptables -I FORWARD 1 -j ACCEPT
+lab_fw ip6tables -I FORWARD 1 -j ACCEPT
 
-mkdir -p "$SCRATCH/statd"
+mkdir -p "$SCRATCH/statd/sm" "$SCRATCH/statd/sm.bak"
 ip netns exec "$LAB_NS_SERVER" unshare -m bash -c "
     mount -t tmpfs alg-rt-run /run && mkdir -p /run/rpcbind
     rpcbind -f -w & 
@@ -69,7 +69,7 @@ $C $PEER getport --server 10.0.2.2 --prog 100024 --vers 1 --proto tcp --via udp 
 $C rpcinfo -n \$(cat $SCRATCH/port) -t 10.0.2.2 100024 1
 EOF
 record getport-tcp <<EOF
-$C $PEER getport --server 10.0.2.2 --prog 100024 --vers 1 --proto udp --via tcp --fragments 3 --split --out $SCRATCH/port
+$C $PEER getport --server 10.0.2.2 --prog 100024 --vers 1 --proto udp --via tcp --out $SCRATCH/port
 $C $PEER getport --server 10.0.2.2 --prog 100024 --vers 1 --proto udp --via tcp --batch
 $C rpcinfo -n \$(cat $SCRATCH/port) -u 10.0.2.2 100024 1
 EOF
