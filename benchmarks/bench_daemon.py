@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
