@@ -53,7 +53,9 @@ sip_rules() {
     rules=$(lab_fw "$ALG" rules --iptables --policy "$1" 2>/dev/null) || rules=$(lab_fw "$ALG" rules --iptables) || return 1
     printf '%s\n' "$rules" >"$LAB_SCRATCH/sip-rules.txt"
     if printf '%s\n' "$rules" | grep -q '^\*raw'; then
-        printf '%s\n' "$rules" | lab_fw iptables-restore --noflush || return 1
+        # family-agnostic restore input: both families (IPv6 SIP needs the raw rules too)
+        printf '%s\n' "$rules" | lab_fw "$LAB_IPT-restore" --noflush || return 1
+        printf '%s\n' "$rules" | lab_fw "$LAB_IP6T-restore" --noflush || return 1
         return 0
     fi
     while IFS= read -r line; do
