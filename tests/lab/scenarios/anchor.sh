@@ -1,0 +1,47 @@
+#!/bin/bash
+# anchor: the lab's reference run (../shared/lab/anchor-conntrackd.sh) twice on the same
+# traffic, first with conntrackd's own rpc and ftp helpers, then with alg serving both
+# (helpers pre-registered with `nfct add helper`, which alg takes over: same policy names
+# rpc/ftp and priv_data_len 16/24). Each run: RPC GETPORT over UDP then TCP to the returned
+# port, FTP PASV + RETR; RELATED through a firewall that drops other NEW flows; negative
+# controls (helpers registered but no daemon; daemon killed; helpers disabled).
+# Passes when both runs PASS and alg's expectations equal conntrackd's (ports normalised).
+set -u
+OUT=$LAB_SCRATCH/anchor-alg; mkdir -p "$OUT" /run/alg-lab/anchor
+POL=/run/alg-lab/anchor/policy; mkdir -p "$POL"
+fails=0
+pass() { echo "PASS $1"; }
+fail() { echo "FAIL $1"; fails=$((fails + 1)); }
+cat >"$POL/rpc.toml" <<TOML
+helper = "rpc"
+queue = 1
+protocols = ["udp"]
+families = ["ipv4"]
+TOML
+cat >"$POL/ftp.toml" <<TOML
+helper = "ftp"
+queue = 0
+families = ["ipv4"]
+TOML
+normalise() {  # drop timeouts, ephemeral client ports and the FTP data port
+    sed -E 's/^(rpc|ftp): [0-9]+ /\1: /; s/(master-dst=[^ ]+ sport=)[0-9]+/\1C/; s/dport=5000[0-9]/dport=P/' "$1" | sort
+}
+
+mkdir -p "$LAB_SCRATCH/conntrackd"
+LAB_SCRATCH=$LAB_SCRATCH/conntrackd bash "$LAB_DIR/anchor-conntrackd.sh" >"$OUT/conntrackd.out" 2>&1
+tail -1 "$OUT/conntrackd.out"
+tail -1 "$OUT/conntrackd.out" | grep -q "rpc PASS ftp PASS (negative controls PASS)" && pass conntrackd-anchor \
+    || fail conntrackd-anchor
+mkdir -p "$LAB_SCRATCH/alg"
+LAB_SCRATCH=$LAB_SCRATCH/alg LAB_DAEMON_NAME=alg LAB_DAEMON_CMD="$ALG run --policy $POL" \
+    bash "$LAB_DIR/anchor-conntrackd.sh" >"$OUT/alg.out" 2>&1
+tail -1 "$OUT/alg.out"
+tail -1 "$OUT/alg.out" | grep -q "rpc PASS ftp PASS (negative controls PASS)" && pass alg-anchor \
+    || { fail alg-anchor; tail -40 "$OUT/alg.out"; }
+normalise "$LAB_SCRATCH/conntrackd/anchor/expectations.txt" >"$OUT/conntrackd.norm"
+normalise "$LAB_SCRATCH/alg/anchor/expectations.txt" >"$OUT/alg.norm"
+echo "conntrackd:"; sed 's/^/  /' "$OUT/conntrackd.norm"
+echo "alg:"; sed 's/^/  /' "$OUT/alg.norm"
+[ -s "$OUT/alg.norm" ] && cmp -s "$OUT/alg.norm" "$OUT/conntrackd.norm" && pass expectations-equal-conntrackd \
+    || fail expectations-equal-conntrackd
+exit $((fails > 0))
