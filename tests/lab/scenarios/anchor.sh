@@ -32,6 +32,13 @@ LAB_SCRATCH=$LAB_SCRATCH/conntrackd bash "$LAB_DIR/anchor-conntrackd.sh" >"$OUT/
 tail -1 "$OUT/conntrackd.out"
 tail -1 "$OUT/conntrackd.out" | grep -q "rpc PASS ftp PASS (negative controls PASS)" && pass conntrackd-anchor \
     || fail conntrackd-anchor
+# the first run leaves its helpers (disabled) in the kernel, which is global: remove them
+# once the namespaces' conntracks that refer to them are gone
+for _ in $(seq 30); do
+    nfct del helper rpc inet udp 2>/dev/null; nfct del helper ftp inet tcp 2>/dev/null
+    nfct list helper 2>/dev/null | grep -Eq 'name = (rpc|ftp),' || break
+    sleep 0.5
+done
 mkdir -p "$LAB_SCRATCH/alg"
 LAB_SCRATCH=$LAB_SCRATCH/alg LAB_DAEMON_NAME=alg LAB_DAEMON_CMD="$ALG run --policy $POL" \
     bash "$LAB_DIR/anchor-conntrackd.sh" >"$OUT/alg.out" 2>&1
