@@ -57,11 +57,15 @@ done
 lab_fw "$LAB_IP6T" -A INPUT -i s1 -p ipv6-icmp -j ACCEPT
 for ipt in "$LAB_IPT" "$LAB_IP6T"; do
     lab_fw "$ipt" -A INPUT -i s1 -m comment --comment dc-drop -j DROP
-    lab_fw "$ipt" -t raw -A OUTPUT -o s1 -p udp --dport 1900 -j CT --helper ssdp
 done
-lab_fw "$LAB_IPT" -t raw -A OUTPUT -o s1 -p udp --dport 5353 -j CT --helper mdns
-lab_fw "$LAB_IPT" -t raw -A OUTPUT -o s1 -p udp --dport 427 -j CT --helper slp
-lab_fw "$LAB_IP6T" -t raw -A OUTPUT -o s1 -p udp --dport 547 -j CT --helper dhcpv6
+# CT rules need the helper to exist: added once a daemon registered them, removed after it
+ct_rules() {  # -A | -D
+    local ipt
+    for ipt in "$LAB_IPT" "$LAB_IP6T"; do lab_fw "$ipt" -t raw "$1" OUTPUT -o s1 -p udp --dport 1900 -j CT --helper ssdp; done
+    lab_fw "$LAB_IPT" -t raw "$1" OUTPUT -o s1 -p udp --dport 5353 -j CT --helper mdns
+    lab_fw "$LAB_IPT" -t raw "$1" OUTPUT -o s1 -p udp --dport 427 -j CT --helper slp
+    lab_fw "$LAB_IP6T" -t raw "$1" OUTPUT -o s1 -p udp --dport 547 -j CT --helper dhcpv6
+}
 count() { lab_fw "$LAB_IPT" -nvxL INPUT; lab_fw "$LAB_IP6T" -nvxL INPUT; }
 counter() { count | awk -v c="/* $1 */" 'index($0, c) {s += $1} END {print s+0}'; }
 
@@ -100,11 +104,36 @@ drive() {
     lab_fw conntrack -L expect >"$OUT/$1-expect.txt" 2>/dev/null || true
 }
 
+# ---------------------------------------------------------------- C: conntrackd reference
+for t in "mdns inet udp" "slp inet udp" "dhcpv6 inet6 udp" "ssdp inet udp" "ssdp inet tcp"; do
+    lab_fw nfct add helper $t >/dev/null 2>&1 || true
+done
+{
+    echo "General { Syslog off LogFile $RUN/conntrackd.log LockFile $RUN/conntrackd.lock UNIX { Path $RUN/ctd.ctl } }"
+    echo "Helper {"
+    q=30; for t in "mdns inet udp 8 30" "slp inet udp 8 16" "dhcpv6 inet6 udp 1 300" "ssdp inet udp 8 300" "ssdp inet tcp 8 300"; do
+        set -- $t; echo " Type $1 $2 $3 { QueueNum $q QueueLen 1024 Policy $1 { ExpectMax $4 ExpectTimeout $5 } }"; q=$((q + 1))
+    done
+    echo "}"
+} >"$RUN/conntrackd.conf"
+cp "$RUN/conntrackd.conf" "$OUT/"
+bg conntrackd lab_fw conntrackd -C "$RUN/conntrackd.conf"
+sleep 3
+ct_rules -A
+drive conntrackd
+stop conntrackd
+ct_rules -D
+lab_fw conntrack -F >/dev/null 2>&1; lab_fw conntrack -F expect >/dev/null 2>&1
+for t in "mdns inet udp" "slp inet udp" "dhcpv6 inet6 udp" "ssdp inet udp" "ssdp inet tcp"; do
+    lab_fw nfct del helper $t >/dev/null 2>&1 || true
+done
+
 # ---------------------------------------------------------------- P: alg
 mkdir -p "$OUT/policy"
 cp "$ALG_ROOT"/policies/{mdns,slp,dhcpv6,ssdp}.toml "$OUT/policy/"
 bg alg lab_fw "$ALG" run --policy "$OUT/policy"
 for i in $(seq 60); do lab_fw nfct list helper 2>/dev/null | grep -q ssdp && break; sleep 0.5; done
+ct_rules -A
 lab_fw "$ALG" rules --iptables >"$OUT/rules.txt" 2>&1 || true
 r0=$(counter dc-related) d0=$(counter dc-drop)
 drive alg
@@ -129,23 +158,6 @@ d1=$(counter dc-drop)
 [ $((d1 - d0)) -ge 3 ] && pass "negative control: answers dropped ($((d1 - d0)))" || fail "negative control drops $((d1 - d0))"
 lab_fw "$ALG" cleanup >/dev/null 2>&1 || true
 
-# ---------------------------------------------------------------- C: conntrackd reference
-for t in "mdns inet udp" "slp inet udp" "dhcpv6 inet6 udp" "ssdp inet udp" "ssdp inet tcp"; do
-    lab_fw nfct add helper $t >/dev/null 2>&1 || true
-done
-{
-    echo "General { Syslog off LogFile $RUN/conntrackd.log LockFile $RUN/conntrackd.lock UNIX { Path $RUN/ctd.ctl } }"
-    echo "Helper {"
-    q=30; for t in "mdns inet udp 8 30" "slp inet udp 8 16" "dhcpv6 inet6 udp 1 300" "ssdp inet udp 8 300" "ssdp inet tcp 8 300"; do
-        set -- $t; echo " Type $1 $2 $3 { QueueNum $q QueueLen 1024 Policy $1 { ExpectMax $4 ExpectTimeout $5 } }"; q=$((q + 1))
-    done
-    echo "}"
-} >"$RUN/conntrackd.conf"
-cp "$RUN/conntrackd.conf" "$OUT/"
-bg conntrackd lab_fw conntrackd -C "$RUN/conntrackd.conf"
-sleep 3
-drive conntrackd
-stop conntrackd
 # compare (proto, dst, dport, sport-mask) per helper: equal except the listed stricter fields
 # (the client's ephemeral ports differ between runs: ports above 1023 compare as "eph")
 norm() { sed -n 's/.*proto=\([0-9]*\) src=\S* dst=\(\S*\) sport=\S* dport=\([0-9]*\) mask-src=\(\S*\) .* helper=\(\S*\)/\5 \1 \2 \3/p' "$1" |
