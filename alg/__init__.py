@@ -9,7 +9,7 @@ from .hookspecs import hookimpl
 from .model import (
     EXPECT_F_INACTIVE, EXPECT_F_PERMANENT, EXPECT_F_USERSPACE, HELPER_NAME_MAX, NEED_DATA, PROTO_NAMES, TCP, UDP,
     Action, Direction, Expect, ExpectClass, FlowTuple, Helper, HelperSpec, IPAddress, Notice, Option, Outcome, Parsed,
-    Segment, Unexpect, ip,
+    Segment, Unexpect, ip, parse_networks,
 )
 
 __all__ = [
@@ -17,6 +17,6 @@ __all__ = [
     "EXPECT_F_INACTIVE", "EXPECT_F_PERMANENT", "EXPECT_F_USERSPACE", "HELPER_NAME_MAX", "NEED_DATA", "PROTO_NAMES",
     "TCP", "UDP",
     "Action", "Direction", "Expect", "ExpectClass", "FlowTuple", "Helper", "HelperSpec", "IPAddress", "Notice",
-    "Option", "Outcome", "Parsed", "Segment", "Unexpect", "ip",
+    "Option", "Outcome", "Parsed", "Segment", "Unexpect", "ip", "parse_networks",
 ]
 __version__ = "0.1.0"

@@ -28,6 +28,7 @@ import select
 import signal
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -52,7 +53,7 @@ class DaemonStats:
     dropped: int = 0
     decode_errors: int = 0
     queue_errors: int = 0
-    kernel_errors: dict[str, int] = field(default_factory=dict)
+    kernel_errors: Counter[str] = field(default_factory=Counter)
     deferred: int = 0
     started: float = field(default_factory=time.time)
 
@@ -199,7 +200,7 @@ class Daemon:
                 self.stats.deferred += 1
                 return True
             name = errno_name(exc.errno)
-            self.stats.kernel_errors[name] = self.stats.kernel_errors.get(name, 0) + 1
+            self.stats.kernel_errors[name] += 1
             self.engine.kernel_failed(e, name, is_full(exc))
             if not is_full(exc):
                 self.warn(logging.WARNING, f"create-{name}", "%s: expectation %s refused by the kernel: %s",
@@ -212,7 +213,7 @@ class Daemon:
         except KernelError as exc:
             if exc.errno != E.ENOENT:  # already used or timed out
                 name = errno_name(exc.errno)
-                self.stats.kernel_errors[name] = self.stats.kernel_errors.get(name, 0) + 1
+                self.stats.kernel_errors[name] += 1
 
     def _retry_pending(self) -> None:
         now = time.monotonic()

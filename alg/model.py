@@ -236,6 +236,16 @@ def same_family(addr: IPAddress, l3: int) -> bool:
     return addr.version == l3
 
 
+def parse_networks(values: Any, option: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A helper option listing networks (CIDR strings), e.g. where a peer may point besides itself."""
+    from .errors import ConfigError
+
+    try:
+        return tuple(ipaddress.ip_network(n, strict=False) for n in values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{option}: {exc}") from None
+
+
 def ports_ok(*ports: int | None) -> bool:
     return all(p is None or 0 < p < 65536 for p in ports)
 
@@ -244,4 +254,5 @@ __all__: Sequence[str] = [
     "Action", "Direction", "EXPECT_F_INACTIVE", "EXPECT_F_PERMANENT", "EXPECT_F_USERSPACE", "Expect",
     "ExpectClass", "FlowTuple", "HELPER_NAME_MAX", "Helper", "HelperSpec", "IPAddress", "NEED_DATA",
     "Notice", "Option", "Outcome", "Parsed", "PROTO_NAMES", "Segment", "TCP", "UDP", "Unexpect", "ip",
+    "parse_networks",
 ]

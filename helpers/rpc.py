@@ -166,10 +166,7 @@ class RpcHelper(alg.Helper):
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         super().__init__(options)
-        try:
-            self.allowed = tuple(ipaddress.ip_network(n, strict=False) for n in self.options["allowed_networks"])
-        except (TypeError, ValueError) as exc:
-            raise alg.ConfigError(f"rpc: options.allowed_networks: {exc}") from None
+        self.allowed = alg.parse_networks(self.options["allowed_networks"], "rpc: options.allowed_networks")
         self.flags = EXPECT_F_PERMANENT if self.options["permanent"] else 0
 
     def new_state(self) -> RpcState:

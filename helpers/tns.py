@@ -96,10 +96,7 @@ class TnsHelper(alg.Helper):
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         super().__init__(options)
-        try:
-            self.allowed = tuple(ipaddress.ip_network(n, strict=False) for n in self.options["allowed_networks"])
-        except (TypeError, ValueError) as exc:
-            raise alg.ConfigError(f"tns: options.allowed_networks: {exc}") from None
+        self.allowed = alg.parse_networks(self.options["allowed_networks"], "tns: options.allowed_networks")
 
     def new_state(self) -> TnsState:
         return TnsState()
