@@ -188,7 +188,7 @@ class Daemon:
     def _create(self, e: Expectation, attempt: int = 0) -> bool:
         """Create in the kernel; False when refused for lack of room."""
         try:
-            master = self.ct.find_master(e.master)
+            master = self.ct.lookup(e.master)
             if master is None:
                 raise KernelError(E.ENOENT, "ct-get")
             self.ct.create(e, master)

@@ -76,19 +76,19 @@ def main() -> None:
 
         ctn = C.Ctnetlink(cache_size=0)
         ctn.cache_size = 0
-        ref = ctn.find_master(m)
+        ref = ctn.lookup(m)
         assert ref is not None, "master conntrack not found"
 
         def lean():
             ctn._cache.clear()
-            ctn.find_master(m)
+            ctn.lookup(m)
 
         pr = Conntrack()
         tup = NFCTAttrTuple(saddr=str(m.src), daddr=str(m.dst), proto=6, sport=m.sport, dport=m.dport)
         assert pr.entry("get", tuple_orig=tup)
         lean_us = per_call(lean, n)
         pr_us = per_call(lambda: pr.entry("get", tuple_orig=tup), max(50, n // 10))
-        reply_us = per_call(lambda: (ctn._cache.clear(), ctn.find_master(
+        reply_us = per_call(lambda: (ctn._cache.clear(), ctn.lookup(
             FlowTuple(4, 6, I.ip_address("10.0.2.9"), m.dst, m.sport, 21))), n)  # miss both ways
         e = Expectation(helper="ftp", cls="ftp", class_id=0, l3=4, proto=6, src=m.src, dst=m.dst, sport=None,
                         dport=50000, master=m, timeout=300)

@@ -107,9 +107,9 @@ def conntrack_expect() -> str:
 
 def test_find_master_and_create_list_delete(net):
     ctn, m, _ = net
-    ref = ctn.find_master(m[21])
-    assert ref is not None and ref.tuple == m[21] and not ref.by_reply and ref.id
-    assert ctn.find_master(m[21]) is ref  # cached
+    ref = ctn.lookup(m[21])
+    assert ref is not None and ref.tuple == m[21] and not ref.reply and not ref.natted and ref.id
+    assert ctn.lookup(m[21]) is ref  # cached
     ctn.flush()
     e = expect(ref.tuple)
     ctn.create(e, ref)
@@ -185,25 +185,27 @@ def test_errors(net):
         ctn.create(expect(m[2121]))  # master without helper
     assert ei.value.errno == errno.EOPNOTSUPP
     ghost = FlowTuple(4, 6, I.ip_address("10.0.1.2"), I.ip_address("10.0.2.2"), 1, 21)
-    assert ctn.find_master(ghost) is None
+    assert ctn.lookup(ghost) is None
     with pytest.raises(KernelError) as ei:
         ctn.create(expect(ghost))
     assert ei.value.errno == errno.ENOENT
 
 
-def test_find_master_behind_nat_by_reply_tuple(net):
+def test_lookup_behind_nat_in_both_directions(net):
+    """The four ways a packet meets its conntrack: each direction, before and after NAT."""
     ctn, m, _ = net
     natted = FlowTuple(4, 6, I.ip_address("10.0.2.1"), I.ip_address("10.0.2.2"), m[2121].sport, 2121)
-    ref = ctn.find_master(natted)
+    ref = ctn.lookup(natted)
     if ref is not None and ref.tuple == natted:
         pytest.skip("MASQUERADE kept neither address nor port distinct")
-    assert ref is not None and ref.by_reply and ref.tuple == m[2121]
-
-
-def test_cthelper_missing_on_this_kernel_is_a_clear_error(kernel_ok):
-    from alg.kernel.cthelper import Cthelper
-    with Cthelper() as c:
-        if c.supported():
-            pytest.skip("this kernel has nfnetlink_cthelper")
-        with pytest.raises(KernelError, match="nfnetlink_cthelper is not available"):
-            c.list()
+    seen = {}
+    for name, t in {"original": m[2121], "original after SNAT": natted,
+                    "reply before de-SNAT": natted.reversed(), "reply after de-SNAT": m[2121].reversed(),
+                    "reply without NAT": m[21].reversed()}.items():
+        ctn._cache.clear()
+        r = ctn.lookup(t)
+        seen[name] = None if r is None else (r.reply, r.natted, r.tuple == (m[21] if "without" in name else m[2121]))
+    assert seen == {"original": (False, False, True), "original after SNAT": (False, True, True),
+                    "reply before de-SNAT": (True, True, True), "reply after de-SNAT": (True, False, True),
+                    "reply without NAT": (True, False, True)}
+    assert ctn.lookup(natted.reversed()).id == ctn.lookup(m[2121]).id

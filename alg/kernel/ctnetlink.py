@@ -279,11 +279,12 @@ def _parse_tuple(b: bytes) -> FlowTuple | None:
 
 @dataclass(frozen=True, slots=True)
 class MasterRef:
-    """The master conntrack as the kernel knows it."""
+    """A conntrack as the kernel knows it, found from one packet's tuple."""
 
-    tuple: FlowTuple  # kernel's original-direction tuple
+    tuple: FlowTuple  # original-direction tuple: addresses as before any NAT
     id: int  # conntrack id
-    by_reply: bool  # found through the reply tuple (NAT between)
+    reply: bool  # the packet travels in the reply direction
+    natted: bool  # the packet's addresses differ from the original tuple's (NAT in between)
 
 
 @dataclass(frozen=True)
@@ -414,8 +415,18 @@ class Ctnetlink:
         except L.NetlinkError as exc:
             raise KernelError(exc.errno or E.EIO, op) from None
 
-    # -- master lookup (hot path)
-    def find_master(self, t: FlowTuple) -> MasterRef | None:
+    # -- conntrack lookup (hot path)
+    def lookup(self, t: FlowTuple) -> MasterRef | None:
+        """The conntrack a packet with tuple ``t`` belongs to, in either direction.
+
+        ``t`` may be seen before or after NAT: at the confirm hook, where
+        nfnetlink_cthelper queues, a packet has had all its NAT applied, so
+        it is the reverse of the conntrack's other-direction tuple, while
+        without NAT it equals its own direction's tuple. The kernel's hash
+        holds both tuples of every confirmed conntrack, so asking for ``t``
+        and then for its reverse finds it in all four cases. An unconfirmed
+        conntrack (its first packet still in our queue) is not found.
+        """
         hit = self._cache.get(t)
         if hit is not None:
             self._cache.move_to_end(t)
@@ -423,29 +434,34 @@ class Ctnetlink:
             return hit
         self.lookups += 1
         ref = None
-        for by_reply in (False, True):
-            # behind NAT the packet's (post-NAT) tuple is the reverse of the master's reply tuple
+        for key in (t, t.reversed()):
             try:
-                rep = self._do("ct-get", pack_ct_get, t.reversed() if by_reply else t, by_reply)
+                rep = self._do("ct-get", pack_ct_get, key)
             except KernelError as exc:
                 if exc.errno == E.ENOENT:
                     continue
                 raise
             for _typ, payload in rep:
                 a = L.parse_attrs(payload, 4)
-                # found by original tuple: it is the key itself, no need to parse it back
-                orig = _parse_tuple(a.get(CTA_TUPLE_ORIG, b"")) if by_reply else t
-                if orig is not None:
-                    cid = struct.unpack("!I", a[CTA_ID])[0] if CTA_ID in a else 0
-                    ref = MasterRef(orig, cid, by_reply)
-                    break
+                orig = _parse_tuple(a.get(CTA_TUPLE_ORIG, b""))
+                if orig is None:
+                    continue
+                cid = struct.unpack("!I", a[CTA_ID])[0] if CTA_ID in a else 0
+                reply = t != orig and (t == orig.reversed() or key == t)
+                ref = MasterRef(orig, cid, reply, t not in (orig, orig.reversed()))
+                break
             if ref is not None:
                 break
         if ref is not None:
-            self._cache[t] = ref
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            self._remember(t, ref)
+            if ref.natted or ref.reply:  # the expectations will name the original tuple
+                self._remember(ref.tuple, MasterRef(ref.tuple, ref.id, False, False))
         return ref
+
+    def _remember(self, t: FlowTuple, ref: MasterRef) -> None:
+        self._cache[t] = ref
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     def forget(self, t: FlowTuple) -> None:
         self._cache.pop(t, None)
