@@ -3,12 +3,14 @@
 Theory of operation. At start every enabled helper of the policy is
 registered with nfnetlink_cthelper (status enabled, its NFQUEUE number and
 the policy's classes) and its queue is bound. One thread serves all queues
-with select(): a queued packet is decoded, given to the engine with the
-queue's helper, the expectations it yields are created with ctnetlink
-*before* the verdict, and then the packet is accepted, whatever happened on
-the way. Two cases wait until after the verdict: a master that the kernel
-has not confirmed yet (its first packet is the one in the queue: ENOENT)
-and those are retried a few times right after; and observers' hooks.
+with select(): a queued packet is decoded, its conntrack looked up (cached
+per packet tuple) so the helper sees the flow as its original tuple does,
+before any NAT, the packet is given to the engine with the queue's helper,
+the expectations it yields are created with ctnetlink *before* the verdict,
+and then the packet is accepted, whatever happened on the way. Two cases
+wait until after the verdict: a flow's first packet, whose conntrack the
+kernel confirms only once the packet leaves our queue (it is inspected right
+after its verdict, retried briefly), and observers' hooks.
 
 On SIGTERM/SIGINT the helpers are disabled and removed and the queues
 unbound: a helper left enabled with nobody reading its queue breaks the
@@ -29,13 +31,14 @@ import signal
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from .decode import DecodeError, decode_ip
+from .decode import DecodeError, Packet, decode_ip
 from .engine import Create, Delete, Engine, HelperSlot, RateLimitedLog, make_slots
 from .errors import AlgError, ConfigError, KernelError
 from .expect import Expectation, Refusal
+from .flows import packet_tuple
 from .kernel.cthelper import Cthelper
 from .kernel.ctnetlink import Ctnetlink, is_full
 from .kernel.nfqueue import QueueSet
@@ -55,6 +58,8 @@ class DaemonStats:
     queue_errors: int = 0
     kernel_errors: Counter[str] = field(default_factory=Counter)
     deferred: int = 0
+    natted: int = 0  # packets seen through NAT, given to helpers with their endpoints' addresses
+    unresolved: int = 0  # first packets whose conntrack never showed up
     started: float = field(default_factory=time.time)
 
 
@@ -82,7 +87,7 @@ class Daemon:
         self.cthelper = Cthelper()
         self.queues = QueueSet()
         self.registered: list[tuple[str, int, int]] = []  # (name, l3, l4proto)
-        self.pending: list[tuple[float, int, Expectation]] = []  # (due, attempt, expectation)
+        self.pending: list[tuple[float, int, Callable[[int], Any]]] = []  # (due, attempt, retry(attempt))
         self.stopping = False
         self.reload_asked = False
         self.status_sock: socket.socket | None = None
@@ -155,6 +160,7 @@ class Daemon:
 
     def on_packet(self, pkt: Any, slot: HelperSlot) -> None:
         verdict_accept = True
+        unconfirmed = None
         try:
             payload = pkt.get_payload()
             try:
@@ -163,12 +169,11 @@ class Daemon:
                 self.stats.decode_errors += 1
                 decoded = None
             if decoded is not None and decoded.frag is None:
-                for d in self.engine.process(decoded, time.monotonic(), slot=slot):
-                    if isinstance(d, Create):
-                        if not self._create(d.expectation) and not self.policy.core.accept_on_pressure:
-                            verdict_accept = False
-                    elif isinstance(d, Delete):
-                        self._delete(d.expectation)
+                seen = self._as_conntrack_sees(decoded)
+                if seen is None:
+                    unconfirmed = decoded
+                else:
+                    verdict_accept = self._inspect(seen, slot)
         except Exception as exc:  # never leave a packet without a verdict
             self.stats.queue_errors += 1
             self.warn(logging.ERROR, "packet", "error handling a packet of %s: %s: %s",
@@ -184,6 +189,56 @@ class Daemon:
             except Exception as exc:
                 self.stats.queue_errors += 1
                 self.warn(logging.ERROR, "verdict", "verdict failed: %s", exc)
+        if unconfirmed is not None:
+            self._inspect_confirmed(unconfirmed, slot)
+
+    def _as_conntrack_sees(self, pkt: Packet) -> Packet | None:
+        """The packet with its endpoints' real addresses and ports (from its
+        conntrack), None while the conntrack is unconfirmed.
+
+        Where nfnetlink_cthelper queues, after NAT, a packet carries translated
+        addresses while its payload names the endpoints' own, and the flows to
+        expect come from and go to the real endpoints: helpers must judge the
+        flow as its endpoints see it (as the kernel's helpers do, from each
+        direction's source address).
+        """
+        t = packet_tuple(pkt)
+        ref = self.ct.lookup(t)
+        if ref is None:
+            return None
+        seen = ref.seen
+        if seen == t:
+            return pkt
+        self.stats.natted += 1
+        return replace(pkt, src=seen.src.packed, dst=seen.dst.packed, sport=seen.sport, dport=seen.dport)
+
+    def _inspect_confirmed(self, pkt: Packet, slot: HelperSlot, attempt: int = 0) -> None:
+        """A flow's first packet, after its verdict: once confirmed, its conntrack is known."""
+        try:
+            seen = self._as_conntrack_sees(pkt)
+            if seen is None and attempt < len(RETRY_DELAYS):
+                self.pending.append((time.monotonic() + RETRY_DELAYS[attempt], attempt + 1,
+                                     lambda n: self._inspect_confirmed(pkt, slot, n)))
+                self.stats.deferred += 1
+                return
+            if seen is None:  # gone (dropped further on?): inspect it as it came
+                self.stats.unresolved += 1
+            self._inspect(seen or pkt, slot)
+        except Exception as exc:
+            self.stats.queue_errors += 1
+            self.warn(logging.ERROR, "packet", "error handling a packet of %s: %s: %s",
+                      slot.policy.name, type(exc).__name__, exc)
+
+    def _inspect(self, pkt: Packet, slot: HelperSlot) -> bool:
+        """Give the packet to its helper, act on the result; False: drop it (pressure, if so configured)."""
+        accept = True
+        for d in self.engine.process(pkt, time.monotonic(), slot=slot):
+            if isinstance(d, Create):
+                if not self._create(d.expectation) and not self.policy.core.accept_on_pressure:
+                    accept = False
+            elif isinstance(d, Delete):
+                self._delete(d.expectation)
+        return accept
 
     def _create(self, e: Expectation, attempt: int = 0) -> bool:
         """Create in the kernel; False when refused for lack of room."""
@@ -192,11 +247,13 @@ class Daemon:
             if master is None:
                 raise KernelError(E.ENOENT, "ct-get")
             self.ct.create(e, master)
+            log.debug("%s: created %s", e.helper, e.to_text())
             return True
         except KernelError as exc:
             if exc.errno == E.ENOENT and attempt < len(RETRY_DELAYS):
                 # the master is unconfirmed while its first packet waits in our queue: after the verdict
-                self.pending.append((time.monotonic() + RETRY_DELAYS[attempt], attempt + 1, e))
+                self.pending.append((time.monotonic() + RETRY_DELAYS[attempt], attempt + 1,
+                                     lambda n: self._create(e, n)))
                 self.stats.deferred += 1
                 return True
             name = errno_name(exc.errno)
@@ -219,8 +276,8 @@ class Daemon:
         now = time.monotonic()
         due = [p for p in self.pending if p[0] <= now]
         self.pending = [p for p in self.pending if p[0] > now]
-        for _due, attempt, e in due:
-            self._create(e, attempt)
+        for _due, attempt, retry in due:
+            retry(attempt)
 
     # ------------------------------------------------------------ loop
     def run(self) -> int:
@@ -310,7 +367,8 @@ class Daemon:
             "uptime": round(time.time() - self.stats.started, 1),
             "verdicts": self.stats.verdicts, "dropped": self.stats.dropped,
             "decode_errors": self.stats.decode_errors, "queue_errors": self.stats.queue_errors,
-            "kernel_errors": dict(self.stats.kernel_errors), "deferred_creates": self.stats.deferred,
+            "kernel_errors": dict(self.stats.kernel_errors), "deferred": self.stats.deferred,
+            "natted": self.stats.natted, "unresolved": self.stats.unresolved,
             "queues": {s.policy.name: s.policy.queue for s in self.engine.slots.values()},
             "refused_total": refused,
             **st,

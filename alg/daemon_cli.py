@@ -43,7 +43,8 @@ def cmd_status(args: argparse.Namespace, host: PluginHost) -> int:
         return EXIT_OK
     print(f"alg pid {st['pid']} up {st['uptime']} s: {st['verdicts']} verdicts ({st['dropped']} dropped), "
           f"{st['decode_errors']} undecodable, {st['queue_errors']} queue errors, "
-          f"{st['expectations']}/{st['expect_budget']} expectations")
+          f"{st['expectations']}/{st['expect_budget']} expectations, "
+          f"{st['natted']} seen through NAT, {st['unresolved']} without conntrack")
     if st["kernel_errors"]:
         print("kernel errors: " + ", ".join(f"{k} {v}" for k, v in st["kernel_errors"].items()))
     for name, h in st["helpers"].items():

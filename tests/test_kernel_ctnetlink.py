@@ -61,7 +61,8 @@ def in_ns(ns: str, fn):
 def net(kernel_ok):
     sh("lab_net_down >/dev/null 2>&1; lab_net_up tcp/21 tcp/2121 >/dev/null && "
        "lab_fw iptables -t raw -A PREROUTING -i c1 -p tcp --dport 21 -j CT --helper ftp && "
-       "lab_fw iptables -t nat -A POSTROUTING -o s1 -p tcp --dport 2121 -j MASQUERADE")
+       "lab_fw iptables -t nat -A POSTROUTING -o s1 -p tcp --dport 2121 -j MASQUERADE && "
+       "lab_fw iptables -t nat -A PREROUTING -i c1 -p tcp --dport 2122 -j DNAT --to-destination 10.0.2.2:2121")
     procs = []
     from alg.kernel.ctnetlink import Ctnetlink, Events
     # With net.netfilter.nf_conntrack_events=2 (the default) the kernel reports a
@@ -69,18 +70,18 @@ def net(kernel_ok):
     events = in_ns("alg-nl-fw", Events)
     try:
         masters = {}
-        for port in (21, 2121, 21):
-            if port not in masters:
+        for port, to in ((21, "10.0.2.2"), (2121, "10.0.2.2"), (21, "10.0.2.2"), (2122, "10.0.1.1")):
+            if port not in masters and port != 2122:
                 srv = subprocess.Popen(["ip", "netns", "exec", "alg-nl-srv", sys.executable, "-c", HOLD, "srv",
                                         str(port), "2"], stdout=subprocess.PIPE, text=True)
                 procs.append(srv)
                 assert srv.stdout.readline().strip() == "ready"
-            cli = subprocess.Popen(["ip", "netns", "exec", "alg-nl-cli", sys.executable, "-c", HOLD, "cli", "10.0.2.2",
+            cli = subprocess.Popen(["ip", "netns", "exec", "alg-nl-cli", sys.executable, "-c", HOLD, "cli", to,
                                     str(port)], stdout=subprocess.PIPE, text=True)
             procs.append(cli)
             sport = int(cli.stdout.readline())
             masters["21b" if port in masters else port] = FlowTuple(4, 6, I.ip_address("10.0.1.2"),
-                                                                     I.ip_address("10.0.2.2"), sport, port)
+                                                                     I.ip_address(to), sport, port)
         time.sleep(0.2)
         ctn = in_ns("alg-nl-fw", Ctnetlink)
         yield ctn, masters, events
@@ -108,7 +109,7 @@ def conntrack_expect() -> str:
 def test_find_master_and_create_list_delete(net):
     ctn, m, _ = net
     ref = ctn.lookup(m[21])
-    assert ref is not None and ref.tuple == m[21] and not ref.reply and not ref.natted and ref.id
+    assert ref is not None and ref.tuple == ref.seen == m[21] and not ref.reply and ref.id
     assert ctn.lookup(m[21]) is ref  # cached
     ctn.flush()
     e = expect(ref.tuple)
@@ -204,8 +205,28 @@ def test_lookup_behind_nat_in_both_directions(net):
                     "reply without NAT": m[21].reversed()}.items():
         ctn._cache.clear()
         r = ctn.lookup(t)
-        seen[name] = None if r is None else (r.reply, r.natted, r.tuple == (m[21] if "without" in name else m[2121]))
-    assert seen == {"original": (False, False, True), "original after SNAT": (False, True, True),
-                    "reply before de-SNAT": (True, True, True), "reply after de-SNAT": (True, False, True),
-                    "reply without NAT": (True, False, True)}
+        seen[name] = None if r is None else (r.reply, r.seen)
+    assert seen == {"original": (False, m[2121]), "original after SNAT": (False, m[2121]),
+                    "reply before de-SNAT": (True, m[2121].reversed()),
+                    "reply after de-SNAT": (True, m[2121].reversed()), "reply without NAT": (True, m[21].reversed())}
     assert ctn.lookup(natted.reversed()).id == ctn.lookup(m[2121]).id
+
+
+def test_lookup_through_dnat_and_snat_gives_the_real_endpoints(net):
+    """A port forward (DNAT 10.0.1.1:2122 -> 10.0.2.2:2121) with MASQUERADE: the
+    endpoints are neither tuple of the conntrack; each direction's source is one."""
+    ctn, m, _ = net
+    orig = m[2122]
+    ends = FlowTuple(4, 6, orig.src, I.ip_address("10.0.2.2"), orig.sport, 2121)
+    after_nat = FlowTuple(4, 6, I.ip_address("10.0.2.1"), ends.dst, orig.sport, 2121)
+    ctn._cache.clear()
+    if ctn.lookup(after_nat) is None:
+        pytest.skip("MASQUERADE changed the source port")
+    for t, reply in ((orig, False), (after_nat, False), (orig.reversed(), True), (after_nat.reversed(), True)):
+        ctn._cache.clear()
+        r = ctn.lookup(t)
+        assert r is not None and r.tuple == orig and r.reply == reply and r.seen == (ends.reversed() if reply else ends)
+    # expectations name the master as the endpoints see it: found from the cache
+    assert ctn.lookup(ends).tuple == orig
+    ctn._cache.clear()
+    assert ctn.lookup(ends) is None

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from netns import SERVER4, Net
+from netns import CLIENT4, SERVER4, Net
 from test_kernel_ftp_differential import VSFTPD_CONF
 
 pytestmark = pytest.mark.kernel
@@ -45,8 +45,12 @@ def test_alg_run_without_cthelper_fails_clearly(kernel_ok: None) -> None:
     assert out.returncode == 1 and "nfnetlink_cthelper" in out.stderr
 
 
-def test_nfqueue_verdicts_and_expectations_with_real_ftp(kernel_ok: None) -> None:
-    net = Net(f"alg-dm{os.getpid() % 100:02d}")
+def ftp_through_alg(prefix: str, queue_rules: list[list[str]], transfers: list[list[str]],
+                    nat: bool = False) -> tuple[dict, str]:
+    """vsftpd in the server namespace, curl transfers from the client, the control
+    connection's packets queued to `alg -v run --no-cthelper` (queue 7) in the fw by
+    `queue_rules`; returns alg's status and log."""
+    net = Net(prefix)
     with net, tempfile.TemporaryDirectory(prefix="alg-dm-") as tmp:
         root = Path(tmp) / "pub"
         root.mkdir()
@@ -59,31 +63,55 @@ def test_nfqueue_verdicts_and_expectations_with_real_ftp(kernel_ok: None) -> Non
         sock = f"{tmp}/alg.sock"
         (Path(tmp) / "alg.toml").write_text(f'[core]\nstatus_socket = "{sock}"\n')
         net.fw("iptables", "-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--dport", "21", "-j", "CT", "--helper", "ftp")
-        # both directions of the control connection go through alg's queue
-        for match in (["--dport", "21"], ["--sport", "21"]):
-            net.fw("iptables", "-A", "FORWARD", "-p", "tcp", *match, "-j", "NFQUEUE", "--queue-num", "7")
+        if nat:
+            net.fw("iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "s1", "-j", "MASQUERADE")
+        for rule in queue_rules:
+            net.fw(*rule)
         vsftpd = net.popen("srv", "vsftpd", str(Path(tmp) / "vsftpd.conf"))
-        daemon = net.popen("fw", *ALG, "run", "--no-cthelper", "--policy", f"{tmp}/ftp.toml",
+        daemon = net.popen("fw", *ALG, "-v", "run", "--no-cthelper", "--policy", f"{tmp}/ftp.toml",
                            "--policy", f"{tmp}/alg.toml", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             for _ in range(100):
                 if os.path.exists(sock):
                     break
                 time.sleep(0.05)
-            t0 = time.monotonic()
-            for args in (["--disable-epsv"], [], ["-P", "-", "--disable-eprt"]):  # PASV, EPSV, PORT
+            for args in transfers:
                 out = net.cli("curl", "-sS", "--max-time", "10", *args, "-o", "/dev/null", f"ftp://{SERVER4}/f.bin",
                               check=False)
                 assert out.returncode == 0, out.stderr
-            elapsed = time.monotonic() - t0
             st = json.loads(net.fw(*ALG, "status", "--format", "json", "--socket", sock).stdout)
         finally:
             daemon.send_signal(signal.SIGTERM)
             log = daemon.communicate(timeout=10)[0]
+            log = log.decode() if isinstance(log, bytes) else log
             vsftpd.kill()
         assert daemon.returncode == 0, log
-        ftp = st["helpers"]["ftp"]
-        assert ftp["packets"] >= 20 and st["verdicts"] >= ftp["packets"] and st["queue_errors"] == 0
-        assert ftp["classes"]["ftp"]["created"] == 3, st
-        assert not st["kernel_errors"], st
-        print(f"3 transfers through alg's queue in {elapsed:.2f} s, {st['verdicts']} verdicts")
+        return st, log
+
+
+def test_nfqueue_verdicts_and_expectations_with_real_ftp(kernel_ok: None) -> None:
+    # both directions of the control connection go through alg's queue
+    rules = [["iptables", "-A", "FORWARD", "-p", "tcp", *match, "-j", "NFQUEUE", "--queue-num", "7"]
+             for match in (["--dport", "21"], ["--sport", "21"])]
+    t0 = time.monotonic()
+    st, _ = ftp_through_alg(f"alg-dm{os.getpid() % 100:02d}", rules,
+                                  [["--disable-epsv"], [], ["-P", "-", "--disable-eprt"]])  # PASV, EPSV, PORT
+    ftp = st["helpers"]["ftp"]
+    assert ftp["packets"] >= 20 and st["verdicts"] >= ftp["packets"] and st["queue_errors"] == 0
+    assert ftp["classes"]["ftp"]["created"] == 3, st
+    assert not st["kernel_errors"], st
+    print(f"3 transfers through alg's queue in {time.monotonic() - t0:.2f} s, {st['verdicts']} verdicts")
+
+
+def test_helper_sees_the_real_endpoints_behind_snat(kernel_ok: None) -> None:
+    """Behind MASQUERADE, with the server's answers queued before the kernel
+    undoes the source NAT (as nfnetlink_cthelper queues them, after all NAT),
+    the 227 goes to the firewall's address while the data connection comes
+    from the client's own: alg must judge it from the conntrack, not the packet."""
+    rules = [["iptables", "-A", "FORWARD", "-p", "tcp", "--dport", "21", "-j", "NFQUEUE", "--queue-num", "7"],
+             ["iptables", "-t", "mangle", "-A", "PREROUTING", "-i", "s1", "-p", "tcp", "--sport", "21",
+              "-j", "NFQUEUE", "--queue-num", "7"]]
+    st, log = ftp_through_alg(f"alg-dn{os.getpid() % 100:02d}", rules, [["--disable-epsv"]], nat=True)
+    created = [x for x in log.splitlines() if "created" in x]
+    assert len(created) == 1 and f"src={CLIENT4} dst={SERVER4}" in created[0], log
+    assert st["natted"] > 0 and st["helpers"]["ftp"]["classes"]["ftp"]["created"] == 1, st

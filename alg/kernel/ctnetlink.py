@@ -281,10 +281,15 @@ def _parse_tuple(b: bytes) -> FlowTuple | None:
 class MasterRef:
     """A conntrack as the kernel knows it, found from one packet's tuple."""
 
-    tuple: FlowTuple  # original-direction tuple: addresses as before any NAT
+    tuple: FlowTuple  # original-direction tuple
     id: int  # conntrack id
     reply: bool  # the packet travels in the reply direction
-    natted: bool  # the packet's addresses differ from the original tuple's (NAT in between)
+    ends: FlowTuple  # the real endpoints, in the original direction (each direction's source)
+
+    @property
+    def seen(self) -> FlowTuple:
+        """The packet's flow as its endpoints see it: what helpers must judge."""
+        return self.ends.reversed() if self.reply else self.ends
 
 
 @dataclass(frozen=True)
@@ -422,9 +427,9 @@ class Ctnetlink:
         ``t`` may be seen before or after NAT: at the confirm hook, where
         nfnetlink_cthelper queues, a packet has had all its NAT applied, so
         it is the reverse of the conntrack's other-direction tuple, while
-        without NAT it equals its own direction's tuple. The kernel's hash
+        before NAT it equals its own direction's tuple. The kernel's hash
         holds both tuples of every confirmed conntrack, so asking for ``t``
-        and then for its reverse finds it in all four cases. An unconfirmed
+        and then for its reverse finds it in all cases. An unconfirmed
         conntrack (its first packet still in our queue) is not found.
         """
         hit = self._cache.get(t)
@@ -433,7 +438,6 @@ class Ctnetlink:
             self.cache_hits += 1
             return hit
         self.lookups += 1
-        ref = None
         for key in (t, t.reversed()):
             try:
                 rep = self._do("ct-get", pack_ct_get, key)
@@ -444,19 +448,20 @@ class Ctnetlink:
             for _typ, payload in rep:
                 a = L.parse_attrs(payload, 4)
                 orig = _parse_tuple(a.get(CTA_TUPLE_ORIG, b""))
-                if orig is None:
+                reply = _parse_tuple(a.get(CTA_TUPLE_REPLY, b""))
+                if orig is None or reply is None or key not in (orig, reply):
                     continue
                 cid = struct.unpack("!I", a[CTA_ID])[0] if CTA_ID in a else 0
-                reply = t != orig and (t == orig.reversed() or key == t)
-                ref = MasterRef(orig, cid, reply, t not in (orig, orig.reversed()))
-                break
-            if ref is not None:
-                break
-        if ref is not None:
-            self._remember(t, ref)
-            if ref.natted or ref.reply:  # the expectations will name the original tuple
-                self._remember(ref.tuple, MasterRef(ref.tuple, ref.id, False, False))
-        return ref
+                # each direction's source is an endpoint as it really is: the
+                # client before source NAT, the server after destination NAT
+                ends = FlowTuple(orig.l3, orig.proto, orig.src, reply.src, orig.sport, reply.sport)
+                ref = MasterRef(orig, cid, (key == reply) == (key is t), ends)
+                # expectations name their master by the endpoints' view of it
+                self._remember(ends, MasterRef(orig, cid, False, ends))
+                self._remember(ends.reversed(), MasterRef(orig, cid, True, ends))
+                self._remember(t, ref)
+                return ref
+        return None
 
     def _remember(self, t: FlowTuple, ref: MasterRef) -> None:
         self._cache[t] = ref
