@@ -60,6 +60,8 @@ class DaemonStats:
     deferred: int = 0
     natted: int = 0  # packets seen through NAT, given to helpers with their endpoints' addresses
     unresolved: int = 0  # first packets whose conntrack never showed up
+    held: float = 0.0  # seconds packets spent in our hands before their verdict, in all
+    held_max: float = 0.0
     started: float = field(default_factory=time.time)
 
 
@@ -159,6 +161,7 @@ class Daemon:
         return lambda pkt: self.on_packet(pkt, slot)
 
     def on_packet(self, pkt: Any, slot: HelperSlot) -> None:
+        t0 = time.perf_counter()
         verdict_accept = True
         unconfirmed = None
         try:
@@ -189,6 +192,9 @@ class Daemon:
             except Exception as exc:
                 self.stats.queue_errors += 1
                 self.warn(logging.ERROR, "verdict", "verdict failed: %s", exc)
+            held = time.perf_counter() - t0
+            self.stats.held += held
+            self.stats.held_max = max(self.stats.held_max, held)
         if unconfirmed is not None:
             self._inspect_confirmed(unconfirmed, slot)
 
@@ -203,6 +209,8 @@ class Daemon:
         direction's source address).
         """
         t = packet_tuple(pkt)
+        if pkt.tcp_flags & 0x12 == 0x02:  # SYN: a new connection, maybe on an old one's tuple
+            self.ct.forget(t)
         ref = self.ct.lookup(t)
         if ref is None:
             return None
@@ -369,6 +377,8 @@ class Daemon:
             "decode_errors": self.stats.decode_errors, "queue_errors": self.stats.queue_errors,
             "kernel_errors": dict(self.stats.kernel_errors), "deferred": self.stats.deferred,
             "natted": self.stats.natted, "unresolved": self.stats.unresolved,
+            "verdict_us_mean": round(1e6 * self.stats.held / max(1, self.stats.verdicts), 1),
+            "verdict_us_max": round(1e6 * self.stats.held_max, 1),
             "queues": {s.policy.name: s.policy.queue for s in self.engine.slots.values()},
             "refused_total": refused,
             **st,

@@ -41,7 +41,8 @@ def cmd_status(args: argparse.Namespace, host: PluginHost) -> int:
         json.dump(st, sys.stdout, indent=1)
         print()
         return EXIT_OK
-    print(f"alg pid {st['pid']} up {st['uptime']} s: {st['verdicts']} verdicts ({st['dropped']} dropped), "
+    print(f"alg pid {st['pid']} up {st['uptime']} s: {st['verdicts']} verdicts ({st['dropped']} dropped; "
+          f"held {st['verdict_us_mean']} us on average, at most {st['verdict_us_max']} us), "
           f"{st['decode_errors']} undecodable, {st['queue_errors']} queue errors, "
           f"{st['expectations']}/{st['expect_budget']} expectations, "
           f"{st['natted']} seen through NAT, {st['unresolved']} without conntrack")

@@ -230,3 +230,21 @@ def test_lookup_through_dnat_and_snat_gives_the_real_endpoints(net):
     assert ctn.lookup(ends).tuple == orig
     ctn._cache.clear()
     assert ctn.lookup(ends) is None
+
+
+def test_cached_answers_age_and_are_forgotten_with_their_endpoints(net):
+    ctn, m, _ = net
+    natted = FlowTuple(4, 6, I.ip_address("10.0.2.1"), I.ip_address("10.0.2.2"), m[2121].sport, 2121)
+    ctn._cache.clear()
+    n = ctn.lookups
+    assert ctn.lookup(natted) is not None and ctn.lookup(m[2121]) is not None and ctn.lookups == n + 1
+    ctn.forget(natted)  # a SYN on this tuple: a new conntrack may take it
+    assert ctn.lookup(m[2121]) is not None and ctn.lookups == n + 2
+    age, ctn.cache_age = ctn.cache_age, 0.0
+    try:
+        ctn._cache.clear()
+        ctn.lookup(m[2121])
+        ctn.lookup(m[2121])
+        assert ctn.lookups == n + 4
+    finally:
+        ctn.cache_age = age

@@ -35,6 +35,7 @@ import errno as E
 import ipaddress
 import socket
 import struct
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -398,10 +399,14 @@ class Events:
 class Ctnetlink:
     """Expectations and master lookup over one netlink socket (per network namespace)."""
 
-    def __init__(self, cache_size: int = 1024):
+    def __init__(self, cache_size: int = 16384, cache_age: float = 10.0):
         self.sock = L.NfnlSocket()
         self.cache_size = cache_size
-        self._cache: OrderedDict[FlowTuple, MasterRef] = OrderedDict()
+        # A cached answer goes stale when its conntrack dies and another takes
+        # its tuple with other NAT; that takes longer than cache_age (UDP
+        # conntracks live >= 30 s idle) except for TCP, whose SYN calls forget().
+        self.cache_age = cache_age
+        self._cache: OrderedDict[FlowTuple, tuple[float, MasterRef]] = OrderedDict()
         self.lookups = self.cache_hits = 0
 
     def __enter__(self) -> Self:
@@ -433,10 +438,11 @@ class Ctnetlink:
         conntrack (its first packet still in our queue) is not found.
         """
         hit = self._cache.get(t)
-        if hit is not None:
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
             self._cache.move_to_end(t)
             self.cache_hits += 1
-            return hit
+            return hit[1]
         self.lookups += 1
         for key in (t, t.reversed()):
             try:
@@ -457,19 +463,25 @@ class Ctnetlink:
                 ends = FlowTuple(orig.l3, orig.proto, orig.src, reply.src, orig.sport, reply.sport)
                 ref = MasterRef(orig, cid, (key == reply) == (key is t), ends)
                 # expectations name their master by the endpoints' view of it
-                self._remember(ends, MasterRef(orig, cid, False, ends))
-                self._remember(ends.reversed(), MasterRef(orig, cid, True, ends))
-                self._remember(t, ref)
+                until = now + self.cache_age
+                self._remember(ends, MasterRef(orig, cid, False, ends), until)
+                self._remember(ends.reversed(), MasterRef(orig, cid, True, ends), until)
+                self._remember(t, ref, until)
                 return ref
         return None
 
-    def _remember(self, t: FlowTuple, ref: MasterRef) -> None:
-        self._cache[t] = ref
+    def _remember(self, t: FlowTuple, ref: MasterRef, until: float) -> None:
+        self._cache[t] = (until, ref)
+        self._cache.move_to_end(t)
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
     def forget(self, t: FlowTuple) -> None:
-        self._cache.pop(t, None)
+        """Drop what is cached for t's conntrack (a new connection reuses its tuple)."""
+        hit = self._cache.pop(t, None)
+        if hit is not None:
+            self._cache.pop(hit[1].ends, None)
+            self._cache.pop(hit[1].ends.reversed(), None)
 
     # -- expectations
     def create(self, e, master: MasterRef | None = None, exclusive: bool = False) -> None:

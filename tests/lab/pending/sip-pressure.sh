@@ -25,6 +25,9 @@ mkdir -p "$OUT"
 PHONES=${SIP_PRESSURE_PHONES:-40}
 LOW=${SIP_PRESSURE_EXPECT_MAX:-40}
 HOLD_MS=${SIP_PRESSURE_HOLD_MS:-20000}
+# calls per second: under TCG each INVITE costs alg milliseconds (lookups, SDP, creates);
+# faster, replies queue behind INVITEs past SIP's 500 ms retransmission timer
+RATE=${SIP_PRESSURE_RATE:-10}
 NAT=${SIP_PRESSURE_NAT:-1}
 OLD_MAX=$(sysctl -n net.netfilter.nf_conntrack_expect_max)
 PHONE_PORTS=() UAS_PORTS=()
@@ -57,7 +60,7 @@ calls() {
     uas=$!
     sleep 1
     lab_cli sipp -sf "$SIPP_DIR/uac-phone.xml" "$LAB_SERVER4:5060" -i "$LAB_CLIENT4" -t un -max_socket 256 -inf "$OUT/uac.csv" \
-        -m "$PHONES" -l "$PHONES" -r "$PHONES" -d "$HOLD_MS" -s phone -timeout 180s >"$OUT/$label-uac.log" 2>&1 &
+        -m "$PHONES" -l "$PHONES" -r "$RATE" -d "$HOLD_MS" -s phone -timeout 180s >"$OUT/$label-uac.log" 2>&1 &
     uac=$!
     # every phone's INVITE through the firewall (or give up after 60 s), then time to answer
     for i in $(seq 1 120); do
