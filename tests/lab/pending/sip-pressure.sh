@@ -24,10 +24,10 @@ OUT=$LAB_SCRATCH/sip-pressure
 mkdir -p "$OUT"
 PHONES=${SIP_PRESSURE_PHONES:-40}
 LOW=${SIP_PRESSURE_EXPECT_MAX:-40}
-HOLD_MS=${SIP_PRESSURE_HOLD_MS:-20000}
-# calls per second: under TCG each INVITE costs alg milliseconds (lookups, SDP, creates);
-# faster, replies queue behind INVITEs past SIP's 500 ms retransmission timer
-RATE=${SIP_PRESSURE_RATE:-10}
+HOLD_MS=${SIP_PRESSURE_HOLD_MS:-30000}  # > time to set up all calls + send the media
+# calls per second: under TCG each packet costs alg about 5 ms (30-50 us natively), a
+# call about 5 packets; faster, replies queue past SIP's 500 ms retransmission timer
+RATE=${SIP_PRESSURE_RATE:-5}
 NAT=${SIP_PRESSURE_NAT:-1}
 OLD_MAX=$(sysctl -n net.netfilter.nf_conntrack_expect_max)
 PHONE_PORTS=() UAS_PORTS=()
@@ -56,18 +56,18 @@ calls() {
     local label=$1 i p0 u0 d0 uac uas
     p0=$(count_rule sip-rel-phones 4) u0=$(count_rule sip-rel-uas 4) d0=$(count_rule lab-drop 4)
     lab_srv sipp -sf "$SIPP_DIR/uas-phone.xml" -i "$LAB_SERVER4" -p 5060 -t u1 -inf "$OUT/uas.csv" -m "$PHONES" \
-        -timeout 180s >"$OUT/$label-uas.log" 2>&1 &
+        -timeout 180s -trace_err -error_file "$OUT/$label-uas.err" >"$OUT/$label-uas.log" 2>&1 &
     uas=$!
     sleep 1
     lab_cli sipp -sf "$SIPP_DIR/uac-phone.xml" "$LAB_SERVER4:5060" -i "$LAB_CLIENT4" -t un -max_socket 256 -inf "$OUT/uac.csv" \
-        -m "$PHONES" -l "$PHONES" -r "$RATE" -d "$HOLD_MS" -s phone -timeout 180s >"$OUT/$label-uac.log" 2>&1 &
+        -m "$PHONES" -l "$PHONES" -r "$RATE" -d "$HOLD_MS" -s phone -timeout 180s -trace_err -error_file "$OUT/$label-uac.err" >"$OUT/$label-uac.log" 2>&1 &
     uac=$!
     # every phone's INVITE through the firewall (or give up after 60 s), then time to answer
     for i in $(seq 1 120); do
         [ "$(lab_fw conntrack -L -p udp --dport 5060 2>/dev/null | grep -c 'dport=5060')" -ge "$PHONES" ] && break
         sleep 0.5
     done
-    sleep 4
+    sleep 3
     fw_expect >"$OUT/$label-expect.txt" || true
     ip netns exec "$LAB_NS_SERVER" "${LAB_HOST_PYTHON:-python3}" - "$LAB_CLIENT4" "${PHONE_PORTS[@]}" <<'PY' &
 import socket, sys
@@ -101,6 +101,7 @@ if ! sip_alg_start "$OUT/policy" "$OUT/alg.log"; then fail "sip-pressure alg run
 check "sip-pressure rules applied" sip_rules "$OUT/policy"
 QUEUE=$(awk -F= '/^queue *=/ {gsub(/[ \t]|#.*/, "", $2); print $2}' "$OUT/policy/sip.toml")
 q0=$(queue_drops "$QUEUE")
+[ -n "${SIP_PRESSURE_PCAP:-}" ] && { lab_fw tcpdump -i any -w "$OUT/fw.pcap" -s 300 udp port 5060 >/dev/null 2>&1 & }
 calls pressure
 echo "phase 1 (expect_max $LOW): calls ok $CALLS_OK/$PHONES, media RELATED to phones $TO_PHONES, to UAS $TO_UAS, dropped $DROPS"
 check "sip-pressure no signalling dropped: all $PHONES calls completed ($CALLS_OK)" test "$CALLS_OK" = "$PHONES"
