@@ -4,8 +4,8 @@ Theory of operation. At start every enabled helper of the policy is
 registered with nfnetlink_cthelper (status enabled, its NFQUEUE number and
 the policy's classes) and its queue is bound. One thread serves all queues
 with select(): a queued packet is decoded, its conntrack looked up (cached
-per packet tuple) so the helper sees the flow as its original tuple does,
-before any NAT, the packet is given to the engine with the queue's helper,
+per packet tuple) so the helper sees the flow as its endpoints do, whatever
+NAT lies between, the packet is given to the engine with the queue's helper,
 the expectations it yields are created with ctnetlink *before* the verdict,
 and then the packet is accepted, whatever happened on the way. Two cases
 wait until after the verdict: a flow's first packet, whose conntrack the
