@@ -1,73 +1,104 @@
 #!/usr/bin/env bash
-# Lab scenario (runs inside the VM): alg's discovery helpers (mdns, slp,
-# dhcpv6, ssdp) as userspace conntrack helpers.
+# Lab scenario (runs inside the VM): alg's discovery helpers (mdns, slp, dhcpv6, ssdp) as
+# userspace conntrack helpers, against conntrackd's helpers of the same names on the same traffic.
 #
-# Topology: a firewall does not route multicast, so the helpers protect the
-# firewall's OWN discovery traffic, the case they exist for (a host or router
-# that asks its LAN by multicast and must let the unicast answers in): lab-fw
-# is the client on its s1 link, the responders run in lab-srv. lab-fw's INPUT
-# chain on s1 accepts ESTABLISHED, RELATED (counted, dc-related) and ICMPv6,
-# drops the rest (counted, dc-drop). Raw OUTPUT rules give lab-fw's queries
-# the helper: `CT --helper NAME`. A unicast answer is a new flow (other
-# source address/port than the multicast query): without an expectation it
-# is dropped, with one it is RELATED.
-#   mdns    dig -p 5353 @224.0.0.251 (legacy unicast)  <- avahi-daemon answers from 10.0.2.2:5353
-#   slp     SrvRqst to 239.255.255.253 and to 10.0.2.255 <- scripted SA (tools/discovery_peers.py)
-#   dhcpv6  dhclient -6 on s1 (fe80:: -> ff02::1:2)     <- dnsmasq answers from its fe80:: address
-#   ssdp    scripted control point: M-SEARCH, LOCATION fetch, SUBSCRIBE <- scripted device, whose
-#           NOTIFY to the callback must also be RELATED (assign_helper: needs the daemon to send
-#           CTA_EXPECT_HELP_NAME and to register ssdp for tcp too)
-# Phases: P alg running (PASS = answers received, dc-related grew, expectations listed);
-#         N alg stopped (PASS = the same answers dropped: dc-drop grew);
-#         C conntrackd (Debian's helpers) on the same traffic, its expectations compared with
-#           alg's. Deliberate differences (alg stricter): mdns/slp/dhcpv6 src masked to the
-#           client's subnet (conntrackd: any source), dhcpv6 sport 547 (conntrackd: any);
-#           ssdp LOCATION: alg expects client -> responder only, conntrackd any -> LOCATION.
+# Topology: a firewall does not route multicast, so the helpers protect the firewall's OWN
+# discovery traffic, the case they exist for (a host or router that asks its LAN by multicast
+# and must let the unicast answers in): lab-fw is the client on its s1 link, the responders run
+# in lab-srv. lab-fw's INPUT chain: `alg rules` (RELATED with `-m helper --helper NAME`, one
+# counter per helper), then ESTABLISHED, RELATED of no helper (dc-related), ICMPv6, and DROP
+# (dc-drop). The raw rules of `alg rules` (CT --helper NAME on OUTPUT) are added only while a
+# daemon has registered the helpers. A unicast answer is a new flow (another source than the
+# multicast group asked): without an expectation it is dropped, with one it is RELATED.
+#   mdns    legacy-unicast A query to 224.0.0.251:5353  <- avahi-daemon answers from 10.0.2.2:5353
+#   slp     SrvRqst to 239.255.255.253 and to 10.0.2.255 <- scripted SA      (tools/discovery_peers.py)
+#   dhcpv6  dhclient -6 on s1 (fe80:: -> ff02::1:2)       <- dnsmasq answers from its fe80:: address
+#   ssdp    M-SEARCH, LOCATION fetch, SUBSCRIBE           <- scripted device, then its NOTIFY to the
+#           CALLBACK (a connection from the device to lab-fw)
+# The client (`discovery_peers.py discover`) asks each question again after 1 s without answer
+# from the same socket, as real clients retransmit.
+# Phases: C conntrackd (the reference), P alg, N alg stopped (its helpers disabled: all answers
+# dropped). Expectations are recorded from `conntrack -E expect` (a used one leaves the table).
 #
-#   export ALG_ROOT=/path/to/alg ALG=$ALG_ROOT/.venv/bin/alg
-#   /work/shared/lab/vm-run -e ALG_ROOT -e ALG tests/lab/scenarios/discovery.sh
+# Deliberate differences (alg stricter), checked as such:
+#   mdns, slp, dhcpv6  answers only from the client's subnet (mask-src /24, fe80::/64); conntrackd: any
+#   dhcpv6             answers only from port 547; conntrackd: any port
+#   ssdp LOCATION      alg: client -> responder only; conntrackd: any -> whatever LOCATION names
+# Known gaps (printed as KNOWN, not counted; they need the daemon, see tests/lab/pending/README.md):
+#   ssdp answer -> LOCATION/CALLBACK/NOTIFY: the answer's conntrack must get the ssdp helper
+#     (Expect.assign_helper), which this kernel does only for an expectation attached to the
+#     NFQUEUE verdict (NFQA_EXP with CTA_EXPECT_HELP_NAME), as conntrackd does; alg creates its
+#     expectations with EXP_NEW, where the name is ignored.
+#   first answer lost: alg creates the expectation for a flow's first packet after its verdict,
+#     so an answer faster than that (avahi, the SA: ~1 ms) is dropped and only the question's
+#     retransmission gets through; conntrackd's expectation rides on the verdict.
 set -u
 : "${ALG_ROOT:?}" "${ALG:?}" "${LAB_DIR:?}" "${LAB_SCRATCH:?}"
 # shellcheck source=/dev/null
 source "$LAB_DIR/netns.sh"
 OUT=$LAB_SCRATCH/discovery RUN=/run/alg-discovery
-PY=${LAB_HOST_PYTHON:-python3}
+PY="${LAB_HOST_PYTHON:-/usr/bin/python3} -I"   # the peers are stdlib only
 PEERS=$ALG_ROOT/tools/discovery_peers.py
-mkdir -p "$OUT" "$RUN"
+rm -rf "$OUT"; mkdir -p "$OUT/policy" "$RUN"
 FAILS=0
+declare -A PID=()
 pass() { echo "PASS $*"; }
 fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
-bg() { local name=$1; shift; "$@" >"$OUT/$name.log" 2>&1 & echo $! >"$RUN/$name.pid"; }
-stop() { local p; for p in "$@"; do [ -f "$RUN/$p.pid" ] && kill "$(cat "$RUN/$p.pid")" 2>/dev/null; rm -f "$RUN/$p.pid"; done; }
-
+check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; fi; }
+start() { local name=$1 ns=$2; shift 2; ip netns exec "$ns" "$@" >"$OUT/$name.log" 2>&1 & PID[$name]=$!; }
+stop() {  # SIGTERM, wait up to 10 s, then SIGKILL
+    local n p i
+    for n in "$@"; do
+        p=${PID[$n]:-}; [ -n "$p" ] || continue
+        kill -TERM "$p" 2>/dev/null
+        for i in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; unset "PID[$n]"
+    done
+}
+HELPERS="mdns slp dhcpv6 ssdp"
+nfct_each() {  # add|del: every (name, family, proto) the raw rules need
+    local h f
+    for h in $HELPERS; do for f in inet inet6; do
+        lab_fw nfct "$1" helper "$h" "$f" udp 2>/dev/null
+        [ "$h" = ssdp ] && lab_fw nfct "$1" helper "$h" "$f" tcp 2>/dev/null
+    done; done; true
+}
 cleanup() {
-    stop alg conntrackd avahi dnsmasq device agent
-    lab_fw "$ALG" cleanup >/dev/null 2>&1 || true
+    stop dhclient events alg conntrackd responders avahi dnsmasq
+    [ -s "$RUN/dh.pid" ] && kill "$(cat "$RUN/dh.pid")" 2>/dev/null
+    ct_rules -D 2>/dev/null
+    nfct_each del
     lab_net_down
 }
 trap cleanup EXIT
 
+T0=$(date +%s)
 lab_net_up || { echo "FAIL lab_net_up"; exit 1; }
 lab_fw ip route add 224.0.0.0/4 dev s1
 lab_srv ip route add 224.0.0.0/4 dev s0
+cp "$ALG_ROOT"/policies/{mdns,slp,dhcpv6,ssdp}.toml "$OUT/policy/"
+"$ALG" rules --policy "$OUT/policy" --iptables >"$OUT/rules.txt" 2>&1 || { fail "alg rules"; exit 1; }
+awk '/^\*raw/,/^COMMIT/' "$OUT/rules.txt" >"$OUT/rules-raw.txt"
+awk '/^\*filter/,/^COMMIT/' "$OUT/rules.txt" >"$OUT/rules-filter.txt"
 for ipt in "$LAB_IPT" "$LAB_IP6T"; do
+    lab_fw "$ipt-restore" --noflush <"$OUT/rules-filter.txt" || fail "apply alg's filter rules ($ipt)"
     lab_fw "$ipt" -A INPUT -i s1 -m conntrack --ctstate ESTABLISHED -j ACCEPT
     lab_fw "$ipt" -A INPUT -i s1 -m conntrack --ctstate RELATED -m comment --comment dc-related -j ACCEPT
 done
 lab_fw "$LAB_IP6T" -A INPUT -i s1 -p ipv6-icmp -j ACCEPT
-for ipt in "$LAB_IPT" "$LAB_IP6T"; do
-    lab_fw "$ipt" -A INPUT -i s1 -m comment --comment dc-drop -j DROP
-done
-# CT rules need the helper to exist: added once a daemon registered them, removed after it
-ct_rules() {  # -A | -D
+for ipt in "$LAB_IPT" "$LAB_IP6T"; do lab_fw "$ipt" -A INPUT -i s1 -m comment --comment dc-drop -j DROP; done
+ct_rules() {  # -A | -D: the raw part of `alg rules`
     local ipt
-    for ipt in "$LAB_IPT" "$LAB_IP6T"; do lab_fw "$ipt" -t raw "$1" OUTPUT -o s1 -p udp --dport 1900 -j CT --helper ssdp; done
-    lab_fw "$LAB_IPT" -t raw "$1" OUTPUT -o s1 -p udp --dport 5353 -j CT --helper mdns
-    lab_fw "$LAB_IPT" -t raw "$1" OUTPUT -o s1 -p udp --dport 427 -j CT --helper slp
-    lab_fw "$LAB_IP6T" -t raw "$1" OUTPUT -o s1 -p udp --dport 547 -j CT --helper dhcpv6
+    for ipt in "$LAB_IPT" "$LAB_IP6T"; do
+        sed "s/^-A /$1 /" "$OUT/rules-raw.txt" | lab_fw "$ipt-restore" --noflush
+    done
 }
-count() { lab_fw "$LAB_IPT" -nvxL INPUT; lab_fw "$LAB_IP6T" -nvxL INPUT; }
-counter() { count | awk -v c="/* $1 */" 'index($0, c) {s += $1} END {print s+0}'; }
+counters() { { lab_fw "$LAB_IPT" -nvxL INPUT; lab_fw "$LAB_IP6T" -nvxL INPUT; } >"$OUT/$1-counters.txt"; }
+counter() {  # PHASE COMMENT: packets that hit the rules tagged COMMENT (v4 + v6)
+    awk -v c="/* $2 */" 'index($0, c) {s += $1} END {print s+0}' "$OUT/$1-counters.txt"
+}
+zero() { lab_fw "$LAB_IPT" -Z INPUT; lab_fw "$LAB_IP6T" -Z INPUT; }
+enabled() { lab_fw nfct list helper 2>/dev/null | tr -d '\t\n' | grep -o "status = enabled" | wc -l; }
 
 # ---------------------------------------------------------------- responders (lab-srv)
 cat >"$RUN/avahi.conf" <<CONF
@@ -80,101 +111,144 @@ enable-dbus=no
 [publish]
 publish-workstation=no
 CONF
-bg avahi lab_srv avahi-daemon --no-drop-root --no-chroot --no-rlimits -f "$RUN/avahi.conf"
-bg dnsmasq lab_srv dnsmasq --no-daemon --port=0 --interface=s0 --bind-interfaces --no-resolv \
-    --dhcp-range=fd00:2::100,fd00:2::1ff,64,1h --dhcp-leasefile="$RUN/dnsmasq.leases" --pid-file="$RUN/dm.pid"
-bg device lab_srv "$PY" "$PEERS" upnp-device "$LAB_SERVER4"
-bg agent lab_srv "$PY" "$PEERS" slp-agent "$LAB_SERVER4"
-sleep 4
+start avahi "$LAB_NS_SERVER" avahi-daemon --no-drop-root --no-chroot --no-rlimits -f "$RUN/avahi.conf"
+start dnsmasq "$LAB_NS_SERVER" dnsmasq --no-daemon --port=0 --interface=s0 --bind-interfaces --no-resolv \
+    --dhcp-range=fd00:2::100,fd00:2::1ff,64,1h --dhcp-leasefile="$RUN/dnsmasq.leases"
+start responders "$LAB_NS_SERVER" $PY "$PEERS" responders "$LAB_SERVER4"
 
-# ---------------------------------------------------------------- traffic (lab-fw is the client)
-# each sets OK_<proto>=1 when the answer arrived
-drive() {
-    OK_mdns=0 OK_slp=0 OK_dhcpv6=0 OK_ssdp=0
+# ---------------------------------------------------------------- one round of discovery from lab-fw
+drive() {  # PHASE DHCP_TIMEOUT
     lab_fw conntrack -F >/dev/null 2>&1; lab_fw conntrack -F expect >/dev/null 2>&1
-    # dig ignores an answer from another address than it asked: the answer is seen in the
-    # capture-free way, as the dc-related/dc-drop counters; avahi's answer count is the evidence
-    lab_fw dig +tries=2 +time=2 -b "$LAB_FW4_S" -p 5353 @224.0.0.251 alg-lab-srv.local A >"$OUT/$1-dig.txt" 2>&1
-    lab_fw "$PY" "$PEERS" slp-ua 239.255.255.253 "$LAB_FW4_S" >"$OUT/$1-slp.txt" 2>&1 &&
-        lab_fw "$PY" "$PEERS" slp-ua 10.0.2.255 "$LAB_FW4_S" >>"$OUT/$1-slp.txt" 2>&1 && OK_slp=1
+    zero
+    # expectation events: nf_conntrack_events=2 reports only masters created while a listener exists
+    start events "$LAB_NS_FW" stdbuf -oL conntrack -E expect
+    sleep 0.5
     rm -f "$RUN/dh.leases"
-    lab_fw timeout 15 dhclient -6 -1 -sf /bin/true -lf "$RUN/dh.leases" -pf "$RUN/dh.pid" s1 >"$OUT/$1-dhclient.txt" 2>&1 &&
-        grep -q iaaddr "$RUN/dh.leases" && OK_dhcpv6=1
-    lab_fw timeout 15 "$PY" "$PEERS" upnp-control-point "$LAB_FW4_S" >"$OUT/$1-ssdp.txt" 2>&1 && OK_ssdp=1
-    lab_fw conntrack -L expect >"$OUT/$1-expect.txt" 2>/dev/null || true
+    # -1: one try; with a lease it forks to the background (killed below by its pid file)
+    start dhclient "$LAB_NS_FW" timeout "$2" dhclient -6 -1 -sf /bin/true -lf "$RUN/dh.leases" -pf "$RUN/dh.pid" s1
+    lab_fw timeout 25 $PY "$PEERS" discover "$LAB_FW4_S" 10.0.2.255 >"$OUT/$1-discover.txt" 2>&1
+    wait "${PID[dhclient]}" 2>/dev/null; unset "PID[dhclient]"; cp "$OUT/dhclient.log" "$OUT/$1-dhclient.txt"
+    [ -s "$RUN/dh.pid" ] && kill "$(cat "$RUN/dh.pid")" 2>/dev/null; rm -f "$RUN/dh.pid"
+    if grep -q iaaddr "$RUN/dh.leases" 2>/dev/null; then echo "RESULT dhcpv6 ok" >>"$OUT/$1-discover.txt"
+    else echo "RESULT dhcpv6 none" >>"$OUT/$1-discover.txt"; fi
+    sleep 0.3
+    stop events; cp "$OUT/events.log" "$OUT/$1-events.txt"
+    counters "$1"
+    lab_fw conntrack -L expect >"$OUT/$1-expect.txt" 2>/dev/null
+    lab_fw conntrack -L >"$OUT/$1-conntrack.txt" 2>/dev/null
+    sed 's/^/  /' "$OUT/$1-discover.txt"
 }
+result() { awk -v n="$2" '$1 == "RESULT" && $2 == n {print $3; exit}' "$OUT/$1-discover.txt"; }
+tries() { awk -v n="$2" '$1 == "RESULT" && $2 == n {sub("tries=", "", $4); print $4; exit}' "$OUT/$1-discover.txt"; }
+ok() { [ "$(result "$1" "$2")" = ok ]; }
 
 # ---------------------------------------------------------------- C: conntrackd reference
-for t in "mdns inet udp" "slp inet udp" "dhcpv6 inet6 udp" "ssdp inet udp" "ssdp inet tcp"; do
-    lab_fw nfct add helper $t >/dev/null 2>&1 || true
-done
+nfct_each add
 {
     echo "General { Syslog off LogFile $RUN/conntrackd.log LockFile $RUN/conntrackd.lock UNIX { Path $RUN/ctd.ctl } }"
     echo "Helper {"
-    q=30; for t in "mdns inet udp 8 30" "slp inet udp 8 16" "dhcpv6 inet6 udp 1 300" "ssdp inet udp 8 300" "ssdp inet tcp 8 300"; do
-        set -- $t; echo " Type $1 $2 $3 { QueueNum $q QueueLen 1024 Policy $1 { ExpectMax $4 ExpectTimeout $5 } }"; q=$((q + 1))
+    q=30
+    for t in "mdns inet udp 8 30" "slp inet udp 8 16" "dhcpv6 inet6 udp 1 300" "ssdp inet udp 8 300" "ssdp inet tcp 8 300"; do
+        # shellcheck disable=SC2086
+        set -- $t
+        echo " Type $1 $2 $3 { QueueNum $q QueueLen 1024 Policy $1 { ExpectMax $4 ExpectTimeout $5 } }"; q=$((q + 1))
     done
     echo "}"
-} >"$RUN/conntrackd.conf"
-cp "$RUN/conntrackd.conf" "$OUT/"
-bg conntrackd lab_fw conntrackd -C "$RUN/conntrackd.conf"
-sleep 3
+} >"$OUT/conntrackd.conf"
+start conntrackd "$LAB_NS_FW" conntrackd -C "$OUT/conntrackd.conf"
+for _ in $(seq 50); do [ "$(enabled)" -ge 5 ] && break; sleep 0.2; done
+check "conntrackd helpers enabled ($(enabled))" [ "$(enabled)" -ge 5 ]
 ct_rules -A
-drive conntrackd
+echo "== C: conntrackd (at $(( $(date +%s) - T0 )) s)"
+drive conntrackd 8
+for r in mdns slp-multicast slp-broadcast dhcpv6 ssdp-search ssdp-location ssdp-event; do
+    check "conntrackd reference: $r answered" ok conntrackd "$r"
+done
 stop conntrackd
 ct_rules -D
-lab_fw conntrack -F >/dev/null 2>&1; lab_fw conntrack -F expect >/dev/null 2>&1
-for t in "mdns inet udp" "slp inet udp" "dhcpv6 inet6 udp" "ssdp inet udp" "ssdp inet tcp"; do
-    lab_fw nfct del helper $t >/dev/null 2>&1 || true
-done
+nfct_each del
 
 # ---------------------------------------------------------------- P: alg
-mkdir -p "$OUT/policy"
-cp "$ALG_ROOT"/policies/{mdns,slp,dhcpv6,ssdp}.toml "$OUT/policy/"
-bg alg lab_fw "$ALG" run --policy "$OUT/policy"
-for i in $(seq 60); do lab_fw nfct list helper 2>/dev/null | grep -q ssdp && break; sleep 0.5; done
-ct_rules -A
-lab_fw "$ALG" rules --iptables >"$OUT/rules.txt" 2>&1 || true
-r0=$(counter dc-related) d0=$(counter dc-drop)
-drive alg
-r1=$(counter dc-related) d1=$(counter dc-drop)
-"$ALG" status --format json >"$OUT/alg-status.json" 2>/dev/null || true
-# a used expectation leaves `conntrack -L expect`: alg's own count says what it created
-for h in mdns slp dhcpv6 ssdp; do
-    n=$("$PY" -c "import json,sys; h=json.load(open(sys.argv[1]))['helpers'][sys.argv[2]]
-print(sum(c['created'] for c in h['classes'].values()))" "$OUT/alg-status.json" "$h" 2>/dev/null || echo 0)
-    [ "${n:-0}" -ge 1 ] && pass "alg $h expectations created ($n)" || fail "alg $h expectations created"
+echo "== P: alg (at $(( $(date +%s) - T0 )) s)"
+start alg "$LAB_NS_FW" "$ALG" run --policy "$OUT/policy"
+for _ in $(seq 300); do [ "$(enabled)" -ge 10 ] && break; kill -0 "${PID[alg]}" 2>/dev/null || break; sleep 0.3; done
+lab_fw nfct list helper >"$OUT/alg-helpers.txt" 2>&1
+for h in $HELPERS; do  # name, its queue and enabled, for both families (ssdp: udp and tcp)
+    want=2; [ "$h" = ssdp ] && want=4
+    n=$(tr -d '\t\n' <"$OUT/alg-helpers.txt" | grep -o "name = $h,[^}]*status = enabled" | wc -l)
+    check "alg $h registered and enabled ($n of $want)" [ "$n" -eq "$want" ]
 done
-[ "$OK_slp" = 1 ] && pass "alg slp replies received" || fail "alg slp replies received"
-[ "$OK_dhcpv6" = 1 ] && pass "alg dhcpv6 lease" || fail "alg dhcpv6 lease"
-grep -q "^subscribe: HTTP/1.1 200" "$OUT/alg-ssdp.txt" && pass "alg ssdp search, LOCATION fetch, SUBSCRIBE" \
-    || fail "alg ssdp search, LOCATION fetch, SUBSCRIBE"
-[ $((r1 - r0)) -ge 5 ] && pass "alg answers RELATED ($((r1 - r0)))" || fail "alg answers RELATED ($((r1 - r0)))"
-# not yet: the device's event connection to the CALLBACK needs the SUBSCRIBE flow (itself
-# RELATED) to carry the ssdp helper; shown, not counted (see the issue's closing note)
-echo "KNOWN ssdp events received: $(grep -o 'events [0-9]*' "$OUT/alg-ssdp.txt"), answers dropped: $((d1 - d0))"
+ct_rules -A
+echo "INFO alg up at $(( $(date +%s) - T0 )) s"
+drive alg 8
+"$ALG" status --format json >"$OUT/alg-status.json" 2>&1
+declare -A HELPER_OF=([mdns]=mdns [slp-multicast]=slp [slp-broadcast]=slp [dhcpv6]=dhcpv6 [ssdp-search]=ssdp)
+for r in mdns slp-multicast slp-broadcast dhcpv6 ssdp-search; do
+    h=${HELPER_OF[$r]}
+    n=$(counter alg "alg $h related")
+    check "alg $r: answer RELATED through lab-fw (alg $h related: $n)" eval 'ok alg "$r" && [ "$n" -ge 1 ]'
+done
+for h in $HELPERS; do
+    n=$(jq "[.helpers.$h.classes[].created] | add" "$OUT/alg-status.json" 2>/dev/null)
+    check "alg $h expectations created (${n:-?})" [ "${n:-0}" -ge 1 ]
+done
+echo "INFO alg phase: $(counter alg dc-drop) packet(s) dropped at lab-fw, $(counter alg dc-related) RELATED of no helper"
+for r in mdns slp-multicast slp-broadcast ssdp-search; do
+    [ "$(tries alg "$r")" = 2 ] && echo "KNOWN first answer lost: $r answered on the retransmission (conntrackd: try $(tries conntrackd "$r"))"
+done
+ok alg ssdp-event && pass "alg ssdp event (NOTIFY to the CALLBACK) RELATED" || \
+    echo "KNOWN ssdp LOCATION/CALLBACK not seen by alg (the answer's conntrack has no helper: needs NFQA_EXP); event: $(result alg ssdp-event)"
 
 # ---------------------------------------------------------------- N: alg stopped
-stop alg; sleep 1
-d0=$(counter dc-drop)
-drive noalg
-d1=$(counter dc-drop)
-[ "$OK_slp$OK_dhcpv6$OK_ssdp" = 000 ] && pass "negative control: no answers" || \
-    fail "negative control: slp=$OK_slp dhcpv6=$OK_dhcpv6 ssdp=$OK_ssdp"
-[ $((d1 - d0)) -ge 3 ] && pass "negative control: answers dropped ($((d1 - d0)))" || fail "negative control drops $((d1 - d0))"
-lab_fw "$ALG" cleanup >/dev/null 2>&1 || true
-
-# compare (proto, dst, dport, sport-mask) per helper: equal except the listed stricter fields
-# (the client's ephemeral ports differ between runs: ports above 1023 compare as "eph")
-norm() { sed -n 's/.*proto=\([0-9]*\) src=\S* dst=\(\S*\) sport=\S* dport=\([0-9]*\) mask-src=\(\S*\) .* helper=\(\S*\)/\5 \1 \2 \3/p' "$1" |
-    awk '{ if ($4 > 1023) $4 = "eph"; print }' | sort -u; }
-norm "$OUT/alg-expect.txt" >"$OUT/alg-norm.txt"; norm "$OUT/conntrackd-expect.txt" >"$OUT/conntrackd-norm.txt"
-for h in mdns slp dhcpv6; do
-    a=$(grep "^$h " "$OUT/alg-norm.txt") c=$(grep "^$h " "$OUT/conntrackd-norm.txt")
-    [ -n "$c" ] && [ "$a" = "$c" ] && pass "$h expectation = conntrackd's (dst, dport)" || \
-        fail "$h differs from conntrackd: alg [$a] conntrackd [$c]"
+echo "== N: alg stopped (at $(( $(date +%s) - T0 )) s)"
+stop alg
+lab_fw nfct list helper >"$OUT/noalg-helpers.txt" 2>&1
+check "alg stopped: its helpers disabled ($(enabled) enabled)" [ "$(enabled)" -eq 0 ]
+drive noalg 5
+for r in mdns slp-multicast slp-broadcast dhcpv6 ssdp-search; do
+    check "negative control: $r not answered" eval '! ok noalg "$r"'
 done
-grep -q "helper=ssdp" "$OUT/conntrackd-expect.txt" && pass "conntrackd ssdp reference recorded" || \
-    fail "conntrackd ssdp reference"
-echo "discovery: $FAILS failure(s); evidence in $OUT"
+d=$(counter noalg dc-drop)
+# each question asked twice: mdns 2, slp 2 + 2, ssdp 2, dhcpv6 >= 2 (Advertise to Solicit and its retransmission)
+check "negative control: the answers dropped at lab-fw ($d)" [ "$d" -ge 10 ]
+ct_rules -D
+nfct_each del
+
+echo "== expectations (at $(( $(date +%s) - T0 )) s)"
+# ---------------------------------------------------------------- expectations: alg = conntrackd, but stricter
+# normalised: helper proto dst sport(* = any) dport(eph = the client's ephemeral port) mask-src
+norm() {
+    awk '$1 != "[NEW]" {next} { h = p = d = ms = ""; ns = nd = 0
+        for (i = 1; i <= NF; i++) { k = $i; sub("=.*", "", k); v = substr($i, length(k) + 2)
+            if (k == "proto") p = v; else if (k == "dst" && d == "") d = v; else if (k == "helper") h = v
+            else if (k == "mask-src") ms = v
+            else if (k == "sport") { ns++; if (ns == 1) sp = v; else if (ns == 2) msp = v }
+            else if (k == "dport") { nd++; if (nd == 1) dp = v } }
+        if (h == "") next
+        if (msp == "0") sp = "*"; if (dp + 0 > 1023) dp = "eph"
+        print h, p, d, sp, dp, ms }' "$1" | sort -u
+}
+norm "$OUT/conntrackd-events.txt" >"$OUT/conntrackd-norm.txt"; norm "$OUT/alg-events.txt" >"$OUT/alg-norm.txt"
+sed 's/^/  conntrackd: /' "$OUT/conntrackd-norm.txt"; sed 's/^/  alg:        /' "$OUT/alg-norm.txt"
+same() {  # HELPER PROTO KEYFIELDS: alg's and conntrackd's expectations agree on those fields
+    local a c
+    a=$(awk -v h="$1" -v p="$2" -v f="$3" '$1 == h && $2 == p {n = split(f, F, ","); s = ""; for (i = 1; i <= n; i++) s = s " " $F[i]; print s}' "$OUT/alg-norm.txt" | sort -u)
+    c=$(awk -v h="$1" -v p="$2" -v f="$3" '$1 == h && $2 == p {n = split(f, F, ","); s = ""; for (i = 1; i <= n; i++) s = s " " $F[i]; print s}' "$OUT/conntrackd-norm.txt" | sort -u)
+    [ -n "$c" ] && [ "$a" = "$c" ]
+}
+field() { awk -v h="$2" -v p="$3" -v i="$4" '$1 == h && $2 == p {print $i; exit}' "$OUT/$1-norm.txt"; }
+check "mdns expectation = conntrackd's (udp, dst, sport 5353, dport)" same mdns 17 3,4,5
+check "slp expectations = conntrackd's (udp, dst, sport 427, dport)" same slp 17 3,4,5
+check "dhcpv6 expectation = conntrackd's (udp, dst, dport 546)" same dhcpv6 17 3,5
+check "ssdp search expectation = conntrackd's (udp, dst, any sport, dport)" same ssdp 17 3,4,5,6
+for h in mdns slp dhcpv6; do
+    a=$(field alg "$h" 17 6) c=$(field conntrackd "$h" 17 6)
+    check "STRICTER $h: answers from the client's subnet only (alg mask-src $a, conntrackd $c)" \
+        eval '{ [ "$c" = 0.0.0.0 ] || [ "$c" = :: ]; } && [ -n "$a" ] && [ "$a" != "$c" ]'
+done
+a=$(field alg dhcpv6 17 4) c=$(field conntrackd dhcpv6 17 4)
+check "STRICTER dhcpv6: answers from port 547 only (alg sport $a, conntrackd $c)" eval '[ "$a" = 547 ] && [ "$c" = "*" ]'
+echo "KNOWN ssdp tcp expectations (LOCATION, CALLBACK): conntrackd $(grep -c '^ssdp 6 ' "$OUT/conntrackd-norm.txt"), alg $(grep -c '^ssdp 6 ' "$OUT/alg-norm.txt") (see above)"
+
+echo "discovery: $FAILS failure(s) in $(( $(date +%s) - T0 )) s; evidence in $OUT"
 [ "$FAILS" = 0 ]
