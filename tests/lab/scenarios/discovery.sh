@@ -19,12 +19,16 @@
 # from the same socket, as real clients retransmit.
 # Phases: C conntrackd (the reference), P alg, N alg stopped (its helpers disabled: all answers
 # dropped). Expectations are recorded from `conntrack -E expect` (a used one leaves the table).
+# Run time: a Python start costs 10-50 s in the VM, so alg (under its own helper names, alg-mdns
+# ..., policy `name`), `alg rules` and the client (one process for all phases, driven through a
+# FIFO) start at once, while the conntrackd phase runs; the raw rules pick whose helpers see the
+# traffic.
 #
 # Deliberate differences (alg stricter), checked as such:
 #   mdns, slp, dhcpv6  answers only from the client's subnet (mask-src /24, fe80::/64); conntrackd: any
 #   dhcpv6             answers only from port 547; conntrackd: any port
 #   ssdp LOCATION      alg: client -> responder only; conntrackd: any -> whatever LOCATION names
-# Known gaps (printed as KNOWN, not counted; they need the daemon, see tests/lab/pending/README.md):
+# Known gaps (printed as KNOWN, not counted; they need the daemon to attach expectations to verdicts):
 #   ssdp answer -> LOCATION/CALLBACK/NOTIFY: the answer's conntrack must get the ssdp helper
 #     (Expect.assign_helper), which this kernel does only for an expectation attached to the
 #     NFQUEUE verdict (NFQA_EXP with CTA_EXPECT_HELP_NAME), as conntrackd does; alg creates its
@@ -32,6 +36,8 @@
 #   first answer lost: alg creates the expectation for a flow's first packet after its verdict,
 #     so an answer faster than that (avahi, the SA: ~1 ms) is dropped and only the question's
 #     retransmission gets through; conntrackd's expectation rides on the verdict.
+#
+#   ALG_ROOT=$PWD /work/shared/lab/vm-run -e ALG_ROOT tests/lab/run-all.sh discovery
 set -u
 : "${ALG_ROOT:?}" "${ALG:?}" "${LAB_DIR:?}" "${LAB_SCRATCH:?}"
 # shellcheck source=/dev/null
@@ -39,7 +45,7 @@ source "$LAB_DIR/netns.sh"
 OUT=$LAB_SCRATCH/discovery RUN=/run/alg-discovery
 PY="${LAB_HOST_PYTHON:-/usr/bin/python3} -I"   # the peers are stdlib only
 PEERS=$ALG_ROOT/tools/discovery_peers.py
-rm -rf "$OUT"; mkdir -p "$OUT/policy" "$RUN"
+rm -rf "$OUT" "$RUN"; mkdir -p "$OUT/policy" "$RUN"
 FAILS=0
 declare -A PID=()
 pass() { echo "PASS $*"; }
@@ -64,42 +70,23 @@ nfct_each() {  # add|del: every (name, family, proto) the raw rules need
     done; done; true
 }
 cleanup() {
-    stop dhclient events alg conntrackd responders avahi dnsmasq
+    stop dhclient events alg conntrackd client responders avahi dnsmasq
     [ -s "$RUN/dh.pid" ] && kill "$(cat "$RUN/dh.pid")" 2>/dev/null
-    ct_rules -D 2>/dev/null
+    ct_rules ctd -D 2>/dev/null; ct_rules alg -D 2>/dev/null
     nfct_each del
     lab_net_down
 }
 trap cleanup EXIT
 
 T0=$(date +%s)
+for h in $HELPERS; do sed 's/^name = "\(.*\)"/name = "alg-\1"/' "$ALG_ROOT/policies/$h.toml" >"$OUT/policy/$h.toml"; done
+"$ALG" rules --policy "$OUT/policy" --iptables >"$OUT/rules.txt" 2>&1 & RULES_PID=$!
 lab_net_up || { echo "FAIL lab_net_up"; exit 1; }
+start alg "$LAB_NS_FW" "$ALG" run --policy "$OUT/policy"
+mkfifo "$RUN/client.fifo"
+start client "$LAB_NS_FW" $PY "$PEERS" client "$LAB_FW4_S" 10.0.2.255 "$RUN/client.fifo"
 lab_fw ip route add 224.0.0.0/4 dev s1
 lab_srv ip route add 224.0.0.0/4 dev s0
-cp "$ALG_ROOT"/policies/{mdns,slp,dhcpv6,ssdp}.toml "$OUT/policy/"
-"$ALG" rules --policy "$OUT/policy" --iptables >"$OUT/rules.txt" 2>&1 || { fail "alg rules"; exit 1; }
-awk '/^\*raw/,/^COMMIT/' "$OUT/rules.txt" >"$OUT/rules-raw.txt"
-awk '/^\*filter/,/^COMMIT/' "$OUT/rules.txt" >"$OUT/rules-filter.txt"
-for ipt in "$LAB_IPT" "$LAB_IP6T"; do
-    lab_fw "$ipt-restore" --noflush <"$OUT/rules-filter.txt" || fail "apply alg's filter rules ($ipt)"
-    lab_fw "$ipt" -A INPUT -i s1 -m conntrack --ctstate ESTABLISHED -j ACCEPT
-    lab_fw "$ipt" -A INPUT -i s1 -m conntrack --ctstate RELATED -m comment --comment dc-related -j ACCEPT
-done
-lab_fw "$LAB_IP6T" -A INPUT -i s1 -p ipv6-icmp -j ACCEPT
-for ipt in "$LAB_IPT" "$LAB_IP6T"; do lab_fw "$ipt" -A INPUT -i s1 -m comment --comment dc-drop -j DROP; done
-ct_rules() {  # -A | -D: the raw part of `alg rules`
-    local ipt
-    for ipt in "$LAB_IPT" "$LAB_IP6T"; do
-        sed "s/^-A /$1 /" "$OUT/rules-raw.txt" | lab_fw "$ipt-restore" --noflush
-    done
-}
-counters() { { lab_fw "$LAB_IPT" -nvxL INPUT; lab_fw "$LAB_IP6T" -nvxL INPUT; } >"$OUT/$1-counters.txt"; }
-counter() {  # PHASE COMMENT: packets that hit the rules tagged COMMENT (v4 + v6)
-    awk -v c="/* $2 */" 'index($0, c) {s += $1} END {print s+0}' "$OUT/$1-counters.txt"
-}
-zero() { lab_fw "$LAB_IPT" -Z INPUT; lab_fw "$LAB_IP6T" -Z INPUT; }
-enabled() { lab_fw nfct list helper 2>/dev/null | tr -d '\t\n' | grep -o "status = enabled" | wc -l; }
-
 # ---------------------------------------------------------------- responders (lab-srv)
 cat >"$RUN/avahi.conf" <<CONF
 [server]
@@ -115,6 +102,45 @@ start avahi "$LAB_NS_SERVER" avahi-daemon --no-drop-root --no-chroot --no-rlimit
 start dnsmasq "$LAB_NS_SERVER" dnsmasq --no-daemon --port=0 --interface=s0 --bind-interfaces --no-resolv \
     --dhcp-range=fd00:2::100,fd00:2::1ff,64,1h --dhcp-leasefile="$RUN/dnsmasq.leases"
 start responders "$LAB_NS_SERVER" $PY "$PEERS" responders "$LAB_SERVER4"
+wait "$RULES_PID" || { fail "alg rules"; cat "$OUT/rules.txt"; exit 1; }
+# alg's rules, and the same for conntrackd's helpers (plain names, counters tagged "ctd NAME related")
+for who in alg ctd; do
+    if [ $who = alg ]; then cat "$OUT/rules.txt"; else sed 's/alg-//g; s/"alg \([a-z0-9]*\) related"/"ctd \1 related"/' "$OUT/rules.txt"; fi |
+        tee "$OUT/rules-$who.txt" | awk '/^\*raw/,/^COMMIT/' >"$OUT/rules-raw-$who.txt"
+    awk '/^\*filter/,/^COMMIT/' "$OUT/rules-$who.txt" >"$OUT/rules-filter-$who.txt"
+done
+for ipt in "$LAB_IPT" "$LAB_IP6T"; do
+    for who in alg ctd; do
+        lab_fw "$ipt-restore" --noflush <"$OUT/rules-filter-$who.txt" || fail "apply $who filter rules ($ipt)"
+    done
+    lab_fw "$ipt" -A INPUT -i s1 -m conntrack --ctstate ESTABLISHED -j ACCEPT
+    lab_fw "$ipt" -A INPUT -i s1 -m conntrack --ctstate RELATED -m comment --comment dc-related -j ACCEPT
+done
+lab_fw "$LAB_IP6T" -A INPUT -i s1 -p ipv6-icmp -j ACCEPT
+for ipt in "$LAB_IPT" "$LAB_IP6T"; do lab_fw "$ipt" -A INPUT -i s1 -m comment --comment dc-drop -j DROP; done
+ct_rules() {  # alg|ctd -A|-D: the raw part of `alg rules` (CT --helper) for alg's or conntrackd's helpers
+    local ipt
+    for ipt in "$LAB_IPT" "$LAB_IP6T"; do
+        sed "s/^-A /$2 /" "$OUT/rules-raw-$1.txt" | lab_fw "$ipt-restore" --noflush
+    done
+}
+client_do() {  # OUT CMD...: one command to the client, wait for its answer
+    local out=$1; shift
+    rm -f "$out" "$out.done"
+    timeout 5 bash -c 'echo "$1" >"$2"' _ "$* $out" "$RUN/client.fifo" || { echo "client gone"; return 1; }
+    for _ in $(seq 150); do [ -e "$out.done" ] && return 0; sleep 0.2; done
+    echo "client did not answer: $*"; return 1
+}
+counters() { { lab_fw "$LAB_IPT" -nvxL INPUT; lab_fw "$LAB_IP6T" -nvxL INPUT; } >"$OUT/$1-counters.txt"; }
+counter() {  # PHASE COMMENT: packets that hit the rules tagged COMMENT (v4 + v6)
+    awk -v c="/* $2 */" 'index($0, c) {s += $1} END {print s+0}' "$OUT/$1-counters.txt"
+}
+zero() { lab_fw "$LAB_IPT" -Z INPUT; lab_fw "$LAB_IP6T" -Z INPUT; }
+enabled() {  # alg|ctd: helper entries enabled (alg's are named alg-*)
+    lab_fw nfct list helper 2>/dev/null | tr -d '\t\n' | grep -o "name = [a-z0-9-]*,[^}]*status = enabled" |
+        if [ "$1" = alg ]; then grep -c "name = alg-"; else grep -vc "name = alg-"; fi
+}
+
 
 # ---------------------------------------------------------------- one round of discovery from lab-fw
 drive() {  # PHASE DHCP_TIMEOUT
@@ -126,7 +152,7 @@ drive() {  # PHASE DHCP_TIMEOUT
     rm -f "$RUN/dh.leases"
     # -1: one try; with a lease it forks to the background (killed below by its pid file)
     start dhclient "$LAB_NS_FW" timeout "$2" dhclient -6 -1 -sf /bin/true -lf "$RUN/dh.leases" -pf "$RUN/dh.pid" s1
-    lab_fw timeout 25 $PY "$PEERS" discover "$LAB_FW4_S" 10.0.2.255 >"$OUT/$1-discover.txt" 2>&1
+    client_do "$OUT/$1-discover.txt" discover
     wait "${PID[dhclient]}" 2>/dev/null; unset "PID[dhclient]"; cp "$OUT/dhclient.log" "$OUT/$1-dhclient.txt"
     [ -s "$RUN/dh.pid" ] && kill "$(cat "$RUN/dh.pid")" 2>/dev/null; rm -f "$RUN/dh.pid"
     if grep -q iaaddr "$RUN/dh.leases" 2>/dev/null; then echo "RESULT dhcpv6 ok" >>"$OUT/$1-discover.txt"
@@ -156,40 +182,40 @@ nfct_each add
     echo "}"
 } >"$OUT/conntrackd.conf"
 start conntrackd "$LAB_NS_FW" conntrackd -C "$OUT/conntrackd.conf"
-for _ in $(seq 50); do [ "$(enabled)" -ge 5 ] && break; sleep 0.2; done
-check "conntrackd helpers enabled ($(enabled))" [ "$(enabled)" -ge 5 ]
-ct_rules -A
+for _ in $(seq 50); do [ "$(enabled ctd)" -ge 5 ] && break; sleep 0.2; done
+check "conntrackd helpers enabled ($(enabled ctd))" [ "$(enabled ctd)" -ge 5 ]
+for _ in $(seq 100); do grep -q ready "$OUT/client.log" && grep -q "slp agent ready" "$OUT/responders.log" && break; sleep 0.3; done
+ct_rules ctd -A
 echo "== C: conntrackd (at $(( $(date +%s) - T0 )) s)"
 drive conntrackd 8
 for r in mdns slp-multicast slp-broadcast dhcpv6 ssdp-search ssdp-location ssdp-event; do
     check "conntrackd reference: $r answered" ok conntrackd "$r"
 done
 stop conntrackd
-ct_rules -D
+ct_rules ctd -D
 nfct_each del
 
 # ---------------------------------------------------------------- P: alg
 echo "== P: alg (at $(( $(date +%s) - T0 )) s)"
-start alg "$LAB_NS_FW" "$ALG" run --policy "$OUT/policy"
-for _ in $(seq 300); do [ "$(enabled)" -ge 10 ] && break; kill -0 "${PID[alg]}" 2>/dev/null || break; sleep 0.3; done
+for _ in $(seq 300); do [ "$(enabled alg)" -ge 10 ] && break; kill -0 "${PID[alg]}" 2>/dev/null || break; sleep 0.3; done
 lab_fw nfct list helper >"$OUT/alg-helpers.txt" 2>&1
 for h in $HELPERS; do  # name, its queue and enabled, for both families (ssdp: udp and tcp)
     want=2; [ "$h" = ssdp ] && want=4
-    n=$(tr -d '\t\n' <"$OUT/alg-helpers.txt" | grep -o "name = $h,[^}]*status = enabled" | wc -l)
+    n=$(tr -d '\t\n' <"$OUT/alg-helpers.txt" | grep -o "name = alg-$h,[^}]*status = enabled" | wc -l)
     check "alg $h registered and enabled ($n of $want)" [ "$n" -eq "$want" ]
 done
-ct_rules -A
+ct_rules alg -A
 echo "INFO alg up at $(( $(date +%s) - T0 )) s"
 drive alg 8
-"$ALG" status --format json >"$OUT/alg-status.json" 2>&1
+client_do "$OUT/alg-status.json" status /run/alg/alg.sock  # `alg status --format json`, without a Python start
 declare -A HELPER_OF=([mdns]=mdns [slp-multicast]=slp [slp-broadcast]=slp [dhcpv6]=dhcpv6 [ssdp-search]=ssdp)
 for r in mdns slp-multicast slp-broadcast dhcpv6 ssdp-search; do
     h=${HELPER_OF[$r]}
-    n=$(counter alg "alg $h related")
-    check "alg $r: answer RELATED through lab-fw (alg $h related: $n)" eval 'ok alg "$r" && [ "$n" -ge 1 ]'
+    n=$(counter alg "alg alg-$h related")
+    check "alg $r: answer RELATED through lab-fw (alg-$h related: $n)" eval 'ok alg "$r" && [ "$n" -ge 1 ]'
 done
 for h in $HELPERS; do
-    n=$(jq "[.helpers.$h.classes[].created] | add" "$OUT/alg-status.json" 2>/dev/null)
+    n=$(jq "[.helpers[\"alg-$h\"].classes[].created] | add" "$OUT/alg-status.json" 2>/dev/null)
     check "alg $h expectations created (${n:-?})" [ "${n:-0}" -ge 1 ]
 done
 echo "INFO alg phase: $(counter alg dc-drop) packet(s) dropped at lab-fw, $(counter alg dc-related) RELATED of no helper"
@@ -203,7 +229,7 @@ ok alg ssdp-event && pass "alg ssdp event (NOTIFY to the CALLBACK) RELATED" || \
 echo "== N: alg stopped (at $(( $(date +%s) - T0 )) s)"
 stop alg
 lab_fw nfct list helper >"$OUT/noalg-helpers.txt" 2>&1
-check "alg stopped: its helpers disabled ($(enabled) enabled)" [ "$(enabled)" -eq 0 ]
+check "alg stopped: its helpers disabled ($(enabled alg) enabled)" [ "$(enabled alg)" -eq 0 ]
 drive noalg 5
 for r in mdns slp-multicast slp-broadcast dhcpv6 ssdp-search; do
     check "negative control: $r not answered" eval '! ok noalg "$r"'
@@ -211,8 +237,7 @@ done
 d=$(counter noalg dc-drop)
 # each question asked twice: mdns 2, slp 2 + 2, ssdp 2, dhcpv6 >= 2 (Advertise to Solicit and its retransmission)
 check "negative control: the answers dropped at lab-fw ($d)" [ "$d" -ge 10 ]
-ct_rules -D
-nfct_each del
+ct_rules alg -D
 
 echo "== expectations (at $(( $(date +%s) - T0 )) s)"
 # ---------------------------------------------------------------- expectations: alg = conntrackd, but stricter
@@ -225,6 +250,7 @@ norm() {
             else if (k == "sport") { ns++; if (ns == 1) sp = v; else if (ns == 2) msp = v }
             else if (k == "dport") { nd++; if (nd == 1) dp = v } }
         if (h == "") next
+        sub("^alg-", "", h)
         if (msp == "0") sp = "*"; if (dp + 0 > 1023) dp = "eph"
         print h, p, d, sp, dp, ms }' "$1" | sort -u
 }
