@@ -62,18 +62,19 @@ stop() {  # SIGTERM, wait up to 10 s, then SIGKILL
     done
 }
 HELPERS="mdns slp dhcpv6 ssdp"
-nfct_each() {  # add|del: every (name, family, proto) the raw rules need
+nfct_each() {  # add|del [PREFIX]: every (name, family, proto) the raw rules need
     local h f
     for h in $HELPERS; do for f in inet inet6; do
-        lab_fw nfct "$1" helper "$h" "$f" udp 2>/dev/null
-        [ "$h" = ssdp ] && lab_fw nfct "$1" helper "$h" "$f" tcp 2>/dev/null
+        lab_fw nfct "$1" helper "${2:-}$h" "$f" udp 2>/dev/null
+        [ "$h" = ssdp ] && lab_fw nfct "$1" helper "${2:-}$h" "$f" tcp 2>/dev/null
     done; done; true
 }
 cleanup() {
     stop dhclient events alg conntrackd client responders avahi dnsmasq
     [ -s "$RUN/dh.pid" ] && kill "$(cat "$RUN/dh.pid")" 2>/dev/null
     ct_rules ctd -D 2>/dev/null; ct_rules alg -D 2>/dev/null
-    nfct_each del
+    lab_fw conntrack -F >/dev/null 2>&1
+    nfct_each del; nfct_each del alg-
     lab_net_down
 }
 trap cleanup EXIT
@@ -238,6 +239,10 @@ d=$(counter noalg dc-drop)
 # each question asked twice: mdns 2, slp 2 + 2, ssdp 2, dhcpv6 >= 2 (Advertise to Solicit and its retransmission)
 check "negative control: the answers dropped at lab-fw ($d)" [ "$d" -ge 10 ]
 ct_rules alg -D
+# alg left its helpers disabled (the CT rules held them); nothing of it must stay for the next scenario
+lab_fw conntrack -F >/dev/null 2>&1; nfct_each del alg-
+check "alg's helpers gone after the rules ($(lab_fw nfct list helper 2>/dev/null | grep -c 'name = alg-') left)" \
+    eval '! lab_fw nfct list helper 2>/dev/null | grep -q "name = alg-"'
 
 echo "== expectations (at $(( $(date +%s) - T0 )) s)"
 # ---------------------------------------------------------------- expectations: alg = conntrackd, but stricter
