@@ -14,6 +14,9 @@
                         §1.3.2 "send more than once"): mDNS legacy-unicast A query (RFC 6762 §6.7), SLP
                         SrvRqst to 239.255.255.253 and to BCAST, SSDP M-SEARCH then LOCATION fetch,
                         SUBSCRIBE and wait for the NOTIFY. Prints one `RESULT name ok tries=N` line each
+  client ADDR BCAST FIFO  the same client kept running (a Python start costs seconds in the lab VM): reads
+                        commands from FIFO: `discover OUT` (results to OUT, then OUT.done), `status SOCK OUT`
+                        (alg's status JSON from its unix socket), `quit`
 """
 
 from __future__ import annotations
@@ -246,7 +249,7 @@ def _mdns_query(name: str, qid: int) -> bytes:
     return struct.pack("!HHHHHH", qid, 0, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
 
 
-def discover(addr: str, bcast: str) -> None:
+def discover(addr: str, bcast: str, out=None) -> None:
     results: dict[str, str] = {}
 
     def mdns() -> None:
@@ -275,8 +278,10 @@ def discover(addr: str, bcast: str) -> None:
             def log_message(self, *a):
                 pass
 
+        ThreadingHTTPServer.allow_reuse_address = True
         cb = ThreadingHTTPServer((addr, 49200), Cb)
         threading.Thread(target=cb.serve_forever, daemon=True).start()
+        results["_close"] = lambda: (cb.shutdown(), cb.server_close())
         search = (b'M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: "ssdp:discover"\r\nMX: 1\r\n'
                   b"ST: upnp:rootdevice\r\n\r\n")
         got = _ask(_udp(addr), search, SSDP, lambda d, p: d.startswith(b"HTTP/1.1 200"))
@@ -308,11 +313,44 @@ def discover(addr: str, bcast: str) -> None:
         t.start()
     for t in threads:
         t.join(12)
+    cb_close = results.pop("_close", None)
+    if cb_close:
+        cb_close()
     for name in ("mdns", "slp-multicast", "slp-broadcast", "ssdp-search", "ssdp-location", "ssdp-event"):
-        print("RESULT", name, results.get(name, "none"), flush=True)
+        print("RESULT", name, results.get(name, "none"), file=out or sys.stdout, flush=True)
+
+
+def client(addr: str, bcast: str, fifo: str) -> None:
+    import io
+    import os
+    print("client ready", flush=True)
+    while True:
+        with open(fifo) as f:
+            lines = f.read().splitlines()
+        for line in lines:
+            cmd, *args = line.split()
+            if cmd == "quit":
+                return
+            buf = io.StringIO()
+            try:
+                if cmd == "discover":
+                    discover(addr, bcast, buf)
+                elif cmd == "status":
+                    with socket.socket(socket.AF_UNIX) as u:
+                        u.settimeout(5)
+                        u.connect(args[0])
+                        while chunk := u.recv(65536):
+                            buf.write(chunk.decode())
+                    args = args[1:]
+            except OSError as exc:
+                buf.write(f"ERROR {exc}\n")
+            with open(args[0] + ".tmp", "w") as o:
+                o.write(buf.getvalue())
+            os.replace(args[0] + ".tmp", args[0])
+            open(args[0] + ".done", "w").close()
 
 
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
     {"upnp-device": upnp_device, "upnp-control-point": upnp_control_point, "slp-agent": slp_agent,
-     "slp-ua": slp_ua, "responders": responders, "discover": discover}[cmd](*args)
+     "slp-ua": slp_ua, "responders": responders, "discover": discover, "client": client}[cmd](*args)
