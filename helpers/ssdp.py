@@ -39,7 +39,17 @@ expectation admits answers only from the client's subnet.
 Policy: classes search, location, callback: 8 expectations per master, 300 s
 each (conntrackd's one class `ssdp`, 8 / 300 s). NAT: not yet (offsets of
 the URL addresses are reported in `where`). Live use needs the kernel helper
-registered for UDP and TCP under the same name, as conntrackd's.
+registered for UDP and TCP under the same name, as conntrackd's: the LOCATION
+connection (TCP) inherits the answer's helper, and a CALLBACK expectation on
+it names `ssdp` for the master's protocol, TCP.
+
+Kernel limit (measured in the lab, Debian 6.1.0-56; upstream since 2026): an
+expected conntrack gets a helper only from an expectation attached to the
+NFQUEUE verdict (NFQA_EXP carrying CTA_EXPECT_HELP_NAME), as conntrackd does;
+an expectation made with a separate ctnetlink EXP_NEW gives none, name or
+not. Until the daemon attaches `assign_helper` expectations to its verdicts,
+the answers pass (search) but are not inspected, so no location or callback
+expectation is made live (replay shows what they will be).
 """
 
 from __future__ import annotations

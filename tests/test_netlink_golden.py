@@ -30,12 +30,14 @@ def exp(master, **kw):
 
 CT_GET_V4 = ("48000000010105000700000000000000020000003400018014000180080001000a000102080002000a000202"
              "1c0002800500010006000000060002009c4000000600030000150000")
-EXP_NEW_V4 = (
+EXP_NEW_V4_ASSIGN = (  # with CTA_EXPECT_HELP_NAME "ftp" (08000600 66747000)
     "d8000000000205040300000005000000020000003400018014000180080001000a000102080002000a0002021c00028005000100"
     "06000000060002009c40000006000300001500003400028014000180080001000a000102080002000a0002021c00028005000100"
     "0600000006000200000000000600030"
     "0c3540000340003801400018008000100ffffffff08000200ffffffff1c00028005000100060000000600020000000000060003"
     "00ffff0000080004000000012c0800060066747000060007000000000008000800000000000800090000000000")
+# the same without the helper name: 8 bytes shorter
+EXP_NEW_V4 = "d0" + EXP_NEW_V4_ASSIGN[2:].replace("0800060066747000", "")
 
 
 def test_ct_get_v4_golden():
@@ -59,11 +61,24 @@ def test_ct_get_by_reply_uses_cta_tuple_reply():
 def test_exp_new_v4_golden():
     assert C.pack_exp_new(exp(M4), M4, seq=3, pid=5).hex() == EXP_NEW_V4
     assert C.pyroute2_exp_new(exp(M4), M4, seq=3, pid=5).hex() == EXP_NEW_V4
+    e = exp(M4, assign_helper=True)
+    assert C.pack_exp_new(e, M4, seq=3, pid=5).hex() == EXP_NEW_V4_ASSIGN
+    assert C.pyroute2_exp_new(e, M4, seq=3, pid=5).hex() == EXP_NEW_V4_ASSIGN
+
+
+def test_exp_new_names_helper_only_to_assign_it():
+    """CTA_EXPECT_HELP_NAME names the helper the expected conntrack gets (conntrackd sets it for
+    ssdp alone): without assign_helper it is left out, else old kernels give every expected
+    flow the master's helper and queue it to userspace."""
+    assert C.CTA_EXPECT_HELP_NAME not in L.parse_attrs(C.pack_exp_new(exp(M4), M4), 20)
+    a = L.parse_attrs(C.pack_exp_new(exp(M4, helper="ssdp", assign_helper=True), M4), 20)
+    assert a[C.CTA_EXPECT_HELP_NAME] == b"ssdp\0"
 
 
 @pytest.mark.parametrize("e", [
     exp(M4), exp(M6), exp(M4, src=None), exp(M6, src=None), exp(M4, sport=20, class_id=1, flags=1),
     exp(M4, src_prefix=24), exp(M6, src_prefix=64, proto=17, helper="sip", timeout=60),
+    exp(M4, assign_helper=True), exp(M6, src=None, proto=17, helper="ssdp", assign_helper=True, flags=1),
 ])
 @pytest.mark.parametrize("excl", [True, False])
 def test_exp_new_equals_pyroute2(e, excl):
@@ -86,7 +101,7 @@ def test_exp_new_mask_carries_src_prefix_and_wildcards():
 
 
 def test_exp_roundtrip_fields():
-    e = exp(M4, sport=20, class_id=1, flags=C.NF_CT_EXPECT_PERMANENT, timeout=120)
+    e = exp(M4, sport=20, class_id=1, flags=C.NF_CT_EXPECT_PERMANENT, timeout=120, assign_helper=True)
     k = C.parse_expectation(C.pack_exp_new(e, M4)[16:])
     assert (k.helper, k.class_id, k.timeout, k.flags, k.master) == ("ftp", 1, 120, 1, M4)
     assert (k.tuple.src, k.tuple.dst, k.tuple.sport, k.tuple.dport) == (e.src, e.dst, 20, 50004)
@@ -132,7 +147,8 @@ def test_cthelper_status_and_del_layouts():
     assert H.parse_helper(d[16:])["proto"] == 17
 
 
-@pytest.mark.parametrize("e", [exp(M4), exp(M6, src=None), exp(M4, sport=20, src_prefix=24, flags=1)])
+@pytest.mark.parametrize("e", [exp(M4, assign_helper=True), exp(M6, src=None, assign_helper=True),
+                               exp(M4, sport=20, src_prefix=24, flags=1, assign_helper=True)])
 def test_kernel_json_matches_replay_json(e):
     k = C.parse_expectation(C.pack_exp_new(e, e.master)[16:]).to_json()
     j = e.to_json()

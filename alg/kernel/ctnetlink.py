@@ -186,7 +186,19 @@ def _mask_nla(l3: int, proto: int, src_bits: int, sport_any: bool) -> bytes:
 
 
 def exp_body(e, master: FlowTuple, zone: int = 0) -> bytes:
-    """Attributes of an EXP_NEW for alg.expect.Expectation ``e`` (order as nfct_exp_msg)."""
+    """Attributes of an EXP_NEW for alg.expect.Expectation ``e`` (order as nfct_exp_msg).
+
+    CTA_EXPECT_HELP_NAME is sent only for ``e.assign_helper`` (as conntrackd,
+    whose ssdp helper alone sets it). The name is not the master's helper but
+    the one the *expected* conntrack is to get: kernels before 6.12's
+    917b61fa2042 look it up (name, family, master's protocol) and put it in
+    exp->helper, which init_conntrack then gives the expected conntrack, so
+    sending it always would queue every FTP data connection to userspace.
+    Newer kernels (and Debian's 6.1.0-56, measured in the lab: no helper on
+    the expected conntrack with or without the name) ignore it on EXP_NEW
+    and honour it only on an expectation attached to an NFQUEUE verdict
+    (NFQA_EXP); the master's helper (CT --helper) still gives the class policy.
+    """
     if e.src is None:
         src, bits = bytes(16 if e.l3 == 6 else 4), 0
     else:
@@ -196,7 +208,7 @@ def exp_body(e, master: FlowTuple, zone: int = 0) -> bytes:
         pack_tuple(CTA_EXPECT_TUPLE, e.l3, e.proto, src, e.dst.packed, e.sport or 0, e.dport),
         _mask_nla(e.l3, e.proto, bits, e.sport is None),
         L.nla(CTA_EXPECT_TIMEOUT, L.be32(e.timeout)),
-        L.nla(CTA_EXPECT_HELP_NAME, L.asciiz(e.helper)),
+        L.nla(CTA_EXPECT_HELP_NAME, L.asciiz(e.helper)) if getattr(e, "assign_helper", False) else b"",
         L.nla(CTA_EXPECT_ZONE, L.be16(zone)),
         L.nla(CTA_EXPECT_FLAGS, L.be32(e.flags)),
         L.nla(CTA_EXPECT_CLASS, L.be32(e.class_id)),
@@ -231,7 +243,7 @@ def pyroute2_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0, exclusive
         ("CTA_EXPECT_TUPLE", tuple_nla(tup)),
         ("CTA_EXPECT_MASK", tuple_nla(msk)),
         ("CTA_EXPECT_TIMEOUT", e.timeout),
-        ("CTA_EXPECT_HELP_NAME", e.helper),
+        *([("CTA_EXPECT_HELP_NAME", e.helper)] if getattr(e, "assign_helper", False) else []),
         ("CTA_EXPECT_ZONE", 0),
         ("CTA_EXPECT_FLAGS", e.flags),
         ("CTA_EXPECT_CLASS", e.class_id),
