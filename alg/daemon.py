@@ -40,7 +40,7 @@ from .errors import AlgError, ConfigError, KernelError
 from .expect import Expectation, Refusal
 from .flows import packet_tuple
 from .kernel.cthelper import Cthelper
-from .kernel.ctnetlink import Ctnetlink, is_full
+from .kernel.ctnetlink import Ctnetlink, exp_body, is_full
 from .kernel.nfqueue import QueueSet
 from .plugins import PluginHost
 from .policy import Policy, default_policy, load_policy
@@ -60,9 +60,19 @@ class DaemonStats:
     deferred: int = 0
     natted: int = 0  # packets seen through NAT, given to helpers with their endpoints' addresses
     unresolved: int = 0  # first packets whose conntrack never showed up
+    attached: int = 0  # expectations attached to a verdict (first packet of a question to many)
     held: float = 0.0  # seconds packets spent in our hands before their verdict, in all
     held_max: float = 0.0
     started: float = field(default_factory=time.time)
+
+
+def _to_many(pkt: Packet) -> bool:
+    """Sent to a multicast group or a broadcast address (IPv4: all ones, or a last octet 255)."""
+    if pkt.proto != 17:
+        return False
+    if pkt.l3 == 6:
+        return pkt.dst[0] == 0xFF
+    return 224 <= pkt.dst[0] <= 239 or pkt.dst[3] == 255
 
 
 def errno_name(code: int) -> str:
@@ -164,6 +174,7 @@ class Daemon:
         t0 = time.perf_counter()
         verdict_accept = True
         unconfirmed = None
+        first: list[Expectation] = []  # asked for by a question to many, its flow's first packet
         try:
             payload = pkt.get_payload()
             try:
@@ -173,17 +184,24 @@ class Daemon:
                 decoded = None
             if decoded is not None and decoded.frag is None:
                 seen = self._as_conntrack_sees(decoded)
-                if seen is None:
-                    unconfirmed = decoded
-                else:
+                if seen is not None:
                     verdict_accept = self._inspect(seen, slot)
+                elif _to_many(decoded):
+                    # answers to a multicast or broadcast question come within a millisecond,
+                    # before an expectation made after the verdict: attach it to the verdict
+                    # (such packets are not NATed in practice, so take them as they came)
+                    self._inspect(decoded, slot, first)
+                else:
+                    unconfirmed = decoded
         except Exception as exc:  # never leave a packet without a verdict
             self.stats.queue_errors += 1
             self.warn(logging.ERROR, "packet", "error handling a packet of %s: %s: %s",
                       slot.policy.name, type(exc).__name__, exc)
         finally:
             try:
-                if verdict_accept:
+                if first and self._verdict_with(pkt, slot, first[0]):
+                    pass
+                elif verdict_accept:
                     pkt.accept()
                 else:
                     pkt.drop()
@@ -195,8 +213,20 @@ class Daemon:
             held = time.perf_counter() - t0
             self.stats.held += held
             self.stats.held_max = max(self.stats.held_max, held)
+        for e in first:  # the attached one too: refreshed, its result checked and counted
+            self._create(e)
         if unconfirmed is not None:
             self._inspect_confirmed(unconfirmed, slot)
+
+    def _verdict_with(self, pkt: Any, slot: HelperSlot, e: Expectation) -> bool:
+        """Accept pkt with e attached to its verdict; False if that could not be sent."""
+        try:
+            self.queues.verdict(slot.policy.queue, pkt, True, exp_body(e, None))
+        except OSError as exc:
+            self.stats.kernel_errors[errno_name(exc.errno or 0)] += 1
+            return False
+        self.stats.attached += 1
+        return True
 
     def _as_conntrack_sees(self, pkt: Packet) -> Packet | None:
         """The packet with its endpoints' real addresses and ports (from its
@@ -237,11 +267,14 @@ class Daemon:
             self.warn(logging.ERROR, "packet", "error handling a packet of %s: %s: %s",
                       slot.policy.name, type(exc).__name__, exc)
 
-    def _inspect(self, pkt: Packet, slot: HelperSlot) -> bool:
-        """Give the packet to its helper, act on the result; False: drop it (pressure, if so configured)."""
+    def _inspect(self, pkt: Packet, slot: HelperSlot, later: list[Expectation] | None = None) -> bool:
+        """Give the packet to its helper, act on the result (creations into `later`
+        if given); False: drop it (pressure, if so configured)."""
         accept = True
         for d in self.engine.process(pkt, time.monotonic(), slot=slot):
-            if isinstance(d, Create):
+            if isinstance(d, Create) and later is not None:
+                later.append(d.expectation)
+            elif isinstance(d, Create):
                 if not self._create(d.expectation) and not self.policy.core.accept_on_pressure:
                     accept = False
             elif isinstance(d, Delete):
@@ -376,7 +409,7 @@ class Daemon:
             "verdicts": self.stats.verdicts, "dropped": self.stats.dropped,
             "decode_errors": self.stats.decode_errors, "queue_errors": self.stats.queue_errors,
             "kernel_errors": dict(self.stats.kernel_errors), "deferred": self.stats.deferred,
-            "natted": self.stats.natted, "unresolved": self.stats.unresolved,
+            "natted": self.stats.natted, "unresolved": self.stats.unresolved, "attached": self.stats.attached,
             "verdict_us_mean": round(1e6 * self.stats.held / max(1, self.stats.verdicts), 1),
             "verdict_us_max": round(1e6 * self.stats.held_max, 1),
             "queues": {s.policy.name: s.policy.queue for s in self.engine.slots.values()},

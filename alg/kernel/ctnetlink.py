@@ -185,7 +185,7 @@ def _mask_nla(l3: int, proto: int, src_bits: int, sport_any: bool) -> bytes:
     return pack_tuple(CTA_EXPECT_MASK, l3, proto, smask, b"\xff" * (width // 8), 0 if sport_any else 0xFFFF, 0xFFFF)
 
 
-def exp_body(e, master: FlowTuple, zone: int = 0) -> bytes:
+def exp_body(e, master: FlowTuple | None, zone: int = 0) -> bytes:
     """Attributes of an EXP_NEW for alg.expect.Expectation ``e`` (order as nfct_exp_msg).
 
     CTA_EXPECT_HELP_NAME is sent only for ``e.assign_helper`` (as conntrackd,
@@ -204,7 +204,7 @@ def exp_body(e, master: FlowTuple, zone: int = 0) -> bytes:
     else:
         src, bits = e.src.packed, e.src.max_prefixlen if e.src_prefix is None else e.src_prefix
     return b"".join((
-        pack_flow(CTA_EXPECT_MASTER, master),
+        pack_flow(CTA_EXPECT_MASTER, master) if master is not None else b"",  # None: attached to a verdict
         pack_tuple(CTA_EXPECT_TUPLE, e.l3, e.proto, src, e.dst.packed, e.sport or 0, e.dport),
         _mask_nla(e.l3, e.proto, bits, e.sport is None),
         L.nla(CTA_EXPECT_TIMEOUT, L.be32(e.timeout)),

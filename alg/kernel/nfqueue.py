@@ -3,15 +3,42 @@
 One `NetfilterQueue` per helper queue, all served from one select() loop:
 `service(fd)` reads what is ready without blocking and calls the queue's
 callback once per packet, which must give the verdict.
+
+NetfilterQueue cannot attach an expectation to a verdict, which is the only
+way to expect something of a conntrack that is still unconfirmed (its first
+packet is the one in the queue); `verdict()` writes that NFQNL_MSG_VERDICT
+itself on the queue's own socket (the kernel takes verdicts only from the
+socket bound to the queue).
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import struct
 from typing import Any, Callable
 
 from netfilterqueue import NetfilterQueue
 
 from ..errors import KernelError
+from . import nlmsg as L
+
+NFNL_SUBSYS_QUEUE, NFQNL_MSG_VERDICT = 3, 1
+NFQA_VERDICT_HDR, NFQA_CT, NFQA_EXP = 2, 11, 15
+NF_DROP, NF_ACCEPT = 0, 1
+
+
+def pack_verdict(queue: int, packet_id: int, accept: bool, expectation: bytes = b"") -> bytes:
+    """NFQNL_MSG_VERDICT for one packet, optionally with an expectation
+    (CTA_EXPECT_* attributes, no master) for the packet's own conntrack. The
+    kernel reads NFQA_EXP only beside an NFQA_CT; an empty one changes nothing
+    of the conntrack. A failed attachment is not reported: check it after."""
+    body = L.nla(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT if accept else NF_DROP, packet_id))
+    if expectation:
+        body += L.nest(NFQA_CT) + L.nest(NFQA_EXP, expectation)
+    head = struct.pack("=IHHII", 16 + 4 + len(body), (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT,
+                       L.NLM_F_REQUEST, 0, 0)
+    return head + struct.pack("!BBH", socket.AF_UNSPEC, L.NFNETLINK_V0, queue) + body
 
 Callback = Callable[[Any], None]
 
@@ -45,6 +72,10 @@ class QueueSet:
 
     def fds(self) -> list[int]:
         return list(self._by_fd)
+
+    def verdict(self, num: int, pkt: Any, accept: bool, expectation: bytes) -> None:
+        """Give `pkt` of queue `num` its verdict with `expectation` attached."""
+        os.write(self._by_num[num].get_fd(), pack_verdict(num, pkt.id, accept, expectation))
 
     def service(self, fd: int) -> None:
         self._by_fd[fd].run(block=False)
