@@ -39,6 +39,7 @@ from .engine import Create, Delete, Engine, HelperSlot, RateLimitedLog, make_slo
 from .errors import AlgError, ConfigError, KernelError
 from .expect import Expectation, Refusal
 from .flows import packet_tuple
+from .model import FlowTuple
 from .kernel.cthelper import Cthelper
 from .kernel.ctnetlink import Ctnetlink, exp_body, is_full
 from .kernel.nfqueue import QueueSet
@@ -183,9 +184,18 @@ class Daemon:
                 self.stats.decode_errors += 1
                 decoded = None
             if decoded is not None and decoded.frag is None:
-                seen = self._as_conntrack_sees(decoded)
-                if seen is not None:
-                    verdict_accept = self._inspect(seen, slot)
+                # a flow neither we nor the cache know is new (so is a SYN's): its conntrack
+                # is unconfirmed until the verdict, so asking the kernel first would only cost time
+                t = packet_tuple(decoded)
+                syn = decoded.tcp_flags & 0x12 == 0x02
+                if syn:  # maybe on an old connection's tuple
+                    self.ct.forget(t)
+                if not syn and (self.ct.cached(t) or self.engine.flows.lookup(decoded) is not None):
+                    # no conntrack for a flow we know: none will come (NFQUEUE without conntrack?)
+                    seen = self._as_conntrack_sees(decoded, t, miss_ttl=1.0)
+                    if seen is None:
+                        self.stats.unresolved += 1
+                    verdict_accept = self._inspect(seen or decoded, slot)
                 elif _to_many(decoded):
                     # answers to a multicast or broadcast question come within a millisecond,
                     # before an expectation made after the verdict: attach it to the verdict
@@ -228,7 +238,7 @@ class Daemon:
         self.stats.attached += 1
         return True
 
-    def _as_conntrack_sees(self, pkt: Packet) -> Packet | None:
+    def _as_conntrack_sees(self, pkt: Packet, t: FlowTuple, miss_ttl: float = 0.0) -> Packet | None:
         """The packet with its endpoints' real addresses and ports (from its
         conntrack), None while the conntrack is unconfirmed.
 
@@ -238,10 +248,7 @@ class Daemon:
         flow as its endpoints see it (as the kernel's helpers do, from each
         direction's source address).
         """
-        t = packet_tuple(pkt)
-        if pkt.tcp_flags & 0x12 == 0x02:  # SYN: a new connection, maybe on an old one's tuple
-            self.ct.forget(t)
-        ref = self.ct.lookup(t)
+        ref = self.ct.lookup(t, miss_ttl)
         if ref is None:
             return None
         seen = ref.seen
@@ -253,7 +260,7 @@ class Daemon:
     def _inspect_confirmed(self, pkt: Packet, slot: HelperSlot, attempt: int = 0) -> None:
         """A flow's first packet, after its verdict: once confirmed, its conntrack is known."""
         try:
-            seen = self._as_conntrack_sees(pkt)
+            seen = self._as_conntrack_sees(pkt, packet_tuple(pkt))
             if seen is None and attempt < len(RETRY_DELAYS):
                 self.pending.append((time.monotonic() + RETRY_DELAYS[attempt], attempt + 1,
                                      lambda n: self._inspect_confirmed(pkt, slot, n)))

@@ -55,7 +55,9 @@ def main() -> int:
         base = ping(net, n)
         Path(tmp, "sip.toml").write_text('helper = "sip"\nqueue = 9\nprotocols = ["udp"]\n')
         Path(tmp, "alg.toml").write_text(f'[core]\nstatus_socket = "{tmp}/s"\n')
-        net.fw("iptables", "-A", "FORWARD", "-p", "udp", "--dport", "5060", "-j", "NFQUEUE", "--queue-num", "9")
+        # conntrack on, as under nfnetlink_cthelper: alg looks each flow's conntrack up (cached)
+        net.fw("iptables", "-A", "FORWARD", "-p", "udp", "--dport", "5060", "-m", "conntrack", "--ctstate",
+               "NEW,ESTABLISHED", "-j", "NFQUEUE", "--queue-num", "9")
         daemon = net.popen("fw", sys.executable, "-m", "alg", "run", "--no-cthelper", "--policy", f"{tmp}/sip.toml",
                            "--policy", f"{tmp}/alg.toml")
         time.sleep(1.5)

@@ -419,6 +419,7 @@ class Ctnetlink:
         # conntracks live >= 30 s idle) except for TCP, whose SYN calls forget().
         self.cache_age = cache_age
         self._cache: OrderedDict[FlowTuple, tuple[float, MasterRef]] = OrderedDict()
+        self._missing: dict[FlowTuple, float] = {}
         self.lookups = self.cache_hits = 0
 
     def __enter__(self) -> Self:
@@ -438,7 +439,7 @@ class Ctnetlink:
             raise KernelError(exc.errno or E.EIO, op) from None
 
     # -- conntrack lookup (hot path)
-    def lookup(self, t: FlowTuple) -> MasterRef | None:
+    def lookup(self, t: FlowTuple, miss_ttl: float = 0.0) -> MasterRef | None:
         """The conntrack a packet with tuple ``t`` belongs to, in either direction.
 
         ``t`` may be seen before or after NAT: at the confirm hook, where
@@ -448,6 +449,8 @@ class Ctnetlink:
         holds both tuples of every confirmed conntrack, so asking for ``t``
         and then for its reverse finds it in all cases. An unconfirmed
         conntrack (its first packet still in our queue) is not found.
+        ``miss_ttl``: remember for that long that there is none (a flow whose
+        packets are queued without conntrack, or whose conntrack is gone).
         """
         hit = self._cache.get(t)
         now = time.monotonic()
@@ -455,6 +458,9 @@ class Ctnetlink:
             self._cache.move_to_end(t)
             self.cache_hits += 1
             return hit[1]
+        if self._missing.get(t, 0.0) > now:
+            self.cache_hits += 1
+            return None
         self.lookups += 1
         for key in (t, t.reversed()):
             try:
@@ -480,7 +486,15 @@ class Ctnetlink:
                 self._remember(ends.reversed(), MasterRef(orig, cid, True, ends), until)
                 self._remember(t, ref, until)
                 return ref
+        if miss_ttl:
+            if len(self._missing) >= self.cache_size:
+                self._missing.clear()
+            self._missing[t] = now + miss_ttl
         return None
+
+    def cached(self, t: FlowTuple) -> bool:
+        hit = self._cache.get(t)
+        return hit is not None and hit[0] > time.monotonic()
 
     def _remember(self, t: FlowTuple, ref: MasterRef, until: float) -> None:
         self._cache[t] = (until, ref)
@@ -490,6 +504,7 @@ class Ctnetlink:
 
     def forget(self, t: FlowTuple) -> None:
         """Drop what is cached for t's conntrack (a new connection reuses its tuple)."""
+        self._missing.pop(t, None)
         hit = self._cache.pop(t, None)
         if hit is not None:
             self._cache.pop(hit[1].ends, None)
