@@ -61,7 +61,7 @@ class DaemonStats:
     deferred: int = 0
     natted: int = 0  # packets seen through NAT, given to helpers with their endpoints' addresses
     unresolved: int = 0  # first packets whose conntrack never showed up
-    attached: int = 0  # expectations attached to a verdict (first packet of a question to many)
+    attached: int = 0  # expectations attached to a verdict (first packet of a question to many, or expected)
     held: float = 0.0  # seconds packets spent in our hands before their verdict, in all
     held_max: float = 0.0
     started: float = field(default_factory=time.time)
@@ -175,7 +175,7 @@ class Daemon:
         t0 = time.perf_counter()
         verdict_accept = True
         unconfirmed = None
-        first: list[Expectation] = []  # asked for by a question to many, its flow's first packet
+        first: list[Expectation] = []  # asked for by a flow's first packet, to attach to its verdict
         try:
             payload = pkt.get_payload()
             try:
@@ -196,10 +196,12 @@ class Daemon:
                     if seen is None:
                         self.stats.unresolved += 1
                     verdict_accept = self._inspect(seen or decoded, slot)
-                elif _to_many(decoded):
+                elif _to_many(decoded) or self.engine.table.match(t) is not None:
                     # answers to a multicast or broadcast question come within a millisecond,
-                    # before an expectation made after the verdict: attach it to the verdict
-                    # (such packets are not NATed in practice, so take them as they came)
+                    # before an expectation made after the verdict: attach it to the verdict;
+                    # so for a flow alg itself expected (an SSDP answer, whose LOCATION opens
+                    # the SUBSCRIBE connection, which must carry the helper in turn). Such
+                    # packets are not NATed in practice: take them as they came.
                     self._inspect(decoded, slot, first)
                 else:
                     unconfirmed = decoded
