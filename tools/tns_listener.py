@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import socket
 import struct
+import threading
 
 
 def packet(ptype: int, body: bytes) -> bytes:
@@ -31,40 +32,44 @@ def serve(a: argparse.Namespace) -> None:
     srv.listen(8)
     while True:
         conn, _ = srv.accept()
-        with conn:
-            head = conn.recv(8)
-            if len(head) < 8:
-                continue
-            (length,) = struct.unpack_from(">H", head)
-            rest = b""
-            while len(rest) < length - 8:
-                chunk = conn.recv(length - 8 - len(rest))
-                if not chunk:
-                    break
-                rest += chunk
-            conn.settimeout(0.3)  # a long connect string follows the CONNECT in a DATA packet: take it too
-            try:
-                while conn.recv(65536):
-                    pass
-            except TimeoutError:
+        threading.Thread(target=handle, args=(conn, a), daemon=True).start()
+
+
+def handle(conn: socket.socket, a: argparse.Namespace) -> None:
+    with conn:
+        head = conn.recv(8)
+        if len(head) < 8:
+            return
+        (length,) = struct.unpack_from(">H", head)
+        rest = b""
+        while len(rest) < length - 8:
+            chunk = conn.recv(length - 8 - len(rest))
+            if not chunk:
+                break
+            rest += chunk
+        conn.settimeout(0.3)  # a long connect string follows the CONNECT in a DATA packet: take it too
+        try:
+            while conn.recv(65536):
                 pass
-            conn.settimeout(None)
-            if a.refuse:
-                conn.sendall(packet(4, b"\x22\x00\x00\x1c(DESCRIPTION=(ERR=12514)(VSNNUM=0))"[:4] +
-                                    b"(DESCRIPTION=(ERR=12514)(VSNNUM=0))"))
-                continue
-            data = (f"(ADDRESS=(PROTOCOL=TCP)(HOST={a.redirect_host})(PORT={a.redirect_port}))".encode()
-                    + b"\0(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=XE)))")
-            if a.split:
-                conn.sendall(packet(5, struct.pack(">H", len(data))) + packet(6, b"\0\0" + data))
-            else:
-                conn.sendall(packet(5, struct.pack(">H", len(data)) + data))
-            conn.settimeout(5)
-            try:
-                while conn.recv(65536):  # until the client goes to the redirected address and closes
-                    pass
-            except OSError:
+        except TimeoutError:
+            pass
+        conn.settimeout(None)
+        if a.refuse:
+            conn.sendall(packet(4, b"\x22\x00\x00\x1c(DESCRIPTION=(ERR=12514)(VSNNUM=0))"[:4] +
+                                b"(DESCRIPTION=(ERR=12514)(VSNNUM=0))"))
+            return
+        data = (f"(ADDRESS=(PROTOCOL=TCP)(HOST={a.redirect_host})(PORT={a.redirect_port}))".encode()
+                + b"\0(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=XE)))")
+        if a.split:
+            conn.sendall(packet(5, struct.pack(">H", len(data))) + packet(6, b"\0\0" + data))
+        else:
+            conn.sendall(packet(5, struct.pack(">H", len(data)) + data))
+        conn.settimeout(5)
+        try:
+            while conn.recv(65536):  # until the client goes to the redirected address and closes
                 pass
+        except OSError:
+            pass
 
 
 def main() -> None:
