@@ -7,10 +7,14 @@ with select(): a queued packet is decoded, its conntrack looked up (cached
 per packet tuple) so the helper sees the flow as its endpoints do, whatever
 NAT lies between, the packet is given to the engine with the queue's helper,
 the expectations it yields are created with ctnetlink *before* the verdict,
-and then the packet is accepted, whatever happened on the way. Two cases
-wait until after the verdict: a flow's first packet, whose conntrack the
-kernel confirms only once the packet leaves our queue (it is inspected right
-after its verdict, retried briefly), and observers' hooks.
+and then the packet is accepted, whatever happened on the way. A flow's
+first packet is special: the kernel confirms its conntrack only once the
+packet leaves our queue, so ctnetlink cannot name it as a master yet. A
+question to a multicast or broadcast address, or a flow alg itself
+expected, is inspected as it came and its expectation attached to the
+verdict (NFQA_EXP), since answers follow within a millisecond; any other
+first packet is inspected right after its verdict (retried briefly).
+Observers' hooks also run after the verdict.
 
 On SIGTERM/SIGINT the helpers are disabled and removed and the queues
 unbound: a helper left enabled with nobody reading its queue breaks the
@@ -212,7 +216,7 @@ class Daemon:
         finally:
             try:
                 if first and self._verdict_with(pkt, slot, first[0]):
-                    pass
+                    self.stats.attached += 1
                 elif verdict_accept:
                     pkt.accept()
                 else:
@@ -237,7 +241,6 @@ class Daemon:
         except OSError as exc:
             self.stats.kernel_errors[errno_name(exc.errno or 0)] += 1
             return False
-        self.stats.attached += 1
         return True
 
     def _as_conntrack_sees(self, pkt: Packet, t: FlowTuple, miss_ttl: float = 0.0) -> Packet | None:
