@@ -1,15 +1,10 @@
 # Shared by tests/lab/scenarios/sip.sh and sip-pressure.sh (sourced, runs in the lab VM).
 # Needs ALG_ROOT, ALG, LAB_DIR, LAB_SCRATCH; the caller has sourced "$LAB_DIR/netns.sh".
 
+# shellcheck source=../../tests/lab/lib.sh
+source "$ALG_ROOT/tests/lab/lib.sh"  # pass, fail, check, FAILS
 SIPP_DIR=$ALG_ROOT/tools/sipp
-FAILS=0
 ALG_PID=
-pass() { echo "PASS $*"; }
-fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
-check() {  # NAME CMD...: PASS/FAIL on the command's status
-    local name=$1; shift
-    if "$@"; then pass "$name"; else fail "$name"; fi
-}
 
 # sip_policy DIR [KEY=VALUE...]: the SIP policy under a name that cannot clash
 # with the kernel's own nf_conntrack_sip ("sip"), options overridden

@@ -7,11 +7,10 @@
 # controls (helpers registered but no daemon; daemon killed; helpers disabled).
 # Passes when both runs PASS and alg's expectations equal conntrackd's (ports normalised).
 set -u
+# shellcheck source=../lib.sh
+source "$ALG_ROOT/tests/lab/lib.sh"
 OUT=$LAB_SCRATCH/anchor-alg; mkdir -p "$OUT" /run/alg-lab/anchor
 POL=/run/alg-lab/anchor/policy; mkdir -p "$POL"
-fails=0
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1"; fails=$((fails + 1)); }
 cat >"$POL/rpc.toml" <<TOML
 helper = "rpc"
 queue = 1
@@ -51,4 +50,4 @@ echo "conntrackd:"; sed 's/^/  /' "$OUT/conntrackd.norm"
 echo "alg:"; sed 's/^/  /' "$OUT/alg.norm"
 [ -s "$OUT/alg.norm" ] && cmp -s "$OUT/alg.norm" "$OUT/conntrackd.norm" && pass expectations-equal-conntrackd \
     || fail expectations-equal-conntrackd
-exit $((fails > 0))
+exit $((FAILS > 0))

@@ -4,10 +4,9 @@
 # cross-checked with `nfct list helper`; update of an nfct-pre-registered helper.
 # Helpers are global to the kernel, so no namespaces are needed here.
 set -u
+# shellcheck source=../lib.sh
+source "$ALG_ROOT/tests/lab/lib.sh"
 PY="$ALG_ROOT/.venv/bin/python"
-fails=0
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1"; fails=$((fails + 1)); }
 cleanup() { nfct del helper alg-selftest inet tcp 2>/dev/null; nfct del helper alg-pre inet tcp 2>/dev/null; true; }
 trap cleanup EXIT
 modprobe nfnetlink_cthelper 2>/dev/null
@@ -42,7 +41,7 @@ with Cthelper() as c:
     print("PASS" if gone else "FAIL", "cthelper-unregister-preregistered")
     sys.exit(0 if ok and gone else 1)
 PYEOF
-[ $? -eq 0 ] || fails=$((fails + 1))
+[ $? -eq 0 ] || FAILS=$((FAILS + 1))
 nfct del helper ftp inet tcp 2>/dev/null
-[ $fails -eq 0 ] && echo "cthelper: all PASS" && exit 0
-echo "cthelper: $fails FAIL"; exit 1
+[ $FAILS -eq 0 ] && echo "cthelper: all PASS" && exit 0
+echo "cthelper: $FAILS FAIL"; exit 1

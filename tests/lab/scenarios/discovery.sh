@@ -39,15 +39,13 @@ set -u
 : "${ALG_ROOT:?}" "${ALG:?}" "${LAB_DIR:?}" "${LAB_SCRATCH:?}"
 # shellcheck source=/dev/null
 source "$LAB_DIR/netns.sh"
+# shellcheck source=../lib.sh
+source "$ALG_ROOT/tests/lab/lib.sh"
 OUT=$LAB_SCRATCH/discovery RUN=/run/alg-discovery
 PY="${LAB_HOST_PYTHON:-/usr/bin/python3} -I"   # the peers are stdlib only
 PEERS=$ALG_ROOT/tools/discovery_peers.py
 rm -rf "$OUT" "$RUN"; mkdir -p "$OUT/policy" "$RUN"
-FAILS=0
 declare -A PID=()
-pass() { echo "PASS $*"; }
-fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
-check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; fi; }
 start() { local name=$1 ns=$2; shift 2; ip netns exec "$ns" "$@" >"$OUT/$name.log" 2>&1 & PID[$name]=$!; }
 stop() {  # SIGTERM, wait up to 10 s, then SIGKILL
     local n p i

@@ -9,14 +9,14 @@
 #      creates equals alg's (timeout, data port and client port normalised)
 set -u
 source "$LAB_DIR/netns.sh"
+# shellcheck source=../lib.sh
+source "$ALG_ROOT/tests/lab/lib.sh"
 RUN=/run/alg-lab/ftp; OUT=$LAB_SCRATCH/ftp; mkdir -p "$RUN/root" "$OUT"
 SYS_PY="/usr/bin/python3 -I"            # has pyftpdlib (Debian package)
 PEERS="$SYS_PY $LAB_DIR/lab_peers.py"
 POLICY=$RUN/ftp.toml
 SOCK=$RUN/alg.sock
-fails=0; PIDS=(); ALG_PID=
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1"; fails=$((fails + 1)); }
+PIDS=(); ALG_PID=
 cleanup() {
     [ -n "$ALG_PID" ] && kill "$ALG_PID" 2>/dev/null
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
@@ -97,26 +97,7 @@ rc=$?
 
 # reference: conntrackd's ftp helper on the same transfer
 fw_reset
-cat >"$RUN/conntrackd.conf" <<CONF
-General {
-	HashSize 8192
-	HashLimit 65535
-	Syslog off
-	LogFile $RUN/conntrackd.log
-	LockFile $RUN/conntrackd.lock
-	UNIX { Path $RUN/conntrackd.ctl }
-}
-Helper {
-	Type ftp inet tcp {
-		QueueNum 5
-		QueueLen 1024
-		Policy ftp {
-			ExpectMax 1
-			ExpectTimeout 300
-		}
-	}
-}
-CONF
+conntrackd_conf "$RUN/conntrackd.conf" "$RUN" ftp tcp 5 1 300
 lab_fw nfct del helper ftp inet tcp 2>/dev/null  # alg left it disabled while conntracks used it
 lab_fw nfct add helper ftp inet tcp
 ip netns exec "$LAB_NS_FW" conntrackd -C "$RUN/conntrackd.conf" >"$OUT/conntrackd.out" 2>&1 & PIDS+=($!)
@@ -133,4 +114,4 @@ echo "alg:        $(cat "$OUT/alg-exp.norm")"
 echo "conntrackd: $(cat "$OUT/conntrackd-exp.norm")"
 [ -s "$OUT/alg-exp.norm" ] && cmp -s "$OUT/alg-exp.norm" "$OUT/conntrackd-exp.norm" \
     && pass expectations-equal-conntrackd || fail expectations-equal-conntrackd
-exit $((fails > 0))
+exit $((FAILS > 0))

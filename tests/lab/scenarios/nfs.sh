@@ -12,14 +12,14 @@
 # negative control: alg stopped -> the mount fails, the firewall drops the follow-up flows.
 set -u
 source "$LAB_DIR/netns.sh"
+# shellcheck source=../lib.sh
+source "$ALG_ROOT/tests/lab/lib.sh"
 RUN=/run/alg-lab/nfs; OUT=$LAB_SCRATCH/nfs; EXP=$RUN/export; MNT=$RUN/mnt
 mkdir -p "$RUN" "$OUT" "$EXP" "$MNT" /run/rpcbind
 PY=$ALG_ROOT/.venv/bin/python
 POLICY=$RUN/rpc.toml
 SOCK=$RUN/alg.sock
-fails=0; PIDS=(); ALG_PID=
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1"; fails=$((fails + 1)); }
+PIDS=(); ALG_PID=
 cleanup() {
     [ -n "$ALG_PID" ] && kill "$ALG_PID" 2>/dev/null
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
@@ -114,4 +114,4 @@ sed 's/^/    /' "$OUT/neg.log"
 [ $rc != 0 ] && [ "$(lab_fw_count drop)" -gt "$d0" ] && [ ! -e "$EXP/from-client.txt" ] \
     && pass negative-control-dropped || fail negative-control-dropped
 lab_fw_show | sed 's/^/    /'
-exit $((fails > 0))
+exit $((FAILS > 0))

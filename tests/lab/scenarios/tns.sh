@@ -21,14 +21,14 @@
 # expectation at once, and a used one leaves the kernel's list.
 set -u
 source "$LAB_DIR/netns.sh"
+# shellcheck source=../lib.sh
+source "$ALG_ROOT/tests/lab/lib.sh"
 RUN=/run/alg-lab/tns; OUT=$LAB_SCRATCH/tns; mkdir -p "$RUN" "$OUT"
 PY=$ALG_ROOT/.venv/bin/python
 POLICY=$RUN/tns.toml
 SOCK=$RUN/alg.sock
 THIRD=10.0.2.3
-fails=0; PIDS=(); ALG_PID=; EW_PID=
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1"; fails=$((fails + 1)); }
+PIDS=(); ALG_PID=; EW_PID=
 cleanup() {
     [ -n "$ALG_PID" ] && kill "$ALG_PID" 2>/dev/null
     [ -n "$EW_PID" ] && kill "$EW_PID" 2>/dev/null
@@ -222,26 +222,7 @@ client "$LAB_SERVER4:1521/XE" 2 neg
 
 echo "reference: conntrackd's tns helper"
 fw_reset
-cat >"$RUN/conntrackd.conf" <<CONF
-General {
-	HashSize 8192
-	HashLimit 65535
-	Syslog off
-	LogFile $RUN/conntrackd.log
-	LockFile $RUN/conntrackd.lock
-	UNIX { Path $RUN/conntrackd.ctl }
-}
-Helper {
-	Type tns inet tcp {
-		QueueNum 23
-		QueueLen 1024
-		Policy tns {
-			ExpectMax 1
-			ExpectTimeout 300
-		}
-	}
-}
-CONF
+conntrackd_conf "$RUN/conntrackd.conf" "$RUN" tns tcp 23 1 300
 lab_fw nfct del helper tns inet tcp 2>/dev/null  # alg left it disabled while the CT rules use it
 lab_fw nfct add helper tns inet tcp 2>/dev/null
 ip netns exec "$LAB_NS_FW" conntrackd -C "$RUN/conntrackd.conf" >"$OUT/conntrackd.out" 2>&1 & PIDS+=($!)
@@ -268,4 +249,4 @@ echo "alg:        $(cat "$OUT/alg-exp.norm")"
 echo "conntrackd: $(cat "$OUT/conntrackd-exp.norm")"
 [ -s "$OUT/alg-exp.norm" ] && cmp -s "$OUT/alg-exp.norm" "$OUT/conntrackd-exp.norm" \
     && pass expectations-equal-conntrackd || fail expectations-equal-conntrackd
-exit $((fails > 0))
+exit $((FAILS > 0))
