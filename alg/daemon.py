@@ -14,7 +14,10 @@ question to a multicast or broadcast address, or a flow alg itself
 expected, is inspected as it came and its expectation attached to the
 verdict (NFQA_EXP), since answers follow within a millisecond; any other
 first packet is inspected right after its verdict (retried briefly).
-Observers' hooks also run after the verdict.
+Observers' hooks also run after the verdict. The kernel's expectation
+events keep alg's table true: an expectation its flow used is gone at once,
+and no longer counts against ExpectMax, the budget or a later master's
+claim to the same tuple.
 
 On SIGTERM/SIGINT the helpers are disabled and removed and the queues
 unbound: a helper left enabled with nobody reading its queue breaks the
@@ -45,7 +48,7 @@ from .expect import Expectation, Refusal
 from .flows import packet_tuple
 from .model import FlowTuple
 from .kernel.cthelper import Cthelper
-from .kernel.ctnetlink import Ctnetlink, exp_body, is_full
+from .kernel.ctnetlink import Ctnetlink, Events, exp_body, is_full
 from .kernel.nfqueue import QueueSet
 from .plugins import PluginHost
 from .policy import Policy, default_policy, load_policy
@@ -65,6 +68,7 @@ class DaemonStats:
     deferred: int = 0
     natted: int = 0  # packets seen through NAT, given to helpers with their endpoints' addresses
     unresolved: int = 0  # first packets whose conntrack never showed up
+    events_lost: int = 0  # expectation events the kernel could not deliver (ENOBUFS)
     attached: int = 0  # expectations attached to a verdict (first packet of a question to many, or expected)
     held: float = 0.0  # seconds packets spent in our hands before their verdict, in all
     held_max: float = 0.0
@@ -101,6 +105,8 @@ class Daemon:
         self.stats = DaemonStats()
         self.warn = RateLimitedLog(log, self.policy.core.log_interval)
         self.ct = Ctnetlink()
+        self.engine.kernel_holds = self._kernel_holds
+        self.exp_events: Events | None = None
         self.cthelper = Cthelper()
         self.queues = QueueSet()
         self.registered: list[tuple[str, int, int]] = []  # (name, l3, l4proto)
@@ -115,6 +121,9 @@ class Daemon:
         if self.use_cthelper and not self.cthelper.supported():
             raise KernelError(E.EOPNOTSUPP, "cthelper",
                               "this kernel has no nfnetlink_cthelper (CONFIG_NF_CT_NETLINK_HELPER); see `alg doctor`")
+        # before any master of ours exists: with nf_conntrack_events=2 (the default) the
+        # kernel reports a master's expectations only to listeners older than the master
+        self.exp_events = self.ct.events()
         for slot in self.engine.slots.values():
             self._register(slot)
         self._write_state()
@@ -141,6 +150,9 @@ class Daemon:
         self.registered.clear()
         self._write_state()
         self.queues.unbind_all()
+        if self.exp_events is not None:
+            self.exp_events.close()
+            self.exp_events = None
         if self.status_sock is not None:
             self.status_sock.close()
             self.status_sock = None
@@ -325,6 +337,32 @@ class Daemon:
                 name = errno_name(exc.errno)
                 self.stats.kernel_errors[name] += 1
 
+    def _kernel_holds(self, e: Expectation) -> bool:
+        try:
+            return self.ct.get(e) is not None
+        except KernelError:
+            return True  # in doubt the clash stands
+
+    def _follow_kernel(self) -> None:
+        """Drop from the table what the kernel's events say it let go (used, deleted, timed out)."""
+        assert self.exp_events is not None
+        last = {}  # the last event per tuple and mask says whether the kernel holds it now
+        for ev in self.exp_events.read():
+            if ev.expectation is None:  # missed ones show up when they clash (kernel_holds)
+                self.stats.events_lost += 1
+            else:
+                k = ev.expectation
+                last[(k.tuple, k.mask)] = (ev.kind, k.master)
+        now = time.monotonic()
+        for (t, mask), (kind, master) in last.items():
+            e = self.engine.table.holding(t, mask.src, mask.sport == 0) if kind == "destroy" else None
+            if e is None:
+                continue
+            # ours names its master by the endpoints' view; the kernel by the conntrack's tuple
+            ref = self.ct.lookup(e.master)
+            if ref is None or ref.tuple == master:  # not another master's, still unborn
+                self.engine.ended(e, now)
+
     def _retry_pending(self) -> None:
         now = time.monotonic()
         due = [p for p in self.pending if p[0] <= now]
@@ -344,6 +382,8 @@ class Daemon:
                     self.reload_asked = False
                     self.reload()
                 fds = self.queues.fds() + [self._wake_r] + ([self.status_sock.fileno()] if self.status_sock else [])
+                if self.exp_events is not None:
+                    fds.append(self.exp_events.fileno())
                 timeout = max(0.0, min(p[0] for p in self.pending) - time.monotonic()) if self.pending else 1.0
                 try:
                     ready, _, _ = select.select(fds, [], [], timeout)
@@ -354,6 +394,8 @@ class Daemon:
                         self._serve_status()
                     elif fd == self._wake_r:
                         os.read(self._wake_r, 64)
+                    elif self.exp_events is not None and fd == self.exp_events.fileno():
+                        self._follow_kernel()
                     else:
                         self.queues.service(fd)
                 if self.pending:
@@ -422,6 +464,7 @@ class Daemon:
             "decode_errors": self.stats.decode_errors, "queue_errors": self.stats.queue_errors,
             "kernel_errors": dict(self.stats.kernel_errors), "deferred": self.stats.deferred,
             "natted": self.stats.natted, "unresolved": self.stats.unresolved, "attached": self.stats.attached,
+            "events_lost": self.stats.events_lost,
             "verdict_us_mean": round(1e6 * self.stats.held / max(1, self.stats.verdicts), 1),
             "verdict_us_max": round(1e6 * self.stats.held_max, 1),
             "queues": {s.policy.name: s.policy.queue for s in self.engine.slots.values()},

@@ -45,7 +45,8 @@ def cmd_status(args: argparse.Namespace, host: PluginHost) -> int:
           f"held {st['verdict_us_mean']} us on average, at most {st['verdict_us_max']} us), "
           f"{st['decode_errors']} undecodable, {st['queue_errors']} queue errors, "
           f"{st['expectations']}/{st['expect_budget']} expectations, "
-          f"{st['natted']} seen through NAT, {st['unresolved']} without conntrack")
+          f"{st['natted']} seen through NAT, {st['unresolved']} without conntrack"
+          + (f", {st['events_lost']} expectation events lost" if st["events_lost"] else ""))
     if st["kernel_errors"]:
         print("kernel errors: " + ", ".join(f"{k} {v}" for k, v in st["kernel_errors"].items()))
     for name, h in st["helpers"].items():
@@ -55,8 +56,8 @@ def cmd_status(args: argparse.Namespace, host: PluginHost) -> int:
         for cname, c in h["classes"].items():
             refused = ", ".join(f"{k} {v}" for k, v in c["refused"].items()) or "0"
             failed = ", ".join(f"{k} {v}" for k, v in c["kernel_failed"].items()) or "0"
-            print(f"  class {cname}: created {c['created']}, refused {refused}, evicted {c['evicted']}, "
-                  f"removed {c['removed']}, kernel failed {failed}")
+            print(f"  class {cname}: created {c['created']}, used {c['used']}, refused {refused}, "
+                  f"evicted {c['evicted']}, removed {c['removed']}, kernel failed {failed}")
     return EXIT_OK
 
 

@@ -45,7 +45,7 @@ Decision = Create | Delete
 class ExpectationEvent:
     """What `alg_expectation_event` observers get."""
 
-    kind: str  # created | refused | evicted | removed | failed
+    kind: str  # created | refused | evicted | removed | failed | used
     expectation: Expectation
     reason: str = ""
 
@@ -55,6 +55,7 @@ class ClassStats:
     created: int = 0
     evicted: int = 0
     removed: int = 0
+    used: int = 0  # ended before their timeout: their flow came (or someone deleted them in the kernel)
     refused: Counter = field(default_factory=Counter)  # by Refusal value
     kernel_failed: Counter = field(default_factory=Counter)  # by errno name
 
@@ -75,7 +76,7 @@ class HelperStats:
             "parse_errors": self.parse_errors, "internal_errors": self.internal_errors,
             "notices": dict(self.notices),
             "classes": {
-                n: {"created": c.created, "evicted": c.evicted, "removed": c.removed,
+                n: {"created": c.created, "evicted": c.evicted, "removed": c.removed, "used": c.used,
                     "refused": dict(c.refused), "kernel_failed": dict(c.kernel_failed)}
                 for n, c in self.classes.items()
             },
@@ -131,6 +132,11 @@ class Engine:
         self._swept = 0.0
         self.events: list[ExpectationEvent] = []
         self.warn = RateLimitedLog(log, self.core.log_interval)
+        # Whether the kernel still holds an expectation, asked before refusing a clash
+        # (the daemon sets it): an expectation used by its flow leaves the kernel at
+        # once, and a new master may then expect the same tuple. None: the table is
+        # the truth (replay removes used ones itself).
+        self.kernel_holds: Callable[[Expectation], bool] | None = None
         # replay chooses the helper by protocol and destination port, as the
         # raw-table `CT --helper` rule would
         self.by_port: dict[tuple[int, int], HelperSlot] = {}
@@ -192,7 +198,7 @@ class Engine:
             exp = self.table.match(tup)
             if exp is not None:
                 if not exp.flags & 0x1:  # PERMANENT ones stay
-                    self.table.remove(exp)
+                    self.ended(exp, now)
                 self.related_flows += 1
                 child = self.slots.get(exp.helper) if exp.assign_helper else None
                 flow = self._flow_for(tup, child, now)
@@ -264,6 +270,10 @@ class Engine:
         ec = pol.expect_class(a.cls)
         e = Expectation(pol.name, a.cls, pol.class_id(a.cls), l3, a.proto, a.src, a.dst, a.sport, a.dport,
                         flow.tuple, ec.timeout, a.flags, frame, now, a.tag, a.src_prefix, a.assign_helper)
+        held = self.table.get(e.key)
+        if held is not None and held.master != e.master and self.kernel_holds is not None \
+                and not self.kernel_holds(held):
+            self.ended(held, now)  # used, and we missed the kernel's event: no clash
         adm: Admission = self.table.admit(e, h.max_expected[a.cls])
         out: list[Decision] = []
         for victim in adm.evicted:
@@ -288,6 +298,17 @@ class Engine:
             hint = " - the expectation table is full; raise it (see `alg doctor`)"
         self.warn(logging.WARNING, f"refused-{why.value}", "%s: expectation refused (%s%s) for %s%s",
                   e.helper, why.value, f": {detail}" if detail else "", e.master, hint)
+
+    def ended(self, e: Expectation, now: float) -> None:
+        """The kernel let e go: its flow came (or someone deleted it), or it timed out.
+        Either way it no longer counts against ExpectMax, the budget or clashes."""
+        if not self.table.remove(e):
+            return
+        if now < e.created + e.timeout - 1:  # not its timeout
+            h = self.slots.get(e.helper)
+            if h is not None and e.cls in h.stats.classes:
+                h.stats.classes[e.cls].used += 1
+            self.events.append(ExpectationEvent("used", e))
 
     def kernel_failed(self, e: Expectation, errno_name: str, full: bool) -> None:
         """The daemon reports a create the kernel refused: undo and count it."""

@@ -199,6 +199,18 @@ class ExpectationTable:
                 out += [e for e in q if tag is None or e.tag == tag]
         return out
 
+    def get(self, key: tuple) -> Expectation | None:
+        return self._by_key.get(key)
+
+    def holding(self, t: FlowTuple, src_mask: IPAddress, any_sport: bool) -> Expectation | None:
+        """Ours among the kernel's: the expectation of tuple t and this mask (as a kernel event names one)."""
+        for key in self._by_dest.get((t.proto, t.dst, t.dport), ()):
+            e = self._by_key[key]
+            if (e.l3 == t.l3 and e.src_mask == src_mask and (e.sport is None) == any_sport
+                    and (e.sport is None or e.sport == t.sport) and (e.src is None or t.src in e.src_network)):
+                return e
+        return None
+
     def match(self, t: FlowTuple) -> Expectation | None:
         """The expectation a new flow fulfils, if any (replay's conntrack lookup)."""
         for key in self._by_dest.get((t.proto, t.dst, t.dport), ()):

@@ -59,7 +59,8 @@ def alg_expectation_event(event: Any) -> None:
     """Observe the fate of an expectation request.
 
     `event` is an `alg.ExpectationEvent`: `kind` is one of 'created',
-    'refused', 'evicted', 'removed', 'failed'; it carries the expectation and,
+    'refused', 'evicted', 'removed', 'failed', 'used' (its flow came; live,
+    also when someone deleted it in the kernel); it carries the expectation and,
     for refusals and failures, the reason. Called after the verdict of the
     packet that caused it, never while a packet waits. Keep it cheap; an
     exception here is logged and ignored.

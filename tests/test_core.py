@@ -142,6 +142,21 @@ def test_src_prefix_gives_a_network_mask():
     assert not e.matches(FlowTuple(4, 17, ipaddress.ip_address("192.168.2.1"), B, 5353, 53))
 
 
+def test_holding_finds_ours_by_the_kernels_tuple_and_mask():
+    ip = ipaddress.ip_address
+    t = ExpectationTable()
+    wild = Expectation("ftp", "default", 0, 4, 6, None, B, None, 1000, MASTER, 300)
+    net = Expectation("ftp", "default", 0, 4, 6, ip("192.168.1.7"), B, None, 1001, MASTER, 300, src_prefix=24)
+    t.admit(wild, 9)
+    t.admit(net, 9)
+    zero, ones = ip("0.0.0.0"), ip("255.255.255.255")
+    assert t.holding(FlowTuple(4, 6, zero, B, 0, 1000), zero, True) is wild
+    assert t.holding(FlowTuple(4, 6, ip("192.168.1.0"), B, 0, 1001), ip("255.255.255.0"), True) is net
+    assert t.holding(FlowTuple(4, 6, ip("192.168.1.7"), B, 0, 1001), ones, True) is None  # another mask
+    assert t.holding(FlowTuple(4, 6, zero, B, 0, 1000), zero, False) is None  # a fixed source port
+    assert t.holding(FlowTuple(4, 17, zero, B, 0, 1000), zero, True) is None
+
+
 # ---------------------------------------------------------------- engine
 class Boom(alg.Helper):
     spec = alg.HelperSpec(name="boom", protocols=(alg.UDP,), ports=(9,), classes=(alg.ExpectClass("d", 1, 9),))
@@ -190,6 +205,31 @@ def test_budget_refusal_is_counted_by_reason():
     eng.process(udp(b"a", 6000), 0.0)
     assert eng.process(udp(b"b", 6001), 0.0) == []
     assert eng.stats()["helpers"]["boom"]["classes"]["d"]["refused"] == {"budget": 1}
+
+
+def test_a_clash_with_an_expectation_the_kernel_let_go_is_no_clash():
+    eng = engine_with(Boom)
+    [first] = eng.process(udp(b"x", 5000), 0.0)
+    assert eng.process(udp(b"x", 5001), 1.0) == []  # another master, same tuple: replay trusts its table
+    asked = []
+    eng.kernel_holds = lambda e: asked.append(e) or True
+    assert eng.process(udp(b"x", 5002), 2.0) == [] and asked == [first.expectation]
+    eng.kernel_holds = lambda e: False  # its flow came and used it
+    [d] = eng.process(udp(b"x", 5003), 3.0)
+    assert isinstance(d, Create) and d.expectation.master.sport == 5003
+    c = eng.stats()["helpers"]["boom"]["classes"]["d"]
+    assert (c["created"], c["used"], c["refused"]) == (2, 1, {"clash": 2})
+
+
+def test_an_ended_expectation_frees_its_room_and_counts_as_used_before_its_timeout():
+    eng = engine_with(Boom, expect_budget=1)
+    [a] = eng.process(udp(b"a", 6000), 0.0)
+    eng.ended(a.expectation, 5.0)  # the kernel's destroy event, long before its 9 s timeout
+    [b] = eng.process(udp(b"b", 6001), 6.0)  # the budget has room again
+    eng.ended(b.expectation, 6.0 + b.expectation.timeout)  # at its timeout: not used
+    eng.ended(b.expectation, 20.0)  # twice: nothing more
+    assert eng.stats()["helpers"]["boom"]["classes"]["d"]["used"] == 1 and len(eng.table) == 0
+    assert [ev.kind for ev in eng.take_events()] == ["created", "used", "created"]
 
 
 # ---------------------------------------------------------------- replay contract

@@ -118,6 +118,9 @@ def test_find_master_and_create_list_delete(net):
         ctn.create(e, ref, exclusive=True)
     assert ei.value.errno == errno.EEXIST
     ctn.create(e, ref)  # default: a retransmitted announcement refreshes
+    got = ctn.get(e)
+    assert got is not None and (got.master, got.tuple.dport, got.helper) == (m[21], 50004, "ftp")
+    assert ctn.get(expect(ref.tuple, dport=50005)) is None
     ks = ctn.list()
     assert len(ks) == 1
     k = ks[0]
@@ -160,6 +163,8 @@ def test_clash_between_masters(net):
         ctn.create(expect(m["21b"], dport=50030, src=None))  # overlapping (wildcard source)
     assert ei.value.errno == errno.EBUSY and not ei.value.full
     assert [k.master for k in ctn.list()] == [m[21]]
+    held = ctn.get(expect(m["21b"], dport=50030))  # asked by its tuple: whoever's it is
+    assert held is not None and held.master == m[21]
     ctn.flush()
 
 

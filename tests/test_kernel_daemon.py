@@ -46,7 +46,7 @@ def test_alg_run_without_cthelper_fails_clearly(kernel_ok: None) -> None:
 
 
 def ftp_through_alg(prefix: str, queue_rules: list[list[str]], transfers: list[list[str]],
-                    nat: bool = False) -> tuple[dict, str]:
+                    nat: bool = False, pasv_ports: int = 101) -> tuple[dict, str]:
     """vsftpd in the server namespace, curl transfers from the client, the control
     connection's packets queued to `alg -v run --no-cthelper` (queue 7) in the fw by
     `queue_rules`; returns alg's status and log."""
@@ -58,7 +58,8 @@ def ftp_through_alg(prefix: str, queue_rules: list[list[str]], transfers: list[l
         for p in (tmp, root):
             os.chmod(p, 0o755)
         os.chmod(root / "f.bin", 0o644)
-        (Path(tmp) / "vsftpd.conf").write_text(VSFTPD_CONF.format(root=root))
+        conf = VSFTPD_CONF.format(root=root).replace("pasv_max_port=40100", f"pasv_max_port={40000 + pasv_ports - 1}")
+        (Path(tmp) / "vsftpd.conf").write_text(conf)
         (Path(tmp) / "ftp.toml").write_text('helper = "ftp"\nqueue = 7\n')
         sock = f"{tmp}/alg.sock"
         (Path(tmp) / "alg.toml").write_text(f'[core]\nstatus_socket = "{sock}"\n')
@@ -115,3 +116,16 @@ def test_helper_sees_the_real_endpoints_behind_snat(kernel_ok: None) -> None:
     created = [x for x in log.splitlines() if "created" in x]
     assert len(created) == 1 and f"src={CLIENT4} dst={SERVER4}" in created[0], log
     assert st["natted"] > 0 and st["helpers"]["ftp"]["classes"]["ftp"]["created"] == 1, st
+
+
+def test_a_passive_port_used_by_one_session_can_be_expected_by_the_next(kernel_ok: None) -> None:
+    """An FTP server with one passive port: every session's 227 names the same
+    port, so each new control connection (another master) expects the tuple the
+    last one expected. The kernel forgets an expectation once its data connection
+    came; alg must too (its destroy event), or it refuses the next one as a clash."""
+    rules = [["iptables", "-A", "FORWARD", "-p", "tcp", *match, "-j", "NFQUEUE", "--queue-num", "7"]
+             for match in (["--dport", "21"], ["--sport", "21"])]
+    st, log = ftp_through_alg(f"alg-dp{os.getpid() % 100:02d}", rules, [["--disable-epsv"]] * 3, pasv_ports=1)
+    c = st["helpers"]["ftp"]["classes"]["ftp"]
+    assert c["created"] == 3 and not c["refused"], st
+    assert c["used"] == 3 and st["expectations"] == 0, st

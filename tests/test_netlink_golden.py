@@ -36,6 +36,9 @@ EXP_NEW_V4_ASSIGN = (  # with CTA_EXPECT_HELP_NAME "ftp" (08000600 66747000)
     "0600000006000200000000000600030"
     "0c3540000340003801400018008000100ffffffff08000200ffffffff1c00028005000100060000000600020000000000060003"
     "00ffff0000080004000000012c0800060066747000060007000000000008000800000000000800090000000000")
+EXP_GET_V4 = ("4800000001020500070000000000000002000000"  # nlmsghdr (EXP_GET, REQUEST|ACK, seq 7), nfgenmsg
+              "3400028014000180080001000a000102080002000a0002021c000280050001000600000006000200000000000600"
+              "0300c3540000")  # CTA_EXPECT_TUPLE 10.0.1.2 -> 10.0.2.2 tcp sport 0 dport 50004
 # the same without the helper name: 8 bytes shorter
 EXP_NEW_V4 = "d0" + EXP_NEW_V4_ASSIGN[2:].replace("0800060066747000", "")
 
@@ -107,10 +110,17 @@ def test_exp_roundtrip_fields():
     assert (k.tuple.src, k.tuple.dst, k.tuple.sport, k.tuple.dport) == (e.src, e.dst, 20, 50004)
 
 
-def test_exp_delete_layout():
-    b = C.pack_exp_delete(exp(M4), seq=1)
-    assert struct.unpack_from("=H", b, 4)[0] == (L.NFNL_SUBSYS_CTNETLINK_EXP << 8) | C.IPCTNL_MSG_EXP_DELETE
+@pytest.mark.parametrize("msg_type", [C.IPCTNL_MSG_EXP_GET, C.IPCTNL_MSG_EXP_DELETE])
+@pytest.mark.parametrize("e", [exp(M4), exp(M6, src=None, sport=5060, proto=17)])
+def test_exp_get_and_delete_equal_pyroute2(msg_type, e):
+    b = C.pack_exp_by_tuple(msg_type, e, seq=1)
+    assert b == C.pyroute2_exp_by_tuple(msg_type, e, seq=1)
+    assert struct.unpack_from("=H", b, 4)[0] == (L.NFNL_SUBSYS_CTNETLINK_EXP << 8) | msg_type
     assert list(L.parse_attrs(b, 20)) == [C.CTA_EXPECT_TUPLE]
+
+
+def test_exp_get_v4_golden():
+    assert C.pack_exp_by_tuple(C.IPCTNL_MSG_EXP_GET, exp(M4), seq=7).hex() == EXP_GET_V4
 
 
 def test_parse_ignores_truncated():

@@ -223,24 +223,37 @@ def pack_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0, exclusive: bo
                      EXP_NEW_FLAGS | (L.NLM_F_EXCL if exclusive else 0), FAMILY[e.l3], exp_body(e, master), seq, pid)
 
 
-def pack_exp_delete(e, seq: int = 0, pid: int = 0) -> bytes:
+def pack_exp_by_tuple(msg_type: int, e, seq: int = 0, pid: int = 0) -> bytes:
+    """EXP_GET or EXP_DELETE of the expectation with e's tuple (the kernel matches it under each one's mask)."""
     zero = bytes(16 if e.l3 == 6 else 4)
     body = pack_tuple(CTA_EXPECT_TUPLE, e.l3, e.proto, zero if e.src is None else e.src.packed, e.dst.packed,
                       e.sport or 0, e.dport)
-    return L.message(L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_DELETE, L.NLM_F_REQUEST | L.NLM_F_ACK,
+    return L.message(L.NFNL_SUBSYS_CTNETLINK_EXP, msg_type, L.NLM_F_REQUEST | L.NLM_F_ACK,
                      FAMILY[e.l3], body, seq, pid)
+
+
+def _pyroute2_encode(m, family: int, attrs: list, subsys: int, msg_type: int, flags: int, seq: int,
+                     pid: int) -> bytes:
+    m["nfgen_family"] = family
+    m["attrs"] = attrs
+    m["header"]["type"] = (subsys << 8) | msg_type
+    m["header"]["flags"] = flags
+    m["header"]["sequence_number"] = seq
+    m["header"]["pid"] = pid
+    m.encode()
+    return bytes(m.data)
+
+
+def _pyroute2_exp_tuple(e) -> dict:
+    return tuple_nla(FlowTuple(e.l3, e.proto, e.src if e.src is not None else e._zero(), e.dst, e.sport or 0, e.dport))
 
 
 def pyroute2_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0, exclusive: bool = False) -> bytes:
     """Reference encoding of pack_exp_new through the NLA classes."""
-    ones = e._ones()
-    msk = FlowTuple(e.l3, e.proto, e.src_mask, ones, 0 if e.sport is None else 0xFFFF, 0xFFFF)
-    tup = FlowTuple(e.l3, e.proto, e.src if e.src is not None else e._zero(), e.dst, e.sport or 0, e.dport)
-    m = nfct_exp_msg()
-    m["nfgen_family"] = FAMILY[e.l3]
-    m["attrs"] = [
+    msk = FlowTuple(e.l3, e.proto, e.src_mask, e._ones(), 0 if e.sport is None else 0xFFFF, 0xFFFF)
+    attrs = [
         ("CTA_EXPECT_MASTER", tuple_nla(master)),
-        ("CTA_EXPECT_TUPLE", tuple_nla(tup)),
+        ("CTA_EXPECT_TUPLE", _pyroute2_exp_tuple(e)),
         ("CTA_EXPECT_MASK", tuple_nla(msk)),
         ("CTA_EXPECT_TIMEOUT", e.timeout),
         *([("CTA_EXPECT_HELP_NAME", e.helper)] if getattr(e, "assign_helper", False) else []),
@@ -248,24 +261,20 @@ def pyroute2_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0, exclusive
         ("CTA_EXPECT_FLAGS", e.flags),
         ("CTA_EXPECT_CLASS", e.class_id),
     ]
-    m["header"]["type"] = (L.NFNL_SUBSYS_CTNETLINK_EXP << 8) | IPCTNL_MSG_EXP_NEW
-    m["header"]["flags"] = EXP_NEW_FLAGS | (L.NLM_F_EXCL if exclusive else 0)
-    m["header"]["sequence_number"] = seq
-    m["header"]["pid"] = pid
-    m.encode()
-    return bytes(m.data)
+    return _pyroute2_encode(nfct_exp_msg(), FAMILY[e.l3], attrs, L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_NEW,
+                            EXP_NEW_FLAGS | (L.NLM_F_EXCL if exclusive else 0), seq, pid)
+
+
+def pyroute2_exp_by_tuple(msg_type: int, e, seq: int = 0, pid: int = 0) -> bytes:
+    """Reference encoding of pack_exp_by_tuple."""
+    return _pyroute2_encode(nfct_exp_msg(), FAMILY[e.l3], [("CTA_EXPECT_TUPLE", _pyroute2_exp_tuple(e))],
+                            L.NFNL_SUBSYS_CTNETLINK_EXP, msg_type, L.NLM_F_REQUEST | L.NLM_F_ACK, seq, pid)
 
 
 def pyroute2_ct_get(t: FlowTuple, by_reply: bool = False, seq: int = 0, pid: int = 0) -> bytes:
-    m = nfct_ct_msg()
-    m["nfgen_family"] = FAMILY[t.l3]
-    m["attrs"] = [("CTA_TUPLE_REPLY" if by_reply else "CTA_TUPLE_ORIG", tuple_nla(t))]
-    m["header"]["type"] = (L.NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
-    m["header"]["flags"] = L.NLM_F_REQUEST | L.NLM_F_ACK
-    m["header"]["sequence_number"] = seq
-    m["header"]["pid"] = pid
-    m.encode()
-    return bytes(m.data)
+    return _pyroute2_encode(nfct_ct_msg(), FAMILY[t.l3],
+                            [("CTA_TUPLE_REPLY" if by_reply else "CTA_TUPLE_ORIG", tuple_nla(t))],
+                            L.NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET, L.NLM_F_REQUEST | L.NLM_F_ACK, seq, pid)
 
 
 # ---------------------------------------------------------------- parsing
@@ -532,8 +541,19 @@ class Ctnetlink:
                 self.forget(e.master)
             raise
 
+    def get(self, e) -> KernelExpectation | None:
+        """The kernel's expectation with e's tuple (whatever its master), None if it has none."""
+        try:
+            rep = self._do("exp-get", pack_exp_by_tuple, IPCTNL_MSG_EXP_GET, e)
+        except KernelError as exc:
+            if exc.errno == E.ENOENT:
+                return None
+            raise
+        found = [parse_expectation(payload) for _t, payload in rep]
+        return next((k for k in found if k is not None), None)
+
     def delete(self, e) -> None:
-        self._do("exp-delete", pack_exp_delete, e)
+        self._do("exp-delete", pack_exp_by_tuple, IPCTNL_MSG_EXP_DELETE, e)
 
     def list(self) -> list[KernelExpectation]:
         out = []
