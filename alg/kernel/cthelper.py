@@ -18,10 +18,14 @@ Kernel behaviour (net/netfilter/nfnetlink_cthelper.c):
   equal (EBUSY otherwise).  Without NLM_F_EXCL that is our idempotent path.
 * ``inet`` in nfct means l3num AF_INET; an IPv6 flow needs its own AF_INET6 entry.
 
-Registration is off the hot path: messages are built with the lean packers
-of alg.kernel.nlmsg (cross-checked against pyroute2 NLA classes in
-tests/test_netlink_golden.py).  ``python -m alg.kernel.cthelper --selftest``
-exercises register/list/disable/unregister on the running kernel.
+Registration, listing and removal are off the hot path, so they are encoded
+and decoded with the pyroute2 NLA classes declared below (the kernel's
+attribute numbers, include/uapi/linux/netfilter/nfnetlink_cthelper.h) and sent
+over alg's own netlink socket (pyroute2's socket API is not needed).  The lean
+``pack_*`` layouts are an independent second encoding: the golden tests
+(tests/test_netlink_golden.py) pin both to the same hand-decoded bytes.
+``python -m alg.kernel.cthelper --selftest`` exercises
+register/list/disable/unregister on the running kernel.
 """
 
 from __future__ import annotations
@@ -101,7 +105,8 @@ def _tuple(l3: int, proto: int) -> bytes:
 
 def pack_new(name: str, l3: int, proto: int, queue: int, classes, priv_data_len: int | None,
              enabled: bool | None = True, seq: int = 0, pid: int = 0) -> bytes:
-    """NFNL_MSG_CTHELPER_NEW (create or update), with ACK, without NLM_F_EXCL."""
+    """NFNL_MSG_CTHELPER_NEW (create or update), with ACK, without NLM_F_EXCL (lean layout; the adapter
+    sends pyroute2_new's bytes, which the golden tests prove equal)."""
     sets = [L.nest(NFCTH_POLICY_SET1 + i, L.nla(NFCTH_POLICY_NAME, L.asciiz(c.name)),
                    L.nla(NFCTH_POLICY_EXPECT_MAX, L.be32(c.max_expected)),
                    L.nla(NFCTH_POLICY_EXPECT_TIMEOUT, L.be32(c.timeout)))
@@ -134,55 +139,77 @@ def pack_dump(seq: int = 0, pid: int = 0) -> bytes:
                      socket.AF_UNSPEC, b"", seq, pid)
 
 
-def pyroute2_new(name, l3, proto, queue, classes, priv_data_len, enabled=True, seq=0, pid=0) -> bytes:
-    """Reference encoding of pack_new through the NLA classes."""
+def _encode(msg_type: int, flags: int, attrs: list, seq: int, pid: int) -> bytes:
     m = nfct_helper_msg()
-    pol: list = [("NFCTH_POLICY_SET_NUM", len(classes))]
-    pol += [(f"NFCTH_POLICY_SET{i + 1}", {"attrs": [("NFCTH_POLICY_NAME", c.name),
-                                                    ("NFCTH_POLICY_EXPECT_MAX", c.max_expected),
-                                                    ("NFCTH_POLICY_EXPECT_TIMEOUT", c.timeout)]})
-            for i, c in enumerate(classes)]
-    attrs: list = [("NFCTH_NAME", name),
-                   ("NFCTH_TUPLE", {"attrs": [("NFCTH_TUPLE_L3PROTONUM", L3[l3]), ("NFCTH_TUPLE_L4PROTONUM", proto)]}),
-                   ("NFCTH_QUEUE_NUM", queue), ("NFCTH_POLICY", {"attrs": pol})]
-    if priv_data_len is not None:
-        attrs.append(("NFCTH_PRIV_DATA_LEN", priv_data_len))
-    if enabled is not None:
-        attrs.append(("NFCTH_STATUS", int(enabled)))
+    m["nfgen_family"] = socket.AF_UNSPEC
     m["attrs"] = attrs
-    m["header"]["type"] = (L.NFNL_SUBSYS_CTHELPER << 8) | NFNL_MSG_CTHELPER_NEW
-    m["header"]["flags"] = L.NLM_F_REQUEST | L.NLM_F_ACK | L.NLM_F_CREATE
+    m["header"]["type"] = (L.NFNL_SUBSYS_CTHELPER << 8) | msg_type
+    m["header"]["flags"] = flags
     m["header"]["sequence_number"], m["header"]["pid"] = seq, pid
     m.encode()
     return bytes(m.data)
 
 
+def _key_attrs(name: str, l3: int, proto: int) -> list:
+    """NFCTH_NAME and NFCTH_TUPLE: what identifies a userspace helper."""
+    return [("NFCTH_NAME", name),
+            ("NFCTH_TUPLE", {"attrs": [("NFCTH_TUPLE_L3PROTONUM", L3[l3]), ("NFCTH_TUPLE_L4PROTONUM", proto)]})]
+
+
+def pyroute2_new(name, l3, proto, queue, classes, priv_data_len, enabled=True, seq=0, pid=0) -> bytes:
+    """NFNL_MSG_CTHELPER_NEW (create or update) through the NLA classes; same bytes as pack_new."""
+    pol: list = [("NFCTH_POLICY_SET_NUM", len(classes))]
+    pol += [(f"NFCTH_POLICY_SET{i + 1}", {"attrs": [("NFCTH_POLICY_NAME", c.name),
+                                                    ("NFCTH_POLICY_EXPECT_MAX", c.max_expected),
+                                                    ("NFCTH_POLICY_EXPECT_TIMEOUT", c.timeout)]})
+            for i, c in enumerate(classes)]
+    attrs: list = [*_key_attrs(name, l3, proto), ("NFCTH_QUEUE_NUM", queue), ("NFCTH_POLICY", {"attrs": pol})]
+    if priv_data_len is not None:
+        attrs.append(("NFCTH_PRIV_DATA_LEN", priv_data_len))
+    if enabled is not None:
+        attrs.append(("NFCTH_STATUS", NFCT_HELPER_STATUS_ENABLED if enabled else NFCT_HELPER_STATUS_DISABLED))
+    return _encode(NFNL_MSG_CTHELPER_NEW, L.NLM_F_REQUEST | L.NLM_F_ACK | L.NLM_F_CREATE, attrs, seq, pid)
+
+
+def pyroute2_status(name: str, l3: int, proto: int, enabled: bool, seq: int = 0, pid: int = 0) -> bytes:
+    """Enable/disable an existing helper; same bytes as pack_status."""
+    attrs = [*_key_attrs(name, l3, proto),
+             ("NFCTH_STATUS", NFCT_HELPER_STATUS_ENABLED if enabled else NFCT_HELPER_STATUS_DISABLED)]
+    return _encode(NFNL_MSG_CTHELPER_NEW, L.NLM_F_REQUEST | L.NLM_F_ACK, attrs, seq, pid)
+
+
+def pyroute2_del(name: str, l3: int, proto: int, seq: int = 0, pid: int = 0) -> bytes:
+    """Unregister a helper; same bytes as pack_del."""
+    return _encode(NFNL_MSG_CTHELPER_DEL, L.NLM_F_REQUEST | L.NLM_F_ACK, _key_attrs(name, l3, proto), seq, pid)
+
+
+def pyroute2_dump(seq: int = 0, pid: int = 0) -> bytes:
+    """List every userspace helper; same bytes as pack_dump."""
+    return _encode(NFNL_MSG_CTHELPER_GET, L.NLM_F_REQUEST | L.NLM_F_DUMP, [], seq, pid)
+
+
 def parse_helper(payload: bytes) -> dict[str, Any]:
-    """Parse one NFNL_MSG_CTHELPER_NEW payload (nfgenmsg + attributes) of a dump."""
-    a = L.parse_attrs(payload, 4)
-
-    def u32(d: dict[int, bytes], k: int) -> int | None:
-        return struct.unpack("!I", d[k])[0] if k in d else None
-
-    def s(d: dict[int, bytes], k: int) -> str | None:
-        return d[k].split(b"\0", 1)[0].decode(errors="replace") if k in d else None
-
-    tup = L.parse_attrs(a.get(NFCTH_TUPLE, b""))
-    pol = L.parse_attrs(a.get(NFCTH_POLICY, b""))
+    """Decode one NFNL_MSG_CTHELPER_NEW payload of a dump (nfgenmsg + attributes) with nfct_helper_msg."""
+    m = nfct_helper_msg(struct.pack("=IHHII", 16 + len(payload),
+                                    (L.NFNL_SUBSYS_CTHELPER << 8) | NFNL_MSG_CTHELPER_NEW, 0, 0, 0) + payload)
+    m.decode()
+    tup = m.get_attr("NFCTH_TUPLE")
+    pol = m.get_attr("NFCTH_POLICY")
     classes = []
     for i in range(NF_CT_MAX_EXPECT_CLASSES):
-        if NFCTH_POLICY_SET1 + i in pol:
-            c = L.parse_attrs(pol[NFCTH_POLICY_SET1 + i])
-            classes.append({"name": s(c, NFCTH_POLICY_NAME), "max_expected": u32(c, NFCTH_POLICY_EXPECT_MAX),
-                            "timeout": u32(c, NFCTH_POLICY_EXPECT_TIMEOUT)})
-    l3num = struct.unpack("!H", tup[NFCTH_TUPLE_L3PROTONUM])[0] if NFCTH_TUPLE_L3PROTONUM in tup else None
+        c = pol.get_attr(f"NFCTH_POLICY_SET{i + 1}") if pol is not None else None
+        if c is not None:
+            classes.append({"name": c.get_attr("NFCTH_POLICY_NAME"),
+                            "max_expected": c.get_attr("NFCTH_POLICY_EXPECT_MAX"),
+                            "timeout": c.get_attr("NFCTH_POLICY_EXPECT_TIMEOUT")})
+    l3num: int | None = tup.get_attr("NFCTH_TUPLE_L3PROTONUM") if tup is not None else None
     return {
-        "name": s(a, NFCTH_NAME),
-        "l3": {2: 4, 10: 6}.get(l3num, l3num) if l3num is not None else None,
-        "proto": tup[NFCTH_TUPLE_L4PROTONUM][0] if NFCTH_TUPLE_L4PROTONUM in tup else None,
-        "queue": u32(a, NFCTH_QUEUE_NUM),
-        "priv_data_len": u32(a, NFCTH_PRIV_DATA_LEN),
-        "enabled": u32(a, NFCTH_STATUS) == NFCT_HELPER_STATUS_ENABLED,
+        "name": m.get_attr("NFCTH_NAME"),
+        "l3": None if l3num is None else {int(socket.AF_INET): 4, int(socket.AF_INET6): 6}.get(l3num, l3num),
+        "proto": tup.get_attr("NFCTH_TUPLE_L4PROTONUM") if tup is not None else None,
+        "queue": m.get_attr("NFCTH_QUEUE_NUM"),
+        "priv_data_len": m.get_attr("NFCTH_PRIV_DATA_LEN"),
+        "enabled": m.get_attr("NFCTH_STATUS") == NFCT_HELPER_STATUS_ENABLED,
         "classes": classes,
     }
 
@@ -233,7 +260,7 @@ class Cthelper:
         if self._supported is None:
             seq = self.sock.next_seq()
             try:
-                self.sock.transact(pack_dump(seq=seq), seq)
+                self.sock.transact(pyroute2_dump(seq=seq), seq)
                 self._supported = True
             except L.NetlinkError:
                 self._supported = False
@@ -250,21 +277,21 @@ class Cthelper:
         for l3 in self._l3s(hp):
             for proto in hp.protocols:
                 try:
-                    self._do("cthelper-new", hp.name, pack_new, hp.name, l3, proto, q, hp.classes, priv_data_len)
+                    self._do("cthelper-new", hp.name, pyroute2_new, hp.name, l3, proto, q, hp.classes, priv_data_len)
                 except KernelError as exc:
                     if exc.errno != E.EBUSY:
                         raise
                     # pre-registered without priv_data_len semantics we can match: update without it
-                    self._do("cthelper-new", hp.name, pack_new, hp.name, l3, proto, q, hp.classes, None)
+                    self._do("cthelper-new", hp.name, pyroute2_new, hp.name, l3, proto, q, hp.classes, None)
 
     def set_status(self, name: str, proto: int, enabled: bool, l3: int = 4) -> None:
-        self._do("cthelper-status", name, pack_status, name, l3, proto, enabled)
+        self._do("cthelper-status", name, pyroute2_status, name, l3, proto, enabled)
 
     def unregister(self, name: str, proto: int, l3: int = 4) -> None:
-        self._do("cthelper-del", name, pack_del, name, l3, proto)
+        self._do("cthelper-del", name, pyroute2_del, name, l3, proto)
 
     def list(self) -> list[dict[str, Any]]:
-        return [parse_helper(p) for _t, p in self._do("cthelper-list", "*", pack_dump)]
+        return [parse_helper(p) for _t, p in self._do("cthelper-list", "*", pyroute2_dump)]
 
 
 def _selftest() -> int:

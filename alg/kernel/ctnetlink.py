@@ -7,8 +7,9 @@ Two encodings of the same messages live here:
   They parse dumps and events and are the reference encoding in the tests.
 * lean packers (``pack_ct_get``, ``pack_exp_new``, ...): precomputed struct
   layouts sent on a plain netlink socket.  Used while a packet waits for its
-  verdict (master lookup, expectation create); byte for byte equal to the
-  pyroute2 encoding (tests/test_netlink_golden.py).
+  verdict (master lookup, expectation create/get/delete); byte for byte equal
+  to the pyroute2 encoding (tests/test_netlink_golden.py).  Off the hot path
+  (listing and flushing the table) the pyroute2 encoding itself is sent.
 
 Kernel behaviour relied on (net/netfilter/nf_conntrack_netlink.c,
 ctnetlink_new_expect / ctnetlink_create_expect):
@@ -269,6 +270,30 @@ def pyroute2_exp_by_tuple(msg_type: int, e, seq: int = 0, pid: int = 0) -> bytes
     """Reference encoding of pack_exp_by_tuple."""
     return _pyroute2_encode(nfct_exp_msg(), FAMILY[e.l3], [("CTA_EXPECT_TUPLE", _pyroute2_exp_tuple(e))],
                             L.NFNL_SUBSYS_CTNETLINK_EXP, msg_type, L.NLM_F_REQUEST | L.NLM_F_ACK, seq, pid)
+
+
+def pack_exp_dump(family: int, seq: int = 0, pid: int = 0) -> bytes:
+    """EXP_GET dump of one family's expectations (no attributes)."""
+    return L.message(L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_GET, L.NLM_F_REQUEST | L.NLM_F_DUMP, family, b"",
+                     seq, pid)
+
+
+def pack_exp_flush(family: int, seq: int = 0, pid: int = 0) -> bytes:
+    """EXP_DELETE without attributes: the kernel removes every expectation of the family."""
+    return L.message(L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_DELETE, L.NLM_F_REQUEST | L.NLM_F_ACK, family, b"",
+                     seq, pid)
+
+
+def pyroute2_exp_dump(family: int, seq: int = 0, pid: int = 0) -> bytes:
+    """What Ctnetlink.list() sends; same bytes as pack_exp_dump."""
+    return _pyroute2_encode(nfct_exp_msg(), family, [], L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_GET,
+                            L.NLM_F_REQUEST | L.NLM_F_DUMP, seq, pid)
+
+
+def pyroute2_exp_flush(family: int, seq: int = 0, pid: int = 0) -> bytes:
+    """What Ctnetlink.flush() sends; same bytes as pack_exp_flush."""
+    return _pyroute2_encode(nfct_exp_msg(), family, [], L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_DELETE,
+                            L.NLM_F_REQUEST | L.NLM_F_ACK, seq, pid)
 
 
 def pyroute2_ct_get(t: FlowTuple, by_reply: bool = False, seq: int = 0, pid: int = 0) -> bytes:
@@ -558,8 +583,7 @@ class Ctnetlink:
     def list(self) -> list[KernelExpectation]:
         out = []
         for fam in (socket.AF_INET, socket.AF_INET6):
-            msgs = self._do("exp-list", lambda seq, pid, fam=fam: L.message(
-                L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_GET, L.NLM_F_REQUEST | L.NLM_F_DUMP, fam, b"", seq, pid))
+            msgs = self._do("exp-list", pyroute2_exp_dump, fam)
             for _t, payload in msgs:
                 if payload[0] != fam:
                     continue
@@ -570,8 +594,7 @@ class Ctnetlink:
 
     def flush(self) -> None:
         for fam in (socket.AF_INET, socket.AF_INET6):
-            self._do("exp-flush", lambda seq, pid, fam=fam: L.message(
-                L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_DELETE, L.NLM_F_REQUEST | L.NLM_F_ACK, fam, b"", seq, pid))
+            self._do("exp-flush", pyroute2_exp_flush, fam)
 
     def events(self) -> Events:
         return Events()
