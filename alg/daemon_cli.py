@@ -72,38 +72,37 @@ def cmd_rules(args: argparse.Namespace, host: PluginHost) -> int:
     return EXIT_OK
 
 
-def _probe(fn: Any) -> bool:
-    try:
-        return bool(fn())
-    except (AlgError, OSError):
-        return False
-
-
 def cmd_doctor(args: argparse.Namespace, host: PluginHost) -> int:
+    """Print every check; one the caller may not run fails with the reason (exit 1 if any failed)."""
     from .daemon import read_status
     from .kernel.cthelper import Cthelper
     from .kernel.ctnetlink import Ctnetlink
+    from .kernel.nfqueue import conntrack_glue, proc_queues
 
     policy = _policy(host, args)
     helpers = [h for h in policy.helpers.values() if h.enabled]
 
-    def cthelper_ok() -> bool:
+    def cthelper_list() -> list[dict[str, Any]] | None:
         with Cthelper() as c:
-            return c.supported()
+            return c.list() if c.supported() else None
 
-    def ct_count() -> int:
+    def exp_count() -> int:
         with Ctnetlink() as c:
             return len(c.list())
 
-    checks = doctor.check_features("/", cthelper_ok, lambda: ct_count() >= 0)
+    listed = doctor.ask(cthelper_list)  # value None: the kernel has no nfnetlink_cthelper
+    cthelper = doctor.Answer(listed.value is not None, listed.errno, listed.error)
+    count = doctor.ask(exp_count)
+    queues = doctor.ask(proc_queues)
+    free = next(q for q in range(65535, 0, -1) if q not in (queues.value or {}))
+    checks = doctor.check_features("/", cthelper, count)
+    checks.append(doctor.check_glue(doctor.kernel_config(), doctor.ask(lambda: conntrack_glue(free))))
     checks += doctor.check_clashes("/", helpers)
     checks += doctor.check_rules(helpers, doctor.ruleset())
-    count = None
-    try:
-        count = ct_count()
-    except (AlgError, OSError):
-        pass
-    checks.append(doctor.check_headroom(doctor.sysctl_int("/", "net.netfilter.nf_conntrack_expect_max"), count))
+    registered = {h["name"] for h in listed.value or [] if h["enabled"]} if listed.ok else None
+    checks += doctor.check_queues(helpers, queues, registered)
+    checks.append(doctor.check_headroom(doctor.sysctl_int("/", "net.netfilter.nf_conntrack_expect_max"),
+                                        count.value, count.denied))
     try:
         status = read_status(policy.core.status_socket, timeout=1.0)
     except AlgError:

@@ -256,13 +256,16 @@ class Cthelper:
             raise KernelError(e, op, f"helper '{name}': " + hint.format(name=name)) from None
 
     def supported(self) -> bool:
-        """Whether the kernel answers a cthelper dump (nfnetlink_cthelper present)."""
+        """Whether the kernel answers a cthelper dump (nfnetlink_cthelper present); KernelError(EPERM)
+        without CAP_NET_ADMIN."""
         if self._supported is None:
             seq = self.sock.next_seq()
             try:
                 self.sock.transact(pyroute2_dump(seq=seq), seq)
                 self._supported = True
-            except L.NetlinkError:
+            except L.NetlinkError as exc:
+                if exc.errno in (E.EPERM, E.EACCES):  # not an answer about the kernel
+                    raise KernelError(exc.errno, "cthelper-list", _HINTS[E.EPERM]) from None
                 self._supported = False
         return self._supported
 
