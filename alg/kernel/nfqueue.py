@@ -9,6 +9,10 @@ way to expect something of a conntrack that is still unconfirmed (its first
 packet is the one in the queue); `verdict()` writes that NFQNL_MSG_VERDICT
 itself on the queue's own socket (the kernel takes verdicts only from the
 socket bound to the queue).
+
+`proc_queues()` reads the kernel's per-queue counters (bound by whom, waiting,
+dropped) for `alg doctor` and `alg status`; `conntrack_glue()` asks the kernel
+whether verdicts can carry conntrack information at all.
 """
 
 from __future__ import annotations
