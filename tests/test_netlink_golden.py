@@ -165,3 +165,14 @@ def test_kernel_json_matches_replay_json(e):
     for key in ("helper", "l3", "proto", "src", "dst", "sport", "dport", "mask", "master", "timeout", "flags"):
         assert k[key] == j[key], key
     assert k["class_id"] == e.class_id
+
+
+GLUE_PROBE = ("24000000" "0203" "0500" "01000000" "00000000"  # len 36, QUEUE<<8|NFQNL_MSG_CONFIG (2), REQUEST|ACK
+              "0000ffff"  # AF_UNSPEC, v0, res_id be16 = queue 65535 (one nobody has bound)
+              "08000400" "00000002"  # NFQA_CFG_MASK (4) be32 NFQA_CFG_F_CONNTRACK (1 << 1)
+              "08000500" "00000002")  # NFQA_CFG_FLAGS (5) be32 NFQA_CFG_F_CONNTRACK; no NFQA_CFG_CMD: nothing binds
+
+
+def test_glue_probe_golden():
+    """alg doctor's probe of the NFQUEUE conntrack glue (alg.kernel.nfqueue.conntrack_glue)."""
+    assert Q.pack_config_flags(65535, Q.NFQA_CFG_F_CONNTRACK, Q.NFQA_CFG_F_CONNTRACK, seq=1).hex() == GLUE_PROBE
