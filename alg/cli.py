@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -129,6 +130,28 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
     return p
 
 
+class JournalFormatter(logging.Formatter):
+    """Under systemd, a leading <N> gives each stderr line its syslog priority
+    (sd-daemon(3)), so `journalctl -p err` finds alg's errors."""
+
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def configure_logging(verbose: bool) -> None:
+    """Levels and messages only: journald adds the time, the host and the pid."""
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        to_journal = os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"  # set by systemd
+    except (OSError, ValueError):  # stderr is no file (captured)
+        to_journal = False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter((JournalFormatter if to_journal else logging.Formatter)("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         host = load_plugins()
@@ -137,8 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     parser = build_parser(host)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(args.verbose)
     try:
         return int(args.func(args, host) or 0)
     except ConfigError as exc:

@@ -22,9 +22,13 @@ claim to the same tuple.
 On SIGTERM/SIGINT the helpers are disabled and removed and the queues
 unbound: a helper left enabled with nobody reading its queue breaks the
 control connections (their conntracks are never confirmed, DESIGN.md). The
-helpers registered are also written to a state file so `alg cleanup` can
-undo what a crashed instance left. SIGHUP reloads the policy files; a bad
-file keeps the running policy.
+helpers registered are also written to a state file (one per network
+namespace, as helpers are) so `alg cleanup` can undo what a crashed instance
+left. One daemon serves a network namespace: a second one stops before it
+touches the kernel. SIGHUP reloads the policy files: new queues are bound and
+helpers registered first, so a failure (a bad file, a queue another program
+holds, a class count the kernel will not change) keeps the running policy
+whole, and a queue given up is drained before it is unbound.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from typing import Any, Callable
 
 from .decode import DecodeError, Packet, decode_ip
 from .engine import Create, Delete, Engine, HelperSlot, RateLimitedLog, make_slots
-from .errors import AlgError, ConfigError, KernelError
+from .errors import AlgError, KernelError
 from .expect import Expectation, Refusal
 from .flows import packet_tuple
 from .model import FlowTuple
@@ -54,7 +58,7 @@ from .plugins import PluginHost
 from .policy import Policy, default_policy, load_policy
 
 log = logging.getLogger("alg.daemon")
-STATE_FILE = "/run/alg/helpers.json"
+STATE_DIR = "/run/alg"
 RETRY_DELAYS = (0.002, 0.01, 0.05, 0.2)  # after the verdict, for an unconfirmed master
 
 
@@ -82,6 +86,11 @@ def _to_many(pkt: Packet) -> bool:
     if pkt.l3 == 6:
         return pkt.dst[0] == 0xFF
     return 224 <= pkt.dst[0] <= 239 or pkt.dst[3] == 255
+
+
+def state_file() -> str:
+    """Where this network namespace's daemon lists its helpers (for `alg cleanup`)."""
+    return f"{STATE_DIR}/helpers-net{os.stat('/proc/self/ns/net').st_ino}.json"
 
 
 def errno_name(code: int) -> str:
@@ -114,10 +123,12 @@ class Daemon:
         self.stopping = False
         self.reload_asked = False
         self.status_sock: socket.socket | None = None
+        self._instance: socket.socket | None = None
         self._wake_r, self._wake_w = os.pipe()
 
     # ------------------------------------------------------------ start / stop
     def start(self) -> None:
+        self._claim_namespace()
         if self.use_cthelper and not self.cthelper.supported():
             raise KernelError(E.EOPNOTSUPP, "cthelper",
                               "this kernel has no nfnetlink_cthelper (CONFIG_NF_CT_NETLINK_HELPER); see `alg doctor`")
@@ -131,24 +142,46 @@ class Daemon:
         log.info("serving %s", ", ".join(f"{s.policy.name} (queue {s.policy.queue})"
                                           for s in self.engine.slots.values()))
 
+    def _claim_namespace(self) -> None:
+        """One daemon per network namespace (abstract socket names are per namespace, and
+        the kernel frees this one when the process dies, however it dies)."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.bind("\0alg-daemon")
+        except OSError:
+            s.close()
+            raise AlgError("another alg daemon serves this network namespace "
+                           "(its helpers are left alone; `alg status` shows it)") from None
+        self._instance = s
+
     def _register(self, slot: HelperSlot) -> None:
+        """Bind the queue, then register the helper (never a helper queueing to nobody)."""
         hp = slot.policy
-        spec = self.host.helpers[hp.helper].spec
-        if not self.use_cthelper:
-            self.queues.bind(hp.queue, hp.queue_len, self._callback(slot))
-            return
-        self.cthelper.register(hp, spec.priv_data_len)
-        for l3 in sorted({4, *hp.families}):
-            for proto in hp.protocols:
-                if (hp.name, l3, proto) not in self.registered:
-                    self.registered.append((hp.name, l3, proto))
         self.queues.bind(hp.queue, hp.queue_len, self._callback(slot))
+        if self.use_cthelper:
+            try:
+                self._kernel_register(hp)
+            except Exception:
+                self.queues.unbind(hp.queue)
+                raise
+            self._registered(hp)
+
+    def _kernel_register(self, hp: Any) -> None:
+        self.cthelper.register(hp, self.host.helpers[hp.helper].spec.priv_data_len)
+
+    def _registered(self, hp: Any) -> None:
+        self.registered += [r for r in _entries(hp) if r not in self.registered]
 
     def stop(self) -> None:
         """Disable and remove our helpers, unbind the queues. Safe to call twice."""
+        if self._instance is None:  # never started, or another daemon's namespace: touch nothing
+            return
         remove_helpers(self.cthelper, self.registered)
         self.registered.clear()
-        self._write_state()
+        try:
+            os.unlink(state_file())
+        except OSError:
+            pass
         self.queues.unbind_all()
         if self.exp_events is not None:
             self.exp_events.close()
@@ -160,15 +193,18 @@ class Daemon:
                 os.unlink(self.policy.core.status_socket)
             except OSError:
                 pass
+        self._instance.close()
+        self._instance = None
 
     def _write_state(self) -> None:
+        path = state_file()
         try:
-            os.makedirs(os.path.dirname(STATE_FILE), exist_ok=True)
-            with open(STATE_FILE + ".tmp", "w") as f:
+            os.makedirs(STATE_DIR, exist_ok=True)
+            with open(path + ".tmp", "w") as f:
                 json.dump({"pid": os.getpid(), "helpers": self.registered}, f)
-            os.replace(STATE_FILE + ".tmp", STATE_FILE)
+            os.replace(path + ".tmp", path)
         except OSError as exc:
-            log.warning("cannot write %s: %s", STATE_FILE, exc)
+            log.warning("cannot write %s: %s", path, exc)
 
     def _open_status(self) -> None:
         path = self.policy.core.status_socket
@@ -375,8 +411,8 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_signal)
-        self.start()
         try:
+            self.start()
             while not self.stopping:
                 if self.reload_asked:
                     self.reload_asked = False
@@ -391,20 +427,30 @@ class Daemon:
                     continue
                 for fd in ready:
                     if self.status_sock is not None and fd == self.status_sock.fileno():
-                        self._serve_status()
+                        self._guarded(self._serve_status)
                     elif fd == self._wake_r:
                         os.read(self._wake_r, 64)
                     elif self.exp_events is not None and fd == self.exp_events.fileno():
-                        self._follow_kernel()
+                        self._guarded(self._follow_kernel)
                     else:
-                        self.queues.service(fd)
+                        self._guarded(self.queues.service, fd)
                 if self.pending:
-                    self._retry_pending()
+                    self._guarded(self._retry_pending)
                 self._observe()
         finally:
             self.stop()
         log.info("stopped; helpers removed, queues unbound")
         return 0
+
+    def _guarded(self, work: Callable[..., Any], *args: Any) -> None:
+        """One failure (a netlink timeout, a bug) is counted and logged; the daemon goes on,
+        since its helpers stay registered and their flows need it."""
+        try:
+            work(*args)
+        except Exception as exc:
+            self.stats.queue_errors += 1
+            self.warn(logging.ERROR, f"loop-{getattr(work, '__name__', 'work')}", "%s failed: %s: %s",
+                      getattr(work, "__name__", "work"), type(exc).__name__, exc)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if signum == signal.SIGHUP:
@@ -424,29 +470,50 @@ class Daemon:
     def reload(self) -> None:
         try:
             policy = resolve(self.host, self.policy_paths)
-        except ConfigError as exc:
+            new_slots = make_slots(policy.helpers.values(), self.host.helpers)
+        except Exception as exc:  # a bad file (ConfigError) or a helper refusing its options
             log.error("reload refused, keeping the running policy: %s", exc)
             return
-        new_slots = make_slots(policy.helpers.values(), self.host.helpers)
-        # keep what did not change (and its counters); bind new queues before dropping old ones
-        for name, slot in new_slots.items():
-            old = self.engine.slots.get(name)
-            if old is not None and old.policy == slot.policy:
-                new_slots[name] = old
-            elif old is not None and old.policy.queue == slot.policy.queue:
-                if self.use_cthelper:
-                    self.cthelper.register(slot.policy,
-                                           self.host.helpers[slot.policy.helper].spec.priv_data_len)
-                self.queues.rebind(slot.policy.queue, self._callback(slot))
-            else:
-                self._register(slot)
-        for name, old in self.engine.slots.items():
-            if name not in new_slots or new_slots[name].policy.queue != old.policy.queue:
-                if name not in new_slots:
-                    gone = [r for r in self.registered if r[0] == name]
-                    remove_helpers(self.cthelper, gone)
-                    self.registered = [r for r in self.registered if r[0] != name]
-                self.queues.unbind(old.policy.queue)
+        running = self.engine.slots
+        for name, slot in new_slots.items():  # keep what did not change, and its counters
+            if name in running and running[name].policy == slot.policy:
+                new_slots[name] = running[name]
+        old_queues = {s.policy.queue for s in running.values()}
+        new_queues = {s.policy.queue: s for s in new_slots.values()}
+        changed = [s for name, s in new_slots.items() if s is not running.get(name)]
+        bound: list[int] = []
+        done: list[HelperSlot] = []
+        try:  # all the kernel may refuse, before anything is given up
+            for q, slot in new_queues.items():
+                if q not in old_queues:
+                    self.queues.bind(q, slot.policy.queue_len, self._callback(slot))
+                    bound.append(q)
+            for slot in changed if self.use_cthelper else ():
+                self._kernel_register(slot.policy)
+                done.append(slot)
+        except Exception as exc:
+            for slot in done:  # put back what was registered before
+                old = running.get(slot.policy.name)
+                try:
+                    if old is not None:
+                        self._kernel_register(old.policy)
+                    else:
+                        remove_helpers(self.cthelper, _entries(slot.policy))
+                except Exception as undo_exc:
+                    log.error("reload: could not restore helper %s: %s", slot.policy.name, undo_exc)
+            for q in bound:
+                self.queues.unbind(q)
+            log.error("reload failed, keeping the running policy: %s", exc)
+            return
+        for slot in done:
+            self._registered(slot.policy)
+        for q, slot in new_queues.items():
+            self.queues.rebind(q, self._callback(slot))
+        gone = {name for name in running if name not in new_slots}
+        remove_helpers(self.cthelper, [r for r in self.registered if r[0] in gone])
+        self.registered = [r for r in self.registered if r[0] not in gone]
+        for q in old_queues - new_queues.keys():
+            self.queues.unbind(q)  # drained first: what waits there gets its verdict
         self.policy = policy
         self.engine.slots = new_slots
         self.engine.core = policy.core
@@ -484,6 +551,11 @@ class Daemon:
                 conn.sendall(json.dumps(self.status()).encode())
             except OSError:
                 pass
+
+
+def _entries(hp: Any) -> list[tuple[str, int, int]]:
+    """The kernel's helper entries for a policy: (name, l3, proto); IPv4 always (cthelper.register)."""
+    return [(hp.name, l3, proto) for l3 in sorted({4, *hp.families}) for proto in hp.protocols]
 
 
 def remove_helpers(cthelper: Cthelper, registered: list[tuple[str, int, int]] | list[list]) -> list[str]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Any
 
 from . import doctor, rules
-from .errors import AlgError, KernelError
+from .errors import AlgError
 from .plugins import PluginHost
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -26,10 +27,12 @@ def cmd_run(args: argparse.Namespace, host: PluginHost) -> int:
 
     daemon = Daemon(host, args.policy, use_cthelper=not args.no_cthelper)  # bad policy: ConfigError, exit 2
     try:
-        return daemon.run()
-    except KernelError as exc:
+        return daemon.run()  # stops (removes what it registered) on its way out, however it leaves
+    except AlgError as exc:
         print(f"alg run: {exc}", file=sys.stderr)
-        daemon.stop()
+        return EXIT_FAILURE
+    except Exception as exc:
+        logging.getLogger("alg.daemon").exception("alg run failed: %s", exc)
         return EXIT_FAILURE
 
 
@@ -115,12 +118,12 @@ def cmd_doctor(args: argparse.Namespace, host: PluginHost) -> int:
 
 def cmd_cleanup(args: argparse.Namespace, host: PluginHost) -> int:
     """Remove helpers a dead instance left enabled (from its state file, else the policy)."""
-    from .daemon import STATE_FILE, remove_helpers
+    from .daemon import remove_helpers, state_file
     from .kernel.cthelper import Cthelper
 
     registered: list = []
     try:
-        with open(STATE_FILE) as f:
+        with open(state_file()) as f:
             state = json.load(f)
         pid = state.get("pid")
         if pid and pid != os.getpid() and os.path.exists(f"/proc/{pid}") and not args.force:
@@ -145,7 +148,7 @@ def cmd_cleanup(args: argparse.Namespace, host: PluginHost) -> int:
     for p in problems:
         print(f"alg cleanup: {p}", file=sys.stderr)
     try:
-        os.unlink(STATE_FILE)
+        os.unlink(state_file())
     except OSError:
         pass
     print(f"alg cleanup: {len(registered) - len(problems)} helper entries disabled and removed")

@@ -45,7 +45,8 @@ class KernelError(AlgError):
         import os
 
         self.errno, self.operation = errno, operation
-        text = f"{operation}: {os.strerror(errno)} (errno {errno})"
+        # errno 0: the library refused without saying why (NetfilterQueue's bind)
+        text = f"{operation}: {os.strerror(errno)} (errno {errno})" if errno else f"{operation}: refused"
         super().__init__(f"{text}: {detail}" if detail else text)
 
     @property

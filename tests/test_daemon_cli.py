@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
 
@@ -329,3 +330,80 @@ def test_doctor_on_the_host_kernel(kernel_ok, policy):
             q.kill()
             q.wait()
         subprocess.run(["ip", "netns", "del", ns])
+
+
+def test_logs_carry_syslog_priorities_under_systemd(tmp_path):
+    """systemd sets JOURNAL_STREAM to stderr's device:inode; then each line starts with <N>."""
+    log = tmp_path / "stderr"
+    code = ("import logging; from alg.cli import configure_logging; configure_logging(False); "
+            "logging.getLogger('alg.t').error('boom'); logging.getLogger('alg.t').info('fine')")
+    for journal in (True, False):
+        with log.open("w") as f:
+            st = os.fstat(f.fileno())
+            env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}" if journal else "")
+            subprocess.run([sys.executable, "-c", code], stderr=f, env=env, check=True)
+        lines = log.read_text().splitlines()
+        want = ["<3>ERROR alg.t: boom", "<6>INFO alg.t: fine"]
+        assert lines == (want if journal else [x[3:] for x in want])
+
+
+class FakeKernel:
+    """Queues and cthelper as the daemon sees them; refuses what it is told to."""
+
+    def __init__(self):
+        self.bound: dict = {}
+        self.helpers: dict = {}
+        self.refuse_queue: set = set()
+        self.refuse_helper: set = set()
+
+    def bind(self, num, max_len, callback):
+        if num in self.refuse_queue:
+            raise KernelError(16, f"bind queue {num}")
+        self.bound[num] = callback
+
+    def rebind(self, num, callback):
+        self.bound[num] = callback
+
+    def unbind(self, num):
+        self.bound.pop(num, None)
+
+    def register(self, hp, priv_data_len):
+        if hp.name in self.refuse_helper:
+            raise KernelError(16, "cthelper-new")
+        self.helpers[hp.name] = hp
+
+    def set_status(self, name, proto, enabled, l3=4):
+        pass
+
+    def unregister(self, name, proto, l3=4):
+        self.helpers.pop(name, None)
+
+
+def test_a_reload_the_kernel_refuses_keeps_the_running_policy_whole(tmp_path):
+    from alg.daemon import Daemon
+    pol = tmp_path / "ftp.toml"
+    pol.write_text('helper = "ftp"\nqueue = 7\n')
+    d = Daemon(load_plugins(), [str(pol)])
+    d.queues = d.cthelper = k = FakeKernel()
+    d._register(d.engine.slots["ftp"])
+    running = d.engine.slots["ftp"]
+
+    def unchanged():
+        assert list(k.bound) == [7] and k.helpers["ftp"].queue == 7
+        assert d.engine.slots["ftp"] is running and d.policy.helpers["ftp"].queue == 7
+
+    pol.write_text('helper = "ftp"\nqueue = 9\n')
+    k.refuse_queue = {9}  # another program holds queue 9
+    d.reload()
+    unchanged()
+    k.refuse_queue, k.refuse_helper = set(), {"ftp"}  # the kernel will not change the helper (EBUSY)
+    d.reload()
+    unchanged()  # queue 9 was bound for it, and let go again
+    pol.write_text("queue = [")
+    d.reload()
+    unchanged()
+    k.refuse_helper = set()
+    pol.write_text('helper = "ftp"\nqueue = 9\n')
+    d.reload()
+    assert list(k.bound) == [9] and k.helpers["ftp"].queue == 9 and d.engine.slots["ftp"].policy.queue == 9
+    assert d.registered == [("ftp", 4, 6), ("ftp", 6, 6)]

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -45,11 +46,12 @@ def test_alg_run_without_cthelper_fails_clearly(kernel_ok: None) -> None:
     assert out.returncode == 1 and "nfnetlink_cthelper" in out.stderr
 
 
-def ftp_through_alg(prefix: str, queue_rules: list[list[str]], transfers: list[list[str]],
+def ftp_through_alg(prefix: str, queue_rules: list[list[str]], transfers: list,
                     nat: bool = False, pasv_ports: int = 101) -> tuple[dict, str]:
     """vsftpd in the server namespace, curl transfers from the client, the control
     connection's packets queued to `alg -v run --no-cthelper` (queue 7) in the fw by
-    `queue_rules`; returns alg's status and log."""
+    `queue_rules`; returns alg's status and log. A transfer may instead be a
+    callable, called with (net, policy file, daemon) between transfers."""
     net = Net(prefix)
     with net, tempfile.TemporaryDirectory(prefix="alg-dm-") as tmp:
         root = Path(tmp) / "pub"
@@ -77,6 +79,9 @@ def ftp_through_alg(prefix: str, queue_rules: list[list[str]], transfers: list[l
                     break
                 time.sleep(0.05)
             for args in transfers:
+                if callable(args):
+                    args(net, Path(tmp) / "ftp.toml", daemon)
+                    continue
                 out = net.cli("curl", "-sS", "--max-time", "10", *args, "-o", "/dev/null", f"ftp://{SERVER4}/f.bin",
                               check=False)
                 assert out.returncode == 0, out.stderr
@@ -129,3 +134,66 @@ def test_a_passive_port_used_by_one_session_can_be_expected_by_the_next(kernel_o
     c = st["helpers"]["ftp"]["classes"]["ftp"]
     assert c["created"] == 3 and not c["refused"], st
     assert c["used"] == 3 and st["expectations"] == 0, st
+
+
+def _wait_for_log(daemon: subprocess.Popen, text: str, seen: list[str]) -> None:
+    """Read the daemon's (merged) output into seen until a line contains text (at most 20 s)."""
+    watchdog = threading.Timer(20, daemon.kill)  # then readline() meets the end
+    watchdog.start()
+    try:
+        while True:
+            line = daemon.stdout.readline().decode()
+            seen.append(line)
+            if text in line:
+                return
+            assert line, f"no {text!r} in {''.join(seen)}"
+    finally:
+        watchdog.cancel()
+
+
+def test_sighup_reloads_and_a_refused_reload_keeps_the_daemon_serving(kernel_ok: None) -> None:
+    rules = [["iptables", "-A", "FORWARD", "-p", "tcp", *match, "-j", "NFQUEUE", "--queue-num", "7"]
+             for match in (["--dport", "21"], ["--sport", "21"])]
+    holder: list = []
+    seen: list[str] = []
+
+    def reload(text: str, expect: str):
+        def step(net, policy: Path, daemon: subprocess.Popen) -> None:
+            policy.write_text(text)
+            daemon.send_signal(signal.SIGHUP)
+            _wait_for_log(daemon, expect, seen)
+        return step
+
+    def hold_queue_9(net, policy: Path, daemon: subprocess.Popen) -> None:
+        code = ("import netfilterqueue, time; q = netfilterqueue.NetfilterQueue(); q.bind(9, print); "
+                "print('bound', flush=True); time.sleep(60)")
+        holder.append(net.popen("fw", sys.executable, "-c", code, stdout=subprocess.PIPE))
+        assert holder[0].stdout.readline().strip() == b"bound"
+
+    transfers = [reload('helper = "ftp"\nqueue = 7\n[classes.ftp]\nexpect_timeout = 123\n', "policy reloaded"),
+                 ["--disable-epsv"],
+                 reload("queue = [", "reload refused"),
+                 ["--disable-epsv"],
+                 hold_queue_9, reload('helper = "ftp"\nqueue = 9\n', "reload failed"),
+                 ["--disable-epsv"]]
+    try:
+        st, log = ftp_through_alg(f"alg-dh{os.getpid() % 100:02d}", rules, transfers)
+    finally:
+        for p in holder:
+            p.kill()
+    created = [x for x in "".join(seen).splitlines() + log.splitlines() if "created" in x]
+    # the new timeout took effect, and the daemon served on queue 7 through both refusals
+    assert len(created) == 3 and all(": created 123 proto=6" in x for x in created), log
+    assert st["queues"] == {"ftp": 7} and st["helpers"]["ftp"]["classes"]["ftp"]["created"] == 3, st
+
+
+def test_one_daemon_per_network_namespace(kernel_ok: None) -> None:
+    def second_daemon(net, policy: Path, daemon: subprocess.Popen) -> None:
+        out = net.fw(*ALG, "run", "--no-cthelper", "--policy", str(policy), check=False)
+        assert out.returncode == 1 and "another alg daemon serves this network namespace" in out.stderr
+        assert daemon.poll() is None
+
+    rules = [["iptables", "-A", "FORWARD", "-p", "tcp", *match, "-j", "NFQUEUE", "--queue-num", "7"]
+             for match in (["--dport", "21"], ["--sport", "21"])]
+    st, _ = ftp_through_alg(f"alg-di{os.getpid() % 100:02d}", rules, [second_daemon, ["--disable-epsv"]])
+    assert st["helpers"]["ftp"]["classes"]["ftp"]["created"] == 1, st

@@ -157,10 +157,15 @@ class QueueSet:
         self._by_fd[fd].run(block=False)
 
     def unbind(self, num: int) -> None:
+        """Unbind queue `num`; what waits in it is given its verdict first (unbinding drops it)."""
         q = self._by_num.pop(num, None)
         if q is None:
             return
         self._by_fd.pop(q.get_fd(), None)
+        try:
+            q.run(block=False)
+        except Exception:  # the callback gives verdicts whatever happens; this is the socket failing
+            pass
         self._callbacks.pop(num, None)
         q.unbind()
 
