@@ -92,6 +92,50 @@ def test_stream_bound_raises_protocol_violation():
         s.feed(1, 0x18, b"x" * 101)
 
 
+def test_stream_bound_counts_parked_out_of_order_bytes():
+    # in-order bytes and parked ones share the bound: a peer cannot make us hold
+    # memory by never filling a hole (2 x 60 bytes parked > 100)
+    s = TcpStream(100)
+    s.feed(0, 0x02, b"")
+    assert not s.feed(11, 0x18, b"y" * 40)
+    with pytest.raises(ProtocolViolation):
+        s.feed(51, 0x18, b"z" * 61)
+
+
+def test_stream_skips_a_hole_that_does_not_fill():
+    from alg.flows import GAP_SEGMENTS
+    s = TcpStream(100000)
+    s.feed(99, 0x02, b"")
+    assert s.feed(100, 0x18, b"PO")  # a command cut short by the lost segment
+    seq = 110  # 8 bytes (102..109) never arrive
+    for i in range(GAP_SEGMENTS - 1):
+        assert not s.feed(seq, 0x18, b"%02d\r\n" % i, now=float(i))
+        seq += 4
+    assert s.buf == b"PO" and s.gaps == 0
+    assert s.feed(seq, 0x18, b"xx\r\n", now=15.0)  # one segment too many behind the hole: skip it
+    assert (s.gaps, s.resync, s.ooo, s.ooo_bytes) == (1, True, {}, 0)
+    assert s.buf == b"".join(b"%02d\r\n" % i for i in range(GAP_SEGMENTS - 1)) + b"xx\r\n"
+    assert not s.feed(102, 0x18, b"RT 1,2,3")  # the lost segment, too late: old data
+
+
+def test_stream_skips_a_hole_older_than_gap_seconds():
+    from alg.flows import GAP_SECONDS
+    s = TcpStream(100000)
+    s.feed(0, 0x02, b"")
+    assert not s.feed(11, 0x18, b"a\n", now=1.0)
+    assert not s.feed(13, 0x18, b"b\n", now=1.0 + GAP_SECONDS / 2)  # retransmission may still come
+    assert s.feed(15, 0x18, b"c\n", now=1.0 + GAP_SECONDS)
+    assert (s.buf, s.gaps) == (b"a\nb\nc\n", 1)
+
+
+def test_stream_without_clock_skips_on_parked_bytes():
+    s = TcpStream(1000)
+    s.feed(0, 0x02, b"")
+    assert not s.feed(11, 0x18, b"x" * 499)
+    assert s.feed(510, 0x18, b"y")  # half the bound parked
+    assert s.gaps == 1 and s.buf == b"x" * 499 + b"y"
+
+
 def test_stream_sequence_wraps():
     s = TcpStream(100)
     s.feed(2**32 - 3, 0x02, b"")
@@ -230,6 +274,78 @@ def test_an_ended_expectation_frees_its_room_and_counts_as_used_before_its_timeo
     eng.ended(b.expectation, 20.0)  # twice: nothing more
     assert eng.stats()["helpers"]["boom"]["classes"]["d"]["used"] == 1 and len(eng.table) == 0
     assert [ev.kind for ev in eng.take_events()] == ["created", "used", "created"]
+
+
+class Records(alg.Helper):
+    """A binary protocol on TCP (2-byte length, then a port): cannot resync after a gap."""
+
+    spec = alg.HelperSpec(name="records", protocols=(alg.TCP,), ports=(9,), classes=(alg.ExpectClass("d", 4, 9),))
+
+    def inspect(self, segment, state):
+        data = segment.data
+        if len(data) < 2 or len(data) < 2 + data[0] * 256 + data[1]:
+            return alg.NEED_DATA
+        n = 2 + data[0] * 256 + data[1]
+        port = int(data[2:n])
+        return alg.Parsed(n, (alg.Expect("d", alg.TCP, None, segment.sender, None, port),))
+
+
+def record(port: int) -> bytes:
+    body = b"%d" % port
+    return len(body).to_bytes(2, "big") + body
+
+
+def test_a_helper_that_cannot_resync_gives_up_that_direction_only():
+    from alg.flows import GAP_SEGMENTS
+    eng = engine_with(Records)
+    c, s = ("10.0.0.1", "10.0.0.2", 40000, 9), ("10.0.0.2", "10.0.0.1", 9, 40000)
+    eng.process(tcp(*c, flags="S", seq=99), 0.0)
+    eng.process(tcp(*s, flags="SA", seq=499), 0.0)
+    [d] = eng.process(tcp(*c, record(1001), seq=100), 0.1)
+    assert d.expectation.dport == 1001
+    seq = 100 + 6 + 3  # 3 bytes lost
+    for i in range(GAP_SEGMENTS):
+        assert eng.process(tcp(*c, record(2000 + i), seq=seq), 0.2) == []
+        seq += 6
+    stats = eng.stats()["helpers"]["records"]
+    assert (stats["gaps"], stats["desynced"], stats["parse_errors"]) == (1, 1, 0)
+    assert eng.process(tcp(*c, record(3000), seq=seq), 0.3) == []  # still given up
+    [d] = eng.process(tcp(*s, record(4000), seq=500), 0.4)  # the other direction goes on
+    assert d.expectation.dport == 4000
+    flow, _ = eng.flows.lookup(tcp(*c))
+    assert flow.streams[0].buf == b"" and flow.streams[0].ooo == {}  # nothing held for it
+
+
+def test_several_commands_in_one_segment_through_the_engine():
+    eng = ftp_engine()
+    eng.process(tcp("10.0.0.1", "10.0.0.2", 40000, 21, flags="S", seq=99), 0.0)
+    head = b"TYPE I\r\nPORT 10,0,0,1,4,1\r\nRETR a\r\nPORT 10,0,0,1,4,2\r\nPORT 10,0,0,1,4,"
+    out = eng.process(tcp("10.0.0.1", "10.0.0.2", 40000, 21, head, seq=100), 0.1)
+    # ExpectMax 1: the second PORT evicts the first; the third waits for its line end
+    assert [(type(d).__name__, d.expectation.dport) for d in out] == [("Create", 1025), ("Delete", 1025),
+                                                                      ("Create", 1026)]
+    [_, d] = eng.process(tcp("10.0.0.1", "10.0.0.2", 40000, 21, b"3\r\n", seq=100 + len(head)), 0.2)
+    assert d.expectation.dport == 1027
+
+
+class BadRequests(alg.Helper):
+    spec = alg.HelperSpec(name="badreq", protocols=(alg.UDP,), ports=(9,), classes=(alg.ExpectClass("d", 1, 9),))
+
+    def inspect(self, segment, state):
+        kind = segment.data
+        a = {b"port": alg.Expect("d", alg.UDP, None, segment.sender, None, 0),
+             b"family": alg.Expect("d", alg.UDP, None, alg.ip("fd00::1"), None, 5),
+             b"class": alg.Expect("nosuch", alg.UDP, None, segment.sender, None, 5)}[kind]
+        return alg.Parsed(len(kind), (a,))
+
+
+def test_invalid_expectation_requests_are_refused_as_invalid():
+    eng = engine_with(BadRequests)
+    for i, kind in enumerate((b"port", b"family", b"class")):
+        assert eng.process(udp(kind, 5000 + i), 0.0) == []
+    stats = eng.stats()["helpers"]["badreq"]
+    assert stats["classes"]["d"]["refused"] == {"invalid": 2}
+    assert stats["internal_errors"] == 1  # a class the helper never declared: nothing to count it in
 
 
 # ---------------------------------------------------------------- replay contract
