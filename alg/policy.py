@@ -132,7 +132,8 @@ class _Locator:
     """
 
     _table = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]")
-    _key = re.compile(r"""^\s*((?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+)(?:\s*\.\s*(?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+))*)\s*=""")
+    _simple = r"""(?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+)"""  # a bare or quoted key part
+    _key = re.compile(rf"^\s*({_simple}(?:\s*\.\s*{_simple})*)\s*=")
     _part = re.compile(r"""\s*("([^"]*)"|'([^']*)'|[A-Za-z0-9_-]+)\s*(?:\.|$)""")
 
     def __init__(self, path: str, text: str):
