@@ -406,3 +406,134 @@ def test_idle_flows_and_old_expectations_are_swept():
     assert len(eng.table) == 0
     eng.process(tcp("10.0.0.3", "10.0.0.2", 40001, 21, flags="S"), 4000.0)
     assert len(eng.flows) == 1
+
+
+# ---------------------------------------------------------------- captures: damaged, truncated, foreign
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+FTP4 = ROOT / "tests/pcaps/ftp-zeek_ftp-ipv4/capture.pcap"
+
+
+def pcapng(*blocks: bytes) -> bytes:
+    return b"".join(blocks)
+
+
+def block(btype: int, body: bytes, blen: int | None = None) -> bytes:
+    n = 12 + len(body) if blen is None else blen
+    return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
+
+
+SHB = block(0x0A0D0D0A, b"\x4d\x3c\x2b\x1a" + struct.pack("<HHq", 1, 0, -1))
+IDB = block(1, struct.pack("<HHI", 1, 0, 65535))
+
+
+@pytest.mark.parametrize("data, offset", [
+    (SHB + block(1, b"\x01\x00"), 28),  # interface description too short for its fields
+    (SHB + IDB + block(6, b"\x00" * 8), 48),  # enhanced packet too short
+    (SHB + IDB + struct.pack("<II", 6, 8) + b"\x00" * 8, 48),  # block length < 12
+    (SHB + IDB + block(6, struct.pack("<IIII", 0, 0, 0, 500) + b"\x00" * 8), 48),  # caplen beyond the block
+    (SHB + IDB + block(6, struct.pack("<IIII", 3, 0, 0, 4) + b"\x00" * 4), 48),  # no such interface
+    (block(0x0A0D0D0A, b"\x4d\x3c\x2b\x1a", 8), 0),  # section header shorter than a header
+], ids=["short-idb", "short-epb", "blen-8", "caplen-beyond-block", "no-such-interface", "short-shb"])
+def test_malformed_pcapng_is_a_clean_error_naming_file_and_offset(tmp_path, capsys, data, offset):
+    from alg.cli import main
+    path = tmp_path / "bad.pcapng"
+    path.write_bytes(data)
+    assert main(["replay", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: offset {offset}:" in err and "Traceback" not in err
+
+
+def test_truncated_pcap_warns_and_keeps_what_was_read(tmp_path, capsys):
+    from alg.cli import main
+    whole = FTP4.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(whole[:-7])
+    assert main(["replay", "--format", "json", str(cut)]) == 0
+    out, err = capsys.readouterr()
+    assert main(["replay", "--format", "json", str(FTP4)]) == 0
+    full = capsys.readouterr().out
+    assert out and full.startswith(out.replace(str(cut), str(FTP4)))  # all but what the cut frame held
+    assert "warning" in err and f"{cut}: truncated at offset" in err
+
+
+def test_capture_without_ip_frames_warns(tmp_path, capsys):
+    from alg.cli import main
+    path = tmp_path / "usb.pcap"
+    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 220)
+                     + struct.pack("<IIII", 0, 0, 4, 4) + b"\x00" * 4)  # LINKTYPE_USB_LINUX_MMAPPED
+    assert main(["replay", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "link type 220" in err and "not supported" in err
+
+
+def test_nflog_frames_are_unwrapped():
+    from alg.pcap import LINKTYPE_RAW, nflog_payload, read_frames
+    packet = raw(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2) / Raw(b"x"))
+    prefix = b"fw\0\0"  # NFULA_PREFIX (10), padded
+    frame = (b"\x02\x00\x00\x07" + struct.pack("<HH", 4 + len(prefix), 10) + prefix
+             + struct.pack("<HH", 4 + len(packet), 9) + packet + b"\0" * (-len(packet) % 4))
+    assert nflog_payload(frame) == packet
+    assert nflog_payload(b"\x02\x00\x00\x07" + struct.pack("<HH", 8, 10) + b"pfx\0") is None
+    frames = list(read_frames(str(ROOT / "tests/pcaps/ftp-rec-curl-nflog-v4/capture.pcap")))
+    assert frames and all(f.linktype == LINKTYPE_RAW for f in frames)
+    assert decode_ip(frames[0].data).dport == 21
+
+
+def test_replay_of_several_captures_streams_rows_naming_their_file(tmp_path):
+    bad = tmp_path / "z-bad.pcap"
+    bad.write_bytes(b"not a capture at all")
+    v6 = ROOT / "tests/pcaps/ftp-zeek_ftp-ipv6/capture.pcap"
+    r = subprocess.run([sys.executable, "-m", "alg", "replay", "--format", "json", str(FTP4), str(v6), str(bad)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and str(bad) in r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]  # printed before the bad file stopped it
+    assert {row["file"] for row in rows} == {str(FTP4), str(v6)}
+    assert [row["file"] for row in rows] == sorted((row["file"] for row in rows), key=[str(FTP4), str(v6)].index)
+
+
+def test_text_output_is_conntrack_l_expect():
+    master = FlowTuple(4, 6, A, B, 40000, 21)
+    e = Expectation("rpc", "rpc", 0, 4, 17, A, B, None, 2049, master, 300, flags=0x3)
+    # libnetfilter_conntrack's __snprintf_expect_default: flags comma-joined, then class and helper
+    assert e.to_text() == ("300 proto=17 src=10.0.0.1 dst=10.0.0.2 sport=0 dport=2049 mask-src=255.255.255.255 "
+                           "mask-dst=255.255.255.255 sport=0 dport=65535 master-src=10.0.0.1 master-dst=10.0.0.2 "
+                           "sport=40000 dport=21 PERMANENT,INACTIVE class=0 helper=rpc")
+    assert " class=0 helper=rpc" in Expectation("rpc", "rpc", 0, 4, 17, A, B, None, 1, master, 300).to_text()
+    assert "dport=21 class=0" in Expectation("rpc", "rpc", 0, 4, 17, A, B, None, 1, master, 300).to_text()
+
+
+def long_capture(path: Path, frames: int) -> None:
+    pkt = raw(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2) / Raw(b"x"))
+    rec = struct.pack("<IIII", 0, 0, len(pkt), len(pkt)) + pkt
+    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101) + rec * frames)
+
+
+def test_progress_only_when_stderr_is_a_terminal(tmp_path):
+    import os
+    import pty
+    cap = tmp_path / "long.pcap"
+    long_capture(cap, 10001)
+    argv = [sys.executable, "-m", "alg", "replay", str(cap)]
+    master, slave = pty.openpty()
+    try:
+        r = subprocess.run(argv, stderr=slave, stdout=subprocess.PIPE, timeout=60)
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    assert r.returncode == 0
+    assert b"10000 packets, 0 expectations" in shown and b"5000 packets" in shown
+    assert shown.endswith(b"\r\x1b[K")  # the line is erased at the end
+    plain = subprocess.run(argv, capture_output=True, timeout=60)
+    assert plain.returncode == 0 and b"packets" not in plain.stderr
