@@ -15,6 +15,13 @@ is accepted (234) the channel carries TLS records, which are skipped; a
 client that later sends `CCC` (RFC 4217 §12.3) goes back to clear text,
 and those commands are read again, as the kernel's helper would.
 
+Stricter than nf_conntrack_ftp, on purpose (tests/test_kernel_ftp_differential.py
+measures both): the kernel reads each PORT/227 number without a range check, so
+`PORT 266,0,1,2,4,1` is 10.0.1.2 port 1025 to it (266 keeps its low byte) and
+`PORT 10,0,1,2,0,0` expects port 0; alg refuses both (a number above 255 is
+malformed, port 0 no data connection). A PORT argument must be exactly six
+numbers and the line end (RFC 959 §4.1.1).
+
 Policy: one class `ftp` (the kernel's and conntrackd's policy name, so alg
 can take over a helper that `nfct add helper ftp` created), 1 expectation per
 control connection, 300 s
