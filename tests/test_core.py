@@ -537,3 +537,26 @@ def test_progress_only_when_stderr_is_a_terminal(tmp_path):
     assert shown.endswith(b"\r\x1b[K")  # the line is erased at the end
     plain = subprocess.run(argv, capture_output=True, timeout=60)
     assert plain.returncode == 0 and b"packets" not in plain.stderr
+
+
+def test_rotated_captures_of_one_session_share_the_flow_table(tmp_path):
+    """A capture cut in two between the 227 reply and the data connection (tcpdump -C/-G
+    rotation) gives what the whole gives: the flow and its expectation carry over."""
+    from scapy.all import rdpcap, wrpcap
+    from alg.replay import replay
+    whole = ROOT / "tests/pcaps/ftp-rec-curl-pasv-v4/capture.pcap"
+    frames = rdpcap(str(whole))
+    cut = next(i for i, p in enumerate(frames) if b"227 " in bytes(p.payload)) + 1
+    first, second = tmp_path / "a.pcap", tmp_path / "b.pcap"
+    wrpcap(str(first), frames[:cut])
+    wrpcap(str(second), frames[cut:])
+    one = replay(ftp_engine_related(), [str(whole)])
+    two = replay(ftp_engine_related(), [str(first), str(second)])
+    assert [e.key for e in two.expectations] == [e.key for e in one.expectations] != []
+    assert two.related_flows == one.related_flows >= 1  # the data connection, in the second file, is RELATED
+
+
+def ftp_engine_related():
+    host = load_plugins()
+    policy = default_policy({n: c.spec for n, c in host.helpers.items()})
+    return Engine(make_slots([policy.helpers["ftp"]], host.helpers), track_related=True)
