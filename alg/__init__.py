@@ -5,18 +5,20 @@ for the plugin contract and `alg.testing` for the harness to test a helper.
 """
 
 from .errors import AlgError, ConfigError, KernelError, PluginError, ProtocolViolation
+from .engine import ExpectationEvent
 from .hookspecs import hookimpl
 from .model import (
-    EXPECT_F_INACTIVE, EXPECT_F_PERMANENT, EXPECT_F_USERSPACE, HELPER_NAME_MAX, NEED_DATA, PROTO_NAMES, TCP, UDP,
+    EXPECT_CLASSES_MAX, EXPECT_F_INACTIVE, EXPECT_F_PERMANENT, EXPECT_F_USERSPACE, EXPECT_MAX_MAX, HELPER_NAME_MAX,
+    NEED_DATA, PROTO_NAMES, RESYNC_LINE, TCP, UDP,
     Action, Direction, Expect, ExpectClass, FlowTuple, Helper, HelperSpec, IPAddress, Notice, Option, Outcome, Parsed,
-    Segment, Unexpect, ip, parse_networks,
+    Resync, Segment, Unexpect, ip, parse_networks,
 )
 
 __all__ = [
-    "AlgError", "ConfigError", "KernelError", "PluginError", "ProtocolViolation", "hookimpl",
-    "EXPECT_F_INACTIVE", "EXPECT_F_PERMANENT", "EXPECT_F_USERSPACE", "HELPER_NAME_MAX", "NEED_DATA", "PROTO_NAMES",
-    "TCP", "UDP",
+    "AlgError", "ConfigError", "KernelError", "PluginError", "ProtocolViolation", "hookimpl", "ExpectationEvent",
+    "EXPECT_CLASSES_MAX", "EXPECT_F_INACTIVE", "EXPECT_F_PERMANENT", "EXPECT_F_USERSPACE", "EXPECT_MAX_MAX",
+    "HELPER_NAME_MAX", "NEED_DATA", "PROTO_NAMES", "RESYNC_LINE", "TCP", "UDP",
     "Action", "Direction", "Expect", "ExpectClass", "FlowTuple", "Helper", "HelperSpec", "IPAddress", "Notice",
-    "Option", "Outcome", "Parsed", "Segment", "Unexpect", "ip", "parse_networks",
+    "Option", "Outcome", "Parsed", "Resync", "Segment", "Unexpect", "ip", "parse_networks",
 ]
 __version__ = "0.1.0"

@@ -34,7 +34,7 @@ def resolve_policy(host: PluginHost, paths: Sequence[str] | None, *, only_listed
 
 
 def cmd_replay(args: argparse.Namespace, host: PluginHost) -> int:
-    from .replay import replay, write
+    from .replay import Progress, ReplayResult, replay_found, row
 
     policy = resolve_policy(host, args.policy, only_listed=False)
     helpers = [h for h in policy.helpers.values() if not args.helper or h.name in args.helper]
@@ -44,15 +44,23 @@ def cmd_replay(args: argparse.Namespace, host: PluginHost) -> int:
               f"(have: {', '.join(sorted(policy.helpers))})", file=sys.stderr)
         return EXIT_USAGE
     engine = Engine(make_slots(helpers, host.helpers), policy.core, track_related=True)
-    progress = sys.stderr if sys.stderr.isatty() else None
+    progress = Progress(sys.stderr if sys.stderr.isatty() else None)
+    result = ReplayResult()
+    out = sys.stdout
     try:
-        result = replay(engine, args.pcap, progress)
+        # each expectation is printed as it is found: an interrupted replay keeps what it found
+        for path, e in replay_found(engine, args.pcap, result, progress,
+                                    warn=lambda msg: print(f"alg replay: warning: {msg}", file=sys.stderr)):
+            out.write(row(e, args.format, path) + "\n")
+            out.flush()
+            for ev in engine.take_events():
+                host.hook.alg_expectation_event(event=ev)
     except (OSError, CaptureError) as exc:
+        progress.clear()
         print(f"alg replay: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    write(result.expectations, args.format)
-    for e in engine.take_events():
-        host.hook.alg_expectation_event(event=e)
+    for ev in engine.take_events():
+        host.hook.alg_expectation_event(event=ev)
     if args.stats:
         json.dump({"frames": result.frames, "undecodable": result.undecodable, "not_ip": result.not_ip,
                    "related_flows": result.related_flows, **engine.stats()}, sys.stderr, indent=1)
@@ -106,8 +114,14 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    r = sub.add_parser("replay", help="derive expectations from captures")
-    r.add_argument("pcap", nargs="+", metavar="PCAP")
+    r = sub.add_parser(
+        "replay", help="derive expectations from captures",
+        description="Derive the expectations the helpers would create from pcap/pcapng captures; each is printed "
+                    "as soon as it is found. Several captures are read in the order given as one stream: flows "
+                    "and expectations carry over from one file to the next (rotated captures of one session, "
+                    "e.g. tcpdump -C/-G); frame numbers restart with each file, and JSON rows name it (`file`).")
+    r.add_argument("pcap", nargs="+", metavar="PCAP", help="capture files (pcap, pcapng; Ethernet, Linux cooked, "
+                   "raw IP, loopback or NFLOG link types)")
     r.add_argument("--format", choices=("text", "json"), default="text")
     r.add_argument("--helper", action="append", metavar="NAME", help="only this helper (repeatable)")
     r.add_argument("--policy", action="append", metavar="FILE|DIR", help="policy overrides (repeatable)")

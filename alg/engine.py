@@ -21,7 +21,7 @@ from .decode import Packet
 from .errors import ProtocolViolation
 from .expect import Admission, Expectation, ExpectationTable, Refusal
 from .flows import Flow, FlowTable, packet_key, packet_tuple
-from .model import NEED_DATA, TCP, Direction, Expect, Helper, Notice, Parsed, Segment, Unexpect, ports_ok
+from .model import NEED_DATA, PROTO_NAMES, TCP, Direction, Expect, Helper, Notice, Parsed, Segment, Unexpect, ports_ok
 from .policy import CorePolicy, HelperPolicy
 
 log = logging.getLogger("alg.engine")
@@ -67,6 +67,8 @@ class HelperStats:
     parse_errors: int = 0
     internal_errors: int = 0
     flows: int = 0
+    gaps: int = 0  # TCP holes that did not fill and were skipped (lost segments)
+    desynced: int = 0  # flow directions given up after a gap (the helper could not resynchronise)
     notices: Counter = field(default_factory=Counter)
     classes: dict[str, ClassStats] = field(default_factory=dict)
 
@@ -74,6 +76,7 @@ class HelperStats:
         return {
             "packets": self.packets, "bytes": self.bytes, "flows": self.flows,
             "parse_errors": self.parse_errors, "internal_errors": self.internal_errors,
+            "gaps": self.gaps, "desynced": self.desynced,
             "notices": dict(self.notices),
             "classes": {
                 n: {"created": c.created, "evicted": c.evicted, "removed": c.removed, "used": c.used,
@@ -168,8 +171,13 @@ class Engine:
         try:
             if flow.streams is not None:
                 stream = flow.streams[direction]
-                if not stream.feed(pkt.seq, pkt.tcp_flags, pkt.payload):
+                gaps = stream.gaps
+                if not stream.feed(pkt.seq, pkt.tcp_flags, pkt.payload, now):
                     return []
+                if stream.gaps != gaps:
+                    h.stats.gaps += stream.gaps - gaps
+                    self.warn(logging.INFO, f"gap-{h.policy.name}", "%s: %s: lost TCP segment skipped (%s)",
+                              h.policy.name, flow.tuple, direction.name.lower())
                 return self._inspect_stream(flow, direction, stream, now, frame)
             if not pkt.payload:
                 return []
@@ -229,6 +237,17 @@ class Engine:
     def _inspect_stream(self, flow: Flow, direction: Direction, stream, now: float, frame) -> list[Decision]:
         decisions: list[Decision] = []
         helper = flow.helper.helper
+        if stream.resync:
+            skip = helper.resync(Segment(stream.buf, direction, flow.tuple, now), flow.state)
+            if skip is NEED_DATA:
+                return decisions
+            if skip is None:
+                stream.abandon()
+                flow.helper.stats.desynced += 1
+                return decisions
+            if not isinstance(skip, int) or not 0 <= skip <= len(stream.buf):
+                raise RuntimeError(f"helper resync skipped {skip!r} of {len(stream.buf)} bytes")
+            stream.buf, stream.resync = stream.buf[skip:], False
         while stream.buf:
             outcome = helper.inspect(Segment(stream.buf, direction, flow.tuple, now), flow.state)
             if outcome is NEED_DATA:
@@ -261,10 +280,12 @@ class Engine:
         pol = h.policy
         cls = h.stats.classes.get(a.cls)
         l3 = flow.tuple.l3
-        if cls is None or not ports_ok(a.sport, a.dport) or a.dst.version != l3 or (
-            a.src is not None and a.src.version != l3
-        ):
-            h.stats.internal_errors += 1
+        if cls is None or a.proto not in PROTO_NAMES or not ports_ok(a.sport, a.dport) \
+                or a.dst.version != l3 or (a.src is not None and a.src.version != l3):
+            if cls is not None:
+                cls.refused[Refusal.INVALID.value] += 1
+            else:  # not even a class to count it in: a helper bug
+                h.stats.internal_errors += 1
             self.warn(logging.ERROR, f"invalid-{pol.name}", "%s: invalid expectation request %r", pol.name, a)
             return []
         ec = pol.expect_class(a.cls)

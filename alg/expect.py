@@ -104,9 +104,11 @@ class Expectation:
         }
 
     def to_text(self) -> str:
-        """One line in the format of `conntrack -L expect`."""
+        """One line in the format of `conntrack -L expect` (libnetfilter_conntrack's
+        default output: flags comma-joined, as `PERMANENT,INACTIVE`)."""
         m = self.master
-        flags = "".join(f" {f}" for f in flag_names(self.flags))
+        names = flag_names(self.flags)
+        flags = " " + ",".join(names) if names else ""
         return (
             f"{self.timeout} proto={self.proto} src={self.src or self._zero()} dst={self.dst} "
             f"sport={self.sport or 0} dport={self.dport} "

@@ -14,6 +14,24 @@ from the front of `buf`. Buffered bytes (in order plus parked) are bounded by
 the helper's `max_buffer`: past it the stream raises ProtocolViolation and
 the flow stops being inspected, as a peer that never finishes a command
 must not make us hold memory.
+
+Holes that never fill. Live, a hole is a segment the firewall has not seen
+yet: TCP retransmits it after three duplicate ACKs (about one round trip) or
+its retransmission timeout (200 ms at least, doubling on each retry), and
+meanwhile the sender can put on the wire only what its window allows beyond
+the hole, a few segments on a control connection. In a capture a hole is
+usually a packet the capture missed (tcpdump's "dropped by kernel", a lossy
+SPAN port): it never fills, and capture time plays the clock. Either way,
+once `GAP_SEGMENTS` segments or half of `max_buffer` bytes are parked behind
+the hole, or the hole is older than `GAP_SECONDS` while data waits, the hole
+is skipped: the unconsumed bytes before it (a message cut short) are dropped,
+the stream jumps to the first parked segment, `gaps` is counted and
+`resync` is set, so that the engine lets the helper find its next message
+boundary (`Helper.resync`) before inspecting again. A retransmission of the
+skipped bytes arriving later is old data and ignored: skipping too early
+costs what the hole held, the same as a hole that never fills. A helper
+that cannot resynchronise gives the direction up (`abandon`): its bytes are
+dropped from then on, the other direction goes on.
 """
 
 from __future__ import annotations
@@ -26,10 +44,12 @@ from .errors import ProtocolViolation
 from .model import TCP, Direction, FlowTuple
 
 _MOD = 1 << 32
+GAP_SEGMENTS = 16  # segments parked behind a hole before it is skipped
+GAP_SECONDS = 20.0  # age of a hole (with data parked behind it) before it is skipped
 
 
 class TcpStream:
-    __slots__ = ("next_seq", "buf", "ooo", "ooo_bytes", "limit")
+    __slots__ = ("next_seq", "buf", "ooo", "ooo_bytes", "limit", "hole_since", "gaps", "resync", "abandoned")
 
     def __init__(self, limit: int):
         self.next_seq: int | None = None
@@ -37,9 +57,24 @@ class TcpStream:
         self.ooo: dict[int, bytes] = {}
         self.ooo_bytes = 0
         self.limit = limit
+        self.hole_since: float | None = None  # when the first segment was parked behind the current hole
+        self.gaps = 0  # holes skipped
+        self.resync = False  # buf starts after a skipped hole: the helper must find a boundary first
+        self.abandoned = False  # the helper could not resynchronise: bytes are dropped
 
-    def feed(self, seq: int, flags: int, payload: bytes) -> bool:
-        """Take a segment; True when new in-order bytes were appended."""
+    def abandon(self) -> None:
+        """Stop inspecting this direction (after a gap the helper cannot cross)."""
+        self.abandoned, self.resync = True, False
+        self.buf, self.ooo, self.ooo_bytes = b"", {}, 0
+
+    def feed(self, seq: int, flags: int, payload: bytes, now: float | None = None) -> bool:
+        """Take a segment; True when new in-order bytes were appended (then
+        `resync` tells whether `buf` starts after a skipped hole).
+
+        `now` (capture or monotonic time) lets a hole age; without it only
+        the amount of parked data decides when a hole is skipped."""
+        if self.abandoned:
+            return False
         if flags & TCP_SYN:
             seq = (seq + 1) % _MOD
             if self.next_seq is None:
@@ -59,9 +94,38 @@ class TcpStream:
             if seq not in self.ooo or len(self.ooo[seq]) < len(payload):
                 self.ooo_bytes += len(payload) - len(self.ooo.get(seq, b""))
                 self.ooo[seq] = payload
-            self._check()
-            return False
-        self._append(payload)
+            if self.hole_since is None or (now is not None and now < self.hole_since):
+                self.hole_since = now if now is not None else 0.0
+            if not self._hole_is_lost(now):
+                self._check()
+                return False
+            self._skip_hole()
+            skipped = True
+        else:
+            self._append(payload)
+            skipped = False
+        self._drain()
+        if not self.ooo:
+            self.hole_since = None
+        elif skipped:  # a further hole behind the skipped one starts its own clock
+            self.hole_since = now if now is not None else 0.0
+        self._check()
+        return True
+
+    def _hole_is_lost(self, now: float | None) -> bool:
+        return (len(self.ooo) >= GAP_SEGMENTS or self.ooo_bytes >= self.limit // 2
+                or (now is not None and self.hole_since is not None and now - self.hole_since >= GAP_SECONDS))
+
+    def _skip_hole(self) -> None:
+        """Give up on the hole: resume at the first parked segment."""
+        first = min(self.ooo, key=lambda s: (s - self.next_seq) % _MOD)  # type: ignore[operator]
+        self.buf = b""  # a message cut short by the hole
+        self.next_seq = first
+        self.gaps += 1
+        self.resync = True
+
+    def _drain(self) -> None:
+        assert self.next_seq is not None
         while self.ooo:
             progressed = False
             for s in list(self.ooo):
@@ -76,8 +140,6 @@ class TcpStream:
                         progressed = True
             if not progressed:
                 break
-        self._check()
-        return True
 
     def _append(self, data: bytes) -> None:
         self.buf += data

@@ -49,8 +49,15 @@ def alg_register_helpers(register: Callable[[type], None]) -> None:
 
     Called once at start-up (and again on reload). Each class must carry a
     valid `spec` (`alg.HelperSpec`): a name of at most 15 characters, unique
-    across plugins, at least one protocol, port and expectation class. A bad
-    class raises `PluginError` for that plugin only.
+    across plugins, at least one protocol, port and expectation class, at
+    most `alg.EXPECT_CLASSES_MAX` (4) classes with ExpectMax 1 to
+    `alg.EXPECT_MAX_MAX` (255): what nfnetlink_cthelper accepts. A bad class
+    raises `PluginError` for that plugin only.
+
+    TCP helpers say how they recover from a lost segment: `HelperSpec(resync=
+    alg.RESYNC_LINE)` for line-based protocols, or override `Helper.resync`
+    (see `alg.model`); by default the direction with the hole is no longer
+    inspected. Either way the helper's `gaps` (and `desynced`) counters show it.
     """
 
 

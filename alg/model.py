@@ -14,6 +14,15 @@ table and the kernel; the helper only turns bytes into actions:
 hands over the in-order bytes not yet consumed for that direction; on UDP one
 whole datagram. A peer that breaks the protocol makes the helper raise
 `ProtocolViolation`.
+
+Lost TCP segments: when a hole in a direction's byte stream does not fill
+(see `alg.flows`), the core skips it and, before `inspect` sees the bytes
+after it, calls `resync(segment, state)` so that the helper can find its
+next message boundary. Text protocols declare `HelperSpec(resync="line")`
+(the default method then skips to the next line end); binary ones either
+override `resync` (scan for a record they recognise, reset their
+per-direction state) or keep the default `resync=None`: that direction is no
+longer inspected (counted as `desynced`), the other one goes on.
 """
 
 from __future__ import annotations
@@ -36,6 +45,11 @@ EXPECT_F_PERMANENT = 0x1
 EXPECT_F_INACTIVE = 0x2
 EXPECT_F_USERSPACE = 0x4
 HELPER_NAME_MAX = 15  # NF_CT_HELPER_NAME_LEN - 1
+# include/uapi/linux/netfilter/nf_conntrack_common.h / nf_conntrack_helper.h:
+# nfnetlink_cthelper refuses (EINVAL) a policy with more classes or a larger max
+EXPECT_CLASSES_MAX = 4  # NF_CT_MAX_EXPECT_CLASSES
+EXPECT_MAX_MAX = 255  # NF_CT_EXPECT_MAX_CNT
+RESYNC_LINE = "line"  # HelperSpec.resync: resume at the next line end after lost bytes
 
 
 class Direction(enum.IntEnum):
@@ -157,6 +171,7 @@ class _NeedData:
 
 NEED_DATA = _NeedData()
 Outcome = Union[Parsed, _NeedData]
+Resync = Union[int, _NeedData, None]  # what Helper.resync returns
 
 
 # ---------------------------------------------------------------- descriptors
@@ -195,6 +210,10 @@ class HelperSpec:
     priv_data_len: int = 0  # kernel per-conntrack private area; 0 = none needed
     max_buffer: int = 65536  # bytes buffered per flow direction on TCP
     doc: str = ""
+    # After a lost TCP segment: RESYNC_LINE resumes after the next line end
+    # (text protocols: FTP, SMTP-like); None gives the direction up unless
+    # the helper overrides `Helper.resync`.
+    resync: str | None = None
 
     def class_id(self, name: str) -> int:
         for i, c in enumerate(self.classes):
@@ -222,6 +241,21 @@ class Helper:
 
     def inspect(self, segment: Segment, state: Any) -> Outcome:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def resync(self, segment: Segment, state: Any) -> Resync:
+        """TCP only: bytes were lost before `segment.data` (a hole skipped by the core).
+
+        Return how many leading bytes to drop to reach a message boundary (0:
+        the data starts at one), `NEED_DATA` (no boundary yet: called again with
+        more bytes), or None (cannot resynchronise: this direction is no longer
+        inspected). Raising `ProtocolViolation` stops the whole flow. Reset any
+        per-direction parse state here; `inspect` is called next from the
+        boundary. The default follows `spec.resync`.
+        """
+        if self.spec.resync == RESYNC_LINE:
+            end = segment.data.find(b"\n")
+            return NEED_DATA if end < 0 else end + 1
+        return None
 
 
 HelperFactory = Callable[..., Helper]
@@ -252,7 +286,7 @@ def ports_ok(*ports: int | None) -> bool:
 
 __all__: Sequence[str] = [
     "Action", "Direction", "EXPECT_F_INACTIVE", "EXPECT_F_PERMANENT", "EXPECT_F_USERSPACE", "Expect",
-    "ExpectClass", "FlowTuple", "HELPER_NAME_MAX", "Helper", "HelperSpec", "IPAddress", "NEED_DATA",
-    "Notice", "Option", "Outcome", "Parsed", "PROTO_NAMES", "Segment", "TCP", "UDP", "Unexpect", "ip",
-    "parse_networks",
+    "ExpectClass", "EXPECT_CLASSES_MAX", "EXPECT_MAX_MAX", "FlowTuple", "HELPER_NAME_MAX", "RESYNC_LINE", "Helper",
+    "HelperSpec", "IPAddress", "NEED_DATA", "Notice", "Option", "Outcome", "Parsed", "Resync", "PROTO_NAMES",
+    "Segment", "TCP", "UDP", "Unexpect", "ip", "parse_networks",
 ]

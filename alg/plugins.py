@@ -17,7 +17,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .model import HELPER_NAME_MAX, PROTO_NAMES, Helper
+from .model import EXPECT_CLASSES_MAX, EXPECT_MAX_MAX, HELPER_NAME_MAX, PROTO_NAMES, RESYNC_LINE, Helper
 
 ENTRY_POINT_GROUP = "alg.helpers"
 log = logging.getLogger("alg.plugins")
@@ -35,9 +35,20 @@ def validate_helper_class(cls: object) -> None:
         raise PluginError(f"helper {spec.name}: protocols must be TCP and/or UDP")
     if not spec.classes:
         raise PluginError(f"helper {spec.name}: at least one expectation class")
+    # nfnetlink_cthelper: more than NF_CT_MAX_EXPECT_CLASSES classes is EOVERFLOW,
+    # a max_expected above NF_CT_EXPECT_MAX_CNT is EINVAL
+    if len(spec.classes) > EXPECT_CLASSES_MAX:
+        raise PluginError(f"helper {spec.name}: at most {EXPECT_CLASSES_MAX} expectation classes (the kernel's "
+                          f"limit), not {len(spec.classes)}")
     names = [c.name for c in spec.classes]
     if len(set(names)) != len(names):
         raise PluginError(f"helper {spec.name}: duplicate class names {names}")
+    for c in spec.classes:
+        if not 1 <= c.max_expected <= EXPECT_MAX_MAX or c.timeout < 1:
+            raise PluginError(f"helper {spec.name}: class {c.name}: max_expected 1-{EXPECT_MAX_MAX} and a positive "
+                              f"timeout, not {c.max_expected} / {c.timeout}")
+    if spec.resync not in (None, RESYNC_LINE):
+        raise PluginError(f"helper {spec.name}: resync must be None or {RESYNC_LINE!r}, not {spec.resync!r}")
     if any(not 0 < p < 65536 for p in spec.ports):
         raise PluginError(f"helper {spec.name}: ports must be 1-65535")
 

@@ -15,7 +15,7 @@ ExpectTimeout) plus ours. A helper file::
     max_flows = 65536         # flows tracked by this helper, oldest evicted
 
     [classes.default]         # one table per expectation class
-    expect_max = 1            # conntrackd: ExpectMax
+    expect_max = 1            # conntrackd: ExpectMax (1-255, the kernel's limit)
     expect_timeout = 300      # conntrackd: ExpectTimeout (seconds)
 
     [options]                 # the helper's own knobs, e.g. FTP's loose
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 from .errors import ConfigError
-from .model import HELPER_NAME_MAX, PROTO_NAMES, PROTO_NUMBERS, ExpectClass, HelperSpec
+from .model import EXPECT_MAX_MAX, HELPER_NAME_MAX, PROTO_NAMES, PROTO_NUMBERS, ExpectClass, HelperSpec
 
 FAMILIES = {"ipv4": 4, "ipv6": 6}
 FAMILY_NAMES = {v: k for k, v in FAMILIES.items()}
@@ -124,27 +124,47 @@ def default_policy(specs: Mapping[str, HelperSpec]) -> Policy:
 
 # ---------------------------------------------------------------- loading
 class _Locator:
-    """Finds the line of a key in TOML text (tomllib keeps no positions)."""
+    """Finds the line of a key in TOML text (tomllib keeps no positions).
 
-    _table = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]")
-    _key = re.compile(r"""^\s*("?)([A-Za-z0-9_.-]+)\1\s*=""")
+    A key can be set in its table (`[classes.ftp]` then `expect_max = 2`),
+    as a dotted key (`classes.ftp.expect_max = 2`, or `ftp.expect_max = 2`
+    under `[classes]`) or in an inline table (`ftp = { expect_max = 2 }`).
+    """
+
+    _table = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]")
+    _simple = r"""(?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+)"""  # a bare or quoted key part
+    _key = re.compile(rf"^\s*({_simple}(?:\s*\.\s*{_simple})*)\s*=")
+    _part = re.compile(r"""\s*("([^"]*)"|'([^']*)'|[A-Za-z0-9_-]+)\s*(?:\.|$)""")
 
     def __init__(self, path: str, text: str):
         self.path = path
         self.lines = text.splitlines()
 
+    @classmethod
+    def _path(cls, dotted: str) -> tuple[str, ...]:
+        return tuple(m.group(2) if m.group(2) is not None else m.group(3) if m.group(3) is not None
+                     else m.group(1) for m in cls._part.finditer(dotted))
+
     def line(self, table: tuple[str, ...], key: str | None) -> int | None:
+        want = table + ((key,) if key is not None else ())
         current: tuple[str, ...] = ()
         for n, text in enumerate(self.lines, 1):
             m = self._table.match(text)
             if m:
-                current = tuple(p.strip().strip('"') for p in m.group(1).split("."))
+                current = self._path(m.group(1))
                 if key is None and current == table:
                     return n
                 continue
             m = self._key.match(text)
-            if m and key is not None and current == table and m.group(2) == key:
-                return n
+            if not m:
+                continue
+            path = current + self._path(m.group(1))
+            if path[:len(want)] == want:
+                return n  # the key itself, or a dotted key inside the wanted table
+            rest = want[len(path):]
+            if path == want[:len(path)] and rest and re.search(
+                    r"[{,]\s*" + r"\s*\.\s*".join(f"\"?{re.escape(r)}\"?" for r in rest) + r"\s*=", text[m.end():]):
+                return n  # inside an inline table on this line
         return None
 
     def error(self, message: str, table: tuple[str, ...] = (), key: str | None = None) -> ConfigError:
@@ -225,6 +245,8 @@ def parse_helper_policy(path: str, specs: Mapping[str, HelperSpec], doc=None, lo
     protocols = names("protocols", PROTO_NUMBERS, spec.protocols, spec.protocols)
     families = names("families", FAMILIES, spec.families, spec.families)
     ports = _get(doc, "ports", list, loc, default=list(spec.ports))
+    if not ports:  # no `CT --helper` rule would be generated, replay would pick no flow
+        raise loc.error("must not be empty (to switch a helper off: enabled = false)", (), "ports")
     for p in ports:
         if isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 65536:
             raise loc.error(f"ports must be integers 1-65535, not {p!r}", (), "ports")
@@ -243,7 +265,8 @@ def parse_helper_policy(path: str, specs: Mapping[str, HelperSpec], doc=None, lo
         old = classes[known[cname]]
         classes[known[cname]] = ExpectClass(
             cname,
-            _int_in(cdoc, "expect_max", 1, 65535, loc, table, old.max_expected),
+            # nfnetlink_cthelper refuses more (EINVAL, NF_CT_EXPECT_MAX_CNT)
+            _int_in(cdoc, "expect_max", 1, EXPECT_MAX_MAX, loc, table, old.max_expected),
             _int_in(cdoc, "expect_timeout", 1, 86400 * 7, loc, table, old.timeout),
         )
     options = dict(base.options)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 from .decode import DecodeError, Defragmenter, decode_ip, decode_link
 from .engine import Create, Engine
@@ -26,6 +27,35 @@ class ReplayResult:
     undecodable: int = 0
     not_ip: int = 0
     related_flows: int = 0
+    found: int = 0  # expectations derived so far
+    warnings: list[str] = field(default_factory=list)
+
+
+# link types worth naming in a warning (https://www.tcpdump.org/linktypes.html)
+_LINKTYPE_NAMES = {1: "Ethernet", 101: "raw IP", 105: "802.11", 113: "Linux cooked", 127: "802.11 radiotap",
+                   239: "NFLOG", 276: "Linux cooked v2"}
+
+
+class Progress:
+    """A one-line indicator on a terminal (stderr), erased before other output."""
+
+    EVERY = 5000  # frames
+
+    def __init__(self, out: IO[str] | None):
+        self.out = out
+        self.shown = False
+
+    def update(self, path: str, frame: int, found: int) -> None:
+        if self.out is not None and frame % self.EVERY == 0:
+            self.out.write(f"\r\033[K{path}: {frame} packets, {found} expectations")
+            self.out.flush()
+            self.shown = True
+
+    def clear(self) -> None:
+        if self.shown and self.out is not None:
+            self.out.write("\r\033[K")
+            self.out.flush()
+            self.shown = False
 
 
 def replay(engine: Engine, paths: Iterable[str], progress: IO[str] | None = None) -> ReplayResult:
@@ -36,18 +66,40 @@ def replay(engine: Engine, paths: Iterable[str], progress: IO[str] | None = None
 
 
 def replay_iter(engine: Engine, paths: Iterable[str], result: ReplayResult,
-                progress: IO[str] | None = None) -> Iterator[Expectation]:
+                progress: IO[str] | Progress | None = None) -> Iterator[Expectation]:
+    for _path, e in replay_found(engine, paths, result, progress):
+        yield e
+
+
+def replay_found(engine: Engine, paths: Iterable[str], result: ReplayResult,
+                 progress: IO[str] | Progress | None = None,
+                 warn: Callable[[str], None] | None = None) -> Iterator[tuple[str, Expectation]]:
+    """(capture file, expectation) as they are found, one capture after the other.
+
+    The flow table and the expectations carry over from one file to the next
+    (rotated captures of one session: `tcpdump -C/-G` files). Warnings (a
+    truncated file, frames that are not IP) go to `warn` and `result.warnings`."""
+    shown = progress if isinstance(progress, Progress) else Progress(progress)
+
+    def note(msg: str) -> None:
+        result.warnings.append(msg)
+        if warn is not None:
+            shown.clear()
+            warn(msg)
+
     for path in paths:
         defrag = Defragmenter()
-        for frame in read_frames(path):
+        seen: Counter = Counter()  # frames by link type
+        ip: Counter = Counter()  # of which IP
+        for frame in read_frames(path, note):
             result.frames += 1
-            if progress is not None and result.frames % 5000 == 0:
-                progress.write(f"\r{path}: {result.frames} packets, {len(result.expectations)} expectations")
-                progress.flush()
+            seen[frame.linktype] += 1
+            shown.update(path, frame.number, result.found)
             l3 = decode_link(frame.linktype, frame.data)
             if l3 is None:
                 result.not_ip += 1
                 continue
+            ip[frame.linktype] += 1
             try:
                 pkt = decode_ip(l3)
                 if pkt.frag is not None:
@@ -60,14 +112,28 @@ def replay_iter(engine: Engine, paths: Iterable[str], result: ReplayResult,
                 continue
             for d in engine.process(pkt, frame.time, frame.number):
                 if isinstance(d, Create):
-                    yield d.expectation
+                    result.found += 1
+                    shown.clear()
+                    yield path, d.expectation
+        if not seen:
+            note(f"{path}: no packets")
+        for linktype, n in sorted(seen.items()):
+            if not ip[linktype]:
+                name = _LINKTYPE_NAMES.get(linktype)
+                note(f"{path}: none of the {n} frames of link type {linktype}" + (f" ({name})" if name else "")
+                     + " is an IP packet" + ("" if linktype in _LINKTYPE_NAMES else " (link type not supported)"))
     result.related_flows = engine.related_flows
-    if progress is not None and result.frames >= 5000:
-        progress.write("\r\033[K")
-        progress.flush()
+    shown.clear()
+
+
+def row(e: Expectation, fmt: str, path: str | None = None) -> str:
+    """One output line; JSON rows name the capture file (`file`) when given."""
+    if fmt != "json":
+        return e.to_text()
+    return json.dumps(e.to_json() | ({"file": path} if path is not None else {}), sort_keys=True)
 
 
 def write(expectations: Iterable[Expectation], fmt: str, out: IO[str] | None = None) -> None:
     out = out or sys.stdout
     for e in expectations:
-        out.write((json.dumps(e.to_json(), sort_keys=True) if fmt == "json" else e.to_text()) + "\n")
+        out.write(row(e, fmt) + "\n")

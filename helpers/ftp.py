@@ -15,12 +15,23 @@ is accepted (234) the channel carries TLS records, which are skipped; a
 client that later sends `CCC` (RFC 4217 §12.3) goes back to clear text,
 and those commands are read again, as the kernel's helper would.
 
+Stricter than nf_conntrack_ftp, on purpose (tests/test_kernel_ftp_differential.py
+measures both): the kernel reads each PORT/227 number without a range check, so
+`PORT 266,0,1,2,4,1` is 10.0.1.2 port 1025 to it (266 keeps its low byte) and
+`PORT 10,0,1,2,0,0` expects port 0; alg refuses both (a number above 255 is
+malformed, port 0 no data connection). A PORT argument must be exactly six
+numbers and the line end (RFC 959 §4.1.1).
+
 Policy: one class `ftp` (the kernel's and conntrackd's policy name, so alg
 can take over a helper that `nfct add helper ftp` created), 1 expectation per
 control connection, 300 s
 (the kernel's defaults). NAT rewriting: not yet (offsets are reported).
 Limits: commands are read line by line; a line longer than `max_buffer`
-(8 KiB) stops inspection of the flow.
+(8 KiB) stops inspection of the flow. A TCP segment the firewall never sees
+(lost in a capture, asymmetric routing) costs the commands it held: once the
+core gives up on the hole, reading resumes at the first line that starts
+like a command (client) or a reply (server), else after the next line end;
+in a TLS-protected direction that direction is given up.
 """
 
 from __future__ import annotations
@@ -31,9 +42,17 @@ import re
 import alg
 from alg import TCP, Direction, Expect, ExpectClass, HelperSpec, Notice, Option, Parsed
 
-# RFC 959 PORT argument and the 227 reply's numbers (the kernel scans the 227
-# text for the first digit; so do we)
-_SIX_NUMBERS = re.compile(rb"(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3})")
+# RFC 959 §4.1.2 host-port: six comma-separated numbers; in the 227 reply
+# they may sit anywhere in the text (the kernel scans for the first digit; so
+# do we), but never inside a longer run of digits and commas
+_SIX = rb"(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3})"
+_SIX_NUMBERS = re.compile(rb"(?<![\d,])" + _SIX + rb"(?![\d,])")
+# RFC 959 §4.1.1: PORT <SP> <host-port> <CRLF>, nothing else on the line
+_PORT_ARG = re.compile(rb" *" + _SIX + rb" *\r?\n")
+# after lost bytes (RFC 959 §4.1: commands are 3-4 letters; §4.2: replies
+# start with three digits): does the data start a line?
+_LINE_START = {Direction.ORIGINAL: re.compile(rb"[A-Za-z]{3,4}(?: |\r?\n)"),
+               Direction.REPLY: re.compile(rb"\d{3}[ -]")}
 # RFC 2428 §2: EPRT<space><d><net-prt><d><net-addr><d><tcp-port><d>, d any of ASCII 33-126
 _EPRT = re.compile(rb"(?P<d>[!-~])(?P<af>[12])(?P=d)(?P<addr>[0-9A-Fa-f:.]+)(?P=d)(?P<port>\d{1,5})(?P=d)")
 # RFC 2428 §3: 229 Entering Extended Passive Mode (<d><d><d><tcp-port><d>)
@@ -62,10 +81,21 @@ class FtpHelper(alg.Helper):
         options={"loose": Option(False, "accept an advertised address that is not the sender's (unsafe)")},
         priv_data_len=24,  # conntrackd's ftp helper uses 24; lets alg take over an `nfct add`-ed helper
         max_buffer=8192,
+        resync=alg.RESYNC_LINE,
     )
 
     def new_state(self) -> FtpState:
         return FtpState()
+
+    def resync(self, segment: alg.Segment, state: FtpState) -> alg.Resync:
+        """After lost bytes: resume at a line that starts like a command (or
+        reply), else after the next line end. Inside TLS the record framing
+        is gone: that direction is given up."""
+        if state.encrypted:
+            return None
+        if _LINE_START[segment.direction].match(segment.data):
+            return 0
+        return super().resync(segment, state)
 
     def inspect(self, segment: alg.Segment, state: FtpState) -> alg.Outcome:
         data = segment.data
@@ -93,7 +123,7 @@ class FtpHelper(alg.Helper):
     def _command(self, line: bytes, seg: alg.Segment, state: FtpState) -> tuple:
         verb = line[:5].upper()
         if verb == b"PORT " and seg.flow.l3 == 4:
-            m = _SIX_NUMBERS.search(line, 5)
+            m = _PORT_ARG.fullmatch(line, 5)
             return self._six(m, seg) if m else (Notice("malformed", "PORT"),)
         if verb == b"EPRT ":
             m = _EPRT.match(line, 5)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import alg
 from alg.model import NEED_DATA, Direction, Expect, FlowTuple, Notice, Parsed, Segment
-from helpers.ftp import FtpHelper
+from alg_helpers.ftp import FtpHelper
 
 TCP = 6
 C4, S4 = ipaddress.ip_address("10.0.1.2"), ipaddress.ip_address("10.0.2.2")
@@ -86,6 +86,10 @@ def test_command_split_across_segments():
     (b"PORT 10,0,1,2,0,0\r\n", "bad-port"),
     (b"PORT 10,0,1,2,256,1\r\n", "malformed"),                # number > 255
     (b"PORT 10,0,1,2,999,1\r\n", "malformed"),
+    (b"PORT 1000,0,1,2,4,1\r\n", "malformed"),              # not 0.1.2.4 from the tail of 1000
+    (b"PORT 10,0,1,2,4,1,7\r\n", "malformed"),               # a seventh number
+    (b"PORT 10,0,1,2,4,1 junk\r\n", "malformed"),
+    (b"PORT x10,0,1,2,4,1\r\n", "malformed"),
     (b"EPRT |1|10.0.1.2|65536|\r\n", "bad-port"),
     (b"EPRT |1|10.0.1.2|0|\r\n", "bad-port"),
     (b"EPRT |2|fd00:1::2|4000|\r\n", "family-mismatch"),      # v6 address on a v4 master
@@ -96,6 +100,11 @@ def test_refused(line, code):
     acts, _ = feed(line)
     assert expects(acts) == []
     assert [a.code for a in acts if isinstance(a, Notice)] == [code]
+
+
+def test_227_numbers_inside_a_longer_run_are_not_read():
+    acts, _ = feed(b"227 Entering Passive Mode (1010,0,2,2,4,1).\r\n", REPLY)
+    assert expects(acts) == [] and [a.code for a in acts] == ["malformed"]
 
 
 def test_227_bounce_refused_unless_loose():
@@ -244,3 +253,54 @@ def test_engine_byte_bound_per_flow():
     # PORT from the right address opens nothing afterwards
     assert [d for d in conn.send(True, b"\r\nPORT 10,0,1,2,1,1\r\n") if isinstance(d, Create)] == []
     assert eng.stats()["helpers"]["ftp"]["parse_errors"] == 1
+
+
+def lost_segment_then_ports(conn: Conn, n: int) -> list:
+    """A PORT command whose middle 8 bytes are lost, then n PORT commands, one a segment."""
+    out = conn.send(True, b"PORT 10,0,")
+    conn.cseq += 8  # "1,2,1,1\r\n" minus its last two bytes never reaches us
+    out += conn.send(True, b"\r\n")
+    for i in range(n):
+        out += conn.send(True, b"PORT 10,0,1,2,%d,%d\r\n" % (1 + i // 256, i % 256))
+    return out
+
+
+def test_engine_resyncs_after_a_lost_segment():
+    eng = ftp_engine()
+    out = lost_segment_then_ports(Conn(eng), 300)
+    created = [d.expectation.dport for d in out if isinstance(d, Create)]
+    assert created == [256 * (1 + i // 256) + i % 256 for i in range(300)]  # every PORT after the hole
+    st = eng.stats()["helpers"]["ftp"]
+    assert (st["gaps"], st["desynced"], st["parse_errors"]) == (1, 0, 0)
+
+
+def test_engine_resync_mid_line_skips_to_the_next_line():
+    eng = ftp_engine()
+    conn = Conn(eng)
+    conn.send(True, b"PO")
+    conn.cseq += 3  # "RT " lost: "10,0,1,2,1,1" must not be read as anything
+    out = conn.send(True, b"10,0,1,2,1,1\r\nPORT 10,0,1,2,1,2\r\n")
+    for _ in range(20):
+        out += conn.send(True, b"NOOP\r\n")
+    assert [d.expectation.dport for d in out if isinstance(d, Create)] == [258]
+
+
+def test_engine_hole_filled_in_time_is_no_gap():
+    eng = ftp_engine()
+    conn = Conn(eng)
+    lost = conn.pkt(True, b"PORT 10,0,1,2,1,1\r\n")
+    out = conn.send(True, b"PORT 10,0,1,2,1,2\r\n")
+    out += eng.process(lost, conn.t + 0.2)  # the retransmission, 200 ms later
+    assert [d.expectation.dport for d in out if isinstance(d, Create)] == [257, 258]
+    assert eng.stats()["helpers"]["ftp"]["gaps"] == 0
+
+
+def test_resync_inside_tls_gives_the_direction_up():
+    helper = FtpHelper()
+    state = helper.new_state()
+    state.encrypted = True
+    assert helper.resync(Segment(b"\x17\x03\x03\x00\x10", ORIG, FLOW4, 0.0), state) is None
+    state.encrypted = False
+    assert helper.resync(Segment(b"227 Entering", REPLY, FLOW4, 0.0), state) == 0
+    assert helper.resync(Segment(b"ering Passive\r\n227 ", REPLY, FLOW4, 0.0), state) == 15
+    assert helper.resync(Segment(b"ering", REPLY, FLOW4, 0.0), state) is NEED_DATA

@@ -6,7 +6,15 @@ kernel's helper (`CT --helper ftp`). `conntrack -E expect` (its [NEW] events) in
 records every expectation the kernel creates (they vanish once the data
 connection uses them); tcpdump on the fw records the traffic. `alg replay
 --format json` on that capture must derive exactly the kernel's expectations:
-tuple, mask, master, class and helper (the timeout loosely).
+tuple, mask, master, class id and helper, and a timeout within 2 s of the
+kernel's (its event reports the time left when it was sent).
+
+Then commands the helpers must refuse, each on its own control connection
+(source port fixed, so the master tells them apart): a PORT naming a third
+host, PORT with port 0, an IPv4 PORT on an IPv6 control connection, and a
+number above 255. Where the kernel's helper does create an expectation and
+alg does not, `PROBES` says so and why (the kernel reads each number without
+a range check).
 """
 
 from __future__ import annotations
@@ -52,6 +60,45 @@ TRANSFERS = [
     ["curl", "-sS", "-P", "-", "-o", "/dev/null", f"ftp://{SERVER4}/f.bin"],                   # EPRT |1|
     ["curl", "-sS", "-g", "-o", "/dev/null", f"ftp://{S6}/f.bin"],                             # EPSV v6
     ["curl", "-sS", "-g", "-P", "-", "-o", "/dev/null", f"ftp://{S6}/f.bin"],                  # EPRT |2|
+]
+
+PROBE_CLIENT = """
+import socket, sys
+host, sport, command = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", sport))
+s.settimeout(3)
+s.connect((host, 21))
+f = s.makefile("rb")
+def reply():
+    try:
+        line = f.readline()
+        while line[3:4] == b"-":
+            line = f.readline()
+        return line
+    except OSError:  # a server that does not answer a refused command
+        return b"(no answer)\\n"
+reply()
+for c in (b"USER anonymous", b"PASS x", command, b"QUIT"):
+    s.sendall(c + b"\\r\\n")  # one command, one segment
+    sys.stdout.write(reply().decode(errors="replace"))
+"""
+
+# (server, client source port, command, what the kernel's helper creates: None, or (dst, dport) where
+# alg deliberately does not)
+PROBES = [
+    (SERVER4, 41001, "PORT 10,0,9,9,156,64", None),   # a third host: the PORT-bounce defence, both refuse
+    (SERVER4, 41002, "PORT 1000,0,1,2,4,1", None),    # 1000 wraps to 232.0.1.2 in the kernel: not the sender
+    # 266 = 0x10a: the kernel keeps the low byte, 10.0.1.2 (the sender): it opens port 1025; alg refuses a
+    # number above 255 (RFC 959: 8-bit fields) as malformed
+    (SERVER4, 41003, "PORT 266,0,1,2,4,1", ("10.0.1.2", 1025)),
+    # port 0: the kernel expects tcp server:* -> 10.0.1.2:0 (measured on 6.18; no port check for PORT,
+    # unlike EPRT/229's get_port); alg refuses it: a flow to port 0 is not a data connection
+    (SERVER4, 41004, "PORT 10,0,1,2,0,0", ("10.0.1.2", 0)),
+    (SERVER6, 41005, "PORT 10,0,1,2,156,64", None),   # IPv4 PORT on an IPv6 control connection
+    (SERVER6, 41006, "EPRT |1|10.0.1.2|40000|", None),  # EPRT naming IPv4 on IPv6
 ]
 
 FIELD = re.compile(r"([\w-]+)=(\S+)")
@@ -129,6 +176,8 @@ def test_kernel_ftp_helper_equals_replay(kernel_ok: None) -> None:
                 time.sleep(0.1)
             for argv in TRANSFERS:
                 net.cli(*argv, timeout=20)
+            for server, sport, command, _ in PROBES:
+                net.cli("python3", "-c", PROBE_CLIENT, server, str(sport), command, timeout=20)
             time.sleep(0.3)
             pcap = cap.stop()
         raw = events.read_text()
@@ -136,12 +185,26 @@ def test_kernel_ftp_helper_equals_replay(kernel_ok: None) -> None:
         out = subprocess.run([sys.executable, "-m", "alg", "replay", "--format", "json", "--helper", "ftp", pcap],
                              check=True, capture_output=True, text=True).stdout
         ours = [json.loads(line) for line in out.splitlines()]
+    from alg.plugins import load_plugins
+    from alg.policy import default_policy
+    host = load_plugins()
+    ftp = default_policy({n: c.spec for n, c in host.helpers.items()}).helpers["ftp"]
+    probe_ports = {str(p[1]) for p in PROBES}
+    k_probe = [k for k in kernel if k["master"]["sport"] in probe_ports]
+    a_probe = [e for e in ours if str(e["master"]["sport"]) in probe_ports]
+    kernel = [k for k in kernel if k not in k_probe]
+    ours = [e for e in ours if e not in a_probe]
     assert len(kernel) >= len(TRANSFERS), raw
     key = lambda d: json.dumps(d, sort_keys=True)  # noqa: E731
     assert sorted(map(key, map(normalise_alg, ours))) == sorted(map(key, map(normalise_kernel, kernel)))
+    # class: the kernel names it by its index in the helper's policy; alg by name, its index the same
+    timeouts = {key(normalise_kernel(k)): (k["class"], k["timeout"]) for k in kernel}
     for e in ours:
-        assert e["class"] == 0 or e["class"] in ("ftp", "0")
-        assert abs(e["timeout"] - 300) <= 2
-    for k in kernel:
-        assert k.get("class", "0") == "0"
-        assert k["timeout"] is not None and 290 <= k["timeout"] <= 300
+        k_class, k_timeout = timeouts[key(normalise_alg(e))]
+        assert str(ftp.class_id(e["class"])) == k_class
+        assert k_timeout is not None and 0 <= e["timeout"] - k_timeout <= 2, (e["timeout"], k_timeout)
+    # refusals: alg creates nothing; the kernel nothing but where PROBES says otherwise
+    assert a_probe == [], a_probe
+    for _server, sport, command, kernel_opens in PROBES:
+        got = [(k["dst"], int(k["dport"])) for k in k_probe if k["master"]["sport"] == str(sport)]
+        assert got == ([kernel_opens] if kernel_opens else []), (command, got)

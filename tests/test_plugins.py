@@ -61,12 +61,29 @@ def test_builtin_helpers_load_through_the_entry_point_group():
     assert not host.blocked
 
 
-def test_helpers_folder_is_not_a_top_level_helpers_module():
+def test_helpers_folder_is_not_a_top_level_helpers_module(tmp_path):
     import alg_helpers.ftp
     assert Path(alg_helpers.ftp.__file__).resolve() == ROOT / "helpers" / "ftp.py"
-    top = ROOT / "alg.egg-info" / "top_level.txt"
-    if top.exists():
-        assert "helpers" not in top.read_text().split()
+    # what `pip install .` installs: setuptools' own build (the wheel's content and
+    # metadata, without needing the `wheel` package), into a temporary folder
+    out = tmp_path / "build"
+    out.mkdir()
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", "import setuptools; setuptools.setup()", "-q",
+                        "egg_info", "-e", str(out), "build_py", "-d", str(out / "lib")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    installed = {p.name for p in (out / "lib").iterdir()}
+    assert installed == {"alg", "alg_helpers"}, installed
+    assert (out / "lib" / "alg_helpers" / "ftp.py").exists() and (out / "lib" / "alg" / "py.typed").exists()
+    info = out / "alg.egg-info"
+    assert (info / "top_level.txt").read_text().split() == ["alg", "alg_helpers"]
+    entry_points = (info / "entry_points.txt").read_text()
+    assert "= helpers." not in entry_points and "= alg_helpers.ftp" in entry_points
+    meta = (info / "PKG-INFO").read_text()
+    assert "License: GPL-2.0-or-later" in meta and "License-File: LICENSE" in meta
+    licence = (ROOT / "LICENSE").read_text()
+    assert "or (at your option) any later version" in licence.splitlines()[0]
+    assert "GNU GENERAL PUBLIC LICENSE" in licence and "Version 2, June 1991" in licence
 
 
 def test_third_party_plugin_registers_and_replays(tmp_path):
@@ -140,6 +157,35 @@ def test_bad_descriptor_blocks_only_that_plugin(bad_name):
     host = load_plugins(extra=[BadPlugin()])
     assert "ftp" in host.helpers and bad_name not in host.helpers
     assert any("name" in why for why in host.blocked.values())
+
+
+def _register(helper_cls):
+    class P:
+        @alg.hookimpl
+        def alg_register_helpers(self, register):
+            register(helper_cls)
+    return load_plugins(extra=[P()])
+
+
+def test_more_classes_or_a_larger_max_than_the_kernel_takes_is_blocked():
+    # nfnetlink_cthelper: NF_CT_MAX_EXPECT_CLASSES (4) classes, max_expected <= NF_CT_EXPECT_MAX_CNT (255)
+    five = tuple(alg.ExpectClass(f"c{i}", 1, 1) for i in range(5))
+
+    class Five(alg.Helper):
+        spec = alg.HelperSpec(name="five", protocols=(alg.UDP,), ports=(9,), classes=five)
+
+    class Big(alg.Helper):
+        spec = alg.HelperSpec(name="big", protocols=(alg.UDP,), ports=(9,), classes=(alg.ExpectClass("x", 256, 1),))
+
+    class Four(alg.Helper):
+        spec = alg.HelperSpec(name="four", protocols=(alg.UDP,), ports=(9,), classes=five[:3] + (
+            alg.ExpectClass("c3", 255, 1),))
+
+    for cls, why in ((Five, "at most 4 expectation classes"), (Big, "max_expected 1-255")):
+        host = _register(cls)
+        assert cls.spec.name not in host.helpers
+        assert any(why in w for w in host.blocked.values()), host.blocked
+    assert "four" in _register(Four).helpers
 
 
 def test_name_clash_with_a_builtin_is_blocked():

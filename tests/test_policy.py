@@ -70,6 +70,16 @@ def test_renamed_helper_replaces_the_default_and_two_files_give_two_instances(tm
     ('name = "x"\n', None, "helper"),
     ('helper = "ftp"\nqueu = 3\n', 2, "queu"),
     ('helper = "ftp"\nqueue = [\n', 2, None),  # TOML syntax error: line from the parser
+    # nfnetlink_cthelper refuses max_expected > NF_CT_EXPECT_MAX_CNT (255) with EINVAL
+    ('helper = "ftp"\n[classes.ftp]\nexpect_max = 256\n', 3, "expect_max"),
+    ('helper = "ftp"\nports = []\n', 2, "ports"),
+    # dotted keys and inline tables: the line of the key all the same
+    ('helper = "ftp"\nclasses.ftp.expect_max = 300\n', 2, "expect_max"),
+    ('helper = "ftp"\n[classes]\nftp.expect_timeout = 0\n', 3, "expect_timeout"),
+    ('helper = "ftp"\n\nclasses = { ftp = { expect_max = 1, expect_timeout = -1 } }\n', 3, "expect_timeout"),
+    ('helper = "ftp"\n[classes]\nftp = { expect_max = 2, expect_timeout = "x" }\n', 3, "expect_timeout"),
+    ('helper = "ftp"\noptions.lose = true\n', 2, "lose"),
+    ('helper = "ftp"\nclasses."data".expect_max = 2\n', 2, "data"),
 ])
 def test_bad_file_names_file_line_and_key(tmp_path, specs, text, line, key):
     path = write(tmp_path, text)
@@ -83,6 +93,11 @@ def test_bad_file_names_file_line_and_key(tmp_path, specs, text, line, key):
         assert e.key.split(".")[-1] == key
         assert key in str(e)
     assert path in str(e)
+
+
+def test_expect_max_at_the_kernels_limit_is_accepted(tmp_path, specs):
+    path = write(tmp_path, 'helper = "ftp"\n[classes.ftp]\nexpect_max = 255\n')
+    assert load_policy([path], specs, only_listed=True).helpers["ftp"].classes[0].max_expected == 255
 
 
 def test_queue_clash_between_files(tmp_path, specs):
