@@ -53,7 +53,7 @@ from .flows import packet_tuple
 from .model import FlowTuple
 from .kernel.cthelper import Cthelper
 from .kernel.ctnetlink import Ctnetlink, Events, exp_body, is_full
-from .kernel.nfqueue import QueueSet
+from .kernel.nfqueue import QueueSet, proc_queues
 from .plugins import PluginHost
 from .policy import Policy, default_policy, load_policy
 
@@ -535,9 +535,20 @@ class Daemon:
             "verdict_us_mean": round(1e6 * self.stats.held / max(1, self.stats.verdicts), 1),
             "verdict_us_max": round(1e6 * self.stats.held_max, 1),
             "queues": {s.policy.name: s.policy.queue for s in self.engine.slots.values()},
+            "queue_kernel": self._queue_kernel(),
             "refused_total": refused,
             **st,
         }
+
+    def _queue_kernel(self) -> dict[str, dict[str, int]]:
+        """The kernel's side of each queue: what waits now, and what it dropped before
+        alg saw it (queue full: raise queue_len; socket full: alg too slow)."""
+        try:
+            kernel = proc_queues()
+        except OSError:
+            return {}
+        return {s.policy.name: {"waiting": q.total, "dropped_full": q.dropped, "dropped_socket": q.user_dropped}
+                for s in self.engine.slots.values() if (q := kernel.get(s.policy.queue)) is not None}
 
     def _serve_status(self) -> None:
         assert self.status_sock is not None

@@ -54,8 +54,13 @@ def cmd_status(args: argparse.Namespace, host: PluginHost) -> int:
         print("kernel errors: " + ", ".join(f"{k} {v}" for k, v in st["kernel_errors"].items()))
     for name, h in st["helpers"].items():
         print(f"helper {name} (queue {st['queues'].get(name)}): packets {h['packets']}, flows {h['flows']}, "
-              f"parse errors {h['parse_errors']}, internal errors {h['internal_errors']}"
+              f"parse errors {h['parse_errors']}, internal errors {h['internal_errors']}, "
+              f"stream gaps {h['gaps']} ({h['desynced']} given up)"
               + (", notices " + ", ".join(f"{k} {v}" for k, v in h["notices"].items()) if h["notices"] else ""))
+        q = st.get("queue_kernel", {}).get(name)
+        if q:
+            print(f"  queue: {q['waiting']} waiting, dropped by the kernel: {q['dropped_full']} queue full "
+                  f"(raise queue_len), {q['dropped_socket']} socket full")
         for cname, c in h["classes"].items():
             refused = ", ".join(f"{k} {v}" for k, v in c["refused"].items()) or "0"
             failed = ", ".join(f"{k} {v}" for k, v in c["kernel_failed"].items()) or "0"

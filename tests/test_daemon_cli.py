@@ -407,3 +407,22 @@ def test_a_reload_the_kernel_refuses_keeps_the_running_policy_whole(tmp_path):
     d.reload()
     assert list(k.bound) == [9] and k.helpers["ftp"].queue == 9 and d.engine.slots["ftp"].policy.queue == 9
     assert d.registered == [("ftp", 4, 6), ("ftp", 6, 6)]
+
+
+def test_status_text_shows_every_counter(monkeypatch, capsys):
+    """The text view of a real daemon's status (fakes for the kernel), as an operator reads it."""
+    import argparse
+
+    from alg import daemon, daemon_cli
+    d = daemon.Daemon(load_plugins(), None)
+    slot = d.engine.slots["ftp"]
+    d.on_packet(FakePacket(b"\x45garbage"), slot)
+    monkeypatch.setattr(daemon, "read_status", lambda path, timeout=2.0: d.status())
+    monkeypatch.setattr(d, "_queue_kernel", lambda: {"ftp": {"waiting": 2, "dropped_full": 5, "dropped_socket": 0}})
+    args = argparse.Namespace(format="text", socket="/nonexistent", policy=None)
+    assert daemon_cli.cmd_status(args, load_plugins()) == 0
+    out = capsys.readouterr().out
+    assert "1 verdicts" in out and "undecodable" in out
+    assert "helper ftp (queue 20): packets 0" in out and "stream gaps 0 (0 given up)" in out
+    assert "queue: 2 waiting, dropped by the kernel: 5 queue full (raise queue_len), 0 socket full" in out
+    assert "class ftp: created 0, used 0, refused 0, evicted 0, removed 0, kernel failed 0" in out

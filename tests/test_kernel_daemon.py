@@ -106,6 +106,7 @@ def test_nfqueue_verdicts_and_expectations_with_real_ftp(kernel_ok: None) -> Non
     assert ftp["packets"] >= 20 and st["verdicts"] >= ftp["packets"] and st["queue_errors"] == 0
     assert ftp["classes"]["ftp"]["created"] == 3, st
     assert not st["kernel_errors"], st
+    assert st["queue_kernel"] == {"ftp": {"waiting": 0, "dropped_full": 0, "dropped_socket": 0}}, st  # from /proc
     print(f"3 transfers through alg's queue in {time.monotonic() - t0:.2f} s, {st['verdicts']} verdicts")
 
 
