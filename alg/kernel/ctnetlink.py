@@ -66,6 +66,7 @@ NF_CT_EXPECT_PERMANENT, NF_CT_EXPECT_INACTIVE, NF_CT_EXPECT_USERSPACE = 0x1, 0x2
 
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 FULL_ERRNOS = (E.ENOSPC, E.EMFILE)
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h; Python does not name it
 
 
 # ---------------------------------------------------------------- pyroute2 declarations
@@ -414,6 +415,10 @@ class Events:
         self.sock = L.NfnlSocket()
         for g in (NFNLGRP_CONNTRACK_EXP_NEW, NFNLGRP_CONNTRACK_EXP_DESTROY):
             self.sock.sock.setsockopt(270, 1, g)  # SOL_NETLINK, NETLINK_ADD_MEMBERSHIP
+        try:  # a burst of calls ends thousands of expectations at once; root may pass rmem_max
+            self.sock.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 4 << 20)
+        except OSError:
+            pass
         self.sock.sock.setblocking(False)
 
     def fileno(self) -> int:
