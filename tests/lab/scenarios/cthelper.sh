@@ -43,5 +43,12 @@ with Cthelper() as c:
 PYEOF
 [ $? -eq 0 ] || FAILS=$((FAILS + 1))
 nfct del helper ftp inet tcp 2>/dev/null
+# alg doctor on a kernel that has it all: cthelper and the queue's conntrack glue are ok
+doc=$("$ALG_ROOT/.venv/bin/alg" doctor 2>&1)
+echo "$doc" | grep -E "^(ok|warn|fail) +(nfnetlink_cthelper|nfqueue conntrack glue)"
+echo "$doc" | grep -Eq "^ok +nfnetlink_cthelper:" && pass doctor-cthelper-ok || fail doctor-cthelper-ok
+echo "$doc" | grep -Eq "^ok +nfqueue conntrack glue:" && pass doctor-glue-ok || fail doctor-glue-ok
+
 [ $FAILS -eq 0 ] && echo "cthelper: all PASS" && exit 0
 echo "cthelper: $FAILS FAIL"; exit 1
+
