@@ -22,6 +22,12 @@ measures both): the kernel reads each PORT/227 number without a range check, so
 malformed, port 0 no data connection). A PORT argument must be exactly six
 numbers and the line end (RFC 959 §4.1.1).
 
+An HTTP request on the control port stops inspection of the flow: a web page
+can make a browser POST to port 21 with a body whose lines read as FTP
+commands (NAT Slipstreaming), and a PORT among them would open the browser's
+host to the page's server. Browsers refuse port 21 today; this does not
+depend on it.
+
 Policy: one class `ftp` (the kernel's and conntrackd's policy name, so alg
 can take over a helper that `nfct add helper ftp` created), 1 expectation per
 control connection, 300 s
@@ -53,6 +59,8 @@ _PORT_ARG = re.compile(rb" *" + _SIX + rb" *\r?\n")
 # start with three digits): does the data start a line?
 _LINE_START = {Direction.ORIGINAL: re.compile(rb"[A-Za-z]{3,4}(?: |\r?\n)"),
                Direction.REPLY: re.compile(rb"\d{3}[ -]")}
+# RFC 9112 §3: method SP request-target SP HTTP-version: an HTTP client, not an FTP one
+_HTTP_REQUEST = re.compile(rb"[A-Z]+ \S+ HTTP/\d\.\d\r?\n")
 # RFC 2428 §2: EPRT<space><d><net-prt><d><net-addr><d><tcp-port><d>, d any of ASCII 33-126
 _EPRT = re.compile(rb"(?P<d>[!-~])(?P<af>[12])(?P=d)(?P<addr>[0-9A-Fa-f:.]+)(?P=d)(?P<port>\d{1,5})(?P=d)")
 # RFC 2428 §3: 229 Entering Extended Passive Mode (<d><d><d><tcp-port><d>)
@@ -121,6 +129,8 @@ class FtpHelper(alg.Helper):
 
     # ------------------------------------------------------------ client -> server
     def _command(self, line: bytes, seg: alg.Segment, state: FtpState) -> tuple:
+        if _HTTP_REQUEST.fullmatch(line):
+            raise alg.ProtocolViolation("an HTTP request on the FTP control port (NAT Slipstreaming?)")
         verb = line[:5].upper()
         if verb == b"PORT " and seg.flow.l3 == 4:
             m = _PORT_ARG.fullmatch(line, 5)

@@ -304,3 +304,13 @@ def test_resync_inside_tls_gives_the_direction_up():
     assert helper.resync(Segment(b"227 Entering", REPLY, FLOW4, 0.0), state) == 0
     assert helper.resync(Segment(b"ering Passive\r\n227 ", REPLY, FLOW4, 0.0), state) == 15
     assert helper.resync(Segment(b"ering", REPLY, FLOW4, 0.0), state) is NEED_DATA
+
+
+def test_an_http_post_to_port_21_opens_nothing():
+    """NAT Slipstreaming: a browser POSTs to the page's server on port 21 with a body
+    line that reads as PORT naming the browser's host; the flow is not FTP."""
+    eng = ftp_engine()
+    conn = Conn(eng)
+    body = b"PORT 10,0,1,2,12,234\r\n"
+    out = conn.send(True, b"POST / HTTP/1.1\r\nHost: x:21\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert out == [] and eng.stats()["helpers"]["ftp"]["parse_errors"] == 1

@@ -66,7 +66,10 @@ Security checks
   hides a REGISTER inside an HTTP body), and a Content-Length that could not
   arrive within the per-flow bound (`max_buffer`, 64 KiB) or is absurd
   (>= 2^32, the kernel's CVE-2026-23457) stops inspection of the flow
-  (ProtocolViolation) without an expectation.
+  (ProtocolViolation) without an expectation. After bytes the firewall
+  never saw (a hole the core gives up on), the direction is not read again:
+  searching the rest for a start line would let a body (an HTTP POST, a
+  MESSAGE) choose where parsing resumes, which is what Slipstreaming needs.
 * UDP: a datagram is one message (RFC 3261 §18.3: shorter than its
   Content-Length means discarded); a malformed datagram is counted
   (`malformed`) and the flow goes on.
