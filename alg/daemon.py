@@ -55,7 +55,7 @@ from .kernel.cthelper import Cthelper
 from .kernel.ctnetlink import Ctnetlink, Events, exp_body, is_full
 from .kernel.nfqueue import QueueSet, proc_queues
 from .plugins import PluginHost
-from .policy import Policy, default_policy, load_policy
+from .policy import HelperPolicy, Policy, default_policy, load_policy
 
 log = logging.getLogger("alg.daemon")
 STATE_DIR = "/run/alg"
@@ -166,10 +166,10 @@ class Daemon:
                 raise
             self._registered(hp)
 
-    def _kernel_register(self, hp: Any) -> None:
+    def _kernel_register(self, hp: HelperPolicy) -> None:
         self.cthelper.register(hp, self.host.helpers[hp.helper].spec.priv_data_len)
 
-    def _registered(self, hp: Any) -> None:
+    def _registered(self, hp: HelperPolicy) -> None:
         self.registered += [r for r in _entries(hp) if r not in self.registered]
 
     def stop(self) -> None:
@@ -564,7 +564,7 @@ class Daemon:
                 pass
 
 
-def _entries(hp: Any) -> list[tuple[str, int, int]]:
+def _entries(hp: HelperPolicy) -> list[tuple[str, int, int]]:
     """The kernel's helper entries for a policy: (name, l3, proto); IPv4 always (cthelper.register)."""
     return [(hp.name, l3, proto) for l3 in sorted({4, *hp.families}) for proto in hp.protocols]
 
