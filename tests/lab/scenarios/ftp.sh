@@ -17,9 +17,10 @@ SYS_PY="/usr/bin/python3 -I"            # has pyftpdlib (Debian package)
 PEERS="$SYS_PY $LAB_DIR/lab_peers.py"
 POLICY=$RUN/ftp.toml
 SOCK=$RUN/alg.sock
-PIDS=(); ALG_PID=
+PIDS=(); ALG_PID=; EW_PID=
 cleanup() {
     [ -n "$ALG_PID" ] && kill "$ALG_PID" 2>/dev/null
+    [ -n "$EW_PID" ] && kill "$EW_PID" 2>/dev/null
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
     wait 2>/dev/null
     nfct del helper ftp inet tcp 2>/dev/null
@@ -38,6 +39,7 @@ status_socket = "$SOCK"
 TOML
 
 lab_net_up tcp/21 || { echo "FAIL lab_net_up"; exit 1; }
+lab_fw sysctl -qw net.netfilter.nf_conntrack_events=1
 ip netns exec "$LAB_NS_SERVER" $PEERS ftp-server --bind "$LAB_SERVER4" --root "$RUN/root" --pasv-ports 50000-50009 >"$OUT/ftpd4.log" 2>&1 & PIDS+=($!)
 ip netns exec "$LAB_NS_SERVER" $PEERS ftp-server --bind "$LAB_SERVER6" --root "$RUN/root" --pasv-ports 50010-50019 >"$OUT/ftpd6.log" 2>&1 & PIDS+=($!)
 
@@ -54,11 +56,12 @@ start_alg() {
 stop_alg() { kill -TERM "$ALG_PID" 2>/dev/null; wait "$ALG_PID"; local rc=$?; ALG_PID=; return $rc; }
 related() { alg_related_count ftp; }
 fw_reset() { lab_fw conntrack -F >/dev/null 2>&1; lab_fw conntrack -F expect >/dev/null 2>&1; }
-# active (PORT) with ftplib: the data port is fixed (so no normalising) and the hook runs
-# between the PORT reply and RETR, while the expectation waits for the server's connect
+# active (PORT) with ftplib and a fixed data port (nothing to normalise); pyftpdlib connects
+# as soon as PORT is accepted (before the 200 reaches the client), so the expectation is
+# recorded from conntrack's events (watch_start/watch_stop), not listed between two commands
 cat >"$RUN/ftp-active.py" <<'PYEOF'
-import ftplib, socket, subprocess, sys
-host, port, hook = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+import ftplib, socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
 ftp = ftplib.FTP(host, timeout=5)
 ftp.login()
 ftp.voidcmd("TYPE I")
@@ -67,7 +70,6 @@ ls = socket.socket()
 ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 ls.bind((me, port)); ls.listen(1); ls.settimeout(5)
 ftp.sendport(me, port)
-subprocess.run(hook, shell=True)
 ftp.putcmd("RETR hello.txt")
 print(ftp.getresp())
 conn, peer = ls.accept()
@@ -77,6 +79,18 @@ print(ftp.voidresp(), peer, data)
 ftp.quit()
 sys.exit(0 if data == b"alg lab payload\n" else 1)
 PYEOF
+watch_start() {  # FILE: expectation events in lab-fw
+    ip netns exec "$LAB_NS_FW" stdbuf -oL conntrack -E expect >"$1" 2>&1 & EW_PID=$!
+    sleep 0.3
+}
+watch_stop() { sleep 0.2; kill -INT "$EW_PID" 2>/dev/null; wait "$EW_PID" 2>/dev/null; EW_PID=; }
+active_port() {  # EVENTS-FILE LOG: ftplib active download; the NEW expectation events, as `conntrack -L expect` prints them
+    watch_start "$1.events"
+    lab_cli $SYS_PY "$RUN/ftp-active.py" "$LAB_SERVER4" 40021 >"$2" 2>&1; local rc=$?
+    watch_stop
+    grep '\[NEW\]' "$1.events" | sed -E 's/^ *\[NEW\] //' >"$1"
+    return $rc
+}
 normalise() {  # conntrack -L expect lines -> comparable (no timeout, data port or client port)
     sed -E 's/^[0-9]+ //; s/(mask-dst=[^ ]+ sport=[0-9]+ dport=[0-9]+ master-src=[^ ]+ master-dst=[^ ]+ sport=)[0-9]+/\1C/; s/dport=5[0-9]{4}/dport=P/' "$1" | grep dport= | sort
 }
@@ -107,9 +121,7 @@ lab_cli timeout 20 lftp -e "set ftp:passive-mode off; set net:timeout 5; set net
 cmp -s "$RUN/active.txt" "$RUN/root/hello.txt" && [ "$(related)" -gt "$r0" ] && pass active-ipv4-related \
     || { fail active-ipv4-related; cat "$OUT/active4.log"; }
 r0=$(related)
-lab_cli $SYS_PY "$RUN/ftp-active.py" "$LAB_SERVER4" 40021 \
-    "ip netns exec $LAB_NS_FW conntrack -L expect >$OUT/alg-exp-active.txt 2>/dev/null" >"$OUT/port4.log" 2>&1 \
-    && [ "$(related)" -gt "$r0" ] && pass active-port-ipv4-related || { fail active-port-ipv4-related; cat "$OUT/port4.log"; }
+active_port "$OUT/alg-exp-active.txt" "$OUT/port4.log" && [ "$(related)" -gt "$r0" ] && pass active-port-ipv4-related || { fail active-port-ipv4-related; cat "$OUT/port4.log"; }
 grep -q "helper=ftp" "$OUT/alg-exp-active.txt" && pass alg-active-expectation-listed || fail alg-active-expectation-listed
 lab_fw "$ALG" status --socket "$SOCK" >"$OUT/status.txt" 2>&1
 grep -q "created [1-9]" "$OUT/status.txt" && pass status-counts-created || { fail status-counts-created; cat "$OUT/status.txt"; }
@@ -139,9 +151,7 @@ done
 lab_cli $PEERS ftp-get --host "$LAB_SERVER4" --file hello.txt --timeout 5 \
     --after-pasv "ip netns exec $LAB_NS_FW conntrack -L expect >$OUT/conntrackd-exp.txt 2>/dev/null" >"$OUT/ref.log" 2>&1 \
     && pass conntrackd-reference-passes || fail conntrackd-reference-passes
-lab_cli $SYS_PY "$RUN/ftp-active.py" "$LAB_SERVER4" 40021 \
-    "ip netns exec $LAB_NS_FW conntrack -L expect >$OUT/conntrackd-exp-active.txt 2>/dev/null" >"$OUT/ref-port.log" 2>&1 \
-    && pass conntrackd-reference-active-passes || { fail conntrackd-reference-active-passes; cat "$OUT/ref-port.log"; }
+active_port "$OUT/conntrackd-exp-active.txt" "$OUT/ref-port.log" && pass conntrackd-reference-active-passes || { fail conntrackd-reference-active-passes; cat "$OUT/ref-port.log"; }
 for mode in "" -active; do
     normalise "$OUT/alg-exp$mode.txt" >"$OUT/alg-exp$mode.norm"
     normalise "$OUT/conntrackd-exp$mode.txt" >"$OUT/conntrackd-exp$mode.norm"
