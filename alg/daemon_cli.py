@@ -76,7 +76,12 @@ def cmd_rules(args: argparse.Namespace, host: PluginHost) -> int:
         print(f"alg rules: no helper named {', '.join(sorted(set(args.helper) - {h.name for h in helpers}))}",
               file=sys.stderr)
         return EXIT_USAGE
-    sys.stdout.write(rules.nft(helpers) if args.nft else rules.iptables(helpers))
+    family = int(args.family) if args.family else None
+    if args.nft:
+        chains = tuple(c for c in (args.nft_chain or rules.NFT_CHAINS) if c != "none")
+        sys.stdout.write(rules.nft(helpers, family, chains))
+    else:
+        sys.stdout.write(rules.iptables(helpers, family))
     return EXIT_OK
 
 
@@ -179,6 +184,12 @@ def add_commands(sub: Any) -> None:
     g.add_argument("--iptables", action="store_true", help="iptables-restore input (default)")
     g.add_argument("--nft", action="store_true", help="an nft -f file")
     ru.add_argument("--helper", action="append", metavar="NAME")
+    ru.add_argument("--family", choices=("4", "6"),
+                    help="only the helpers of this family, for iptables-restore (4) or ip6tables-restore (6) "
+                         "(default: every helper, one text for both)")
+    ru.add_argument("--nft-chain", action="append", metavar="'FAMILY TABLE CHAIN'",
+                    help="your filter chain that gets the RELATED accept inserted (repeatable; default: "
+                         "'inet filter input' and 'inet filter forward'; 'none': no such rule)")
     ru.set_defaults(func=cmd_rules)
     d = with_policy(sub.add_parser("doctor", help="check kernel, rules and expectation headroom"))
     d.set_defaults(func=cmd_doctor)

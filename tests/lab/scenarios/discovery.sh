@@ -117,7 +117,7 @@ for ipt in "$LAB_IPT" "$LAB_IP6T"; do lab_fw "$ipt" -A INPUT -i s1 -m comment --
 ct_rules() {  # alg|ctd -A|-D: the raw part of `alg rules` (CT --helper) for alg's or conntrackd's helpers
     local ipt
     for ipt in "$LAB_IPT" "$LAB_IP6T"; do
-        sed "s/^-A /$2 /" "$OUT/rules-raw-$1.txt" | lab_fw "$ipt-restore" --noflush
+        sed -E "s/^-[AI] ([A-Z]+) ([0-9]+ )?/$2 \\1 /" "$OUT/rules-raw-$1.txt" | lab_fw "$ipt-restore" --noflush
     done
 }
 client_do() {  # OUT CMD...: one command to the client, wait for its answer

@@ -44,10 +44,6 @@ cleanup() {
 trap cleanup EXIT
 
 lab_net_up udp/5060 || { echo "FAIL lab_net_up"; exit 1; }
-lab_fw "$LAB_IPT" -I FORWARD 1 -i s1 -o c1 -p udp --dport 16000:16999 -m conntrack --ctstate RELATED \
-    -m comment --comment sip-rel-phones
-lab_fw "$LAB_IPT" -I FORWARD 1 -i c1 -o s1 -p udp --dport 20000:20999 -m conntrack --ctstate RELATED \
-    -m comment --comment sip-rel-uas
 [ "$NAT" = 1 ] && lab_fw "$LAB_IPT" -t nat -A POSTROUTING -o s1 -s 10.0.1.0/24 -j MASQUERADE
 sip_policy "$OUT/policy"
 
@@ -99,6 +95,11 @@ PY
 sysctl -qw net.netfilter.nf_conntrack_expect_max="$LOW"
 if ! sip_alg_start "$OUT/policy" "$OUT/alg.log"; then fail "sip-pressure alg run started"; exit 1; fi
 check "sip-pressure rules applied" sip_rules "$OUT/policy"
+# the media counters go above alg's RELATED accept (which `alg rules` inserts at the top)
+lab_fw "$LAB_IPT" -I FORWARD 1 -i s1 -o c1 -p udp --dport 16000:16999 -m conntrack --ctstate RELATED \
+    -m comment --comment sip-rel-phones
+lab_fw "$LAB_IPT" -I FORWARD 1 -i c1 -o s1 -p udp --dport 20000:20999 -m conntrack --ctstate RELATED \
+    -m comment --comment sip-rel-uas
 QUEUE=$(awk -F= '/^queue *=/ {gsub(/[ \t]|#.*/, "", $2); print $2}' "$OUT/policy/sip.toml")
 q0=$(queue_drops "$QUEUE")
 [ -n "${SIP_PRESSURE_PCAP:-}" ] && { lab_fw tcpdump -i any -w "$OUT/fw.pcap" -s 300 udp port 5060 >/dev/null 2>&1 & }

@@ -27,10 +27,6 @@ cleanup() {
 trap cleanup EXIT
 
 lab_net_up udp/5060 tcp/5060 || { echo "FAIL lab_net_up"; exit 1; }
-for ipt in "$LAB_IPT" "$LAB_IP6T"; do
-    lab_fw "$ipt" -I FORWARD 1 -i s1 -o c1 -p udp --dport 16000 -m conntrack --ctstate RELATED -m comment --comment sip-rel-caller
-    lab_fw "$ipt" -I FORWARD 1 -i c1 -o s1 -p udp --dport 20000 -m conntrack --ctstate RELATED -m comment --comment sip-rel-callee
-done
 sip_policy "$OUT/policy"
 
 # sip_call udp|tcp 4|6 LABEL: one call, media both ways while it is up
@@ -71,6 +67,11 @@ if ! sip_alg_start "$OUT/policy" "$OUT/alg.log"; then
 fi
 pass "sip alg run started"
 check "sip rules applied" sip_rules "$OUT/policy"
+# the media counters go above alg's RELATED accept (which `alg rules` inserts at the top)
+for ipt in "$LAB_IPT" "$LAB_IP6T"; do
+    lab_fw "$ipt" -I FORWARD 1 -i s1 -o c1 -p udp --dport 16000 -m conntrack --ctstate RELATED -m comment --comment sip-rel-caller
+    lab_fw "$ipt" -I FORWARD 1 -i c1 -o s1 -p udp --dport 20000 -m conntrack --ctstate RELATED -m comment --comment sip-rel-callee
+done
 for combo in "udp 4" "tcp 4" "udp 6"; do
     set -- $combo
     label=sip-$1$2

@@ -133,11 +133,6 @@ PYEOF
 lab_net_up tcp/1521 tcp/1525 tcp/1526 || { echo "FAIL lab_net_up"; exit 1; }
 lab_srv ip addr add $THIRD/24 dev s0
 lab_fw sysctl -qw net.netfilter.nf_conntrack_events=1
-for f in 4 6; do  # count the redirected connections (RELATED to tcp/1522) on their own
-    [ $f = 4 ] && ipt=$LAB_IPT || ipt=$LAB_IP6T
-    lab_fw "$ipt" -I FORWARD 1 -p tcp --dport 1522 -m conntrack --ctstate RELATED \
-        -m comment --comment lab-tns-redirect -j ACCEPT
-done
 ip netns exec "$LAB_NS_SERVER" "$PY" "$RUN/listeners.py" >"$OUT/listeners.log" 2>&1 & PIDS+=($!)
 
 helper_ready() {  # tns enabled on queue 23 and the queue bound in lab-fw (no Python start: cheap)
@@ -188,6 +183,12 @@ grep -q listening "$OUT/listeners.log" || { fail listeners-start; cat "$OUT/list
 read -r -t 120 ans <&"${CLI[0]}"; [ "$ans" = ready ] || { fail client-start; cat "$OUT/client.err"; exit 1; }
 wait "$RULES_PID"; lab_fw iptables-restore --noflush <"$RUN/rules.txt" && \
 lab_fw ip6tables-restore --noflush <"$RUN/rules.txt" && pass rules-applied || fail rules-applied
+# above alg's RELATED accept (which `alg rules` inserts at the top of FORWARD)
+for f in 4 6; do  # count the redirected connections (RELATED to tcp/1522) on their own
+    [ $f = 4 ] && ipt=$LAB_IPT || ipt=$LAB_IP6T
+    lab_fw "$ipt" -I FORWARD 1 -p tcp --dport 1522 -m conntrack --ctstate RELATED \
+        -m comment --comment lab-tns-redirect -j ACCEPT
+done
 
 echo "alg:"
 watch_start "$OUT/alg-events.txt"
