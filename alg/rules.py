@@ -72,10 +72,7 @@ def iptables(helpers: list[HelperPolicy], family: int | None = None) -> str:
     raw = ["*raw"]
     flt = ["*filter"]
     notes = _family_notes(helpers, family)
-    for hp in helpers:
-        if not hp.ports:
-            notes.append(f"# note: {hp.name} has no ports in its policy: assign it with your own "
-                         f"CT --helper {hp.name} rule")
+    for hp in helpers:  # a policy has ports (alg.policy refuses an empty list)
         for proto in hp.protocols:
             p = PROTO_NAMES[proto]
             for port in hp.ports:
@@ -114,10 +111,6 @@ def nft(helpers: list[HelperPolicy], family: int | None = None, chains: tuple[st
             p = PROTO_NAMES[proto]
             lines += [f"\tct helper {hp.name}-{p} {{", f'\t\ttype "{hp.name}" protocol {p}', f"\t\tl3proto {l3proto}",
                       "\t}"]
-            if not hp.ports:
-                assign.append(f'\t\t# {hp.name}: no ports in its policy: add your own rule '
-                              f'(... ct helper set "{hp.name}-{p}")')
-                continue
             ports = ", ".join(str(x) for x in hp.ports)
             assign.append(f'\t\t{fam or prefix}{p} dport {{ {ports} }} ct helper set "{hp.name}-{p}"')
     # ct helper set needs the conntrack: after it (priority filter), never at priority raw

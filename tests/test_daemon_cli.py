@@ -83,16 +83,6 @@ def test_families_select_helpers(tmp_path):
     assert "l3proto ip6" in alg_rules("--helper", "dhcpv6", "--nft")
 
 
-def test_empty_ports_emit_no_broken_rule(tmp_path):
-    (tmp_path / "p.toml").write_text('helper = "ftp"\nports = []\n')
-    pol = ["--policy", str(tmp_path / "p.toml")]
-    nft = alg_rules(*pol, "--nft")
-    assert "dport {" not in nft and "no ports in its policy" in nft and 'type "ftp"' in nft
-    ipt = alg_rules(*pol)
-    assert "-j CT" not in ipt
-    assert "no ports in its policy" in ipt
-
-
 @pytest.mark.kernel
 def test_rules_apply_in_a_namespace(kernel_ok):
     ns = "alg-rl-apply"
