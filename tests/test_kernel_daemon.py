@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from netns import CLIENT4, SERVER4, Net
-from test_kernel_ftp_differential import VSFTPD_CONF
+from test_kernel_ftp_differential import serve_one_file
 
 pytestmark = pytest.mark.kernel
 ALG = [sys.executable, "-m", "alg"]
@@ -54,14 +54,7 @@ def ftp_through_alg(prefix: str, queue_rules: list[list[str]], transfers: list,
     callable, called with (net, policy file, daemon) between transfers."""
     net = Net(prefix)
     with net, tempfile.TemporaryDirectory(prefix="alg-dm-") as tmp:
-        root = Path(tmp) / "pub"
-        root.mkdir()
-        (root / "f.bin").write_bytes(os.urandom(50000))
-        for p in (tmp, root):
-            os.chmod(p, 0o755)
-        os.chmod(root / "f.bin", 0o644)
-        conf = VSFTPD_CONF.format(root=root).replace("pasv_max_port=40100", f"pasv_max_port={40000 + pasv_ports - 1}")
-        (Path(tmp) / "vsftpd.conf").write_text(conf)
+        conf = serve_one_file(tmp, 50000, pasv_ports)
         (Path(tmp) / "ftp.toml").write_text('helper = "ftp"\nqueue = 7\n')
         sock = f"{tmp}/alg.sock"
         (Path(tmp) / "alg.toml").write_text(f'[core]\nstatus_socket = "{sock}"\n')
@@ -70,7 +63,7 @@ def ftp_through_alg(prefix: str, queue_rules: list[list[str]], transfers: list,
             net.fw("iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "s1", "-j", "MASQUERADE")
         for rule in queue_rules:
             net.fw(*rule)
-        vsftpd = net.popen("srv", "vsftpd", str(Path(tmp) / "vsftpd.conf"))
+        vsftpd = net.popen("srv", "vsftpd", str(conf))
         daemon = net.popen("fw", *ALG, "-v", "run", "--no-cthelper", "--policy", f"{tmp}/ftp.toml",
                            "--policy", f"{tmp}/alg.toml", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:

@@ -46,11 +46,27 @@ pasv_enable=YES
 port_enable=YES
 connect_from_port_20=NO
 pasv_min_port=40000
-pasv_max_port=40100
+pasv_max_port={pasv_max_port}
 seccomp_sandbox=NO
-secure_chroot_dir=/var/run/vsftpd/empty
+secure_chroot_dir={empty}
 xferlog_enable=NO
 """
+
+
+def serve_one_file(tmp: str, size: int, pasv_ports: int = 101) -> Path:
+    """An anonymous vsftpd set-up in ``tmp`` serving ``pub/f.bin`` of ``size`` random
+    bytes; returns its config file. The chroot directory vsftpd insists on is made
+    here too: /run/vsftpd/empty exists only where systemd-tmpfiles has run."""
+    root, empty = Path(tmp) / "pub", Path(tmp) / "empty"
+    root.mkdir()
+    empty.mkdir()
+    (root / "f.bin").write_bytes(os.urandom(size))
+    for p in (tmp, root, empty):
+        os.chmod(p, 0o755)
+    os.chmod(root / "f.bin", 0o644)
+    conf = Path(tmp) / "vsftpd.conf"
+    conf.write_text(VSFTPD_CONF.format(root=root, empty=empty, pasv_max_port=40000 + pasv_ports - 1))
+    return conf
 
 S6 = f"[{SERVER6}]"
 TRANSFERS = [
@@ -155,14 +171,7 @@ def normalise_kernel(k: dict) -> dict:
 def test_kernel_ftp_helper_equals_replay(kernel_ok: None) -> None:
     net = Net(f"alg-ftp-{os.getpid() % 100:02d}")
     with net, tempfile.TemporaryDirectory(prefix="alg-ftp-") as tmp:
-        root = Path(tmp) / "pub"
-        root.mkdir()
-        (root / "f.bin").write_bytes(os.urandom(20000))
-        os.chmod(tmp, 0o755)
-        os.chmod(root, 0o755)
-        os.chmod(root / "f.bin", 0o644)
-        conf = Path(tmp) / "vsftpd.conf"
-        conf.write_text(VSFTPD_CONF.format(root=root))
+        conf = serve_one_file(tmp, 20000)
         for ipt in ("iptables", "ip6tables"):
             net.fw(ipt, "-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--dport", "21", "-j", "CT", "--helper", "ftp")
         net.popen("srv", "vsftpd", str(conf))

@@ -24,7 +24,7 @@ lab_net_up tcp/21
 lab_fw iptables -t raw -A PREROUTING -p tcp --dport 21 -j CT --helper ftp
 lab_fw ip6tables -t raw -A PREROUTING -p tcp --dport 21 -j CT --helper ftp
 
-mkdir -p "$SCRATCH/pub"
+mkdir -p "$SCRATCH/pub" "$SCRATCH/empty"   # empty: vsftpd's secure_chroot_dir
 head -c 200000 /dev/urandom > "$SCRATCH/pub/file.bin"   # 200 kB download
 echo "hello from vsftpd" > "$SCRATCH/pub/small.txt"
 chmod -R a+rX "$SCRATCH"
@@ -43,7 +43,7 @@ connect_from_port_20=NO
 pasv_min_port=40000
 pasv_max_port=40100
 seccomp_sandbox=NO
-secure_chroot_dir=/var/run/vsftpd/empty
+secure_chroot_dir=$SCRATCH/empty
 xferlog_enable=NO
 CONF
 ip netns exec "$LAB_NS_SERVER" vsftpd "$SCRATCH/vsftpd.conf" &
