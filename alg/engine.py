@@ -14,14 +14,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping
 
 from .decode import Packet
 from .errors import ProtocolViolation
 from .expect import Admission, Expectation, ExpectationTable, Refusal
-from .flows import Flow, FlowTable, packet_key, packet_tuple
-from .model import NEED_DATA, PROTO_NAMES, TCP, Direction, Expect, Helper, Notice, Parsed, Segment, Unexpect, ports_ok
+from .flows import BOUNDARY, KNOWN, Flow, FlowRecord, FlowTable, KernelView, RecordFlag, packet_key, packet_tuple
+from .model import (NEED_DATA, PROTO_NAMES, TCP, Direction, Expect, FlowTuple, Helper, Notice, Parsed, Segment,
+                    Unexpect, ports_ok)
 from .policy import CorePolicy, HelperPolicy
 
 log = logging.getLogger("alg.engine")
@@ -30,6 +31,7 @@ log = logging.getLogger("alg.engine")
 @dataclass(frozen=True, slots=True)
 class Create:
     expectation: Expectation
+    master: FlowTuple | None = None  # live: the master's conntrack as the kernel names it (original tuple)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +40,14 @@ class Delete:
     why: str  # 'evicted' | 'removed'
 
 
-Decision = Create | Delete
+@dataclass(frozen=True, slots=True)
+class Remember:
+    """Live: write the flow's record into its conntrack (with the packet's verdict)."""
+
+    record: FlowRecord
+
+
+Decision = Create | Delete | Remember
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +78,7 @@ class HelperStats:
     flows: int = 0
     gaps: int = 0  # TCP holes that did not fill and were skipped (lost segments)
     desynced: int = 0  # flow directions given up after a gap (the helper could not resynchronise)
+    midstream: int = 0  # live: flows met mid-stream that alg could not resume (never read as a new stream)
     notices: Counter = field(default_factory=Counter)
     classes: dict[str, ClassStats] = field(default_factory=dict)
 
@@ -76,7 +86,7 @@ class HelperStats:
         return {
             "packets": self.packets, "bytes": self.bytes, "flows": self.flows,
             "parse_errors": self.parse_errors, "internal_errors": self.internal_errors,
-            "gaps": self.gaps, "desynced": self.desynced,
+            "gaps": self.gaps, "desynced": self.desynced, "midstream": self.midstream,
             "notices": dict(self.notices),
             "classes": {
                 n: {"created": c.created, "evicted": c.evicted, "removed": c.removed, "used": c.used,
@@ -140,9 +150,27 @@ class Engine:
         # once, and a new master may then expect the same tuple. None: the table is
         # the truth (replay removes used ones itself).
         self.kernel_holds: Callable[[Expectation], bool] | None = None
+        self.by_port: dict[tuple[int, int], HelperSlot] = {}
+        self._index_ports()
+
+    # ------------------------------------------------------------ configuration
+    def reconfigure(self, slots: Mapping[str, HelperSlot], core: CorePolicy) -> None:
+        """Apply a reloaded policy: new helper slots (existing flows follow their
+        helper's new slot, so new options reach them; a helper that is gone stops
+        inspecting its flows), the budget, the logging interval."""
+        self.core = core
+        self.slots = dict(slots)
+        self.table.budget = core.expect_budget
+        self.warn.interval = core.log_interval
+        self._index_ports()
+        for flow in self.flows.all():
+            if flow.helper is not None:
+                flow.helper = self.slots.get(flow.helper.policy.name)
+
+    def _index_ports(self) -> None:
         # replay chooses the helper by protocol and destination port, as the
         # raw-table `CT --helper` rule would
-        self.by_port: dict[tuple[int, int], HelperSlot] = {}
+        self.by_port = {}
         for slot in self.slots.values():
             if slot.policy.enabled:
                 for proto in slot.policy.protocols:
@@ -151,18 +179,36 @@ class Engine:
 
     # ------------------------------------------------------------ per packet
     def process(self, pkt: Packet, now: float, frame: int | None = None,
-                slot: HelperSlot | None = None) -> list[Decision]:
-        """Inspect one packet. `slot` forces the helper (live: the queue's)."""
-        if now - self._swept >= 1.0 or now < self._swept:
-            self.sweep(now)
-        found = self.flows.lookup(pkt)
-        if found is not None and pkt.proto == TCP and found[1] is Direction.ORIGINAL and _reopens(found[0], pkt):
-            # a new connection on the same ports (a phone reconnecting from its
-            # fixed source port): conntrack makes it a new flow, so do we
-            self.flows.remove(packet_key(pkt))
-            found = None
-        flow, direction = found if found is not None else self._new_flow(pkt, now, slot)
+                slot: HelperSlot | None = None, view: KernelView | None = None) -> list[Decision]:
+        """Inspect one packet. `slot` forces the helper (live: the queue's);
+        `view` is what the kernel says of the packet's flow (live), without it
+        the userspace flow table stands in for conntrack (replay)."""
+        if view is not None:
+            found = self._kernel_flow(pkt, view, now, slot)
+            if found is None:
+                return []
+        else:
+            if now - self._swept >= 1.0 or now < self._swept:
+                self.sweep(now)
+            found = self.flows.lookup(pkt)
+            if found is not None and pkt.proto == TCP and found[1] is Direction.ORIGINAL \
+                    and _reopens(found[0], pkt):
+                # a new connection on the same ports (a phone reconnecting from its
+                # fixed source port): conntrack makes it a new flow, so do we
+                self.flows.remove(packet_key(pkt))
+                found = None
+            if found is None:
+                found = self._new_flow(pkt, now, slot)
+        flow, direction = found
         flow.last_seen = now
+        out = self._inspect(flow, direction, pkt, now, frame)
+        if view is not None and view.record != flow.record and not view.expected:
+            # the kernel keeps no record for a conntrack created by an expectation
+            # (ctnetlink_change_helper leaves a child's helper alone)
+            out.append(Remember(flow.record))
+        return out
+
+    def _inspect(self, flow: Flow, direction: Direction, pkt: Packet, now: float, frame) -> list[Decision]:
         h = flow.helper
         if h is None or flow.failed:
             return []
@@ -171,28 +217,108 @@ class Engine:
         try:
             if flow.streams is not None:
                 stream = flow.streams[direction]
-                gaps = stream.gaps
-                if not stream.feed(pkt.seq, pkt.tcp_flags, pkt.payload, now):
-                    return []
-                if stream.gaps != gaps:
-                    h.stats.gaps += stream.gaps - gaps
-                    self.warn(logging.INFO, f"gap-{h.policy.name}", "%s: %s: lost TCP segment skipped (%s)",
-                              h.policy.name, flow.tuple, direction.name.lower())
-                return self._inspect_stream(flow, direction, stream, now, frame)
+                out = self._feed(flow, direction, stream, pkt, now, frame)
+                if flow.streams is not None:
+                    self._note_stream(flow, direction, stream)
+                return out
             if not pkt.payload:
                 return []
             outcome = h.helper.inspect(Segment(pkt.payload, direction, flow.tuple, now), flow.state)
-            return self._apply(flow, outcome.actions, now, frame) if isinstance(outcome, Parsed) else []
+            if not isinstance(outcome, Parsed):
+                return []
+            flow.record = replace(flow.record, flags=flow.record.flags | KNOWN[direction])
+            return self._apply(flow, outcome.actions, now, frame)
         except ProtocolViolation as exc:
-            flow.failed = True
+            self._give_up(flow)
             h.stats.parse_errors += 1
             self.warn(logging.INFO, f"violation-{h.policy.name}", "%s: %s: %s", h.policy.name, flow.tuple, exc)
         except Exception as exc:  # a helper bug must not cost the packet its verdict
-            flow.failed = True
+            self._give_up(flow)
             h.stats.internal_errors += 1
             self.warn(logging.ERROR, f"bug-{h.policy.name}", "%s: helper raised %s on %s: %s",
                       h.policy.name, type(exc).__name__, flow.tuple, exc)
         return []
+
+    def _feed(self, flow: Flow, direction: Direction, stream, pkt: Packet, now: float, frame) -> list[Decision]:
+        h = flow.helper
+        gaps = stream.gaps
+        if not stream.feed(pkt.seq, pkt.tcp_flags, pkt.payload, now):
+            return []
+        if stream.gaps != gaps:
+            h.stats.gaps += stream.gaps - gaps
+            self.warn(logging.INFO, f"gap-{h.policy.name}", "%s: %s: lost TCP segment skipped (%s)",
+                      h.policy.name, flow.tuple, direction.name.lower())
+            if not flow.record.flags & KNOWN[direction]:
+                # a hole before the stream showed it speaks the protocol: what
+                # follows may be anyone's bytes (a PORT line in an HTTP body)
+                stream.abandon()
+                h.stats.desynced += 1
+                return []
+        return self._inspect_stream(flow, direction, stream, now, frame)
+
+    def _give_up(self, flow: Flow) -> None:
+        """Never inspect the flow again (kept in its record, so it outlives our table)."""
+        flow.failed = True
+        flow.state = None
+        flow.streams = None  # nor keep its bytes
+        flow.record = replace(flow.record, flags=flow.record.flags | RecordFlag.GIVEN_UP)
+
+    def _note_stream(self, flow: Flow, direction: Direction, stream) -> None:
+        """Record where the next message of this direction starts, when known."""
+        flags = flow.record.flags
+        if stream.abandoned:
+            flags &= ~BOUNDARY[direction]
+            if all(s.abandoned for s in flow.streams or ()):
+                self._give_up(flow)
+                return
+        elif stream.next_seq is not None and not stream.ooo and not stream.resync:
+            boundary = list(flow.record.boundary)
+            boundary[direction] = (stream.next_seq - len(stream.buf)) % (1 << 32)
+            flow.record = FlowRecord(flags | BOUNDARY[direction], (boundary[0], boundary[1]))
+            return
+        flow.record = replace(flow.record, flags=flags)
+
+    def _kernel_flow(self, pkt: Packet, view: KernelView, now: float,
+                     slot: HelperSlot | None) -> tuple[Flow, Direction] | None:
+        """The flow of a queued packet, from its conntrack. A flow alg does not
+        know is new only when the kernel says the packet opens it; otherwise
+        alg lost it (evicted, or alg restarted) and the conntrack's record says
+        how to go on: given up stays given up, a TCP direction resumes at its
+        recorded boundary, or resynchronises if it spoke the protocol, or is
+        given up. Mid-stream bytes are never read as the start of a stream."""
+        found = self.flows.get(view.key)
+        if found is not None:
+            flow = found[0]
+            return flow, view.direction
+        if slot is None or pkt.l3 not in slot.policy.families:
+            return None
+        ends, kernel = view.tuples()
+        flow = self._flow_for(ends, slot, now)
+        flow.kernel = kernel
+        flow.expected = view.expected
+        record = view.record or FlowRecord()
+        if view.new:
+            flow.record = FlowRecord(RecordFlag.STARTED)
+        elif record.flags & RecordFlag.GIVEN_UP or (flow.streams is not None
+                                                     and not record.flags & RecordFlag.STARTED):
+            flow.record = record
+            self._give_up(flow)  # or it began before alg saw it: mid-stream bytes
+            slot.stats.midstream += 1
+        else:
+            flow.record = replace(record, flags=record.flags | RecordFlag.STARTED)
+            if flow.streams is not None:
+                for d, stream in zip(Direction, flow.streams, strict=True):
+                    if record.flags & BOUNDARY[d]:
+                        stream.next_seq = record.boundary[d]
+                    else:
+                        stream.resync = True
+                    if not record.flags & KNOWN[d]:
+                        stream.abandon()
+                if all(s.abandoned for s in flow.streams):
+                    self._give_up(flow)
+                    slot.stats.midstream += 1
+        self.flows.add(view.key, flow, slot.policy.max_flows, both_ways=False)
+        return flow, view.direction
 
     def sweep(self, now: float) -> list[Expectation]:
         """Forget idle flows and timed-out expectations (at most once a second)."""
@@ -211,6 +337,7 @@ class Engine:
                 child = self.slots.get(exp.helper) if exp.assign_helper else None
                 flow = self._flow_for(tup, child, now)
                 flow.related_to = exp
+                flow.expected = True
                 self.flows.add(packet_key(pkt), flow)
                 return flow, Direction.ORIGINAL
         if slot is None:
@@ -256,6 +383,7 @@ class Engine:
             if outcome.consumed <= 0 or outcome.consumed > len(stream.buf):
                 raise RuntimeError(f"helper consumed {outcome.consumed} of {len(stream.buf)} bytes")
             stream.buf = stream.buf[outcome.consumed :]
+            flow.record = replace(flow.record, flags=flow.record.flags | KNOWN[direction])
             decisions += self._apply(flow, outcome.actions, now, frame)
         return decisions
 
@@ -306,7 +434,7 @@ class Engine:
             return out
         cls.created += 1
         self.events.append(ExpectationEvent("created", e))
-        out.append(Create(e))
+        out.append(Create(e, flow.kernel))
         return out
 
     def refused(self, e: Expectation, why: Refusal, detail: str = "") -> None:

@@ -36,8 +36,12 @@ dropped from then on, the other direction goes on.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
-from typing import Any
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from .decode import TCP_SYN, Packet
 from .errors import ProtocolViolation
@@ -150,10 +154,80 @@ class TcpStream:
             raise ProtocolViolation(f"more than {self.limit} bytes buffered without a complete message")
 
 
+# ---------------------------------------------------------------- what outlives alg's table
+FLOW_RECORD_LEN = 16  # bytes of the conntrack's helper private data alg uses (NFCTH_PRIV_DATA_LEN)
+_RECORD = struct.Struct("!BBHII4x")
+RECORD_VERSION = 1
+
+
+class RecordFlag(enum.IntFlag):
+    """Facts about a flow kept in its conntrack (helper private data), so that
+    they outlive alg's own table: eviction, an idle hour, a restart of alg."""
+
+    STARTED = 0x01  # alg saw the flow begin (its first packet, or a TCP SYN)
+    GIVEN_UP = 0x02  # the flow broke its protocol (or alg could not follow it): never inspect it again
+    KNOWN_ORIGINAL = 0x04  # the helper read a whole message from this direction: the stream speaks the protocol
+    KNOWN_REPLY = 0x08
+    BOUNDARY_ORIGINAL = 0x10  # `boundary` of this direction is a message boundary (TCP)
+    BOUNDARY_REPLY = 0x20
+
+
+KNOWN = (RecordFlag.KNOWN_ORIGINAL, RecordFlag.KNOWN_REPLY)
+BOUNDARY = (RecordFlag.BOUNDARY_ORIGINAL, RecordFlag.BOUNDARY_REPLY)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRecord:
+    """The flow's record in its conntrack, FLOW_RECORD_LEN bytes:
+
+    version (1 byte), flags (1), reserved (2), for each direction the TCP
+    sequence number of the last message boundary alg consumed up to (4 + 4),
+    reserved (4). A record of zeros (what the kernel gives a new conntrack)
+    says nothing. The kernel allows at most 32 bytes (the size of
+    `struct nf_conn_help`'s data: nfnetlink_cthelper refuses more)."""
+
+    flags: RecordFlag = RecordFlag(0)
+    boundary: tuple[int, int] = (0, 0)
+
+    def pack(self) -> bytes:
+        return _RECORD.pack(RECORD_VERSION, int(self.flags), 0, *self.boundary)
+
+    @classmethod
+    def unpack(cls, data: bytes | None) -> "FlowRecord | None":
+        """None when there is no record (no private data, zeros, or another layout)."""
+        if not data or len(data) < _RECORD.size:
+            return None
+        version, flags, _r, b0, b1 = _RECORD.unpack_from(data)
+        if version != RECORD_VERSION:
+            return None
+        return cls(RecordFlag(flags & 0x3F), (b0, b1))
+
+
+@dataclass(frozen=True, slots=True)
+class KernelView:
+    """What the kernel says about a queued packet's flow (from the conntrack that
+    comes with it): the daemon builds it, replay has none.
+
+    `key` identifies the conntrack; `ends` are the real endpoints in the
+    original direction (each direction's source: the client before source
+    NAT, the server after destination NAT), which is how helpers judge the
+    flow; `kernel` is the conntrack's original tuple, how the kernel names
+    it as a master. Both are built only for a flow alg does not know yet."""
+
+    key: tuple
+    direction: Direction
+    new: bool  # the packet opens the flow (ctinfo NEW in the original direction)
+    confirmed: bool  # the conntrack is in the kernel's table (not while its first packet waits)
+    expected: bool  # the conntrack was created by an expectation
+    record: FlowRecord | None
+    tuples: Callable[[], tuple[FlowTuple, FlowTuple]]  # () -> (ends, kernel)
+
+
 class Flow:
     """One master flow as alg sees it."""
 
-    __slots__ = ("tuple", "helper", "state", "streams", "failed", "last_seen", "related_to")
+    __slots__ = ("tuple", "helper", "state", "streams", "failed", "last_seen", "related_to", "kernel",
+                 "record", "expected")
 
     def __init__(self, tup: FlowTuple, helper: Any, state: Any, max_buffer: int, now: float):
         self.tuple = tup
@@ -163,6 +237,9 @@ class Flow:
         self.failed = False
         self.last_seen = now
         self.related_to: Any = None  # replay: the expectation this flow fulfilled
+        self.kernel: FlowTuple | None = None  # live: the conntrack's original tuple (the master's name)
+        self.record = FlowRecord()  # live: what the conntrack keeps for it
+        self.expected = False  # created by an expectation (live: the conntrack has a master)
 
 
 def packet_key(pkt: Packet) -> tuple:
@@ -176,51 +253,90 @@ def packet_tuple(pkt: Packet) -> FlowTuple:
 
 
 class FlowTable:
-    """Flows by packet tuple in both directions, bounded in all and per helper
-    (the oldest is evicted first), forgotten after `idle_timeout` seconds."""
+    """Flows by key, bounded in all and per helper: the least recently used is
+    evicted first. Replay keys a flow by its packet tuple in both directions
+    and forgets it after `idle_timeout` seconds (capture time); live, a flow
+    is keyed by its conntrack and lives until evicted, since what must outlive
+    the table is in the conntrack's record."""
 
     def __init__(self, max_flows: int = 65536, idle_timeout: float = 3600.0):
         self.max_flows = max_flows
         self.idle_timeout = idle_timeout
         self._by_key: dict[tuple, tuple[Flow, Direction]] = {}
-        self._flows: dict[tuple, Flow] = {}  # original key -> flow, in insertion order
-        self._owned: dict[Any, dict[tuple, None]] = {}  # helper slot -> its flows' keys, in order
+        self._flows: OrderedDict[tuple, Flow] = OrderedDict()  # original key -> flow, least recent first
+        self._owned: dict[Any, OrderedDict[tuple, None]] = {}  # helper name -> its flows' keys, least recent first
         self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._flows)
 
-    def lookup(self, pkt: Packet) -> tuple[Flow, Direction] | None:
-        return self._by_key.get((pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport))
+    def all(self) -> list[Flow]:
+        return list(self._flows.values())
 
-    def add(self, key: tuple, flow: Flow, limit: int | None = None) -> None:
-        """Add a flow; `limit` bounds the flows of the same helper."""
-        proto, src, dst, sport, dport = key
-        if flow.helper is not None:
-            owned = self._owned.setdefault(flow.helper, {})
+    def lookup(self, pkt: Packet) -> tuple[Flow, Direction] | None:
+        return self.get((pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport))
+
+    def get(self, key: tuple) -> tuple[Flow, Direction] | None:
+        """The flow of `key` (either direction's), now the most recently used."""
+        found = self._by_key.get(key)
+        if found is not None:
+            flow = found[0]
+            orig = key if found[1] is Direction.ORIGINAL else _reverse(key)
+            self._flows.move_to_end(orig)
+            owner = _owner(flow)
+            if owner is not None:
+                self._owned[owner].move_to_end(orig)
+        return found
+
+    def add(self, key: tuple, flow: Flow, limit: int | None = None, both_ways: bool = True) -> None:
+        """Add a flow; `limit` bounds the flows of the same helper. `both_ways`:
+        the reverse of `key` finds it too (replay's packet tuples)."""
+        owner = _owner(flow)
+        if owner is not None:
+            owned = self._owned.setdefault(owner, OrderedDict())
             while limit is not None and len(owned) >= limit:
                 self.remove(next(iter(owned)))
                 self.evicted += 1
-            owned[key] = None
         while len(self._flows) >= self.max_flows:
             self.remove(next(iter(self._flows)))
             self.evicted += 1
+        if owner is not None:
+            self._owned[owner][key] = None
         self._flows[key] = flow
         self._by_key[key] = (flow, Direction.ORIGINAL)
-        self._by_key[(proto, dst, src, dport, sport)] = (flow, Direction.REPLY)
+        if both_ways:
+            self._by_key[_reverse(key)] = (flow, Direction.REPLY)
 
     def remove(self, key: tuple) -> None:
         flow = self._flows.pop(key, None)
         if flow is None:
             return
-        proto, src, dst, sport, dport = key
-        if flow.helper is not None:
-            self._owned.get(flow.helper, {}).pop(key, None)
+        owner = _owner(flow)
+        if owner is not None and owner in self._owned:
+            self._owned[owner].pop(key, None)
         self._by_key.pop(key, None)
-        self._by_key.pop((proto, dst, src, dport, sport), None)
+        rev = _reverse(key)
+        if self._by_key.get(rev, (None,))[0] is flow:
+            del self._by_key[rev]
 
     def expire(self, now: float) -> int:
-        stale = [k for k, f in self._flows.items() if now - f.last_seen > self.idle_timeout]
+        """Forget flows idle for longer than `idle_timeout` (replay)."""
+        stale = []
+        for k, f in self._flows.items():  # least recent first: stop at the first fresh one
+            if now - f.last_seen <= self.idle_timeout:
+                break
+            stale.append(k)
         for k in stale:
             self.remove(k)
         return len(stale)
+
+
+def _owner(flow: Flow) -> str | None:
+    return None if flow.helper is None else flow.helper.policy.name
+
+
+def _reverse(key: tuple) -> tuple:
+    if len(key) == 5:  # replay: (proto, src, dst, sport, dport)
+        proto, src, dst, sport, dport = key
+        return (proto, dst, src, dport, sport)
+    return key  # live: the conntrack's key has one form

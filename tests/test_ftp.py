@@ -256,8 +256,10 @@ def test_engine_byte_bound_per_flow():
 
 
 def lost_segment_then_ports(conn: Conn, n: int) -> list:
-    """A PORT command whose middle 8 bytes are lost, then n PORT commands, one a segment."""
-    out = conn.send(True, b"PORT 10,0,")
+    """After a first command, a PORT command whose middle 8 bytes are lost, then n PORT
+    commands, one a segment."""
+    out = conn.send(True, b"USER anonymous\r\n")
+    out += conn.send(True, b"PORT 10,0,")
     conn.cseq += 8  # "1,2,1,1\r\n" minus its last two bytes never reaches us
     out += conn.send(True, b"\r\n")
     for i in range(n):
@@ -274,9 +276,22 @@ def test_engine_resyncs_after_a_lost_segment():
     assert (st["gaps"], st["desynced"], st["parse_errors"]) == (1, 0, 0)
 
 
+def test_a_hole_before_the_stream_spoke_ftp_gives_the_direction_up():
+    # an HTTP POST to port 21 whose head is lost: its body's PORT lines are not FTP
+    eng = ftp_engine()
+    conn = Conn(eng)
+    conn.cseq += 120  # the request's head never reaches us
+    out = []
+    for i in range(20):
+        out += conn.send(True, b"PORT 10,0,1,2,0,%d\r\n" % (22 + i))
+    assert [d for d in out if isinstance(d, Create)] == []
+    assert eng.stats()["helpers"]["ftp"]["desynced"] == 1
+
+
 def test_engine_resync_mid_line_skips_to_the_next_line():
     eng = ftp_engine()
     conn = Conn(eng)
+    conn.send(True, b"NOOP\r\n")
     conn.send(True, b"PO")
     conn.cseq += 3  # "RT " lost: "10,0,1,2,1,1" must not be read as anything
     out = conn.send(True, b"10,0,1,2,1,1\r\nPORT 10,0,1,2,1,2\r\n")
