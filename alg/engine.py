@@ -31,7 +31,6 @@ log = logging.getLogger("alg.engine")
 @dataclass(frozen=True, slots=True)
 class Create:
     expectation: Expectation
-    master: FlowTuple | None = None  # live: the master's conntrack as the kernel names it (original tuple)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +78,7 @@ class HelperStats:
     gaps: int = 0  # TCP holes that did not fill and were skipped (lost segments)
     desynced: int = 0  # flow directions given up after a gap (the helper could not resynchronise)
     midstream: int = 0  # live: flows met mid-stream that alg could not resume (never read as a new stream)
+    natted: int = 0  # live: flows whose conntrack is NATed (the helper judges them by their real endpoints)
     notices: Counter = field(default_factory=Counter)
     classes: dict[str, ClassStats] = field(default_factory=dict)
 
@@ -87,6 +87,7 @@ class HelperStats:
             "packets": self.packets, "bytes": self.bytes, "flows": self.flows,
             "parse_errors": self.parse_errors, "internal_errors": self.internal_errors,
             "gaps": self.gaps, "desynced": self.desynced, "midstream": self.midstream,
+            "natted": self.natted,
             "notices": dict(self.notices),
             "classes": {
                 n: {"created": c.created, "evicted": c.evicted, "removed": c.removed, "used": c.used,
@@ -289,12 +290,19 @@ class Engine:
         found = self.flows.get(view.key)
         if found is not None:
             flow = found[0]
+            if flow.kernel is None and view.confirmed:
+                # its first packet had no conntrack to name it by (looked up, unconfirmed)
+                flow.kernel = view.tuples()[1]
+                if flow.helper is not None:
+                    flow.helper.stats.natted += flow.kernel != flow.tuple
             return flow, view.direction
         if slot is None or pkt.l3 not in slot.policy.families:
             return None
         ends, kernel = view.tuples()
         flow = self._flow_for(ends, slot, now)
-        flow.kernel = kernel
+        if view.confirmed or view.key[0] is not None:
+            flow.kernel = kernel
+            slot.stats.natted += ends != kernel
         flow.expected = view.expected
         record = view.record or FlowRecord()
         if view.new:
@@ -418,7 +426,8 @@ class Engine:
             return []
         ec = pol.expect_class(a.cls)
         e = Expectation(pol.name, a.cls, pol.class_id(a.cls), l3, a.proto, a.src, a.dst, a.sport, a.dport,
-                        flow.tuple, ec.timeout, a.flags, frame, now, a.tag, a.src_prefix, a.assign_helper)
+                        flow.tuple, ec.timeout, a.flags, frame, now, a.tag, a.src_prefix, a.assign_helper,
+                        flow.kernel)
         held = self.table.get(e.key)
         if held is not None and held.master != e.master and self.kernel_holds is not None \
                 and not self.kernel_holds(held):
@@ -434,7 +443,7 @@ class Engine:
             return out
         cls.created += 1
         self.events.append(ExpectationEvent("created", e))
-        out.append(Create(e, flow.kernel))
+        out.append(Create(e))
         return out
 
     def refused(self, e: Expectation, why: Refusal, detail: str = "") -> None:
@@ -458,6 +467,23 @@ class Engine:
             if h is not None and e.cls in h.stats.classes:
                 h.stats.classes[e.cls].used += 1
             self.events.append(ExpectationEvent("used", e))
+
+    def adopt(self, helper: str, class_id: int, tup: FlowTuple, mask: FlowTuple, master: FlowTuple,
+              timeout: int, flags: int, now: float) -> Expectation | None:
+        """Take into the table an expectation the kernel holds for one of our helpers
+        that this instance did not create (an earlier instance's, before a restart
+        or reload, or one a firewall pair's sync committed): it counts against
+        ExpectMax and the budget like our own. Its master is named as the kernel
+        names it (the endpoints' view of a NATed master is not known)."""
+        slot = self.slots.get(helper)
+        if slot is None or not 0 <= class_id < len(slot.policy.classes):
+            return None
+        width = 32 if tup.l3 == 4 else 128
+        bits = bin(int(mask.src)).count("1")
+        e = Expectation(helper, slot.policy.classes[class_id].name, class_id, tup.l3, tup.proto,
+                        tup.src if bits else None, tup.dst, tup.sport if mask.sport else None, tup.dport, master,
+                        timeout, flags, None, now, None, bits if 0 < bits < width else None, False, master)
+        return e if self.table.insert(e) else None
 
     def kernel_failed(self, e: Expectation, errno_name: str, full: bool) -> None:
         """The daemon reports a create the kernel refused: undo and count it."""

@@ -48,6 +48,9 @@ class Expectation:
     tag: str | None = None
     src_prefix: int | None = None  # bits of `src` that must match; None: all of them
     assign_helper: bool = False  # the expected flow gets the master's helper
+    # live: the master's conntrack as the kernel names it (its original tuple);
+    # `master` is the same flow as its endpoints see it, which may differ by NAT
+    kernel_master: FlowTuple | None = None
 
     @property
     def key(self) -> tuple:
@@ -193,6 +196,16 @@ class ExpectationTable:
         self._by_key[e.key] = e
         self._by_dest.setdefault((e.proto, e.dst, e.dport), {})[e.key] = None
         return Admission(e, evicted)
+
+    def insert(self, e: Expectation) -> bool:
+        """Take in one the kernel holds already (adopted): no ExpectMax or budget check,
+        it counts against both from now on. False if its tuple is taken."""
+        if e.key in self._by_key:
+            return False
+        self._by_master.setdefault(e.master, {}).setdefault(e.cls, deque()).append(e)
+        self._by_key[e.key] = e
+        self._by_dest.setdefault((e.proto, e.dst, e.dport), {})[e.key] = None
+        return True
 
     def of_master(self, master: FlowTuple, cls: str | None = None, tag: str | None = None) -> list[Expectation]:
         out = []

@@ -357,33 +357,6 @@ def test_daemon_pressure_is_shown_with_the_fix():
     assert warn and "expect_hashsize" in warn[0].fix and "7" in warn[0].detail
 
 
-class FakePacket:
-    def __init__(self, payload: bytes):
-        self.payload, self.verdict = payload, None
-
-    def get_payload(self):
-        if self.payload is None:
-            raise RuntimeError("netlink hiccup")
-        return self.payload
-
-    def accept(self):
-        self.verdict = "accept"
-
-    def drop(self):
-        self.verdict = "drop"
-
-
-def test_every_packet_gets_a_verdict_whatever_happens():
-    from alg.daemon import Daemon
-    d = Daemon(load_plugins(), None)
-    slot = d.engine.slots["ftp"]
-    for payload in (b"", b"\x45garbage", None, b"\x60" + b"\x00" * 60):
-        p = FakePacket(payload)
-        d.on_packet(p, slot)
-        assert p.verdict == "accept"
-    assert d.stats.verdicts == 4 and d.stats.queue_errors == 1 and d.stats.decode_errors >= 2
-
-
 BIND_QUEUE = """
 import time
 from alg.kernel.nfqueue import QueueSet
@@ -456,76 +429,19 @@ def test_logs_carry_syslog_priorities_under_systemd(tmp_path):
         assert lines == (want if journal else [x[3:] for x in want])
 
 
-class FakeKernel:
-    """Queues and cthelper as the daemon sees them; refuses what it is told to."""
-
-    def __init__(self):
-        self.bound: dict = {}
-        self.helpers: dict = {}
-        self.refuse_queue: set = set()
-        self.refuse_helper: set = set()
-
-    def bind(self, num, max_len, callback):
-        if num in self.refuse_queue:
-            raise KernelError(16, f"bind queue {num}")
-        self.bound[num] = callback
-
-    def rebind(self, num, callback):
-        self.bound[num] = callback
-
-    def unbind(self, num):
-        self.bound.pop(num, None)
-
-    def register(self, hp, priv_data_len):
-        if hp.name in self.refuse_helper:
-            raise KernelError(16, "cthelper-new")
-        self.helpers[hp.name] = hp
-
-    def set_status(self, name, proto, enabled, l3=4):
-        pass
-
-    def unregister(self, name, proto, l3=4):
-        self.helpers.pop(name, None)
-
-
-def test_a_reload_the_kernel_refuses_keeps_the_running_policy_whole(tmp_path):
-    from alg.daemon import Daemon
-    pol = tmp_path / "ftp.toml"
-    pol.write_text('helper = "ftp"\nqueue = 7\n')
-    d = Daemon(load_plugins(), [str(pol)])
-    d.queues = d.cthelper = k = FakeKernel()
-    d._register(d.engine.slots["ftp"])
-    running = d.engine.slots["ftp"]
-
-    def unchanged():
-        assert list(k.bound) == [7] and k.helpers["ftp"].queue == 7
-        assert d.engine.slots["ftp"] is running and d.policy.helpers["ftp"].queue == 7
-
-    pol.write_text('helper = "ftp"\nqueue = 9\n')
-    k.refuse_queue = {9}  # another program holds queue 9
-    d.reload()
-    unchanged()
-    k.refuse_queue, k.refuse_helper = set(), {"ftp"}  # the kernel will not change the helper (EBUSY)
-    d.reload()
-    unchanged()  # queue 9 was bound for it, and let go again
-    pol.write_text("queue = [")
-    d.reload()
-    unchanged()
-    k.refuse_helper = set()
-    pol.write_text('helper = "ftp"\nqueue = 9\n')
-    d.reload()
-    assert list(k.bound) == [9] and k.helpers["ftp"].queue == 9 and d.engine.slots["ftp"].policy.queue == 9
-    assert d.registered == [("ftp", 4, 6), ("ftp", 6, 6)]
-
-
 def test_status_text_shows_every_counter(monkeypatch, capsys):
     """The text view of a real daemon's status (fakes for the kernel), as an operator reads it."""
     import argparse
 
+    from fakekernel import FakeKernel, QueuedPacket
+
     from alg import daemon, daemon_cli
-    d = daemon.Daemon(load_plugins(), None)
-    slot = d.engine.slots["ftp"]
-    d.on_packet(FakePacket(b"\x45garbage"), slot)
+    k = FakeKernel()
+    d = daemon.Daemon(load_plugins(), None, kernel=k.ports())
+    d._register(d.engine.slots["ftp"])
+    k.queues[20].waiting.append(QueuedPacket(1, b"\x45garbage", None, None))
+    k._by_packet[1] = k.connect("ftp", 4, 6, "10.0.0.1", "10.0.0.2", 1, 21)
+    d.workers[20].serve()
     monkeypatch.setattr(daemon, "read_status", lambda path, timeout=2.0: d.status())
     monkeypatch.setattr(d, "_queue_kernel", lambda: {"ftp": {"waiting": 2, "dropped_full": 5, "dropped_socket": 0}})
     args = argparse.Namespace(format="text", socket="/nonexistent", policy=None)

@@ -36,8 +36,6 @@ import errno as E
 import ipaddress
 import socket
 import struct
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Self
@@ -54,7 +52,10 @@ IPCTNL_MSG_EXP_NEW, IPCTNL_MSG_EXP_GET, IPCTNL_MSG_EXP_DELETE = 0, 1, 2
 NFNLGRP_CONNTRACK_EXP_NEW = 4
 NFNLGRP_CONNTRACK_EXP_DESTROY = 6
 
-CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_ID, CTA_HELP = 1, 2, 12, 5
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_HELP, CTA_MARK, CTA_ID, CTA_TUPLE_MASTER = 1, 2, 3, 5, 8, 12, 14
+CTA_HELP_NAME, CTA_HELP_INFO = 1, 2  # enum ctattr_help
+# enum ip_conntrack_status (include/uapi/linux/netfilter/nf_conntrack_common.h)
+IPS_EXPECTED, IPS_SRC_NAT, IPS_DST_NAT, IPS_CONFIRMED = 1 << 0, 1 << 4, 1 << 5, 1 << 3
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
@@ -326,18 +327,82 @@ def _parse_tuple(b: bytes) -> FlowTuple | None:
 
 
 @dataclass(frozen=True, slots=True)
-class MasterRef:
-    """A conntrack as the kernel knows it, found from one packet's tuple."""
+class CtTuple:
+    """A conntrack tuple as the kernel reports it, addresses packed (4 or 16 bytes):
+    cheap to decode and to hash, once per queued packet."""
 
-    tuple: FlowTuple  # original-direction tuple
-    id: int  # conntrack id
-    reply: bool  # the packet travels in the reply direction
-    ends: FlowTuple  # the real endpoints, in the original direction (each direction's source)
+    l3: int
+    proto: int
+    src: bytes
+    dst: bytes
+    sport: int
+    dport: int
 
-    @property
-    def seen(self) -> FlowTuple:
-        """The packet's flow as its endpoints see it: what helpers must judge."""
-        return self.ends.reversed() if self.reply else self.ends
+    def flow(self) -> FlowTuple:
+        return FlowTuple(self.l3, self.proto, ipaddress.ip_address(self.src), ipaddress.ip_address(self.dst),
+                         self.sport, self.dport)
+
+
+@dataclass(frozen=True, slots=True)
+class Conntrack:
+    """A conntrack as the kernel reports it (NFQA_CT of a queued packet, or a CT_GET answer)."""
+
+    orig: CtTuple  # original-direction tuple
+    reply: CtTuple
+    status: int  # IPS_* bits
+    id: int | None
+    helper: str | None  # the helper it carries (CTA_HELP_NAME)
+    helper_info: bytes | None  # that helper's private data (CTA_HELP_INFO)
+    master: CtTuple | None  # set when an expectation created it (CTA_TUPLE_MASTER)
+    mark: int = 0
+    zone: int = 0
+
+
+def pack_ct_help(helper: str, info: bytes) -> bytes:
+    """Conntrack attributes (for NFQA_CT on a verdict) that set the helper's private
+    data: the kernel's ctnetlink_change_helper hands CTA_HELP_INFO to the helper's
+    from_nlattr (nfnetlink_cthelper copies its data_len bytes) when the name is
+    the helper the conntrack has; another name fails the whole NFQA_CT."""
+    return L.nest(CTA_HELP, L.nla(CTA_HELP_NAME, L.asciiz(helper)), L.nla(CTA_HELP_INFO, info))
+
+
+def parse_ct_tuple(b: bytes) -> CtTuple | None:
+    a = L.parse_attrs(b)
+    ip = L.parse_attrs(a.get(CTA_TUPLE_IP, b""))
+    pr = L.parse_attrs(a.get(CTA_TUPLE_PROTO, b""))
+    if CTA_IP_V4_SRC in ip:
+        l3, src, dst = 4, ip[CTA_IP_V4_SRC], ip.get(CTA_IP_V4_DST)
+    elif CTA_IP_V6_SRC in ip:
+        l3, src, dst = 6, ip[CTA_IP_V6_SRC], ip.get(CTA_IP_V6_DST)
+    else:
+        return None
+    if dst is None or len(src) != len(dst) or len(src) != (4 if l3 == 4 else 16) or not pr.get(CTA_PROTO_NUM):
+        return None
+
+    def port(k: int) -> int:
+        return struct.unpack("!H", pr[k][:2])[0] if len(pr.get(k, b"")) >= 2 else 0
+
+    return CtTuple(l3, pr[CTA_PROTO_NUM][0], src, dst, port(CTA_PROTO_SRC_PORT), port(CTA_PROTO_DST_PORT))
+
+
+def parse_conntrack(data: bytes, off: int = 0, end: int | None = None) -> Conntrack | None:
+    """The conntrack in ctnetlink attributes (a CT_NEW payload after its nfgenmsg,
+    or the inside of NFQA_CT); None without both tuples."""
+    a = L.parse_attrs(data, off, end)
+    orig = parse_ct_tuple(a.get(CTA_TUPLE_ORIG, b""))
+    reply = parse_ct_tuple(a.get(CTA_TUPLE_REPLY, b""))
+    if orig is None or reply is None:
+        return None
+    helper = L.parse_attrs(a[CTA_HELP]) if CTA_HELP in a else {}
+    name = helper.get(CTA_HELP_NAME)
+    master = parse_ct_tuple(a[CTA_TUPLE_MASTER]) if CTA_TUPLE_MASTER in a else None
+
+    def u32(k: int) -> int | None:
+        return struct.unpack("!I", a[k][:4])[0] if len(a.get(k, b"")) >= 4 else None
+
+    return Conntrack(orig, reply, u32(CTA_STATUS) or 0, u32(CTA_ID),
+                     name.split(b"\0", 1)[0].decode(errors="replace") if name else None,
+                     helper.get(CTA_HELP_INFO), master, u32(CTA_MARK) or 0)
 
 
 @dataclass(frozen=True)
@@ -450,16 +515,9 @@ class Events:
 class Ctnetlink:
     """Expectations and master lookup over one netlink socket (per network namespace)."""
 
-    def __init__(self, cache_size: int = 16384, cache_age: float = 10.0):
+    def __init__(self) -> None:
         self.sock = L.NfnlSocket()
-        self.cache_size = cache_size
-        # A cached answer goes stale when its conntrack dies and another takes
-        # its tuple with other NAT; that takes longer than cache_age (UDP
-        # conntracks live >= 30 s idle) except for TCP, whose SYN calls forget().
-        self.cache_age = cache_age
-        self._cache: OrderedDict[FlowTuple, tuple[float, MasterRef]] = OrderedDict()
-        self._missing: dict[FlowTuple, float] = {}
-        self.lookups = self.cache_hits = 0
+        self.lookups = 0
 
     def __enter__(self) -> Self:
         return self
@@ -477,31 +535,20 @@ class Ctnetlink:
         except L.NetlinkError as exc:
             raise KernelError(exc.errno or E.EIO, op) from None
 
-    # -- conntrack lookup (hot path)
-    def lookup(self, t: FlowTuple, miss_ttl: float = 0.0) -> MasterRef | None:
-        """The conntrack a packet with tuple ``t`` belongs to, in either direction.
+    # -- conntrack lookup (only where queued packets come without their conntrack)
+    def conntrack(self, t: FlowTuple) -> Conntrack | None:
+        """The conntrack a packet with tuple ``t`` belongs to, None while it is
+        unconfirmed (its first packet waits in a queue) or gone.
 
-        ``t`` may be seen before or after NAT: at the confirm hook, where
-        nfnetlink_cthelper queues, a packet has had all its NAT applied, so
-        it is the reverse of the conntrack's other-direction tuple, while
-        before NAT it equals its own direction's tuple. The kernel's hash
-        holds both tuples of every confirmed conntrack, so asking for ``t``
-        and then for its reverse finds it in all cases. An unconfirmed
-        conntrack (its first packet still in our queue) is not found.
-        ``miss_ttl``: remember for that long that there is none (a flow whose
-        packets are queued without conntrack, or whose conntrack is gone).
+        For kernels whose queues cannot hand over the conntrack (no
+        CONFIG_NETFILTER_NETLINK_GLUE_CT): a packet queued by a plain NFQUEUE
+        rule may carry translated addresses on one side, so it is the reverse
+        of one of the conntrack's tuples or equal to one; the kernel finds a
+        conntrack by either of its tuples, so asking for ``t`` and then for its
+        reverse finds it in all cases.
         """
-        hit = self._cache.get(t)
-        now = time.monotonic()
-        if hit is not None and hit[0] > now:
-            self._cache.move_to_end(t)
-            self.cache_hits += 1
-            return hit[1]
-        if self._missing.get(t, 0.0) > now:
-            self.cache_hits += 1
-            return None
-        self.lookups += 1
         for key in (t, t.reversed()):
+            self.lookups += 1
             try:
                 rep = self._do("ct-get", pack_ct_get, key)
             except KernelError as exc:
@@ -509,67 +556,25 @@ class Ctnetlink:
                     continue
                 raise
             for _typ, payload in rep:
-                a = L.parse_attrs(payload, 4)
-                orig = _parse_tuple(a.get(CTA_TUPLE_ORIG, b""))
-                reply = _parse_tuple(a.get(CTA_TUPLE_REPLY, b""))
-                if orig is None or reply is None or key not in (orig, reply):
-                    continue
-                cid = struct.unpack("!I", a[CTA_ID])[0] if CTA_ID in a else 0
-                # each direction's source is an endpoint as it really is: the
-                # client before source NAT, the server after destination NAT
-                ends = FlowTuple(orig.l3, orig.proto, orig.src, reply.src, orig.sport, reply.sport)
-                ref = MasterRef(orig, cid, (key == reply) == (key is t), ends)
-                # expectations name their master by the endpoints' view of it
-                until = now + self.cache_age
-                self._remember(ends, MasterRef(orig, cid, False, ends), until)
-                self._remember(ends.reversed(), MasterRef(orig, cid, True, ends), until)
-                self._remember(t, ref, until)
-                return ref
-        if miss_ttl:
-            if len(self._missing) >= self.cache_size:
-                self._missing.clear()
-            self._missing[t] = now + miss_ttl
+                ct = parse_conntrack(payload, 4)
+                if ct is not None and key in (ct.orig.flow(), ct.reply.flow()):
+                    return ct
         return None
 
-    def cached(self, t: FlowTuple) -> bool:
-        hit = self._cache.get(t)
-        return hit is not None and hit[0] > time.monotonic()
-
-    def _remember(self, t: FlowTuple, ref: MasterRef, until: float) -> None:
-        self._cache[t] = (until, ref)
-        self._cache.move_to_end(t)
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-
-    def forget(self, t: FlowTuple) -> None:
-        """Drop what is cached for t's conntrack (a new connection reuses its tuple)."""
-        self._missing.pop(t, None)
-        hit = self._cache.pop(t, None)
-        if hit is not None:
-            self._cache.pop(hit[1].ends, None)
-            self._cache.pop(hit[1].ends.reversed(), None)
-
     # -- expectations
-    def create(self, e, master: MasterRef | None = None, exclusive: bool = False) -> None:
+    def create(self, e, master: FlowTuple, exclusive: bool = False) -> None:
         """Create expectation ``e``, or refresh the one with its tuple (``exclusive=True``: EEXIST).
 
         Raises KernelError: EEXIST (exclusive and same tuple already expected), EBUSY (clash
-        with an overlapping one), ENOENT (master not confirmed yet; the cache
-        entry is dropped), EOPNOTSUPP (master without helper), EINVAL (class
-        out of range), ENOSPC/EMFILE (``.full``).
+        with an overlapping one), ENOENT (master not confirmed yet), EOPNOTSUPP (master
+        without helper), EINVAL (class out of range), ENOSPC/EMFILE (``.full``).
         """
-        m = master.tuple if master is not None else e.master
         try:
-            try:
-                self._do("exp-new", lambda seq, pid: pack_exp_new(e, m, seq, pid, exclusive))
-            except KernelError as exc:
-                if exc.errno != E.EAGAIN:  # the kernel loaded the named helper's module: retry once
-                    raise
-                self._do("exp-new", lambda seq, pid: pack_exp_new(e, m, seq, pid, exclusive))
+            self._do("exp-new", lambda seq, pid: pack_exp_new(e, master, seq, pid, exclusive))
         except KernelError as exc:
-            if exc.errno == E.ENOENT:
-                self.forget(e.master)
-            raise
+            if exc.errno != E.EAGAIN:  # the kernel loaded the named helper's module: retry once
+                raise
+            self._do("exp-new", lambda seq, pid: pack_exp_new(e, master, seq, pid, exclusive))
 
     def get(self, e) -> KernelExpectation | None:
         """The kernel's expectation with e's tuple (whatever its master), None if it has none."""

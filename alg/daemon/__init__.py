@@ -1,0 +1,14 @@
+"""The daemon (`alg run`), split along the packet's path:
+
+* `supervisor`  namespace claim, helper registration, state file, signals, reload, the loop;
+* `worker`      one queue: packet -> engine -> kernel work -> verdict;
+* `sink`        expectations created and deleted in the kernel, retries on a timer heap;
+* `reconciler`  the kernel's expectation events; adoption of what the kernel holds;
+* `status`      the status socket `alg status` reads.
+"""
+
+from .status import read_status
+from .supervisor import Daemon, DaemonStats, KernelPorts, refusal_fix, remove_helpers, resolve, state_file
+
+__all__ = ["Daemon", "DaemonStats", "KernelPorts", "read_status", "refusal_fix", "remove_helpers", "resolve",
+           "state_file"]

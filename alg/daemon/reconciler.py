@@ -1,0 +1,76 @@
+"""The reconciler: alg's expectation table kept true to the kernel's.
+
+The kernel's expectation events say what it created and let go: an
+expectation alg attached to a verdict is confirmed by its EXP_NEW; one whose
+flow came (or that someone deleted, or that timed out) ends with EXP_DESTROY
+and no longer counts against ExpectMax, the budget or a later master's claim
+to the same tuple. Events can be lost (ENOBUFS, counted): a missed end shows
+up as a clash, which the engine checks with the kernel before refusing.
+
+At start and after a reload the kernel's expectations of alg's helpers are
+dumped and adopted into the table: those an earlier instance created, or
+that a firewall pair's sync committed, count like alg's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Iterable, Protocol
+
+from ..engine import Engine
+from .sink import KernelSink
+
+log = logging.getLogger("alg.daemon")
+
+
+class EventPort(Protocol):
+    """alg.kernel.ctnetlink.Events"""
+
+    def fileno(self) -> int: ...
+    def read(self) -> list[Any]: ...
+    def close(self) -> None: ...
+
+
+class Reconciler:
+    def __init__(self, events: EventPort, engine: Engine, sink: KernelSink, stats: Any,
+                 clock: Callable[[], float] = time.monotonic):
+        self.events, self.engine, self.sink, self.stats, self.clock = events, engine, sink, stats, clock
+
+    def fileno(self) -> int:
+        return self.events.fileno()
+
+    def read(self) -> None:
+        last = {}  # the last event per tuple and mask says whether the kernel holds it now
+        for ev in self.events.read():
+            if ev.expectation is None:
+                self.stats.events_lost += 1
+            else:
+                k = ev.expectation
+                last[(k.tuple, k.mask)] = (ev.kind, k.master)
+        now = self.clock()
+        for (t, mask), (kind, master) in last.items():
+            e = self.engine.table.holding(t, mask.src, mask.sport == 0)
+            if e is None or (e.kernel_master is not None and e.kernel_master != master):
+                continue  # not ours, or another master's expectation of the same tuple
+            if kind == "destroy":
+                self.engine.ended(e, now)
+            else:
+                self.sink.confirmed(e.key)
+
+    def adopt(self, held: Iterable[Any]) -> int:
+        """Adopt the kernel's expectations (KernelExpectation) of alg's helpers."""
+        now, n = self.clock(), 0
+        for k in held:
+            if k.helper not in self.engine.slots or self.engine.table.holding(
+                    k.tuple, k.mask.src, k.mask.sport == 0) is not None:
+                continue
+            if self.engine.adopt(k.helper, k.class_id, k.tuple, k.mask, k.master, k.timeout, k.flags, now):
+                n += 1
+        if n:
+            log.info("adopted %d expectations the kernel holds for alg's helpers", n)
+        self.stats.adopted += n
+        return n
+
+    def close(self) -> None:
+        self.events.close()

@@ -1,0 +1,135 @@
+"""The kernel sink: expectations created and deleted in the kernel.
+
+A master whose conntrack the kernel has confirmed gets its expectations over
+ctnetlink at once, before its packet's verdict, so that the flow they announce
+cannot arrive first. A master whose first packet waits in our queue is not
+in the kernel's table yet (ctnetlink answers ENOENT): one of its expectations
+rides on that packet's verdict (NFQA_EXP), the others are created right after
+the verdict. The kernel ignores an attachment it cannot make, so each one is
+confirmed from the kernel's expectation events (the reconciler calls
+`confirmed`); one not confirmed in time is counted as failed and created over
+ctnetlink instead, its master being confirmed by then. Retries wait on a
+timer heap.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import heapq
+import itertools
+import logging
+import time
+from typing import Any, Callable, Protocol
+
+from ..engine import Engine, RateLimitedLog
+from ..errors import KernelError
+from ..expect import Expectation
+from ..model import FlowTuple
+
+log = logging.getLogger("alg.daemon")
+RETRY_DELAYS = (0.002, 0.01, 0.05, 0.2)  # ENOENT: the master's verdict is not through yet
+ATTACH_WAIT = 1.0  # seconds for the kernel's event about an expectation attached to a verdict
+
+
+class ExpectationPort(Protocol):
+    """What the sink needs of ctnetlink (alg.kernel.ctnetlink.Ctnetlink)."""
+
+    def create(self, e: Any, master: FlowTuple, exclusive: bool = False) -> None: ...
+    def delete(self, e: Any) -> None: ...
+    def get(self, e: Any) -> Any: ...
+
+
+def errno_name(code: int) -> str:
+    return E.errorcode.get(code, str(code))
+
+
+class KernelSink:
+    def __init__(self, ct: ExpectationPort, engine: Engine, stats: Any, warn: RateLimitedLog,
+                 is_full: Callable[[KernelError], bool], clock: Callable[[], float] = time.monotonic):
+        self.ct, self.engine, self.stats, self.warn, self.is_full, self.clock = ct, engine, stats, warn, is_full, clock
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+        self._attached: dict[tuple, Expectation] = {}  # key -> attached, waiting for the kernel's event
+
+    # ------------------------------------------------------------ timers
+    def later(self, delay: float, work: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (self.clock() + delay, next(self._order), work))
+
+    def next_due(self) -> float | None:
+        return self._timers[0][0] if self._timers else None
+
+    def run_due(self) -> None:
+        now = self.clock()
+        while self._timers and self._timers[0][0] <= now:
+            heapq.heappop(self._timers)[2]()
+
+    # ------------------------------------------------------------ work
+    def create(self, e: Expectation, attempt: int = 0) -> bool:
+        """Create e now; False when refused for lack of room."""
+        assert e.kernel_master is not None
+        try:
+            self.ct.create(e, e.kernel_master)
+            log.debug("%s: created %s", e.helper, e.to_text())
+            return True
+        except KernelError as exc:
+            if exc.errno == E.ENOENT and attempt < len(RETRY_DELAYS):
+                self.stats.deferred += 1
+                self.later(RETRY_DELAYS[attempt], lambda: self._retry(e, attempt + 1))
+                return True
+            return self._failed(e, exc)
+
+    def _retry(self, e: Expectation, attempt: int) -> None:
+        if self.engine.table.get(e.key) is e:  # not ended or replaced meanwhile
+            self.create(e, attempt)
+
+    def after_verdict(self, e: Expectation) -> None:
+        """Create e once its master's first packet has had its verdict."""
+        self.later(0.0, lambda: self._retry(e, 0))
+
+    def attached(self, e: Expectation) -> None:
+        """e rode on its master's first verdict: wait for the kernel's word."""
+        self._attached[e.key] = e
+        self.stats.attached += 1
+        self.later(ATTACH_WAIT, lambda: self._attach_timeout(e))
+
+    def confirmed(self, key: tuple) -> None:
+        """The kernel announced an expectation with this key (l3, proto, src, dst, sport, dport)."""
+        self._attached.pop(key, None)
+
+    def _attach_timeout(self, e: Expectation) -> None:
+        if self._attached.pop(e.key, None) is not e or self.engine.table.get(e.key) is not e:
+            return
+        try:
+            held = self.ct.get(e) is not None
+        except KernelError:
+            held = False
+        if not held:  # the kernel dropped the attachment: its master is confirmed now
+            self.stats.attach_failed += 1
+            self.warn(logging.WARNING, "attach", "%s: an expectation attached to a verdict was not created; "
+                      "creating it over ctnetlink: %s", e.helper, e.to_text())
+            self.create(e)
+
+    def _failed(self, e: Expectation, exc: KernelError) -> bool:
+        name = errno_name(exc.errno)
+        full = self.is_full(exc)
+        self.stats.kernel_errors[name] += 1
+        self.engine.kernel_failed(e, name, full)
+        if not full:
+            self.warn(logging.WARNING, f"create-{name}", "%s: expectation %s refused by the kernel: %s",
+                      e.helper, e.to_text(), exc)
+        return not full
+
+    def delete(self, e: Expectation) -> None:
+        self._attached.pop(e.key, None)
+        try:
+            self.ct.delete(e)
+        except KernelError as exc:
+            if exc.errno != E.ENOENT:  # already used or timed out
+                self.stats.kernel_errors[errno_name(exc.errno)] += 1
+
+    def holds(self, e: Expectation) -> bool:
+        """Whether the kernel still holds e's tuple (asked before a clash is refused)."""
+        try:
+            return self.ct.get(e) is not None
+        except KernelError:
+            return True  # in doubt the clash stands

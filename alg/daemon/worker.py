@@ -1,0 +1,182 @@
+"""A queue worker: one helper's queue, packet -> engine -> kernel work -> verdict.
+
+Each queued packet comes with its conntrack (the queue is bound with
+NFQA_CFG_F_CONNTRACK): the worker turns it into the engine's `KernelView`
+(direction and newness from ctinfo, the endpoints from the tuples, the
+flow's record from the helper's private data), lets the engine inspect the
+packet, carries out what it decides through the sink, and gives the verdict,
+with the flow's record (NFQA_CT) and an expectation for a master not yet
+confirmed (NFQA_EXP) when there are. Every packet gets its verdict, whatever
+happens on the way. Verdicts of one batch leave in one system call.
+
+On a kernel whose queues cannot carry the conntrack (no
+CONFIG_NETFILTER_NETLINK_GLUE_CT: `--no-cthelper` with plain NFQUEUE rules)
+the worker asks ctnetlink for each packet's conntrack instead; the flow's
+record cannot be kept there (no userspace helper owns the conntrack).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Protocol
+
+from ..decode import DecodeError, Packet, decode_ip
+from ..engine import Create, Delete, Engine, HelperSlot, RateLimitedLog, Remember
+from ..expect import Expectation
+from ..flows import FlowRecord, KernelView
+from ..kernel.ctnetlink import IPS_CONFIRMED, IPS_EXPECTED, Conntrack, CtTuple, exp_body, pack_ct_help
+from ..model import Direction, FlowTuple
+from .sink import KernelSink
+
+log = logging.getLogger("alg.daemon")
+
+# enum ip_conntrack_info (include/uapi/linux/netfilter/nf_conntrack_common.h)
+IP_CT_ESTABLISHED, IP_CT_RELATED, IP_CT_NEW, IP_CT_ESTABLISHED_REPLY, IP_CT_RELATED_REPLY = 0, 1, 2, 3, 4
+IP_CT_IS_REPLY = 3
+
+
+class QueuePort(Protocol):
+    """What a worker needs of its queue (alg.kernel.nfqueue.QueueBinding)."""
+
+    num: int
+    conntrack: bool
+
+    def fileno(self) -> int: ...
+    def receive(self, max_packets: int = ...) -> list[Any]: ...
+    def verdict(self, packet_id: int, accept: bool = True, *, payload: bytes | None = None,
+                ct: bytes | None = None, expectation: bytes | None = None) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def kernel_view(ct: Conntrack, ctinfo: int | None, helper: str, reply: bool | None = None,
+                key: tuple | None = None) -> KernelView:
+    """The engine's view of a packet's flow from its conntrack. Without ctinfo
+    (a conntrack looked up by tuple) `reply` says the packet's direction."""
+    if ctinfo is not None:
+        reply = ctinfo >= IP_CT_IS_REPLY
+    confirmed = bool(ct.status & IPS_CONFIRMED)
+    orig, rep = ct.orig, ct.reply
+
+    def tuples() -> tuple[FlowTuple, FlowTuple]:
+        kernel = orig.flow()
+        # each direction's source is an endpoint as it really is: the client
+        # before source NAT, the server after destination NAT
+        ends = CtTuple(orig.l3, orig.proto, orig.src, rep.src, orig.sport, rep.sport).flow()
+        return ends, kernel
+
+    return KernelView(
+        key=key or (ct.id, orig),
+        direction=Direction.REPLY if reply else Direction.ORIGINAL,
+        new=ctinfo == IP_CT_NEW if ctinfo is not None else not confirmed,
+        confirmed=confirmed,
+        expected=ct.master is not None or bool(ct.status & IPS_EXPECTED),
+        record=FlowRecord.unpack(ct.helper_info) if ct.helper == helper else None,
+        tuples=tuples,
+    )
+
+
+class QueueWorker:
+    def __init__(self, queue: QueuePort, helper: str, engine: Engine, sink: KernelSink, stats: Any,
+                 warn: RateLimitedLog, lookup: Callable[[FlowTuple], Conntrack | None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.queue, self.helper, self.engine, self.sink = queue, helper, engine, sink
+        self.stats, self.warn, self.clock = stats, warn, clock
+        self.lookup = lookup  # ctnetlink, for queues without the conntrack glue
+
+    def fileno(self) -> int:
+        return self.queue.fileno()
+
+    def serve(self, max_packets: int = 256) -> int:
+        """Handle what waits in the queue (one batch); returns how many packets."""
+        packets = self.queue.receive(max_packets)
+        later: list[Expectation] = []
+        for qp in packets:
+            self.handle(qp, later)
+        self.queue.flush()  # the batch's verdicts in one system call
+        for e in later:
+            self.sink.after_verdict(e)
+        return len(packets)
+
+    def handle(self, qp: Any, later: list[Expectation]) -> None:
+        t0 = time.perf_counter()
+        accept, record, attach = True, None, None
+        try:
+            slot = self.engine.slots.get(self.helper)
+            if slot is not None:
+                accept, record, attach = self._inspect(qp, slot, later)
+        except Exception as exc:  # never leave a packet without a verdict
+            self.stats.queue_errors += 1
+            self.warn(logging.ERROR, "packet", "error handling a packet of %s: %s: %s",
+                      self.helper, type(exc).__name__, exc)
+        try:
+            self.queue.verdict(qp.id, accept, ct=record, expectation=attach)
+            self.stats.verdicts += 1
+            self.stats.dropped += not accept
+        except Exception as exc:
+            self.stats.queue_errors += 1
+            self.warn(logging.ERROR, "verdict", "verdict failed: %s", exc)
+        held = time.perf_counter() - t0
+        self.stats.held += held
+        self.stats.held_max = max(self.stats.held_max, held)
+
+    def _inspect(self, qp: Any, slot: HelperSlot, later: list[Expectation]) -> tuple[bool, bytes | None, bytes | None]:
+        try:
+            pkt = decode_ip(qp.payload)
+        except DecodeError:
+            self.stats.decode_errors += 1
+            return True, None, None
+        if pkt.frag is not None:
+            return True, None, None  # the kernel queues reassembled packets; a fragment is not ours
+        view = self._view(qp, pkt)
+        if view is None:
+            self.stats.unresolved += 1
+            return True, None, None
+        accept, record, attach = True, None, None
+        for d in self.engine.process(pkt, self.clock(), slot=slot, view=view):
+            if isinstance(d, Remember):
+                record = pack_ct_help(self.helper, d.record.pack())
+            elif isinstance(d, Create):
+                e = d.expectation
+                if view.confirmed:
+                    if not self.sink.create(e) and not self.engine.core.accept_on_pressure:
+                        accept = False
+                elif attach is None and self.queue.conntrack:
+                    # the master is unconfirmed while this packet waits: only its verdict can name it
+                    attach = exp_body(e, None)
+                    self.sink.attached(e)
+                else:
+                    later.append(e)
+            elif isinstance(d, Delete):
+                self.sink.delete(d.expectation)
+        if view.expected:
+            record = None  # the kernel keeps no record for a conntrack an expectation created
+        return accept, record, attach
+
+    def _view(self, qp: Any, pkt: Packet) -> KernelView | None:
+        if qp.ct is not None:
+            return kernel_view(qp.ct, qp.ctinfo, self.helper)
+        if self.lookup is not None:
+            return self._looked_up(pkt)
+        return None
+
+    def _looked_up(self, pkt: Packet) -> KernelView | None:
+        """No conntrack came with the packet: ask ctnetlink (unconfirmed: a new flow)."""
+        assert self.lookup is not None
+        t = CtTuple(pkt.l3, pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport)
+        ct = self.lookup(t.flow())
+        if ct is None:  # unconfirmed: this packet opens the flow, as it came
+            ct = Conntrack(t, _reverse(t), 0, None, None, None, None)
+            reply = False
+        else:
+            # the packet may carry translated addresses on one side: its source is
+            # the original direction's source before SNAT, or its reply destination after
+            reply = (pkt.src, pkt.sport) not in ((ct.orig.src, ct.orig.sport), (ct.reply.dst, ct.reply.dport))
+        # the key both agree on: an original-direction packet past DNAT (and SNAT, if
+        # any) is the reverse of the reply tuple, from its first packet on
+        return kernel_view(ct, None, self.helper, reply=reply, key=(None, _reverse(ct.reply)))
+
+
+def _reverse(t: CtTuple) -> CtTuple:
+    return CtTuple(t.l3, t.proto, t.dst, t.src, t.dport, t.sport)

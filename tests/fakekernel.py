@@ -1,0 +1,234 @@
+"""A kernel in userspace for daemon tests: conntracks with their helper private
+data, queues handing packets over with their conntrack (as a queue bound with
+NFQA_CFG_F_CONNTRACK does), verdicts read back, expectations and their
+events. Only what the daemon's ports need (alg.daemon.KernelPorts)."""
+
+from __future__ import annotations
+
+import errno as E
+import ipaddress
+import itertools
+import os
+import struct
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from alg.daemon import KernelPorts
+from alg.errors import KernelError
+from alg.kernel import nlmsg as L
+from alg.kernel.ctnetlink import (CTA_HELP, CTA_HELP_INFO, CTA_HELP_NAME, IPS_CONFIRMED, Conntrack, CtTuple,
+                                  KernelExpectation, is_full)
+from alg.model import FlowTuple
+
+IP_CT_ESTABLISHED, IP_CT_NEW, IP_CT_ESTABLISHED_REPLY = 0, 2, 3
+SYN, ACK, PSH = 0x02, 0x10, 0x08
+
+
+def ip_packet(src: str, dst: str, proto: int, sport: int, dport: int, payload: bytes = b"",
+              seq: int = 0, flags: int = ACK | PSH) -> bytes:
+    """A raw IPv4 packet with a TCP or UDP header (checksums left zero: alg does not check them)."""
+    if proto == 6:
+        l4 = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 65535, 0, 0)
+    else:
+        l4 = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0)
+    total = 20 + len(l4) + len(payload)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, proto, 0,
+                     ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed)
+    return ip + l4 + payload
+
+
+@dataclass
+class QueuedPacket:
+    id: int
+    payload: bytes
+    ctinfo: int | None
+    ct: Conntrack | None
+    queue: int = 0
+
+
+@dataclass
+class Verdict:
+    id: int
+    accept: bool
+    ct: bytes | None
+    expectation: bytes | None
+
+
+class FakeQueue:
+    def __init__(self, kernel: "FakeKernel", num: int, length: int, conntrack: bool = True):
+        self.kernel, self.num, self.length, self.conntrack = kernel, num, length, conntrack
+        self.waiting: list[QueuedPacket] = []
+        self.verdicts: list[Verdict] = []
+        self.pending: list[Verdict] = []
+        self.closed = False
+        self._r, self._w = os.pipe()
+
+    def fileno(self) -> int:
+        return self._r
+
+    def receive(self, max_packets: int = 256) -> list[QueuedPacket]:
+        out, self.waiting = self.waiting[:max_packets], self.waiting[max_packets:]
+        return out
+
+    def verdict(self, packet_id: int, accept: bool = True, *, payload: bytes | None = None,
+                ct: bytes | None = None, expectation: bytes | None = None) -> None:
+        self.pending.append(Verdict(packet_id, accept, ct, expectation))
+
+    def flush(self) -> None:
+        for v in self.pending:
+            self.kernel.apply_verdict(v)
+        self.verdicts += self.pending
+        self.pending = []
+
+    def close(self) -> None:
+        self.closed = True
+        self.kernel.queues.pop(self.num, None)
+
+
+@dataclass
+class Entry:
+    ct: Conntrack
+    info: bytes = b""
+
+
+@dataclass
+class FakeKernel:
+    """Conntracks, queues, helpers and expectations of one network namespace."""
+
+    glue: bool = True  # queues hand over the conntrack
+    priv_len: int = 0
+    conntracks: dict[int, Entry] = field(default_factory=dict)
+    queues: dict[int, FakeQueue] = field(default_factory=dict)
+    helpers: dict[str, Any] = field(default_factory=dict)
+    expectations: dict[tuple, tuple[Any, FlowTuple | None]] = field(default_factory=dict)
+    attached: list[bytes] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)
+    refuse_queue: set = field(default_factory=set)
+    refuse_helper: set = field(default_factory=set)
+    attach_works: bool = True
+    _ids: Any = field(default_factory=lambda: itertools.count(1))
+    _pkt_ids: Any = field(default_factory=lambda: itertools.count(1))
+    _by_packet: dict[int, int] = field(default_factory=dict)
+
+    def ports(self) -> KernelPorts:
+        return KernelPorts(self, self, lambda: FakeEvents(self), self.bind, lambda: {}, is_full)
+
+    # ---------------------------------------------------------------- conntracks and packets
+    def connect(self, helper: str, l3: int, proto: int, src: str, dst: str, sport: int, dport: int,
+                reply_src: str | None = None, reply_dport: int | None = None, master: CtTuple | None = None) -> int:
+        """A new conntrack (unconfirmed until its first packet's verdict); reply_src: DNAT."""
+        s, d = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
+        orig = CtTuple(l3, proto, s, d, sport, dport)
+        rs = ipaddress.ip_address(reply_src).packed if reply_src else d
+        reply = CtTuple(l3, proto, rs, s, dport, reply_dport or sport)
+        cid = next(self._ids)
+        self.conntracks[cid] = Entry(Conntrack(orig, reply, 0, cid, helper, None, master), bytes(self.priv_len))
+        return cid
+
+    def send(self, queue: int, cid: int, reply: bool, payload: bytes = b"", seq: int = 0,
+             flags: int = ACK | PSH, ctinfo: int | None = None) -> int:
+        """Queue one packet of conntrack cid (as seen at the confirm hook, after NAT)."""
+        entry = self.conntracks[cid]
+        o, r = entry.ct.orig, entry.ct.reply
+        # after all NAT: the reverse of the other direction's tuple
+        t = CtTuple(o.l3, o.proto, o.dst, o.src, o.dport, o.sport) if reply else \
+            CtTuple(o.l3, o.proto, r.dst, r.src, r.dport, r.sport)
+        raw = ip_packet(str(ipaddress.ip_address(t.src)), str(ipaddress.ip_address(t.dst)), o.proto,
+                        t.sport, t.dport, payload, seq, flags)
+        if ctinfo is None:
+            ctinfo = IP_CT_ESTABLISHED_REPLY if reply else (
+                IP_CT_NEW if not entry.ct.status & IPS_CONFIRMED else IP_CT_ESTABLISHED)
+        ct = replace(entry.ct, helper_info=entry.info or None) if self.glue else None
+        pid = next(self._pkt_ids)
+        self._by_packet[pid] = cid
+        self.queues[queue].waiting.append(QueuedPacket(pid, raw, ctinfo if self.glue else None, ct, queue))
+        return pid
+
+    def apply_verdict(self, v: Verdict) -> None:
+        cid = self._by_packet.pop(v.id)
+        entry = self.conntracks[cid]
+        if v.ct:  # ctnetlink_change_helper: the same helper's private data, or the whole NFQA_CT fails
+            help_ = L.parse_attrs(L.parse_attrs(v.ct).get(CTA_HELP, b""))
+            name = help_.get(CTA_HELP_NAME, b"").rstrip(b"\0").decode()
+            if name == entry.ct.helper and entry.ct.master is None and self.priv_len:
+                entry.info = help_[CTA_HELP_INFO][: self.priv_len].ljust(self.priv_len, b"\0")
+        if v.accept:
+            entry.ct = replace(entry.ct, status=entry.ct.status | IPS_CONFIRMED)
+        if v.expectation is not None:
+            self.attached.append(v.expectation)
+
+    # ---------------------------------------------------------------- the ports
+    def bind(self, num: int, length: int) -> FakeQueue:
+        if num in self.refuse_queue or num in self.queues:
+            raise OSError(E.EBUSY, "queue taken")
+        q = FakeQueue(self, num, length, self.glue)
+        self.queues[num] = q
+        return q
+
+    def supported(self) -> bool:
+        return True
+
+    def register(self, hp, priv_data_len, queue=None):
+        if hp.name in self.refuse_helper:
+            raise KernelError(E.EBUSY, "cthelper-new")
+        self.priv_len = priv_data_len
+        self.helpers[hp.name] = hp
+
+    def set_status(self, name, proto, enabled, l3=4):
+        pass
+
+    def unregister(self, name, proto, l3=4):
+        self.helpers.pop(name, None)
+
+    def create(self, e, master: FlowTuple, exclusive: bool = False) -> None:
+        if not any(en.ct.orig.flow() == master and en.ct.status & IPS_CONFIRMED for en in self.conntracks.values()):
+            raise KernelError(E.ENOENT, "exp-new")
+        self.expectations[e.key] = (e, master)
+        self.events.append(("new", e, master))
+
+    def delete(self, e) -> None:
+        if self.expectations.pop(e.key, None) is None:
+            raise KernelError(E.ENOENT, "exp-delete")
+
+    def get(self, e):
+        return self.expectations.get(e.key)
+
+    def list(self) -> list:
+        return []
+
+    def conntrack(self, t: FlowTuple) -> Conntrack | None:
+        for en in self.conntracks.values():
+            tuples = (en.ct.orig.flow(), en.ct.reply.flow())
+            if en.ct.status & IPS_CONFIRMED and (t in tuples or t.reversed() in tuples):  # as Ctnetlink.conntrack
+                return en.ct
+        return None
+
+    def use(self, e) -> None:
+        """The expected flow came: the kernel lets the expectation go."""
+        _e, master = self.expectations.pop(e.key)
+        self.events.append(("destroy", e, master))
+
+
+class FakeEvents:
+    def __init__(self, kernel: FakeKernel):
+        self.kernel = kernel
+        self._r, self._w = os.pipe()
+
+    def fileno(self) -> int:
+        return self._r
+
+    def read(self) -> list:
+        from alg.kernel.ctnetlink import ExpectationEvent
+        out = []
+        for kind, e, master in self.kernel.events:
+            z = ipaddress.ip_address(bytes(4 if e.l3 == 4 else 16))
+            ones = ipaddress.ip_address(b"\xff" * (4 if e.l3 == 4 else 16))
+            t = FlowTuple(e.l3, e.proto, e.src or z, e.dst, e.sport or 0, e.dport)
+            m = FlowTuple(e.l3, e.proto, e.src_mask, ones, 0 if e.sport is None else 0xFFFF, 0xFFFF)
+            out.append(ExpectationEvent(kind, KernelExpectation(e.helper, e.class_id, t, m, master, e.timeout,
+                                                                e.flags, 1)))
+        self.kernel.events.clear()
+        return out
+
+    def close(self) -> None:
+        pass
