@@ -48,14 +48,17 @@ def cmd_status(args: argparse.Namespace, host: PluginHost) -> int:
           f"held {st['verdict_us_mean']} us on average, at most {st['verdict_us_max']} us), "
           f"{st['decode_errors']} undecodable, {st['queue_errors']} queue errors, "
           f"{st['expectations']}/{st['expect_budget']} expectations, "
-          f"{st['natted']} seen through NAT, {st['unresolved']} without conntrack"
-          + (f", {st['events_lost']} expectation events lost" if st["events_lost"] else ""))
+          f"{st['natted']} NATed flows, {st['unresolved']} packets without conntrack, "
+          f"{st['attached']} expectations on a verdict ({st['attach_failed']} not taken), {st['adopted']} adopted"
+          + (f", {st['events_lost']} expectation events lost" if st["events_lost"] else "")
+          + ("" if st.get("conntrack_from_queue", True) else
+             "; queues without conntrack (no CONFIG_NETFILTER_NETLINK_GLUE_CT): looked up per packet"))
     if st["kernel_errors"]:
         print("kernel errors: " + ", ".join(f"{k} {v}" for k, v in st["kernel_errors"].items()))
     for name, h in st["helpers"].items():
         print(f"helper {name} (queue {st['queues'].get(name)}): packets {h['packets']}, flows {h['flows']}, "
               f"parse errors {h['parse_errors']}, internal errors {h['internal_errors']}, "
-              f"stream gaps {h['gaps']} ({h['desynced']} given up)"
+              f"stream gaps {h['gaps']} ({h['desynced']} given up), met mid-stream {h['midstream']}"
               + (", notices " + ", ".join(f"{k} {v}" for k, v in h["notices"].items()) if h["notices"] else ""))
         q = st.get("queue_kernel", {}).get(name)
         if q:

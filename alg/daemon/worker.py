@@ -150,8 +150,10 @@ class QueueWorker:
                     later.append(e)
             elif isinstance(d, Delete):
                 self.sink.delete(d.expectation)
-        if view.expected:
-            record = None  # the kernel keeps no record for a conntrack an expectation created
+        if view.expected or qp.ct is None or qp.ct.helper != self.helper:
+            # the kernel keeps no record for a conntrack an expectation created, and
+            # fails the whole NFQA_CT (and with it NFQA_EXP) for another helper's name
+            record = None
         return accept, record, attach
 
     def _view(self, qp: Any, pkt: Packet) -> KernelView | None:
