@@ -24,7 +24,9 @@ OUT=$LAB_SCRATCH/sip-pressure
 mkdir -p "$OUT"
 PHONES=${SIP_PRESSURE_PHONES:-40}
 LOW=${SIP_PRESSURE_EXPECT_MAX:-40}
-HOLD_MS=${SIP_PRESSURE_HOLD_MS:-30000}  # > time to set up all calls + send the media
+# > time to set up all calls + send the media, on a starved guest too (the wait for the
+# INVITEs below gives up after 120 s)
+HOLD_MS=${SIP_PRESSURE_HOLD_MS:-60000}
 # calls per second: under TCG each packet costs alg about 5 ms (30-50 us natively), a
 # call about 5 packets; faster, replies queue past SIP's 500 ms retransmission timer
 RATE=${SIP_PRESSURE_RATE:-5}
@@ -52,14 +54,14 @@ calls() {
     local label=$1 i p0 u0 d0 uac uas
     p0=$(count_rule sip-rel-phones 4) u0=$(count_rule sip-rel-uas 4) d0=$(count_rule lab-drop 4)
     lab_srv sipp -sf "$SIPP_DIR/uas-phone.xml" -i "$LAB_SERVER4" -p 5060 -t u1 -inf "$OUT/uas.csv" -m "$PHONES" \
-        -timeout 180s -trace_err -error_file "$OUT/$label-uas.err" >"$OUT/$label-uas.log" 2>&1 &
+        $SIPP_PATIENT -timeout 400s -trace_err -error_file "$OUT/$label-uas.err" >"$OUT/$label-uas.log" 2>&1 &
     uas=$!
     sleep 1
     lab_cli sipp -sf "$SIPP_DIR/uac-phone.xml" "$LAB_SERVER4:5060" -i "$LAB_CLIENT4" -t un -max_socket 256 -inf "$OUT/uac.csv" \
-        -m "$PHONES" -l "$PHONES" -r "$RATE" -d "$HOLD_MS" -s phone -timeout 180s -trace_err -error_file "$OUT/$label-uac.err" >"$OUT/$label-uac.log" 2>&1 &
+        -m "$PHONES" -l "$PHONES" -r "$RATE" -d "$HOLD_MS" -s phone $SIPP_PATIENT -timeout 400s -trace_err -error_file "$OUT/$label-uac.err" >"$OUT/$label-uac.log" 2>&1 &
     uac=$!
-    # every phone's INVITE through the firewall (or give up after 60 s), then time to answer
-    for i in $(seq 1 120); do
+    # every phone's INVITE through the firewall (or give up after 120 s), then time to answer
+    for i in $(seq 1 240); do
         [ "$(lab_fw conntrack -L -p udp --dport 5060 2>/dev/null | grep -c 'dport=5060')" -ge "$PHONES" ] && break
         sleep 0.5
     done

@@ -36,14 +36,14 @@ sip_call() {
     if [ "$fam" = 6 ]; then cli=$LAB_CLIENT6 srv=$LAB_SERVER6 uri="[$LAB_SERVER6]"; else cli=$LAB_CLIENT4 srv=$LAB_SERVER4 uri=$LAB_SERVER4; fi
     local c0 c1 d0
     c0=$(count_rule sip-rel-caller) c1=$(count_rule sip-rel-callee) d0=$(count_rule lab-drop)
-    lab_srv sipp -sf "$SIPP_DIR/uas-lab.xml" -i "$srv" -p 5060 -t $t -mp 20000 -m 1 -timeout 60s \
+    lab_srv sipp -sf "$SIPP_DIR/uas-lab.xml" -i "$srv" -p 5060 -t $t -mp 20000 -m 1 $SIPP_PATIENT -timeout 240s \
         >"$OUT/$label-uas.log" 2>&1 &
     uas=$!
     sleep 1
     lab_cli sipp -sf "$SIPP_DIR/uac-lab.xml" "$uri:5060" -i "$cli" -p 5061 -t $t -mp 16000 -m 1 -s alice \
-        -d "$HOLD_MS" -timeout 60s >"$OUT/$label-uac.log" 2>&1 &
+        -d "$HOLD_MS" $SIPP_PATIENT -timeout 240s >"$OUT/$label-uac.log" 2>&1 &
     uac=$!
-    for i in $(seq 1 40); do  # until both SDPs have been seen (or 10 s)
+    for i in $(seq 1 240); do  # until both SDPs have been seen (or 60 s: a starved guest is slow)
         n=$(fw_expect | grep -c "helper=alg-sip") || true
         [ "$n" -ge 4 ] && break
         sleep 0.25
