@@ -145,7 +145,7 @@ class Engine:
         self.by_port: dict[tuple[int, int], HelperSlot] = {}
         for slot in self.slots.values():
             if slot.policy.enabled:
-                for proto in slot.policy.protocols:
+                for proto in slot.policy.assigned:
                     for port in slot.policy.ports:
                         self.by_port.setdefault((proto, port), slot)
 
@@ -181,7 +181,8 @@ class Engine:
                 return self._inspect_stream(flow, direction, stream, now, frame)
             if not pkt.payload:
                 return []
-            outcome = h.helper.inspect(Segment(pkt.payload, direction, flow.tuple, now), flow.state)
+            outcome = h.helper.inspect(Segment(pkt.payload, direction, flow.tuple, now, _expected(flow)),
+                                       flow.state)
             return self._apply(flow, outcome.actions, now, frame) if isinstance(outcome, Parsed) else []
         except ProtocolViolation as exc:
             flow.failed = True
@@ -238,7 +239,7 @@ class Engine:
         decisions: list[Decision] = []
         helper = flow.helper.helper
         if stream.resync:
-            skip = helper.resync(Segment(stream.buf, direction, flow.tuple, now), flow.state)
+            skip = helper.resync(Segment(stream.buf, direction, flow.tuple, now, _expected(flow)), flow.state)
             if skip is NEED_DATA:
                 return decisions
             if skip is None:
@@ -249,7 +250,7 @@ class Engine:
                 raise RuntimeError(f"helper resync skipped {skip!r} of {len(stream.buf)} bytes")
             stream.buf, stream.resync = stream.buf[skip:], False
         while stream.buf:
-            outcome = helper.inspect(Segment(stream.buf, direction, flow.tuple, now), flow.state)
+            outcome = helper.inspect(Segment(stream.buf, direction, flow.tuple, now, _expected(flow)), flow.state)
             if outcome is NEED_DATA:
                 break
             assert isinstance(outcome, Parsed)
@@ -355,6 +356,12 @@ class Engine:
             "expectations": len(self.table),
             "expect_budget": self.table.budget,
         }
+
+
+def _expected(flow: Flow) -> bool:
+    """Replay: the flow fulfilled an expectation of its own helper (live, the conntrack's master says so)."""
+    e = flow.related_to
+    return e is not None and flow.helper is not None and e.helper == flow.helper.policy.name
 
 
 def _reopens(flow: Flow, pkt: Packet) -> bool:

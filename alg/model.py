@@ -85,6 +85,10 @@ class Segment:
     direction: Direction
     flow: FlowTuple  # the master, original direction
     now: float  # seconds; capture time in replay, monotonic time live
+    # this flow was created by an expectation of this same helper (the
+    # kernel's master/RELATED): a helper that reads a protocol only on the
+    # connections it admitted itself (SSDP's LOCATION fetch) refuses others
+    expected: bool = False
 
     @property
     def sender(self) -> IPAddress:
@@ -214,6 +218,10 @@ class HelperSpec:
     # (text protocols: FTP, SMTP-like); None gives the direction up unless
     # the helper overrides `Helper.resync`.
     resync: str | None = None
+    # Protocols read only on flows this helper's own expectations admitted
+    # (Segment.expected): no port rule assigns the helper to them, and it
+    # refuses the ones it is handed anyway (SSDP's TCP: the LOCATION fetch)
+    expected_only: tuple[int, ...] = ()
 
     def class_id(self, name: str) -> int:
         for i, c in enumerate(self.classes):

@@ -66,6 +66,12 @@ class HelperPolicy:
     max_buffer: int
     max_flows: int = 65536
     source: str = "<built-in>"
+    expected_only: tuple[int, ...] = ()  # HelperSpec.expected_only: no port assignment for these protocols
+
+    @property
+    def assigned(self) -> tuple[int, ...]:
+        """The protocols a `CT --helper` rule (and replay's port choice) gives this helper."""
+        return tuple(p for p in self.protocols if p not in self.expected_only)
 
     def expect_class(self, name: str) -> ExpectClass:
         for c in self.classes:
@@ -108,6 +114,7 @@ def default_helper_policy(spec: HelperSpec, queue: int | None = None) -> HelperP
         classes=spec.classes,
         options={k: o.default for k, o in spec.options.items()},
         max_buffer=spec.max_buffer,
+        expected_only=spec.expected_only,
     )
 
 

@@ -1,0 +1,119 @@
+"""Issue 13, written as an attacker would: each test feeds crafted bytes through
+the engine (replay's path) or the policy loader and checks that nothing opens,
+nothing grows past its bound and every bad value is refused."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+import alg
+from alg.decode import TCP_ACK, TCP_SYN, Packet
+from alg.engine import Create, Engine, make_slots
+from alg.model import TCP, UDP
+from alg.plugins import load_plugins
+from alg.policy import CorePolicy, default_policy
+
+HOST = load_plugins()
+SPECS = {n: c.spec for n, c in HOST.helpers.items()}
+ip = ipaddress.ip_address
+
+
+def engine(*names: str, core: CorePolicy | None = None, host=HOST) -> Engine:
+    policy = default_policy({n: c.spec for n, c in host.helpers.items()})
+    return Engine(make_slots([policy.helpers[n] for n in names], host.helpers), core, track_related=True)
+
+
+def udp(src, dst, sport, dport, payload: bytes) -> Packet:
+    return Packet(ip(src).version, UDP, ip(src).packed, ip(dst).packed, sport, dport, payload)
+
+
+class Conn:
+    """A TCP connection as packets: handshake, then data in either direction."""
+
+    def __init__(self, src, dst, sport, dport):
+        self.ends = [(src, sport, 1000), (dst, dport, 5000)]
+        self.seq = [1000, 5000]
+
+    def pkt(self, side: int, payload: bytes = b"", flags: int = TCP_ACK, skip: int = 0) -> Packet:
+        (a, ap, _), (b, bp, _) = self.ends[side], self.ends[1 - side]
+        self.seq[side] += skip
+        p = Packet(ip(a).version, TCP, ip(a).packed, ip(b).packed, ap, bp, payload, self.seq[side], flags)
+        self.seq[side] += len(payload) + (1 if flags & TCP_SYN else 0)
+        return p
+
+    def open(self, eng: Engine, now: float = 0.0) -> list:
+        return eng.process(self.pkt(0, flags=TCP_SYN), now) + eng.process(self.pkt(1, flags=TCP_SYN | TCP_ACK), now)
+
+
+def created(decisions) -> list:
+    return [d.expectation for d in decisions if isinstance(d, Create)]
+
+
+def notices(eng: Engine, helper: str) -> dict:
+    return eng.stats()["helpers"][helper]["notices"]
+
+
+# ---------------------------------------------------------------- SSDP pinholes
+MSEARCH = b'M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: "ssdp:discover"\r\nMX: 1\r\nST: ssdp:all\r\n\r\n'
+CLIENT, DEVICE, ATTACKER = "192.168.1.20", "192.168.1.30", "203.0.113.66"
+
+
+def ssdp_answer(location: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=1800\r\nST: ssdp:all\r\nLOCATION: " + location + b"\r\n\r\n"
+
+
+def subscribe(callback: bytes) -> bytes:
+    return (b"SUBSCRIBE /evt HTTP/1.1\r\nHOST: " + DEVICE.encode() + b":1900\r\nCALLBACK: <" + callback +
+            b">\r\nNT: upnp:event\r\nTIMEOUT: Second-1800\r\n\r\n")
+
+
+def test_ssdp_unsolicited_answer_opens_nothing():
+    """No M-SEARCH went out: a 200 OK with a LOCATION sent to port 1900 is not an answer."""
+    eng = engine("ssdp")
+    out = eng.process(udp(ATTACKER, CLIENT, 1900, 1900, ssdp_answer(b"http://203.0.113.66:8080/d.xml")), 0.0)
+    out += eng.process(udp(CLIENT, ATTACKER, 1900, 1900, ssdp_answer(b"http://192.168.1.20:22/d.xml")), 0.1)
+    assert created(out) == [] and len(eng.table) == 0
+    assert notices(eng, "ssdp") == {"unsolicited-answer": 2}
+
+
+def test_ssdp_answer_to_a_unicast_search_on_its_own_flow_is_read():
+    eng = engine("ssdp")
+    eng.process(udp(CLIENT, DEVICE, 50000, 1900, MSEARCH), 0.0)
+    [e] = created(eng.process(udp(DEVICE, CLIENT, 1900, 50000, ssdp_answer(b"http://192.168.1.30:49152/d")), 0.1))
+    assert (e.cls, e.dst, e.dport) == ("location", ip(DEVICE), 49152)
+
+
+def test_ssdp_subscribe_on_a_connection_nobody_expected_opens_nothing():
+    """A web page makes the browser SUBSCRIBE to tcp/1900 with a CALLBACK naming the browser's host:
+    replay gives no helper to tcp/1900, and a helper handed that connection anyway (an old
+    `CT --helper ssdp` rule on tcp/1900, live) refuses it."""
+    for forced in (False, True):
+        eng = engine("ssdp")
+        conn = Conn(CLIENT, ATTACKER, 40000, 1900)
+        slot = eng.slots["ssdp"] if forced else None
+        out = eng.process(conn.pkt(0, flags=TCP_SYN), 0.0, slot=slot)
+        out += eng.process(conn.pkt(1, flags=TCP_SYN | TCP_ACK), 0.0, slot=slot)
+        out += eng.process(conn.pkt(0, subscribe(b"http://192.168.1.20:22/")), 0.1, slot=slot)
+        assert created(out) == [] and len(eng.table) == 0, forced
+        assert notices(eng, "ssdp") == ({"not-expected": 1} if forced else {})
+
+
+def test_ssdp_search_answer_location_subscribe_chain_still_works():
+    eng = engine("ssdp")
+    eng.process(udp(CLIENT, "239.255.255.250", 50000, 1900, MSEARCH), 0.0)
+    [loc] = created(eng.process(udp(DEVICE, CLIENT, 1900, 50000, ssdp_answer(b"http://192.168.1.30:49152/d")), 0.1))
+    conn = Conn(CLIENT, DEVICE, 40000, 49152)  # admitted by the location expectation: ssdp reads it
+    conn.open(eng, 0.2)
+    [cb] = created(eng.process(conn.pkt(0, subscribe(b"http://192.168.1.20:49200/cb")), 0.3))
+    assert (loc.cls, cb.cls, cb.src, cb.dst, cb.dport) == ("location", "callback", ip(DEVICE), ip(CLIENT), 49200)
+
+
+def test_rules_assign_ssdp_on_udp_only():
+    from alg.rules import iptables, nft
+
+    hp = default_policy(SPECS).helpers["ssdp"]
+    text = iptables([hp]) + nft([hp])
+    assert "-p udp --dport 1900" in text and "tcp --dport 1900" not in text and "-p tcp" not in text
+    assert "tcp dport" not in text and "udp dport { 1900 }" in text
