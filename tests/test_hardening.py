@@ -117,3 +117,35 @@ def test_rules_assign_ssdp_on_udp_only():
     text = iptables([hp]) + nft([hp])
     assert "-p udp --dport 1900" in text and "tcp --dport 1900" not in text and "-p tcp" not in text
     assert "tcp dport" not in text and "udp dport { 1900 }" in text
+
+
+# ---------------------------------------------------------------- FTP resync
+BROWSER, EVIL = "192.168.1.20", "198.51.100.7"
+
+
+def test_ftp_resync_never_lands_in_an_http_body_whose_head_was_lost():
+    """NAT Slipstreaming through a lost segment: the POST head (which would stop inspection) is
+    never seen; the body's lines read as FTP. Nothing FTP was seen before the hole: give up."""
+    eng = engine("ftp")
+    conn = Conn(BROWSER, EVIL, 40000, 21)
+    conn.open(eng)
+    head = b"POST /x HTTP/1.1\r\nHost: evil\r\nContent-Length: 4096\r\n\r\n"
+    body = b"x" * 500 + b"\r\nPORT 192,168,1,20,0,22\r\nEPRT |1|192.168.1.20|22|\r\n" + b"y" * 300 + b"\r\n"
+    out = []
+    for t in range(20):  # the head is lost; the body comes behind the hole and the hole is skipped
+        out += eng.process(conn.pkt(0, body, skip=len(head) if t == 0 else 0), 30.0 + t)
+    stats = eng.stats()["helpers"]["ftp"]
+    assert created(out) == [] and len(eng.table) == 0
+    assert stats["gaps"] == 1 and stats["desynced"] == 1
+
+
+def test_ftp_resync_after_a_hole_in_a_known_ftp_stream_still_reads_commands():
+    eng = engine("ftp")
+    conn = Conn(BROWSER, EVIL, 40000, 21)
+    conn.open(eng)
+    eng.process(conn.pkt(1, b"220 ready\r\n"), 0.1)
+    eng.process(conn.pkt(0, b"USER anonymous\r\n"), 0.2)
+    out = []
+    for t in range(20):
+        out += eng.process(conn.pkt(0, b"NOOP\r\nPORT 192,168,1,20,39,16\r\n", skip=7 if t == 0 else 0), 30.0 + t)
+    assert {(e.dst, e.dport) for e in created(out)} == {(ip(BROWSER), 10000)}
