@@ -25,6 +25,9 @@ and `alg.toml`::
 
     [core]
     expect_budget = 4096      # expectations alg keeps at once, all helpers
+    expect_per_message = 64   # what one message may ask for (and at most ExpectMax per class)
+    helper_share = 0.5        # of the budget one helper may hold (when more than one is enabled)
+    source_share = 0.25       # of the budget the messages of one host may hold
     accept_on_pressure = true # verdict when an expectation cannot be made
     status_socket = "/run/alg/alg.sock"
     log_interval = 10         # seconds between repeated warnings of one kind
@@ -89,6 +92,9 @@ class HelperPolicy:
 @dataclass(frozen=True)
 class CorePolicy:
     expect_budget: int = 4096
+    expect_per_message: int = 64  # expectations one message may ask for (beyond: refused, counted)
+    helper_share: float = 0.5  # of the budget one helper may hold when others are enabled
+    source_share: float = 0.25  # of the budget one sender address may hold
     accept_on_pressure: bool = True
     status_socket: str = "/run/alg/alg.sock"
     log_interval: float = 10.0
@@ -214,7 +220,8 @@ def _int_in(doc, key, lo, hi, loc, table=(), default=None):
 
 _HELPER_KEYS = {"helper", "name", "enabled", "queue", "queue_len", "protocols", "families", "ports",
                 "max_buffer", "max_flows", "classes", "options"}
-_CORE_KEYS = {"expect_budget", "accept_on_pressure", "status_socket", "log_interval"}
+_CORE_KEYS = {"expect_budget", "expect_per_message", "helper_share", "source_share", "accept_on_pressure",
+              "status_socket", "log_interval"}
 
 
 def parse_helper_policy(path: str, specs: Mapping[str, HelperSpec], doc=None, loc=None) -> HelperPolicy:
@@ -317,8 +324,16 @@ def parse_core_policy(path: str) -> CorePolicy:
     interval = _get(core, "log_interval", (int, float), loc, t, d.log_interval)
     if interval <= 0:
         raise loc.error("must be positive", t, "log_interval")
+    shares = {}
+    for key in ("helper_share", "source_share"):
+        value = _get(core, key, (int, float), loc, t, getattr(d, key))
+        if isinstance(value, bool) or not 0 < value <= 1:
+            raise loc.error(f"must be a fraction of the budget, above 0 and at most 1, not {value!r}", t, key)
+        shares[key] = float(value)
     return CorePolicy(
         expect_budget=_int_in(core, "expect_budget", 1, 1 << 24, loc, t, d.expect_budget),
+        expect_per_message=_int_in(core, "expect_per_message", 1, 65535, loc, t, d.expect_per_message),
+        **shares,
         accept_on_pressure=_get(core, "accept_on_pressure", bool, loc, t, d.accept_on_pressure),
         status_socket=_get(core, "status_socket", str, loc, t, d.status_socket),
         log_interval=float(interval),

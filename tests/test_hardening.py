@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 
-import pytest
 
 import alg
 from alg.decode import TCP_ACK, TCP_SYN, Packet
@@ -149,3 +148,56 @@ def test_ftp_resync_after_a_hole_in_a_known_ftp_stream_still_reads_commands():
     for t in range(20):
         out += eng.process(conn.pkt(0, b"NOOP\r\nPORT 192,168,1,20,39,16\r\n", skip=7 if t == 0 else 0), 30.0 + t)
     assert {(e.dst, e.dport) for e in created(out)} == {(ip(BROWSER), 10000)}
+
+
+# ---------------------------------------------------------------- expectation economy
+class Greedy(alg.Helper):
+    """An INVITE-like helper: every datagram asks for one expectation per line `port` of its payload."""
+
+    spec = alg.HelperSpec(name="greedy", protocols=(UDP,), ports=(5060,), classes=(alg.ExpectClass("media", 4, 180),))
+
+    def inspect(self, segment, state):
+        ports = [int(x) for x in segment.data.split()]
+        return alg.Parsed(len(segment.data), tuple(
+            alg.Expect("media", UDP, segment.sender, segment.receiver, None, p) for p in ports))
+
+
+def with_greedy():
+    return load_plugins(extra=[type("P", (), {"alg_register_helpers": alg.hookimpl(
+        lambda self, register: register(Greedy))})()])
+
+
+def test_one_message_asking_thousands_of_ports_takes_expect_max_and_churns_nothing():
+    eng = engine("greedy", host=with_greedy())
+    msg = b" ".join(b"%d" % p for p in range(10000, 14096))  # 4,096 ports in one message
+    out = eng.process(udp("203.0.113.5", "192.168.1.20", 5060, 5060, msg), 0.0)
+    assert [type(d).__name__ for d in out] == ["Create"] * 4  # no Delete: nothing admitted then evicted
+    assert [d.expectation.dport for d in out] == [10000, 10001, 10002, 10003]
+    assert eng.stats()["helpers"]["greedy"]["classes"]["media"]["refused"] == {"per-message": 4092}
+
+
+def test_one_hostile_host_fills_at_most_its_share_and_ftp_still_gets_its_227():
+    eng = engine("greedy", "ftp", host=with_greedy())
+    attacker = "203.0.113.5"
+    for i in range(410):  # 410 INVITE-like requests of 10 ports each: 4,100 > the budget of 4,096
+        msg = b" ".join(b"%d" % (20000 + 4 * i + j) for j in range(4))
+        eng.process(udp(attacker, "192.168.1.%d" % (2 + i % 200), 6000 + i, 5060, msg), float(i) / 100)
+    held = eng.stats()["expectations_by_helper"]["greedy"]
+    assert held <= eng.table.source_cap < eng.table.budget
+    refused = eng.stats()["helpers"]["greedy"]["classes"]["media"]["refused"]
+    assert refused["source-share"] == 4 * 410 - held
+    assert eng.stats()["refused_sources"] == {attacker: 4 * 410 - held}
+    # a legitimate passive FTP transfer from another host
+    conn = Conn("192.168.1.50", "198.51.100.21", 40000, 21)
+    conn.open(eng, 5.0)
+    eng.process(conn.pkt(0, b"PASV\r\n"), 5.1)
+    [e] = created(eng.process(conn.pkt(1, b"227 Entering Passive Mode (198,51,100,21,78,32)\r\n"), 5.2))
+    assert (e.helper, e.dst, e.dport) == ("ftp", ip("198.51.100.21"), 20000)
+
+
+def test_no_helper_takes_more_than_its_share_when_others_are_enabled():
+    eng = engine("greedy", "ftp", host=with_greedy(), core=CorePolicy(expect_budget=100, source_share=1.0))
+    for i in range(40):  # 40 senders, so no source share binds: only the helper's
+        eng.process(udp("203.0.113.%d" % (i + 1), "192.168.1.20", 5060, 5060, b"1000 1001 1002 1003"), 0.0)
+    assert eng.stats()["expectations_by_helper"] == {"greedy": 50}
+    assert eng.stats()["helpers"]["greedy"]["classes"]["media"]["refused"] == {"helper-share": 110}
