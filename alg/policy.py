@@ -195,6 +195,11 @@ def _read(path: str) -> tuple[dict[str, Any], _Locator]:
     loc = _Locator(path, text)
     try:
         return tomllib.loads(text), loc
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table: blame the most nested line
+        n = max(range(len(loc.lines)), key=lambda i: loc.lines[i].count("[") + loc.lines[i].count("{"))
+        m = loc._key.match(loc.lines[n])
+        raise ConfigError("value nested too deeply", path, n + 1, m.group(1).strip() if m else None) from None
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
         line = int(m.group(1)) if m else max(1, len(loc.lines))  # "at end of document"
@@ -248,7 +253,7 @@ def parse_helper_policy(path: str, specs: Mapping[str, HelperSpec], doc=None, lo
             return default
         out = []
         for v in values:
-            if v not in table or table[v] not in allowed:
+            if not isinstance(v, str) or v not in table or table[v] not in allowed:
                 ok = [k for k, n in table.items() if n in allowed]
                 raise loc.error(f"{v!r} is not one of {ok}", (), key)
             out.append(table[v])
@@ -289,9 +294,9 @@ def parse_helper_policy(path: str, specs: Mapping[str, HelperSpec], doc=None, lo
         if opt is None:
             raise loc.error(f"helper {impl} has no option {key!r} (options: {', '.join(spec.options) or 'none'})",
                             ("options",), key)
-        kind = opt.kind
-        if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
-            raise loc.error(f"must be {kind.__name__}, not {type(value).__name__} {value!r}", ("options",), key)
+        problem = opt.problem(value)  # type, range and check as the helper declares them
+        if problem is not None:
+            raise loc.error(problem, ("options",), key)
         options[key] = value
     return replace(
         base,
@@ -322,7 +327,7 @@ def parse_core_policy(path: str) -> CorePolicy:
             raise loc.error(f"unknown key (known: {', '.join(sorted(_CORE_KEYS))})", t, key)
     d = CorePolicy()
     interval = _get(core, "log_interval", (int, float), loc, t, d.log_interval)
-    if interval <= 0:
+    if isinstance(interval, bool) or interval <= 0:
         raise loc.error("must be positive", t, "log_interval")
     shares = {}
     for key in ("helper_share", "source_share"):
@@ -361,7 +366,6 @@ def load_policy(paths: Iterable[str], specs: Mapping[str, HelperSpec], *, only_l
     """
     policy = Policy() if only_listed else default_policy(specs)
     seen: dict[str, str] = {}
-    queues: dict[int, str] = {}
     for path in policy_files(paths):
         if os.path.basename(path) == "alg.toml":
             policy.core = parse_core_policy(path)
@@ -374,17 +378,39 @@ def load_policy(paths: Iterable[str], specs: Mapping[str, HelperSpec], *, only_l
         if not only_listed and hp.name != hp.helper:
             policy.helpers.pop(hp.helper, None)
         policy.helpers[hp.name] = hp
+    _check_unique(policy)
+    return policy
+
+
+def _blame(hp: HelperPolicy, others: list[HelperPolicy], message: str, key: str) -> ConfigError:
+    """A clash between helpers, blamed on one read from a file (a built-in default has neither)."""
+    culprit = next((h for h in [hp, *others] if h.source != "<built-in>"), None)
+    if culprit is None:
+        return ConfigError(message)
+    _doc, loc = _read(culprit.source)
+    return loc.error(message, (), key)
+
+
+def _check_unique(policy: Policy) -> None:
+    """Two enabled helpers must not share a queue, nor a (family, protocol, port): the raw-table rule
+    that comes first would take the traffic and the other would silently see nothing."""
+    queues: dict[int, HelperPolicy] = {}
+    ports: dict[tuple[int, int, int], HelperPolicy] = {}
     for hp in policy.helpers.values():
         if not hp.enabled:
             continue
-        if hp.queue in queues:
-            other = queues[hp.queue]
-            if hp.source != "<built-in>":
-                doc, loc = _read(hp.source)
-                raise loc.error(f"queue {hp.queue} is already used by helper {other}", (), "queue")
-            raise ConfigError(f"queue {hp.queue} of built-in helper {hp.name} is already used by {other}")
-        queues[hp.queue] = hp.name
-    return policy
+        other = queues.setdefault(hp.queue, hp)
+        if other is not hp:
+            raise _blame(hp, [other], f"queue {hp.queue} is used by both {other.name} ({other.source}) and "
+                                      f"{hp.name} ({hp.source})", "queue")
+        for family in hp.families:
+            for proto in hp.assigned:
+                for port in hp.ports:
+                    other = ports.setdefault((family, proto, port), hp)
+                    if other is not hp:
+                        raise _blame(hp, [other], f"{PROTO_NAMES[proto]} port {port} (IPv{family}) is assigned to "
+                                                  f"both {other.name} ({other.source}) and {hp.name} ({hp.source})",
+                                     "ports")
 
 
 def render_helper_policy(hp: HelperPolicy) -> str:

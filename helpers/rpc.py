@@ -155,10 +155,11 @@ class RpcHelper(alg.Helper):
         classes=(ExpectClass("rpc", 1, 300),),  # conntrackd's policy name, so nfct-registered helpers match
         options={
             "loose": Option(False, "accept a GETADDR address that is not the replying server's (unsafe)"),
-            "allowed_networks": Option([], "networks (CIDR) a GETADDR reply may name besides the server", list),
+            "allowed_networks": Option([], "networks (CIDR) a GETADDR reply may name besides the server", list,
+                                       items=str, check=alg.check_networks),
             "permanent": Option(True, "PERMANENT expectations, as conntrackd: they survive their first use"),
-            "max_pending": Option(32, "calls per flow awaiting their reply (oldest forgotten)"),
-            "call_timeout": Option(60, "seconds a call waits for its reply"),
+            "max_pending": Option(32, "calls per flow awaiting their reply (oldest forgotten)", min=1, max=4096),
+            "call_timeout": Option(60, "seconds a call waits for its reply", min=1, max=86400),
         },
         priv_data_len=16,  # conntrackd's struct rpc_info; lets alg take over an `nfct add`-ed helper
         max_buffer=16384,

@@ -88,7 +88,8 @@ class TnsHelper(alg.Helper):
         classes=(ExpectClass("tns", 1, 300),),  # conntrackd's policy name
         options={
             "loose": Option(False, "accept a redirect to an address that is not the listener's (unsafe)"),
-            "allowed_networks": Option([], "networks (CIDR) a redirect may name besides the listener", list),
+            "allowed_networks": Option([], "networks (CIDR) a redirect may name besides the listener", list,
+                                       items=str, check=alg.check_networks),
         },
         priv_data_len=1,  # conntrackd's struct tns_info
         max_buffer=16384,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 
 import alg
 from alg.decode import TCP_ACK, TCP_SYN, Packet
@@ -201,3 +202,88 @@ def test_no_helper_takes_more_than_its_share_when_others_are_enabled():
         eng.process(udp("203.0.113.%d" % (i + 1), "192.168.1.20", 5060, 5060, b"1000 1001 1002 1003"), 0.0)
     assert eng.stats()["expectations_by_helper"] == {"greedy": 50}
     assert eng.stats()["helpers"]["greedy"]["classes"]["media"]["refused"] == {"helper-share": 110}
+
+
+# ---------------------------------------------------------------- configuration
+BAD_POLICIES = [  # (file text, line, key): each must stop every command with exit 2 naming file, line and key
+    ('helper = "sip"\n[options]\nmax_transactions = -1\n', 3, "max_transactions"),
+    ('helper = "sip"\n[options]\nmin_media_port = -5\n', 3, "min_media_port"),
+    ('helper = "sip"\n[options]\nmin_media_port = 70000\n', 3, "min_media_port"),
+    ('helper = "rpc"\n[options]\nmax_pending = 0\n', 3, "max_pending"),
+    ('helper = "rpc"\n[options]\ncall_timeout = -1\n', 3, "call_timeout"),
+    ('helper = "ssdp"\n[options]\nsubnet_prefix_v4 = 999\n', 3, "subnet_prefix_v4"),
+    ('helper = "mdns"\n[options]\nsubnet_prefix_v6 = 129\n', 3, "subnet_prefix_v6"),
+    ('helper = "rpc"\n[options]\nallowed_networks = [1, 167772160]\n', 3, "allowed_networks"),
+    ('helper = "tns"\n[options]\nallowed_networks = ["10.0.0.0/33"]\n', 3, "allowed_networks"),
+    ('helper = "tns"\n[options]\nallowed_networks = ["not-a-net"]\n', 3, "allowed_networks"),
+    ('helper = "tns"\n[options]\nallowed_networks = [["10.0.0.0/8"]]\n', 3, "allowed_networks"),
+    ('helper = "ftp"\n[options]\nloose = [true]\n', 3, "loose"),
+    ('helper = "ftp"\nprotocols = [["tcp"]]\n', 2, "protocols"),
+    ('helper = "ftp"\nfamilies = [{}]\n', 2, "families"),
+    ('helper = "ftp"\nports = [[21]]\n', 2, "ports"),
+    ('helper = "ftp"\n\nports = ' + "[" * 2000 + "]" * 2000 + "\n", 3, "ports"),
+]
+
+
+@pytest.mark.parametrize("text, line, key", BAD_POLICIES, ids=[f"{k}-{i}" for i, (_, _, k) in enumerate(BAD_POLICIES)])
+@pytest.mark.parametrize("command", ["helpers", "rules", "replay", "run"])
+def test_every_command_refuses_a_bad_value_naming_file_line_and_key(tmp_path, capsys, monkeypatch, text, line, key,
+                                                                    command):
+    from alg import daemon
+
+    monkeypatch.setattr(daemon.Daemon, "run", lambda self: pytest.fail("the daemon started with a bad policy"))
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    assert run_cli(command, path) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:{line}" in err and key in err, err
+
+
+def run_cli(command: str, policy) -> int:
+    from alg.cli import main
+
+    pcap = "tests/pcaps/ftp-zeek_ftp-ipv4/capture.pcap"
+    return main({"replay": ["replay", "--policy", str(policy), pcap]}.get(command, [command, "--policy", str(policy)]))
+
+
+@pytest.mark.parametrize("command", ["helpers", "rules", "replay", "run"])
+def test_every_command_refuses_two_helpers_on_one_port(tmp_path, capsys, monkeypatch, command):
+    """Accepted silently before: the helper whose name sorts first took the traffic."""
+    from alg import daemon
+
+    monkeypatch.setattr(daemon.Daemon, "run", lambda self: pytest.fail("the daemon started with a bad policy"))
+    (tmp_path / "a.toml").write_text('helper = "ftp"\nname = "ftp-a"\nqueue = 50\n')
+    (tmp_path / "b.toml").write_text('helper = "ftp"\nname = "ftp-b"\nqueue = 51\n')
+    assert run_cli(command, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'b.toml'}:1" in err and "ports" in err and "tcp port 21" in err, err
+
+
+def test_two_files_on_one_port_or_queue_blame_the_file(tmp_path):
+    from alg.errors import ConfigError
+    from alg.policy import load_policy
+
+    (tmp_path / "a.toml").write_text('helper = "ftp"\nname = "ftp-a"\nqueue = 50\n')
+    (tmp_path / "b.toml").write_text('helper = "ftp"\nname = "ftp-b"\nqueue = 51\n')
+    with pytest.raises(ConfigError) as err:
+        load_policy([str(tmp_path)], SPECS, only_listed=True)
+    assert err.value.file == str(tmp_path / "b.toml") and err.value.key == "ports" and "tcp port 21" in str(err.value)
+    # a file taking a built-in helper's queue is named, not the built-in
+    (tmp_path / "b.toml").write_text('helper = "ftp"\nname = "ftp-b"\nqueue = 21\nports = [2121]\n')
+    with pytest.raises(ConfigError) as err:
+        load_policy([str(tmp_path / "b.toml")], SPECS, only_listed=False)
+    assert (err.value.file, err.value.line, err.value.key) == (str(tmp_path / "b.toml"), 3, "queue")
+
+
+def test_a_plugin_declares_its_option_ranges_and_gets_them_checked(tmp_path):
+    from alg.errors import ConfigError
+    from alg.policy import load_policy
+
+    class Plug(alg.Helper):
+        spec = alg.HelperSpec(name="plug", protocols=(UDP,), ports=(7777,), classes=(alg.ExpectClass("c", 1, 60),),
+                              options={"depth": alg.Option(3, "how deep", min=1, max=8)})
+
+    (tmp_path / "p.toml").write_text('helper = "plug"\n[options]\ndepth = 9\n')
+    with pytest.raises(ConfigError, match="between 1 and 8") as err:
+        load_policy([str(tmp_path / "p.toml")], {"plug": Plug.spec}, only_listed=True)
+    assert (err.value.line, err.value.key) == (3, "options.depth")
