@@ -287,3 +287,49 @@ def test_a_plugin_declares_its_option_ranges_and_gets_them_checked(tmp_path):
     with pytest.raises(ConfigError, match="between 1 and 8") as err:
         load_policy([str(tmp_path / "p.toml")], {"plug": Plug.spec}, only_listed=True)
     assert (err.value.line, err.value.key) == (3, "options.depth")
+
+
+# ---------------------------------------------------------------- replay's defragmenter
+def held_bytes(defrag) -> int:
+    """Bytes of fragment data the defragmenter holds, whatever its inner layout."""
+    return sum(len(d) for dg in defrag.pending.values() for d in getattr(dg, "parts", dg).values())
+
+
+def fragment_of(ident: int, offset: int, data: bytes, more: bool = True) -> Packet:
+    return Packet(4, UDP, ip("203.0.113.9").packed, ip("192.168.1.20").packed, frag=(ident, offset, more, data))
+
+
+def test_overlapping_fragments_cannot_pile_up():
+    """Four datagrams of fragments each overlapping the last (issue 13: 45 MB held)."""
+    from alg.decode import Defragmenter
+
+    defrag, worst = Defragmenter(), 0
+    for ident in range(4):
+        for k in range(2000):
+            assert defrag.feed(fragment_of(ident, 8 * k, b"A" * 1400)) is None
+            worst = max(worst, held_bytes(defrag))
+    assert worst <= 4 * 65535 and defrag.dropped >= 4 * 1999 // 2
+
+
+def test_defragmenter_bytes_bound_evicts_the_oldest():
+    from alg.decode import Defragmenter
+
+    defrag = Defragmenter(max_bytes=100_000)
+    for ident in range(50):  # 50 incomplete datagrams of 60 KB each
+        for k in range(40):
+            defrag.feed(fragment_of(ident, 1504 * k, b"B" * 1504))
+    assert held_bytes(defrag) <= 100_000 and defrag.held == held_bytes(defrag)
+
+
+def test_duplicate_fragment_is_ignored_and_the_datagram_still_reassembles():
+    import struct
+
+    from alg.decode import Defragmenter
+
+    udp_header = struct.pack("!HHHH", 5060, 5060, 8 + 16, 0)
+    whole = udp_header + b"0123456789abcdef"
+    defrag = Defragmenter()
+    assert defrag.feed(fragment_of(7, 0, whole[:16])) is None
+    assert defrag.feed(fragment_of(7, 0, whole[:16])) is None  # a retransmitted duplicate
+    pkt = defrag.feed(fragment_of(7, 16, whole[16:], more=False))
+    assert pkt is not None and pkt.payload == b"0123456789abcdef" and defrag.held == 0
