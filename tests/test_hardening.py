@@ -333,3 +333,27 @@ def test_duplicate_fragment_is_ignored_and_the_datagram_still_reassembles():
     assert defrag.feed(fragment_of(7, 0, whole[:16])) is None  # a retransmitted duplicate
     pkt = defrag.feed(fragment_of(7, 16, whole[16:], more=False))
     assert pkt is not None and pkt.payload == b"0123456789abcdef" and defrag.held == 0
+
+
+# ---------------------------------------------------------------- ./dev fuzz
+def test_the_long_fuzz_run_counts_inputs_and_reports_a_failure():
+    import importlib.util
+
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    spec = importlib.util.spec_from_file_location("alg_fuzz", "tools/fuzz.py")
+    fuzz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzz)
+
+    def planted(_frames, _payloads):
+        @given(st.binary(min_size=1, max_size=8))
+        def test(data):
+            assert data[0] != 0x42, "planted"
+        return test
+
+    fuzz.TARGETS["planted"] = planted
+    tried, failures = fuzz.run_target("planted", 5.0, 1, [], {})
+    assert tried > 0 and len(failures) == 1 and "planted" in failures[0]
+    tried, failures = fuzz.run_target("ssdp", 0.2, 1, [], {})
+    assert tried >= fuzz.BATCH and failures == []
