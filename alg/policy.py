@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
@@ -49,9 +50,12 @@ from .model import EXPECT_MAX_MAX, HELPER_NAME_MAX, PROTO_NAMES, PROTO_NUMBERS, 
 FAMILIES = {"ipv4": 4, "ipv6": 6}
 FAMILY_NAMES = {v: k for k, v in FAMILIES.items()}
 
-# Default NFQUEUE numbers of the built-in helpers; others start at FIRST_FREE_QUEUE.
+# Default NFQUEUE numbers of the built-in helpers. A plugin's comes from a hash of its name
+# into PLUGIN_QUEUES numbers from FIRST_FREE_QUEUE: installing one plugin does not renumber
+# another's queue (only a hash collision moves the later name to the next free number).
 DEFAULT_QUEUES = {"ftp": 20, "sip": 21, "rpc": 22, "tns": 23, "ssdp": 24, "dhcpv6": 25, "mdns": 26, "slp": 27}
 FIRST_FREE_QUEUE = 40
+PLUGIN_QUEUES = 1000
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ def default_helper_policy(spec: HelperSpec, queue: int | None = None) -> HelperP
         helper=spec.name,
         name=spec.name,
         enabled=True,
-        queue=DEFAULT_QUEUES.get(spec.name, FIRST_FREE_QUEUE) if queue is None else queue,
+        queue=DEFAULT_QUEUES.get(spec.name, _plugin_queue(spec.name)) if queue is None else queue,
         queue_len=1024,
         protocols=spec.protocols,
         families=spec.families,
@@ -124,13 +128,20 @@ def default_helper_policy(spec: HelperSpec, queue: int | None = None) -> HelperP
     )
 
 
+def _plugin_queue(name: str) -> int:
+    return FIRST_FREE_QUEUE + zlib.crc32(name.encode()) % PLUGIN_QUEUES
+
+
 def default_policy(specs: Mapping[str, HelperSpec]) -> Policy:
     policy = Policy()
-    free = FIRST_FREE_QUEUE
+    used = set(DEFAULT_QUEUES.values())
     for name in sorted(specs):
         q = DEFAULT_QUEUES.get(name)
         if q is None:
-            q, free = free, free + 1
+            q = _plugin_queue(name)
+            while q in used:  # a collision: the next free number
+                q = FIRST_FREE_QUEUE + (q - FIRST_FREE_QUEUE + 1) % PLUGIN_QUEUES
+            used.add(q)
         policy.helpers[name] = default_helper_policy(specs[name], q)
     return policy
 

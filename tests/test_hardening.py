@@ -357,3 +357,13 @@ def test_the_long_fuzz_run_counts_inputs_and_reports_a_failure():
     assert tried > 0 and len(failures) == 1 and "planted" in failures[0]
     tried, failures = fuzz.run_target("ssdp", 0.2, 1, [], {})
     assert tried >= fuzz.BATCH and failures == []
+
+
+def test_installing_a_plugin_does_not_renumber_another_plugins_queue():
+    def spec(name):
+        return alg.HelperSpec(name=name, protocols=(UDP,), ports=(7000 + len(name),),
+                              classes=(alg.ExpectClass("c", 1, 60),))
+
+    before = default_policy({**SPECS, "zzz": spec("zzz")}).helpers["zzz"].queue
+    after = default_policy({**SPECS, "aaa": spec("aaa"), "zzz": spec("zzz")}).helpers
+    assert after["zzz"].queue == before and after["aaa"].queue != before
