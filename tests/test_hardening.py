@@ -367,3 +367,121 @@ def test_installing_a_plugin_does_not_renumber_another_plugins_queue():
     before = default_policy({**SPECS, "zzz": spec("zzz")}).helpers["zzz"].queue
     after = default_policy({**SPECS, "aaa": spec("aaa"), "zzz": spec("zzz")}).helpers
     assert after["zzz"].queue == before and after["aaa"].queue != before
+
+
+# ---------------------------------------------------------------- cost: no backtracking patterns
+def _charset(item) -> frozenset[int] | None:
+    """The bytes one regex atom matches (None: not a single-byte atom)."""
+    from re import _constants as c  # type: ignore[attr-defined]
+
+    categories = {
+        c.CATEGORY_DIGIT: set(b"0123456789"), c.CATEGORY_SPACE: set(b" \t\n\r\f\v"),
+        c.CATEGORY_WORD: set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"),
+    }
+    categories |= {c.CATEGORY_NOT_DIGIT: set(range(256)) - categories[c.CATEGORY_DIGIT],
+                   c.CATEGORY_NOT_SPACE: set(range(256)) - categories[c.CATEGORY_SPACE],
+                   c.CATEGORY_NOT_WORD: set(range(256)) - categories[c.CATEGORY_WORD]}
+    op, arg = item
+    if op is c.LITERAL:
+        return frozenset((arg,))
+    if op is c.NOT_LITERAL:
+        return frozenset(set(range(256)) - {arg})
+    if op is c.ANY:
+        return frozenset(set(range(256)) - {10})
+    if op is c.IN:
+        out: set[int] = set()
+        negate = False
+        for sub_op, sub_arg in arg:
+            if sub_op is c.NEGATE:
+                negate = True
+            elif sub_op is c.LITERAL:
+                out.add(sub_arg)
+            elif sub_op is c.RANGE:
+                out |= set(range(sub_arg[0], sub_arg[1] + 1))
+            elif sub_op is c.CATEGORY:
+                out |= categories[sub_arg]
+        return frozenset(set(range(256)) - out if negate else out)
+    return None
+
+
+def _backtracking(pattern) -> list[str]:
+    """Adjacent unbounded repetitions that can match the same byte, and unbounded repetitions
+    nested in one another: the shapes that make a regex engine backtrack quadratically or worse."""
+    from re import _constants as c  # type: ignore[attr-defined]
+    from re import _parser  # type: ignore[attr-defined]
+
+    found: list[str] = []
+
+    def unbounded(item) -> bool:
+        return item[0] in (c.MAX_REPEAT, c.MIN_REPEAT) and item[1][1] == c.MAXREPEAT
+
+    def flat(seq) -> list:
+        out = []
+        for item in seq:
+            if item[0] is c.SUBPATTERN:
+                out += flat(item[1][3])
+            else:
+                out.append(item)
+        return out
+
+    def contains_unbounded(seq) -> bool:
+        for item in flat(seq):
+            if unbounded(item):
+                return True
+            if item[0] in (c.MAX_REPEAT, c.MIN_REPEAT) and contains_unbounded(item[1][2]):
+                return True
+            if item[0] is c.BRANCH and any(contains_unbounded(b) for b in item[1][1]):
+                return True
+        return False
+
+    def walk(seq) -> None:
+        items = flat(seq)
+        for i, item in enumerate(items):
+            if item[0] in (c.MAX_REPEAT, c.MIN_REPEAT):
+                body = item[1][2]
+                if unbounded(item) and contains_unbounded(body):
+                    found.append("nested unbounded repetition")
+                walk(body)
+                if unbounded(item) and len(flat(body)) == 1:
+                    mine = _charset(flat(body)[0])
+                    for later in items[i + 1:]:  # skip optional atoms (`\r?`) to the next unbounded one
+                        if unbounded(later) and len(flat(later[1][2])) == 1:
+                            theirs = _charset(flat(later[1][2])[0])
+                            if mine is not None and theirs is not None and mine & theirs:
+                                found.append("adjacent unbounded repetitions over the same bytes")
+                            break
+                        if not (later[0] in (c.MAX_REPEAT, c.MIN_REPEAT) and later[1][0] == 0):
+                            break
+            elif item[0] is c.BRANCH:
+                for b in item[1][1]:
+                    walk(b)
+
+    walk(_parser.parse(pattern.pattern, pattern.flags))
+    return found
+
+
+def helper_patterns() -> list[tuple[str, object]]:
+    import importlib
+    import re
+
+    out = []
+    for name in ("ftp", "ssdp", "tns", "rpc", "dhcpv6", "mdns", "slp", "_discovery"):  # helpers/sip: its own session
+        module = importlib.import_module(f"alg_helpers.{name}")
+        for attr, value in vars(module).items():
+            values = value.values() if isinstance(value, dict) else [value]
+            out += [(f"{name}.{attr}", v) for v in values if isinstance(v, re.Pattern)]
+    return out
+
+
+def test_the_lint_catches_the_patterns_that_cost_seconds():
+    import re
+
+    assert _backtracking(re.compile(rb"^([A-Za-z-]+):[ \t]*(.*?)[ \t]*\r?$", re.M))  # ssdp's field, landed
+    assert _backtracking(re.compile(rb"\(\s*([A-Za-z_]+)\s*=\s*([^()]*?)\s*\)"))  # tns's parameter, landed
+    assert _backtracking(re.compile(rb"(?:a+b?)+"))
+    assert not _backtracking(re.compile(rb"([A-Z]+) (\S+) HTTP/1\.[01]"))
+
+
+@pytest.mark.parametrize("name, pattern", helper_patterns(), ids=lambda x: x if isinstance(x, str) else "")
+def test_helper_patterns_do_not_backtrack_over_peer_bytes(name, pattern):
+    assert _backtracking(pattern) == [], name
