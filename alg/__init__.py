@@ -11,7 +11,7 @@ from .model import (
     EXPECT_CLASSES_MAX, EXPECT_F_INACTIVE, EXPECT_F_PERMANENT, EXPECT_F_USERSPACE, EXPECT_MAX_MAX, HELPER_NAME_MAX,
     NEED_DATA, PROTO_NAMES, RESYNC_LINE, TCP, UDP,
     Action, Direction, Expect, ExpectClass, FlowTuple, Helper, HelperSpec, IPAddress, Notice, Option, Outcome, Parsed,
-    Resync, Segment, Unexpect, ip, parse_networks,
+    Resync, Segment, Unexpect, check_networks, ip, parse_networks,
 )
 
 __all__ = [
@@ -19,6 +19,6 @@ __all__ = [
     "EXPECT_CLASSES_MAX", "EXPECT_F_INACTIVE", "EXPECT_F_PERMANENT", "EXPECT_F_USERSPACE", "EXPECT_MAX_MAX",
     "HELPER_NAME_MAX", "NEED_DATA", "PROTO_NAMES", "RESYNC_LINE", "TCP", "UDP",
     "Action", "Direction", "Expect", "ExpectClass", "FlowTuple", "Helper", "HelperSpec", "IPAddress", "Notice",
-    "Option", "Outcome", "Parsed", "Resync", "Segment", "Unexpect", "ip", "parse_networks",
+    "Option", "Outcome", "Parsed", "Resync", "Segment", "Unexpect", "check_networks", "ip", "parse_networks",
 ]
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@ once per flow, not per packet.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from dataclasses import dataclass
 
@@ -149,45 +150,83 @@ def decode_link(linktype: int, frame: bytes) -> bytes | None:
     return None
 
 
+IP_MAXPACKET = 65535
+DEFRAG_MAX_BYTES = 4 << 20  # the kernel's net.ipv4.ipfrag_high_thresh default (4 MB)
+
+
+class _Datagram:
+    __slots__ = ("parts", "offsets", "held", "end")
+
+    def __init__(self) -> None:
+        self.parts: dict[int, bytes] = {}  # offset -> fragment data
+        self.offsets: list[int] = []  # sorted: an overlap is found by bisection, not by a scan
+        self.held = 0  # bytes in parts
+        self.end: int | None = None  # known once the last fragment came
+
+    def overlaps(self, start: int, stop: int) -> bool:
+        i = bisect.bisect_left(self.offsets, start)
+        before = i > 0 and self.offsets[i - 1] + len(self.parts[self.offsets[i - 1]]) > start
+        return before or (i < len(self.offsets) and self.offsets[i] < stop)
+
+    def last_stop(self) -> int:
+        return self.offsets[-1] + len(self.parts[self.offsets[-1]]) if self.offsets else 0
+
+
 class Defragmenter:
     """Reassembles IP fragments, as the kernel's nf_defrag does before conntrack.
 
-    Bounded: at most `max_datagrams` in flight, each at most 65,535 bytes;
-    the oldest incomplete datagram is dropped first.
+    Bounded in bytes: a datagram holds at most 65,535 bytes, since an
+    overlapping fragment discards the whole datagram and an exact duplicate
+    is dropped, as the kernel does for both families (RFC 5722 §4 with
+    erratum 3089; Linux applies it to IPv4 too since 4.19): overlapping
+    fragments once held 45 MB in four datagrams. All datagrams in flight
+    hold at most `max_bytes` and number at most `max_datagrams`; past
+    either, the oldest incomplete datagram is dropped (counted in `dropped`).
     """
 
-    def __init__(self, max_datagrams: int = 256):
+    def __init__(self, max_datagrams: int = 256, max_bytes: int = DEFRAG_MAX_BYTES):
         self.max = max_datagrams
-        self.pending: dict[tuple, dict[int, bytes]] = {}
-        self.total: dict[tuple, int] = {}
+        self.max_bytes = max_bytes
+        self.held = 0
+        self.dropped = 0  # datagrams discarded: overlap, oversize or evicted
+        self.pending: dict[tuple, _Datagram] = {}
+
+    def _drop(self, key: tuple) -> None:
+        self.held -= self.pending.pop(key).held
+        self.dropped += 1
 
     def feed(self, pkt: Packet) -> Packet | None:
         assert pkt.frag is not None
         ident, offset, more, data = pkt.frag
         key = (pkt.l3, pkt.src, pkt.dst, pkt.proto, ident)
-        parts = self.pending.setdefault(key, {})
-        if offset + len(data) > 65535:
-            del self.pending[key]
+        dg = self.pending.get(key)
+        if dg is None:
+            dg = self.pending[key] = _Datagram()
+        stop = offset + len(data)
+        if stop > IP_MAXPACKET or (dg.end is not None and (stop > dg.end or not more and stop != dg.end)) \
+                or (not more and dg.last_stop() > stop):
+            self._drop(key)  # beyond the largest datagram, or past (or moving) the end: the kernel discards it
             return None
-        parts[offset] = data
+        same = dg.parts.get(offset)
+        if same is not None and len(same) == len(data):
+            return None  # an exact duplicate: ignored, the datagram kept
+        if same is not None or dg.overlaps(offset, stop):
+            self._drop(key)
+            return None
+        dg.parts[offset] = data
+        bisect.insort(dg.offsets, offset)
+        dg.held += len(data)
+        self.held += len(data)
         if not more:
-            self.total[key] = offset + len(data)
-        if len(self.pending) > self.max:
-            oldest = next(iter(self.pending))
-            self.pending.pop(oldest)
-            self.total.pop(oldest, None)
-        end = self.total.get(key)
-        if end is None:
-            return None
-        buf, pos = bytearray(), 0
-        for off in sorted(parts):
-            if off > pos:
-                return None  # a hole: wait for the rest
-            buf += parts[off][pos - off :]
-            pos = max(pos, off + len(parts[off]))
-        if pos < end:
-            return None
+            dg.end = stop
+        while self.pending and (len(self.pending) > self.max or self.held > self.max_bytes):
+            self._drop(next(iter(self.pending)))  # the oldest first
+        if key not in self.pending or dg.end is None or dg.held != dg.end:
+            return None  # evicted, or a hole remains (no overlaps: held == end means complete)
         del self.pending[key]
-        del self.total[key]
+        self.held -= dg.held
+        buf = b"".join(dg.parts[off] for off in dg.offsets)
+        end = dg.end
         whole = Packet(pkt.l3, pkt.proto, pkt.src, pkt.dst)
-        return _l4(whole, bytes(buf[:end]), 0)
+        return _l4(whole, buf[:end], 0)
+

@@ -304,7 +304,7 @@ def check_rules(helpers: list[HelperPolicy], rules: Answer) -> list[Check]:
     out = []
     for hp in helpers:
         mine = [r for r in rules.value if r.helper == hp.name]
-        hits = [r for r in mine if any(r.covers(p, port) for p in hp.protocols for port in hp.ports)]
+        hits = [r for r in mine if any(r.covers(p, port) for p in hp.assigned for port in hp.ports)]
         fix = (f"alg rules --helper {hp.name} | iptables-restore --noflush (and ip6tables-restore --noflush), "
                f"or alg rules --nft --helper {hp.name} | nft -f -")
         ports = ", ".join(str(p) for p in hp.ports)

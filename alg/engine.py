@@ -140,7 +140,12 @@ class Engine:
         self.core = core or CorePolicy()
         self.slots = dict(slots)
         self.flows = FlowTable(max_flows)
-        self.table = ExpectationTable(self.core.expect_budget)
+        budget = self.core.expect_budget
+        enabled = sum(1 for slot in self.slots.values() if slot.policy.enabled)
+        # a helper alone may use the whole budget; beside others, its share
+        self.table = ExpectationTable(budget, budget if enabled <= 1 else _share(budget, self.core.helper_share),
+                                      _share(budget, self.core.source_share))
+        self.refused_sources: Counter = Counter()  # who was refused a share (bounded: REFUSED_SOURCES_MAX)
         self.track_related = track_related  # replay: new flows fulfil expectations
         self.related_flows = 0
         self._swept = 0.0
@@ -174,7 +179,7 @@ class Engine:
         self.by_port = {}
         for slot in self.slots.values():
             if slot.policy.enabled:
-                for proto in slot.policy.protocols:
+                for proto in slot.policy.assigned:
                     for port in slot.policy.ports:
                         self.by_port.setdefault((proto, port), slot)
 
@@ -224,11 +229,12 @@ class Engine:
                 return out
             if not pkt.payload:
                 return []
-            outcome = h.helper.inspect(Segment(pkt.payload, direction, flow.tuple, now), flow.state)
+            outcome = h.helper.inspect(Segment(pkt.payload, direction, flow.tuple, now, _expected(flow)),
+                                       flow.state)
             if not isinstance(outcome, Parsed):
                 return []
             flow.record = replace(flow.record, flags=flow.record.flags | KNOWN[direction])
-            return self._apply(flow, outcome.actions, now, frame)
+            return self._apply(flow, outcome.actions, now, frame, _sender(flow, direction))
         except ProtocolViolation as exc:
             self._give_up(flow)
             h.stats.parse_errors += 1
@@ -373,7 +379,7 @@ class Engine:
         decisions: list[Decision] = []
         helper = flow.helper.helper
         if stream.resync:
-            skip = helper.resync(Segment(stream.buf, direction, flow.tuple, now), flow.state)
+            skip = helper.resync(Segment(stream.buf, direction, flow.tuple, now, _expected(flow)), flow.state)
             if skip is NEED_DATA:
                 return decisions
             if skip is None:
@@ -384,7 +390,7 @@ class Engine:
                 raise RuntimeError(f"helper resync skipped {skip!r} of {len(stream.buf)} bytes")
             stream.buf, stream.resync = stream.buf[skip:], False
         while stream.buf:
-            outcome = helper.inspect(Segment(stream.buf, direction, flow.tuple, now), flow.state)
+            outcome = helper.inspect(Segment(stream.buf, direction, flow.tuple, now, _expected(flow)), flow.state)
             if outcome is NEED_DATA:
                 break
             assert isinstance(outcome, Parsed)
@@ -392,16 +398,27 @@ class Engine:
                 raise RuntimeError(f"helper consumed {outcome.consumed} of {len(stream.buf)} bytes")
             stream.buf = stream.buf[outcome.consumed :]
             flow.record = replace(flow.record, flags=flow.record.flags | KNOWN[direction])
-            decisions += self._apply(flow, outcome.actions, now, frame)
+            decisions += self._apply(flow, outcome.actions, now, frame, _sender(flow, direction))
         return decisions
 
     # ------------------------------------------------------------ actions
-    def _apply(self, flow: Flow, actions: Iterable, now: float, frame: int | None) -> list[Decision]:
+    def _apply(self, flow: Flow, actions: Iterable, now: float, frame: int | None,
+               sender: Any = None) -> list[Decision]:
+        """The actions of one message. It may ask for at most ExpectMax of a class and
+        `expect_per_message` in all: the rest is refused (counted), never admitted and
+        evicted again by the same message (one INVITE asking 4,096 ports made 8,000
+        ctnetlink operations)."""
         h: HelperSlot = flow.helper
         out: list[Decision] = []
+        asked: Counter = Counter()
         for a in actions:
             if isinstance(a, Expect):
-                out += self._expect(h, flow, a, now, frame)
+                cap = h.max_expected.get(a.cls)
+                if cap is not None and (asked[a.cls] >= cap or asked.total() >= self.core.expect_per_message):
+                    h.stats.classes[a.cls].refused[Refusal.PER_MESSAGE.value] += 1
+                    continue
+                asked[a.cls] += 1
+                out += self._expect(h, flow, a, now, frame, sender)
             elif isinstance(a, Unexpect):
                 for e in self.table.of_master(flow.tuple, a.cls, a.tag):
                     self.table.remove(e)
@@ -412,7 +429,7 @@ class Engine:
                 h.stats.notices[a.code] += 1
         return out
 
-    def _expect(self, h: HelperSlot, flow: Flow, a: Expect, now: float, frame) -> list[Decision]:
+    def _expect(self, h: HelperSlot, flow: Flow, a: Expect, now: float, frame, sender=None) -> list[Decision]:
         pol = h.policy
         cls = h.stats.classes.get(a.cls)
         l3 = flow.tuple.l3
@@ -427,7 +444,7 @@ class Engine:
         ec = pol.expect_class(a.cls)
         e = Expectation(pol.name, a.cls, pol.class_id(a.cls), l3, a.proto, a.src, a.dst, a.sport, a.dport,
                         flow.tuple, ec.timeout, a.flags, frame, now, a.tag, a.src_prefix, a.assign_helper,
-                        flow.kernel)
+                        kernel_master=flow.kernel, source=sender)
         held = self.table.get(e.key)
         if held is not None and held.master != e.master and self.kernel_holds is not None \
                 and not self.kernel_holds(held):
@@ -451,6 +468,9 @@ class Engine:
         if h is not None:
             h.stats.classes[e.cls].refused[why.value] += 1
         self.events.append(ExpectationEvent("refused", e, why.value))
+        if why is Refusal.SOURCE_SHARE and e.source is not None and (
+                e.source in self.refused_sources or len(self.refused_sources) < REFUSED_SOURCES_MAX):
+            self.refused_sources[e.source] += 1
         hint = ""
         if why in (Refusal.BUDGET, Refusal.KERNEL_FULL):
             hint = " - the expectation table is full; raise it (see `alg doctor`)"
@@ -482,7 +502,8 @@ class Engine:
         bits = bin(int(mask.src)).count("1")
         e = Expectation(helper, slot.policy.classes[class_id].name, class_id, tup.l3, tup.proto,
                         tup.src if bits else None, tup.dst, tup.sport if mask.sport else None, tup.dport, master,
-                        timeout, flags, None, now, None, bits if 0 < bits < width else None, False, master)
+                        timeout, flags, None, now, None, bits if 0 < bits < width else None,
+                        kernel_master=master)
         return e if self.table.insert(e) else None
 
     def kernel_failed(self, e: Expectation, errno_name: str, full: bool) -> None:
@@ -508,7 +529,31 @@ class Engine:
             "flows_evicted": self.flows.evicted,
             "expectations": len(self.table),
             "expect_budget": self.table.budget,
+            "expect_helper_cap": self.table.helper_cap,
+            "expect_source_cap": self.table.source_cap,
+            "expectations_by_helper": dict(self.table.per_helper),
+            "refused_sources": {str(a): n for a, n in self.refused_sources.most_common()},
         }
+
+
+REFUSED_SOURCES_MAX = 64  # source addresses named in the refusal counters (spoofable: bounded)
+
+
+def _share(budget: int, fraction: float) -> int:
+    return max(1, int(budget * fraction))
+
+
+def _sender(flow: Flow, direction: Direction) -> Any:
+    return flow.tuple.src if direction is Direction.ORIGINAL else flow.tuple.dst
+
+
+def _expected(flow: Flow) -> bool:
+    """The flow was created by an expectation of its own helper: in replay it fulfilled
+    one; live, its conntrack has a master and this helper's queue got it."""
+    e = flow.related_to
+    if e is None:
+        return flow.expected
+    return flow.helper is not None and e.helper == flow.helper.policy.name
 
 
 def _reopens(flow: Flow, pkt: Packet) -> bool:

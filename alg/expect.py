@@ -6,13 +6,20 @@ seconds. An identical expectation from the same master replaces the old one;
 from another master it clashes (the kernel answers EBUSY). On top, a global
 budget: past it a request is refused, counted with its reason, and the
 caller decides the verdict (by default the packet is still accepted).
+
+The budget is shared (issue 13: 410 INVITEs from one host filled it and a
+legitimate FTP 227 was refused): one helper holds at most `helper_cap` and
+one source address (the host whose message asked) at most `source_cap`
+expectations. Every bound is checked *before* anything is evicted, so a
+request that will be refused costs the table nothing (no evict-then-refuse
+churn). What one message may ask for is capped by the engine.
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -21,6 +28,9 @@ from .model import EXPECT_F_INACTIVE, EXPECT_F_PERMANENT, EXPECT_F_USERSPACE, PR
 
 class Refusal(str, enum.Enum):
     BUDGET = "budget"  # alg's global expectation budget is spent
+    HELPER_SHARE = "helper-share"  # this helper holds its share of the budget
+    SOURCE_SHARE = "source-share"  # the host that asked holds its share of the budget
+    PER_MESSAGE = "per-message"  # one message asked for more than ExpectMax of a class (or the message cap)
     CLASH = "clash"  # the same tuple is expected by another master
     INVALID = "invalid"  # unknown class, bad port or family (a helper bug)
     KERNEL_FULL = "kernel-full"  # nf_conntrack_expect_max reached (ENOSPC/EMFILE)
@@ -51,6 +61,7 @@ class Expectation:
     # live: the master's conntrack as the kernel names it (its original tuple);
     # `master` is the same flow as its endpoints see it, which may differ by NAT
     kernel_master: FlowTuple | None = None
+    source: IPAddress | None = None  # who asked: the sender of the message (budget shares)
 
     @property
     def key(self) -> tuple:
@@ -122,6 +133,14 @@ class Expectation:
         )
 
 
+def _uncount(counter: Counter, key: Any) -> None:
+    if key is None:
+        return
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]  # a spoofed source address must not stay behind
+
+
 def flag_names(flags: int) -> list[str]:
     names = [(EXPECT_F_PERMANENT, "PERMANENT"), (EXPECT_F_INACTIVE, "INACTIVE"), (EXPECT_F_USERSPACE, "USERSPACE")]
     return [n for bit, n in names if flags & bit]
@@ -137,8 +156,12 @@ class Admission:
 
 
 class ExpectationTable:
-    def __init__(self, budget: int = 4096):
+    def __init__(self, budget: int = 4096, helper_cap: int | None = None, source_cap: int | None = None):
         self.budget = budget
+        self.helper_cap = budget if helper_cap is None else helper_cap
+        self.source_cap = budget if source_cap is None else source_cap
+        self.per_helper: Counter[str] = Counter()
+        self.per_source: Counter[Any] = Counter()
         self._by_master: dict[FlowTuple, dict[str, deque[Expectation]]] = {}
         self._by_key: dict[tuple, Expectation] = {}
         # (proto, dst, dport) -> keys: what a new flow is matched by
@@ -163,6 +186,8 @@ class ExpectationTable:
         if self._by_key.get(e.key) is not e:
             return False
         del self._by_key[e.key]
+        _uncount(self.per_helper, e.helper)
+        _uncount(self.per_source, e.source)
         dest = self._by_dest[(e.proto, e.dst, e.dport)]
         del dest[e.key]
         if not dest:
@@ -179,22 +204,28 @@ class ExpectationTable:
 
     def admit(self, e: Expectation, max_expected: int) -> Admission:
         old = self._by_key.get(e.key)
-        if old is not None:
-            if old.master != e.master:
-                return Admission(None, refused=Refusal.CLASH)
-            self.remove(old)  # same master asks again: the new one replaces it
-        q = self._by_master.setdefault(e.master, {}).setdefault(e.cls, deque())
+        if old is not None and old.master != e.master:
+            return Admission(None, refused=Refusal.CLASH)
+        q = self._queue(e)
+        # what admitting e would free: the same tuple asked again, or the
+        # oldest of its master and class when that is full (the kernel's eviction)
+        freed = old if old is not None else q[0] if len(q) >= max_expected else None
+        refused = self._over(e, freed)
+        if refused is not None:
+            return Admission(None, refused=refused)
         evicted = []
-        while len(q) >= max_expected:
+        if old is not None:
+            self.remove(old)  # same master asks again: the new one replaces it
+        while len(q := self._queue(e)) >= max_expected:
             victim = q[0]
             self.remove(victim)
             evicted.append(victim)
-            q = self._by_master.setdefault(e.master, {}).setdefault(e.cls, deque())
-        if len(self._by_key) >= self.budget:
-            return Admission(None, evicted, Refusal.BUDGET)
-        q.append(e)
+        self._by_master.setdefault(e.master, {}).setdefault(e.cls, deque()).append(e)
         self._by_key[e.key] = e
         self._by_dest.setdefault((e.proto, e.dst, e.dport), {})[e.key] = None
+        self.per_helper[e.helper] += 1
+        if e.source is not None:
+            self.per_source[e.source] += 1
         return Admission(e, evicted)
 
     def insert(self, e: Expectation) -> bool:
@@ -205,7 +236,26 @@ class ExpectationTable:
         self._by_master.setdefault(e.master, {}).setdefault(e.cls, deque()).append(e)
         self._by_key[e.key] = e
         self._by_dest.setdefault((e.proto, e.dst, e.dport), {})[e.key] = None
+        self.per_helper[e.helper] += 1
+        if e.source is not None:
+            self.per_source[e.source] += 1
         return True
+
+    def _queue(self, e: Expectation) -> deque[Expectation]:
+        return self._by_master.get(e.master, {}).get(e.cls) or deque()
+
+    def _over(self, e: Expectation, freed: Expectation | None) -> Refusal | None:
+        """Which bound admitting e would break (freeing `freed` first), if any."""
+        def held(counter: Counter, key: Any, freed_key: Any) -> int:
+            return counter[key] - (1 if freed is not None and freed_key == key else 0)
+
+        if len(self._by_key) - (freed is not None) >= self.budget:
+            return Refusal.BUDGET
+        if held(self.per_helper, e.helper, freed and freed.helper) >= self.helper_cap:
+            return Refusal.HELPER_SHARE
+        if e.source is not None and held(self.per_source, e.source, freed and freed.source) >= self.source_cap:
+            return Refusal.SOURCE_SHARE
+        return None
 
     def of_master(self, master: FlowTuple, cls: str | None = None, tag: str | None = None) -> list[Expectation]:
         out = []

@@ -85,6 +85,10 @@ class Segment:
     direction: Direction
     flow: FlowTuple  # the master, original direction
     now: float  # seconds; capture time in replay, monotonic time live
+    # this flow was created by an expectation of this same helper (the
+    # kernel's master/RELATED): a helper that reads a protocol only on the
+    # connections it admitted itself (SSDP's LOCATION fetch) refuses others
+    expected: bool = False
 
     @property
     def sender(self) -> IPAddress:
@@ -186,15 +190,51 @@ class ExpectClass:
 
 @dataclass(frozen=True, slots=True)
 class Option:
-    """A helper-specific policy knob (goes in the `[options]` table)."""
+    """A helper-specific policy knob (goes in the `[options]` table).
+
+    What a value may be is declared here, so that every policy file (and a
+    plugin's) is checked when it is loaded, by every command: `type`, for
+    numbers `min`/`max`, for lists the type of their `items`, and `check`,
+    a function that raises ValueError on a value the others cannot describe
+    (a CIDR that does not parse, say).
+    """
 
     default: Any
     doc: str
     type: type | None = None  # defaults to type(default)
+    min: float | None = None
+    max: float | None = None
+    items: builtins.type | None = None  # a list's element type
+    check: Callable[[Any], Any] | None = None
 
     @property
     def kind(self) -> builtins.type:
         return self.type or builtins.type(self.default)
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is not acceptable, or None."""
+        kind = self.kind
+        if not _is(value, kind):
+            return f"must be {kind.__name__}, not {builtins.type(value).__name__} {value!r:.60}"
+        if self.min is not None and value < self.min or self.max is not None and value > self.max:
+            return f"must be between {self.min} and {self.max}, not {value!r}"
+        if self.items is not None:
+            for item in value:
+                if not _is(item, self.items):
+                    return f"items must be {self.items.__name__}, not {builtins.type(item).__name__} {item!r:.60}"
+        if self.check is not None:
+            try:
+                self.check(value)
+            except (TypeError, ValueError) as exc:
+                return str(exc)
+        return None
+
+
+def _is(value: Any, kind: builtins.type) -> bool:
+    """isinstance, where a bool is no int and an int is a float (TOML writes 10 for 10.0)."""
+    if isinstance(value, bool) and kind is not bool:
+        return False
+    return isinstance(value, kind) or (kind is float and isinstance(value, int))
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +254,10 @@ class HelperSpec:
     # (text protocols: FTP, SMTP-like); None gives the direction up unless
     # the helper overrides `Helper.resync`.
     resync: str | None = None
+    # Protocols read only on flows this helper's own expectations admitted
+    # (Segment.expected): no port rule assigns the helper to them, and it
+    # refuses the ones it is handed anyway (SSDP's TCP: the LOCATION fetch)
+    expected_only: tuple[int, ...] = ()
 
     def class_id(self, name: str) -> int:
         for i, c in enumerate(self.classes):
@@ -280,6 +324,17 @@ def parse_networks(values: Any, option: str) -> tuple[ipaddress.IPv4Network | ip
         raise ConfigError(f"{option}: {exc}") from None
 
 
+def check_networks(values: Any) -> None:
+    """Option.check for a list of CIDR strings (raises ValueError naming the bad one)."""
+    for n in values:
+        if not isinstance(n, str):
+            raise ValueError(f"networks are CIDR strings such as \"10.0.2.0/24\", not {n!r:.60}")
+        try:
+            ipaddress.ip_network(n, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"not a network: {exc}") from None
+
+
 def ports_ok(*ports: int | None) -> bool:
     return all(p is None or 0 < p < 65536 for p in ports)
 
@@ -288,5 +343,5 @@ __all__: Sequence[str] = [
     "Action", "Direction", "EXPECT_F_INACTIVE", "EXPECT_F_PERMANENT", "EXPECT_F_USERSPACE", "Expect",
     "ExpectClass", "EXPECT_CLASSES_MAX", "EXPECT_MAX_MAX", "FlowTuple", "HELPER_NAME_MAX", "RESYNC_LINE", "Helper",
     "HelperSpec", "IPAddress", "NEED_DATA", "Notice", "Option", "Outcome", "Parsed", "Resync", "PROTO_NAMES",
-    "Segment", "TCP", "UDP", "Unexpect", "ip", "parse_networks",
+    "Segment", "TCP", "UDP", "Unexpect", "check_networks", "ip", "parse_networks",
 ]

@@ -25,6 +25,9 @@ and `alg.toml`::
 
     [core]
     expect_budget = 4096      # expectations alg keeps at once, all helpers
+    expect_per_message = 64   # what one message may ask for (and at most ExpectMax per class)
+    helper_share = 0.5        # of the budget one helper may hold (when more than one is enabled)
+    source_share = 0.25       # of the budget the messages of one host may hold
     accept_on_pressure = true # verdict when an expectation cannot be made
     status_socket = "/run/alg/alg.sock"
     log_interval = 10         # seconds between repeated warnings of one kind
@@ -37,6 +40,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
@@ -46,9 +50,12 @@ from .model import EXPECT_MAX_MAX, HELPER_NAME_MAX, PROTO_NAMES, PROTO_NUMBERS, 
 FAMILIES = {"ipv4": 4, "ipv6": 6}
 FAMILY_NAMES = {v: k for k, v in FAMILIES.items()}
 
-# Default NFQUEUE numbers of the built-in helpers; others start at FIRST_FREE_QUEUE.
+# Default NFQUEUE numbers of the built-in helpers. A plugin's comes from a hash of its name
+# into PLUGIN_QUEUES numbers from FIRST_FREE_QUEUE: installing one plugin does not renumber
+# another's queue (only a hash collision moves the later name to the next free number).
 DEFAULT_QUEUES = {"ftp": 20, "sip": 21, "rpc": 22, "tns": 23, "ssdp": 24, "dhcpv6": 25, "mdns": 26, "slp": 27}
 FIRST_FREE_QUEUE = 40
+PLUGIN_QUEUES = 1000
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,12 @@ class HelperPolicy:
     max_buffer: int
     max_flows: int = 65536
     source: str = "<built-in>"
+    expected_only: tuple[int, ...] = ()  # HelperSpec.expected_only: no port assignment for these protocols
+
+    @property
+    def assigned(self) -> tuple[int, ...]:
+        """The protocols a `CT --helper` rule (and replay's port choice) gives this helper."""
+        return tuple(p for p in self.protocols if p not in self.expected_only)
 
     def expect_class(self, name: str) -> ExpectClass:
         for c in self.classes:
@@ -83,6 +96,9 @@ class HelperPolicy:
 @dataclass(frozen=True)
 class CorePolicy:
     expect_budget: int = 4096
+    expect_per_message: int = 64  # expectations one message may ask for (beyond: refused, counted)
+    helper_share: float = 0.5  # of the budget one helper may hold when others are enabled
+    source_share: float = 0.25  # of the budget one sender address may hold
     accept_on_pressure: bool = True
     status_socket: str = "/run/alg/alg.sock"
     log_interval: float = 10.0
@@ -100,7 +116,7 @@ def default_helper_policy(spec: HelperSpec, queue: int | None = None) -> HelperP
         helper=spec.name,
         name=spec.name,
         enabled=True,
-        queue=DEFAULT_QUEUES.get(spec.name, FIRST_FREE_QUEUE) if queue is None else queue,
+        queue=DEFAULT_QUEUES.get(spec.name, _plugin_queue(spec.name)) if queue is None else queue,
         queue_len=1024,
         protocols=spec.protocols,
         families=spec.families,
@@ -108,16 +124,24 @@ def default_helper_policy(spec: HelperSpec, queue: int | None = None) -> HelperP
         classes=spec.classes,
         options={k: o.default for k, o in spec.options.items()},
         max_buffer=spec.max_buffer,
+        expected_only=spec.expected_only,
     )
+
+
+def _plugin_queue(name: str) -> int:
+    return FIRST_FREE_QUEUE + zlib.crc32(name.encode()) % PLUGIN_QUEUES
 
 
 def default_policy(specs: Mapping[str, HelperSpec]) -> Policy:
     policy = Policy()
-    free = FIRST_FREE_QUEUE
+    used = set(DEFAULT_QUEUES.values())
     for name in sorted(specs):
         q = DEFAULT_QUEUES.get(name)
         if q is None:
-            q, free = free, free + 1
+            q = _plugin_queue(name)
+            while q in used:  # a collision: the next free number
+                q = FIRST_FREE_QUEUE + (q - FIRST_FREE_QUEUE + 1) % PLUGIN_QUEUES
+            used.add(q)
         policy.helpers[name] = default_helper_policy(specs[name], q)
     return policy
 
@@ -182,6 +206,11 @@ def _read(path: str) -> tuple[dict[str, Any], _Locator]:
     loc = _Locator(path, text)
     try:
         return tomllib.loads(text), loc
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table: blame the most nested line
+        n = max(range(len(loc.lines)), key=lambda i: loc.lines[i].count("[") + loc.lines[i].count("{"))
+        m = loc._key.match(loc.lines[n])
+        raise ConfigError("value nested too deeply", path, n + 1, m.group(1).strip() if m else None) from None
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
         line = int(m.group(1)) if m else max(1, len(loc.lines))  # "at end of document"
@@ -207,7 +236,8 @@ def _int_in(doc, key, lo, hi, loc, table=(), default=None):
 
 _HELPER_KEYS = {"helper", "name", "enabled", "queue", "queue_len", "protocols", "families", "ports",
                 "max_buffer", "max_flows", "classes", "options"}
-_CORE_KEYS = {"expect_budget", "accept_on_pressure", "status_socket", "log_interval"}
+_CORE_KEYS = {"expect_budget", "expect_per_message", "helper_share", "source_share", "accept_on_pressure",
+              "status_socket", "log_interval"}
 
 
 def parse_helper_policy(path: str, specs: Mapping[str, HelperSpec], doc=None, loc=None) -> HelperPolicy:
@@ -234,7 +264,7 @@ def parse_helper_policy(path: str, specs: Mapping[str, HelperSpec], doc=None, lo
             return default
         out = []
         for v in values:
-            if v not in table or table[v] not in allowed:
+            if not isinstance(v, str) or v not in table or table[v] not in allowed:
                 ok = [k for k, n in table.items() if n in allowed]
                 raise loc.error(f"{v!r} is not one of {ok}", (), key)
             out.append(table[v])
@@ -275,9 +305,9 @@ def parse_helper_policy(path: str, specs: Mapping[str, HelperSpec], doc=None, lo
         if opt is None:
             raise loc.error(f"helper {impl} has no option {key!r} (options: {', '.join(spec.options) or 'none'})",
                             ("options",), key)
-        kind = opt.kind
-        if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
-            raise loc.error(f"must be {kind.__name__}, not {type(value).__name__} {value!r}", ("options",), key)
+        problem = opt.problem(value)  # type, range and check as the helper declares them
+        if problem is not None:
+            raise loc.error(problem, ("options",), key)
         options[key] = value
     return replace(
         base,
@@ -308,10 +338,18 @@ def parse_core_policy(path: str) -> CorePolicy:
             raise loc.error(f"unknown key (known: {', '.join(sorted(_CORE_KEYS))})", t, key)
     d = CorePolicy()
     interval = _get(core, "log_interval", (int, float), loc, t, d.log_interval)
-    if interval <= 0:
+    if isinstance(interval, bool) or interval <= 0:
         raise loc.error("must be positive", t, "log_interval")
+    shares = {}
+    for key in ("helper_share", "source_share"):
+        value = _get(core, key, (int, float), loc, t, getattr(d, key))
+        if isinstance(value, bool) or not 0 < value <= 1:
+            raise loc.error(f"must be a fraction of the budget, above 0 and at most 1, not {value!r}", t, key)
+        shares[key] = float(value)
     return CorePolicy(
         expect_budget=_int_in(core, "expect_budget", 1, 1 << 24, loc, t, d.expect_budget),
+        expect_per_message=_int_in(core, "expect_per_message", 1, 65535, loc, t, d.expect_per_message),
+        **shares,
         accept_on_pressure=_get(core, "accept_on_pressure", bool, loc, t, d.accept_on_pressure),
         status_socket=_get(core, "status_socket", str, loc, t, d.status_socket),
         log_interval=float(interval),
@@ -339,7 +377,6 @@ def load_policy(paths: Iterable[str], specs: Mapping[str, HelperSpec], *, only_l
     """
     policy = Policy() if only_listed else default_policy(specs)
     seen: dict[str, str] = {}
-    queues: dict[int, str] = {}
     for path in policy_files(paths):
         if os.path.basename(path) == "alg.toml":
             policy.core = parse_core_policy(path)
@@ -352,17 +389,39 @@ def load_policy(paths: Iterable[str], specs: Mapping[str, HelperSpec], *, only_l
         if not only_listed and hp.name != hp.helper:
             policy.helpers.pop(hp.helper, None)
         policy.helpers[hp.name] = hp
+    _check_unique(policy)
+    return policy
+
+
+def _blame(hp: HelperPolicy, others: list[HelperPolicy], message: str, key: str) -> ConfigError:
+    """A clash between helpers, blamed on one read from a file (a built-in default has neither)."""
+    culprit = next((h for h in [hp, *others] if h.source != "<built-in>"), None)
+    if culprit is None:
+        return ConfigError(message)
+    _doc, loc = _read(culprit.source)
+    return loc.error(message, (), key)
+
+
+def _check_unique(policy: Policy) -> None:
+    """Two enabled helpers must not share a queue, nor a (family, protocol, port): the raw-table rule
+    that comes first would take the traffic and the other would silently see nothing."""
+    queues: dict[int, HelperPolicy] = {}
+    ports: dict[tuple[int, int, int], HelperPolicy] = {}
     for hp in policy.helpers.values():
         if not hp.enabled:
             continue
-        if hp.queue in queues:
-            other = queues[hp.queue]
-            if hp.source != "<built-in>":
-                doc, loc = _read(hp.source)
-                raise loc.error(f"queue {hp.queue} is already used by helper {other}", (), "queue")
-            raise ConfigError(f"queue {hp.queue} of built-in helper {hp.name} is already used by {other}")
-        queues[hp.queue] = hp.name
-    return policy
+        other = queues.setdefault(hp.queue, hp)
+        if other is not hp:
+            raise _blame(hp, [other], f"queue {hp.queue} is used by both {other.name} ({other.source}) and "
+                                      f"{hp.name} ({hp.source})", "queue")
+        for family in hp.families:
+            for proto in hp.assigned:
+                for port in hp.ports:
+                    other = ports.setdefault((family, proto, port), hp)
+                    if other is not hp:
+                        raise _blame(hp, [other], f"{PROTO_NAMES[proto]} port {port} (IPv{family}) is assigned to "
+                                                  f"both {other.name} ({other.source}) and {hp.name} ({hp.source})",
+                                     "ports")
 
 
 def render_helper_policy(hp: HelperPolicy) -> str:

@@ -23,6 +23,10 @@ Two kinds of rule per helper:
   input` and `inet filter forward`): an accept in another table's base chain
   cannot overrule your chain's drop, since every base chain on a hook runs.
 
+Expected-only protocols (`HelperSpec.expected_only`, SSDP's TCP) get no
+assignment rule: the helper reads them only on the connections its own
+expectations admit, which carry the helper from the expectation.
+
 Families: a helper is registered with the kernel for IPv4 always and for each
 of its `families` (alg.daemon), and ip6tables' CT target refuses a helper that
 has no IPv6 entry. `--family 4|6` keeps only the helpers of that family (apply
@@ -73,7 +77,7 @@ def iptables(helpers: list[HelperPolicy], family: int | None = None) -> str:
     flt = ["*filter"]
     notes = _family_notes(helpers, family)
     for hp in helpers:  # a policy has ports (alg.policy refuses an empty list)
-        for proto in hp.protocols:
+        for proto in hp.assigned:
             p = PROTO_NAMES[proto]
             for port in hp.ports:
                 for chain in ("PREROUTING", "OUTPUT"):
@@ -107,7 +111,7 @@ def nft(helpers: list[HelperPolicy], family: int | None = None, chains: tuple[st
     assign = []
     for hp in helpers:
         l3proto, prefix = _l3(hp)
-        for proto in hp.protocols:
+        for proto in hp.assigned:
             p = PROTO_NAMES[proto]
             lines += [f"\tct helper {hp.name}-{p} {{", f'\t\ttype "{hp.name}" protocol {p}', f"\t\tl3proto {l3proto}",
                       "\t}"]

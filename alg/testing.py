@@ -43,8 +43,10 @@ def check_outcome(helper: Helper, out: Outcome, given: int, flow: FlowTuple) -> 
 
 
 def feed(helper: Helper, chunks: Iterable[tuple[Direction, bytes]], flow: FlowTuple, state: Any = None,
-         now: float = 0.0) -> list[Action]:
+         now: float = 0.0, expected: bool = False) -> list[Action]:
     """Hand the chunks to the helper as the engine would; returns all actions.
+
+    `expected`: the flow came from an expectation of this helper (Segment.expected).
 
     On TCP, unconsumed bytes of a direction are kept and the next chunk is
     appended; the helper is called again while it consumes something."""
@@ -53,7 +55,7 @@ def feed(helper: Helper, chunks: Iterable[tuple[Direction, bytes]], flow: FlowTu
     actions: list[Action] = []
     for direction, data in chunks:
         if flow.proto != TCP:
-            out = helper.inspect(Segment(data, direction, flow, now), state)
+            out = helper.inspect(Segment(data, direction, flow, now, expected), state)
             check_outcome(helper, out, len(data), flow)
             if isinstance(out, Parsed):
                 actions += out.actions
@@ -61,7 +63,7 @@ def feed(helper: Helper, chunks: Iterable[tuple[Direction, bytes]], flow: FlowTu
         pending[direction] += data
         while pending[direction]:
             buf = pending[direction]
-            out = helper.inspect(Segment(buf, direction, flow, now), state)
+            out = helper.inspect(Segment(buf, direction, flow, now, expected), state)
             check_outcome(helper, out, len(buf), flow)
             if not isinstance(out, Parsed) or out.consumed == 0:
                 break

@@ -29,8 +29,8 @@ import alg
 from alg import EXPECT_F_PERMANENT, UDP, Expect, Option
 
 SUBNET_OPTIONS = {
-    "subnet_prefix_v4": Option(24, "prefix length of the client's IPv4 subnet (with subnet_only)"),
-    "subnet_prefix_v6": Option(64, "prefix length of the client's IPv6 subnet (with subnet_only)"),
+    "subnet_prefix_v4": Option(24, "prefix length of the client's IPv4 subnet (with subnet_only)", min=0, max=32),
+    "subnet_prefix_v6": Option(64, "prefix length of the client's IPv6 subnet (with subnet_only)", min=0, max=128),
 }
 
 

@@ -36,8 +36,9 @@ Limits: commands are read line by line; a line longer than `max_buffer`
 (8 KiB) stops inspection of the flow. A TCP segment the firewall never sees
 (lost in a capture, asymmetric routing) costs the commands it held: once the
 core gives up on the hole, reading resumes at the first line that starts
-like a command (client) or a reply (server), else after the next line end;
-in a TLS-protected direction that direction is given up.
+like a command (client) or a reply (server), else after the next line end,
+only in a direction where an FTP command (reply) was read before the hole;
+otherwise, and in a TLS-protected direction, that direction is given up.
 """
 
 from __future__ import annotations
@@ -67,17 +68,29 @@ _EPRT = re.compile(rb"(?P<d>[!-~])(?P<af>[12])(?P=d)(?P<addr>[0-9A-Fa-f:.]+)(?P=
 _EPSV = re.compile(rb"\((?P<d>[!-~])(?P=d)(?P=d)(?P<port>\d{1,5})(?P=d)\)")
 
 
+# RFC 959 §4.1, RFC 2228, RFC 2389, RFC 2428, RFC 3659, RFC 4217 (and the X* forms of RFC 775):
+# the commands that make a line "FTP" before a lost segment (see FtpHelper.resync)
+_COMMANDS = frozenset(b"""USER PASS ACCT CWD CDUP SMNT QUIT REIN PORT PASV TYPE STRU MODE RETR STOR STOU APPE ALLO
+    REST RNFR RNTO ABOR DELE RMD MKD PWD LIST NLST SITE SYST STAT HELP NOOP AUTH ADAT PROT PBSZ CCC MIC CONF ENC
+    FEAT OPTS LANG EPRT EPSV LPRT LPSV MDTM SIZE MLST MLSD HOST CLNT XCUP XCWD XMKD XPWD XRMD""".split())
+# RFC 959 §4.2: a reply is three digits, the first 1-5, then SP or "-"
+_REPLY = re.compile(rb"[1-5]\d\d[ -]")
+_VERB = re.compile(rb"([A-Za-z]{3,4})(?: |\r?\n)")
+
+
 # TLS record content types (RFC 8446 §5.1): change_cipher_spec .. application_data
 _TLS_RECORD_TYPES = frozenset(range(20, 24))
 
 
 class FtpState:
-    __slots__ = ("auth_requested", "encrypted", "tls_skip")
+    __slots__ = ("auth_requested", "encrypted", "tls_skip", "known", "scanned")
 
     def __init__(self) -> None:
         self.auth_requested = False
         self.encrypted = False
         self.tls_skip = [0, 0]  # bytes of a TLS record still to skip, per direction
+        self.known = [False, False]  # an FTP command (reply) seen in this direction: it is FTP
+        self.scanned = [0, 0]  # bytes of the unfinished line already searched for its end
 
 
 class FtpHelper(alg.Helper):
@@ -97,9 +110,14 @@ class FtpHelper(alg.Helper):
 
     def resync(self, segment: alg.Segment, state: FtpState) -> alg.Resync:
         """After lost bytes: resume at a line that starts like a command (or
-        reply), else after the next line end. Inside TLS the record framing
-        is gone: that direction is given up."""
-        if state.encrypted:
+        reply), else after the next line end, but only in a direction already
+        known to carry FTP (a command or reply read before the hole). A
+        stream whose first bytes were lost may be anything: an HTTP POST to
+        port 21 whose head was in the lost segment and whose body holds
+        `PORT` lines would otherwise be read as commands. Inside TLS the
+        record framing is gone: that direction is given up too."""
+        state.scanned[segment.direction] = 0
+        if state.encrypted or not state.known[segment.direction]:
             return None
         if _LINE_START[segment.direction].match(segment.data):
             return 0
@@ -117,14 +135,20 @@ class FtpHelper(alg.Helper):
                 n = min(state.tls_skip[direction], len(data))
                 state.tls_skip[direction] -= n
                 return Parsed(n)
-        end = data.find(b"\n")
+        d = segment.direction
+        end = data.find(b"\n", state.scanned[d])  # a line in 1-byte segments is searched once, not per byte
         if end < 0:
+            state.scanned[d] = len(data)
             return alg.NEED_DATA
+        state.scanned[d] = 0
         line = data[:end + 1]
-        if segment.direction is Direction.ORIGINAL:
+        if d is Direction.ORIGINAL:
             actions = self._command(line, segment, state)
+            verb = _VERB.match(line)
+            state.known[d] = state.known[d] or (verb is not None and verb[1].upper() in _COMMANDS)
         else:
             actions = self._reply(line, segment, state)
+            state.known[d] = state.known[d] or _REPLY.match(line) is not None
         return Parsed(end + 1, actions)
 
     # ------------------------------------------------------------ client -> server

@@ -141,7 +141,9 @@ class RpcState:
     def __init__(self) -> None:
         self.pending: OrderedDict[int, PendingCall] = OrderedDict()
         # TCP record marking, per direction
-        self.partial = [b"", b""]  # fragments of the message being assembled
+        # fragments of the message being assembled; a bytearray grows in place (bytes += would
+        # copy the whole message for every one-byte fragment)
+        self.partial = [bytearray(), bytearray()]
         self.skip = [0, 0]  # bytes of an oversized message's fragment still to skip
         self.discard = [False, False]  # the current message is being skipped
         self.frag_start = [0, 0]
@@ -155,10 +157,11 @@ class RpcHelper(alg.Helper):
         classes=(ExpectClass("rpc", 1, 300),),  # conntrackd's policy name, so nfct-registered helpers match
         options={
             "loose": Option(False, "accept a GETADDR address that is not the replying server's (unsafe)"),
-            "allowed_networks": Option([], "networks (CIDR) a GETADDR reply may name besides the server", list),
+            "allowed_networks": Option([], "networks (CIDR) a GETADDR reply may name besides the server", list,
+                                       items=str, check=alg.check_networks),
             "permanent": Option(True, "PERMANENT expectations, as conntrackd: they survive their first use"),
-            "max_pending": Option(32, "calls per flow awaiting their reply (oldest forgotten)"),
-            "call_timeout": Option(60, "seconds a call waits for its reply"),
+            "max_pending": Option(32, "calls per flow awaiting their reply (oldest forgotten)", min=1, max=4096),
+            "call_timeout": Option(60, "seconds a call waits for its reply", min=1, max=86400),
         },
         priv_data_len=16,  # conntrackd's struct rpc_info; lets alg take over an `nfct add`-ed helper
         max_buffer=16384,
@@ -190,7 +193,7 @@ class RpcHelper(alg.Helper):
         last, length = bool(mark & LAST_FRAGMENT), mark & ~LAST_FRAGMENT
         if st.discard[d] or len(st.partial[d]) + length > MAX_MESSAGE:
             # too long for a portmapper message we read: skip it, fragment by fragment
-            st.partial[d] = b""
+            st.partial[d] = bytearray()
             st.discard[d] = not last
             st.skip[d] = length
             return Parsed(4)
@@ -200,7 +203,7 @@ class RpcHelper(alg.Helper):
             st.partial[d] += data[4:4 + length]
             return Parsed(4 + length)
         if st.partial[d]:  # offsets only mean something when the message is in one fragment
-            msg, st.partial[d] = st.partial[d] + data[4:4 + length], b""
+            msg, st.partial[d] = bytes(st.partial[d] + data[4:4 + length]), bytearray()
             return Parsed(4 + length, self._message(msg, None, seg, st))
         return Parsed(4 + length, self._message(data[:4 + length], 4, seg, st))
 

@@ -26,6 +26,17 @@ Three flows, three classes (UPnP Device Architecture 1.1/2.0, §1.3, §4):
   A NOTIFY arriving on such a callback connection renews it
   (`tcp device:* -> subscriber:port` again), as conntrackd does.
 
+Whose traffic is read: a `200 OK` only on a flow our `search` expectation
+admitted (Segment.expected) or as the reply on the very flow an M-SEARCH
+went out on; an unsolicited answer opens nothing (`unsolicited-answer`).
+TCP only on connections our own `location` or `callback` expectation
+admitted (`expected_only`): no rule assigns the helper to tcp/1900, and a
+connection handed over anyway is not read (`not-expected`), so a web page
+that makes a browser SUBSCRIBE to port 1900 opens nothing. conntrackd
+behaves alike: it reads UDP answers only past a flow's first packet and TCP
+only on connections its expectations gave the helper (its rules assign UDP
+only).
+
 Checks: the M-SEARCH must go to an SSDP group (a unicast M-SEARCH is answered
 on its own flow); addresses in LOCATION/CALLBACK must be literals of the
 flow's family (a hostname gives none: `hostname-in-url`); ports 1-65535.
@@ -64,31 +75,56 @@ from ._discovery import prefix_for, subnet_only_option
 
 SSDP_PORT = 1900
 GROUPS = frozenset(ipaddress.ip_address(a) for a in ("239.255.255.250", "ff02::c", "ff05::c"))
-# RFC 9112 §3: request-line; UDA §1.3.2 M-SEARCH * HTTP/1.1
-_REQUEST_LINE = re.compile(rb"([A-Z-]+) (\S+) HTTP/1\.[01]\r?\n")
+# RFC 9112 §3: request-line; UDA §1.3.2 M-SEARCH * HTTP/1.1 (matched on the first line only)
+_REQUEST_LINE = re.compile(rb"([A-Z-]+) (\S+) HTTP/1\.[01]\r?")
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})")
-# RFC 9112 §5: field-line = field-name ":" OWS field-value OWS
-_FIELD = re.compile(rb"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\r?$", re.M)
+# RFC 9112 §5.1: field-name = token
+_FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_OWS = b" \t"
 # RFC 3986 §3.2: http://host[:port]; host an IPv4 literal or [IPv6]
 _URL = re.compile(rb"http://(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^/:\s>]+))(?::(?P<port>\d{1,5}))?",
                   re.I)
-_CALLBACK_URLS = re.compile(rb"<([^>]*)>")
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_BLANK_LINE = (b"\r\n\r\n", b"\n\n", b"\n\r\n", b"\r\n\n")
 
 
 class SsdpState:
-    __slots__ = ("skip", "opaque")
+    __slots__ = ("skip", "opaque", "searched", "scanned")
 
     def __init__(self) -> None:
         self.skip = [0, 0]  # body bytes still to skip, per direction (TCP)
-        self.opaque = [False, False]  # direction no longer readable (chunked body)
+        self.opaque = [False, False]  # direction no longer readable (chunked body, not ours)
+        self.searched = False  # an M-SEARCH went out on this flow: an answer may come back on it
+        self.scanned = [0, 0]  # bytes of the unfinished head already searched for its end (TCP)
+
+
+def _head_end(data: bytes, start: int) -> tuple[int, int] | None:
+    """(end of the head, start of what follows) at the first blank line (RFC 9112 §2.2: a bare LF
+    ends a line too), searching from `start`; one pass over the bytes."""
+    best: tuple[int, int] | None = None
+    for sep in _BLANK_LINE:
+        i = data.find(sep, start, len(data) if best is None else best[0] + len(sep))
+        if i >= 0 and (best is None or i < best[0]):
+            best = (i, i + len(sep))
+    return best
 
 
 def _fields(head: bytes) -> dict[bytes, tuple[bytes, int]]:
-    """Header fields by lower-case name: (value, offset of the value)."""
+    """Header fields by lower-case name: (value, offset of the value). Split on line ends and the
+    first colon, then stripped: linear in the head, whatever whitespace runs it holds (the
+    regular expression this replaces backtracked over them)."""
     out: dict[bytes, tuple[bytes, int]] = {}
-    for m in _FIELD.finditer(head):
-        out.setdefault(m[1].lower(), (m[2], m.start(2)))
+    pos = head.find(b"\n") + 1  # the request or status line names no field
+    size = len(head)
+    while 0 < pos < size:
+        end = head.find(b"\n", pos)
+        end = size if end < 0 else end
+        colon_at = head.find(b":", pos, end)
+        if colon_at > pos and _FIELD_NAME.fullmatch(head, pos, colon_at):
+            raw = head[colon_at + 1:end]
+            value = raw.lstrip(_OWS)
+            start = colon_at + 1 + len(raw) - len(value)
+            out.setdefault(head[pos:colon_at].lower(), (value.rstrip(_OWS + b"\r"), start))
+        pos = end + 1
     return out
 
 
@@ -100,6 +136,7 @@ class SsdpHelper(alg.Helper):
         classes=(ExpectClass("search", 8, 300), ExpectClass("location", 8, 300), ExpectClass("callback", 8, 300)),
         options=subnet_only_option(False, "off: UPnP allows a router hop and site scope"),
         max_buffer=16384,
+        expected_only=(TCP,),  # the LOCATION fetch and the callbacks: only what our expectations admitted
         doc="M-SEARCH -> udp *:* -> client:sport; LOCATION -> tcp client -> responder; CALLBACK -> tcp device -> cb",
     )
 
@@ -108,15 +145,16 @@ class SsdpHelper(alg.Helper):
 
     def inspect(self, segment: alg.Segment, state: SsdpState) -> alg.Outcome:
         if segment.flow.proto == UDP:
-            return Parsed(len(segment.data), self._datagram(segment))
+            return Parsed(len(segment.data), self._datagram(segment, state))
         return self._stream(segment, state)
 
     # ------------------------------------------------------------ UDP
-    def _datagram(self, seg: alg.Segment) -> tuple:
+    def _datagram(self, seg: alg.Segment, state: SsdpState) -> tuple:
         data = seg.data
         if data.startswith(b"M-SEARCH "):
             if seg.direction is not Direction.ORIGINAL:
                 return ()
+            state.searched = True
             if seg.flow.dst not in GROUPS:
                 return (Notice("unicast-search"),)
             prefix = prefix_for(self.options, seg.flow.l3)
@@ -125,7 +163,13 @@ class SsdpHelper(alg.Helper):
         m = _STATUS_LINE.match(data)
         if m is None or m[1] != b"200":
             return ()
-        head = _HEAD_END.split(data, 1)[0]
+        if not seg.expected and not (seg.direction is Direction.REPLY and state.searched):
+            # an answer nobody asked for: a flow our search expectation did
+            # not admit, and no M-SEARCH went out on this one (conntrackd
+            # reads answers only on flows past their first packet, too)
+            return (Notice("unsolicited-answer", str(seg.sender)),)
+        end = _head_end(data, 0)
+        head = data if end is None else data[:end[0]]
         location = _fields(head).get(b"location")
         if location is None:
             return (Notice("no-location"),)
@@ -162,18 +206,28 @@ class SsdpHelper(alg.Helper):
     # ------------------------------------------------------------ TCP
     def _stream(self, seg: alg.Segment, state: SsdpState) -> alg.Outcome:
         data, d = seg.data, seg.direction
+        if not seg.expected and not state.opaque[Direction.ORIGINAL]:
+            # a TCP connection our LOCATION (or CALLBACK) expectation did not
+            # admit: any web page can make a browser SUBSCRIBE to port 1900
+            # with a CALLBACK naming the browser's host; conntrackd reads TCP
+            # only on connections its expectations gave the helper
+            state.opaque = [True, True]
+            return Parsed(len(data), (Notice("not-expected", str(seg.flow)),))
         if d is Direction.REPLY or state.opaque[d]:
             return Parsed(len(data))  # responses (descriptions, SOAP) carry nothing we need
         if state.skip[d]:
             n = min(state.skip[d], len(data))
             state.skip[d] -= n
             return Parsed(n)
-        end = _HEAD_END.search(data)
-        if end is None:
+        found = _head_end(data, max(0, state.scanned[d] - 3))
+        if found is None:
             if len(data) > self.spec.max_buffer:
                 raise alg.ProtocolViolation("HTTP request head longer than the buffer")
+            state.scanned[d] = len(data)  # the next call searches only what came since
             return alg.NEED_DATA
-        head = data[:end.start()]
+        state.scanned[d] = 0
+        head_end, body = found
+        head = data[:head_end]
         fields = _fields(head)
         te = fields.get(b"transfer-encoding", (b"", 0))[0]
         length = fields.get(b"content-length", (b"0", 0))[0]
@@ -183,7 +237,7 @@ class SsdpHelper(alg.Helper):
             state.skip[d] = int(length)
         else:
             raise alg.ProtocolViolation("bad Content-Length")
-        line = _REQUEST_LINE.match(head + b"\n")
+        line = _REQUEST_LINE.fullmatch(head, 0, len(head) if (eol := head.find(b"\n")) < 0 else eol)
         actions: tuple = ()
         if line is None:
             actions = (Notice("malformed", "request line"),)
@@ -195,12 +249,12 @@ class SsdpHelper(alg.Helper):
             # an event on a callback connection: keep the next one possible
             actions = (Expect("callback", TCP, seg.sender, seg.receiver, None, seg.receiver_port,
                               assign_helper=True),)
-        return Parsed(end.end(), actions)
+        return Parsed(body, actions)
 
     def _callbacks(self, seg: alg.Segment, value: bytes, offset: int) -> tuple:
         out: list = []
-        for m in _CALLBACK_URLS.finditer(value):
-            parsed = self._url(m[1], seg.flow.l3)
+        for start, url in _angle_brackets(value):
+            parsed = self._url(url, seg.flow.l3)
             if isinstance(parsed, Notice):
                 out.append(parsed)
                 continue
@@ -209,8 +263,21 @@ class SsdpHelper(alg.Helper):
                 out.append(Notice("callback-not-sender", f"{addr} named by {seg.sender}"))
                 continue
             out.append(Expect("callback", TCP, seg.receiver, addr, None, port, assign_helper=True,
-                              where=((offset + m.start(1) + span[0], span[1]),)))
+                              where=((offset + start + span[0], span[1]),)))
         return tuple(out) or (Notice("malformed", "CALLBACK"),)
+
+
+def _angle_brackets(value: bytes):
+    """(offset, text) of each `<...>` in a CALLBACK value (UDA §4.1.2), scanning once: a value of
+    many `<` and no `>` costs one pass, not one per `<`."""
+    pos = 0
+    while (open_at := value.find(b"<", pos)) >= 0:
+        close_at = value.find(b">", open_at + 1)
+        if close_at < 0:
+            return
+        inner = value.rfind(b"<", open_at, close_at) + 1  # `<<url>`: the innermost opening
+        yield inner, value[inner:close_at]
+        pos = close_at + 1
 
 
 @alg.hookimpl

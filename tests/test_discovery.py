@@ -89,7 +89,7 @@ def test_ssdp_unicast_search_and_notify_open_nothing():
 def test_ssdp_answer_location_expects_the_responder_only():
     flow = udp("192.168.1.30", "192.168.1.20", 1900, 50000)  # the answer flow, RELATED to the search
     data = answer(b"http://192.168.1.30:49152/desc.xml")
-    [e] = expects(feed(SsdpHelper(), [(ORIG, data)], flow))
+    [e] = expects(feed(SsdpHelper(), [(ORIG, data)], flow, expected=True))
     assert (e.cls, e.proto, e.src, e.sport, e.dst, e.dport) == ("location", TCP, CLIENT4, None, DEVICE4, 49152)
     assert e.assign_helper
     off, n = e.where[0]
@@ -107,13 +107,14 @@ def test_ssdp_answer_location_expects_the_responder_only():
     (b"ftp://192.168.1.30/", "malformed"),
 ])
 def test_ssdp_location_attacks_and_junk_open_nothing(location, code):
-    actions = feed(SsdpHelper(), [(ORIG, answer(location))], udp("192.168.1.30", "192.168.1.20", 1900, 50000))
+    actions = feed(SsdpHelper(), [(ORIG, answer(location))], udp("192.168.1.30", "192.168.1.20", 1900, 50000),
+                   expected=True)
     assert expects(actions) == [] and code in notices(actions)
 
 
 def test_ssdp_location_ipv6_literal_and_default_port():
     flow = udp("fe80::30", "fe80::20", 1900, 50000)
-    [e] = expects(feed(SsdpHelper(), [(ORIG, answer(b"http://[fe80::30]/d.xml"))], flow))
+    [e] = expects(feed(SsdpHelper(), [(ORIG, answer(b"http://[fe80::30]/d.xml"))], flow, expected=True))
     assert (e.dst, e.dport, e.src) == (ip("fe80::30"), 80, CLIENT6)
 
 
@@ -125,7 +126,7 @@ def test_ssdp_subscribe_callback_expects_the_device_to_call_back():
     flow = tcp("192.168.1.20", "192.168.1.30", 40000, 49152)
     for name, chunks in {"whole": [SUBSCRIBE], "bytewise": [SUBSCRIBE[i:i + 1] for i in range(len(SUBSCRIBE))],
                          "trailing": [SUBSCRIBE + b"GET /x HTTP/1.1\r\n"]}.items():
-        [e] = expects(feed(SsdpHelper(), [(ORIG, c) for c in chunks], flow))
+        [e] = expects(feed(SsdpHelper(), [(ORIG, c) for c in chunks], flow, expected=True))
         got = (e.cls, e.proto, e.src, e.sport, e.dst, e.dport)
         assert got == ("callback", TCP, DEVICE4, None, CLIENT4, 49200), name
         assert not e.flags & EXPECT_F_PERMANENT
@@ -135,14 +136,14 @@ def test_ssdp_subscribe_callback_expects_the_device_to_call_back():
 
 def test_ssdp_callback_to_a_third_host_opens_nothing():
     data = SUBSCRIBE.replace(b"192.168.1.20:49200", b"192.168.1.99:22")
-    actions = feed(SsdpHelper(), [(ORIG, data)], tcp("192.168.1.20", "192.168.1.30", 40000, 49152))
+    actions = feed(SsdpHelper(), [(ORIG, data)], tcp("192.168.1.20", "192.168.1.30", 40000, 49152), expected=True)
     assert expects(actions) == [] and notices(actions) == {"callback-not-sender"}
 
 
 def test_ssdp_callback_list_keeps_only_the_subscribers_urls():
     data = SUBSCRIBE.replace(b"<http://192.168.1.20:49200/cb>",
                              b"<http://192.168.1.99:22/><http://192.168.1.20:49201/b>")
-    actions = feed(SsdpHelper(), [(ORIG, data)], tcp("192.168.1.20", "192.168.1.30", 40000, 49152))
+    actions = feed(SsdpHelper(), [(ORIG, data)], tcp("192.168.1.20", "192.168.1.30", 40000, 49152), expected=True)
     assert [e.dport for e in expects(actions)] == [49201] and "callback-not-sender" in notices(actions)
 
 
@@ -150,19 +151,19 @@ def test_ssdp_bodies_are_skipped_and_notify_renews_the_callback():
     body = b'<?xml version="1.0"?><e:propertyset>SUBSCRIBE / HTTP/1.1\r\nCALLBACK: <http://1.1.1.1:1/>\r\n\r\n'
     post = b"POST /ctl HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body
     flow = tcp("192.168.1.20", "192.168.1.30", 40000, 49152)
-    assert expects(feed(SsdpHelper(), [(ORIG, post), (R, b"HTTP/1.1 200 OK\r\n\r\n")], flow)) == []
+    assert expects(feed(SsdpHelper(), [(ORIG, post), (R, b"HTTP/1.1 200 OK\r\n\r\n")], flow, expected=True)) == []
     cb = tcp("192.168.1.30", "192.168.1.20", 41000, 49200)  # the device's NOTIFY connection
     notify = b"NOTIFY /cb HTTP/1.1\r\nNT: upnp:event\r\nSEQ: 0\r\nContent-Length: %d\r\n\r\n" % len(body) + body
-    [e] = expects(feed(SsdpHelper(), [(ORIG, notify)], cb))
+    [e] = expects(feed(SsdpHelper(), [(ORIG, notify)], cb, expected=True))
     assert (e.src, e.dst, e.dport, e.sport) == (DEVICE4, CLIENT4, 49200, None)
 
 
 def test_ssdp_chunked_body_stops_reading_and_bad_length_is_a_violation():
     flow = tcp("192.168.1.20", "192.168.1.30", 40000, 49152)
     chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n" + SUBSCRIBE
-    assert expects(feed(SsdpHelper(), [(ORIG, chunked)], flow)) == []
+    assert expects(feed(SsdpHelper(), [(ORIG, chunked)], flow, expected=True)) == []
     with pytest.raises(ProtocolViolation):
-        feed(SsdpHelper(), [(ORIG, b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n")], flow)
+        feed(SsdpHelper(), [(ORIG, b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n")], flow, expected=True)
 
 
 def test_ssdp_answer_flow_gets_the_helper_in_replay():

@@ -388,7 +388,8 @@ def test_udp_short_datagram_is_counted_not_fatal():
 def test_engine_pressure_refusal_is_counted_and_packet_decision_unaffected():
     from alg.policy import CorePolicy
     spec = SipHelper.spec
-    engine = Engine({"sip": HelperSlot(default_helper_policy(spec), SipHelper())}, CorePolicy(expect_budget=3))
+    engine = Engine({"sip": HelperSlot(default_helper_policy(spec), SipHelper())},
+                    CorePolicy(expect_budget=3, source_share=1.0))  # one sender: only the budget binds
     s, d = ipaddress.ip_address(A).packed, ipaddress.ip_address(B).packed
     out = []
     for i in range(3):

@@ -152,8 +152,9 @@ class SipHelper(alg.Helper):
             "direct_media": Option(True, "media only from the signalling peer, to the SDP sender's own address"),
             "direct_signalling": Option(True, "incoming calls for a registered phone only from its registrar"),
             "external_media": Option(False, "kernel sip_external_media; needs routing, unsupported (counted)"),
-            "min_media_port": Option(1024, "lowest media port that may be opened"),
-            "max_transactions": Option(512, "SIP transactions remembered per flow (oldest forgotten)"),
+            "min_media_port": Option(1024, "lowest media port that may be opened", min=1, max=65535),
+            "max_transactions": Option(512, "SIP transactions remembered per flow (oldest forgotten)", min=1,
+                                       max=65536),
         },
         max_buffer=65536,
     )

@@ -48,7 +48,7 @@ def main() -> int:
                     data = socket.create_connection((".".join(m.group(1, 2, 3, 4)),
                                                      int(m.group(5)) * 256 + int(m.group(6))), timeout=5)
                     s.sendall(f"RETR {rest[0]}\r\n".encode())
-                    body = b"".join(iter(lambda: data.recv(4096), b""))
+                    body = b"".join(iter(lambda d=data: d.recv(4096), b""))
                     log.write(f"ok {n} {len(body)} {reply(s)}\n")
                 else:
                     log.write(f"err {n} unknown command {cmd}\n")
