@@ -53,7 +53,8 @@ from .flows import packet_tuple
 from .model import FlowTuple
 from .kernel.cthelper import Cthelper
 from .kernel.ctnetlink import Ctnetlink, Events, exp_body, is_full
-from .kernel.nfqueue import QueueSet, proc_queues
+from .kernel.nfqueue import proc_queues
+from .kernel.nfqueue_legacy import QueueSet
 from .plugins import PluginHost
 from .policy import HelperPolicy, Policy, default_policy, load_policy
 

@@ -386,9 +386,8 @@ def test_every_packet_gets_a_verdict_whatever_happens():
 
 BIND_QUEUE = """
 import time
-from alg.kernel.nfqueue import QueueSet
-qs = QueueSet()
-qs.bind({queue}, 16, lambda pkt: pkt.accept())
+from alg.kernel.nfqueue import QueueBinding
+q = QueueBinding({queue}, 16)
 print("ready", flush=True)
 time.sleep(60)
 """
