@@ -45,7 +45,7 @@ class KernelError(AlgError):
         import os
 
         self.errno, self.operation = errno, operation
-        # errno 0: the library refused without saying why (NetfilterQueue's bind)
+        # errno 0: the kernel refused without saying why
         text = f"{operation}: {os.strerror(errno)} (errno {errno})" if errno else f"{operation}: refused"
         super().__init__(f"{text}: {detail}" if detail else text)
 

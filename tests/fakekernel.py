@@ -16,8 +16,8 @@ from typing import Any
 from alg.daemon import KernelPorts
 from alg.errors import KernelError
 from alg.kernel import nlmsg as L
-from alg.kernel.ctnetlink import (CTA_HELP, CTA_HELP_INFO, CTA_HELP_NAME, IPS_CONFIRMED, Conntrack, CtTuple,
-                                  KernelExpectation, is_full)
+from alg.kernel.ctnetlink import IPS_CONFIRMED, KernelExpectation, is_full
+from alg.kernel.nfqueue import CTA_HELP, CTA_HELP_INFO, CTA_HELP_NAME, Conntrack, CtTuple
 from alg.model import FlowTuple
 
 IP_CT_ESTABLISHED, IP_CT_NEW, IP_CT_ESTABLISHED_REPLY = 0, 2, 3

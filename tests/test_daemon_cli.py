@@ -359,9 +359,8 @@ def test_daemon_pressure_is_shown_with_the_fix():
 
 BIND_QUEUE = """
 import time
-from alg.kernel.nfqueue import QueueSet
-qs = QueueSet()
-qs.bind({queue}, 16, lambda pkt: pkt.accept())
+from alg.kernel.nfqueue import QueueBinding
+q = QueueBinding({queue}, 16)
 print("ready", flush=True)
 time.sleep(60)
 """

@@ -159,7 +159,7 @@ def test_sighup_reloads_and_a_refused_reload_keeps_the_daemon_serving(kernel_ok:
         return step
 
     def hold_queue_9(net, policy: Path, daemon: subprocess.Popen) -> None:
-        code = ("import netfilterqueue, time; q = netfilterqueue.NetfilterQueue(); q.bind(9, print); "
+        code = ("import time; from alg.kernel.nfqueue import QueueBinding; q = QueueBinding(9, 16); "
                 "print('bound', flush=True); time.sleep(60)")
         holder.append(net.popen("fw", sys.executable, "-c", code, stdout=subprocess.PIPE))
         assert holder[0].stdout.readline().strip() == b"bound"

@@ -25,15 +25,13 @@ from ..decode import DecodeError, Packet, decode_ip
 from ..engine import Create, Delete, Engine, HelperSlot, RateLimitedLog, Remember
 from ..expect import Expectation
 from ..flows import FlowRecord, KernelView
-from ..kernel.ctnetlink import IPS_CONFIRMED, IPS_EXPECTED, Conntrack, CtTuple, exp_body, pack_ct_help
+from ..kernel.ctnetlink import IPS_CONFIRMED, IPS_EXPECTED, exp_body
+from ..kernel.nfqueue import IP_CT_IS_REPLY, IP_CT_NEW, Conntrack, CtTuple, pack_ct_help
 from ..model import Direction, FlowTuple
 from .sink import KernelSink
 
 log = logging.getLogger("alg.daemon")
 
-# enum ip_conntrack_info (include/uapi/linux/netfilter/nf_conntrack_common.h)
-IP_CT_ESTABLISHED, IP_CT_RELATED, IP_CT_NEW, IP_CT_ESTABLISHED_REPLY, IP_CT_RELATED_REPLY = 0, 1, 2, 3, 4
-IP_CT_IS_REPLY = 3
 
 
 class QueuePort(Protocol):
@@ -169,7 +167,7 @@ class QueueWorker:
         t = CtTuple(pkt.l3, pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport)
         ct = self.lookup(t.flow())
         if ct is None:  # unconfirmed: this packet opens the flow, as it came
-            ct = Conntrack(t, _reverse(t), 0, None, None, None, None)
+            ct = Conntrack(t, t.reversed(), 0, None, None, None, None)
             reply = False
         else:
             # the packet may carry translated addresses on one side: its source is
@@ -177,8 +175,4 @@ class QueueWorker:
             reply = (pkt.src, pkt.sport) not in ((ct.orig.src, ct.orig.sport), (ct.reply.dst, ct.reply.dport))
         # the key both agree on: an original-direction packet past DNAT (and SNAT, if
         # any) is the reverse of the reply tuple, from its first packet on
-        return kernel_view(ct, None, self.helper, reply=reply, key=(None, _reverse(ct.reply)))
-
-
-def _reverse(t: CtTuple) -> CtTuple:
-    return CtTuple(t.l3, t.proto, t.dst, t.src, t.dport, t.sport)
+        return kernel_view(ct, None, self.helper, reply=reply, key=(None, ct.reply.reversed()))

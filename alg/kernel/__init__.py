@@ -1,1 +1,1 @@
-"""Kernel adapters: the only code that talks to the kernel (NetfilterQueue, netlink)."""
+"""Kernel adapters: the only code that talks to the kernel (netlink: nfnetlink_queue, ctnetlink, nfnetlink_cthelper)."""

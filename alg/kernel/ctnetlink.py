@@ -47,13 +47,14 @@ from alg.errors import KernelError
 from alg.kernel import nlmsg as L
 from alg.model import FlowTuple
 
+from .nfqueue import Conntrack, decode_conntrack
+
 IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
 IPCTNL_MSG_EXP_NEW, IPCTNL_MSG_EXP_GET, IPCTNL_MSG_EXP_DELETE = 0, 1, 2
 NFNLGRP_CONNTRACK_EXP_NEW = 4
 NFNLGRP_CONNTRACK_EXP_DESTROY = 6
 
-CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_HELP, CTA_MARK, CTA_ID, CTA_TUPLE_MASTER = 1, 2, 3, 5, 8, 12, 14
-CTA_HELP_NAME, CTA_HELP_INFO = 1, 2  # enum ctattr_help
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY = 1, 2
 # enum ip_conntrack_status (include/uapi/linux/netfilter/nf_conntrack_common.h)
 IPS_EXPECTED, IPS_SRC_NAT, IPS_DST_NAT, IPS_CONFIRMED = 1 << 0, 1 << 4, 1 << 5, 1 << 3
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
@@ -326,83 +327,13 @@ def _parse_tuple(b: bytes) -> FlowTuple | None:
                      port(CTA_PROTO_SRC_PORT), port(CTA_PROTO_DST_PORT))
 
 
-@dataclass(frozen=True, slots=True)
-class CtTuple:
-    """A conntrack tuple as the kernel reports it, addresses packed (4 or 16 bytes):
-    cheap to decode and to hash, once per queued packet."""
-
-    l3: int
-    proto: int
-    src: bytes
-    dst: bytes
-    sport: int
-    dport: int
-
-    def flow(self) -> FlowTuple:
-        return FlowTuple(self.l3, self.proto, ipaddress.ip_address(self.src), ipaddress.ip_address(self.dst),
-                         self.sport, self.dport)
-
-
-@dataclass(frozen=True, slots=True)
-class Conntrack:
-    """A conntrack as the kernel reports it (NFQA_CT of a queued packet, or a CT_GET answer)."""
-
-    orig: CtTuple  # original-direction tuple
-    reply: CtTuple
-    status: int  # IPS_* bits
-    id: int | None
-    helper: str | None  # the helper it carries (CTA_HELP_NAME)
-    helper_info: bytes | None  # that helper's private data (CTA_HELP_INFO)
-    master: CtTuple | None  # set when an expectation created it (CTA_TUPLE_MASTER)
-    mark: int = 0
-    zone: int = 0
-
-
-def pack_ct_help(helper: str, info: bytes) -> bytes:
-    """Conntrack attributes (for NFQA_CT on a verdict) that set the helper's private
-    data: the kernel's ctnetlink_change_helper hands CTA_HELP_INFO to the helper's
-    from_nlattr (nfnetlink_cthelper copies its data_len bytes) when the name is
-    the helper the conntrack has; another name fails the whole NFQA_CT."""
-    return L.nest(CTA_HELP, L.nla(CTA_HELP_NAME, L.asciiz(helper)), L.nla(CTA_HELP_INFO, info))
-
-
-def parse_ct_tuple(b: bytes) -> CtTuple | None:
-    a = L.parse_attrs(b)
-    ip = L.parse_attrs(a.get(CTA_TUPLE_IP, b""))
-    pr = L.parse_attrs(a.get(CTA_TUPLE_PROTO, b""))
-    if CTA_IP_V4_SRC in ip:
-        l3, src, dst = 4, ip[CTA_IP_V4_SRC], ip.get(CTA_IP_V4_DST)
-    elif CTA_IP_V6_SRC in ip:
-        l3, src, dst = 6, ip[CTA_IP_V6_SRC], ip.get(CTA_IP_V6_DST)
-    else:
+def parse_conntrack(data: bytes, off: int = 0) -> Conntrack | None:
+    """The conntrack in a CT_NEW answer's attributes (after its nfgenmsg at ``off``);
+    None when they do not hold one. The same decoder reads NFQA_CT."""
+    try:
+        return decode_conntrack(data, (off, len(data)))
+    except ValueError:
         return None
-    if dst is None or len(src) != len(dst) or len(src) != (4 if l3 == 4 else 16) or not pr.get(CTA_PROTO_NUM):
-        return None
-
-    def port(k: int) -> int:
-        return struct.unpack("!H", pr[k][:2])[0] if len(pr.get(k, b"")) >= 2 else 0
-
-    return CtTuple(l3, pr[CTA_PROTO_NUM][0], src, dst, port(CTA_PROTO_SRC_PORT), port(CTA_PROTO_DST_PORT))
-
-
-def parse_conntrack(data: bytes, off: int = 0, end: int | None = None) -> Conntrack | None:
-    """The conntrack in ctnetlink attributes (a CT_NEW payload after its nfgenmsg,
-    or the inside of NFQA_CT); None without both tuples."""
-    a = L.parse_attrs(data, off, end)
-    orig = parse_ct_tuple(a.get(CTA_TUPLE_ORIG, b""))
-    reply = parse_ct_tuple(a.get(CTA_TUPLE_REPLY, b""))
-    if orig is None or reply is None:
-        return None
-    helper = L.parse_attrs(a[CTA_HELP]) if CTA_HELP in a else {}
-    name = helper.get(CTA_HELP_NAME)
-    master = parse_ct_tuple(a[CTA_TUPLE_MASTER]) if CTA_TUPLE_MASTER in a else None
-
-    def u32(k: int) -> int | None:
-        return struct.unpack("!I", a[k][:4])[0] if len(a.get(k, b"")) >= 4 else None
-
-    return Conntrack(orig, reply, u32(CTA_STATUS) or 0, u32(CTA_ID),
-                     name.split(b"\0", 1)[0].decode(errors="replace") if name else None,
-                     helper.get(CTA_HELP_INFO), master, u32(CTA_MARK) or 0)
 
 
 @dataclass(frozen=True)

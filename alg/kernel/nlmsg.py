@@ -28,6 +28,7 @@ NFNETLINK_V0 = 0
 
 NFNL_SUBSYS_CTNETLINK = 1
 NFNL_SUBSYS_CTNETLINK_EXP = 2
+NFNL_SUBSYS_QUEUE = 3
 NFNL_SUBSYS_CTHELPER = 9
 
 _NLH = struct.Struct("=IHHII")
@@ -61,10 +62,11 @@ def asciiz(s: str) -> bytes:
     return s.encode() + b"\0"
 
 
-def message(subsys: int, msg: int, flags: int, family: int, body: bytes, seq: int = 0, pid: int = 0) -> bytes:
-    """nlmsghdr + nfgenmsg + attributes."""
+def message(subsys: int, msg: int, flags: int, family: int, body: bytes, seq: int = 0, pid: int = 0,
+            res_id: int = 0) -> bytes:
+    """nlmsghdr + nfgenmsg + attributes (``res_id``: the queue number for nfnetlink_queue)."""
     head = _NLH.pack(16 + 4 + len(body), (subsys << 8) | msg, flags, seq, pid)
-    return head + _NFGEN.pack(family, NFNETLINK_V0, 0) + body
+    return head + _NFGEN.pack(family, NFNETLINK_V0, res_id) + body
 
 
 def parse_attrs(data: bytes, off: int = 0, end: int | None = None) -> dict[int, bytes]:
