@@ -300,7 +300,7 @@ class Engine:
                 # its first packet had no conntrack to name it by (looked up, unconfirmed)
                 flow.kernel = view.tuples()[1]
                 if flow.helper is not None:
-                    flow.helper.stats.natted += flow.kernel != flow.tuple
+                    flow.helper.stats.natted += view.natted
             return flow, view.direction
         if slot is None or pkt.l3 not in slot.policy.families:
             return None
@@ -308,7 +308,7 @@ class Engine:
         flow = self._flow_for(ends, slot, now)
         if view.confirmed or view.key[0] is not None:
             flow.kernel = kernel
-            slot.stats.natted += ends != kernel
+            slot.stats.natted += view.natted
         flow.expected = view.expected
         record = view.record or FlowRecord()
         if view.new:

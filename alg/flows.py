@@ -221,6 +221,7 @@ class KernelView:
     expected: bool  # the conntrack was created by an expectation
     record: FlowRecord | None
     tuples: Callable[[], tuple[FlowTuple, FlowTuple]]  # () -> (ends, kernel)
+    natted: bool = False  # the kernel translates the flow (its reply tuple is not the original's reverse)
 
 
 class Flow:

@@ -18,9 +18,12 @@ import time
 
 import pytest
 
+from alg.daemon.worker import looked_up_view
 from alg.errors import KernelError
 from alg.expect import Expectation
-from alg.model import FlowTuple
+from alg.kernel.ctnetlink import IPS_CONFIRMED
+from alg.kernel.nfqueue import CtTuple
+from alg.model import Direction, FlowTuple
 
 pytestmark = pytest.mark.kernel
 LAB = "/work/shared/lab/netns.sh"
@@ -108,11 +111,13 @@ def conntrack_expect() -> str:
 
 def test_find_master_and_create_list_delete(net):
     ctn, m, _ = net
-    ref = ctn.lookup(m[21])
-    assert ref is not None and ref.tuple == ref.seen == m[21] and not ref.reply and ref.id
-    assert ctn.lookup(m[21]) is ref  # cached
+    ct = ctn.conntrack(m[21])
+    assert ct is not None and ct.orig.flow() == m[21] and ct.reply.flow() == m[21].reversed() and ct.id
+    assert ct.status & IPS_CONFIRMED and ct.helper == "ftp"
+    assert ctn.conntrack(m[21].reversed()) == ct  # found by either direction's tuple
+    ref = m[21]
     ctn.flush()
-    e = expect(ref.tuple)
+    e = expect(ref)
     ctn.create(e, ref)
     with pytest.raises(KernelError) as ei:
         ctn.create(e, ref, exclusive=True)
@@ -120,7 +125,7 @@ def test_find_master_and_create_list_delete(net):
     ctn.create(e, ref)  # default: a retransmitted announcement refreshes
     got = ctn.get(e)
     assert got is not None and (got.master, got.tuple.dport, got.helper) == (m[21], 50004, "ftp")
-    assert ctn.get(expect(ref.tuple, dport=50005)) is None
+    assert ctn.get(expect(ref, dport=50005)) is None
     ks = ctn.list()
     assert len(ks) == 1
     k = ks[0]
@@ -141,10 +146,10 @@ def test_find_master_and_create_list_delete(net):
 def test_wildcard_src_prefix_and_flush(net):
     ctn, m, _ = net
     ctn.flush()
-    ctn.create(expect(m[21], dport=50010, src=None))
+    ctn.create(expect(m[21], dport=50010, src=None), m[21])
     assert [k.to_json()["src"] for k in ctn.list()] == [None]
     # the in-kernel ftp helper's policy allows 1 expectation per master: the next one evicts it
-    ctn.create(expect(m[21], dport=50011, src_prefix=24))
+    ctn.create(expect(m[21], dport=50011, src_prefix=24), m[21])
     got = {k.tuple.dport: k.to_json() for k in ctn.list()}
     assert list(got) == [50011] and got[50011]["mask"]["src"] == "255.255.255.0"
     assert "mask-src=255.255.255.0" in conntrack_expect()
@@ -155,12 +160,12 @@ def test_wildcard_src_prefix_and_flush(net):
 def test_clash_between_masters(net):
     ctn, m, _ = net
     ctn.flush()
-    ctn.create(expect(m[21], dport=50030))
+    ctn.create(expect(m[21], dport=50030), m[21])
     with pytest.raises(KernelError) as ei:
-        ctn.create(expect(m["21b"], dport=50030), exclusive=True)  # identical tuple, other master
+        ctn.create(expect(m["21b"], dport=50030), m["21b"], exclusive=True)  # identical tuple, other master
     assert ei.value.errno == errno.EEXIST
     with pytest.raises(KernelError) as ei:
-        ctn.create(expect(m["21b"], dport=50030, src=None))  # overlapping (wildcard source)
+        ctn.create(expect(m["21b"], dport=50030, src=None), m["21b"])  # overlapping (wildcard source)
     assert ei.value.errno == errno.EBUSY and not ei.value.full
     assert [k.master for k in ctn.list()] == [m[21]]
     held = ctn.get(expect(m["21b"], dport=50030))  # asked by its tuple: whoever's it is
@@ -172,7 +177,7 @@ def test_events(net):
     ctn, m, ev = net
     ctn.flush()
     ev.read()
-    ctn.create(expect(m[21], dport=50020))
+    ctn.create(expect(m[21], dport=50020), m[21])
     ctn.flush()
     kinds: list = []
     deadline = time.monotonic() + 2
@@ -185,36 +190,39 @@ def test_events(net):
 def test_errors(net):
     ctn, m, _ = net
     with pytest.raises(KernelError) as ei:
-        ctn.create(expect(m[21], class_id=3))  # ftp has one class
+        ctn.create(expect(m[21], class_id=3), m[21])  # ftp has one class
     assert ei.value.errno == errno.EINVAL and not ei.value.full
     with pytest.raises(KernelError) as ei:
-        ctn.create(expect(m[2121]))  # master without helper
+        ctn.create(expect(m[2121]), m[2121])  # master without helper
     assert ei.value.errno == errno.EOPNOTSUPP
     ghost = FlowTuple(4, 6, I.ip_address("10.0.1.2"), I.ip_address("10.0.2.2"), 1, 21)
-    assert ctn.lookup(ghost) is None
+    assert ctn.conntrack(ghost) is None
     with pytest.raises(KernelError) as ei:
-        ctn.create(expect(ghost))
+        ctn.create(expect(ghost), ghost)
     assert ei.value.errno == errno.ENOENT
+
+
+def view_of(ctn, t: FlowTuple):
+    """How the daemon sees a packet with tuple t when its queue cannot hand over the conntrack."""
+    raw = CtTuple(t.l3, t.proto, t.src.packed, t.dst.packed, t.sport, t.dport)
+    view = looked_up_view(ctn.conntrack(t), raw, "ftp")
+    return view.direction is Direction.REPLY, view.tuples()[0], view.key
 
 
 def test_lookup_behind_nat_in_both_directions(net):
     """The four ways a packet meets its conntrack: each direction, before and after NAT."""
     ctn, m, _ = net
     natted = FlowTuple(4, 6, I.ip_address("10.0.2.1"), I.ip_address("10.0.2.2"), m[2121].sport, 2121)
-    ref = ctn.lookup(natted)
-    if ref is not None and ref.tuple == natted:
+    ct = ctn.conntrack(natted)
+    if ct is not None and ct.orig.flow() == natted:
         pytest.skip("MASQUERADE kept neither address nor port distinct")
-    seen = {}
-    for name, t in {"original": m[2121], "original after SNAT": natted,
-                    "reply before de-SNAT": natted.reversed(), "reply after de-SNAT": m[2121].reversed(),
-                    "reply without NAT": m[21].reversed()}.items():
-        ctn._cache.clear()
-        r = ctn.lookup(t)
-        seen[name] = None if r is None else (r.reply, r.seen)
+    seen = {name: view_of(ctn, t)[:2] for name, t in {
+        "original": m[2121], "original after SNAT": natted, "reply before de-SNAT": natted.reversed(),
+        "reply after de-SNAT": m[2121].reversed(), "reply without NAT": m[21].reversed()}.items()}
     assert seen == {"original": (False, m[2121]), "original after SNAT": (False, m[2121]),
-                    "reply before de-SNAT": (True, m[2121].reversed()),
-                    "reply after de-SNAT": (True, m[2121].reversed()), "reply without NAT": (True, m[21].reversed())}
-    assert ctn.lookup(natted.reversed()).id == ctn.lookup(m[2121]).id
+                    "reply before de-SNAT": (True, m[2121]),
+                    "reply after de-SNAT": (True, m[2121]), "reply without NAT": (True, m[21])}
+    assert view_of(ctn, natted.reversed())[2] == view_of(ctn, m[2121])[2]  # one flow
 
 
 def test_lookup_through_dnat_and_snat_gives_the_real_endpoints(net):
@@ -224,32 +232,11 @@ def test_lookup_through_dnat_and_snat_gives_the_real_endpoints(net):
     orig = m[2122]
     ends = FlowTuple(4, 6, orig.src, I.ip_address("10.0.2.2"), orig.sport, 2121)
     after_nat = FlowTuple(4, 6, I.ip_address("10.0.2.1"), ends.dst, orig.sport, 2121)
-    ctn._cache.clear()
-    if ctn.lookup(after_nat) is None:
+    if ctn.conntrack(after_nat) is None:
         pytest.skip("MASQUERADE changed the source port")
+    keys = set()
     for t, reply in ((orig, False), (after_nat, False), (orig.reversed(), True), (after_nat.reversed(), True)):
-        ctn._cache.clear()
-        r = ctn.lookup(t)
-        assert r is not None and r.tuple == orig and r.reply == reply and r.seen == (ends.reversed() if reply else ends)
-    # expectations name the master as the endpoints see it: found from the cache
-    assert ctn.lookup(ends).tuple == orig
-    ctn._cache.clear()
-    assert ctn.lookup(ends) is None
-
-
-def test_cached_answers_age_and_are_forgotten_with_their_endpoints(net):
-    ctn, m, _ = net
-    natted = FlowTuple(4, 6, I.ip_address("10.0.2.1"), I.ip_address("10.0.2.2"), m[2121].sport, 2121)
-    ctn._cache.clear()
-    n = ctn.lookups
-    assert ctn.lookup(natted) is not None and ctn.lookup(m[2121]) is not None and ctn.lookups == n + 1
-    ctn.forget(natted)  # a SYN on this tuple: a new conntrack may take it
-    assert ctn.lookup(m[2121]) is not None and ctn.lookups == n + 2
-    age, ctn.cache_age = ctn.cache_age, 0.0
-    try:
-        ctn._cache.clear()
-        ctn.lookup(m[2121])
-        ctn.lookup(m[2121])
-        assert ctn.lookups == n + 4
-    finally:
-        ctn.cache_age = age
+        is_reply, seen_ends, key = view_of(ctn, t)
+        assert (is_reply, seen_ends) == (reply, ends)
+        keys.add(key)
+    assert len(keys) == 1 and ctn.conntrack(orig).orig.flow() == orig

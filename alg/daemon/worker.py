@@ -21,7 +21,7 @@ import logging
 import time
 from typing import Any, Callable, Protocol
 
-from ..decode import DecodeError, Packet, decode_ip
+from ..decode import TCP_SYN, DecodeError, Packet, decode_ip
 from ..engine import Create, Delete, Engine, HelperSlot, RateLimitedLog, Remember
 from ..expect import Expectation
 from ..flows import FlowRecord, KernelView
@@ -48,10 +48,10 @@ class QueuePort(Protocol):
     def close(self) -> None: ...
 
 
-def kernel_view(ct: Conntrack, ctinfo: int | None, helper: str, reply: bool | None = None,
-                key: tuple | None = None) -> KernelView:
+def kernel_view(ct: Conntrack, ctinfo: int | None, helper: str, reply: bool = False,
+                key: tuple | None = None, new: bool = False) -> KernelView:
     """The engine's view of a packet's flow from its conntrack. Without ctinfo
-    (a conntrack looked up by tuple) `reply` says the packet's direction."""
+    (a conntrack looked up by tuple) `reply` and `new` say what ctinfo would."""
     if ctinfo is not None:
         reply = ctinfo >= IP_CT_IS_REPLY
     confirmed = bool(ct.status & IPS_CONFIRMED)
@@ -67,11 +67,12 @@ def kernel_view(ct: Conntrack, ctinfo: int | None, helper: str, reply: bool | No
     return KernelView(
         key=key or (ct.id, orig),
         direction=Direction.REPLY if reply else Direction.ORIGINAL,
-        new=ctinfo == IP_CT_NEW if ctinfo is not None else not confirmed,
+        new=ctinfo == IP_CT_NEW if ctinfo is not None else new,
         confirmed=confirmed,
         expected=ct.master is not None or bool(ct.status & IPS_EXPECTED),
         record=FlowRecord.unpack(ct.helper_info) if ct.helper == helper else None,
         tuples=tuples,
+        natted=rep != orig.reversed(),
     )
 
 
@@ -161,18 +162,30 @@ class QueueWorker:
             return self._looked_up(pkt)
         return None
 
-    def _looked_up(self, pkt: Packet) -> KernelView | None:
+    def _looked_up(self, pkt: Packet) -> KernelView:
         """No conntrack came with the packet: ask ctnetlink (unconfirmed: a new flow)."""
         assert self.lookup is not None
         t = CtTuple(pkt.l3, pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport)
-        ct = self.lookup(t.flow())
-        if ct is None:  # unconfirmed: this packet opens the flow, as it came
-            ct = Conntrack(t, t.reversed(), 0, None, None, None, None)
-            reply = False
-        else:
-            # the packet may carry translated addresses on one side: its source is
-            # the original direction's source before SNAT, or its reply destination after
-            reply = (pkt.src, pkt.sport) not in ((ct.orig.src, ct.orig.sport), (ct.reply.dst, ct.reply.dport))
-        # the key both agree on: an original-direction packet past DNAT (and SNAT, if
-        # any) is the reverse of the reply tuple, from its first packet on
-        return kernel_view(ct, None, self.helper, reply=reply, key=(None, ct.reply.reversed()))
+        return looked_up_view(self.lookup(t.flow()), t, self.helper, syn=bool(pkt.tcp_flags & TCP_SYN))
+
+
+def looked_up_view(ct: Conntrack | None, t: CtTuple, helper: str, syn: bool = False) -> KernelView:
+    """The view of a packet with tuple t whose conntrack was looked up by tuple (ct, or None
+    while it is unconfirmed: then this packet opens the flow, as it came).
+
+    Such packets are queued by NFQUEUE rules, usually in FORWARD or PREROUTING, where
+    an original-direction packet is past destination NAT and not yet past source
+    NAT: its tuple is the flow's endpoints (each direction's source), which is the
+    key. A TCP flow is new on its SYN or SYN-ACK, so that a first packet queued where
+    that does not hold (after source NAT) costs nothing but the SYN."""
+    if ct is None:
+        ct = Conntrack(t, t.reversed(), 0, None, None, None, None)
+        reply = False
+    else:
+        # the packet may carry translated addresses on one side: its source is the
+        # original direction's source before SNAT, or its reply destination after
+        reply = (t.src, t.sport) not in ((ct.orig.src, ct.orig.sport), (ct.reply.dst, ct.reply.dport))
+    o, r = ct.orig, ct.reply
+    ends = CtTuple(o.l3, o.proto, o.src, r.src, o.sport, r.sport)
+    return kernel_view(ct, None, helper, reply=reply, key=(None, ends),
+                       new=not ct.status & IPS_CONFIRMED or syn)
