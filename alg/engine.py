@@ -140,11 +140,8 @@ class Engine:
         self.core = core or CorePolicy()
         self.slots = dict(slots)
         self.flows = FlowTable(max_flows)
-        budget = self.core.expect_budget
-        enabled = sum(1 for slot in self.slots.values() if slot.policy.enabled)
-        # a helper alone may use the whole budget; beside others, its share
-        self.table = ExpectationTable(budget, budget if enabled <= 1 else _share(budget, self.core.helper_share),
-                                      _share(budget, self.core.source_share))
+        self.table = ExpectationTable()
+        self._limit_table()
         self.refused_sources: Counter = Counter()  # who was refused a share (bounded: REFUSED_SOURCES_MAX)
         self.track_related = track_related  # replay: new flows fulfil expectations
         self.related_flows = 0
@@ -166,12 +163,20 @@ class Engine:
         inspecting its flows), the budget, the logging interval."""
         self.core = core
         self.slots = dict(slots)
-        self.table.budget = core.expect_budget
+        self._limit_table()
         self.warn.interval = core.log_interval
         self._index_ports()
         for flow in self.flows.all():
             if flow.helper is not None:
                 flow.helper = self.slots.get(flow.helper.policy.name)
+
+    def _limit_table(self) -> None:
+        budget = self.core.expect_budget
+        enabled = sum(1 for slot in self.slots.values() if slot.policy.enabled)
+        # a helper alone may use the whole budget; beside others, its share
+        self.table.budget = budget
+        self.table.helper_cap = budget if enabled <= 1 else _share(budget, self.core.helper_share)
+        self.table.source_cap = _share(budget, self.core.source_share)
 
     def _index_ports(self) -> None:
         # replay chooses the helper by protocol and destination port, as the

@@ -202,7 +202,8 @@ def test_an_expectation_of_a_flows_first_packet_rides_on_its_verdict(tmp_path):
 def test_a_reload_to_a_smaller_budget_is_enforced(tmp_path):
     k = FakeKernel()
     d = daemon(tmp_path, k, ("ftp.toml", 'helper = "ftp"\nqueue = 7\n'))
-    (tmp_path / "alg.toml").write_text(f'[core]\nstatus_socket = "{tmp_path}/alg.sock"\nexpect_budget = 3\n')
+    (tmp_path / "alg.toml").write_text(f'[core]\nstatus_socket = "{tmp_path}/alg.sock"\n'
+                                       "expect_budget = 3\nsource_share = 1.0\n")  # one server asks for all
     assert d.reload()
     opened = []
     for i in range(6):

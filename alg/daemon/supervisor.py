@@ -414,6 +414,13 @@ def refusal_fix(reason: str) -> str:
                 "in /etc/modprobe.d (nf_conntrack_expect_max = 4 x N), see `alg doctor`")
     if reason == Refusal.BUDGET.value:
         return "alg's own budget is spent: raise [core] expect_budget in alg.toml"
+    if reason == Refusal.HELPER_SHARE.value:
+        return "this helper holds its share of the budget: raise [core] helper_share or expect_budget in alg.toml"
+    if reason == Refusal.SOURCE_SHARE.value:
+        return ("one host holds its share of the budget (a SIP proxy carrying every call?): "
+                "raise [core] source_share in alg.toml")
+    if reason == Refusal.PER_MESSAGE.value:
+        return "one message asked for more than ExpectMax of a class or [core] expect_per_message"
     if reason == Refusal.CLASH.value:
         return "another master expects the same flow (normal for repeated answers)"
     return ""

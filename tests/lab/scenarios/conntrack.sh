@@ -91,6 +91,7 @@ step open ftp | grep -q "^ok.*220" || fail control-open
 step send ftp 'USER anonymous\r\n' >/dev/null
 step send ftp 'PASS lab\r\n' | grep -q "^ok.*230" && pass control-logged-in || fail control-logged-in
 step send ftp 'TYPE I\r\n' >/dev/null
+step send ftp 'PASV\r\n' | grep -q "^ok.*227" || fail control-pasv  # an expectation the kernel holds across the restart
 step open web >/dev/null
 step send web 'POST /upload HTTP/1.1\r\nHost: victim\r\nContent-Length: 20\r\n\r\n' >/dev/null
 
@@ -107,5 +108,7 @@ lab_fw conntrack -L expect >"$OUT/expect.txt" 2>/dev/null
 grep -q "dport=22 " "$OUT/expect.txt" && { fail slipstream-after-restart-opens-nothing; cat "$OUT/expect.txt"; } \
     || pass slipstream-after-restart-opens-nothing
 lab_fw "$ALG" status --socket "$SOCK" --format json >"$OUT/status1.json"
+grep -Eq '"adopted": [1-9]' "$OUT/status1.json" && pass kernel-expectations-adopted-at-start \
+    || { fail kernel-expectations-adopted-at-start; cat "$OUT/status1.json"; }
 grep -Eq '"attach_failed": 0' "$OUT/status1.json" && pass no-failed-attachments || fail no-failed-attachments
 exit $((FAILS > 0))
