@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import AlgError
 from .model import PROTO_NUMBERS
-from .policy import HelperPolicy
+from .policy import HelperPolicy, port_clashes
 
 if TYPE_CHECKING:
     from .kernel.nfqueue import QueueStats
@@ -189,6 +189,14 @@ def check_clashes(root: str, helpers: list[HelperPolicy]) -> list[Check]:
         else:
             out.append(Check(f"name {hp.name}", OK, "no in-kernel helper of that name"))
     return out
+
+
+def check_port_claims(helpers: list[HelperPolicy]) -> Check:
+    """Two enabled helpers on one protocol and port: only one can take the flow."""
+    clashes = port_clashes(helpers)
+    if not clashes:
+        return Check("ports", OK, "no protocol and port is claimed by two helpers")
+    return Check("ports", FAIL, "; ".join(clashes), "set enabled = false or other ports in one of their policy files")
 
 
 @dataclass(frozen=True)
