@@ -144,6 +144,7 @@ def convert(text: str, path: str, specs: Mapping[str, HelperSpec]) -> Conversion
         refuse(exc.line, str(exc))
         return Conversion([], notes, refusals)
     merged: dict[str, _Merged] = {}
+    broken: set[str] = set()
     sections = [n for n in tree if n.children is not None and n.key == "Helper"]
     for other in tree:
         if other.key != "Helper":
@@ -162,8 +163,12 @@ def convert(text: str, path: str, specs: Mapping[str, HelperSpec]) -> Conversion
                     raise Refused(node.line, f"{node.key}: not a Helper keyword alg knows (Setup, Type)")
             except Refused as exc:
                 refuse(exc.line, str(exc))
+                if node.key == "Type" and node.args:
+                    broken.add(node.args[0])  # none of that helper: half of its blocks would mislead
     policies = []
     for m in merged.values():
+        if m.name in broken:
+            continue
         base = default_helper_policy(specs[m.name])
         classes = tuple(m.classes[c.name][0] if c.name in m.classes else c for c in base.classes)
         policies.append(HelperPolicy(

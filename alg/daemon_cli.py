@@ -18,9 +18,11 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def _policy(host: PluginHost, args: argparse.Namespace):
-    from .daemon import resolve
+    """The policy as the daemon resolves it (exactly the listed helpers), without importing the daemon:
+    `rules` and `cleanup` must not need the queue binding."""
+    from .cli import resolve_policy
 
-    return resolve(host, args.policy)
+    return resolve_policy(host, args.policy, only_listed=True)
 
 
 def cmd_run(args: argparse.Namespace, host: PluginHost) -> int:
