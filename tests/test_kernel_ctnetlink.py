@@ -17,13 +17,14 @@ import sys
 import time
 
 import pytest
+from pathlib import Path
 
 from alg.errors import KernelError
 from alg.expect import Expectation
 from alg.model import FlowTuple
 
 pytestmark = pytest.mark.kernel
-LAB = "/work/shared/lab/netns.sh"
+LAB = Path(__file__).resolve().parents[1] / "tools" / "lab" / "netns.sh"
 ENV = dict(os.environ, LAB_NS_CLIENT="alg-nl-cli", LAB_NS_FW="alg-nl-fw", LAB_NS_SERVER="alg-nl-srv")
 HOLD = """
 import socket, sys, time

@@ -34,7 +34,7 @@
 # answer is a flow alg expected, so its LOCATION expectation rides on the answer's verdict in
 # turn and the SUBSCRIBE connection carries the helper: alg sees CALLBACK, the NOTIFY passes.
 #
-#   ALG_ROOT=$PWD /work/shared/lab/vm-run -e ALG_ROOT tests/lab/run-all.sh discovery
+#   ALG_ROOT=$PWD tools/lab/vm-run -e ALG_ROOT tests/lab/run-all.sh discovery
 set -u
 : "${ALG_ROOT:?}" "${ALG:?}" "${LAB_DIR:?}" "${LAB_SCRATCH:?}"
 # shellcheck source=/dev/null

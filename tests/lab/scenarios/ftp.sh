@@ -14,7 +14,7 @@ source "$LAB_DIR/netns.sh"
 source "$ALG_ROOT/tests/lab/lib.sh"
 RUN=/run/alg-lab/ftp; OUT=$LAB_SCRATCH/ftp; mkdir -p "$RUN/root" "$OUT"
 SYS_PY="/usr/bin/python3 -I"            # has pyftpdlib (Debian package)
-PEERS="$SYS_PY $LAB_DIR/lab_peers.py"
+PEERS="$SYS_PY $LAB_DIR/ftp_peers.py"
 POLICY=$RUN/ftp.toml
 SOCK=$RUN/alg.sock
 PIDS=(); ALG_PID=; EW_PID=
