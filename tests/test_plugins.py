@@ -336,3 +336,15 @@ def test_harness_and_engine_name_the_valid_classes(caplog):
     with caplog.at_level("ERROR"):
         engine.process(decode_ip(pkt), 0.0)
     assert "class 'media' is not one of this helper's classes ['data', 'ctl']" in caplog.text
+
+
+def test_the_plugin_guide_documents_every_hook_and_public_name():
+    guide = (ROOT / "docs" / "plugins.md").read_text()
+    hooks = [n for n, _ in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("alg_")]
+    missing = [n for n in hooks + list(alg.__all__) if f"`{n}" not in guide and f"alg.{n}" not in guide
+               and f"{n}`" not in guide]
+    assert missing == []
+    from alg import testing
+    assert all(f"`{n}" in guide for n in ("feed", "flow", "split_variants", "check_outcome", "check_case",
+                                          "case_dirs", "replay_case") if hasattr(testing, n))
+    assert "docs/plugins.md" in (ROOT / "README.md").read_text()  # linked from the README
