@@ -231,9 +231,13 @@ _XT_PROTO = ("-p", "--protocol")
 _XT_PORTS = ("--dport", "--destination-port", "--dports", "--destination-ports")
 
 
+_RAW_HOOKS = ("PREROUTING", "OUTPUT")  # the raw table's built-in chains: where a CT rule can act
+
+
 def parse_iptables_save(text: str) -> list[CtRule]:
-    """CT --helper rules of the raw table in iptables-save / ip6tables-save output."""
-    out, table = [], ""
+    """CT --helper rules of the raw table in iptables-save / ip6tables-save output, in the built-in
+    chains or in a chain reached from them (alg's own `alg-helpers`): a rule nothing jumps to is dead."""
+    rules, table = [], ""
     for line in text.splitlines():
         if line.startswith("*"):
             table = line[1:].strip()
@@ -242,6 +246,22 @@ def parse_iptables_save(text: str) -> list[CtRule]:
         try:
             tok = shlex.split(line)
         except ValueError:
+            continue
+        rules.append(tok)
+    jumps: dict[str, set[str]] = {}
+    for tok in rules:
+        for flag in ("-j", "-g"):
+            if flag in tok[:-1]:
+                jumps.setdefault(tok[1], set()).add(tok[tok.index(flag) + 1])
+    reached, todo = set(_RAW_HOOKS), list(_RAW_HOOKS)
+    while todo:
+        for chain in jumps.get(todo.pop(), ()):
+            if chain not in reached:
+                reached.add(chain)
+                todo.append(chain)
+    out = []
+    for tok in rules:
+        if tok[1] not in reached:
             continue
         j = tok.index("-j") if "-j" in tok else len(tok)
         target = tok[j + 1:]
@@ -313,8 +333,7 @@ def check_rules(helpers: list[HelperPolicy], rules: Answer) -> list[Check]:
     for hp in helpers:
         mine = [r for r in rules.value if r.helper == hp.name]
         hits = [r for r in mine if any(r.covers(p, port) for p in hp.protocols for port in hp.ports)]
-        fix = (f"alg rules --helper {hp.name} | iptables-restore --noflush (and ip6tables-restore --noflush), "
-               f"or alg rules --nft --helper {hp.name} | nft -f -")
+        fix = f"alg rules --helper {hp.name} --apply (iptables), or alg rules --nft --helper {hp.name} --apply"
         ports = ", ".join(str(p) for p in hp.ports)
         if hits:
             out.append(Check(f"rules {hp.name}", OK, f"{hits[0].where} assigns it ({len(hits)} rules on its ports)"))

@@ -10,11 +10,12 @@ Fixtures, for a helper package's tests (see `alg.testing` for the case-folder fo
     def test_capture(alg_case, case):
         alg_case(case)                                 # replay, compare with expected.jsonl
 
-`pytest --alg-regen` rewrites the golden files (review the diff).
+`pytest --alg-regen` (or ALG_REGEN=1) rewrites the golden files (review the diff).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,5 +59,5 @@ def alg_case(request: pytest.FixtureRequest, alg_host: Any) -> Callable[[Path], 
     """`alg_case(folder)`: replay a case folder and assert its golden file (see alg.testing)."""
     from alg.testing import check_case
 
-    regen = bool(request.config.getoption("--alg-regen"))
+    regen = bool(request.config.getoption("--alg-regen") or os.environ.get("ALG_REGEN"))
     return lambda case: check_case(Path(case), alg_host, regen=regen)

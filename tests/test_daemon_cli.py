@@ -365,6 +365,29 @@ def test_rules_are_parsed_not_grepped(policy):
     assert checks["rules mdns"].level == doctor.WARN
 
 
+# `iptables-save -t raw` (1.8.9, nf_tables) after `alg rules --helper ftp --family 4 --apply` in a namespace
+IPTABLES_SAVE_OWN_CHAIN = """*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:alg-helpers - [0:0]
+-A PREROUTING -j alg-helpers
+-A OUTPUT -j alg-helpers
+-A alg-helpers -p tcp -m tcp --dport 21 -m comment --comment "alg ftp" -j CT --helper ftp
+COMMIT
+"""
+
+
+def test_rules_in_algs_own_chain_count_only_when_jumped_to(policy):
+    ftp = [policy.helpers["ftp"]]
+    [rule] = doctor.parse_iptables_save(IPTABLES_SAVE_OWN_CHAIN)
+    assert (rule.helper, rule.where) == ("ftp", "iptables raw alg-helpers")
+    assert doctor.check_rules(ftp, doctor.Answer([rule]))[0].level == doctor.OK
+    unjumped = "\n".join(line for line in IPTABLES_SAVE_OWN_CHAIN.splitlines() if "-j alg-helpers" not in line)
+    assert doctor.parse_iptables_save(unjumped) == []  # a chain nothing jumps to assigns nothing
+    [check] = doctor.check_rules(ftp, doctor.Answer([]))
+    assert check.level == doctor.WARN and check.fix.startswith("alg rules --helper ftp --apply")
+
+
 def test_nft_rules_resolve_ct_helper_objects(policy):
     rules = doctor.parse_nft(NFT_RULESET)
     assert {(r.helper, r.proto, r.ports) for r in rules} == {("ftp", 6, ((21, 21),)),

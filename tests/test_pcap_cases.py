@@ -11,21 +11,22 @@ made it, with what software, how), `expected.jsonl` (the golden output of
     [stats]                    # counters that must be reached, e.g.
     "sip.notices.hostname-in-sdp" = 1
 
-Regenerate goldens after a deliberate change with ALG_REGEN=1 and review the diff.
+Regenerate goldens after a deliberate change with ALG_REGEN=1 (or --alg-regen) and review the diff.
+The format and the runner are alg.testing's (installed with alg): see its docstring.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from alg.testing import case_dirs, check_case
+from alg.testing import case_dirs
 
 CASES = Path(__file__).parent / "pcaps"
 
 
 @pytest.mark.parametrize("case", case_dirs(CASES), ids=lambda p: p.name)
-def test_pcap_case(case: Path) -> None:
-    check_case(case, regen=bool(os.environ.get("ALG_REGEN")))
+def test_pcap_case(alg_case, case: Path) -> None:
+    """Through the pytest plugin's fixture, as a plugin author's tests run their cases."""
+    alg_case(case)
