@@ -1,6 +1,6 @@
 """Test tiers: replay tests need nothing; `kernel` tests need root and network
 namespaces on the host kernel; `lab` tests boot the project's lab VM
-(tools/lab/vm.py) once per run. Each skips with its reason."""
+(tools/lab/labvm.py) once per run. Each skips with its reason."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config, items):
     lab = [item for item in items if "lab" in item.keywords]
     if not lab:
         return
-    from vm import unavailable_reason
+    from labvm import unavailable_reason
 
     reason = unavailable_reason(probe=os.environ.get("LAB_PROBE") == "1")
     for item in lab if reason else ():

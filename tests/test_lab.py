@@ -1,4 +1,4 @@
-"""Lab tier: the whole cthelper path in the VM with Debian's kernel (tools/lab/vm.py).
+"""Lab tier: the whole cthelper path in the VM with Debian's kernel (tools/lab/labvm.py).
 
 The VM boots once per test session and runs every scenario script in
 tests/lab/scenarios/ (see tests/lab/run-all.sh); each scenario is reported as
@@ -20,7 +20,7 @@ SCENARIOS = sorted(p.stem for p in (ROOT / "tests" / "lab" / "scenarios").glob("
 
 @pytest.fixture(scope="session")
 def lab_run(tmp_path_factory):
-    from vm import run_in_vm  # tools/lab/vm.py (conftest puts it on sys.path)
+    from labvm import run_in_vm  # tools/lab/labvm.py (conftest puts it on sys.path)
 
     scratch = tmp_path_factory.mktemp("lab")
     os.environ["ALG_ROOT"] = str(ROOT)

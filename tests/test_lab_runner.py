@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAB = ROOT / "tools" / "lab"
 sys.path.insert(0, str(LAB))
-import vm  # noqa: E402
+import labvm as vm  # noqa: E402
 
 MACHINE_PATHS = ("/" + "work/", "shared" + "/lab")  # (spelt apart: this file is code too)
 CODE_SUFFIXES = {".py", ".sh", ".toml", ".service", ".cfg", ".ini"}
