@@ -15,7 +15,7 @@ from .errors import AlgError, ConfigError, PluginError
 from .model import PROTO_NAMES
 from .pcap import CaptureError
 from .plugins import PluginHost, load_plugins
-from .policy import FAMILY_NAMES, Policy, default_policy, load_policy
+from .policy import FAMILY_NAMES, Policy, default_policy, load_policy, policy_file_text, port_clashes
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -76,6 +76,7 @@ def helper_info(host: PluginHost, policy: Policy) -> list[dict]:
             "name": hp.name,
             "helper": hp.helper,
             "plugin": host.origin.get(hp.helper),
+            "source": host.source(hp.helper).to_json(),
             "enabled": hp.enabled,
             "protocols": [PROTO_NAMES[p] for p in hp.protocols],
             "families": [FAMILY_NAMES[f] for f in hp.families],
@@ -100,9 +101,39 @@ def cmd_helpers(args: argparse.Namespace, host: PluginHost) -> int:
     for h in info:
         classes = ", ".join(f"{c['name']} {c['expect_max']}/{c['expect_timeout']}s" for c in h["classes"])
         print(f"{h['name']:<10} {'/'.join(h['protocols']):<8} ports {','.join(map(str, h['ports'])):<12} "
-              f"queue {h['queue']:<4} {classes}  [{h['plugin']}]")
+              f"queue {h['queue']:<4} {classes}  [{host.source(h['helper'])}]")
     for name, why in host.blocked.items():
         print(f"blocked plugin {name}: {why}")
+    for clash in port_clashes(policy.helpers.values()):
+        print(f"warning: {clash}")
+    return EXIT_OK
+
+
+def cmd_policy(args: argparse.Namespace, host: PluginHost) -> int:
+    """A helper's default policy file: `alg policy NAME > /etc/alg/NAME.toml` enables it."""
+    names = sorted(host.helpers) if args.all else args.name
+    if not names:
+        print("alg policy: name a helper, or --all (helpers: " + ", ".join(sorted(host.helpers)) + ")",
+              file=sys.stderr)
+        return EXIT_USAGE
+    unknown = [n for n in names if n not in host.helpers]
+    if unknown:
+        print(f"alg policy: no helper named {', '.join(unknown)} (have: {', '.join(sorted(host.helpers))})",
+              file=sys.stderr)
+        return EXIT_USAGE
+    texts = {n: policy_file_text(host.helpers[n].spec, str(host.source(n))) for n in names}
+    if args.output:
+        os.makedirs(args.output, exist_ok=True)
+        for n, text in texts.items():
+            path = os.path.join(args.output, f"{n}.toml")
+            if os.path.exists(path) and not args.force:
+                print(f"alg policy: {path} exists (kept; --force replaces it)", file=sys.stderr)
+                continue
+            with open(path, "w") as f:
+                f.write(text)
+            print(f"alg policy: wrote {path}", file=sys.stderr)
+        return EXIT_OK
+    sys.stdout.write("\n".join(texts.values()))
     return EXIT_OK
 
 
@@ -132,6 +163,21 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
     h.add_argument("--format", choices=("text", "json"), default="text")
     h.add_argument("--policy", action="append", metavar="FILE|DIR")
     h.set_defaults(func=cmd_helpers)
+
+    po = sub.add_parser(
+        "policy", help="print a helper's default policy file (to enable it under the daemon's --policy DIR)",
+        description="Print the default policy of the named helpers, built-in or from a plugin. The daemon "
+                    "started with --policy DIR runs the helpers that DIR holds a file for: "
+                    "`alg policy NAME > /etc/alg/NAME.toml` (or `alg policy NAME -o /etc/alg`) enables one.")
+    po.add_argument("name", nargs="*", metavar="NAME")
+    po.add_argument("--all", action="store_true", help="every loaded helper")
+    po.add_argument("-o", "--output", metavar="DIR", help="write NAME.toml files into DIR instead")
+    po.add_argument("--force", action="store_true", help="with -o: replace existing files")
+    po.set_defaults(func=cmd_policy)
+
+    from . import conntrackd, scaffold
+    conntrackd.add_command(sub)
+    scaffold.add_command(sub)
 
     try:
         daemon_cli = importlib.import_module("alg.daemon_cli")

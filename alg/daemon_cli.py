@@ -12,14 +12,17 @@ from typing import Any
 from . import doctor, rules
 from .errors import AlgError
 from .plugins import PluginHost
+from .policy import port_clashes
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def _policy(host: PluginHost, args: argparse.Namespace):
-    from .daemon import resolve
+    """The policy as the daemon resolves it (exactly the listed helpers), without importing the daemon:
+    `rules` and `cleanup` must not need the queue binding."""
+    from .cli import resolve_policy
 
-    return resolve(host, args.policy)
+    return resolve_policy(host, args.policy, only_listed=True)
 
 
 def cmd_run(args: argparse.Namespace, host: PluginHost) -> int:
@@ -80,8 +83,18 @@ def cmd_rules(args: argparse.Namespace, host: PluginHost) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     family = int(args.family) if args.family else None
-    if args.nft:
-        chains = tuple(c for c in (args.nft_chain or rules.NFT_CHAINS) if c != "none")
+    chains = tuple(c for c in (args.nft_chain or rules.NFT_CHAINS) if c != "none")
+    if args.remove:
+        (rules.remove_nft(chains) if args.nft else rules.remove_iptables(family))
+        return EXIT_OK
+    clashes = port_clashes(helpers)
+    if clashes:  # the kernel would give the port to whichever rule comes first
+        for clash in clashes:
+            print(f"alg rules: {clash} (or pick with --helper)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.apply:
+        (rules.apply_nft(helpers, family, chains) if args.nft else rules.apply_iptables(helpers, family))
+    elif args.nft:
         sys.stdout.write(rules.nft(helpers, family, chains))
     else:
         sys.stdout.write(rules.iptables(helpers, family))
@@ -114,6 +127,7 @@ def cmd_doctor(args: argparse.Namespace, host: PluginHost) -> int:
     checks = doctor.check_features("/", cthelper, count)
     checks.append(doctor.check_glue(doctor.kernel_config(), doctor.ask(lambda: conntrack_glue(free))))
     checks += doctor.check_clashes("/", helpers)
+    checks.append(doctor.check_port_claims(helpers))
     checks += doctor.check_rules(helpers, doctor.ruleset())
     registered = {h["name"] for h in listed.value or [] if h["enabled"]} if listed.ok else None
     checks += doctor.check_queues(helpers, queues, registered)
@@ -193,6 +207,11 @@ def add_commands(sub: Any) -> None:
     ru.add_argument("--nft-chain", action="append", metavar="'FAMILY TABLE CHAIN'",
                     help="your filter chain that gets the RELATED accept inserted (repeatable; default: "
                          "'inet filter input' and 'inet filter forward'; 'none': no such rule)")
+    act = ru.add_mutually_exclusive_group()
+    act.add_argument("--apply", action="store_true",
+                     help="apply them here instead of printing; safe to repeat: alg's own chains (iptables) or "
+                          "table (nft) are replaced, and the jumps / RELATED accepts added only where missing")
+    act.add_argument("--remove", action="store_true", help="remove what --apply added")
     ru.set_defaults(func=cmd_rules)
     d = with_policy(sub.add_parser("doctor", help="check kernel, rules and expectation headroom"))
     d.set_defaults(func=cmd_doctor)

@@ -6,7 +6,7 @@ firewall as its userspace `ftp` helper (nfnetlink_cthelper + NFQUEUE), real
 FTP transfers go through, their data connections pass as RELATED, and with
 alg stopped they are dropped. This is tests/lab/scenarios/ftp.sh: directly
 on this machine's kernel when it has nfnetlink_cthelper, otherwise in the
-lab VM with Debian's kernel (../shared/lab).
+lab VM with Debian's kernel (tools/lab).
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ SCENARIO = ROOT / "tests" / "lab" / "scenarios" / "ftp.sh"
 
 
 def lab_dir() -> Path:
-    env = os.environ.get("LAB_DIR")
-    for p in ([Path(env)] if env else []) + [ROOT.parent / "shared" / "lab", Path("/work/shared/lab")]:
-        if (p / "netns.sh").exists():
-            return p
-    raise SystemExit("alg demo: the lab (../shared/lab) is missing; set LAB_DIR")
+    lab = Path(os.environ.get("LAB_DIR") or ROOT / "tools" / "lab")
+    if not (lab / "netns.sh").exists():
+        raise SystemExit(f"alg demo: no lab at {lab} (tools/lab of this repository, or LAB_DIR)")
+    return lab
 
 
 def kernel_has_cthelper() -> bool:

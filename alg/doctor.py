@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import AlgError
 from .model import PROTO_NUMBERS
-from .policy import HelperPolicy
+from .policy import HelperPolicy, port_clashes
 
 if TYPE_CHECKING:
     from .kernel.nfqueue import QueueStats
@@ -191,6 +191,14 @@ def check_clashes(root: str, helpers: list[HelperPolicy]) -> list[Check]:
     return out
 
 
+def check_port_claims(helpers: list[HelperPolicy]) -> Check:
+    """Two enabled helpers on one protocol and port: only one can take the flow."""
+    clashes = port_clashes(helpers)
+    if not clashes:
+        return Check("ports", OK, "no protocol and port is claimed by two helpers")
+    return Check("ports", FAIL, "; ".join(clashes), "set enabled = false or other ports in one of their policy files")
+
+
 @dataclass(frozen=True)
 class CtRule:
     """A firewall rule that gives a flow a conntrack helper (iptables raw CT --helper / nft ct helper set)."""
@@ -223,9 +231,13 @@ _XT_PROTO = ("-p", "--protocol")
 _XT_PORTS = ("--dport", "--destination-port", "--dports", "--destination-ports")
 
 
+_RAW_HOOKS = ("PREROUTING", "OUTPUT")  # the raw table's built-in chains: where a CT rule can act
+
+
 def parse_iptables_save(text: str) -> list[CtRule]:
-    """CT --helper rules of the raw table in iptables-save / ip6tables-save output."""
-    out, table = [], ""
+    """CT --helper rules of the raw table in iptables-save / ip6tables-save output, in the built-in
+    chains or in a chain reached from them (alg's own `alg-helpers`): a rule nothing jumps to is dead."""
+    rules, table = [], ""
     for line in text.splitlines():
         if line.startswith("*"):
             table = line[1:].strip()
@@ -234,6 +246,22 @@ def parse_iptables_save(text: str) -> list[CtRule]:
         try:
             tok = shlex.split(line)
         except ValueError:
+            continue
+        rules.append(tok)
+    jumps: dict[str, set[str]] = {}
+    for tok in rules:
+        for flag in ("-j", "-g"):
+            if flag in tok[:-1]:
+                jumps.setdefault(tok[1], set()).add(tok[tok.index(flag) + 1])
+    reached, todo = set(_RAW_HOOKS), list(_RAW_HOOKS)
+    while todo:
+        for chain in jumps.get(todo.pop(), ()):
+            if chain not in reached:
+                reached.add(chain)
+                todo.append(chain)
+    out = []
+    for tok in rules:
+        if tok[1] not in reached:
             continue
         j = tok.index("-j") if "-j" in tok else len(tok)
         target = tok[j + 1:]
@@ -305,8 +333,7 @@ def check_rules(helpers: list[HelperPolicy], rules: Answer) -> list[Check]:
     for hp in helpers:
         mine = [r for r in rules.value if r.helper == hp.name]
         hits = [r for r in mine if any(r.covers(p, port) for p in hp.assigned for port in hp.ports)]
-        fix = (f"alg rules --helper {hp.name} | iptables-restore --noflush (and ip6tables-restore --noflush), "
-               f"or alg rules --nft --helper {hp.name} | nft -f -")
+        fix = f"alg rules --helper {hp.name} --apply (iptables), or alg rules --nft --helper {hp.name} --apply"
         ports = ", ".join(str(p) for p in hp.ports)
         if hits:
             out.append(Check(f"rules {hp.name}", OK, f"{hits[0].where} assigns it ({len(hits)} rules on its ports)"))

@@ -21,8 +21,8 @@ from .decode import Packet
 from .errors import ProtocolViolation
 from .expect import Admission, Expectation, ExpectationTable, Refusal
 from .flows import BOUNDARY, KNOWN, Flow, FlowRecord, FlowTable, KernelView, RecordFlag, packet_key, packet_tuple
-from .model import (NEED_DATA, PROTO_NAMES, TCP, Direction, Expect, FlowTuple, Helper, Notice, Parsed, Segment,
-                    Unexpect, ports_ok)
+from .model import (NEED_DATA, TCP, Direction, Expect, FlowTuple, Helper, Notice, Parsed, Segment, Unexpect,
+                    invalid_expect)
 from .policy import CorePolicy, HelperPolicy
 
 log = logging.getLogger("alg.engine")
@@ -438,13 +438,14 @@ class Engine:
         pol = h.policy
         cls = h.stats.classes.get(a.cls)
         l3 = flow.tuple.l3
-        if cls is None or a.proto not in PROTO_NAMES or not ports_ok(a.sport, a.dport) \
-                or a.dst.version != l3 or (a.src is not None and a.src.version != l3):
+        invalid = invalid_expect(list(h.stats.classes), a, l3)
+        if invalid is not None or cls is None:  # (an unknown class is invalid)
             if cls is not None:
                 cls.refused[Refusal.INVALID.value] += 1
             else:  # not even a class to count it in: a helper bug
                 h.stats.internal_errors += 1
-            self.warn(logging.ERROR, f"invalid-{pol.name}", "%s: invalid expectation request %r", pol.name, a)
+            self.warn(logging.ERROR, f"invalid-{pol.name}", "%s: invalid expectation request %r: %s", pol.name, a,
+                      invalid)
             return []
         ec = pol.expect_class(a.cls)
         e = Expectation(pol.name, a.cls, pol.class_id(a.cls), l3, a.proto, a.src, a.dst, a.sport, a.dport,

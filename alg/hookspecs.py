@@ -30,6 +30,9 @@ by the test suite; a misspelt hook name in a plugin fails loudly at load
 
 Environment: `ALG_BLOCK_PLUGINS=a,b` blocks the named entry points;
 `ALG_PLUGINS=a,b` loads only those.
+
+The author's guide (queues, policies, the test harness, what is stable) is
+docs/plugins.md; `alg new-helper NAME` writes a package to start from.
 """
 
 from __future__ import annotations

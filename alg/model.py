@@ -258,6 +258,11 @@ class HelperSpec:
     # (Segment.expected): no port rule assigns the helper to them, and it
     # refuses the ones it is handed anyway (SSDP's TCP: the LOCATION fetch)
     expected_only: tuple[int, ...] = ()
+    # NFQUEUE number this helper uses unless a policy file says otherwise.
+    # None: derived from the name (alg.policy.default_queue), stable whichever
+    # other plugins are installed. A plugin declaring one that another helper
+    # already uses is refused at load.
+    queue: int | None = None
 
     def class_id(self, name: str) -> int:
         for i, c in enumerate(self.classes):
@@ -339,9 +344,24 @@ def ports_ok(*ports: int | None) -> bool:
     return all(p is None or 0 < p < 65536 for p in ports)
 
 
+def invalid_expect(classes: Sequence[str], a: Expect, l3: int) -> str | None:
+    """Why an `Expect` is not valid on a flow of address family `l3` (None: it is).
+
+    The engine and the test harness both say it this way, naming what is valid."""
+    if a.cls not in classes:
+        return f"class {a.cls!r} is not one of this helper's classes {list(classes)}"
+    if a.proto not in PROTO_NAMES:
+        return f"proto {a.proto!r} is neither alg.TCP ({TCP}) nor alg.UDP ({UDP})"
+    if not ports_ok(a.sport, a.dport):
+        return f"ports {a.sport!r}, {a.dport!r}: each 1-65535, or None (any) for sport"
+    if a.dst.version != l3 or (a.src is not None and a.src.version != l3):
+        return f"addresses {a.src} -> {a.dst}: IPv{l3} like the master flow"
+    return None
+
+
 __all__: Sequence[str] = [
     "Action", "Direction", "EXPECT_F_INACTIVE", "EXPECT_F_PERMANENT", "EXPECT_F_USERSPACE", "Expect",
     "ExpectClass", "EXPECT_CLASSES_MAX", "EXPECT_MAX_MAX", "FlowTuple", "HELPER_NAME_MAX", "RESYNC_LINE", "Helper",
     "HelperSpec", "IPAddress", "NEED_DATA", "Notice", "Option", "Outcome", "Parsed", "Resync", "PROTO_NAMES",
-    "Segment", "TCP", "UDP", "Unexpect", "check_networks", "ip", "parse_networks",
+    "Segment", "TCP", "UDP", "Unexpect", "check_networks", "invalid_expect", "ip", "parse_networks",
 ]

@@ -17,9 +17,12 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
+from .policy import default_queue
 from .model import EXPECT_CLASSES_MAX, EXPECT_MAX_MAX, HELPER_NAME_MAX, PROTO_NAMES, RESYNC_LINE, Helper
 
 ENTRY_POINT_GROUP = "alg.helpers"
+OWN_DISTRIBUTION = "alg"  # its entry points are the built-in helpers
+QUEUE_MAX = 65535  # NFQUEUE numbers are 16 bits
 log = logging.getLogger("alg.plugins")
 
 
@@ -51,6 +54,42 @@ def validate_helper_class(cls: object) -> None:
         raise PluginError(f"helper {spec.name}: resync must be None or {RESYNC_LINE!r}, not {spec.resync!r}")
     if any(not 0 < p < 65536 for p in spec.ports):
         raise PluginError(f"helper {spec.name}: ports must be 1-65535")
+    if spec.queue is not None and (isinstance(spec.queue, bool) or not isinstance(spec.queue, int)
+                                   or not 0 <= spec.queue <= QUEUE_MAX):
+        raise PluginError(f"helper {spec.name}: queue must be an NFQUEUE number 0-{QUEUE_MAX} or None "
+                          f"(derived from the name), not {spec.queue!r}")
+
+
+def hook_names() -> list[str]:
+    return sorted(n for n in dir(hookspecs) if n.startswith("alg_"))
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a plugin comes from: alg itself, an installed distribution, or a run-time registration."""
+
+    plugin: str  # the entry-point (or registration) name
+    distribution: str | None = None
+    version: str | None = None
+    builtin: bool = False
+
+    def __str__(self) -> str:
+        if self.builtin:
+            return "built-in"
+        if self.distribution:
+            return f"{self.distribution} {self.version}"
+        return f"registered at run time ({self.plugin})"
+
+    def to_json(self) -> dict[str, object]:
+        return {"plugin": self.plugin, "builtin": self.builtin, "distribution": self.distribution,
+                "version": self.version}
+
+
+def _entry_point_source(ep: importlib.metadata.EntryPoint) -> Source:
+    dist = getattr(ep, "dist", None)
+    name = dist.metadata["Name"] if dist is not None else None
+    version = dist.version if dist is not None else None
+    return Source(ep.name, name, version, builtin=name is not None and name.lower() == OWN_DISTRIBUTION)
 
 
 @dataclass
@@ -61,6 +100,11 @@ class PluginHost:
     helpers: dict[str, type[Helper]] = field(default_factory=dict)
     origin: dict[str, str] = field(default_factory=dict)  # helper name -> plugin name
     blocked: dict[str, str] = field(default_factory=dict)  # plugin name -> why
+    sources: dict[str, Source] = field(default_factory=dict)  # plugin name -> where it comes from
+
+    def source(self, helper: str) -> Source:
+        plugin = self.origin[helper]
+        return self.sources.get(plugin) or Source(plugin)
 
     @property
     def hook(self):  # noqa: ANN201 - pluggy's HookRelay
@@ -84,6 +128,12 @@ class PluginHost:
                         raise PluginError(
                             f"helper name {cls.spec.name!r} already registered by {self.origin[cls.spec.name]}"
                         )
+                    queue = default_queue(cls.spec)
+                    other = next((n for n, c in self.helpers.items() if default_queue(c.spec) == queue), None)
+                    if other is not None:
+                        raise PluginError(f"helper {cls.spec.name}: default queue {queue} is already helper "
+                                          f"{other}'s ({self.origin[other]}): declare another in "
+                                          f"HelperSpec(queue=...)")
             except Exception as exc:  # a broken plugin is blocked, the rest goes on
                 self.block(name, f"{type(exc).__name__}: {exc}")
                 continue
@@ -101,8 +151,8 @@ class PluginHost:
 
     def register(self, plugin: object, name: str | None = None) -> None:
         """Add a plugin object at run time (tests, embedding) and re-collect."""
-        self.pm.register(plugin, name=name)
-        self.pm.check_pending()
+        _register(self.pm, plugin, name)
+        _check_pending(self.pm)
         self._collect()
 
     def unregister(self, name: str) -> None:
@@ -130,15 +180,34 @@ def load_plugins(extra: Iterable[object] = (), entry_points: bool = True) -> Plu
                 continue
             try:
                 pm.register(ep.load(), name=ep.name)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a broken plugin is blocked, the rest goes on
                 host.blocked[ep.name] = f"{type(exc).__name__}: {exc}"
                 log.error("plugin %s failed to load: %s", ep.name, exc)
                 pm.set_blocked(ep.name)
+            host.sources[ep.name] = _entry_point_source(ep)
     for plugin in extra:
-        pm.register(plugin, name=getattr(plugin, "__name__", None) or type(plugin).__name__)
+        _register(pm, plugin, getattr(plugin, "__name__", None) or type(plugin).__name__)
+    _check_pending(pm)
+    host._collect()
+    return host
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str | None) -> None:
+    """pluggy's register, its errors as PluginError naming what is wrong."""
+    if pm.is_registered(plugin):
+        raise PluginError(f"plugin {name or plugin!r} is already loaded as {pm.get_name(plugin)!r} "
+                          f"(an installed entry point of group {ENTRY_POINT_GROUP!r}): do not pass it again")
+    if name is not None and pm.get_plugin(name) is not None:
+        raise PluginError(f"a plugin named {name!r} is already loaded: register this one under another name")
+    try:
+        pm.register(plugin, name=name)
+    except (ValueError, pluggy.PluginValidationError) as exc:
+        raise PluginError(f"plugin {name or plugin!r}: {exc} (hooks: {', '.join(hook_names())})") from exc
+
+
+def _check_pending(pm: pluggy.PluginManager) -> None:
+    """A hook implementation no hookspec matches (a misspelling) fails loudly, naming the valid hooks."""
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(str(exc)) from exc
-    host._collect()
-    return host
+        raise PluginError(f"{exc} (valid hooks: {', '.join(hook_names())})") from exc

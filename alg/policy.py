@@ -50,12 +50,13 @@ from .model import EXPECT_MAX_MAX, HELPER_NAME_MAX, PROTO_NAMES, PROTO_NUMBERS, 
 FAMILIES = {"ipv4": 4, "ipv6": 6}
 FAMILY_NAMES = {v: k for k, v in FAMILIES.items()}
 
-# Default NFQUEUE numbers of the built-in helpers. A plugin's comes from a hash of its name
-# into PLUGIN_QUEUES numbers from FIRST_FREE_QUEUE: installing one plugin does not renumber
-# another's queue (only a hash collision moves the later name to the next free number).
+# Default NFQUEUE numbers. The built-in helpers have fixed ones; a plugin's
+# helper takes `HelperSpec.queue` when it declares one, else a number derived
+# from its name (CRC-32) in PLUGIN_QUEUES: the same on every machine, whichever
+# other plugins are installed. Two helpers on one default queue are refused
+# when the plugins load (alg.plugins); a policy file's `queue` overrides all.
 DEFAULT_QUEUES = {"ftp": 20, "sip": 21, "rpc": 22, "tns": 23, "ssdp": 24, "dhcpv6": 25, "mdns": 26, "slp": 27}
-FIRST_FREE_QUEUE = 40
-PLUGIN_QUEUES = 1000
+PLUGIN_QUEUES = range(1024, 8192)
 
 
 @dataclass(frozen=True)
@@ -111,12 +112,21 @@ class Policy:
     helpers: dict[str, HelperPolicy] = field(default_factory=dict)  # by kernel name
 
 
+def default_queue(spec: HelperSpec) -> int:
+    """The helper's NFQUEUE number when no policy file sets one (see PLUGIN_QUEUES)."""
+    if spec.queue is not None:
+        return spec.queue
+    if spec.name in DEFAULT_QUEUES:
+        return DEFAULT_QUEUES[spec.name]
+    return PLUGIN_QUEUES.start + zlib.crc32(spec.name.encode()) % len(PLUGIN_QUEUES)
+
+
 def default_helper_policy(spec: HelperSpec, queue: int | None = None) -> HelperPolicy:
     return HelperPolicy(
         helper=spec.name,
         name=spec.name,
         enabled=True,
-        queue=DEFAULT_QUEUES.get(spec.name, _plugin_queue(spec.name)) if queue is None else queue,
+        queue=default_queue(spec) if queue is None else queue,
         queue_len=1024,
         protocols=spec.protocols,
         families=spec.families,
@@ -128,22 +138,27 @@ def default_helper_policy(spec: HelperSpec, queue: int | None = None) -> HelperP
     )
 
 
-def _plugin_queue(name: str) -> int:
-    return FIRST_FREE_QUEUE + zlib.crc32(name.encode()) % PLUGIN_QUEUES
-
-
 def default_policy(specs: Mapping[str, HelperSpec]) -> Policy:
     policy = Policy()
-    used = set(DEFAULT_QUEUES.values())
     for name in sorted(specs):
-        q = DEFAULT_QUEUES.get(name)
-        if q is None:
-            q = _plugin_queue(name)
-            while q in used:  # a collision: the next free number
-                q = FIRST_FREE_QUEUE + (q - FIRST_FREE_QUEUE + 1) % PLUGIN_QUEUES
-            used.add(q)
-        policy.helpers[name] = default_helper_policy(specs[name], q)
+        policy.helpers[name] = default_helper_policy(specs[name])
     return policy
+
+
+def port_clashes(helpers: Iterable[HelperPolicy]) -> list[str]:
+    """Protocol/port pairs claimed by more than one enabled helper, one sentence each.
+
+    Only one helper can take a flow: the kernel assigns the first `CT --helper`
+    rule a packet meets, replay the first helper by name."""
+    claims: dict[tuple[int, int], list[str]] = {}
+    for hp in helpers:
+        if hp.enabled:
+            for proto in hp.protocols:
+                for port in hp.ports:
+                    claims.setdefault((proto, port), []).append(hp.name)
+    return [f"{PROTO_NAMES[proto]}/{port} is claimed by helpers {', '.join(names)}: only one can take it; "
+            f"disable the others or change their ports in a policy file (alg policy NAME)"
+            for (proto, port), names in sorted(claims.items()) if len(names) > 1]
 
 
 # ---------------------------------------------------------------- loading
@@ -446,3 +461,19 @@ def render_helper_policy(hp: HelperPolicy) -> str:
             lines.append(f"{k} = " + (str(v).lower() if isinstance(v, bool) else repr(v) if not isinstance(v, str)
                                       else f'"{v}"'))
     return "\n".join(lines) + "\n"
+
+
+def policy_file_text(spec: HelperSpec, source: str) -> str:
+    """A helper's default policy as a commented file (`alg policy NAME`)."""
+    head = [f"# alg policy for helper {spec.name} ({source}): its defaults. Put it in the directory the",
+            "# daemon reads (alg run --policy DIR) to enable the helper; enabled = false turns it off.",
+            "# Keys: see `alg.policy` (conntrackd.conf: QueueNum = queue, QueueLen = queue_len,",
+            "# ExpectMax = expect_max, ExpectTimeout = expect_timeout)."]
+    head += [f"# {line}" for line in spec.doc.strip().splitlines()[:1]]
+    body = render_helper_policy(default_helper_policy(spec)).splitlines()
+    docs = {f"{k} = ": o.doc for k, o in spec.options.items() if o.doc}
+    for i, line in enumerate(body):
+        doc = next((d for k, d in docs.items() if line.startswith(k)), None)
+        if doc:
+            body[i] = f"{line}  # {doc.splitlines()[0]}"
+    return "\n".join(head + body) + "\n"

@@ -45,11 +45,22 @@ confirmed). nft resolves a ct helper object when the file is loaded: start
 
 from __future__ import annotations
 
+import re
+import subprocess
+from typing import Callable
+
+from .errors import AlgError
 from .model import PROTO_NAMES
 from .policy import HelperPolicy
 
 FAMILY_TOOLS = {4: "iptables-restore", 6: "ip6tables-restore"}
 NFT_CHAINS = ("inet filter input", "inet filter forward")
+# alg's own iptables chains (per table) and the built-in chains that jump into them, in that order
+IPT_CHAINS = {"raw": "alg-helpers", "filter": "alg-related"}
+IPT_JUMPS = (("raw", "PREROUTING"), ("raw", "OUTPUT"), ("filter", "FORWARD"), ("filter", "INPUT"))
+NFT_TABLE = "inet alg"
+NFT_RELATED_COMMENT = "alg related"
+NFPROTO = {4: "meta nfproto ipv4 ", 6: "meta nfproto ipv6 "}
 
 
 def for_family(helpers: list[HelperPolicy], family: int | None) -> list[HelperPolicy]:
@@ -64,31 +75,39 @@ def _family_notes(helpers: list[HelperPolicy], family: int | None) -> list[str]:
             f"with {FAMILY_TOOLS[hp.families[0]]} instead" for hp in helpers if len(set(hp.families)) == 1]
 
 
-def iptables(helpers: list[HelperPolicy], family: int | None = None) -> str:
-    """iptables-restore input; apply with --noflush (rules are inserted at the top of each chain)."""
+def _jump(table: str, chain: str) -> str:
+    return f"-I {chain} 1 -j {IPT_CHAINS[table]}"
+
+
+def iptables(helpers: list[HelperPolicy], family: int | None = None, jumps: bool = True) -> str:
+    """iptables-restore input for --noflush: alg's own chains, replaced whole, and the jumps into them.
+
+    Each apply empties and refills alg's chains (a chain declared in
+    iptables-restore input is flushed), so their rules never pile up; the
+    jumps are inserted at the top of the built-in chains, which a second
+    restore would repeat: `alg rules --apply` adds a jump only where
+    `iptables -C` finds none."""
     helpers = for_family(helpers, family)
-    pos: dict[str, int] = {}
-
-    def insert(chain: str, rule: str) -> str:
-        pos[chain] = pos.get(chain, 0) + 1
-        return f"-I {chain} {pos[chain]} {rule}"
-
-    raw = ["*raw"]
-    flt = ["*filter"]
+    tables: dict[str, list[str]] = {t: [f"*{t}", f":{c} - [0:0]"] for t, c in IPT_CHAINS.items()}
     notes = _family_notes(helpers, family)
     for hp in helpers:  # a policy has ports (alg.policy refuses an empty list)
         for proto in hp.assigned:
             p = PROTO_NAMES[proto]
             for port in hp.ports:
-                for chain in ("PREROUTING", "OUTPUT"):
-                    raw.append(insert(chain, f'-p {p} --dport {port} -m comment --comment "alg {hp.name}" '
-                                             f"-j CT --helper {hp.name}"))
-        for chain in ("FORWARD", "INPUT"):
-            flt.append(insert(chain, f"-m conntrack --ctstate RELATED -m helper --helper {hp.name} "
-                                     f'-m comment --comment "alg {hp.name} related" -j ACCEPT'))
+                tables["raw"].append(f'-A {IPT_CHAINS["raw"]} -p {p} --dport {port} -m comment --comment '
+                                     f'"alg {hp.name}" -j CT --helper {hp.name}')
+        tables["filter"].append(f"-A {IPT_CHAINS['filter']} -m conntrack --ctstate RELATED -m helper --helper "
+                                f'{hp.name} -m comment --comment "alg {hp.name} related" -j ACCEPT')
+    if jumps:
+        for table, chain in IPT_JUMPS:
+            tables[table].append(_jump(table, chain))
     tool = FAMILY_TOOLS[family] + " --noflush" if family else \
         "iptables-restore --noflush (and ip6tables-restore --noflush)"
-    return "\n".join([f"# alg rules: {tool} < this", *notes, *raw, "COMMIT", *flt, "COMMIT"]) + "\n"
+    lines = [f"# alg rules: {tool} < this, once; again: `alg rules --apply` (it replaces alg's chains and",
+             "# adds each jump into them only where it is missing); removal: `alg rules --remove`", *notes]
+    for t in IPT_CHAINS:
+        lines += [*tables[t], "COMMIT"]
+    return "\n".join(lines) + "\n"
 
 
 def _l3(hp: HelperPolicy) -> tuple[str, str]:
@@ -104,10 +123,10 @@ def _l3(hp: HelperPolicy) -> tuple[str, str]:
 def nft(helpers: list[HelperPolicy], family: int | None = None, chains: tuple[str, ...] = NFT_CHAINS) -> str:
     """An `nft -f` file: table inet alg (ct helper objects, assignment) and the RELATED accept in `chains`."""
     helpers = for_family(helpers, family)
-    fam = {4: "meta nfproto ipv4 ", 6: "meta nfproto ipv6 "}.get(family or 0, "")
+    fam = NFPROTO.get(family or 0, "")
     lines = ["# alg rules: nft -f this (after `alg run` has registered the helpers)",
              *_family_notes(helpers, family),
-             "table inet alg {}", "delete table inet alg", "table inet alg {"]
+             f"table {NFT_TABLE} {{}}", f"delete table {NFT_TABLE}", f"table {NFT_TABLE} {{"]
     assign = []
     for hp in helpers:
         l3proto, prefix = _l3(hp)
@@ -125,7 +144,81 @@ def nft(helpers: list[HelperPolicy], family: int | None = None, chains: tuple[st
     if helpers and chains:
         lines += ["# nft cannot match the master's helper (ct helper is the flow's own, which an expected flow",
                   "# lacks): accept what any helper's expectation admits, in your chains, before their drop;",
-                  "# applying this file again inserts these once more"]
-        lines += [f'insert rule {c} {fam}ct state related ct status expected counter accept comment "alg related"'
-                  for c in chains]
+                  "# applying this file again inserts these once more (`alg rules --nft --apply` does not)"]
+        lines += [related_rule(c, family) for c in chains]
     return "\n".join(lines) + "\n"
+
+
+def related_rule(chain: str, family: int | None) -> str:
+    fam = NFPROTO.get(family or 0, "")
+    return f'insert rule {chain} {fam}ct state related ct status expected counter accept comment ' \
+           f'"{NFT_RELATED_COMMENT}"'
+
+
+# ---------------------------------------------------------------- applying
+Run = Callable[[list[str], str | None], "subprocess.CompletedProcess[str]"]
+
+
+def run_command(argv: list[str], stdin: str | None = None) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True)
+
+
+def _must(r: "subprocess.CompletedProcess[str]", what: str) -> None:
+    if r.returncode != 0:
+        raise AlgError(f"{what}: {(r.stderr or r.stdout).strip()}")
+
+
+def _ipt_tools(family: int | None) -> list[tuple[int, str]]:
+    return [(f, "iptables" if f == 4 else "ip6tables") for f in ((family,) if family else (4, 6))]
+
+
+def apply_iptables(helpers: list[HelperPolicy], family: int | None, run: Run = run_command) -> None:
+    """Replace alg's chains (one restore per table set) and add each missing jump: safe to repeat."""
+    for fam, tool in _ipt_tools(family):
+        _must(run([f"{tool}-restore", "--noflush"], iptables(helpers, fam, jumps=False)), f"{tool}-restore")
+        for table, chain in IPT_JUMPS:
+            jump = ["-j", IPT_CHAINS[table]]
+            if run([tool, "-t", table, "-C", chain, *jump], None).returncode != 0:
+                _must(run([tool, "-t", table, "-I", chain, "1", *jump], None), f"{tool} -t {table} -I {chain}")
+
+
+def remove_iptables(family: int | None, run: Run = run_command) -> None:
+    """Delete the jumps into alg's chains and the chains themselves (what is absent is skipped)."""
+    for _fam, tool in _ipt_tools(family):
+        for table, chain in IPT_JUMPS:
+            jump = ["-j", IPT_CHAINS[table]]
+            while run([tool, "-t", table, "-C", chain, *jump], None).returncode == 0:
+                _must(run([tool, "-t", table, "-D", chain, *jump], None), f"{tool} -t {table} -D {chain}")
+        for table, own in IPT_CHAINS.items():
+            if run([tool, "-t", table, "-F", own], None).returncode == 0:
+                _must(run([tool, "-t", table, "-X", own], None), f"{tool} -t {table} -X {own}")
+
+
+def _related_handles(chain: str, run: Run) -> list[int] | None:
+    """Handles of alg's RELATED rules in one of your nft chains (None: no such chain)."""
+    r = run(["nft", "-a", "list", "chain", *chain.split()], None)
+    if r.returncode != 0:
+        return None
+    return [int(m.group(1)) for line in r.stdout.splitlines() if f'comment "{NFT_RELATED_COMMENT}"' in line
+            for m in [re.search(r"# handle (\d+)", line)] if m]
+
+
+def apply_nft(helpers: list[HelperPolicy], family: int | None, chains: tuple[str, ...],
+              run: Run = run_command) -> None:
+    """One nft transaction: alg's table replaced, its RELATED rules in your chains replaced (not added)."""
+    text = nft(helpers, family, chains).splitlines()
+    deletes = []
+    for chain in chains:
+        handles = _related_handles(chain, run)
+        if handles is None:
+            raise AlgError(f"nft: no chain {chain} to put the RELATED accept in (--nft-chain names yours, "
+                              f"'none' leaves it out)")
+        deletes += [f"delete rule {chain} handle {h}" for h in handles]
+    _must(run(["nft", "-f", "-"], "\n".join(deletes + text) + "\n"), "nft -f")
+
+
+def remove_nft(chains: tuple[str, ...], run: Run = run_command) -> None:
+    deletes = [f"table {NFT_TABLE} {{}}", f"delete table {NFT_TABLE}"]
+    for chain in chains:
+        deletes += [f"delete rule {chain} handle {h}" for h in _related_handles(chain, run) or []]
+    _must(run(["nft", "-f", "-"], "\n".join(deletes) + "\n"), "nft -f")

@@ -1,27 +1,54 @@
 """The test harness for helper authors: alg's own tests use exactly this.
 
-    from alg.testing import feed, replay_case, check_outcome
+    from alg.testing import feed, flow, check_outcome, check_case, case_dirs
 
 * `feed(helper, [(direction, bytes), ...], flow)` drives a helper sans-IO the
   way the engine does (TCP bytes accumulate until consumed) and returns the
-  actions; `whole`, `byte by byte` and `with trailing data` variants are one
-  loop in a test.
-* `check_outcome(...)` asserts the invariant every helper keeps.
-* `replay_case(folder)` runs a pcap case folder (capture, SOURCE.md,
-  expected.jsonl, optional case.toml; see tests/test_pcap_cases.py) and
-  returns what replay derived, for comparison with the golden file.
+  actions; `split_variants(data)` gives the whole / byte-by-byte / halves
+  deliveries, so each test case is one loop.
+* `flow("udp", "10.0.0.1", 4000, "10.0.0.2", 69)` makes the master's tuple.
+* `check_outcome(...)` asserts the invariant every helper keeps; its messages
+  name the valid classes, protocols and actions.
+* `check_case(folder)` replays a capture case folder and compares it with its
+  golden file (below); `case_dirs(root)` lists the case folders under `root`.
+
+Installed with alg, the pytest plugin `alg.pytest_plugin` (entry point
+`pytest11`) offers the same as fixtures: `alg_host`, `alg_helper`, `alg_feed`,
+`alg_case`, and the option `--alg-regen`.
+
+A capture case is a folder::
+
+    tests/cases/tftp-read/
+        capture.pcap        one or more captures (*.pcap, *.pcapng), replayed in name order as one
+                            stream: Ethernet, Linux cooked, raw IP, loopback or NFLOG link types
+        SOURCE.md           where it comes from: who captured it, with what software and commands,
+                            or the public repository, path, commit and licence it was copied from
+        expected.jsonl      the golden output: one line per expectation, what `alg replay --format
+                            json capture.pcap` prints (keys sorted, without `file`), in order
+        case.toml           optional:
+            helpers = ["tftp"]          replay only these helpers (default: every loaded one)
+            policy = "policy.toml"      a policy file in the folder, overriding the defaults
+            related_min = 1             follow-up flows in the capture that must have matched an
+                                        expectation (the kernel would have made them RELATED)
+            undecodable_ok = true       frames alg cannot decode are no failure
+            [stats]                     counters that must be reached, e.g.
+            "tftp.notices.bad-mode" = 1     (helper.path.in.its.status.counters = minimum)
+
+Make the golden file by running `alg replay --format json` (or the test with
+`--alg-regen` / ALG_REGEN=1), then read it line by line: it is the claim.
 """
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .engine import Engine, make_slots
-from .model import NEED_DATA, PROTO_NAMES, TCP, Action, Direction, Expect, FlowTuple, Helper, Notice, Outcome, \
-    Parsed, Segment, Unexpect, ports_ok
+from .model import NEED_DATA, PROTO_NUMBERS, TCP, Action, Direction, Expect, FlowTuple, Helper, Notice, \
+    Outcome, Parsed, Segment, Unexpect, invalid_expect, ip
 from .plugins import PluginHost, load_plugins
 from .policy import default_policy, load_policy
 from .replay import ReplayResult, replay
@@ -29,17 +56,25 @@ from .replay import ReplayResult, replay
 
 def check_outcome(helper: Helper, out: Outcome, given: int, flow: FlowTuple) -> None:
     """What any helper may return for `given` bytes on `flow`."""
+    name = type(helper).__name__
     if out is NEED_DATA:
         return
-    assert isinstance(out, Parsed), f"{type(helper).__name__} returned {out!r}"
-    assert 0 <= out.consumed <= given, f"consumed {out.consumed} of {given}"
-    classes = {c.name for c in helper.spec.classes}
+    assert isinstance(out, Parsed), f"{name}.inspect returned {out!r}: return alg.Parsed(consumed, actions) or " \
+                                    f"alg.NEED_DATA"
+    assert 0 <= out.consumed <= given, f"{name}: consumed {out.consumed} of the {given} bytes given"
+    classes = [c.name for c in helper.spec.classes]
     for a in out.actions:
-        assert isinstance(a, (Expect, Unexpect, Notice)), a
+        assert isinstance(a, (Expect, Unexpect, Notice)), f"{name}: action {a!r} is none of alg.Expect, " \
+                                                          f"alg.Unexpect, alg.Notice"
         if isinstance(a, Expect):
-            assert a.cls in classes and a.proto in PROTO_NAMES, a
-            assert ports_ok(a.sport, a.dport), a
-            assert a.dst.version == flow.l3 and (a.src is None or a.src.version == flow.l3), a
+            why = invalid_expect(classes, a, flow.l3)
+            assert why is None, f"{name}: invalid {a!r}: {why}"
+
+
+def flow(proto: str, src: str, sport: int, dst: str, dport: int) -> FlowTuple:
+    """A master flow's original-direction tuple: flow("tcp", "10.0.0.1", 40000, "10.0.0.2", 21)."""
+    s, d = ip(src), ip(dst)
+    return FlowTuple(s.version, PROTO_NUMBERS[proto], s, d, sport, dport)
 
 
 def feed(helper: Helper, chunks: Iterable[tuple[Direction, bytes]], flow: FlowTuple, state: Any = None,
@@ -100,3 +135,37 @@ def replay_case(case: Path, host: PluginHost | None = None) -> CaseRun:
         raise FileNotFoundError(f"{case}: no capture")
     result = replay(engine, captures)
     return CaseRun([e.to_json() for e in result.expectations], result, engine.stats(), conf)
+
+
+def case_dirs(root: Path) -> list[Path]:
+    """The case folders (those with a SOURCE.md) under `root`, sorted."""
+    return sorted(p for p in Path(root).iterdir() if p.is_dir() and (p / "SOURCE.md").exists())
+
+
+def _dig(stats: dict[str, Any], dotted: str) -> Any:
+    helper, *rest = dotted.split(".")
+    node: Any = stats["helpers"][helper]
+    for part in rest:
+        node = node.get(part, 0) if isinstance(node, dict) else 0
+    return node
+
+
+def check_case(case: Path, host: PluginHost | None = None, regen: bool = False) -> CaseRun:
+    """Replay a case folder and assert what its files claim (regen: rewrite expected.jsonl first)."""
+    case = Path(case)
+    if not (case / "SOURCE.md").exists():
+        raise AssertionError(f"{case}: no SOURCE.md saying where the capture comes from")
+    run = replay_case(case, host)
+    golden = case / "expected.jsonl"
+    lines = [json.dumps(e, sort_keys=True) for e in run.rows]
+    if regen:
+        golden.write_text("".join(line + "\n" for line in lines))
+    assert golden.exists(), f"{case}: no expected.jsonl (make it with --alg-regen, then review it)"
+    assert lines == golden.read_text().splitlines(), f"{case.name}: replay differs from expected.jsonl"
+    assert run.result.related_flows >= run.conf.get("related_min", 0), \
+        f"{case.name}: {run.result.related_flows} follow-up flows matched, case.toml wants {run.conf['related_min']}"
+    for key, minimum in run.conf.get("stats", {}).items():
+        assert _dig(run.stats, key) >= minimum, f"{case.name}: counter {key} below {minimum}"
+    assert run.result.undecodable == 0 or run.conf.get("undecodable_ok"), \
+        f"{case.name}: {run.result.undecodable} undecodable frames (undecodable_ok = true in case.toml if expected)"
+    return run

@@ -16,12 +16,13 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from alg.expect import Expectation
 from alg.kernel import ctnetlink as C
 from alg.model import FlowTuple
 
-LAB = "/work/shared/lab/netns.sh"
+LAB = str(Path(__file__).resolve().parents[1] / "tools" / "lab" / "netns.sh")
 ENV = dict(os.environ, LAB_NS_CLIENT="alg-nl-bench-c", LAB_NS_FW="alg-nl-bench-f", LAB_NS_SERVER="alg-nl-bench-s")
 HOLD = """
 import socket, sys, time

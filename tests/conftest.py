@@ -1,6 +1,6 @@
-"""Test tiers (see ../shared/DESIGN.md): replay tests need nothing; `kernel`
-tests need root and network namespaces on the host kernel; `lab` tests boot
-the VM of ../shared/lab once per run. Each skips with its reason."""
+"""Test tiers: replay tests need nothing; `kernel` tests need root and network
+namespaces on the host kernel; `lab` tests boot the project's lab VM
+(tools/lab/labvm.py) once per run. Each skips with its reason."""
 
 from __future__ import annotations
 
@@ -13,17 +13,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-_LAB_PLACES = (ROOT.parent / "shared" / "lab", Path("/work/shared/lab"))  # next to the project, or in /work
-LAB_DIR = Path(os.environ.get("LAB_DIR") or next((p for p in _LAB_PLACES if p.is_dir()), _LAB_PLACES[0]))
+LAB_DIR = ROOT / "tools" / "lab"  # the lab VM runner, in this repository
 sys.path.insert(0, str(LAB_DIR))
 sys.path.insert(0, str(ROOT / "tests"))
-try:
-    from labvm import pytest_collection_modifyitems, pytest_configure  # noqa: F401  (pytest hooks)
-except ImportError:  # no lab checkout next to the project: lab tests skip below
-    def pytest_collection_modifyitems(config, items):  # type: ignore[no-redef]
-        for item in items:
-            if "lab" in item.keywords:
-                item.add_marker(pytest.mark.skip(reason=f"no lab at {LAB_DIR} (set LAB_DIR)"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Lab tests skip, with the reason, where the VM cannot run (LAB_PROBE=1 also boots it once to check)."""
+    lab = [item for item in items if "lab" in item.keywords]
+    if not lab:
+        return
+    from labvm import unavailable_reason
+
+    reason = unavailable_reason(probe=os.environ.get("LAB_PROBE") == "1")
+    for item in lab if reason else ():
+        item.add_marker(pytest.mark.skip(reason=f"lab VM unavailable: {reason}"))
 
 
 def kernel_skip_reason() -> str | None:

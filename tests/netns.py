@@ -4,7 +4,7 @@
     fw ns      PREFIX-fw    c1 10.0.1.1/24 fd00:1::1/64, s1 10.0.2.1/24 fd00:2::1/64, forwarding
     server ns  PREFIX-srv   s0 10.0.2.2/24 fd00:2::2/64   default via fw
 
-Same layout as ../shared/lab/netns.sh, in Python so tests can use it without
+Same layout as tools/lab/netns.sh, in Python so tests can use it without
 bash. Every namespace carries the caller's PREFIX (e.g. ``alg-ftp-t1234``) so
 parallel sessions never collide; ``down()`` removes them (also as a context
 manager). Nothing is ever created in the caller's namespace; the fw has no

@@ -29,19 +29,20 @@ def alg_rules(*args: str) -> str:
 
 def test_rules_assign_every_port_and_accept_related(policy):
     text = alg_rules("--helper", "ftp")
-    assert '-I PREROUTING 1 -p tcp --dport 21 -m comment --comment "alg ftp" -j CT --helper ftp' in text
-    assert "--ctstate RELATED -m helper --helper ftp" in text
+    assert '-A alg-helpers -p tcp --dport 21 -m comment --comment "alg ftp" -j CT --helper ftp' in text
+    assert "-A alg-related -m conntrack --ctstate RELATED -m helper --helper ftp" in text
     assert text.count("COMMIT") == 2
-    # inserted (a final DROP of the user's chain must not hide them), never appended
-    assert "\n-A " not in text and "-I FORWARD 1 " in text and "-I INPUT 1 " in text
+    # alg's chains are declared (iptables-restore flushes and refills them) and jumped to from the top of the
+    # built-in chains (a final DROP of the user's chain must not hide them), never appended there
+    assert ":alg-helpers - [0:0]" in text and ":alg-related - [0:0]" in text
+    for chain in ("PREROUTING", "OUTPUT", "FORWARD", "INPUT"):
+        assert f"-I {chain} 1 -j alg-" in text and f"-A {chain}" not in text
 
 
-def test_iptables_inserts_keep_their_order_per_chain():
+def test_iptables_rules_keep_their_order_in_algs_chain():
     text = alg_rules("--helper", "ftp", "--helper", "sip")
-    pre = [line.split()[2] for line in text.splitlines() if line.startswith("-I PREROUTING")]
-    fwd = [line for line in text.splitlines() if line.startswith("-I FORWARD")]
-    assert pre == [str(i) for i in range(1, len(pre) + 1)] and len(pre) >= 3  # sip: udp and tcp 5060
-    assert fwd[0].startswith("-I FORWARD 1 ") and fwd[1].startswith("-I FORWARD 2 ")
+    raw = [line for line in text.splitlines() if line.startswith("-A alg-helpers")]
+    assert ["--dport 21" in raw[0], "--dport 5060" in raw[1], "--dport 5060" in raw[2]] == [True] * 3
 
 
 def test_rules_unknown_helper_exits_2():
@@ -99,6 +100,66 @@ def test_rules_apply_in_a_namespace(kernel_ok):
         assert "--helper ftp" in saved
     finally:
         subprocess.run(["ip", "netns", "del", ns])
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("kind", ["iptables", "nft"])
+def test_rules_apply_twice_then_remove(kernel_ok, kind):
+    """`alg rules --apply` is safe to repeat (each rule once) and `--remove` takes back all of it."""
+    ns = f"alg-rt{os.getpid() % 100000}-{kind[:3]}"
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+
+    def nsx(*cmd: str, text_in: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", ns, *cmd], input=text_in, capture_output=True, text=True)
+
+    def dump() -> str:
+        if kind == "nft":
+            return nsx("nft", "list", "ruleset").stdout
+        saved = "".join(nsx(t).stdout for t in ("iptables-save", "ip6tables-save"))
+        return "".join(line for line in saved.splitlines(True) if not line.startswith("#"))  # (dated)
+
+    alg = [sys.executable, "-m", "alg", "rules", "--helper", "ftp", "--helper", "sip"] + (["--nft"] if kind == "nft"
+                                                                                           else [])
+    try:
+        if kind == "nft":
+            assert nsx("nft", "-f", "-", text_in=USER_FIREWALL["nft"]).returncode == 0
+        else:
+            assert nsx("iptables", *USER_FIREWALL["iptables"][2].split()).returncode == 0
+        before = dump()
+        for _ in range(2):
+            r = nsx(*alg, "--apply")
+            assert r.returncode == 0, r.stderr
+        once = dump()
+        if kind == "nft":
+            assert once.count('comment "alg related"') == 2  # input and forward, once each
+            assert once.count("table inet alg") == 1 and once.count('ct helper set "sip-udp"') == 2
+        else:
+            for fam in ("iptables-save", "ip6tables-save"):
+                text = nsx(fam).stdout
+                assert text.count("-j alg-helpers") == 2 and text.count("-j alg-related") == 2, text
+                assert text.count("--dport 5060") == 2 and text.count('"alg ftp related"') == 1, text
+            # alg's jumps come before the user's final drop
+            text = nsx("iptables-save", "-t", "filter").stdout
+            assert text.index("-A INPUT -j alg-related") < text.index("-A INPUT -j DROP"), text
+        assert nsx(*alg, "--apply").returncode == 0 and dump() == once
+        r = nsx(*alg, "--remove")
+        assert r.returncode == 0, r.stderr
+        after = dump()  # (iptables leaves the raw table's built-in chains it made, empty)
+        assert "alg" not in after and all(line in after for line in before.splitlines()), after
+        assert nsx(*alg, "--remove").returncode == 0  # nothing left to remove is no error
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])
+
+
+def test_rules_refuse_two_helpers_on_one_port(tmp_path):
+    (tmp_path / "sip.toml").write_text('helper = "sip"\n')
+    (tmp_path / "sip2.toml").write_text('helper = "sip"\nname = "sip2"\nqueue = 99\n')
+    r = subprocess.run([sys.executable, "-m", "alg", "rules", "--policy", str(tmp_path)],
+                       capture_output=True, text=True)
+    # refused at load, as by every command: the file, line and key, and both claims
+    assert r.returncode == 2 and "sip2.toml:1: key 'ports': udp port 5060" in r.stderr, r.stderr
+    assert "both sip (" in r.stderr, r.stderr
 
 
 # A control connection to port 21 on lo and a passive data connection (PASV for IPv4,
@@ -162,7 +223,7 @@ def test_rules_assign_the_helper_and_pass_the_related_flow(kernel_ok, kind):
             ct = nsx("conntrack", "-L", "-f", "ipv4" if fam == "4" else "ipv6", "-p", "tcp", "--dport", "21").stdout
             assert "helper=ftp" in ct, (fam, ct)
         if kind == "iptables":
-            counts = [nsx(t, "-nvxL", "INPUT").stdout for t in ("iptables", "ip6tables")]
+            counts = [nsx(t, "-nvxL", "alg-related").stdout for t in ("iptables", "ip6tables")]
             hits = [int(line.split()[0]) for c in counts for line in c.splitlines() if "alg ftp related" in line]
         else:
             listing = nsx("nft", "list", "chain", "inet", "filter", "input").stdout
@@ -301,6 +362,29 @@ def test_rules_are_parsed_not_grepped(policy):
     assert checks["rules rpc"].level == doctor.WARN and "alg rules --helper rpc" in checks["rules rpc"].fix
     assert checks["rules tns"].level == doctor.WARN and "none of its ports" in checks["rules tns"].detail
     assert checks["rules mdns"].level == doctor.WARN
+
+
+# `iptables-save -t raw` (1.8.9, nf_tables) after `alg rules --helper ftp --family 4 --apply` in a namespace
+IPTABLES_SAVE_OWN_CHAIN = """*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:alg-helpers - [0:0]
+-A PREROUTING -j alg-helpers
+-A OUTPUT -j alg-helpers
+-A alg-helpers -p tcp -m tcp --dport 21 -m comment --comment "alg ftp" -j CT --helper ftp
+COMMIT
+"""
+
+
+def test_rules_in_algs_own_chain_count_only_when_jumped_to(policy):
+    ftp = [policy.helpers["ftp"]]
+    [rule] = doctor.parse_iptables_save(IPTABLES_SAVE_OWN_CHAIN)
+    assert (rule.helper, rule.where) == ("ftp", "iptables raw alg-helpers")
+    assert doctor.check_rules(ftp, doctor.Answer([rule]))[0].level == doctor.OK
+    unjumped = "\n".join(line for line in IPTABLES_SAVE_OWN_CHAIN.splitlines() if "-j alg-helpers" not in line)
+    assert doctor.parse_iptables_save(unjumped) == []  # a chain nothing jumps to assigns nothing
+    [check] = doctor.check_rules(ftp, doctor.Answer([]))
+    assert check.level == doctor.WARN and check.fix.startswith("alg rules --helper ftp --apply")
 
 
 def test_nft_rules_resolve_ct_helper_objects(policy):

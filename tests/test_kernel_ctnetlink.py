@@ -17,6 +17,7 @@ import sys
 import time
 
 import pytest
+from pathlib import Path
 
 from alg.daemon.worker import looked_up_view
 from alg.errors import KernelError
@@ -26,7 +27,7 @@ from alg.kernel.nfqueue import CtTuple
 from alg.model import Direction, FlowTuple
 
 pytestmark = pytest.mark.kernel
-LAB = "/work/shared/lab/netns.sh"
+LAB = Path(__file__).resolve().parents[1] / "tools" / "lab" / "netns.sh"
 ENV = dict(os.environ, LAB_NS_CLIENT="alg-nl-cli", LAB_NS_FW="alg-nl-fw", LAB_NS_SERVER="alg-nl-srv")
 HOLD = """
 import socket, sys, time

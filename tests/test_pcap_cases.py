@@ -11,44 +11,22 @@ made it, with what software, how), `expected.jsonl` (the golden output of
     [stats]                    # counters that must be reached, e.g.
     "sip.notices.hostname-in-sdp" = 1
 
-Regenerate goldens after a deliberate change with ALG_REGEN=1 and review the diff.
+Regenerate goldens after a deliberate change with ALG_REGEN=1 (or --alg-regen) and review the diff.
+The format and the runner are alg.testing's (installed with alg): see its docstring.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from alg.testing import replay_case
+from alg.testing import case_dirs
 
 CASES = Path(__file__).parent / "pcaps"
 
 
-def case_dirs() -> list[Path]:
-    return sorted(p for p in CASES.iterdir() if p.is_dir() and (p / "SOURCE.md").exists())
-
-
-def _dig(stats: dict[str, Any], dotted: str) -> Any:
-    helper, *rest = dotted.split(".")
-    node: Any = stats["helpers"][helper]
-    for part in rest:
-        node = node.get(part, 0) if isinstance(node, dict) else 0
-    return node
-
-
-@pytest.mark.parametrize("case", case_dirs(), ids=lambda p: p.name)
-def test_pcap_case(case: Path) -> None:
-    run = replay_case(case)
-    golden = case / "expected.jsonl"
-    lines = [json.dumps(e, sort_keys=True) for e in run.rows]
-    if os.environ.get("ALG_REGEN"):
-        golden.write_text("".join(line + "\n" for line in lines))
-    assert lines == golden.read_text().splitlines()
-    assert run.result.related_flows >= run.conf.get("related_min", 0), "follow-up flows not matched"
-    for key, minimum in run.conf.get("stats", {}).items():
-        assert _dig(run.stats, key) >= minimum, key
-    assert run.result.undecodable == 0 or run.conf.get("undecodable_ok")
+@pytest.mark.parametrize("case", case_dirs(CASES), ids=lambda p: p.name)
+def test_pcap_case(alg_case, case: Path) -> None:
+    """Through the pytest plugin's fixture, as a plugin author's tests run their cases."""
+    alg_case(case)

@@ -234,3 +234,117 @@ def test_layers_point_one_way():
                     raise AssertionError(f"{rel}: helpers import only `alg` itself, not {node.module}")
         elif "kernel" not in rel.parts:
             assert not mods & {"netfilterqueue", "pyroute2", "scapy"}, rel
+
+
+def _helper(name: str, ports=(9,), queue=None, cls_name="x"):
+    return type(f"H_{name}", (alg.Helper,), {"spec": alg.HelperSpec(
+        name=name, protocols=(alg.UDP,), ports=ports, classes=(alg.ExpectClass(cls_name, 1, 1),), queue=queue)})
+
+
+def test_plugin_queues_are_stable_whatever_else_is_installed():
+    from alg.policy import PLUGIN_QUEUES, default_policy
+    a, b = _helper("tftp2"), _helper("aaa")  # "aaa" sorts first: it must not shift tftp2's queue
+    alone = load_plugins(extra=[_plugin(a)])
+    both = load_plugins(extra=[_plugin(b), _plugin(a)])
+    q = default_policy({n: c.spec for n, c in alone.helpers.items()}).helpers["tftp2"].queue
+    assert q in PLUGIN_QUEUES
+    assert default_policy({n: c.spec for n, c in both.helpers.items()}).helpers["tftp2"].queue == q
+    assert default_policy({n: c.spec for n, c in both.helpers.items()}).helpers["ftp"].queue == 20
+    declared = load_plugins(extra=[_plugin(_helper("mine", queue=300))])
+    assert default_policy({n: c.spec for n, c in declared.helpers.items()}).helpers["mine"].queue == 300
+
+
+def test_a_plugin_on_a_queue_already_taken_is_blocked():
+    host = load_plugins(extra=[_plugin(_helper("late", queue=20))])  # ftp's
+    assert "late" not in host.helpers and "ftp" in host.helpers
+    [why] = host.blocked.values()
+    assert "default queue 20 is already helper ftp's" in why and "HelperSpec(queue=...)" in why
+    assert any("queue must be an NFQUEUE number" in w
+               for w in load_plugins(extra=[_plugin(_helper("neg", queue=-1))]).blocked.values())
+
+
+def _plugin(cls):
+    class P:
+        @alg.hookimpl
+        def alg_register_helpers(self, register):
+            register(cls)
+    P.__name__ = f"plugin_{cls.spec.name}"
+    return P()
+
+
+def test_helpers_say_where_they_come_from(capsys):
+    host = load_plugins(extra=[_plugin(EchoHelper)])
+    assert str(host.source("ftp")) == "built-in" and host.source("ftp").distribution == "alg"
+    assert str(host.source("echo")) == "registered at run time (plugin_echo)"
+    from alg.cli import build_parser, cmd_helpers
+    assert cmd_helpers(build_parser().parse_args(["helpers", "--format", "json"]), host) == 0
+    info = {h["name"]: h for h in json.loads(capsys.readouterr().out)}
+    assert info["ftp"]["source"]["builtin"] and info["ftp"]["source"]["version"] == alg.__version__
+    assert info["echo"]["source"] == {"plugin": "plugin_echo", "builtin": False, "distribution": None, "version": None}
+
+
+def test_helpers_warn_of_two_helpers_on_one_port(capsys):
+    host = load_plugins(extra=[_plugin(_helper("echo2", ports=(7,))), _plugin(EchoHelper)])
+    from alg.cli import build_parser, cmd_helpers
+    assert cmd_helpers(build_parser().parse_args(["helpers"]), host) == 0
+    out = capsys.readouterr().out
+    assert "warning: udp/7 is claimed by helpers echo, echo2: only one can take it" in out
+
+
+def test_registering_an_installed_plugin_again_is_a_plugin_error():
+    import alg_helpers.ftp
+    with pytest.raises(PluginError, match=r"already loaded as 'ftp'"):
+        load_plugins(extra=[alg_helpers.ftp])
+    host = load_plugins()
+    with pytest.raises(PluginError, match="already loaded"):
+        host.register(alg_helpers.ftp)
+
+
+def test_plugin_errors_name_the_valid_hooks():
+    class Typo:
+        @alg.hookimpl
+        def alg_register_helper(self, register):
+            pass
+
+    with pytest.raises(PluginError) as err:
+        load_plugins(extra=[Typo()])
+    assert "valid hooks: alg_add_commands, alg_expectation_event, alg_register_helpers" in str(err.value)
+
+
+def test_harness_and_engine_name_the_valid_classes(caplog):
+    from alg.testing import feed, flow
+
+    class Wrong(alg.Helper):
+        spec = alg.HelperSpec(name="wrong", protocols=(alg.UDP,), ports=(9,),
+                              classes=(alg.ExpectClass("data", 1, 9), alg.ExpectClass("ctl", 1, 9)))
+
+        def inspect(self, segment, state):
+            return alg.Parsed(len(segment.data), (alg.Expect("media", alg.UDP, None, segment.sender, None, 5),))
+
+    f = flow("udp", "10.0.0.1", 1000, "10.0.0.2", 9)
+    with pytest.raises(AssertionError, match=r"class 'media' is not one of this helper's classes \['data', 'ctl'\]"):
+        feed(Wrong(), [(alg.Direction.ORIGINAL, b"x")], f)
+    with pytest.raises(AssertionError, match="neither alg.TCP"):
+        feed(type("W2", (Wrong,), {"inspect": lambda self, s, st: alg.Parsed(1, (
+            alg.Expect("data", 99, None, s.sender, None, 5),))})(), [(alg.Direction.ORIGINAL, b"x")], f)
+    from alg.engine import Engine, make_slots
+    from alg.policy import default_helper_policy
+    from scapy.all import IP, UDP, Raw
+    from alg.decode import decode_ip
+    engine = Engine(make_slots([default_helper_policy(Wrong.spec)], {"wrong": Wrong}))
+    pkt = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1000, dport=9) / Raw(b"x"))
+    with caplog.at_level("ERROR"):
+        engine.process(decode_ip(pkt), 0.0)
+    assert "class 'media' is not one of this helper's classes ['data', 'ctl']" in caplog.text
+
+
+def test_the_plugin_guide_documents_every_hook_and_public_name():
+    guide = (ROOT / "docs" / "plugins.md").read_text()
+    hooks = [n for n, _ in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("alg_")]
+    missing = [n for n in hooks + list(alg.__all__) if f"`{n}" not in guide and f"alg.{n}" not in guide
+               and f"{n}`" not in guide]
+    assert missing == []
+    from alg import testing
+    assert all(f"`{n}" in guide for n in ("feed", "flow", "split_variants", "check_outcome", "check_case",
+                                          "case_dirs", "replay_case") if hasattr(testing, n))
+    assert "docs/plugins.md" in (ROOT / "README.md").read_text()  # linked from the README

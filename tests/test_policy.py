@@ -125,3 +125,45 @@ def test_cli_exits_2_naming_file_line_and_key(tmp_path, capsys):
 def test_missing_policy_path_exits_2(tmp_path, capsys):
     assert main(["helpers", "--policy", str(tmp_path / "none.toml")]) == 2
     assert "none.toml" in capsys.readouterr().err
+
+
+def test_alg_policy_prints_each_helpers_default_file(tmp_path, capsys, specs):
+    """What `alg policy NAME` prints loads back as exactly the helper's defaults (and enables it)."""
+    for name in specs:
+        assert main(["policy", name]) == 0
+        path = write(tmp_path, capsys.readouterr().out, f"{name}.toml")
+        hp = load_policy([path], specs, only_listed=True).helpers[name]
+        want = default_helper_policy(specs[name])
+        assert (hp.classes, hp.ports, hp.protocols, hp.families, dict(hp.options), hp.queue, hp.max_buffer,
+                hp.enabled) == (want.classes, want.ports, want.protocols, want.families, dict(want.options),
+                                want.queue, want.max_buffer, True), name
+    assert main(["policy", "ftp"]) == 0 and "loose = false  # " in capsys.readouterr().out  # options documented
+    out = tmp_path / "etc"
+    assert main(["policy", "--all", "-o", str(out)]) == 0
+    assert sorted(p.stem for p in out.iterdir()) == sorted(specs)
+    assert set(load_policy([str(out)], specs, only_listed=True).helpers) == set(specs)
+    (out / "ftp.toml").write_text("# mine\n")
+    assert main(["policy", "ftp", "-o", str(out)]) == 0 and (out / "ftp.toml").read_text() == "# mine\n"
+    assert main(["policy", "nosuch"]) == 2 and "no helper named nosuch" in capsys.readouterr().err
+
+
+def test_port_clashes_name_protocol_port_and_helpers(tmp_path, specs):
+    from alg.policy import port_clashes
+    from alg import doctor
+
+    # policy files are refused at load (test_policy's clash test); two plugins whose
+    # defaults claim one port meet here: `helpers` warns, `doctor` fails
+    from dataclasses import replace
+
+    from alg.policy import default_policy
+    policy = default_policy(specs)
+    policy.helpers = {"ftp": policy.helpers["ftp"],
+                      "ftp2": replace(policy.helpers["ftp"], name="ftp2", queue=90, ports=(21, 2121))}
+    assert port_clashes(policy.helpers.values()) == [
+        "tcp/21 is claimed by helpers ftp, ftp2: only one can take it; disable the others or change their ports "
+        "in a policy file (alg policy NAME)"]
+    check = doctor.check_port_claims(list(policy.helpers.values()))
+    assert check.level == doctor.FAIL and "tcp/21" in check.detail
+    del policy.helpers["ftp"]
+    assert port_clashes(policy.helpers.values()) == []
+    assert doctor.check_port_claims(list(policy.helpers.values())).level == doctor.OK

@@ -1,7 +1,7 @@
 #!/bin/bash
 # record-ftp.sh — re-record the tests/pcaps/ftp-rec-* captures (needs root).
 #
-# Three namespaces alg-ftp-rec-{cli,fw,srv} built with ../shared/lab/netns.sh
+# Three namespaces alg-ftp-rec-{cli,fw,srv} built with tools/lab/netns.sh
 # (client 10.0.1.2 / fd00:1::2, server 10.0.2.2 / fd00:2::2, stateful fw in
 # the middle that accepts NEW only to tcp/21 and RELATED via the in-kernel ftp
 # helper: `iptables -t raw -A PREROUTING -p tcp --dport 21 -j CT --helper ftp`).
@@ -11,8 +11,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:-$ROOT/tests/pcaps}
-LAB_DIR=${LAB_DIR:-$ROOT/../../shared/lab}
-[ -f "$LAB_DIR/netns.sh" ] || LAB_DIR=/work/shared/lab
+LAB_DIR=${LAB_DIR:-$ROOT/tools/lab}  # netns.sh
 export LAB_NS_CLIENT=alg-ftp-rec-cli LAB_NS_FW=alg-ftp-rec-fw LAB_NS_SERVER=alg-ftp-rec-srv
 source "$LAB_DIR/netns.sh"
 SCRATCH=$(mktemp -d /tmp/alg-ftp-rec.XXXXXX)

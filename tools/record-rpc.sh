@@ -1,7 +1,7 @@
 #!/bin/bash
 # record-rpc.sh — re-record the tests/pcaps/rpc-rec-* captures (needs root).
 #
-# Namespaces alg-rt-{cli,fw,srv} from ../shared/lab/netns.sh (client 10.0.1.2 /
+# Namespaces alg-rt-{cli,fw,srv} from tools/lab/netns.sh (client 10.0.1.2 /
 # fd00:1::2, server 10.0.2.2 / fd00:2::2; the fw forwards everything here: the
 # host kernel has no rpc helper, the recordings only need the traffic).
 # In the server namespace, in a private mount namespace (its own /run, so the
@@ -22,8 +22,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:-$ROOT/tests/pcaps}
-LAB_DIR=${LAB_DIR:-$ROOT/../../shared/lab}
-[ -f "$LAB_DIR/netns.sh" ] || LAB_DIR=/work/shared/lab
+LAB_DIR=${LAB_DIR:-$ROOT/tools/lab}  # netns.sh
 export LAB_NS_CLIENT=alg-rt-cli LAB_NS_FW=alg-rt-fw LAB_NS_SERVER=alg-rt-srv
 source "$LAB_DIR/netns.sh"
 PY=${PYTHON:-python3}

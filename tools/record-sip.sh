@@ -9,7 +9,7 @@
 # CANCEL, 487), register (REGISTER Expires 3600, then Expires 0); default all.
 # The scenario files are tools/sipp/uac-*.xml and uas-*.xml.
 #
-# Network: ../shared/lab/netns.sh with namespaces alg-sip-cli / alg-sip-fw /
+# Network: tools/lab/netns.sh with namespaces alg-sip-cli / alg-sip-fw /
 # alg-sip-srv (override with ALG_SIP_NS=prefix). In fw: raw-table
 # `CT --helper sip` on udp and tcp 5060 (IPv4 and IPv6), a stateful FORWARD
 # chain that lets only SIP and RELATED/ESTABLISHED through, `conntrack -E
@@ -28,8 +28,7 @@ shift 3
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(av cancel register)
 HERE=$(cd "$(dirname "$0")" && pwd)
-LAB_DIR=${LAB_DIR:-$HERE/../../shared/lab}
-[ -f "$LAB_DIR/netns.sh" ] || LAB_DIR=/work/shared/lab
+LAB_DIR=${LAB_DIR:-$HERE/lab}  # netns.sh
 PFX=${ALG_SIP_NS:-alg-sip}
 export LAB_NS_CLIENT=$PFX-cli LAB_NS_FW=$PFX-fw LAB_NS_SERVER=$PFX-srv
 # shellcheck source=/dev/null

@@ -1,14 +1,13 @@
 #!/bin/bash
 # record-tns.sh — re-record tests/pcaps/tns-rec-redirect (needs root and `pip install oracledb`).
-# Namespaces alg-rt-{cli,fw,srv} from ../shared/lab/netns.sh; the fw forwards everything.
+# Namespaces alg-rt-{cli,fw,srv} from tools/lab/netns.sh; the fw forwards everything.
 # tools/tns_listener.py on 10.0.2.2:1521 answers CONNECT with REDIRECT (data in a DATA packet)
 # to 10.0.2.2:1522, where a second scripted listener refuses; python-oracledb (thin mode) in the
 # client namespace connects; tcpdump on the fw's c1. Usage: tools/record-tns.sh [OUTDIR]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:-$ROOT/tests/pcaps}
-LAB_DIR=${LAB_DIR:-$ROOT/../../shared/lab}
-[ -f "$LAB_DIR/netns.sh" ] || LAB_DIR=/work/shared/lab
+LAB_DIR=${LAB_DIR:-$ROOT/tools/lab}  # netns.sh
 export LAB_NS_CLIENT=alg-rt-cli LAB_NS_FW=alg-rt-fw LAB_NS_SERVER=alg-rt-srv
 source "$LAB_DIR/netns.sh"
 PY=${PYTHON:-$ROOT/.venv/bin/python}

@@ -8,7 +8,8 @@
 """
 
 from .status import read_status
-from .supervisor import Daemon, DaemonStats, KernelPorts, refusal_fix, remove_helpers, resolve, state_file
+from .supervisor import (STATE_DIR, Daemon, DaemonStats, KernelPorts, refusal_fix, remove_helpers, resolve,
+                         state_file)
 
-__all__ = ["Daemon", "DaemonStats", "KernelPorts", "read_status", "refusal_fix", "remove_helpers", "resolve",
-           "state_file"]
+__all__ = ["STATE_DIR", "Daemon", "DaemonStats", "KernelPorts", "read_status", "refusal_fix", "remove_helpers",
+           "resolve", "state_file"]

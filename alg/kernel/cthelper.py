@@ -5,7 +5,7 @@ number and a policy (one class per expectation class: name, max expected,
 timeout).  ``iptables -t raw ... -j CT --helper NAME`` attaches it to flows;
 while it is *enabled*, the kernel queues those flows' packets to the queue
 from the conntrack confirm hook (a dead daemon therefore breaks the flows,
-see shared/lab/README.md: disable on exit).
+measured in the lab VM: disable on exit).
 
 Kernel behaviour (net/netfilter/nfnetlink_cthelper.c):
 

@@ -9,12 +9,13 @@ check() {  # NAME CMD...: PASS/FAIL on the command's status
     if "$@"; then pass "$name"; else fail "$name"; fi
 }
 
-# alg_related_count HELPER [4|6]: packets that hit alg's own RELATED accept for HELPER in lab-fw's
-# FORWARD (comment "alg HELPER related"; `alg rules` inserts it at the top of the chain)
+# alg_related_count HELPER [4|6]: packets that hit alg's own RELATED accept for HELPER in lab-fw
+# (comment "alg HELPER related", in alg's chain alg-related, which `alg rules` jumps to from the top of
+# FORWARD and INPUT)
 alg_related_count() {
     local fams=${2:-46} total=0 n ipt
     for ipt in $([[ $fams == *4* ]] && echo "$LAB_IPT") $([[ $fams == *6* ]] && echo "$LAB_IP6T"); do
-        n=$(lab_fw "$ipt" -nvxL FORWARD | awk -v c="/* alg $1 related */" 'index($0, c) {s += $1} END {print s+0}')
+        n=$(lab_fw "$ipt" -nvxL alg-related | awk -v c="/* alg $1 related */" 'index($0, c) {s += $1} END {print s+0}')
         total=$((total + n))
     done
     echo "$total"

@@ -1,14 +1,18 @@
 #!/bin/bash
-# anchor: the lab's reference run (../shared/lab/anchor-conntrackd.sh) twice on the same
+# anchor: the shared lab's reference run (anchor-conntrackd.sh, outside this repository) twice on the same
 # traffic, first with conntrackd's own rpc and ftp helpers, then with alg serving both
 # (helpers pre-registered with `nfct add helper`, which alg takes over: same policy names
 # rpc/ftp and priv_data_len 16/24). Each run: RPC GETPORT over UDP then TCP to the returned
 # port, FTP PASV + RETR; RELATED through a firewall that drops other NEW flows; negative
 # controls (helpers registered but no daemon; daemon killed; helpers disabled).
 # Passes when both runs PASS and alg's expectations equal conntrackd's (ports normalised).
+# It needs that script: LAB_REFERENCE names the folder holding it (the lab this project's runner was
+# learnt from); without it the scenario is skipped (exit 77, reported as a skip by tests/test_lab.py).
 set -u
 # shellcheck source=../lib.sh
 source "$ALG_ROOT/tests/lab/lib.sh"
+ANCHOR=${LAB_REFERENCE:-}/anchor-conntrackd.sh
+[ -n "${LAB_REFERENCE:-}" ] && [ -r "$ANCHOR" ] || { echo "SKIP anchor: set LAB_REFERENCE to the folder of anchor-conntrackd.sh"; exit 77; }
 OUT=$LAB_SCRATCH/anchor-alg; mkdir -p "$OUT" /run/alg-lab/anchor
 POL=/run/alg-lab/anchor/policy; mkdir -p "$POL"
 cat >"$POL/rpc.toml" <<TOML
@@ -27,7 +31,7 @@ normalise() {  # drop timeouts, ephemeral client ports and the FTP data port
 }
 
 mkdir -p "$LAB_SCRATCH/conntrackd"
-LAB_SCRATCH=$LAB_SCRATCH/conntrackd bash "$LAB_DIR/anchor-conntrackd.sh" >"$OUT/conntrackd.out" 2>&1
+LAB_DIR=$LAB_REFERENCE LAB_SCRATCH=$LAB_SCRATCH/conntrackd bash "$ANCHOR" >"$OUT/conntrackd.out" 2>&1
 tail -1 "$OUT/conntrackd.out"
 tail -1 "$OUT/conntrackd.out" | grep -q "rpc PASS ftp PASS (negative controls PASS)" && pass conntrackd-anchor \
     || fail conntrackd-anchor
@@ -39,8 +43,8 @@ for _ in $(seq 30); do
     sleep 0.5
 done
 mkdir -p "$LAB_SCRATCH/alg"
-LAB_SCRATCH=$LAB_SCRATCH/alg LAB_DAEMON_NAME=alg LAB_DAEMON_CMD="$ALG run --policy $POL" \
-    bash "$LAB_DIR/anchor-conntrackd.sh" >"$OUT/alg.out" 2>&1
+LAB_DIR=$LAB_REFERENCE LAB_SCRATCH=$LAB_SCRATCH/alg LAB_DAEMON_NAME=alg LAB_DAEMON_CMD="$ALG run --policy $POL" \
+    bash "$ANCHOR" >"$OUT/alg.out" 2>&1
 tail -1 "$OUT/alg.out"
 tail -1 "$OUT/alg.out" | grep -q "rpc PASS ftp PASS (negative controls PASS)" && pass alg-anchor \
     || { fail alg-anchor; tail -40 "$OUT/alg.out"; }

@@ -49,7 +49,7 @@ grep -q "^32 ok" "$OUT/priv.txt" && grep -q "^33 refused" "$OUT/priv.txt" && pas
     || { fail private-data-at-most-32-bytes; cat "$OUT/priv.txt"; }
 
 lab_net_up tcp/21 || { echo "FAIL lab_net_up"; exit 1; }
-ip netns exec "$LAB_NS_SERVER" $SYS_PY "$LAB_DIR/lab_peers.py" ftp-server --bind "$LAB_SERVER4" --root "$RUN/root" \
+ip netns exec "$LAB_NS_SERVER" $SYS_PY "$LAB_DIR/ftp_peers.py" ftp-server --bind "$LAB_SERVER4" --root "$RUN/root" \
     --pasv-ports 50000-50009 >"$OUT/ftpd.log" 2>&1 & PIDS+=($!)
 start_alg() {
     ip netns exec "$LAB_NS_FW" "$ALG" run --policy "$POLICY" --policy "$RUN/alg.toml" >>"$OUT/alg.log" 2>&1 &

@@ -34,7 +34,7 @@
 # answer is a flow alg expected, so its LOCATION expectation rides on the answer's verdict in
 # turn and the SUBSCRIBE connection carries the helper: alg sees CALLBACK, the NOTIFY passes.
 #
-#   ALG_ROOT=$PWD /work/shared/lab/vm-run -e ALG_ROOT tests/lab/run-all.sh discovery
+#   ALG_ROOT=$PWD tools/lab/vm-run -e ALG_ROOT tests/lab/run-all.sh discovery
 set -u
 : "${ALG_ROOT:?}" "${ALG:?}" "${LAB_DIR:?}" "${LAB_SCRATCH:?}"
 # shellcheck source=/dev/null
@@ -127,11 +127,13 @@ client_do() {  # OUT CMD...: one command to the client, wait for its answer
     for _ in $(seq 150); do [ -e "$out.done" ] && return 0; sleep 0.2; done
     echo "client did not answer: $*"; return 1
 }
-counters() { { lab_fw "$LAB_IPT" -nvxL INPUT; lab_fw "$LAB_IP6T" -nvxL INPUT; } >"$OUT/$1-counters.txt"; }
+# every chain of the filter table: the RELATED accepts sit in alg's chains (alg-related, and `related` for
+# conntrackd's copy), jumped to from INPUT
+counters() { { lab_fw "$LAB_IPT" -nvxL; lab_fw "$LAB_IP6T" -nvxL; } >"$OUT/$1-counters.txt"; }
 counter() {  # PHASE COMMENT: packets that hit the rules tagged COMMENT (v4 + v6)
     awk -v c="/* $2 */" 'index($0, c) {s += $1} END {print s+0}' "$OUT/$1-counters.txt"
 }
-zero() { lab_fw "$LAB_IPT" -Z INPUT; lab_fw "$LAB_IP6T" -Z INPUT; }
+zero() { lab_fw "$LAB_IPT" -Z; lab_fw "$LAB_IP6T" -Z; }  # every chain: the RELATED accepts are in alg-related / related
 enabled() {  # alg|ctd: helper entries enabled (alg's are named alg-*)
     lab_fw nfct list helper 2>/dev/null | tr -d '\t\n' | grep -o "name = [a-z0-9-]*,[^}]*status = enabled" |
         if [ "$1" = alg ]; then grep -c "name = alg-"; else grep -vc "name = alg-"; fi

@@ -14,7 +14,7 @@ source "$LAB_DIR/netns.sh"
 source "$ALG_ROOT/tests/lab/lib.sh"
 RUN=/run/alg-lab/ftp; OUT=$LAB_SCRATCH/ftp; mkdir -p "$RUN/root" "$OUT"
 SYS_PY="/usr/bin/python3 -I"            # has pyftpdlib (Debian package)
-PEERS="$SYS_PY $LAB_DIR/lab_peers.py"
+PEERS="$SYS_PY $LAB_DIR/ftp_peers.py"
 POLICY=$RUN/ftp.toml
 SOCK=$RUN/alg.sock
 PIDS=(); ALG_PID=; EW_PID=
@@ -101,7 +101,7 @@ lab_fw nfct list helper 2>/dev/null | tr -s '\t\n' ' ' | grep -q "name = ftp, .q
     && pass helper-registered-enabled || { fail helper-registered-enabled; lab_fw nfct list helper; }
 "$ALG" rules --policy "$POLICY" --family 4 | lab_fw iptables-restore --noflush && \
 "$ALG" rules --policy "$POLICY" --family 6 | lab_fw ip6tables-restore --noflush && pass rules-applied || fail rules-applied
-lab_fw "$LAB_IPT" -nL FORWARD --line-numbers | grep -q '^1 .*alg ftp related' && pass alg-related-rule-first \
+lab_fw "$LAB_IPT" -nL FORWARD --line-numbers | grep -q '^1 *alg-related ' && pass alg-related-rule-first \
     || { fail alg-related-rule-first; lab_fw "$LAB_IPT" -nL FORWARD --line-numbers; }
 
 # passive, IPv4 (PASV), expectation recorded between 227 and the data connect

@@ -8,7 +8,7 @@
 # Negative control: alg stopped => the same media is dropped.
 #
 #   export ALG_ROOT=/path/to/alg ALG=$ALG_ROOT/.venv/bin/alg
-#   /work/shared/lab/vm-run -e ALG_ROOT -e ALG tests/lab/scenarios/sip.sh
+#   tools/lab/vm-run -e ALG_ROOT -e ALG tests/lab/scenarios/sip.sh
 set -u
 : "${ALG_ROOT:?}" "${ALG:?}" "${LAB_DIR:?}" "${LAB_SCRATCH:?}"
 # shellcheck source=/dev/null
