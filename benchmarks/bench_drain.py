@@ -18,7 +18,9 @@ is the reader's utime+stime from /proc/PID/stat (clock ticks: 10 ms
 resolution); loss is what the kernel counted as dropped (queue full) plus
 user_dropped (the reader's socket buffer full). Median of 3 rounds; the ratio
 is to the C loop of the same run. The host kernel holds at most 65,536 queued
-packets in all: keep N below that.
+packets in all: keep N below that. Then, the reader still running, --pings
+INVITEs go one at a time to an echo server: the added latency is their round
+trip's p50/p99 minus the same without the NFQUEUE rule (measured first).
 
     sudo .venv/bin/python benchmarks/bench_drain.py [--n 20000] [--rounds 3]
 """
@@ -99,6 +101,31 @@ while True:
     q.flush()
 """
 
+ECHO = """import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("%s", 5060))
+while True:
+    d, a = s.recvfrom(4096); s.sendto(d, a)
+""" % SERVER4
+# one INVITE at a time from port 5070 (the drain's datagrams come from 5061 and are dropped at the server)
+PING = """import socket, statistics, sys, time
+sys.path.insert(0, sys.argv[2])
+from bench_sip import invite
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("", 5070)); s.settimeout(0.5)
+rtt, lost = [], 0
+for i in range(int(sys.argv[1])):
+    m = invite(100000 + i)
+    t = time.perf_counter(); s.sendto(m, ("%s", 5060))
+    try:
+        while s.recv(4096) != m:  # a late answer to an earlier, timed-out request
+            pass
+    except socket.timeout:
+        lost += 1
+        continue
+    rtt.append(time.perf_counter() - t)
+q = statistics.quantiles(rtt, n=100)
+print(q[49] * 1e6, q[98] * 1e6, lost)
+""" % SERVER4
+
 SEND = """
 import socket, sys
 sys.path.insert(0, sys.argv[2])
@@ -143,8 +170,17 @@ def wait(cond, timeout: float, what: str, step: float = 0.001):
     raise TimeoutError(what)
 
 
-def drain_once(net: Net, argv: list[str], n: int) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds, packets lost) for one reader draining n queued packets."""
+def ping(net: Net, n: int) -> tuple[float, float]:
+    """Round trip of one INVITE at a time through the fw: p50, p99 in microseconds."""
+    out = net.cli(sys.executable, "-c", PING, str(n), str(HERE), timeout=300).stdout.split()
+    if int(out[2]):
+        print(f"  ({out[2]} of {n} round trips got no answer within 0.5 s)")
+    return float(out[0]), float(out[1])
+
+
+def drain_once(net: Net, argv: list[str], n: int, pings: int) -> tuple[float, float, int, float, float]:
+    """(wall seconds, CPU seconds, packets lost, round trip p50, p99) for one reader draining n
+    queued packets, then forwarding `pings` INVITEs one at a time."""
     reader = net.popen("fw", *argv)
     try:
         pid = reader.pid  # ip netns exec execs the reader: same pid
@@ -159,7 +195,8 @@ def drain_once(net: Net, argv: list[str], n: int) -> tuple[float, float, int]:
         q1 = wait(lambda: (q := _read(pid)) and q.total == 0 and q, 120, "the reader did not drain the queue",
                   step=0.0005)
         wall, used = time.perf_counter() - t0, cpu(pid) - c0
-        return wall, used, (q1.dropped - q0.dropped) + (q1.user_dropped - q0.user_dropped)
+        p50, p99 = ping(net, pings) if pings else (0.0, 0.0)
+        return wall, used, (q1.dropped - q0.dropped) + (q1.user_dropped - q0.user_dropped), p50, p99
     finally:
         try:
             os.kill(reader.pid, signal.SIGCONT)
@@ -178,13 +215,17 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-daemon", action="store_true", help="leave `alg run` out")
+    ap.add_argument("--pings", type=int, default=1000, help="round trips for the added latency (0: skip)")
     args = ap.parse_args()
     n = args.n
     with Net(f"alg-dr{os.getpid() % 100:02d}") as net, tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)
         exe = build_c(tmp)
+        net.srv("iptables", "-A", "INPUT", "-p", "udp", "--sport", "5061", "-j", "DROP")  # the burst: no echo
+        net.popen("srv", sys.executable, "-c", ECHO)
+        time.sleep(0.5)
+        base = [ping(net, args.pings) for _ in range(args.rounds)] if args.pings else [(0.0, 0.0)]
         net.fw("iptables", "-A", "FORWARD", "-p", "udp", "--dport", "5060", "-j", "NFQUEUE", "--queue-num", str(QUEUE))
-        net.srv("iptables", "-A", "INPUT", "-p", "udp", "--dport", "5060", "-j", "DROP")  # no ICMP back
         Path(tmp, "sip.toml").write_text(f'helper = "sip"\nqueue = {QUEUE}\nqueue_len = {n}\nprotocols = ["udp"]\n')
         Path(tmp, "alg.toml").write_text(f'[core]\nstatus_socket = "{tmp}/s"\n')
         readers = {
@@ -195,21 +236,30 @@ def main() -> int:
         if not args.skip_daemon:
             readers["alg run --no-cthelper"] = [sys.executable, "-m", "alg", "run", "--no-cthelper", "--policy",
                                                 f"{tmp}/sip.toml", "--policy", f"{tmp}/alg.toml"]
-        runs: dict[str, list[tuple[float, float, int]]] = {k: [] for k in readers}
+        runs: dict[str, list[tuple[float, float, int, float, float]]] = {k: [] for k in readers}
         for _ in range(args.rounds):
             for name, argv in readers.items():
-                runs[name].append(drain_once(net, argv, n))
-    med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
-               statistics.median(r[2] for r in v)) for k, v in runs.items()}
-    c_wall, _, c_lost = med["C loop (libnetfilter_queue)"]
-    ref = (n - c_lost) / c_wall
+                runs[name].append(drain_once(net, argv, n, args.pings))
+    med = {k: tuple(statistics.median(r[i] for r in v) for i in range(5)) for k, v in runs.items()}
+    b50, b99 = statistics.median(b[0] for b in base), statistics.median(b[1] for b in base)
+    c_wall, c_cpu, c_lost, _, _ = med["C loop (libnetfilter_queue)"]
+    ref, ref_cpu = (n - c_lost) / c_wall, c_cpu / max(n - c_lost, 1)
     print(f"draining {n} queued SIP INVITE+SDP packets (UDP, ~620-byte messages), median of {args.rounds} rounds; "
           f"CPU from /proc/PID/stat ({1e3 / TICK:.0f} ms ticks); rates per packet the reader got")
-    print(f"{'reader':<30} {'packets/s':>10} {'us/pkt wall':>12} {'us/pkt CPU':>11} {'lost':>7} {'vs C':>7}")
-    for name, (wall, used, lost) in med.items():
+    print(f"{'reader':<30} {'packets/s':>10} {'us/pkt wall':>12} {'us/pkt CPU':>11} {'lost':>7} {'vs C':>7}"
+          f" {'CPU vs C':>9}"
+          + (f" {'added p50':>10} {'p99 (us)':>9}" if args.pings else ""))
+    for name, (wall, used, lost, p50, p99) in med.items():
         got = max(n - lost, 1)  # lost packets never reached the reader: they cost it nothing
         print(f"{name:<30} {got / wall:>10,.0f} {wall / got * 1e6:>12.2f} {used / got * 1e6:>11.2f} {lost:>7,.0f} "
-              f"{got / wall / ref:>6.2f}x")
+              f"{got / wall / ref:>6.2f}x {ref_cpu / max(used / got, 1e-9):>8.2f}x"
+              + (f" {p50 - b50:>10.1f} {p99 - b99:>9.1f}" if args.pings else ""))
+    print("vs C: packets/s over the C loop's (wall clock: on a shared machine the reader also waits for a CPU);"
+          " CPU vs C: the C loop's CPU per packet over the reader's (the kernel's forwarding of each accepted packet"
+          " runs in the reader's verdict call and counts for every reader)")
+    if args.pings:
+        print(f"added latency: {args.pings} INVITEs one at a time through the queue, round trip minus the same "
+              f"without the NFQUEUE rule (p50 {b50:.1f} us, p99 {b99:.1f} us)")
     return 0
 
 
