@@ -237,3 +237,72 @@ def test_a_socket_buffer_of_the_default_size_loses_the_burst(kernel_ok: None, tm
     report, arrived = run_flow("alg-nqd", tmp_path, n, 4096, "accept", 700, rcvbuf="212992")
     assert report["user_dropped"] > n // 2 and report["enobufs"] >= 1, report
     assert report["n"] + report["user_dropped"] == n and report["total"] == 0 and len(arrived) == report["n"]
+
+
+# A userspace helper (nfnetlink_cthelper) queues every packet of its conntracks; bound with
+# NFQA_CFG_F_CONNTRACK, each comes with its conntrack. The first packet's verdict sets the helper's
+# private data (NFQA_CT with CTA_HELP); the second packet of the flow carries it back.
+HELPER, HELPER_QUEUE, PRIV_LEN = "alg-nfqt", 13, 8
+CT_READER = f"""
+import json, select, time
+from alg.kernel.nfqueue import QueueBinding, pack_ct_help
+q = QueueBinding({HELPER_QUEUE}, 64, conntrack=True)
+print(json.dumps({{"conntrack": q.conntrack}}), flush=True)
+seen = []
+deadline = time.monotonic() + 15
+while len(seen) < 2 and time.monotonic() < deadline:
+    select.select([q], [], [], 1)
+    for p in q.receive():
+        ct = p.ct
+        t = lambda x: [x.l3, x.proto, x.src.hex(), x.dst.hex(), x.sport, x.dport]
+        seen.append({{"ctinfo": p.ctinfo, "helper": ct and ct.helper, "id": ct and ct.id,
+                      "info": ct.helper_info.hex() if ct and ct.helper_info is not None else None,
+                      "orig": ct and t(ct.orig), "reply": ct and t(ct.reply), "master": bool(ct and ct.master)}})
+        q.verdict(p.id, True, ct=pack_ct_help("{HELPER}", b"ABCDEFGH") if len(seen) == 1 else None)
+    q.flush()
+print(json.dumps(seen), flush=True)
+q.close()
+"""
+
+
+def test_conntrack_and_private_data_through_a_userspace_helper(kernel_ok: None) -> None:
+    from alg.kernel.cthelper import Cthelper
+    from alg.model import ExpectClass
+    from alg.policy import HelperPolicy
+
+    if not conntrack_glue():
+        pytest.skip("this host kernel lacks CONFIG_NETFILTER_NETLINK_GLUE_CT: packets come without their "
+                    "conntrack; the lab VM runs this (tests/lab/scenarios/nfqueue.sh)")
+    cth = Cthelper()
+    try:
+        if not cth.supported():
+            pytest.skip("no nfnetlink_cthelper (CONFIG_NF_CT_NETLINK_HELPER): the lab VM runs this")
+        hp = HelperPolicy(helper="sip", name=HELPER, enabled=True, queue=HELPER_QUEUE, queue_len=64, protocols=(17,),
+                          families=(4,), ports=(5060,), classes=(ExpectClass("data", 1, 30),), options={},
+                          max_buffer=4096)
+        cth.register(hp, priv_data_len=PRIV_LEN)
+        try:
+            with Net("alg-nqh") as net:
+                net.fw("iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "--dport", "5060", "-j", "CT",
+                       "--helper", HELPER)
+                reader = net.popen("fw", sys.executable, "-c", CT_READER, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+                hello = reader.stdout.readline()
+                assert hello and json.loads(hello)["conntrack"] is True, reader.stderr.read()
+                net.cli(sys.executable, "-c", "import socket, time; s = socket.socket(socket.AF_INET, "
+                        f"socket.SOCK_DGRAM); s.bind(('', 40000)); s.sendto(b'one', ('{SERVER4}', 5060)); "
+                        f"time.sleep(0.3); s.sendto(b'two', ('{SERVER4}', 5060))")
+                line = reader.stdout.readline()
+                assert line, reader.stderr.read()
+                seen = json.loads(line)
+        finally:
+            cth.unregister(HELPER, 17)
+    finally:
+        cth.close()
+    ip = [bytes(map(int, a.split("."))).hex() for a in (CLIENT4, SERVER4)]
+    assert len(seen) == 2, seen
+    first, second = seen
+    assert first["orig"] == [4, 17, ip[0], ip[1], 40000, 5060] and first["reply"] == [4, 17, ip[1], ip[0], 5060, 40000]
+    assert first["helper"] == HELPER and first["info"] == "00" * PRIV_LEN and first["ctinfo"] == 2  # IP_CT_NEW
+    assert first["master"] is False and first["id"] == second["id"]  # the same conntrack
+    assert second["helper"] == HELPER and second["info"] == b"ABCDEFGH".hex()  # set by the first verdict
