@@ -170,7 +170,22 @@ def _attrs(b, off: int, end: int) -> dict[int, tuple[int, int]]:
     return out
 
 
+_TUPLES: dict[bytes, CtTuple] = {}  # raw CTA_TUPLE_* nest -> decoded: every packet of a flow repeats it
+_TUPLES_MAX = 8192
+
+
 def _tuple(b, span: tuple[int, int]) -> CtTuple:
+    raw = bytes(b[span[0]:span[1]])
+    t = _TUPLES.get(raw)
+    if t is None:
+        t = _decode_tuple(raw, (0, len(raw)))
+        if len(_TUPLES) >= _TUPLES_MAX:
+            _TUPLES.clear()
+        _TUPLES[raw] = t
+    return t
+
+
+def _decode_tuple(b, span: tuple[int, int]) -> CtTuple:
     a = _attrs(b, *span)
     if CTA_TUPLE_IP not in a or CTA_TUPLE_PROTO not in a:
         raise ValueError("conntrack tuple without CTA_TUPLE_IP/CTA_TUPLE_PROTO")
