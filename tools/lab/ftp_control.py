@@ -42,9 +42,14 @@ def main() -> int:
                 elif cmd == "get":
                     s = conns[name]
                     s.sendall(b"PASV\r\n")
-                    m = re.search(r"\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)", reply(s))
-                    if m is None:
-                        raise RuntimeError("no 227")
+                    seen = ""
+                    for _ in range(5):  # past a late reply (a 421 for an earlier passive port that timed out)
+                        seen = reply(s)
+                        m = re.search(r"^227 .*\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)", seen, re.M)
+                        if m is not None:
+                            break
+                    else:
+                        raise RuntimeError(f"no 227: {seen!r}")
                     data = socket.create_connection((".".join(m.group(1, 2, 3, 4)),
                                                      int(m.group(5)) * 256 + int(m.group(6))), timeout=5)
                     s.sendall(f"RETR {rest[0]}\r\n".encode())
