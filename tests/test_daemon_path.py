@@ -287,3 +287,41 @@ def test_helpers_judge_a_natted_flow_by_its_real_endpoints(tmp_path, glue):
     (key,) = c.send(True, b"227 Entering Passive Mode (10,0,2,2,195,80).\r\n")
     assert key[3] == ipaddress.ip_address(SERVER)
     assert d.engine.stats()["helpers"]["ftp"]["natted"] == 1
+
+
+def test_systemd_hears_ready_watchdog_reload_and_stop(tmp_path):
+    import socket
+
+    from alg.daemon.systemd import Notifier
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify"))
+    listener.settimeout(2)
+    clock = [100.0]
+    notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000"},
+                        clock=lambda: clock[0])
+    k = FakeKernel()
+    (tmp_path / "ftp.toml").write_text('helper = "ftp"\nqueue = 7\n')
+    (tmp_path / "alg.toml").write_text(f'[core]\nstatus_socket = "{tmp_path}/alg.sock"\n')
+    d = Daemon(HOST, [str(tmp_path / "ftp.toml"), str(tmp_path / "alg.toml")], kernel=k.ports(), notifier=notifier)
+    heard = []
+
+    def hear():
+        heard.append(listener.recv(4096).decode())
+        return heard[-1]
+
+    d.start()
+    try:
+        assert hear().startswith("READY=1\nSTATUS=serving ftp (queue 7)")
+        d.step(0)
+        assert hear() == "WATCHDOG=1"
+        d.step(0)  # within half the watchdog interval: no second ping
+        clock[0] += 1.0
+        d.step(0)
+        assert hear() == "WATCHDOG=1"
+        d.reload()
+        assert hear().startswith("RELOADING=1\nMONOTONIC_USEC=") and hear().startswith("READY=1")
+    finally:
+        d.stop()
+    assert hear() == "STOPPING=1"
+    assert notifier.interval == 1.0  # pings at half of WatchdogSec
+    assert Notifier({}).send("READY=1") is False  # not under systemd: nothing sent

@@ -46,6 +46,14 @@ def test_sandbox_keeps_only_what_the_daemon_needs(service):
         assert service[key] == [value], key
 
 
+def test_the_daemon_tells_systemd_when_it_is_ready_and_that_it_lives(service):
+    # alg.daemon.systemd.Notifier sends READY=1 after start and WATCHDOG=1 from the loop
+    # (tests/test_daemon_path.py checks what it sends)
+    assert service["Type"] == ["notify"] and service["NotifyAccess"] == ["main"]
+    assert int(service["WatchdogSec"][0]) >= 10  # a loop turn is never near it (select wakes at half)
+    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+
+
 def test_the_daemon_writes_only_where_the_unit_lets_it(service):
     writable = [Path("/run") / d for d in service["RuntimeDirectory"]] + [Path(p) for p in service["ReadWritePaths"]]
     for path in (Path(STATE_DIR), Path(CorePolicy().status_socket).parent):

@@ -44,6 +44,7 @@ from ..policy import HelperPolicy, Policy, default_policy, load_policy
 from .reconciler import Reconciler
 from .sink import KernelSink
 from .status import StatusServer
+from .systemd import Notifier
 from .worker import QueueWorker
 
 log = logging.getLogger("alg.daemon")
@@ -102,7 +103,7 @@ def resolve(host: PluginHost, paths: list[str] | None) -> Policy:
 
 class Daemon:
     def __init__(self, host: PluginHost, policy_paths: list[str] | None, use_cthelper: bool = True,
-                 kernel: KernelPorts | None = None):
+                 kernel: KernelPorts | None = None, notifier: Notifier | None = None):
         self.host = host
         # without cthelper (kernels that lack it) packets come from NFQUEUE rules the
         # operator writes, and masters must carry a helper some other way (in-kernel)
@@ -119,6 +120,7 @@ class Daemon:
         self.workers: dict[int, QueueWorker] = {}  # by queue number
         self.registered: list[tuple[str, int, int]] = []  # (name, l3, l4proto)
         self.status_server: StatusServer | None = None
+        self.notifier = notifier or Notifier()
         self.stopping = False
         self.reload_asked = False
         self._instance: socket.socket | None = None
@@ -138,8 +140,9 @@ class Daemon:
         self._write_state()
         self._adopt()
         self.status_server = StatusServer(self.policy.core.status_socket, self.status)
-        log.info("serving %s", ", ".join(f"{s.policy.name} (queue {s.policy.queue})"
-                                          for s in self.engine.slots.values()))
+        serving = ", ".join(f"{s.policy.name} (queue {s.policy.queue})" for s in self.engine.slots.values())
+        log.info("serving %s", serving)
+        self.notifier.ready(f"serving {serving}")
 
     def _claim_namespace(self) -> None:
         """One daemon per network namespace (abstract socket names are per namespace, and
@@ -198,6 +201,7 @@ class Daemon:
         """Disable and remove our helpers, unbind the queues. Safe to call twice."""
         if self._instance is None:  # never started, or another daemon's namespace: touch nothing
             return
+        self.notifier.stopping()
         remove_helpers(self.kernel.cthelper, self.registered)
         self.registered.clear()
         try:
@@ -260,6 +264,9 @@ class Daemon:
             readers[self.reconciler.fileno()] = self.reconciler.read
         if self.status_server is not None:
             readers[self.status_server.fileno()] = self.status_server.serve
+        self.notifier.watchdog()  # from the loop itself: a loop that hangs is restarted
+        if self.notifier.interval is not None:
+            timeout = min(timeout, self.notifier.interval)
         due = self.sink.next_due()
         if due is not None:
             timeout = max(0.0, min(timeout, due - time.monotonic()))
@@ -298,6 +305,13 @@ class Daemon:
 
     # ------------------------------------------------------------ reload
     def reload(self) -> bool:
+        self.notifier.reloading()
+        try:
+            return self._reload()
+        finally:
+            self.notifier.ready("reloaded" if not self.stopping else "stopping")
+
+    def _reload(self) -> bool:
         try:
             policy = resolve(self.host, self.policy_paths)
             new_slots = make_slots(policy.helpers.values(), self.host.helpers)
