@@ -43,6 +43,10 @@ def cmd_status(args: argparse.Namespace, host: PluginHost) -> int:
     from .daemon import read_status
 
     st = read_status(args.socket or _policy(host, args).core.status_socket)
+    if args.format == "prometheus":
+        from .daemon.status import prometheus
+        sys.stdout.write(prometheus(st))
+        return EXIT_OK
     if args.format == "json":
         json.dump(st, sys.stdout, indent=1)
         print()
@@ -193,7 +197,8 @@ def add_commands(sub: Any) -> None:
                         "nfnetlink_cthelper; masters need an in-kernel helper)")
     r.set_defaults(func=cmd_run)
     s = with_policy(sub.add_parser("status", help="counters of the running daemon"))
-    s.add_argument("--format", choices=("text", "json"), default="text")
+    s.add_argument("--format", choices=("text", "json", "prometheus"), default="text",
+                   help="prometheus: the Prometheus text format (or [core] metrics_file, rewritten by the daemon)")
     s.add_argument("--socket", help="status socket (default from the policy)")
     s.set_defaults(func=cmd_status)
     ru = with_policy(sub.add_parser("rules", help="print the firewall rules that pair with alg"))

@@ -21,6 +21,7 @@ from .decode import Packet
 from .errors import ProtocolViolation
 from .expect import Admission, Expectation, ExpectationTable, Refusal
 from .flows import BOUNDARY, KNOWN, Flow, FlowRecord, FlowTable, KernelView, RecordFlag, packet_key, packet_tuple
+from .metrics import counter, gauge, to_json
 from .model import (NEED_DATA, TCP, Direction, Expect, FlowTuple, Helper, Notice, Parsed, Segment, Unexpect,
                     invalid_expect)
 from .policy import CorePolicy, HelperPolicy
@@ -60,41 +61,43 @@ class ExpectationEvent:
 
 @dataclass
 class ClassStats:
-    created: int = 0
-    evicted: int = 0
-    removed: int = 0
-    used: int = 0  # ended before their timeout: their flow came (or someone deleted them in the kernel)
-    refused: Counter = field(default_factory=Counter)  # by Refusal value
-    kernel_failed: Counter = field(default_factory=Counter)  # by errno name
+    created: int = counter("expectations admitted by the policy and sent to the kernel (kernel_failed: refused there)")
+    evicted: int = counter("expectations withdrawn to make room under ExpectMax")
+    removed: int = counter("expectations withdrawn by the helper (a call ended, a request failed)")
+    used: int = counter("expectations ended before their timeout: their flow came (or were deleted in the kernel)")
+    refused: Counter = counter("expectation requests refused, by reason", label="reason")
+    kernel_failed: Counter = counter("expectations the kernel refused to create, by errno", label="errno")
 
 
 @dataclass
 class HelperStats:
-    packets: int = 0
-    bytes: int = 0
-    parse_errors: int = 0
-    internal_errors: int = 0
-    flows: int = 0
-    gaps: int = 0  # TCP holes that did not fill and were skipped (lost segments)
-    desynced: int = 0  # flow directions given up after a gap (the helper could not resynchronise)
-    midstream: int = 0  # live: flows met mid-stream that alg could not resume (never read as a new stream)
-    natted: int = 0  # live: flows whose conntrack is NATed (the helper judges them by their real endpoints)
-    notices: Counter = field(default_factory=Counter)
+    packets: int = counter("packets of the helper's flows inspected")
+    bytes: int = counter("payload bytes of the helper's flows inspected")
+    parse_errors: int = counter("flows given up because the peer broke the protocol")
+    internal_errors: int = counter("flows given up because the helper raised (a bug)")
+    flows: int = counter("flows the helper took on")
+    gaps: int = counter("TCP holes that did not fill and were skipped (lost segments)")
+    desynced: int = counter("flow directions given up after a gap (no resynchronisation)")
+    midstream: int = counter("flows met mid-stream that alg could not resume (never read as a new stream)")
+    natted: int = counter("flows whose conntrack is NATed (judged by their real endpoints)")
+    notices: Counter = counter("things worth counting the helper noticed, by code", label="code")
     classes: dict[str, ClassStats] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "packets": self.packets, "bytes": self.bytes, "flows": self.flows,
-            "parse_errors": self.parse_errors, "internal_errors": self.internal_errors,
-            "gaps": self.gaps, "desynced": self.desynced, "midstream": self.midstream,
-            "natted": self.natted,
-            "notices": dict(self.notices),
-            "classes": {
-                n: {"created": c.created, "evicted": c.evicted, "removed": c.removed, "used": c.used,
-                    "refused": dict(c.refused), "kernel_failed": dict(c.kernel_failed)}
-                for n, c in self.classes.items()
-            },
-        }
+        return to_json(self) | {"classes": {n: to_json(c) for n, c in self.classes.items()}}
+
+
+@dataclass
+class TableStats:
+    """alg's expectation table and flow table (rendered beside the daemon's figures)."""
+
+    flows: int = gauge("flows in alg's flow table")
+    flows_evicted: int = counter("flows evicted from alg's flow table (least recently used first)")
+    expectations: int = gauge("expectations alg holds (its own and adopted)")
+    expect_budget: int = gauge("alg's expectation budget ([core] expect_budget)")
+    expectations_by_helper: Counter = gauge("expectations held, by helper", label="helper")
+    refused_sources: Counter = gauge("requests refused for a share of the budget, by sender address (bounded)",
+                                     label="source")
 
 
 class HelperSlot:
@@ -517,9 +520,7 @@ class Engine:
         self.table.remove(e)
         h = self.slots.get(e.helper)
         if h is not None:
-            c = h.stats.classes[e.cls]
-            c.created -= 1
-            c.kernel_failed[errno_name] += 1
+            h.stats.classes[e.cls].kernel_failed[errno_name] += 1
         self.events.append(ExpectationEvent("failed", e, errno_name))
         if full:
             self.refused(e, Refusal.KERNEL_FULL, errno_name)
@@ -529,17 +530,11 @@ class Engine:
         return events
 
     def stats(self) -> dict[str, Any]:
-        return {
-            "helpers": {n: s.stats.to_json() for n, s in self.slots.items()},
-            "flows": len(self.flows),
-            "flows_evicted": self.flows.evicted,
-            "expectations": len(self.table),
-            "expect_budget": self.table.budget,
-            "expect_helper_cap": self.table.helper_cap,
-            "expect_source_cap": self.table.source_cap,
-            "expectations_by_helper": dict(self.table.per_helper),
-            "refused_sources": {str(a): n for a, n in self.refused_sources.most_common()},
-        }
+        table = TableStats(len(self.flows), self.flows.evicted, len(self.table), self.table.budget,
+                           Counter(self.table.per_helper),
+                           Counter({str(a): n for a, n in self.refused_sources.most_common()}))
+        return {"helpers": {n: s.stats.to_json() for n, s in self.slots.items()}, **to_json(table),
+                "expect_helper_cap": self.table.helper_cap, "expect_source_cap": self.table.source_cap}
 
 
 REFUSED_SOURCES_MAX = 64  # source addresses named in the refusal counters (spoofable: bounded)

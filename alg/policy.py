@@ -31,6 +31,7 @@ and `alg.toml`::
     accept_on_pressure = true # verdict when an expectation cannot be made
     status_socket = "/run/alg/alg.sock"
     log_interval = 10         # seconds between repeated warnings of one kind
+    metrics_file = ""         # Prometheus text rewritten every 15 s (node_exporter's textfile collector)
 
 Every problem raises `ConfigError` naming file, line and key.
 """
@@ -103,6 +104,7 @@ class CorePolicy:
     accept_on_pressure: bool = True
     status_socket: str = "/run/alg/alg.sock"
     log_interval: float = 10.0
+    metrics_file: str = ""  # where the daemon writes its counters in the Prometheus text format ("": nowhere)
     source: str = "<built-in>"
 
 
@@ -252,7 +254,7 @@ def _int_in(doc, key, lo, hi, loc, table=(), default=None):
 _HELPER_KEYS = {"helper", "name", "enabled", "queue", "queue_len", "protocols", "families", "ports",
                 "max_buffer", "max_flows", "classes", "options"}
 _CORE_KEYS = {"expect_budget", "expect_per_message", "helper_share", "source_share", "accept_on_pressure",
-              "status_socket", "log_interval"}
+              "status_socket", "log_interval", "metrics_file"}
 
 
 def parse_helper_policy(path: str, specs: Mapping[str, HelperSpec], doc=None, loc=None) -> HelperPolicy:
@@ -368,6 +370,7 @@ def parse_core_policy(path: str) -> CorePolicy:
         accept_on_pressure=_get(core, "accept_on_pressure", bool, loc, t, d.accept_on_pressure),
         status_socket=_get(core, "status_socket", str, loc, t, d.status_socket),
         log_interval=float(interval),
+        metrics_file=_get(core, "metrics_file", str, loc, t, d.metrics_file),
         source=path,
     )
 

@@ -325,3 +325,33 @@ def test_systemd_hears_ready_watchdog_reload_and_stop(tmp_path):
     assert hear() == "STOPPING=1"
     assert notifier.interval == 1.0  # pings at half of WatchdogSec
     assert Notifier({}).send("READY=1") is False  # not under systemd: nothing sent
+
+
+def test_one_declaration_of_each_counter_feeds_status_and_prometheus(tmp_path):
+    from alg.daemon.status import prometheus
+    from alg.metrics import samples
+    k = FakeKernel()
+    prom = tmp_path / "alg.prom"
+    (tmp_path / "alg.toml").write_text(f'[core]\nstatus_socket = "{tmp_path}/alg.sock"\nmetrics_file = "{prom}"\n')
+    d = daemon(tmp_path, k)
+    c = Tcp(k, d, 7, "ftp", 21)
+    c.send(True, b"220 ready\r\n")
+    c.send(True, b"227 Entering Passive Mode (10,0,3,3,195,80).\r\n")  # a third host: refused
+    c.send(True, b"227 Entering Passive Mode (10,0,2,2,195,80).\r\n")
+    d.step(0)  # the loop writes the metrics file
+    got = dict(samples(prom.read_text()))
+    st = d.status()
+    assert got["alg_verdicts_total"] == st["verdicts"] == 5
+    assert got['alg_class_created_total{helper="ftp",class="ftp"}'] == 1
+    assert got['alg_helper_notices_total{helper="ftp",code="address-mismatch"}'] == \
+        st["helpers"]["ftp"]["notices"]["address-mismatch"] == 1
+    assert got["alg_expectations"] == st["expectations"] == 1 and got["alg_expect_budget"] == 4096
+    text = prometheus(st)
+    assert "# TYPE alg_class_refused_total counter" in text and "# HELP alg_helper_packets_total " in text
+    # every figure of the status document is declared once, or is not a figure
+    names = {n.split("{")[0] for n, _ in samples(text)}
+    for key, value in st.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in (
+                "pid", "uptime", "started", "verdict_us_mean", "verdict_us_max", "refused_total", "natted",
+                "expect_helper_cap", "expect_source_cap"):
+            assert f"alg_{key}" in names or f"alg_{key}_total" in names, key

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
 from typing import Any, Callable
 
+from ..engine import ClassStats, HelperStats, TableStats
 from ..errors import AlgError
+from ..metrics import PrometheusText, counter, gauge
 
 
 class StatusServer:
@@ -62,3 +65,29 @@ def read_status(path: str, timeout: float = 2.0) -> dict[str, Any]:
     finally:
         s.close()
     return json.loads(b"".join(chunks))
+
+
+def prometheus(status: dict[str, Any]) -> str:
+    """A status document (the daemon's `status()`) in the Prometheus text format."""
+    from .supervisor import DaemonStats
+
+    text = PrometheusText()
+    text.fields("alg_", DaemonStats, status, {})
+    text.fields("alg_", TableStats, status, {})
+    for name, h in status.get("helpers", {}).items():
+        text.fields("alg_helper_", HelperStats, h, {"helper": name})
+        for cname, c in h.get("classes", {}).items():
+            text.fields("alg_class_", ClassStats, c, {"helper": name, "class": cname})
+        q = status.get("queue_kernel", {}).get(name)
+        if q:
+            text.fields("alg_queue_", QueueCounters, q, {"helper": name})
+    return text.render()
+
+
+@dataclasses.dataclass
+class QueueCounters:
+    """The kernel's side of a helper's queue (/proc/net/netfilter/nfnetlink_queue)."""
+
+    waiting: int = gauge("packets waiting in the queue for a verdict")
+    dropped_full: int = counter("packets the kernel dropped because the queue was full (raise queue_len)")
+    dropped_socket: int = counter("packets the kernel dropped because alg's socket buffer was full")

@@ -39,33 +39,35 @@ from ..engine import Engine, HelperSlot, RateLimitedLog, make_slots
 from ..errors import AlgError, KernelError
 from ..expect import Refusal
 from ..flows import FLOW_RECORD_LEN
+from ..metrics import counter, gauge, to_json
 from ..plugins import PluginHost
 from ..policy import HelperPolicy, Policy, default_policy, load_policy
 from .reconciler import Reconciler
 from .sink import KernelSink
-from .status import StatusServer
+from .status import StatusServer, prometheus
 from .systemd import Notifier
 from .worker import QueueWorker
 
 log = logging.getLogger("alg.daemon")
 STATE_DIR = "/run/alg"
+METRICS_INTERVAL = 15.0  # seconds between rewrites of [core] metrics_file (a scrape interval)
 
 
 @dataclass
 class DaemonStats:
-    verdicts: int = 0
-    dropped: int = 0
-    decode_errors: int = 0
-    queue_errors: int = 0
-    kernel_errors: Counter[str] = field(default_factory=Counter)
-    deferred: int = 0  # creations retried because the master was not confirmed yet
-    unresolved: int = 0  # packets whose conntrack could not be known (inspected by no helper)
-    events_lost: int = 0  # expectation events the kernel could not deliver (ENOBUFS)
-    attached: int = 0  # expectations attached to a verdict (a master's first packet)
-    attach_failed: int = 0  # of which the kernel did not create (then created over ctnetlink)
-    adopted: int = 0  # expectations the kernel held for alg's helpers, taken into the table
-    held: float = 0.0  # seconds packets spent in our hands before their verdict, in all
-    held_max: float = 0.0
+    verdicts: int = counter("packets given their verdict")
+    dropped: int = counter("packets dropped (expectation refused for lack of room, accept_on_pressure off)")
+    decode_errors: int = counter("queued packets that are not IP/TCP/UDP alg can read")
+    queue_errors: int = counter("failures on a packet's way (counted, the packet still got its verdict)")
+    kernel_errors: Counter = counter("kernel refusals of expectation work, by errno", label="errno")
+    deferred: int = counter("expectation creations retried because the master was not confirmed yet")
+    unresolved: int = counter("packets whose conntrack could not be known (inspected by no helper)")
+    events_lost: int = counter("expectation events the kernel could not deliver (ENOBUFS)")
+    attached: int = counter("expectations attached to a verdict (a master's first packet)")
+    attach_failed: int = counter("attached expectations the kernel did not create (then made over ctnetlink)")
+    adopted: int = counter("expectations the kernel held for alg's helpers, taken into the table")
+    held: float = counter("seconds packets spent in alg's hands before their verdict, in all")
+    held_max: float = gauge("the longest a packet waited for its verdict, in seconds", 0.0)
     started: float = field(default_factory=time.time)
 
 
@@ -121,6 +123,7 @@ class Daemon:
         self.registered: list[tuple[str, int, int]] = []  # (name, l3, l4proto)
         self.status_server: StatusServer | None = None
         self.notifier = notifier or Notifier()
+        self._metrics_due = 0.0
         self.stopping = False
         self.reload_asked = False
         self._instance: socket.socket | None = None
@@ -278,6 +281,9 @@ class Daemon:
             self._guarded(readers[fd])
         self._guarded(self.sink.run_due)
         self._observe()
+        if self.policy.core.metrics_file and time.monotonic() >= self._metrics_due:
+            self._metrics_due = time.monotonic() + METRICS_INTERVAL
+            self._guarded(self._write_metrics)
 
     def _guarded(self, work: Callable[[], Any]) -> None:
         """One failure (a netlink timeout, a bug) is counted and logged; the daemon goes on,
@@ -373,12 +379,8 @@ class Daemon:
         return {
             "pid": os.getpid(),
             "uptime": round(time.time() - s.started, 1),
-            "verdicts": s.verdicts, "dropped": s.dropped,
-            "decode_errors": s.decode_errors, "queue_errors": s.queue_errors,
-            "kernel_errors": dict(s.kernel_errors), "deferred": s.deferred,
-            "natted": sum(h["natted"] for h in st["helpers"].values()), "unresolved": s.unresolved,
-            "attached": s.attached, "attach_failed": s.attach_failed, "adopted": s.adopted,
-            "events_lost": s.events_lost,
+            **to_json(s),
+            "natted": sum(h["natted"] for h in st["helpers"].values()),
             "conntrack_from_queue": all(w.queue.conntrack for w in self.workers.values()),
             "verdict_us_mean": round(1e6 * s.held / max(1, s.verdicts), 1),
             "verdict_us_max": round(1e6 * s.held_max, 1),
@@ -387,6 +389,13 @@ class Daemon:
             "refused_total": refused,
             **st,
         }
+
+    def _write_metrics(self) -> None:
+        """The counters for node_exporter's textfile collector (written whole, then renamed)."""
+        path = self.policy.core.metrics_file
+        with open(path + ".tmp", "w") as f:
+            f.write(prometheus(self.status()))
+        os.replace(path + ".tmp", path)
 
     def _queue_kernel(self) -> dict[str, dict[str, int]]:
         """The kernel's side of each queue: what waits now, and what it dropped before
