@@ -26,7 +26,7 @@ from ..engine import Create, Delete, Engine, HelperSlot, RateLimitedLog, Remembe
 from ..expect import Expectation
 from ..flows import FlowRecord, KernelView
 from ..kernel.ctnetlink import IPS_CONFIRMED, IPS_EXPECTED, exp_body
-from ..kernel.nfqueue import IP_CT_IS_REPLY, IP_CT_NEW, Conntrack, CtTuple, pack_ct_help
+from ..kernel.nfqueue import IP_CT_IS_REPLY, IP_CT_NEW, IP_CT_RELATED, Conntrack, CtTuple, pack_ct_help
 from ..model import Direction, FlowTuple
 from .sink import KernelSink
 
@@ -67,7 +67,8 @@ def kernel_view(ct: Conntrack, ctinfo: int | None, helper: str, reply: bool = Fa
     return KernelView(
         key=key or (ct.id, orig),
         direction=Direction.REPLY if reply else Direction.ORIGINAL,
-        new=ctinfo == IP_CT_NEW if ctinfo is not None else new,
+        # before any reply, an expected conntrack's packets come as RELATED, other ones as NEW
+        new=ctinfo in (IP_CT_NEW, IP_CT_RELATED) if ctinfo is not None else new,
         confirmed=confirmed,
         expected=ct.master is not None or bool(ct.status & IPS_EXPECTED),
         record=FlowRecord.unpack(ct.helper_info) if ct.helper == helper else None,

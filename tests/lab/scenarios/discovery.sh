@@ -240,7 +240,14 @@ d=$(counter noalg dc-drop)
 check "negative control: the answers dropped at lab-fw ($d)" [ "$d" -ge 10 ]
 ct_rules alg -D
 # alg left its helpers disabled (the CT rules held them); nothing of it must stay for the next scenario
-lab_fw conntrack -F >/dev/null 2>&1; nfct_each del alg-
+lab_fw conntrack -F >/dev/null 2>&1
+# the rules' CT templates let go of their helpers when the kernel gets round to destroying
+# the deleted rules (nf_tables does it from a work queue): EBUSY until then
+for _ in $(seq 50); do
+    nfct_each del alg-
+    lab_fw nfct list helper 2>/dev/null | grep -q "name = alg-" || break
+    sleep 0.2
+done
 check "alg's helpers gone after the rules ($(lab_fw nfct list helper 2>/dev/null | grep -c 'name = alg-') left)" \
     eval '! lab_fw nfct list helper 2>/dev/null | grep -q "name = alg-"'
 
