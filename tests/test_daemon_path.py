@@ -355,3 +355,20 @@ def test_one_declaration_of_each_counter_feeds_status_and_prometheus(tmp_path):
                 "pid", "uptime", "started", "verdict_us_mean", "verdict_us_max", "refused_total", "natted",
                 "expect_helper_cap", "expect_source_cap"):
             assert f"alg_{key}" in names or f"alg_{key}_total" in names, key
+
+
+def test_a_flow_an_expectation_created_is_read_from_its_first_packet(tmp_path):
+    """Before its first reply an expected conntrack's packets come as RELATED, not NEW:
+    still the start of its stream (SSDP's SUBSCRIBE connection is one such flow)."""
+    from alg.kernel.nfqueue import IP_CT_RELATED
+    k = FakeKernel()
+    d = daemon(tmp_path, k)
+    master = k.conntracks[k.connect("ftp", 4, 6, CLIENT, SERVER, 39999, 21)].ct.orig
+    cid = k.connect("ftp", 4, 6, CLIENT, SERVER, 40000, 21, master=master)
+    c = Tcp.__new__(Tcp)
+    c.k, c.d, c.queue, c.cid, c.seq = k, d, 7, cid, [1000, 5000]
+    c.send(False, b"", SYN, ctinfo=IP_CT_RELATED)
+    c.send(True, b"", SYN | 0x10)
+    assert len(c.send(True, b"227 Entering Passive Mode (10,0,2,2,195,80).\r\n")) == 1
+    assert d.engine.stats()["helpers"]["ftp"]["midstream"] == 0
+    assert k.conntracks[cid].info == bytes(k.priv_len)  # no record written for it: the kernel keeps none
