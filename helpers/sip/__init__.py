@@ -101,6 +101,7 @@ Limits: SIP over TLS (5061) and WebSocket are opaque; SDP media over TCP
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from typing import Any
 
@@ -111,30 +112,64 @@ from . import grammar, sdp
 from .grammar import Contact, Message
 
 MEDIA_CLASSES = {b"audio": "audio", b"video": "video", b"image": "image"}
-MEDIA_UNEXPECT = (Unexpect("audio"), Unexpect("video"), Unexpect("image"))
 SDP_REQUESTS = {b"INVITE", b"UPDATE", b"ACK", b"PRACK"}
 SDP_RESPONSES = {b"INVITE", b"UPDATE", b"PRACK"}
 DEFAULT_EXPIRES = 3600  # RFC 3261 §10.2.1.1 suggests an hour when nothing is given
 TRANSPORTS = {b"udp": UDP, b"tcp": TCP, b"tls": TCP}
 MAX_STREAMS = 8  # streams of one m= line with a port count
+MAX_CALL_ID = 128  # bytes of a Call-ID kept (tag and key); RFC 3261 sets no bound, real ones are < 100
+MAX_STATUSES = 8  # distinct responses remembered per transaction (100, 180, 183, 200 ... )
+MAX_BINDINGS = 8  # Contacts of one REGISTER kept until the registrar answers
+MAX_PENDING_REGISTERS = 4  # REGISTER transactions per flow holding Contacts (oldest dropped)
+PREFIX_CHECK = 16  # first bytes of a TCP buffer compared to tell it is the one scanned before
+MAX_MEDIA_LINES = 32  # m= lines read per message (all SDP bodies together)
 
 
 class Transaction:
-    __slots__ = ("direction", "contacts", "final", "statuses")
+    __slots__ = ("direction", "final", "statuses")
 
     def __init__(self, direction: Direction):
         self.direction = direction
-        self.contacts: list[Contact] = []  # REGISTER: bindings asked for
         self.final = False
-        self.statuses: set[int] = set()  # responses seen (a repeat is a retransmission)
+        self.statuses: tuple[int, ...] = ()  # responses seen (a repeat is a retransmission)
 
 
 class SipState:
-    __slots__ = ("transactions", "confirmed")
+    """Per flow: recent transactions, confirmed dialogs, REGISTER bindings
+    awaiting their answer, and per TCP direction where the scan of an
+    unfinished message stopped. Every part has a count bound (see the module
+    docstring for the bytes); `size()` measures it."""
+
+    __slots__ = ("transactions", "confirmed", "bindings", "scans")
 
     def __init__(self) -> None:
         self.transactions: OrderedDict[tuple[str, int, bytes], Transaction] = OrderedDict()
         self.confirmed: OrderedDict[str, bool] = OrderedDict()  # Call-IDs with a 2xx to INVITE
+        self.bindings: OrderedDict[tuple[str, int, bytes], tuple[Contact, ...]] = OrderedDict()
+        self.scans: tuple[grammar.StartScan, grammar.StartScan] | None = None  # TCP only
+
+    def size(self) -> int:
+        """Bytes held by this state (containers, keys, values; shared
+        constants such as small ints and interned enums excluded)."""
+        n = sys.getsizeof(self) + sys.getsizeof(self.transactions) + sys.getsizeof(self.confirmed) \
+            + sys.getsizeof(self.bindings)
+        for key, tr in self.transactions.items():
+            n += _key_size(key) + sys.getsizeof(tr) + sys.getsizeof(tr.statuses)
+        n += sum(sys.getsizeof(k) for k in self.confirmed)
+        for key, contacts in self.bindings.items():
+            n += _key_size(key) + sys.getsizeof(contacts) + sum(
+                sys.getsizeof(c) + sys.getsizeof(c.host) + sys.getsizeof(c.transport) + sys.getsizeof(c.where)
+                for c in contacts)
+        for sc in self.scans or ():
+            n += sys.getsizeof(sc) + sys.getsizeof(sc.prefix)
+            if sc.msg is not None:  # the head waiting for its body: bytes of the buffer, counted once more
+                n += sys.getsizeof(sc.msg.head) + sum(
+                    sys.getsizeof(h) + sys.getsizeof(h.value) for hs in sc.msg.index.values() for h in hs)
+        return n
+
+
+def _key_size(key: tuple) -> int:
+    return sys.getsizeof(key) + sum(sys.getsizeof(k) for k in key)
 
 
 class SipHelper(alg.Helper):
@@ -154,6 +189,7 @@ class SipHelper(alg.Helper):
             "external_media": Option(False, "kernel sip_external_media; needs routing, unsupported (counted)"),
             "min_media_port": Option(1024, "lowest media port that may be opened"),
             "max_transactions": Option(512, "SIP transactions remembered per flow (oldest forgotten)"),
+            "max_media_expects": Option(10, "media expectations one message may ask for (the rest refused, counted)"),
         },
         max_buffer=65536,
     )
@@ -164,24 +200,64 @@ class SipHelper(alg.Helper):
     # ------------------------------------------------------------ framing
     def inspect(self, segment: alg.Segment, state: SipState) -> alg.Outcome:
         data = segment.data
-        skip = grammar.skip_keepalive(data)
         if segment.flow.proto == TCP:
-            if skip:
-                return Parsed(skip)
-            if not grammar.could_be_start(data):
-                raise alg.ProtocolViolation(f"stream does not carry SIP here: {data[:40]!r}")
-            try:
-                msg = grammar.parse(data, True, self.spec.max_buffer)
-            except grammar.Incomplete:
-                return alg.NEED_DATA
-            return Parsed(msg.length, self._message(msg, segment, state, 0))
+            return self._stream(data, segment, state)
+        skip = grammar.skip_keepalive(data)
         if skip == len(data):
             return Parsed(len(data))
         try:
-            msg = grammar.parse(data[skip:], False, len(data))
+            msg = grammar.parse(data[skip:] if skip else data, False, len(data))
         except alg.ProtocolViolation as exc:
             return Parsed(len(data), (Notice("malformed", str(exc)),))
         return Parsed(len(data), self._message(msg, segment, state, skip))
+
+    def _stream(self, data: bytes, segment: alg.Segment, state: SipState) -> alg.Outcome:
+        """One message from the front of a TCP direction's unconsumed bytes.
+
+        The engine hands over the same bytes again, longer, until a message
+        is consumed; the scan of this direction (`grammar.StartScan`)
+        remembers how far the start line and the search for the empty line
+        got, and the parsed head while the body is awaited, so each byte is
+        searched once however the message is cut into segments."""
+        if state.scans is None:
+            state.scans = (grammar.StartScan(), grammar.StartScan())
+        sc = state.scans[segment.direction]
+        if sc.pos and (len(data) < sc.pos or not data.startswith(sc.prefix)):
+            sc.reset()  # not the bytes scanned before (a caller that does not keep the stream)
+        msg = sc.msg
+        if msg is None:
+            if not sc.pos:
+                skip = grammar.skip_keepalive(data)
+                if skip:
+                    return Parsed(skip)
+                sc.prefix = data[:PREFIX_CHECK]
+            if not sc.line_done:
+                nl = data.find(b"\n", sc.pos)
+                if nl < 0 and not grammar.prefix_ok(data, sc) or nl >= 0 and not grammar.start_line_ok(data[:nl]):
+                    sc.reset()
+                    raise alg.ProtocolViolation(f"stream does not carry SIP here: {data[:40]!r}")
+                if nl < 0:
+                    sc.pos = len(data)
+                    return alg.NEED_DATA
+                sc.line_done, sc.pos = True, nl
+            end, sep = grammar.head_end(data, sc.pos)
+            if end < 0:
+                sc.pos = len(data)
+                if len(data) > self.spec.max_buffer:
+                    raise alg.ProtocolViolation(f"no end of SIP headers within {self.spec.max_buffer} bytes")
+                return alg.NEED_DATA
+            try:
+                msg = grammar.parse_head(data, end, sep, True, self.spec.max_buffer)
+            except alg.ProtocolViolation:
+                sc.reset()
+                raise
+            sc.msg, sc.pos = msg, len(data)
+        if msg.length > len(data):
+            sc.pos = len(data)
+            return alg.NEED_DATA
+        sc.reset()
+        grammar.take_body(msg, data)
+        return Parsed(msg.length, self._message(msg, segment, state, 0))
 
     # ------------------------------------------------------------ messages
     def _message(self, msg: Message, seg: alg.Segment, state: SipState, base: int) -> tuple:
@@ -189,7 +265,7 @@ class SipHelper(alg.Helper):
         cseq = grammar.parse_cseq(msg.value(b"cseq"))
         if not callid or cseq is None:
             return (Notice("malformed", "no Call-ID or CSeq"),)
-        tag = callid.decode("latin-1")[:256]
+        tag = callid[:MAX_CALL_ID].decode("latin-1")
         key = (tag, cseq[0], cseq[1])
         if msg.method is not None:
             method = msg.method.upper()
@@ -199,66 +275,84 @@ class SipHelper(alg.Helper):
             if tr is not None and tr.direction == seg.direction:
                 # RFC 3261 §17.1.1.2: a retransmission; it was acted on already
                 return (Notice("retransmission", method.decode("latin-1")),)
-            if tr is None or tr.direction != seg.direction:
-                tr = Transaction(seg.direction)
-                state.transactions[key] = tr
-                while len(state.transactions) > self.options["max_transactions"]:
-                    state.transactions.popitem(last=False)
-            return self._request(method, msg, seg, state, tag, tr, base)
+            tr = Transaction(seg.direction)
+            state.transactions[key] = tr
+            _bound(state.transactions, self.options["max_transactions"])
+            return self._request(method, msg, seg, state, tag, key, base)
         tr = state.transactions.get(key)
         if tr is None or tr.direction == seg.direction:
             return (Notice("unmatched-response", f"{msg.status} to {cseq[1].decode('latin-1')}"),)
-        if msg.status in tr.statuses:
-            return (Notice("retransmission", str(msg.status)),)
-        tr.statuses.add(msg.status or 0)
-        return self._response(cseq[1], msg, seg, state, tag, tr, base)
+        status = msg.status or 0
+        if status in tr.statuses:
+            return (Notice("retransmission", str(status)),)
+        if len(tr.statuses) >= MAX_STATUSES:
+            return (Notice("responses-capped", str(status)),)
+        tr.statuses += (status,)
+        if status >= 200:
+            tr.final = True
+        return self._response(cseq[1], msg, seg, state, tag, key, base)
 
     def _request(self, method: bytes, msg: Message, seg: alg.Segment, state: SipState, tag: str,
-                 tr: Transaction, base: int) -> tuple:
+                 key: tuple, base: int) -> tuple:
         actions: list = []
         if method in (b"INVITE", b"UPDATE"):
             # a new offer replaces what the dialog expected (the kernel flushes too)
-            actions += [Unexpect(u.cls, tag) for u in MEDIA_UNEXPECT]
+            actions += _withdraw_media(tag)
         elif method in (b"BYE", b"CANCEL"):
             state.confirmed.pop(tag, None)
-            return tuple(Unexpect(u.cls, tag) for u in MEDIA_UNEXPECT)
+            return _withdraw_media(tag)
         elif method == b"REGISTER":
-            return self._register(msg, seg, tag, tr, base)
+            return self._register(msg, seg, state, tag, key, base)
         if method in SDP_REQUESTS:
             actions += self._sdp(msg, seg, tag, base)
         return tuple(actions)
 
     def _response(self, method: bytes, msg: Message, seg: alg.Segment, state: SipState, tag: str,
-                  tr: Transaction, base: int) -> tuple:
+                  key: tuple, base: int) -> tuple:
         status = msg.status or 0
-        if status >= 200:
-            tr.final = True
         if method == b"REGISTER":
-            return self._registered(msg, seg, tag, tr) if 200 <= status < 300 else ()
+            return self._registered(msg, seg, state, tag, key) if 200 <= status < 300 else ()
         if method not in SDP_RESPONSES:
             return ()
         if status >= 300:
             if method == b"INVITE" and not state.confirmed.get(tag):
-                return tuple(Unexpect(u.cls, tag) for u in MEDIA_UNEXPECT)
+                return _withdraw_media(tag)
             return (Notice("reinvite-failed", str(status)),) if method == b"INVITE" else ()
         if method == b"INVITE" and status >= 200:
             state.confirmed[tag] = True
             state.confirmed.move_to_end(tag)
-            while len(state.confirmed) > self.options["max_transactions"]:
-                state.confirmed.popitem(last=False)
+            _bound(state.confirmed, self.options["max_transactions"])
         return tuple(self._sdp(msg, seg, tag, base)) if status > 100 else ()
 
     # ------------------------------------------------------------ SDP -> media
     def _sdp(self, msg: Message, seg: alg.Segment, tag: str, base: int) -> list:
+        """The media expectations of the message's SDP bodies, at most
+        `max_media_expects` of them and MAX_MEDIA_LINES m= lines read: past
+        either, the rest is refused (not expected and then evicted) and
+        counted once per message (`media-capped`)."""
         out: list = []
+        room = self.options["max_media_expects"]
+        lines = MAX_MEDIA_LINES
+        capped = 0
         for body, off in sdp.sdp_bodies(msg.value(b"content-type"), msg.body, msg.body_offset):
-            session = sdp.parse(body, base + off)
+            session = sdp.parse(body, base + off, lines)
+            lines -= len(session.media)
+            capped += session.skipped
             out += [Notice("malformed-sdp", m) for m in session.malformed]
             for media in session.media:
-                out += self._media(media, session, seg, tag)
+                if room <= 0:
+                    capped += 1
+                    continue
+                got = self._media(media, session, seg, tag, room)
+                room -= sum(isinstance(a, Expect) for a in got)
+                out += got
+            if lines <= 0:
+                break
+        if capped:
+            out.append(Notice("media-capped", f"{capped} m= lines or streams not expected"))
         return out
 
-    def _media(self, media: sdp.Media, session: sdp.Session, seg: alg.Segment, tag: str) -> list:
+    def _media(self, media: sdp.Media, session: sdp.Session, seg: alg.Segment, tag: str, room: int) -> list:
         cls = MEDIA_CLASSES.get(media.kind)
         if cls is None:
             return [Notice("media-not-tracked", media.kind.decode("latin-1"))]
@@ -270,37 +364,41 @@ class SipHelper(alg.Helper):
         addr, why = self._media_addr(conn, seg)
         if addr is None:
             return [Notice(why)] if why else []
-        count = media.count
         out: list = [Notice(why)] if why else []
+        count = media.count
         if count > MAX_STREAMS:
             out.append(Notice("port-count-capped", str(count)))
             count = MAX_STREAMS
+        where = (conn.where, media.where)  # conn is set: it gave the address
         ports: list[tuple[int, alg.IPAddress, tuple]] = []
-        where = (conn.where, media.where) if conn else (media.where,)
-        for i in range(count):
-            if media.is_rtp:
+        if media.is_rtp:
+            for i in range(count):
                 rtp = media.port + 2 * i
                 ports.append((rtp, addr, where))
-                if i == 0 and media.rtcp_port is not None:
-                    raddr, rwhy = addr, ""
-                    if media.rtcp_connection is not None:
-                        raddr, rwhy = self._media_addr(media.rtcp_connection, seg)
-                    if raddr is None:
-                        out += [Notice(rwhy)] if rwhy else []
-                    else:
-                        ports.append((media.rtcp_port, raddr, (media.rtcp_where or media.where,)))
-                else:
+                if i or media.rtcp_port is None:
                     ports.append((rtp + 1, addr, where))
-            else:
-                ports.append((media.port + i, addr, where))
+                    continue
+                raddr, rwhy = addr, ""
+                if media.rtcp_connection is not None:
+                    raddr, rwhy = self._media_addr(media.rtcp_connection, seg)
+                if raddr is None:
+                    out += [Notice(rwhy)] if rwhy else []
+                else:
+                    ports.append((media.rtcp_port, raddr, (media.rtcp_where or media.where,)))
+        else:
+            ports = [(media.port + i, addr, where) for i in range(count)]
         src = seg.receiver if self.options["direct_media"] else None
+        low = self.options["min_media_port"]
         for port, a, w in ports:
-            if port < self.options["min_media_port"]:
+            if port < low:
                 out.append(Notice("low-port", str(port)))
             elif port > 65535:
                 out.append(Notice("bad-port", str(port)))
+            elif room <= 0:
+                out.append(Notice("media-capped", f"{cls} port {port}"))
             else:
                 out.append(Expect(cls, UDP, src, a, None, port, tag=tag, where=w))
+                room -= 1
         return out
 
     def _media_addr(self, conn: sdp.Connection | None, seg: alg.Segment) -> tuple[Any, str]:
@@ -311,10 +409,8 @@ class SipHelper(alg.Helper):
             return None, "hostname-in-sdp"
         if addr.version != seg.flow.l3:
             return None, "family-mismatch"
-        if addr.is_unspecified:
-            return None, ""  # c=0.0.0.0: on hold (RFC 3264 §8.4)
-        if addr.is_multicast:
-            return None, "multicast-media"
+        if conn.unusable is not None:
+            return None, conn.unusable
         if self.options["direct_media"]:
             if addr != seg.sender:
                 return None, "media-address-mismatch"
@@ -323,47 +419,68 @@ class SipHelper(alg.Helper):
         return addr, ""
 
     # ------------------------------------------------------------ REGISTER
-    def _register(self, msg: Message, seg: alg.Segment, tag: str, tr: Transaction, base: int) -> tuple:
+    def _contacts(self, msg: Message, out: list) -> list[tuple[bytes, int]]:
+        """(element, offset in the message) of the Contacts, MAX_LIST at most
+        over all Contact headers; more is counted once (`contacts-skipped`)."""
+        elems: list[tuple[bytes, int]] = []
+        more = msg.skipped > 0
+        for h in msg.all(b"contact"):
+            room = grammar.MAX_LIST - len(elems)
+            if room <= 0:
+                more = True
+                break
+            got, rest = grammar.split_elements(h.value, room)
+            elems += [(e, h.offset + off) for e, off in got]
+            more = more or rest
+        if more:
+            out.append(Notice("contacts-skipped", f"more than {grammar.MAX_LIST} Contacts in one message"))
+        return elems
+
+    def _register(self, msg: Message, seg: alg.Segment, state: SipState, tag: str, key: tuple,
+                  base: int) -> tuple:
         default = self._expires(msg.value(b"expires"))
         out: list = []
-        tr.contacts = []
-        for h in msg.all(b"contact"):
-            for elem, off in grammar.split_list(h.value):
-                if elem == b"*":
-                    # RFC 3261 §10.2.2: Contact: * with Expires: 0 removes every binding
-                    if default == 0:
-                        out.append(Unexpect("signalling"))
-                    continue
-                c = grammar.parse_contact(elem, base + h.offset + off)
-                if c is None:
-                    out.append(Notice("malformed-contact"))
-                    continue
-                expires = c.expires if c.expires is not None else default
-                if expires == 0:
-                    out.append(Unexpect("signalling", tag))
-                    continue
-                if c.addr is None:
-                    out.append(Notice("hostname-in-contact"))
-                elif c.addr != seg.sender:
-                    out.append(Notice("contact-not-sender", f"{c.addr} registered by {seg.sender}"))
-                elif c.transport not in TRANSPORTS:
-                    out.append(Notice("transport-not-tracked", c.transport.decode("latin-1")))
-                elif len(tr.contacts) < 8:
-                    tr.contacts.append(c)
+        keep: list[Contact] = []
+        for elem, off in self._contacts(msg, out):
+            if elem == b"*":
+                # RFC 3261 §10.2.2: Contact: * with Expires: 0 removes every binding
+                if default == 0:
+                    out.append(Unexpect("signalling"))
+                continue
+            c = grammar.parse_contact(elem, base + off)
+            if c is None:
+                out.append(Notice("malformed-contact"))
+                continue
+            expires = c.expires if c.expires is not None else default
+            if expires == 0:
+                out.append(Unexpect("signalling", tag))
+                continue
+            if c.addr is None:
+                out.append(Notice("hostname-in-contact"))
+            elif c.addr != seg.sender:
+                out.append(Notice("contact-not-sender", f"{c.addr} registered by {seg.sender}"))
+            elif c.transport not in TRANSPORTS:
+                out.append(Notice("transport-not-tracked", c.transport.decode("latin-1")))
+            elif len(keep) < MAX_BINDINGS:
+                keep.append(c)
+        state.bindings.pop(key, None)
+        if keep:
+            state.bindings[key] = tuple(keep)
+            _bound(state.bindings, MAX_PENDING_REGISTERS)
         return tuple(out)
 
-    def _registered(self, msg: Message, seg: alg.Segment, tag: str, tr: Transaction) -> tuple:
-        if not tr.contacts:
+    def _registered(self, msg: Message, seg: alg.Segment, state: SipState, tag: str, key: tuple) -> tuple:
+        asked = state.bindings.pop(key, ())
+        if not asked:
             return ()
-        granted: dict[tuple, int | None] = {}
-        for h in msg.all(b"contact"):
-            for elem, _ in grammar.split_list(h.value):
-                c = grammar.parse_contact(elem, 0)
-                if c is not None and c.addr is not None:
-                    granted[(c.addr, c.port)] = c.expires
-        header = self._expires(msg.value(b"expires"))
         out: list = []
-        for c in tr.contacts:
+        granted: dict[tuple, int | None] = {}
+        for elem, _ in self._contacts(msg, out):
+            c = grammar.parse_contact(elem, 0)
+            if c is not None and c.addr is not None:
+                granted[(c.addr, c.port)] = c.expires
+        header = self._expires(msg.value(b"expires"))
+        for c in asked:
             assert c.addr is not None  # only address literals are kept (_register)
             g = granted.get((c.addr, c.port))
             expires = g if g is not None else header
@@ -375,7 +492,6 @@ class SipHelper(alg.Helper):
             src = seg.sender if self.options["direct_signalling"] else None
             out.append(Expect("signalling", proto, src, c.addr, None, port, flags=alg.EXPECT_F_PERMANENT,
                               tag=tag, where=(c.where,)))
-        tr.contacts = []
         return tuple(out)
 
     @staticmethod
@@ -384,6 +500,16 @@ class SipHelper(alg.Helper):
             return None
         v = value.strip()
         return int(v) if grammar.DELTA.match(v) else None
+
+
+def _withdraw_media(tag: str) -> tuple[Unexpect, ...]:
+    return Unexpect("audio", tag), Unexpect("video", tag), Unexpect("image", tag)
+
+
+def _bound(table: OrderedDict, limit: int) -> None:
+    """Forget the oldest entries past `limit`."""
+    while len(table) > limit:
+        table.popitem(last=False)
 
 
 @alg.hookimpl
