@@ -332,13 +332,16 @@ class SipHelper(alg.Helper):
         counted once per message (`media-capped`)."""
         out: list = []
         room = self.options["max_media_expects"]
-        lines = MAX_MEDIA_LINES
+        lines, media_lines = sdp.MAX_LINES * 2, MAX_MEDIA_LINES
         capped = 0
         for body, off in sdp.sdp_bodies(msg.value(b"content-type"), msg.body, msg.body_offset):
-            session = sdp.parse(body, base + off, lines)
-            lines -= len(session.media)
+            session = sdp.parse(body, base + off, media_lines, lines)
+            media_lines -= len(session.media)
+            lines -= session.lines
             capped += session.skipped
             out += [Notice("malformed-sdp", m) for m in session.malformed]
+            if session.truncated:
+                out.append(Notice("sdp-truncated", f"more than {sdp.MAX_LINES * 2} m=, c=, a=rtcp lines"))
             for media in session.media:
                 if room <= 0:
                     capped += 1
@@ -346,7 +349,7 @@ class SipHelper(alg.Helper):
                 got = self._media(media, session, seg, tag, room)
                 room -= sum(isinstance(a, Expect) for a in got)
                 out += got
-            if lines <= 0:
+            if lines <= 0 or media_lines <= 0:
                 break
         if capped:
             out.append(Notice("media-capped", f"{capped} m= lines or streams not expected"))

@@ -7,6 +7,7 @@ message so a later NAT step can rewrite it in place.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -34,9 +35,6 @@ _TOKEN_ONLY = re.compile(_TOKEN + rb"$")
 _STATUS_PREFIX = re.compile(rb"[1-6]?[0-9]{0,2}$")
 # header-name ":" (§7.3.1: any amount of whitespace around the colon), at a line start
 _ANY_HEADER = re.compile(rb"\n(" + _TOKEN + rb")[ \t]*:[ \t]*")
-# the headers the helper reads, full and compact (§7.3.3), matched in the lower-cased head
-# (the kernel's ct_sip_get_header: name at a line start, whitespace, colon)
-_WANTED = re.compile(rb"\n(call-id|cseq|content-length|content-type|contact|expires|[imlc])[ \t]*:[ \t]*")
 INDEXED = frozenset((b"call-id", b"cseq", b"content-length", b"content-type", b"contact", b"expires"))
 CANONICAL = {**{n: n for n in INDEXED}, **{k: v for k, v in COMPACT.items() if v in INDEXED}}
 # a line that is neither a header (token, colon) nor a continuation (§7.3.1)
@@ -45,11 +43,13 @@ _BAD_LINE = re.compile(rb"\n(?![ \t]|\r\n|\r\Z|" + _TOKEN + rb"[ \t]*:)")
 _EMPTY_LINE = re.compile(rb"\n(?:\n|(?<=\r\n)\r\n)")
 # the end of a header: a line end not followed by a continuation line
 _HEADER_END = re.compile(rb"\n(?![ \t])")
-_FOLD = (b" ", b"\t")  # a line starting with either continues the header before it
+_FOLD = (b" ", b"\t")
+_FOLDING = re.compile(rb"\r?\n[ \t]+")  # a line break and the whitespace starting a continuation line  # a line starting with either continues the header before it
 MAX_METHOD = 32  # bytes of a method token (§25.1 sets no bound; the registered methods have <= 9)
 MAX_START_LINE = 4096  # bytes of an unfinished start line before a stream is refused
 _LIST_SPECIAL = re.compile(rb'[\\",<>]')
 SPECIALS_PER_ELEMENT = 8  # < > " " , and a few escapes: a normal element has 2 to 5
+MAX_FOLDED = 4096  # bytes of a header value spread over continuation lines that are read
 MAX_LIST = 16  # Contact header lines (and elements of one) read per message; the rest are counted
 # CSeq = "CSeq" HCOLON 1*DIGIT LWS Method (§20.16; the number is < 2^31)
 CSEQ = re.compile(rb"([0-9]{1,10})[ \t]+(" + _TOKEN + rb")[ \t]*$")
@@ -258,23 +258,40 @@ def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int) 
 
 
 def _index(head: bytes, first_nl: int, msg: Message) -> None:
+    if head.startswith(_FOLD, first_nl + 1):
+        raise alg.ProtocolViolation("continuation line before any header")
     bad = _BAD_LINE.search(head, first_nl)
     if bad:
-        if head[bad.end():bad.end() + 1] in (b" ", b"\t"):
-            raise alg.ProtocolViolation("continuation line before any header")
         line = head[bad.end():head.find(b"\n", bad.end()) % (len(head) + 1)]
         raise alg.ProtocolViolation(f"bad header line {line[:40]!r}")
     index, first = msg.index, msg.first
-    for m in _WANTED.finditer(head.lower(), first_nl):
-        name = CANONICAL[m.group(1)]
-        offs = index.get(name)
-        if offs is None:
-            index[name] = [m.end()]
-            first[name] = _value(head, m.end())
-        elif len(offs) < MAX_LIST:
-            offs.append(m.end())
-        else:
-            msg.skipped += 1
+    lower = head.lower()
+    full: frozenset[bytes] = frozenset()  # names read MAX_LIST times: no longer searched for
+    pos = first_nl
+    while pos >= 0 and len(full) < len(INDEXED):
+        start, pos = pos, -1
+        for m in _wanted(full).finditer(lower, start):
+            name = CANONICAL[m.group(1)]
+            offs = index.get(name)
+            if offs is None:
+                index[name] = [m.end()]
+                first[name] = _value(head, m.end())
+            elif len(offs) < MAX_LIST:
+                offs.append(m.end())
+            else:  # search on without it: the lines left are a C-level scan, not a step each
+                msg.skipped += 1
+                full |= {name}
+                pos = m.end()
+                break
+
+
+@functools.lru_cache(maxsize=None)  # one pattern per subset of INDEXED: 64 at most
+def _wanted(full: frozenset[bytes]) -> re.Pattern[bytes]:
+    """The headers the helper reads, full and compact names (§7.3.3), except
+    those in `full`, matched in the lower-cased head (the kernel's
+    ct_sip_get_header: name at a line start, whitespace, colon)."""
+    names = sorted((n for n, c in CANONICAL.items() if c not in full), key=len, reverse=True)
+    return re.compile(rb"\n(" + b"|".join(re.escape(n) for n in names) + rb")[ \t]*:[ \t]*")
 
 
 def _value(head: bytes, start: int) -> bytes:
@@ -285,10 +302,11 @@ def _value(head: bytes, start: int) -> bytes:
         return head[start:].rstrip(b" \t\r")
     if not head.startswith(_FOLD, nl + 1):
         return head[start:nl].rstrip(b" \t\r")
-    end = _HEADER_END.search(head, nl)
-    block = head[start:end.start() if end else len(head)]
-    return b" ".join([part.strip(b" \t\r") if i else part.rstrip(b" \t\r")
-                      for i, part in enumerate(block.split(b"\n"))])
+    # a folded value is read up to MAX_FOLDED bytes (no header the helper
+    # reads needs more) in one C-level pass (whitespace before a break is kept)
+    limit = min(len(head), start + MAX_FOLDED)
+    end = _HEADER_END.search(head, nl, limit)
+    return _FOLDING.sub(b" ", head[start:end.start() if end else limit]).rstrip(b" \t\r")
 
 
 def _scan_all(head: bytes) -> list[Header]:

@@ -20,6 +20,7 @@ import alg
 # only the lines read here: m=, c=, a=rtcp: (RFC 8866 §5: <type>=<value>, CRLF or LF),
 # searched in "\n" + body: a literal first byte lets the engine skip to each line start
 _LINE = re.compile(rb"\n([mc]|a(?==rtcp:))=([^\r\n]*)")
+MAX_LINES = 64  # m=, c= and a=rtcp lines read per body (a call has a handful)
 MAX_MALFORMED = 4  # malformed lines reported per body (the rest only make it stop sooner)
 # c=<nettype> <addrtype> <connection-address> (§5.7); TTL / count suffixes on multicast
 _C = re.compile(rb"IN[ ]+IP([46])[ ]+([^ /\r\n]+)(?:/[0-9]+){0,2}[ ]*$")
@@ -66,6 +67,8 @@ class Session:
     media: list[Media] = field(default_factory=list)
     malformed: list[str] = field(default_factory=list)
     skipped: int = 0  # m= lines past max_media, not read
+    lines: int = 0  # m=, c= and a=rtcp lines read
+    truncated: bool = False  # max_lines reached: the rest of the body was not read
 
 
 def _connection(value: bytes, off: int) -> Connection | None:
@@ -96,17 +99,22 @@ def _literal(fam: int, text: bytes) -> tuple[alg.IPAddress | None, str | None]:
     return addr, "multicast-media" if addr.is_multicast else None
 
 
-def parse(body: bytes, base: int = 0, max_media: int = 32) -> Session:
+def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_LINES) -> Session:
     """Parse an SDP body that starts at offset `base` of the message.
 
     At most `max_media` m= lines are read; reading stops at the next one
-    (counted in `skipped`, with the m= lines after it) or after
-    MAX_MALFORMED malformed lines, so a body full of lines costs a C-level
-    scan, not a Python step per line."""
+    (counted in `skipped`, with the m= lines after it), after `max_lines`
+    lines of the kinds read (`truncated`) or after MAX_MALFORMED malformed
+    lines: a body full of lines costs a bounded number of Python steps,
+    the rest is not looked at."""
     s = Session()
     current: Media | None = None
     base -= 1  # offsets in "\n" + body
     for lm in _LINE.finditer(b"\n" + body):
+        if s.lines >= max_lines:
+            s.truncated = True
+            break
+        s.lines += 1
         kind, value = lm.groups()
         start = base + lm.start() + 1
         if kind == b"m":
