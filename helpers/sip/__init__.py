@@ -140,13 +140,14 @@ class SipState:
     unfinished message stopped. Every part has a count bound (see the module
     docstring for the bytes); `size()` measures it."""
 
-    __slots__ = ("transactions", "confirmed", "bindings", "scans")
+    __slots__ = ("transactions", "confirmed", "bindings", "scans", "scanned")
 
     def __init__(self) -> None:
         self.transactions: OrderedDict[tuple[str, int, bytes], Transaction] = OrderedDict()
         self.confirmed: OrderedDict[str, bool] = OrderedDict()  # Call-IDs with a 2xx to INVITE
         self.bindings: OrderedDict[tuple[str, int, bytes], tuple[Contact, ...]] = OrderedDict()
         self.scans: tuple[grammar.StartScan, grammar.StartScan] | None = None  # TCP only
+        self.scanned = 0  # TCP: bytes searched by the framing, all directions (work done, for tests)
 
     def size(self) -> int:
         """Bytes held by this state (containers, keys, values; shared
@@ -163,8 +164,10 @@ class SipState:
         for sc in self.scans or ():
             n += sys.getsizeof(sc) + sys.getsizeof(sc.prefix)
             if sc.msg is not None:  # the head waiting for its body: bytes of the buffer, counted once more
-                n += sys.getsizeof(sc.msg.head) + sum(
-                    sys.getsizeof(h) + sys.getsizeof(h.value) for hs in sc.msg.index.values() for h in hs)
+                m = sc.msg
+                n += sys.getsizeof(m) + sys.getsizeof(m.head) + sys.getsizeof(m.index) + sys.getsizeof(m.first) \
+                    + sum(sys.getsizeof(offs) for offs in m.index.values()) \
+                    + sum(sys.getsizeof(v) for v in m.first.values())
         return n
 
 
@@ -232,6 +235,7 @@ class SipHelper(alg.Helper):
                     return Parsed(skip)
                 sc.prefix = data[:PREFIX_CHECK]
             if not sc.line_done:
+                state.scanned += len(data) - sc.pos
                 nl = data.find(b"\n", sc.pos)
                 if nl < 0 and not grammar.prefix_ok(data, sc) or nl >= 0 and not grammar.start_line_ok(data[:nl]):
                     sc.reset()
@@ -240,12 +244,14 @@ class SipHelper(alg.Helper):
                     sc.pos = len(data)
                     return alg.NEED_DATA
                 sc.line_done, sc.pos = True, nl
+            state.scanned += len(data) - max(0, sc.pos - 3)
             end, sep = grammar.head_end(data, sc.pos)
             if end < 0:
                 sc.pos = len(data)
                 if len(data) > self.spec.max_buffer:
                     raise alg.ProtocolViolation(f"no end of SIP headers within {self.spec.max_buffer} bytes")
                 return alg.NEED_DATA
+            state.scanned += end  # the head, read once more to be parsed
             try:
                 msg = grammar.parse_head(data, end, sep, True, self.spec.max_buffer)
             except alg.ProtocolViolation:
@@ -346,8 +352,9 @@ class SipHelper(alg.Helper):
                 if room <= 0:
                     capped += 1
                     continue
-                got = self._media(media, session, seg, tag, room)
+                got, refused = self._media(media, session, seg, tag, room)
                 room -= sum(isinstance(a, Expect) for a in got)
+                capped += refused
                 out += got
             if lines <= 0 or media_lines <= 0:
                 break
@@ -355,18 +362,21 @@ class SipHelper(alg.Helper):
             out.append(Notice("media-capped", f"{capped} m= lines or streams not expected"))
         return out
 
-    def _media(self, media: sdp.Media, session: sdp.Session, seg: alg.Segment, tag: str, room: int) -> list:
+    def _media(self, media: sdp.Media, session: sdp.Session, seg: alg.Segment, tag: str,
+               room: int) -> tuple[list, int]:
+        """The actions for one m= line, at most `room` of them Expects, and
+        how many streams were left out for want of room."""
         cls = MEDIA_CLASSES.get(media.kind)
         if cls is None:
-            return [Notice("media-not-tracked", media.kind.decode("latin-1"))]
+            return [Notice("media-not-tracked", media.kind.decode("latin-1"))], 0
         if media.port == 0:
-            return []
+            return [], 0
         if media.over_tcp:
-            return [Notice("tcp-media", media.proto.decode("latin-1"))]
+            return [Notice("tcp-media", media.proto.decode("latin-1"))], 0
         conn = media.connection or session.connection
         addr, why = self._media_addr(conn, seg)
         if addr is None:
-            return [Notice(why)] if why else []
+            return ([Notice(why)] if why else []), 0
         out: list = [Notice(why)] if why else []
         count = media.count
         if count > MAX_STREAMS:
@@ -392,17 +402,18 @@ class SipHelper(alg.Helper):
             ports = [(media.port + i, addr, where) for i in range(count)]
         src = seg.receiver if self.options["direct_media"] else None
         low = self.options["min_media_port"]
+        refused = 0
         for port, a, w in ports:
             if port < low:
                 out.append(Notice("low-port", str(port)))
             elif port > 65535:
                 out.append(Notice("bad-port", str(port)))
             elif room <= 0:
-                out.append(Notice("media-capped", f"{cls} port {port}"))
+                refused += 1
             else:
                 out.append(Expect(cls, UDP, src, a, None, port, tag=tag, where=w))
                 room -= 1
-        return out
+        return out, refused
 
     def _media_addr(self, conn: sdp.Connection | None, seg: alg.Segment) -> tuple[Any, str]:
         if conn is None:
@@ -464,7 +475,8 @@ class SipHelper(alg.Helper):
                 out.append(Notice("contact-not-sender", f"{c.addr} registered by {seg.sender}"))
             elif c.transport not in TRANSPORTS:
                 out.append(Notice("transport-not-tracked", c.transport.decode("latin-1")))
-            elif len(keep) < MAX_BINDINGS:
+            elif len(keep) < MAX_BINDINGS and all(
+                    (k.addr, k.port, k.transport) != (c.addr, c.port, c.transport) for k in keep):
                 keep.append(c)
         state.bindings.pop(key, None)
         if keep:
