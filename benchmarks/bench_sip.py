@@ -53,15 +53,17 @@ def reference(data: bytes) -> tuple:
     return method, uri, addr, kind, int(port)
 
 
-def timed(fn, n: int) -> float:
-    """CPU seconds per call, best of 3 runs (the machine is shared: CPU time
-    of this process, not wall time, and the best run)."""
-    best = float("inf")
-    for _ in range(3):
-        t = time.process_time()
-        fn(n)
-        best = min(best, time.process_time() - t)
-    return best / n
+def timed(fns: dict, n: int, rounds: int = 5) -> dict:
+    """CPU seconds per call of each function, the best of `rounds` rounds
+    that run them in turn (the machine is shared: CPU time of this process,
+    not wall time, and the reference and the helper see the same load)."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.process_time()
+            fn(n)
+            best[name] = min(best[name], time.process_time() - t)
+    return {k: v / n for k, v in best.items()}
 
 
 def line(label: str, per: float, ref: float | None = None, unit: str = "msg") -> None:
@@ -72,26 +74,27 @@ def line(label: str, per: float, ref: float | None = None, unit: str = "msg") ->
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
     h = SipHelper()
-    msgs = [invite(i) for i in range(3 * n)]
-    print(f"INVITE size {len(msgs[0])} bytes, best of 3 runs of {n}")
-    ref = timed(lambda k: [reference(m) for m in msgs[:k]], n)
-    line("reference: request line, c=, m= (bytes)", ref)
+    msgs = [invite(i) for i in range(n)]
+    print(f"INVITE size {len(msgs[0])} bytes, best of 5 rounds of {n}")
+    segs = {proto: [Segment(m, Direction.ORIGINAL, FlowTuple(4, proto, A, B, 40000 if proto == TCP else 5061, 5060),
+                            0.0) for m in msgs] for proto in (UDP, TCP)}
 
-    for proto, label in ((UDP, "inspect INVITE+SDP, UDP (2 Expect each)"), (TCP, "inspect INVITE+SDP, TCP framing")):
-        flow = FlowTuple(4, proto, A, B, 40000 if proto == TCP else 5061, 5060)
-        segs = iter([Segment(m, Direction.ORIGINAL, flow, 0.0) for m in msgs])
-
-        def run(k: int, segs=segs) -> None:
+    def helper(proto: int):
+        def run(k: int) -> None:
             st = h.new_state()
-            for _ in range(k):
-                h.inspect(next(segs), st)
+            for seg in segs[proto][:k]:  # a new Call-ID each: new transactions, as on a busy trunk
+                h.inspect(seg, st)
+        return run
 
-        line(label, timed(run, n), ref)
+    per = timed({"ref": lambda k: [reference(m) for m in msgs[:k]], UDP: helper(UDP), TCP: helper(TCP)}, n)
+    line("reference: request line, c=, m= (bytes)", per["ref"])
+    line("inspect INVITE+SDP, UDP (2 Expect each)", per[UDP], per["ref"])
+    line("inspect INVITE+SDP, TCP framing", per[TCP], per["ref"])
 
     from sip_kernel import replay_case
     caps = sorted((Path(__file__).resolve().parents[1] / "tests" / "pcaps").glob("sip-*/*.pcap*"))
     frames = sum(replay_case(c)[0].frames for c in caps)
-    per = timed(lambda _k: [replay_case(c) for c in caps], 1) / frames
+    per = timed({"replay": lambda _k: [replay_case(c) for c in caps]}, 1, 3)["replay"] / frames
     line(f"replay of the sip-* captures ({frames} packets, incl. media)", per, unit="pkt")
 
 

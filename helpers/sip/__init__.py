@@ -165,8 +165,7 @@ class SipState:
             n += sys.getsizeof(sc) + sys.getsizeof(sc.prefix)
             if sc.msg is not None:  # the head waiting for its body: bytes of the buffer, counted once more
                 m = sc.msg
-                n += sys.getsizeof(m) + sys.getsizeof(m.head) + sys.getsizeof(m.index) + sys.getsizeof(m.first) \
-                    + sum(sys.getsizeof(offs) for offs in m.index.values()) \
+                n += sys.getsizeof(m) + sys.getsizeof(m.head) + sys.getsizeof(m.first) \
                     + sum(sys.getsizeof(v) for v in m.first.values())
         return n
 
@@ -437,8 +436,9 @@ class SipHelper(alg.Helper):
         """(element, offset in the message) of the Contacts, MAX_LIST at most
         over all Contact headers; more is counted once (`contacts-skipped`)."""
         elems: list[tuple[bytes, int]] = []
+        headers = msg.all(b"contact")
         more = msg.skipped > 0
-        for h in msg.all(b"contact"):
+        for h in headers:
             room = grammar.MAX_LIST - len(elems)
             if room <= 0:
                 more = True

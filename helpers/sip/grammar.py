@@ -7,7 +7,6 @@ message so a later NAT step can rewrite it in place.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -33,10 +32,6 @@ REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^ \r\n]+) SIP/2\.0\r?\n?$")
 STATUS_LINE = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9])(?: [^\r\n]*)?\r?\n?$")
 _TOKEN_ONLY = re.compile(_TOKEN + rb"$")
 _STATUS_PREFIX = re.compile(rb"[1-6]?[0-9]{0,2}$")
-# header-name ":" (§7.3.1: any amount of whitespace around the colon), at a line start
-_ANY_HEADER = re.compile(rb"\n(" + _TOKEN + rb")[ \t]*:[ \t]*")
-INDEXED = frozenset((b"call-id", b"cseq", b"content-length", b"content-type", b"contact", b"expires"))
-CANONICAL = {**{n: n for n in INDEXED}, **{k: v for k, v in COMPACT.items() if v in INDEXED}}
 # a line that is neither a header (token, colon) nor a continuation (§7.3.1)
 _BAD_LINE = re.compile(rb"\n(?![ \t]|\r\n|\r\Z|" + _TOKEN + rb"[ \t]*:)")
 # the empty line that ends the headers: CRLF CRLF or LF LF (§7; LF alone tolerated)
@@ -50,6 +45,7 @@ MAX_START_LINE = 4096  # bytes of an unfinished start line before a stream is re
 _LIST_SPECIAL = re.compile(rb'[\\",<>]')
 SPECIALS_PER_ELEMENT = 8  # < > " " , and a few escapes: a normal element has 2 to 5
 MAX_FOLDED = 4096  # bytes of a header value spread over continuation lines that are read
+_SEARCH: dict[bytes, re.Pattern[bytes]] = {}  # filled below for the headers the helper reads
 MAX_LIST = 16  # Contact header lines (and elements of one) read per message; the rest are counted
 # CSeq = "CSeq" HCOLON 1*DIGIT LWS Method (§20.16; the number is < 2^31)
 CSEQ = re.compile(rb"([0-9]{1,10})[ \t]+(" + _TOKEN + rb")[ \t]*$")
@@ -78,28 +74,38 @@ class Message:
     status: int | None
     uri: bytes
     head: bytes = b""  # start line and header lines, without the empty line
-    index: dict[bytes, list[int]] = field(default_factory=dict)  # INDEXED name -> offsets of its values
-    first: dict[bytes, bytes] = field(default_factory=dict)  # INDEXED name -> its first value
+    first: dict[bytes, bytes | None] = field(default_factory=dict)  # values looked up so far
     body: bytes = b""
     body_offset: int = 0
     length: int = 0  # bytes of the whole message (start line to end of body)
-    skipped: int = 0  # header lines of an INDEXED name past MAX_LIST, not read
+    skipped: int = 0  # header lines past MAX_LIST of one name, not read
 
     def all(self, name: bytes) -> list[Header]:
-        if name in INDEXED:
-            return [Header(name, _value(self.head, off), off) for off in self.index.get(name, ())]
-        return [h for h in _scan_all(self.head) if h.name == name]
+        """The headers called `name` (lower case, full name), MAX_LIST at
+        most; `skipped` counts that there were more."""
+        pattern = _search(name)
+        out: list[Header] = []
+        for m in pattern.finditer(self.head):
+            if len(out) == MAX_LIST:
+                self.skipped += 1
+                break
+            out.append(Header(name, _value(self.head, m.end()), m.end()))
+        return out
 
     def get(self, name: bytes) -> Header | None:
-        found = self.all(name)
-        return found[0] if found else None
+        m = _search(name).search(self.head)
+        return None if m is None else Header(name, _value(self.head, m.end()), m.end())
 
     def value(self, name: bytes) -> bytes | None:
-        """The first value of header `name` (lower case, full name)."""
-        if name in INDEXED:
-            return self.first.get(name)
-        h = self.get(name)
-        return None if h is None else h.value
+        """The first value of header `name` (lower case, full name), found
+        on the first call by one search of the head (the kernel's
+        ct_sip_get_header) and kept."""
+        try:
+            return self.first[name]
+        except KeyError:
+            m = _search(name).search(self.head)
+            v = self.first[name] = None if m is None else _value(self.head, m.end())
+            return v
 
 
 class Incomplete(Exception):
@@ -238,7 +244,7 @@ def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int) 
             raise alg.ProtocolViolation(f"not a SIP start line: {first[:60]!r}")
         msg = Message(None, int(s.group(1)), b"", head)
     if first_nl >= 0:
-        _index(head, first_nl, msg)
+        _check_lines(head, first_nl)
     body_start = min(end + sep, len(data)) if sep else len(data)
     clen = msg.value(b"content-length")
     if clen is None:
@@ -257,41 +263,26 @@ def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int) 
     return msg
 
 
-def _index(head: bytes, first_nl: int, msg: Message) -> None:
+def _check_lines(head: bytes, first_nl: int) -> None:
+    """Every line after the start line is a header or a continuation (§7.3.1)."""
     if head.startswith(_FOLD, first_nl + 1):
         raise alg.ProtocolViolation("continuation line before any header")
     bad = _BAD_LINE.search(head, first_nl)
     if bad:
         line = head[bad.end():head.find(b"\n", bad.end()) % (len(head) + 1)]
         raise alg.ProtocolViolation(f"bad header line {line[:40]!r}")
-    index, first = msg.index, msg.first
-    lower = head.lower()
-    full: frozenset[bytes] = frozenset()  # names read MAX_LIST times: no longer searched for
-    pos = first_nl
-    while pos >= 0 and len(full) < len(INDEXED):
-        start, pos = pos, -1
-        for m in _wanted(full).finditer(lower, start):
-            name = CANONICAL[m.group(1)]
-            offs = index.get(name)
-            if offs is None:
-                index[name] = [m.end()]
-                first[name] = _value(head, m.end())
-            elif len(offs) < MAX_LIST:
-                offs.append(m.end())
-            else:  # search on without it: the lines left are a C-level scan, not a step each
-                msg.skipped += 1
-                full |= {name}
-                pos = m.end()
-                break
 
 
-@functools.lru_cache(maxsize=None)  # one pattern per subset of INDEXED: 64 at most
-def _wanted(full: frozenset[bytes]) -> re.Pattern[bytes]:
-    """The headers the helper reads, full and compact names (§7.3.3), except
-    those in `full`, matched in the lower-cased head (the kernel's
-    ct_sip_get_header: name at a line start, whitespace, colon)."""
-    names = sorted((n for n, c in CANONICAL.items() if c not in full), key=len, reverse=True)
-    return re.compile(rb"\n(" + b"|".join(re.escape(n) for n in names) + rb")[ \t]*:[ \t]*")
+def _search(name: bytes) -> re.Pattern[bytes]:
+    pattern = _SEARCH.get(name)
+    return pattern if pattern is not None else _compile(name)
+
+
+def _compile(name: bytes) -> re.Pattern[bytes]:
+    """Header `name` (full or compact form, §7.3.3, any case) at the start
+    of a line, up to its value (§7.3.1: whitespace around the colon)."""
+    forms = [re.escape(name)] + [re.escape(c) for c, full in COMPACT.items() if full == name]
+    return re.compile(rb"\n(?:" + b"|".join(forms) + rb")[ \t]*:[ \t]*", re.IGNORECASE)
 
 
 def _value(head: bytes, start: int) -> bytes:
@@ -307,18 +298,6 @@ def _value(head: bytes, start: int) -> bytes:
     limit = min(len(head), start + MAX_FOLDED)
     end = _HEADER_END.search(head, nl, limit)
     return _FOLDING.sub(b" ", head[start:end.start() if end else limit]).rstrip(b" \t\r")
-
-
-def _scan_all(head: bytes) -> list[Header]:
-    """Every header (for the few the helper does not index), in order."""
-    first_nl = head.find(b"\n")
-    if first_nl < 0:
-        return []
-    out = []
-    for m in _ANY_HEADER.finditer(head.lower(), first_nl):
-        name = m.group(1)
-        out.append(Header(COMPACT.get(name, name), _value(head, m.end()), m.end()))
-    return out
 
 
 def split_list(value: bytes) -> list[tuple[bytes, int]]:
@@ -438,3 +417,7 @@ def parse_cseq(value: bytes | None) -> tuple[int, bytes] | None:
         return None
     num, method = m.groups()
     return (int(num), method.upper()) if len(method) <= MAX_METHOD else None
+
+
+_SEARCH.update((n, _compile(n)) for n in (b"call-id", b"cseq", b"content-length", b"content-type", b"contact",
+                                          b"expires", b"via"))
