@@ -163,10 +163,6 @@ class SipState:
                 for c in contacts)
         for sc in self.scans or ():
             n += sys.getsizeof(sc) + sys.getsizeof(sc.prefix)
-            if sc.msg is not None:  # the head waiting for its body: bytes of the buffer, counted once more
-                m = sc.msg
-                n += sys.getsizeof(m) + sys.getsizeof(m.head) + sys.getsizeof(m.first) \
-                    + sum(sys.getsizeof(v) for v in m.first.values())
         return n
 
 
@@ -226,43 +222,55 @@ class SipHelper(alg.Helper):
         sc = state.scans[segment.direction]
         if sc.pos and (len(data) < sc.pos or not data.startswith(sc.prefix)):
             sc.reset()  # not the bytes scanned before (a caller that does not keep the stream)
-        msg = sc.msg
-        if msg is None:
+        if sc.length < 0:
             if not sc.pos:
                 skip = grammar.skip_keepalive(data)
                 if skip:
                     return Parsed(skip)
                 sc.prefix = data[:PREFIX_CHECK]
+            line_end = -1
             if not sc.line_done:
                 state.scanned += len(data) - sc.pos
-                nl = data.find(b"\n", sc.pos)
-                if nl < 0 and not grammar.prefix_ok(data, sc) or nl >= 0 and not grammar.start_line_ok(data[:nl]):
-                    sc.reset()
-                    raise alg.ProtocolViolation(f"stream does not carry SIP here: {data[:40]!r}")
-                if nl < 0:
+                line_end = data.find(b"\n", sc.pos)
+                if line_end < 0:
+                    if not grammar.prefix_ok(data, sc):
+                        sc.reset()
+                        raise alg.ProtocolViolation(f"stream does not carry SIP here: {data[:40]!r}")
                     sc.pos = len(data)
                     return alg.NEED_DATA
-                sc.line_done, sc.pos = True, nl
+                sc.line_done, sc.pos = True, line_end
             state.scanned += len(data) - max(0, sc.pos - 3)
             end, sep = grammar.head_end(data, sc.pos)
             if end < 0:
+                # the start line just completed is checked now; with the headers
+                # complete, parse_head checks it (once)
+                if line_end >= 0 and not grammar.start_line_ok(data[:line_end]):
+                    sc.reset()
+                    raise alg.ProtocolViolation(f"stream does not carry SIP here: {data[:40]!r}")
                 sc.pos = len(data)
                 if len(data) > self.spec.max_buffer:
                     raise alg.ProtocolViolation(f"no end of SIP headers within {self.spec.max_buffer} bytes")
                 return alg.NEED_DATA
-            state.scanned += end  # the head, read once more to be parsed
-            try:
-                msg = grammar.parse_head(data, end, sep, True, self.spec.max_buffer)
-            except alg.ProtocolViolation:
-                sc.reset()
-                raise
-            sc.msg, sc.pos = msg, len(data)
-        if msg.length > len(data):
-            sc.pos = len(data)
-            return alg.NEED_DATA
+            msg = self._head(data, end, sep, state, sc)
+            if msg.length > len(data):
+                sc.end, sc.sep, sc.length, sc.pos = end, sep, msg.length, len(data)
+                return alg.NEED_DATA
+        else:
+            if sc.length > len(data):
+                sc.pos = len(data)
+                return alg.NEED_DATA
+            msg = self._head(data, sc.end, sc.sep, state, sc)  # the second and last time
         sc.reset()
         grammar.take_body(msg, data)
         return Parsed(msg.length, self._message(msg, segment, state, 0))
+
+    def _head(self, data: bytes, end: int, sep: int, state: SipState, sc: grammar.StartScan) -> Message:
+        state.scanned += end
+        try:
+            return grammar.parse_head(data, end, sep, True, self.spec.max_buffer)
+        except alg.ProtocolViolation:
+            sc.reset()
+            raise
 
     # ------------------------------------------------------------ messages
     def _message(self, msg: Message, seg: alg.Segment, state: SipState, base: int) -> tuple:

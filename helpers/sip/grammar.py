@@ -100,12 +100,14 @@ class Message:
         """The first value of header `name` (lower case, full name), found
         on the first call by one search of the head (the kernel's
         ct_sip_get_header) and kept."""
-        try:
-            return self.first[name]
-        except KeyError:
+        v = self.first.get(name, _UNSEEN)
+        if v is _UNSEEN:
             m = _search(name).search(self.head)
             v = self.first[name] = None if m is None else _value(self.head, m.end())
-            return v
+        return v
+
+
+_UNSEEN = b"\x00unseen"  # a value no header has (its own object: compared by identity)
 
 
 class Incomplete(Exception):
@@ -117,17 +119,19 @@ class StartScan:
     direction), so that bytes already read are never read again when a
     segment adds more (`pos`), and what the first line was found to be."""
 
-    __slots__ = ("pos", "line_done", "sp1", "sp2", "prefix", "msg")
+    __slots__ = ("pos", "line_done", "sp1", "sp2", "prefix", "end", "sep", "length")
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
         self.pos = 0  # bytes of the buffer already searched
-        self.line_done = False  # the start line is complete and valid
+        self.line_done = False  # the start line is complete (checked when the head is parsed)
         self.sp1 = self.sp2 = -1  # the spaces of an unfinished Request-Line, once seen
         self.prefix = b""  # the buffer's first bytes: a different buffer restarts the scan
-        self.msg: Message | None = None  # the head, parsed, while the body is awaited
+        # while the body is awaited: where the head ends and the message's length (the
+        # head is parsed again once, when the body is complete: numbers kept, not a copy)
+        self.end = self.sep = self.length = -1
 
 
 def could_be_start(data: bytes) -> bool:
