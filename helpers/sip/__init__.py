@@ -60,7 +60,7 @@ Security checks
 * A host name in `c=` or Contact gives no expectation (`hostname-in-sdp`,
   `hostname-in-contact`): resolving names on the packet path is not safe.
 * TCP: messages are framed by Content-Length (mandatory on streams, RFC 3261
-  §18.3), several per segment or one over several. Parsing only starts at
+  §18.3), several per segment or one over several (scanned incrementally). Parsing only starts at
   the beginning of the stream and at message boundaries: a stream that does
   not begin with a SIP start line is not SIP (the NAT Slipstreaming attack
   hides a REGISTER inside an HTTP body), and a Content-Length that could not
@@ -74,10 +74,46 @@ Security checks
   Content-Length means discarded); a malformed datagram is counted
   (`malformed`) and the flow goes on.
 
+Cost and bounds (hostile input)
+-------------------------------
+Parsing follows the kernel's grammar (nf_conntrack_sip.c): the start line,
+then each header the helper needs found by one search of the head when it is
+first asked for (full or compact name, any case, whitespace around the
+colon: ct_sip_get_header), the other lines only checked, once, to be header
+or continuation lines. No pattern has adjacent or nested unbounded
+repetition over peer bytes; a folded value is joined in one C-level pass and
+read up to 4 KiB. Over TCP the scan of an unfinished message resumes where
+it stopped (`grammar.StartScan`): per segment the new bytes and the 3 before
+them are searched, the head is parsed once the empty line is there and once
+more when the body is; `SipState.scanned` counts it. Per message at most:
+16 Contact headers and 16 Contact elements read (`contacts-skipped`), 8
+distinct Contacts kept for the registrar's answer, 32 m= lines and 128 m=,
+c=, a=rtcp lines read over all SDP bodies (`media-capped`, `sdp-truncated`),
+`max_media_expects` media expectations asked for (10, the sum of the media
+classes' maxima; the rest are refused, not created and then evicted, and
+counted once as `media-capped`), 8 streams per m= line. A method token is
+at most 32 bytes (RFC 3261 §25.1 sets no bound; the registered methods have
+at most 9): longer is a ProtocolViolation (TCP) or `malformed` (UDP). A
+Call-ID is kept to its first 128 bytes. benchmarks/bench_sip_hostile.py
+prints the cost of each hostile case beside a normal INVITE's.
+
+State per flow (`SipState.size()` measures it): 456 bytes empty; each
+transaction remembered (at most `max_transactions`) holds its key (Call-ID
+<= 128 bytes, CSeq number, method <= 32 bytes) and at most 8 response codes,
+<= 600 bytes; each confirmed dialog (at most `max_transactions`) its Call-ID,
+<= 220 bytes; REGISTERs awaiting their answer at most 4 x 8 Contacts,
+<= 9 KiB; per TCP direction a few integers and 16 bytes (no copy of an
+unfinished message: the engine's buffer holds it). Worst case at the
+defaults, 512 transactions of maximal keys and 512 dialogs: about 420 KB;
+a phone's flow with a handful of transactions: 2 to 5 KB. Lower
+`max_transactions` where many flows must fit (each step of 64 is about 52 KB
+of worst case per flow).
+
 Options
 -------
 direct_media, direct_signalling, external_media (kernel names and defaults),
-min_media_port (1024), max_transactions (remembered per flow, 512).
+min_media_port (1024), max_transactions (remembered per flow, 512),
+max_media_expects (media expectations one message may ask for, 10).
 `external_media` (the kernel's `sip_external_media`: skip media that routes
 back out of the interface it came in on) needs the routing table, which a
 sans-IO helper does not have: setting it only counts `external-media-unsupported`.
