@@ -395,8 +395,7 @@ class SipHelper(alg.Helper):
                 if room <= 0:
                     capped += 1
                     continue
-                got, refused = self._media(media, session, seg, tag, room)
-                room -= sum(isinstance(a, Expect) for a in got)
+                got, room, refused = self._media(media, session, seg, tag, room)
                 capped += refused
                 out += got
             if lines <= 0 or media_lines <= 0:
@@ -406,20 +405,20 @@ class SipHelper(alg.Helper):
         return out
 
     def _media(self, media: sdp.Media, session: sdp.Session, seg: alg.Segment, tag: str,
-               room: int) -> tuple[list, int]:
-        """The actions for one m= line, at most `room` of them Expects, and
-        how many streams were left out for want of room."""
+               room: int) -> tuple[list, int, int]:
+        """The actions for one m= line, at most `room` of them Expects; the
+        room left and how many streams were left out for want of it."""
         cls = MEDIA_CLASSES.get(media.kind)
         if cls is None:
-            return [Notice("media-not-tracked", media.kind.decode("latin-1"))], 0
+            return [Notice("media-not-tracked", media.kind.decode("latin-1"))], room, 0
         if media.port == 0:
-            return [], 0
+            return [], room, 0
         if media.over_tcp:
-            return [Notice("tcp-media", media.proto.decode("latin-1"))], 0
+            return [Notice("tcp-media", media.proto.decode("latin-1"))], room, 0
         conn = media.connection or session.connection
         addr, why = self._media_addr(conn, seg)
         if addr is None:
-            return ([Notice(why)] if why else []), 0
+            return ([Notice(why)] if why else []), room, 0
         out: list = [Notice(why)] if why else []
         count = media.count
         if count > MAX_STREAMS:
@@ -456,7 +455,7 @@ class SipHelper(alg.Helper):
             else:
                 out.append(Expect(cls, UDP, src, a, None, port, tag=tag, where=w))
                 room -= 1
-        return out, refused
+        return out, room, refused
 
     def _media_addr(self, conn: sdp.Connection | None, seg: alg.Segment) -> tuple[Any, str]:
         if conn is None:
