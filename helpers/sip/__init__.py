@@ -424,7 +424,8 @@ class SipHelper(alg.Helper):
         if count > MAX_STREAMS:
             out.append(Notice("port-count-capped", str(count)))
             count = MAX_STREAMS
-        where = (conn.where, media.where)  # conn is set: it gave the address
+        assert conn is not None  # it gave the address
+        where = (conn.where, media.where)
         ports: list[tuple[int, alg.IPAddress, tuple]] = []
         if media.is_rtp:
             for i in range(count):

@@ -38,8 +38,8 @@ _BAD_LINE = re.compile(rb"\n(?![ \t]|\r\n|\r\Z|" + _TOKEN + rb"[ \t]*:)")
 _EMPTY_LINE = re.compile(rb"\n(?:\n|(?<=\r\n)\r\n)")
 # the end of a header: a line end not followed by a continuation line
 _HEADER_END = re.compile(rb"\n(?![ \t])")
-_FOLD = (b" ", b"\t")
-_FOLDING = re.compile(rb"\r?\n[ \t]+")  # a line break and the whitespace starting a continuation line  # a line starting with either continues the header before it
+_FOLD = (b" ", b"\t")  # a line starting with either continues the header before it
+_FOLDING = re.compile(rb"\r?\n[ \t]+")  # a line break and the whitespace starting a continuation line
 MAX_METHOD = 32  # bytes of a method token (§25.1 sets no bound; the registered methods have <= 9)
 MAX_START_LINE = 4096  # bytes of an unfinished start line before a stream is refused
 _LIST_SPECIAL = re.compile(rb'[\\",<>]')
