@@ -33,7 +33,7 @@ STATUS_LINE = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9])(?: [^\r\n]*)?\r?\n?$")
 _TOKEN_ONLY = re.compile(_TOKEN + rb"$")
 _STATUS_PREFIX = re.compile(rb"[1-6]?[0-9]{0,2}$")
 # a line that is neither a header (token, colon) nor a continuation (§7.3.1)
-_BAD_LINE = re.compile(rb"\n(?![ \t]|\r\n|\r\Z|" + _TOKEN + rb"[ \t]*:)")
+_BAD_LINE = re.compile(rb"\n(?![ \t]|\r\n|\r?\Z|" + _TOKEN + rb"[ \t]*:)")
 # the empty line that ends the headers: CRLF CRLF or LF LF (§7; LF alone tolerated)
 _EMPTY_LINE = re.compile(rb"\n(?:\n|(?<=\r\n)\r\n)")
 # the end of a header: a line end not followed by a continuation line

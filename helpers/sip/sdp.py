@@ -132,15 +132,13 @@ def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_
                             (start + 2 + mm.start(2), len(port)))
             s.media.append(current)
         elif kind == b"c":
-            if current is None and s.connection is not None or current is not None and current.connection:
-                continue  # only the first c= of a level counts
             c = _connection(value, start + 2)
             if c is None:
                 if _malformed(s, "c="):
                     break
             elif current is None:
-                s.connection = c
-            else:
+                s.connection = s.connection or c  # the first c= of a level counts
+            elif current.connection is None:
                 current.connection = c
         elif current is not None and value[:5].lower() == b"rtcp:":
             r = _RTCP.match(value, 5)
