@@ -263,6 +263,7 @@ class SipHelper(alg.Helper):
                 skip = grammar.skip_keepalive(data)
                 if skip:
                     return Parsed(skip)
+            if len(sc.prefix) < PREFIX_CHECK:
                 sc.prefix = data[:PREFIX_CHECK]
             line_end = -1
             if not sc.line_done:

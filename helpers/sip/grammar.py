@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import alg
 
@@ -74,7 +74,6 @@ class Message:
     status: int | None
     uri: bytes
     head: bytes = b""  # start line and header lines, without the empty line
-    first: dict[bytes, bytes | None] = field(default_factory=dict)  # values looked up so far
     body: bytes = b""
     body_offset: int = 0
     length: int = 0  # bytes of the whole message (start line to end of body)
@@ -98,16 +97,10 @@ class Message:
 
     def value(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lower case, full name), found
-        on the first call by one search of the head (the kernel's
-        ct_sip_get_header) and kept."""
-        v = self.first.get(name, _UNSEEN)
-        if v is _UNSEEN:
-            m = _search(name).search(self.head)
-            v = self.first[name] = None if m is None else _value(self.head, m.end())
-        return v
-
-
-_UNSEEN = b"\x00unseen"  # a value no header has (its own object: compared by identity)
+        by one search of the head (the kernel's ct_sip_get_header). The
+        helper asks for each header once or twice per message."""
+        m = _search(name).search(self.head)
+        return None if m is None else _value(self.head, m.end())
 
 
 class Incomplete(Exception):
@@ -278,8 +271,7 @@ def _check_lines(head: bytes, first_nl: int) -> None:
 
 
 def _search(name: bytes) -> re.Pattern[bytes]:
-    pattern = _SEARCH.get(name)
-    return pattern if pattern is not None else _compile(name)
+    return _SEARCH.get(name) or _compile(name)
 
 
 def _compile(name: bytes) -> re.Pattern[bytes]:
