@@ -3,6 +3,17 @@
 
 Pure functions over bytes. Every value returned keeps its offset in the
 message so a later NAT step can rewrite it in place.
+
+Cost: the message is read at bytes level, without decoding and without
+splitting it into lines. The empty line that ends the headers is found by
+one search (resumable: `head_end(data, start)`), the start line by one
+match, each header the helper needs by one search of the head when it is
+asked for (the kernel's ct_sip_get_header), and every other line is checked
+once by one search for a line that is neither a header nor a continuation.
+No pattern here has adjacent or nested unbounded repetition over peer bytes.
+Lists are bounded: MAX_LIST headers of one name, MAX_LIST elements of a
+comma list, MAX_FOLDED bytes of a folded value. `StartScan` keeps where an
+unfinished TCP message's scan stopped.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ Read: `c=` at session level and per media (§5.7; the media-level one wins),
 `m=<media> <port>[/<count>] <proto> ...` (§5.14), `a=rtcp:<port> [IN IP4|IP6
 <addr>]` (RFC 3605 §2.1). Everything else is skipped. Lines end in CRLF or LF
 (§5: "parsers SHOULD be tolerant and also accept records terminated with a
-single newline").
+single newline"). A body is read up to `max_media` m= lines, MAX_LINES lines
+of the three kinds and MAX_MALFORMED malformed ones; the rest is counted,
+not read.
 """
 
 from __future__ import annotations
