@@ -414,49 +414,47 @@ class SipHelper(alg.Helper):
             return [Notice("media-not-tracked", media.kind.decode("latin-1"))], room, 0
         if media.port == 0:
             return [], room, 0
-        if media.over_tcp:
+        proto = media.proto.upper()
+        if proto.startswith(b"TCP"):
             return [Notice("tcp-media", media.proto.decode("latin-1"))], room, 0
         conn = media.connection or session.connection
         addr, why = self._media_addr(conn, seg)
         if addr is None:
             return ([Notice(why)] if why else []), room, 0
+        assert conn is not None  # it gave the address
         out: list = [Notice(why)] if why else []
         count = media.count
         if count > MAX_STREAMS:
             out.append(Notice("port-count-capped", str(count)))
             count = MAX_STREAMS
-        assert conn is not None  # it gave the address
         where = (conn.where, media.where)
-        ports: list[tuple[int, alg.IPAddress, tuple]] = []
-        if media.is_rtp:
-            for i in range(count):
-                rtp = media.port + 2 * i
-                ports.append((rtp, addr, where))
-                if i or media.rtcp_port is None:
-                    ports.append((rtp + 1, addr, where))
-                    continue
+        if b"RTP/" in proto:
+            # RTP profiles (RFC 3551, 3711, 4585, 5124): RTP on even ports, RTCP on the
+            # next one, except the first stream's where a=rtcp says (RFC 3605)
+            ports = [(media.port + i, addr, where) for i in range(2 * count)]
+            if media.rtcp_port is not None:
                 raddr, rwhy = addr, ""
                 if media.rtcp_connection is not None:
                     raddr, rwhy = self._media_addr(media.rtcp_connection, seg)
                 if raddr is None:
+                    del ports[1]
                     out += [Notice(rwhy)] if rwhy else []
                 else:
-                    ports.append((media.rtcp_port, raddr, (media.rtcp_where or media.where,)))
+                    ports[1] = (media.rtcp_port, raddr, (media.rtcp_where or media.where,))
         else:
             ports = [(media.port + i, addr, where) for i in range(count)]
         src = seg.receiver if self.options["direct_media"] else None
         low = self.options["min_media_port"]
         refused = 0
         for port, a, w in ports:
-            if port < low:
-                out.append(Notice("low-port", str(port)))
-            elif port > 65535:
-                out.append(Notice("bad-port", str(port)))
-            elif room <= 0:
-                refused += 1
+            if low <= port <= 65535:
+                if room > 0:
+                    out.append(Expect(cls, UDP, src, a, None, port, tag=tag, where=w))
+                    room -= 1
+                else:
+                    refused += 1
             else:
-                out.append(Expect(cls, UDP, src, a, None, port, tag=tag, where=w))
-                room -= 1
+                out.append(Notice("low-port" if port < low else "bad-port", str(port)))
         return out, room, refused
 
     def _media_addr(self, conn: sdp.Connection | None, seg: alg.Segment) -> tuple[Any, str]:
