@@ -427,7 +427,7 @@ class SipHelper(alg.Helper):
         if count > MAX_STREAMS:
             out.append(Notice("port-count-capped", str(count)))
             count = MAX_STREAMS
-        where = (conn.where, media.where)
+        where: tuple[tuple[int, int], ...] = (conn.where, media.where)
         if b"RTP/" in proto:
             # RTP profiles (RFC 3551, 3711, 4585, 5124): RTP on even ports, RTCP on the
             # next one, except the first stream's where a=rtcp says (RFC 3605)
