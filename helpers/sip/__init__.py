@@ -60,7 +60,7 @@ Security checks
 * A host name in `c=` or Contact gives no expectation (`hostname-in-sdp`,
   `hostname-in-contact`): resolving names on the packet path is not safe.
 * TCP: messages are framed by Content-Length (mandatory on streams, RFC 3261
-  §18.3), several per segment or one over several. Parsing only starts at
+  §18.3), several per segment or one over several (scanned incrementally). Parsing only starts at
   the beginning of the stream and at message boundaries: a stream that does
   not begin with a SIP start line is not SIP (the NAT Slipstreaming attack
   hides a REGISTER inside an HTTP body), and a Content-Length that could not
@@ -74,10 +74,46 @@ Security checks
   Content-Length means discarded); a malformed datagram is counted
   (`malformed`) and the flow goes on.
 
+Cost and bounds (hostile input)
+-------------------------------
+Parsing follows the kernel's grammar (nf_conntrack_sip.c): the start line,
+then each header the helper needs found by one search of the head when it is
+first asked for (full or compact name, any case, whitespace around the
+colon: ct_sip_get_header), the other lines only checked, once, to be header
+or continuation lines. No pattern has adjacent or nested unbounded
+repetition over peer bytes; a folded value is joined in one C-level pass and
+read up to 4 KiB. Over TCP the scan of an unfinished message resumes where
+it stopped (`grammar.StartScan`): per segment the new bytes and the 3 before
+them are searched, the head is parsed once the empty line is there and once
+more when the body is; `SipState.scanned` counts it. Per message at most:
+16 Contact headers and 16 Contact elements read (`contacts-skipped`), 8
+distinct Contacts kept for the registrar's answer, 32 m= lines and 128 m=,
+c=, a=rtcp lines read over all SDP bodies (`media-capped`, `sdp-truncated`),
+`max_media_expects` media expectations asked for (10, the sum of the media
+classes' maxima; the rest are refused, not created and then evicted, and
+counted once as `media-capped`), 8 streams per m= line. A method token is
+at most 32 bytes (RFC 3261 §25.1 sets no bound; the registered methods have
+at most 9): longer is a ProtocolViolation (TCP) or `malformed` (UDP). A
+Call-ID is kept to its first 128 bytes. benchmarks/bench_sip_hostile.py
+prints the cost of each hostile case beside a normal INVITE's.
+
+State per flow (`SipState.size()` measures it): 456 bytes empty; each
+transaction remembered (at most `max_transactions`) holds its key (Call-ID
+<= 128 bytes, CSeq number, method <= 32 bytes) and at most 8 response codes,
+<= 600 bytes; each confirmed dialog (at most `max_transactions`) its Call-ID,
+<= 220 bytes; REGISTERs awaiting their answer at most 4 x 8 Contacts,
+<= 9 KiB; per TCP direction a few integers and 16 bytes (no copy of an
+unfinished message: the engine's buffer holds it). Worst case at the
+defaults, 512 transactions of maximal keys and 512 dialogs: about 420 KB;
+a phone's flow with a handful of transactions: 2 to 5 KB. Lower
+`max_transactions` where many flows must fit (each step of 64 is about 52 KB
+of worst case per flow).
+
 Options
 -------
 direct_media, direct_signalling, external_media (kernel names and defaults),
-min_media_port (1024), max_transactions (remembered per flow, 512).
+min_media_port (1024), max_transactions (remembered per flow, 512),
+max_media_expects (media expectations one message may ask for, 10).
 `external_media` (the kernel's `sip_external_media`: skip media that routes
 back out of the interface it came in on) needs the routing table, which a
 sans-IO helper does not have: setting it only counts `external-media-unsupported`.
@@ -101,6 +137,7 @@ Limits: SIP over TLS (5061) and WebSocket are opaque; SDP media over TCP
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from typing import Any
 
@@ -111,30 +148,62 @@ from . import grammar, sdp
 from .grammar import Contact, Message
 
 MEDIA_CLASSES = {b"audio": "audio", b"video": "video", b"image": "image"}
-MEDIA_UNEXPECT = (Unexpect("audio"), Unexpect("video"), Unexpect("image"))
 SDP_REQUESTS = {b"INVITE", b"UPDATE", b"ACK", b"PRACK"}
 SDP_RESPONSES = {b"INVITE", b"UPDATE", b"PRACK"}
 DEFAULT_EXPIRES = 3600  # RFC 3261 §10.2.1.1 suggests an hour when nothing is given
 TRANSPORTS = {b"udp": UDP, b"tcp": TCP, b"tls": TCP}
 MAX_STREAMS = 8  # streams of one m= line with a port count
+MAX_CALL_ID = 128  # bytes of a Call-ID kept (tag and key); RFC 3261 sets no bound, real ones are < 100
+MAX_STATUSES = 8  # distinct responses remembered per transaction (100, 180, 183, 200 ... )
+MAX_BINDINGS = 8  # Contacts of one REGISTER kept until the registrar answers
+MAX_PENDING_REGISTERS = 4  # REGISTER transactions per flow holding Contacts (oldest dropped)
+PREFIX_CHECK = 16  # first bytes of a TCP buffer compared to tell it is the one scanned before
+MAX_MEDIA_LINES = 32  # m= lines read per message (all SDP bodies together)
 
 
 class Transaction:
-    __slots__ = ("direction", "contacts", "final", "statuses")
+    __slots__ = ("direction", "final", "statuses")
 
     def __init__(self, direction: Direction):
         self.direction = direction
-        self.contacts: list[Contact] = []  # REGISTER: bindings asked for
         self.final = False
-        self.statuses: set[int] = set()  # responses seen (a repeat is a retransmission)
+        self.statuses: tuple[int, ...] = ()  # responses seen (a repeat is a retransmission)
 
 
 class SipState:
-    __slots__ = ("transactions", "confirmed")
+    """Per flow: recent transactions, confirmed dialogs, REGISTER bindings
+    awaiting their answer, and per TCP direction where the scan of an
+    unfinished message stopped. Every part has a count bound (see the module
+    docstring for the bytes); `size()` measures it."""
+
+    __slots__ = ("transactions", "confirmed", "bindings", "scans", "scanned")
 
     def __init__(self) -> None:
         self.transactions: OrderedDict[tuple[str, int, bytes], Transaction] = OrderedDict()
         self.confirmed: OrderedDict[str, bool] = OrderedDict()  # Call-IDs with a 2xx to INVITE
+        self.bindings: OrderedDict[tuple[str, int, bytes], tuple[Contact, ...]] = OrderedDict()
+        self.scans: tuple[grammar.StartScan, grammar.StartScan] | None = None  # TCP only
+        self.scanned = 0  # TCP: bytes searched by the framing, all directions (work done, for tests)
+
+    def size(self) -> int:
+        """Bytes held by this state (containers, keys, values; shared
+        constants such as small ints and interned enums excluded)."""
+        n = sys.getsizeof(self) + sys.getsizeof(self.transactions) + sys.getsizeof(self.confirmed) \
+            + sys.getsizeof(self.bindings)
+        for key, tr in self.transactions.items():
+            n += _key_size(key) + sys.getsizeof(tr) + sys.getsizeof(tr.statuses)
+        n += sum(sys.getsizeof(k) for k in self.confirmed)
+        for key, contacts in self.bindings.items():
+            n += _key_size(key) + sys.getsizeof(contacts) + sum(
+                sys.getsizeof(c) + sys.getsizeof(c.host) + sys.getsizeof(c.transport) + sys.getsizeof(c.where)
+                for c in contacts)
+        for sc in self.scans or ():
+            n += sys.getsizeof(sc) + sys.getsizeof(sc.prefix)
+        return n
+
+
+def _key_size(key: tuple) -> int:
+    return sys.getsizeof(key) + sum(sys.getsizeof(k) for k in key)
 
 
 class SipHelper(alg.Helper):
@@ -155,6 +224,8 @@ class SipHelper(alg.Helper):
             "min_media_port": Option(1024, "lowest media port that may be opened", min=1, max=65535),
             "max_transactions": Option(512, "SIP transactions remembered per flow (oldest forgotten)", min=1,
                                        max=65536),
+            "max_media_expects": Option(10, "media expectations one message may ask for (the rest refused, counted)",
+                                        min=0, max=1024),
         },
         max_buffer=65536,
     )
@@ -165,24 +236,80 @@ class SipHelper(alg.Helper):
     # ------------------------------------------------------------ framing
     def inspect(self, segment: alg.Segment, state: SipState) -> alg.Outcome:
         data = segment.data
-        skip = grammar.skip_keepalive(data)
         if segment.flow.proto == TCP:
-            if skip:
-                return Parsed(skip)
-            if not grammar.could_be_start(data):
-                raise alg.ProtocolViolation(f"stream does not carry SIP here: {data[:40]!r}")
-            try:
-                msg = grammar.parse(data, True, self.spec.max_buffer)
-            except grammar.Incomplete:
-                return alg.NEED_DATA
-            return Parsed(msg.length, self._message(msg, segment, state, 0))
+            return self._stream(data, segment, state)
+        skip = grammar.skip_keepalive(data)
         if skip == len(data):
             return Parsed(len(data))
         try:
-            msg = grammar.parse(data[skip:], False, len(data))
+            msg = grammar.parse(data[skip:] if skip else data, False, len(data))
         except alg.ProtocolViolation as exc:
             return Parsed(len(data), (Notice("malformed", str(exc)),))
         return Parsed(len(data), self._message(msg, segment, state, skip))
+
+    def _stream(self, data: bytes, segment: alg.Segment, state: SipState) -> alg.Outcome:
+        """One message from the front of a TCP direction's unconsumed bytes.
+
+        The engine hands over the same bytes again, longer, until a message
+        is consumed; the scan of this direction (`grammar.StartScan`)
+        remembers how far the start line and the search for the empty line
+        got, and the parsed head while the body is awaited, so each byte is
+        searched once however the message is cut into segments."""
+        if state.scans is None:
+            state.scans = (grammar.StartScan(), grammar.StartScan())
+        sc = state.scans[segment.direction]
+        if sc.pos and (len(data) < sc.pos or not data.startswith(sc.prefix)):
+            sc.reset()  # not the bytes scanned before (a caller that does not keep the stream)
+        if sc.length < 0:
+            if not sc.pos:
+                skip = grammar.skip_keepalive(data)
+                if skip:
+                    return Parsed(skip)
+            if len(sc.prefix) < PREFIX_CHECK:
+                sc.prefix = data[:PREFIX_CHECK]
+            line_end = -1
+            if not sc.line_done:
+                state.scanned += len(data) - sc.pos
+                line_end = data.find(b"\n", sc.pos)
+                if line_end < 0:
+                    if not grammar.prefix_ok(data, sc):
+                        sc.reset()
+                        raise alg.ProtocolViolation(f"stream does not carry SIP here: {data[:40]!r}")
+                    sc.pos = len(data)
+                    return alg.NEED_DATA
+                sc.line_done, sc.pos = True, line_end
+            state.scanned += len(data) - max(0, sc.pos - 3)
+            end, sep = grammar.head_end(data, sc.pos)
+            if end < 0:
+                # the start line just completed is checked now; with the headers
+                # complete, parse_head checks it (once)
+                if line_end >= 0 and not grammar.start_line_ok(data[:line_end]):
+                    sc.reset()
+                    raise alg.ProtocolViolation(f"stream does not carry SIP here: {data[:40]!r}")
+                sc.pos = len(data)
+                if len(data) > self.spec.max_buffer:
+                    raise alg.ProtocolViolation(f"no end of SIP headers within {self.spec.max_buffer} bytes")
+                return alg.NEED_DATA
+            msg = self._head(data, end, sep, state, sc)
+            if msg.length > len(data):
+                sc.end, sc.sep, sc.length, sc.pos = end, sep, msg.length, len(data)
+                return alg.NEED_DATA
+        else:
+            if sc.length > len(data):
+                sc.pos = len(data)
+                return alg.NEED_DATA
+            msg = self._head(data, sc.end, sc.sep, state, sc)  # the second and last time
+        sc.reset()
+        grammar.take_body(msg, data)
+        return Parsed(msg.length, self._message(msg, segment, state, 0))
+
+    def _head(self, data: bytes, end: int, sep: int, state: SipState, sc: grammar.StartScan) -> Message:
+        state.scanned += end
+        try:
+            return grammar.parse_head(data, end, sep, True, self.spec.max_buffer)
+        except alg.ProtocolViolation:
+            sc.reset()
+            raise
 
     # ------------------------------------------------------------ messages
     def _message(self, msg: Message, seg: alg.Segment, state: SipState, base: int) -> tuple:
@@ -190,7 +317,7 @@ class SipHelper(alg.Helper):
         cseq = grammar.parse_cseq(msg.value(b"cseq"))
         if not callid or cseq is None:
             return (Notice("malformed", "no Call-ID or CSeq"),)
-        tag = callid.decode("latin-1")[:256]
+        tag = callid[:MAX_CALL_ID].decode("latin-1")
         key = (tag, cseq[0], cseq[1])
         if msg.method is not None:
             method = msg.method.upper()
@@ -200,109 +327,137 @@ class SipHelper(alg.Helper):
             if tr is not None and tr.direction == seg.direction:
                 # RFC 3261 §17.1.1.2: a retransmission; it was acted on already
                 return (Notice("retransmission", method.decode("latin-1")),)
-            if tr is None or tr.direction != seg.direction:
-                tr = Transaction(seg.direction)
-                state.transactions[key] = tr
-                while len(state.transactions) > self.options["max_transactions"]:
-                    state.transactions.popitem(last=False)
-            return self._request(method, msg, seg, state, tag, tr, base)
+            tr = Transaction(seg.direction)
+            state.transactions[key] = tr
+            _bound(state.transactions, self.options["max_transactions"])
+            return self._request(method, msg, seg, state, tag, key, base)
         tr = state.transactions.get(key)
         if tr is None or tr.direction == seg.direction:
             return (Notice("unmatched-response", f"{msg.status} to {cseq[1].decode('latin-1')}"),)
-        if msg.status in tr.statuses:
-            return (Notice("retransmission", str(msg.status)),)
-        tr.statuses.add(msg.status or 0)
-        return self._response(cseq[1], msg, seg, state, tag, tr, base)
+        status = msg.status or 0
+        if status in tr.statuses:
+            return (Notice("retransmission", str(status)),)
+        if len(tr.statuses) >= MAX_STATUSES:
+            return (Notice("responses-capped", str(status)),)
+        tr.statuses += (status,)
+        if status >= 200:
+            tr.final = True
+        return self._response(cseq[1], msg, seg, state, tag, key, base)
 
     def _request(self, method: bytes, msg: Message, seg: alg.Segment, state: SipState, tag: str,
-                 tr: Transaction, base: int) -> tuple:
+                 key: tuple, base: int) -> tuple:
         actions: list = []
         if method in (b"INVITE", b"UPDATE"):
             # a new offer replaces what the dialog expected (the kernel flushes too)
-            actions += [Unexpect(u.cls, tag) for u in MEDIA_UNEXPECT]
+            actions += _withdraw_media(tag)
         elif method in (b"BYE", b"CANCEL"):
             state.confirmed.pop(tag, None)
-            return tuple(Unexpect(u.cls, tag) for u in MEDIA_UNEXPECT)
+            return _withdraw_media(tag)
         elif method == b"REGISTER":
-            return self._register(msg, seg, tag, tr, base)
+            return self._register(msg, seg, state, tag, key, base)
         if method in SDP_REQUESTS:
             actions += self._sdp(msg, seg, tag, base)
         return tuple(actions)
 
     def _response(self, method: bytes, msg: Message, seg: alg.Segment, state: SipState, tag: str,
-                  tr: Transaction, base: int) -> tuple:
+                  key: tuple, base: int) -> tuple:
         status = msg.status or 0
-        if status >= 200:
-            tr.final = True
         if method == b"REGISTER":
-            return self._registered(msg, seg, tag, tr) if 200 <= status < 300 else ()
+            return self._registered(msg, seg, state, tag, key) if 200 <= status < 300 else ()
         if method not in SDP_RESPONSES:
             return ()
         if status >= 300:
             if method == b"INVITE" and not state.confirmed.get(tag):
-                return tuple(Unexpect(u.cls, tag) for u in MEDIA_UNEXPECT)
+                return _withdraw_media(tag)
             return (Notice("reinvite-failed", str(status)),) if method == b"INVITE" else ()
         if method == b"INVITE" and status >= 200:
             state.confirmed[tag] = True
             state.confirmed.move_to_end(tag)
-            while len(state.confirmed) > self.options["max_transactions"]:
-                state.confirmed.popitem(last=False)
+            _bound(state.confirmed, self.options["max_transactions"])
         return tuple(self._sdp(msg, seg, tag, base)) if status > 100 else ()
 
     # ------------------------------------------------------------ SDP -> media
     def _sdp(self, msg: Message, seg: alg.Segment, tag: str, base: int) -> list:
+        """The media expectations of the message's SDP bodies, at most
+        `max_media_expects` of them and MAX_MEDIA_LINES m= lines read: past
+        either, the rest is refused (not expected and then evicted) and
+        counted once per message (`media-capped`)."""
         out: list = []
+        room = self.options["max_media_expects"]
+        lines, media_lines = sdp.MAX_LINES * 2, MAX_MEDIA_LINES
+        capped = 0
         for body, off in sdp.sdp_bodies(msg.value(b"content-type"), msg.body, msg.body_offset):
-            session = sdp.parse(body, base + off)
+            session = sdp.parse(body, base + off, media_lines, lines)
+            media_lines -= len(session.media)
+            lines -= session.lines
+            capped += session.skipped
             out += [Notice("malformed-sdp", m) for m in session.malformed]
+            if session.truncated:
+                out.append(Notice("sdp-truncated", f"more than {sdp.MAX_LINES * 2} m=, c=, a=rtcp lines"))
             for media in session.media:
-                out += self._media(media, session, seg, tag)
+                if room <= 0:
+                    capped += 1
+                    continue
+                got, room, refused = self._media(media, session, seg, tag, room)
+                capped += refused
+                out += got
+            if lines <= 0 or media_lines <= 0:
+                break
+        if capped:
+            out.append(Notice("media-capped", f"{capped} m= lines or streams not expected"))
         return out
 
-    def _media(self, media: sdp.Media, session: sdp.Session, seg: alg.Segment, tag: str) -> list:
+    def _media(self, media: sdp.Media, session: sdp.Session, seg: alg.Segment, tag: str,
+               room: int) -> tuple[list, int, int]:
+        """The actions for one m= line, at most `room` of them Expects; the
+        room left and how many streams were left out for want of it."""
         cls = MEDIA_CLASSES.get(media.kind)
         if cls is None:
-            return [Notice("media-not-tracked", media.kind.decode("latin-1"))]
+            return [Notice("media-not-tracked", media.kind.decode("latin-1"))], room, 0
         if media.port == 0:
-            return []
-        if media.over_tcp:
-            return [Notice("tcp-media", media.proto.decode("latin-1"))]
+            return [], room, 0
+        proto = media.proto.upper()
+        if proto.startswith(b"TCP"):
+            return [Notice("tcp-media", media.proto.decode("latin-1"))], room, 0
         conn = media.connection or session.connection
         addr, why = self._media_addr(conn, seg)
         if addr is None:
-            return [Notice(why)] if why else []
-        count = media.count
+            return ([Notice(why)] if why else []), room, 0
+        assert conn is not None  # it gave the address
         out: list = [Notice(why)] if why else []
+        count = media.count
         if count > MAX_STREAMS:
             out.append(Notice("port-count-capped", str(count)))
             count = MAX_STREAMS
-        ports: list[tuple[int, alg.IPAddress, tuple]] = []
-        where = (conn.where, media.where) if conn else (media.where,)
-        for i in range(count):
-            if media.is_rtp:
-                rtp = media.port + 2 * i
-                ports.append((rtp, addr, where))
-                if i == 0 and media.rtcp_port is not None:
-                    raddr, rwhy = addr, ""
-                    if media.rtcp_connection is not None:
-                        raddr, rwhy = self._media_addr(media.rtcp_connection, seg)
-                    if raddr is None:
-                        out += [Notice(rwhy)] if rwhy else []
-                    else:
-                        ports.append((media.rtcp_port, raddr, (media.rtcp_where or media.where,)))
+        where: tuple[tuple[int, int], ...] = (conn.where, media.where)
+        if b"RTP/" in proto:
+            # RTP profiles (RFC 3551, 3711, 4585, 5124): RTP on even ports, RTCP on the
+            # next one, except the first stream's where a=rtcp says (RFC 3605)
+            ports = [(media.port + i, addr, where) for i in range(2 * count)]
+            if media.rtcp_port is not None:
+                raddr, rwhy = addr, ""
+                if media.rtcp_connection is not None:
+                    raddr, rwhy = self._media_addr(media.rtcp_connection, seg)
+                if raddr is None:
+                    del ports[1]
+                    out += [Notice(rwhy)] if rwhy else []
                 else:
-                    ports.append((rtp + 1, addr, where))
-            else:
-                ports.append((media.port + i, addr, where))
+                    ports[1] = (media.rtcp_port, raddr, (media.rtcp_where or media.where,))
+        else:
+            ports = [(media.port + i, addr, where) for i in range(count)]
         src = seg.receiver if self.options["direct_media"] else None
+        low = self.options["min_media_port"]
+        refused = 0
         for port, a, w in ports:
-            if port < self.options["min_media_port"]:
-                out.append(Notice("low-port", str(port)))
-            elif port > 65535:
-                out.append(Notice("bad-port", str(port)))
+            if low <= port <= 65535:
+                if room > 0:
+                    out.append(Expect(cls, UDP, src, a, None, port, tag=tag, where=w))
+                    room -= 1
+                else:
+                    refused += 1
             else:
-                out.append(Expect(cls, UDP, src, a, None, port, tag=tag, where=w))
-        return out
+                out.append(Notice("low-port" if port < low else "bad-port", str(port)))
+        return out, room, refused
 
     def _media_addr(self, conn: sdp.Connection | None, seg: alg.Segment) -> tuple[Any, str]:
         if conn is None:
@@ -312,10 +467,8 @@ class SipHelper(alg.Helper):
             return None, "hostname-in-sdp"
         if addr.version != seg.flow.l3:
             return None, "family-mismatch"
-        if addr.is_unspecified:
-            return None, ""  # c=0.0.0.0: on hold (RFC 3264 §8.4)
-        if addr.is_multicast:
-            return None, "multicast-media"
+        if conn.unusable is not None:
+            return None, conn.unusable
         if self.options["direct_media"]:
             if addr != seg.sender:
                 return None, "media-address-mismatch"
@@ -324,47 +477,70 @@ class SipHelper(alg.Helper):
         return addr, ""
 
     # ------------------------------------------------------------ REGISTER
-    def _register(self, msg: Message, seg: alg.Segment, tag: str, tr: Transaction, base: int) -> tuple:
+    def _contacts(self, msg: Message, out: list) -> list[tuple[bytes, int]]:
+        """(element, offset in the message) of the Contacts, MAX_LIST at most
+        over all Contact headers; more is counted once (`contacts-skipped`)."""
+        elems: list[tuple[bytes, int]] = []
+        headers = msg.all(b"contact")
+        more = msg.skipped > 0
+        for h in headers:
+            room = grammar.MAX_LIST - len(elems)
+            if room <= 0:
+                more = True
+                break
+            got, rest = grammar.split_elements(h.value, room)
+            elems += [(e, h.offset + off) for e, off in got]
+            more = more or rest
+        if more:
+            out.append(Notice("contacts-skipped", f"more than {grammar.MAX_LIST} Contacts in one message"))
+        return elems
+
+    def _register(self, msg: Message, seg: alg.Segment, state: SipState, tag: str, key: tuple,
+                  base: int) -> tuple:
         default = self._expires(msg.value(b"expires"))
         out: list = []
-        tr.contacts = []
-        for h in msg.all(b"contact"):
-            for elem, off in grammar.split_list(h.value):
-                if elem == b"*":
-                    # RFC 3261 §10.2.2: Contact: * with Expires: 0 removes every binding
-                    if default == 0:
-                        out.append(Unexpect("signalling"))
-                    continue
-                c = grammar.parse_contact(elem, base + h.offset + off)
-                if c is None:
-                    out.append(Notice("malformed-contact"))
-                    continue
-                expires = c.expires if c.expires is not None else default
-                if expires == 0:
-                    out.append(Unexpect("signalling", tag))
-                    continue
-                if c.addr is None:
-                    out.append(Notice("hostname-in-contact"))
-                elif c.addr != seg.sender:
-                    out.append(Notice("contact-not-sender", f"{c.addr} registered by {seg.sender}"))
-                elif c.transport not in TRANSPORTS:
-                    out.append(Notice("transport-not-tracked", c.transport.decode("latin-1")))
-                elif len(tr.contacts) < 8:
-                    tr.contacts.append(c)
+        keep: list[Contact] = []
+        for elem, off in self._contacts(msg, out):
+            if elem == b"*":
+                # RFC 3261 §10.2.2: Contact: * with Expires: 0 removes every binding
+                if default == 0:
+                    out.append(Unexpect("signalling"))
+                continue
+            c = grammar.parse_contact(elem, base + off)
+            if c is None:
+                out.append(Notice("malformed-contact"))
+                continue
+            expires = c.expires if c.expires is not None else default
+            if expires == 0:
+                out.append(Unexpect("signalling", tag))
+                continue
+            if c.addr is None:
+                out.append(Notice("hostname-in-contact"))
+            elif c.addr != seg.sender:
+                out.append(Notice("contact-not-sender", f"{c.addr} registered by {seg.sender}"))
+            elif c.transport not in TRANSPORTS:
+                out.append(Notice("transport-not-tracked", c.transport.decode("latin-1")))
+            elif len(keep) < MAX_BINDINGS and all(
+                    (k.addr, k.port, k.transport) != (c.addr, c.port, c.transport) for k in keep):
+                keep.append(c)
+        state.bindings.pop(key, None)
+        if keep:
+            state.bindings[key] = tuple(keep)
+            _bound(state.bindings, MAX_PENDING_REGISTERS)
         return tuple(out)
 
-    def _registered(self, msg: Message, seg: alg.Segment, tag: str, tr: Transaction) -> tuple:
-        if not tr.contacts:
+    def _registered(self, msg: Message, seg: alg.Segment, state: SipState, tag: str, key: tuple) -> tuple:
+        asked = state.bindings.pop(key, ())
+        if not asked:
             return ()
-        granted: dict[tuple, int | None] = {}
-        for h in msg.all(b"contact"):
-            for elem, _ in grammar.split_list(h.value):
-                c = grammar.parse_contact(elem, 0)
-                if c is not None and c.addr is not None:
-                    granted[(c.addr, c.port)] = c.expires
-        header = self._expires(msg.value(b"expires"))
         out: list = []
-        for c in tr.contacts:
+        granted: dict[tuple, int | None] = {}
+        for elem, _ in self._contacts(msg, out):
+            c = grammar.parse_contact(elem, 0)
+            if c is not None and c.addr is not None:
+                granted[(c.addr, c.port)] = c.expires
+        header = self._expires(msg.value(b"expires"))
+        for c in asked:
             assert c.addr is not None  # only address literals are kept (_register)
             g = granted.get((c.addr, c.port))
             expires = g if g is not None else header
@@ -376,7 +552,6 @@ class SipHelper(alg.Helper):
             src = seg.sender if self.options["direct_signalling"] else None
             out.append(Expect("signalling", proto, src, c.addr, None, port, flags=alg.EXPECT_F_PERMANENT,
                               tag=tag, where=(c.where,)))
-        tr.contacts = []
         return tuple(out)
 
     @staticmethod
@@ -385,6 +560,16 @@ class SipHelper(alg.Helper):
             return None
         v = value.strip()
         return int(v) if grammar.DELTA.match(v) else None
+
+
+def _withdraw_media(tag: str) -> tuple[Unexpect, ...]:
+    return Unexpect("audio", tag), Unexpect("video", tag), Unexpect("image", tag)
+
+
+def _bound(table: OrderedDict, limit: int) -> None:
+    """Forget the oldest entries past `limit`."""
+    while len(table) > limit:
+        table.popitem(last=False)
 
 
 @alg.hookimpl

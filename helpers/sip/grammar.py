@@ -3,13 +3,24 @@
 
 Pure functions over bytes. Every value returned keeps its offset in the
 message so a later NAT step can rewrite it in place.
+
+Cost: the message is read at bytes level, without decoding and without
+splitting it into lines. The empty line that ends the headers is found by
+one search (resumable: `head_end(data, start)`), the start line by one
+match, each header the helper needs by one search of the head when it is
+asked for (the kernel's ct_sip_get_header), and every other line is checked
+once by one search for a line that is neither a header nor a continuation.
+No pattern here has adjacent or nested unbounded repetition over peer bytes.
+Lists are bounded: MAX_LIST headers of one name, MAX_LIST elements of a
+comma list, MAX_FOLDED bytes of a folded value. `StartScan` keeps where an
+unfinished TCP message's scan stopped.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import alg
 
@@ -32,8 +43,21 @@ REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^ \r\n]+) SIP/2\.0\r?\n?$")
 STATUS_LINE = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9])(?: [^\r\n]*)?\r?\n?$")
 _TOKEN_ONLY = re.compile(_TOKEN + rb"$")
 _STATUS_PREFIX = re.compile(rb"[1-6]?[0-9]{0,2}$")
-# header-name ":" (§7.3.1: any amount of whitespace around the colon)
-_HEADER = re.compile(rb"(" + _TOKEN + rb")[ \t]*:[ \t]*")
+# a line that is neither a header (token, colon) nor a continuation (§7.3.1)
+_BAD_LINE = re.compile(rb"\n(?![ \t]|\r\n|\r?\Z|" + _TOKEN + rb"[ \t]*:)")
+# the empty line that ends the headers: CRLF CRLF or LF LF (§7; LF alone tolerated)
+_EMPTY_LINE = re.compile(rb"\n(?:\n|(?<=\r\n)\r\n)")
+# the end of a header: a line end not followed by a continuation line
+_HEADER_END = re.compile(rb"\n(?![ \t])")
+_FOLD = (b" ", b"\t")  # a line starting with either continues the header before it
+_FOLDING = re.compile(rb"\r?\n[ \t]+")  # a line break and the whitespace starting a continuation line
+MAX_METHOD = 32  # bytes of a method token (§25.1 sets no bound; the registered methods have <= 9)
+MAX_START_LINE = 4096  # bytes of an unfinished start line before a stream is refused
+_LIST_SPECIAL = re.compile(rb'[\\",<>]')
+SPECIALS_PER_ELEMENT = 8  # < > " " , and a few escapes: a normal element has 2 to 5
+MAX_FOLDED = 4096  # bytes of a header value spread over continuation lines that are read
+_SEARCH: dict[bytes, re.Pattern[bytes]] = {}  # filled below for the headers the helper reads
+MAX_LIST = 16  # Contact header lines (and elements of one) read per message; the rest are counted
 # CSeq = "CSeq" HCOLON 1*DIGIT LWS Method (§20.16; the number is < 2^31)
 CSEQ = re.compile(rb"([0-9]{1,10})[ \t]+(" + _TOKEN + rb")[ \t]*$")
 # Expires / expires= : delta-seconds (§20.19, §10.2.1.1); kept to 10 digits
@@ -60,27 +84,58 @@ class Message:
     method: bytes | None  # request method, upper case as sent; None for a response
     status: int | None
     uri: bytes
-    headers: list[Header] = field(default_factory=list)
+    head: bytes = b""  # start line and header lines, without the empty line
     body: bytes = b""
     body_offset: int = 0
     length: int = 0  # bytes of the whole message (start line to end of body)
-
-    def get(self, name: bytes) -> Header | None:
-        for h in self.headers:
-            if h.name == name:
-                return h
-        return None
+    skipped: int = 0  # header lines past MAX_LIST of one name, not read
 
     def all(self, name: bytes) -> list[Header]:
-        return [h for h in self.headers if h.name == name]
+        """The headers called `name` (lower case, full name), MAX_LIST at
+        most; `skipped` counts that there were more."""
+        pattern = _search(name)
+        out: list[Header] = []
+        for m in pattern.finditer(self.head):
+            if len(out) == MAX_LIST:
+                self.skipped += 1
+                break
+            out.append(Header(name, _value(self.head, m.end()), m.end()))
+        return out
+
+    def get(self, name: bytes) -> Header | None:
+        m = _search(name).search(self.head)
+        return None if m is None else Header(name, _value(self.head, m.end()), m.end())
 
     def value(self, name: bytes) -> bytes | None:
-        h = self.get(name)
-        return None if h is None else h.value
+        """The first value of header `name` (lower case, full name), found
+        by one search of the head (the kernel's ct_sip_get_header). The
+        helper asks for each header once or twice per message."""
+        m = _search(name).search(self.head)
+        return None if m is None else _value(self.head, m.end())
 
 
 class Incomplete(Exception):
     """The message is not complete yet (stream transports)."""
+
+
+class StartScan:
+    """Where the scan of a message not yet complete stopped (one per TCP
+    direction), so that bytes already read are never read again when a
+    segment adds more (`pos`), and what the first line was found to be."""
+
+    __slots__ = ("pos", "line_done", "sp1", "sp2", "prefix", "end", "sep", "length")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.pos = 0  # bytes of the buffer already searched
+        self.line_done = False  # the start line is complete (checked when the head is parsed)
+        self.sp1 = self.sp2 = -1  # the spaces of an unfinished Request-Line, once seen
+        self.prefix = b""  # the buffer's first bytes: a different buffer restarts the scan
+        # while the body is awaited: where the head ends and the message's length (the
+        # head is parsed again once, when the body is complete: numbers kept, not a copy)
+        self.end = self.sep = self.length = -1
 
 
 def could_be_start(data: bytes) -> bool:
@@ -89,27 +144,61 @@ def could_be_start(data: bytes) -> bool:
     request on the SIP port fails here, whatever its body holds."""
     nl = data.find(b"\n")
     if nl >= 0:
-        line = data[:nl].rstrip(b"\r")
-        return bool(REQUEST_LINE.match(line) or STATUS_LINE.match(line))
-    line = data.rstrip(b"\r")
-    if len(line) > 4096:
+        return start_line_ok(data[:nl])
+    return prefix_ok(data, StartScan())
+
+
+def start_line_ok(line: bytes) -> bool:
+    line = line.rstrip(b"\r")
+    m = REQUEST_LINE.match(line)
+    if m:
+        return len(m.group(1)) <= MAX_METHOD
+    return STATUS_LINE.match(line) is not None
+
+
+def prefix_ok(data: bytes, sc: StartScan) -> bool:
+    """`data` (no LF yet) can still become a start line. Reads only what
+    `sc` has not seen: a Request-Line's method is at most MAX_METHOD bytes,
+    its URI is searched for the next space from where the last call stopped,
+    what follows that space is at most 7 bytes."""
+    n = len(data) - (1 if data.endswith(b"\r") else 0)
+    if n > MAX_START_LINE:
         return False
-    if line.startswith(b"SIP/2.0 "):
-        return bool(_STATUS_PREFIX.match(line[8:11])) and (len(line) <= 11 or line[11:12] == b" ")
-    if b"SIP/2.0 ".startswith(line):
+    if data.startswith(b"SIP/2.0 "):
+        return bool(_STATUS_PREFIX.match(data[8:min(n, 11)])) and (n <= 11 or data[11:12] == b" ")
+    if n <= 8 and b"SIP/2.0 ".startswith(data[:n]):
         return True
-    parts = line.split(b" ")
-    if len(parts) > 3 or (not parts[0] and len(parts) > 1) or (parts[0] and not _TOKEN_ONLY.match(parts[0])):
-        return False
-    return len(parts) < 3 or b"SIP/2.0".startswith(parts[2])
+    if sc.sp1 < 0:
+        sp1 = data.find(b" ", 0, min(n, MAX_METHOD + 1))
+        if sp1 < 0:
+            return n <= MAX_METHOD and _TOKEN_ONLY.match(data[:n]) is not None
+        if sp1 == 0 or not _TOKEN_ONLY.match(data[:sp1]):
+            return False
+        sc.sp1 = sp1
+    if sc.sp2 < 0:
+        sp2 = data.find(b" ", max(sc.sp1 + 1, sc.pos), n)
+        if sp2 < 0:
+            return True
+        sc.sp2 = sp2
+    tail = data[sc.sp2 + 1:n]
+    return len(tail) <= 7 and b"SIP/2.0".startswith(tail)
 
 
 def skip_keepalive(data: bytes) -> int:
     """Bytes of CRLF keep-alives (RFC 5626 §3.5.1) at the front of `data`."""
-    n = 0
-    while n < len(data) and data[n] in b"\r\n":
-        n += 1
-    return n
+    if data[:1] not in (b"\r", b"\n"):
+        return 0
+    return len(data) - len(data.lstrip(b"\r\n"))
+
+
+def head_end(data: bytes, start: int = 0) -> tuple[int, int]:
+    """(offset, length) of the empty line that ends the headers (CRLF CRLF,
+    or LF LF, whichever comes first), searching from `start` (bytes before
+    it were searched already), or (-1, 0)."""
+    m = _EMPTY_LINE.search(data, max(0, start - 3))
+    if m is None:
+        return -1, 0
+    return (m.start(), 2) if m.end() - m.start() == 2 else (m.start() - 1, 4)
 
 
 def parse(data: bytes, stream: bool, max_message: int) -> Message:
@@ -121,31 +210,49 @@ def parse(data: bytes, stream: bool, max_message: int) -> Message:
     to its end. A Content-Length that cannot fit `max_message` (or 2^32)
     raises ProtocolViolation: nothing after it can be framed.
     """
-    end = data.find(b"\r\n\r\n")
-    sep = 4
-    lf = data.find(b"\n\n")
-    if lf >= 0 and (end < 0 or lf < end):
-        end, sep = lf, 2
-    if end < 0 and not stream:
-        end, sep = len(data.rstrip(b"\r\n")), 0  # a datagram without the empty line: all headers
+    end, sep = head_end(data)
     if end < 0:
-        if len(data) > max_message:
-            raise alg.ProtocolViolation(f"no end of SIP headers within {max_message} bytes")
-        raise Incomplete
+        if stream:
+            if len(data) > max_message:
+                raise alg.ProtocolViolation(f"no end of SIP headers within {max_message} bytes")
+            raise Incomplete
+        end = len(data.rstrip(b"\r\n"))  # a datagram without the empty line: all headers
+    msg = parse_head(data, end, sep, stream, max_message)
+    if msg.length > len(data):
+        if stream:
+            raise Incomplete
+        # §18.3: a datagram shorter than its Content-Length is discarded
+        raise alg.ProtocolViolation("datagram shorter than its Content-Length")
+    take_body(msg, data)
+    return msg
+
+
+def take_body(msg: Message, data: bytes) -> None:
+    msg.body = data[msg.body_offset:msg.length]
+
+
+def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int) -> Message:
+    """Start line and headers of the message whose headers end at `end`
+    (an empty line of `sep` bytes; 0: a datagram without one). Sets
+    `length` from Content-Length; the body is taken by `take_body` once all
+    of it is there. Each header line is read once: the headers the helper
+    needs are found by one search over the lower-cased head, the others are
+    only checked to be header or continuation lines."""
     head = data[:end]
     first_nl = head.find(b"\n")
-    first = head if first_nl < 0 else head[:first_nl]
-    first = first.rstrip(b"\r")
+    first = (head if first_nl < 0 else head[:first_nl]).rstrip(b"\r")
     m = REQUEST_LINE.match(first)
     if m:
-        msg = Message(m.group(1), None, m.group(2))
+        if len(m.group(1)) > MAX_METHOD:
+            raise alg.ProtocolViolation(f"method longer than {MAX_METHOD} bytes")
+        msg = Message(m.group(1), None, m.group(2), head)
     else:
         s = STATUS_LINE.match(first)
         if not s:
             raise alg.ProtocolViolation(f"not a SIP start line: {first[:60]!r}")
-        msg = Message(None, int(s.group(1)), b"")
+        msg = Message(None, int(s.group(1)), b"", head)
     if first_nl >= 0:
-        _headers(head, first_nl + 1, msg)
+        _check_lines(head, first_nl)
     body_start = min(end + sep, len(data)) if sep else len(data)
     clen = msg.value(b"content-length")
     if clen is None:
@@ -159,47 +266,70 @@ def parse(data: bytes, stream: bool, max_message: int) -> Message:
         if n > MAX_CONTENT_LENGTH or body_start + n > max_message:
             raise alg.ProtocolViolation(
                 f"Content-Length {clen[:20].decode('latin-1')} beyond the {max_message}-byte bound")
-        if body_start + n > len(data):
-            if stream:
-                raise Incomplete
-            # §18.3: a datagram shorter than its Content-Length is discarded
-            raise alg.ProtocolViolation("datagram shorter than its Content-Length")
-    msg.body = data[body_start:body_start + n]
     msg.body_offset = body_start
     msg.length = body_start + n
     return msg
 
 
-def _headers(head: bytes, pos: int, msg: Message) -> None:
-    lines = head[pos:].split(b"\n")
-    off = pos
-    for raw in lines:
-        line = raw.rstrip(b"\r")
-        if line[:1] in (b" ", b"\t"):
-            # §7.3.1: a line starting with whitespace continues the previous header
-            if not msg.headers:
-                raise alg.ProtocolViolation("continuation line before any header")
-            h = msg.headers[-1]
-            h.value = h.value + b" " + line.strip(b" \t")
-        elif line:
-            m = _HEADER.match(line)
-            if not m:
-                raise alg.ProtocolViolation(f"bad header line {line[:40]!r}")
-            name = m.group(1).lower()
-            name = COMPACT.get(name, name)
-            msg.headers.append(Header(name, line[m.end():].rstrip(b" \t"), off + m.end()))
-        off += len(raw) + 1
+def _check_lines(head: bytes, first_nl: int) -> None:
+    """Every line after the start line is a header or a continuation (§7.3.1)."""
+    if head.startswith(_FOLD, first_nl + 1):
+        raise alg.ProtocolViolation("continuation line before any header")
+    bad = _BAD_LINE.search(head, first_nl)
+    if bad:
+        line = head[bad.end():head.find(b"\n", bad.end()) % (len(head) + 1)]
+        raise alg.ProtocolViolation(f"bad header line {line[:40]!r}")
+
+
+def _search(name: bytes) -> re.Pattern[bytes]:
+    return _SEARCH.get(name) or _compile(name)
+
+
+def _compile(name: bytes) -> re.Pattern[bytes]:
+    """Header `name` (full or compact form, §7.3.3, any case) at the start
+    of a line, up to its value (§7.3.1: whitespace around the colon)."""
+    forms = [re.escape(name)] + [re.escape(c) for c, full in COMPACT.items() if full == name]
+    return re.compile(rb"\n(?:" + b"|".join(forms) + rb")[ \t]*:[ \t]*", re.IGNORECASE)
+
+
+def _value(head: bytes, start: int) -> bytes:
+    """The value from `start` to the end of its line and of the continuation
+    lines after it (§7.3.1: joined by one space)."""
+    nl = head.find(b"\n", start)
+    if nl < 0:
+        return head[start:].rstrip(b" \t\r")
+    if not head.startswith(_FOLD, nl + 1):
+        return head[start:nl].rstrip(b" \t\r")
+    # a folded value is read up to MAX_FOLDED bytes (no header the helper
+    # reads needs more) in one C-level pass (whitespace before a break is kept)
+    limit = min(len(head), start + MAX_FOLDED)
+    end = _HEADER_END.search(head, nl, limit)
+    return _FOLDING.sub(b" ", head[start:end.start() if end else limit]).rstrip(b" \t\r")
 
 
 def split_list(value: bytes) -> list[tuple[bytes, int]]:
     """Split a comma-separated header value (§7.3.1), minding quotes and <...>.
-    Returns (element, offset in value)."""
-    out, depth, quoted, start, i = [], 0, False, 0, 0
-    while i < len(value):
+    Returns (element, offset in value), at most MAX_LIST of them."""
+    return split_elements(value, MAX_LIST)[0]
+
+
+def split_elements(value: bytes, limit: int) -> tuple[list[tuple[bytes, int]], bool]:
+    """Up to `limit` elements of a comma-separated value and whether more
+    were left unread. Only quote, bracket, backslash and comma bytes are
+    visited (found by one pattern; the rest is a C-level scan), at most
+    SPECIALS_PER_ELEMENT per element asked for."""
+    out: list[tuple[bytes, int]] = []
+    depth, quoted, start, escaped = 0, False, 0, -1
+    for k, m in enumerate(_LIST_SPECIAL.finditer(value)):
+        if k >= limit * SPECIALS_PER_ELEMENT:
+            return out, True
+        i = m.start()
+        if i == escaped:
+            continue
         c = value[i]
         if quoted:
-            if c == 0x5C:  # backslash: quoted-pair
-                i += 1
+            if c == 0x5C:  # backslash: quoted-pair, the next byte is literal
+                escaped = i + 1
             elif c == 0x22:
                 quoted = False
         elif c == 0x22:
@@ -209,11 +339,18 @@ def split_list(value: bytes) -> list[tuple[bytes, int]]:
         elif c == 0x3E:
             depth = max(0, depth - 1)
         elif c == 0x2C and depth == 0:
-            out.append((value[start:i], start))
+            _element(out, value[start:i], start)
             start = i + 1
-        i += 1
-    out.append((value[start:], start))
-    return [(v.strip(), o + len(v) - len(v.lstrip())) for v, o in out if v.strip()]
+            if len(out) >= limit:
+                return out, bool(value[start:].strip())
+    _element(out, value[start:], start)
+    return out, False
+
+
+def _element(out: list[tuple[bytes, int]], v: bytes, off: int) -> None:
+    e = v.strip()
+    if e:
+        out.append((e, off + len(v) - len(v.lstrip())))
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,4 +422,9 @@ def parse_cseq(value: bytes | None) -> tuple[int, bytes] | None:
     m = CSEQ.match(value)
     if not m:
         return None
-    return int(m.group(1)), m.group(2).upper()
+    num, method = m.groups()
+    return (int(num), method.upper()) if len(method) <= MAX_METHOD else None
+
+
+_SEARCH.update((n, _compile(n)) for n in (b"call-id", b"cseq", b"content-length", b"content-type", b"contact",
+                                          b"expires", b"via"))

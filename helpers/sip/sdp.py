@@ -5,7 +5,9 @@ Read: `c=` at session level and per media (§5.7; the media-level one wins),
 `m=<media> <port>[/<count>] <proto> ...` (§5.14), `a=rtcp:<port> [IN IP4|IP6
 <addr>]` (RFC 3605 §2.1). Everything else is skipped. Lines end in CRLF or LF
 (§5: "parsers SHOULD be tolerant and also accept records terminated with a
-single newline").
+single newline"). A body is read up to `max_media` m= lines, MAX_LINES lines
+of the three kinds and MAX_MALFORMED malformed ones; the rest is counted,
+not read.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from dataclasses import dataclass, field
 
 import alg
 
-# only the lines read here: m=, c=, a=rtcp: (RFC 8866 §5: <type>=<value>, CRLF or LF)
-_LINE = re.compile(rb"^([mc]|a(?==rtcp:))=([^\r\n]*)", re.MULTILINE)
+# only the lines read here: m=, c=, a=rtcp: (RFC 8866 §5: <type>=<value>, CRLF or LF),
+# searched in "\n" + body: a literal first byte lets the engine skip to each line start
+_LINE = re.compile(rb"\n([mc]|a(?==rtcp:))=([^\r\n]*)")
+MAX_LINES = 64  # m=, c= and a=rtcp lines read per body (a call has a handful)
+MAX_MALFORMED = 4  # malformed lines reported per body (the rest only make it stop sooner)
 # c=<nettype> <addrtype> <connection-address> (§5.7); TTL / count suffixes on multicast
 _C = re.compile(rb"IN[ ]+IP([46])[ ]+([^ /\r\n]+)(?:/[0-9]+){0,2}[ ]*$")
 # m=<media> <port>[/<number of ports>] <proto> <fmt> ... (§5.14)
@@ -33,6 +38,7 @@ class Connection:
     text: bytes
     addr: alg.IPAddress | None  # None: not an address literal (a host name)
     where: tuple[int, int]
+    unusable: str | None = None  # why no media may go there: "" on hold, "multicast-media"
 
 
 @dataclass(slots=True)
@@ -62,6 +68,9 @@ class Session:
     connection: Connection | None = None
     media: list[Media] = field(default_factory=list)
     malformed: list[str] = field(default_factory=list)
+    skipped: int = 0  # m= lines past max_media, not read
+    lines: int = 0  # m=, c= and a=rtcp lines read
+    truncated: bool = False  # max_lines reached: the rest of the body was not read
 
 
 def _connection(value: bytes, off: int) -> Connection | None:
@@ -72,56 +81,84 @@ def _connection(value: bytes, off: int) -> Connection | None:
 
 
 def _address(fam: int, text: bytes, off: int) -> Connection:
-    return Connection(fam, text, _literal(fam, text), (off, len(text)))
+    addr, unusable = _literal(fam, text)
+    return Connection(fam, text, addr, (off, len(text)), unusable)
 
 
 @functools.lru_cache(maxsize=4096)
-def _literal(fam: int, text: bytes) -> alg.IPAddress | None:
-    """The address in `text` if it is a literal of family `fam` (cached: a
-    gateway sees the same few addresses over and over)."""
+def _literal(fam: int, text: bytes) -> tuple[alg.IPAddress | None, str | None]:
+    """The address in `text` if it is a literal of family `fam`, and why
+    media may not go there (cached: a gateway sees the same few addresses
+    over and over)."""
     try:
         addr = ipaddress.ip_address(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
-        return None
-    return addr if addr.version == fam else None
+        return None, None
+    if addr.version != fam:
+        return None, None
+    if addr.is_unspecified:
+        return addr, ""  # c=0.0.0.0: on hold (RFC 3264 §8.4)
+    return addr, "multicast-media" if addr.is_multicast else None
 
 
-def parse(body: bytes, base: int = 0, max_media: int = 32) -> Session:
-    """Parse an SDP body that starts at offset `base` of the message."""
+def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_LINES) -> Session:
+    """Parse an SDP body that starts at offset `base` of the message.
+
+    At most `max_media` m= lines are read; reading stops at the next one
+    (counted in `skipped`, with the m= lines after it), after `max_lines`
+    lines of the kinds read (`truncated`) or after MAX_MALFORMED malformed
+    lines: a body full of lines costs a bounded number of Python steps,
+    the rest is not looked at."""
     s = Session()
     current: Media | None = None
-    for lm in _LINE.finditer(body):
-        kind, value = lm.group(1), lm.group(2)
-        start = base + lm.start()
+    base -= 1  # offsets in "\n" + body
+    for lm in _LINE.finditer(b"\n" + body):
+        if s.lines >= max_lines:
+            s.truncated = True
+            break
+        s.lines += 1
+        kind, value = lm.groups()
+        start = base + lm.start() + 1
         if kind == b"m":
+            if len(s.media) >= max_media:
+                s.skipped = 1 + body.count(b"\nm=", lm.end() - 1)
+                break
             mm = _M.match(value)
             if not mm:
-                s.malformed.append("m=")
                 current = None
+                if _malformed(s, "m="):
+                    break
                 continue
-            count = int(mm.group(3)) if mm.group(3) else 1
-            current = Media(mm.group(1).lower(), int(mm.group(2)), count, mm.group(4),
-                            (start + 2 + mm.start(2), len(mm.group(2))))
-            if len(s.media) < max_media:
-                s.media.append(current)
+            kind, port, count, proto = mm.groups()
+            current = Media(kind.lower(), int(port), int(count) if count else 1, proto,
+                            (start + 2 + mm.start(2), len(port)))
+            s.media.append(current)
         elif kind == b"c":
             c = _connection(value, start + 2)
             if c is None:
-                s.malformed.append("c=")
+                if _malformed(s, "c="):
+                    break
             elif current is None:
-                s.connection = s.connection or c
+                s.connection = s.connection or c  # the first c= of a level counts
             elif current.connection is None:
                 current.connection = c
-        elif kind == b"a" and current is not None and value[:5].lower() == b"rtcp:":
+        elif current is not None and value[:5].lower() == b"rtcp:":
             r = _RTCP.match(value, 5)
             if not r:
-                s.malformed.append("a=rtcp")
+                if _malformed(s, "a=rtcp"):
+                    break
                 continue
             current.rtcp_port = int(r.group(1))
             current.rtcp_where = (start + 2 + r.start(1), len(r.group(1)))
             if r.group(3):
                 current.rtcp_connection = _address(int(r.group(2)), r.group(3), start + 2 + r.start(3))
     return s
+
+
+def _malformed(s: Session, what: str) -> bool:
+    """Note a malformed line; True when enough were seen to stop reading."""
+    s.malformed.append(what)
+    return len(s.malformed) >= MAX_MALFORMED
 
 
 def sdp_bodies(content_type: bytes | None, body: bytes, body_offset: int) -> list[tuple[bytes, int]]:
