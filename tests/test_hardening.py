@@ -465,7 +465,7 @@ def helper_patterns() -> list[tuple[str, object]]:
     import re
 
     out = []
-    for name in ("ftp", "ssdp", "tns", "rpc", "dhcpv6", "mdns", "slp", "_discovery"):  # helpers/sip: its own session
+    for name in ("ftp", "ssdp", "tns", "rpc", "dhcpv6", "mdns", "slp", "_discovery", "sip", "sip.grammar", "sip.sdp"):
         module = importlib.import_module(f"alg_helpers.{name}")
         for attr, value in vars(module).items():
             values = value.values() if isinstance(value, dict) else [value]
