@@ -21,7 +21,8 @@ from .decode import Packet
 from .errors import ProtocolViolation
 from .expect import Admission, Expectation, ExpectationTable, Refusal
 from .flows import Flow, FlowTable, packet_key, packet_tuple
-from .model import NEED_DATA, PROTO_NAMES, TCP, Direction, Expect, Helper, Notice, Parsed, Segment, Unexpect, ports_ok
+from .model import NEED_DATA, PROTO_NAMES, TCP, Direction, Expect, FlowTuple, Helper, Notice, Parsed, Segment, Unexpect, \
+    ports_ok
 from .policy import CorePolicy, HelperPolicy
 
 log = logging.getLogger("alg.engine")
@@ -39,6 +40,50 @@ class Delete:
 
 
 Decision = Create | Delete
+
+# The setting that decides each engine refusal, named in explanations.
+REFUSAL_KNOBS: dict[str, str] = {
+    Refusal.BUDGET: "[core] expect_budget",
+    Refusal.CLASH: "none: the kernel lets one master expect a tuple (EBUSY)",
+    Refusal.KERNEL_FULL: "sysctl net.netfilter.nf_conntrack_expect_max",
+    Refusal.INVALID: "none: a helper bug",
+}
+HEADLINE_MAX = 100  # characters of a message's first line shown in an explanation
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Why a control message did or did not open a pinhole: one per helper
+    action, collected in `Engine.explained` when that is a list (replay's
+    `--explain`; the daemon may drain it with `take_explanations` and log it)."""
+
+    frame: int | None
+    helper: str
+    flow: FlowTuple  # the master, original direction
+    direction: Direction
+    message: str  # the message's first line for text protocols, '' for binary ones
+    found: str  # the expected flow asked for, or the notice's detail
+    decision: str  # expected | refused | ignored | withdrawn
+    reason: str = ""  # the refusal's or the notice's code; evictions for an expectation
+    knob: str = ""  # the policy setting that decides it
+
+    def to_json(self) -> dict[str, Any]:
+        return {"frame": self.frame, "helper": self.helper, "master": str(self.flow),
+                "direction": self.direction.name.lower(), "message": self.message, "found": self.found,
+                "decision": self.decision, "reason": self.reason, "knob": self.knob}
+
+    def to_text(self) -> str:
+        why = f" ({self.reason})" if self.reason else ""
+        knob = f" [{self.knob}]" if self.knob else ""
+        msg = f" {self.message!r}" if self.message else ""
+        return (f"frame {self.frame} {self.helper} {self.direction.name.lower()} {self.flow}:{msg} "
+                f"{self.found or '-'} -> {self.decision}{why}{knob}")
+
+
+def headline(data: bytes) -> str:
+    """A text message's first line (a command, a request or status line), else ''."""
+    line = data[:HEADLINE_MAX].split(b"\n", 1)[0].rstrip(b"\r")
+    return line.decode("ascii") if line.isascii() and line.isprintable() else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +179,7 @@ class Engine:
         self.related_flows = 0
         self._swept = 0.0
         self.events: list[ExpectationEvent] = []
+        self.explained: list[Explanation] | None = None  # a list: record why (see Explanation)
         self.warn = RateLimitedLog(log, self.core.log_interval)
         # Whether the kernel still holds an expectation, asked before refusing a clash
         # (the daemon sets it): an expectation used by its flow leaves the kernel at
@@ -182,7 +228,9 @@ class Engine:
             if not pkt.payload:
                 return []
             outcome = h.helper.inspect(Segment(pkt.payload, direction, flow.tuple, now), flow.state)
-            return self._apply(flow, outcome.actions, now, frame) if isinstance(outcome, Parsed) else []
+            if not isinstance(outcome, Parsed):
+                return []
+            return self._apply(flow, outcome.actions, now, frame, direction, pkt.payload)
         except ProtocolViolation as exc:
             flow.failed = True
             h.stats.parse_errors += 1
@@ -255,15 +303,17 @@ class Engine:
             assert isinstance(outcome, Parsed)
             if outcome.consumed <= 0 or outcome.consumed > len(stream.buf):
                 raise RuntimeError(f"helper consumed {outcome.consumed} of {len(stream.buf)} bytes")
-            stream.buf = stream.buf[outcome.consumed :]
-            decisions += self._apply(flow, outcome.actions, now, frame)
+            message, stream.buf = stream.buf[: outcome.consumed], stream.buf[outcome.consumed :]
+            decisions += self._apply(flow, outcome.actions, now, frame, direction, message)
         return decisions
 
     # ------------------------------------------------------------ actions
-    def _apply(self, flow: Flow, actions: Iterable, now: float, frame: int | None) -> list[Decision]:
+    def _apply(self, flow: Flow, actions: Iterable, now: float, frame: int | None,
+               direction: Direction = Direction.ORIGINAL, message: bytes = b"") -> list[Decision]:
         h: HelperSlot = flow.helper
         out: list[Decision] = []
         for a in actions:
+            seen = len(self.events)
             if isinstance(a, Expect):
                 out += self._expect(h, flow, a, now, frame)
             elif isinstance(a, Unexpect):
@@ -274,7 +324,34 @@ class Engine:
                     out.append(Delete(e, "removed"))
             elif isinstance(a, Notice):
                 h.stats.notices[a.code] += 1
+            if self.explained is not None:
+                self.explained.append(self._explain(h, flow, a, frame, direction, message, self.events[seen:]))
         return out
+
+    def _explain(self, h: HelperSlot, flow: Flow, a: Any, frame: int | None, direction: Direction,
+                 message: bytes, events: list[ExpectationEvent]) -> Explanation:
+        """What became of one action, from the events it caused."""
+        def say(found: str, decision: str, reason: str = "", knob: str = "") -> Explanation:
+            return Explanation(frame, h.policy.name, flow.tuple, direction, headline(message), found, decision,
+                               reason, knob)
+
+        if isinstance(a, Notice):
+            return say(a.detail, "ignored", a.code, h.helper.spec.knobs.get(a.code, ""))
+        if isinstance(a, Unexpect):
+            return say(f"class {a.cls or 'any'} tag {a.tag or 'any'}", "withdrawn", f"{len(events)} removed")
+        src = "*" if a.src is None else str(a.src)
+        found = f"{a.cls} {PROTO_NAMES.get(a.proto, a.proto)} {src}:{a.sport or '*'} -> {a.dst}:{a.dport}"
+        kinds = {ev.kind: ev for ev in events}
+        if "refused" in kinds:
+            why = kinds["refused"].reason
+            return say(found, "refused", why, REFUSAL_KNOBS.get(why, ""))
+        if "created" not in kinds:
+            return say(found, "refused", Refusal.INVALID.value, REFUSAL_KNOBS[Refusal.INVALID])
+        evicted = sum(ev.kind == "evicted" for ev in events)
+        if evicted:  # the kernel's way with ExpectMax: the oldest goes
+            return say(found, "expected", f"evicted {evicted} older (ExpectMax {h.max_expected[a.cls]})",
+                       f"[classes.{a.cls}] expect_max")
+        return say(found, "expected")
 
     def _expect(self, h: HelperSlot, flow: Flow, a: Expect, now: float, frame) -> list[Decision]:
         pol = h.policy
@@ -342,6 +419,13 @@ class Engine:
         self.events.append(ExpectationEvent("failed", e, errno_name))
         if full:
             self.refused(e, Refusal.KERNEL_FULL, errno_name)
+
+    def take_explanations(self) -> list[Explanation]:
+        """What `explained` gathered since the last call (live: log at debug level)."""
+        if self.explained is None:
+            return []
+        explained, self.explained = self.explained, []
+        return explained
 
     def take_events(self) -> list[ExpectationEvent]:
         events, self.events = self.events, []

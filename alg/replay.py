@@ -14,10 +14,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Callable, Iterable, Iterator
 
-from .decode import DecodeError, Defragmenter, decode_ip, decode_link
-from .engine import Create, Engine
+from .decode import LINKTYPE_NAMES, DecodeError, Defragmenter, NotDecoded, Packet, decapsulate, decode_frame
+from .engine import Create, Engine, Explanation
 from .expect import Expectation
+from .model import PROTO_NAMES
 from .pcap import read_frames
+
+HINT_FLOWS_MAX = 65536  # flows remembered as checked for a helper's signature off its ports
 
 
 @dataclass
@@ -29,11 +32,35 @@ class ReplayResult:
     related_flows: int = 0
     found: int = 0  # expectations derived so far
     warnings: list[str] = field(default_factory=list)
+    not_decoded: Counter = field(default_factory=Counter)  # frames without IP we read, by kind
+    # (helper, proto name, port): packets that look like a helper's protocol on a port its policy does not list
+    port_hints: Counter = field(default_factory=Counter)
 
 
-# link types worth naming in a warning (https://www.tcpdump.org/linktypes.html)
-_LINKTYPE_NAMES = {1: "Ethernet", 101: "raw IP", 105: "802.11", 113: "Linux cooked", 127: "802.11 radiotap",
-                   239: "NFLOG", 276: "Linux cooked v2"}
+class PortHints:
+    """Spots a helper's protocol on ports its policy does not list (SIP on 5061,
+    FTP on 2121): the first payload of each such flow is shown to every
+    helper's cheap `looks_like`. Bounded: past HINT_FLOWS_MAX flows it starts over."""
+
+    def __init__(self, engine: Engine, result: ReplayResult):
+        self.by_port = engine.by_port
+        self.result = result
+        self.helpers = [(name, slot.helper, slot.policy.protocols) for name, slot in engine.slots.items()]
+        self.checked: set[tuple] = set()
+
+    def see(self, pkt: Packet) -> None:
+        if not pkt.payload or (pkt.proto, pkt.dport) in self.by_port or (pkt.proto, pkt.sport) in self.by_port:
+            return
+        key = (pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport)
+        if key in self.checked:
+            return
+        if len(self.checked) >= HINT_FLOWS_MAX:
+            self.checked.clear()
+        self.checked.add(key)
+        for name, helper, protocols in self.helpers:
+            if pkt.proto in protocols and helper.looks_like(pkt.payload):
+                # the server's port is the lower one, as a rule (clients take ephemeral ports)
+                self.result.port_hints[(name, PROTO_NAMES[pkt.proto], min(pkt.sport, pkt.dport))] += 1
 
 
 class Progress:
@@ -87,29 +114,38 @@ def replay_found(engine: Engine, paths: Iterable[str], result: ReplayResult,
             shown.clear()
             warn(msg)
 
+    hints = PortHints(engine, result)
     for path in paths:
         defrag = Defragmenter()
         seen: Counter = Counter()  # frames by link type
         ip: Counter = Counter()  # of which IP
+        unsupported: Counter = Counter()  # frames not decoded that may hide IP, by kind
+        other: Counter = Counter()  # frames known to be something else (ARP, LLDP...)
         for frame in read_frames(path, note):
             result.frames += 1
             seen[frame.linktype] += 1
             shown.update(path, frame.number, result.found)
-            l3 = decode_link(frame.linktype, frame.data)
-            if l3 is None:
-                result.not_ip += 1
-                continue
-            ip[frame.linktype] += 1
             try:
-                pkt = decode_ip(l3)
-                if pkt.frag is not None:
+                pkt = decode_frame(frame.linktype, frame.data)
+                ip[frame.linktype] += 1
+                while pkt.frag is not None:  # the kernel reassembles before conntrack, then so do we
                     whole = defrag.feed(pkt)
                     if whole is None:
-                        continue
-                    pkt = whole
-            except DecodeError:
-                result.undecodable += 1
+                        break
+                    pkt = decapsulate(whole)  # a fragmented tunnel packet: what it carries
+                if pkt.frag is not None:
+                    continue
+            except NotDecoded as exc:
+                result.not_ip += 1
+                result.not_decoded[exc.kind] += 1
+                (unsupported if exc.unsupported else other)[exc.kind] += 1
                 continue
+            except DecodeError as exc:
+                result.undecodable += 1
+                result.not_decoded[str(exc)] += 1
+                unsupported[str(exc)] += 1
+                continue
+            hints.see(pkt)
             for d in engine.process(pkt, frame.time, frame.number):
                 if isinstance(d, Create):
                     result.found += 1
@@ -119,11 +155,20 @@ def replay_found(engine: Engine, paths: Iterable[str], result: ReplayResult,
             note(f"{path}: no packets")
         for linktype, n in sorted(seen.items()):
             if not ip[linktype]:
-                name = _LINKTYPE_NAMES.get(linktype)
+                name = LINKTYPE_NAMES.get(linktype)
+                supported = "" if linktype in LINKTYPE_NAMES else " (link type not supported)"
                 note(f"{path}: none of the {n} frames of link type {linktype}" + (f" ({name})" if name else "")
-                     + " is an IP packet" + ("" if linktype in _LINKTYPE_NAMES else " (link type not supported)"))
+                     + f" is an IP packet we can read{supported}: {kinds(unsupported + other)}")
+                unsupported.clear()
+        if unsupported:
+            note(f"{path}: {sum(unsupported.values())} frames not decoded: {kinds(unsupported)}")
     result.related_flows = engine.related_flows
     shown.clear()
+
+
+def kinds(counts: Counter) -> str:
+    """'3 ARP, 1 ethertype 0x88b5': counts by kind, the most frequent first."""
+    return ", ".join(f"{n} {kind}" for kind, n in counts.most_common())
 
 
 def row(e: Expectation, fmt: str, path: str | None = None) -> str:
