@@ -21,8 +21,8 @@ from .decode import Packet
 from .errors import ProtocolViolation
 from .expect import Admission, Expectation, ExpectationTable, Refusal
 from .flows import Flow, FlowTable, packet_key, packet_tuple
-from .model import NEED_DATA, PROTO_NAMES, TCP, Direction, Expect, FlowTuple, Helper, Notice, Parsed, Segment, Unexpect, \
-    ports_ok
+from .model import (NEED_DATA, PROTO_NAMES, TCP, Direction, Expect, FlowTuple, Helper, Notice, Parsed, Segment,
+                    Unexpect, ports_ok)
 from .policy import CorePolicy, HelperPolicy
 
 log = logging.getLogger("alg.engine")
@@ -43,7 +43,7 @@ Decision = Create | Delete
 
 # The setting that decides each engine refusal, named in explanations.
 REFUSAL_KNOBS: dict[str, str] = {
-    Refusal.BUDGET: "[core] expect_budget",
+    Refusal.BUDGET: "core.expect_budget",
     Refusal.CLASH: "none: the kernel lets one master expect a tuple (EBUSY)",
     Refusal.KERNEL_FULL: "sysctl net.netfilter.nf_conntrack_expect_max",
     Refusal.INVALID: "none: a helper bug",
@@ -76,14 +76,14 @@ class Explanation:
         why = f" ({self.reason})" if self.reason else ""
         knob = f" [{self.knob}]" if self.knob else ""
         msg = f" {self.message!r}" if self.message else ""
-        return (f"frame {self.frame} {self.helper} {self.direction.name.lower()} {self.flow}:{msg} "
-                f"{self.found or '-'} -> {self.decision}{why}{knob}")
+        return (f"frame {self.frame} {self.helper} {self.flow} {self.direction.name.lower()}{msg}: "
+                f"{self.found or '-'} => {self.decision}{why}{knob}")
 
 
 def headline(data: bytes) -> str:
     """A text message's first line (a command, a request or status line), else ''."""
-    line = data[:HEADLINE_MAX].split(b"\n", 1)[0].rstrip(b"\r")
-    return line.decode("ascii") if line.isascii() and line.isprintable() else ""
+    line = data[:HEADLINE_MAX].split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
+    return line if line.isascii() and line.isprintable() else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +324,7 @@ class Engine:
                     out.append(Delete(e, "removed"))
             elif isinstance(a, Notice):
                 h.stats.notices[a.code] += 1
-            if self.explained is not None:
+            if self.explained is not None and (self.events[seen:] or not isinstance(a, Unexpect)):
                 self.explained.append(self._explain(h, flow, a, frame, direction, message, self.events[seen:]))
         return out
 
@@ -350,7 +350,7 @@ class Engine:
         evicted = sum(ev.kind == "evicted" for ev in events)
         if evicted:  # the kernel's way with ExpectMax: the oldest goes
             return say(found, "expected", f"evicted {evicted} older (ExpectMax {h.max_expected[a.cls]})",
-                       f"[classes.{a.cls}] expect_max")
+                       f"classes.{a.cls}.expect_max")
         return say(found, "expected")
 
     def _expect(self, h: HelperSlot, flow: Flow, a: Expect, now: float, frame) -> list[Decision]:

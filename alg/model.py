@@ -214,7 +214,7 @@ class HelperSpec:
     # (text protocols: FTP, SMTP-like); None gives the direction up unless
     # the helper overrides `Helper.resync`.
     resync: str | None = None
-    # Notice code -> the policy setting that decides it ("[options] loose"),
+    # Notice code -> the policy setting that decides it ("options.loose"),
     # named by `alg replay --explain` next to each refusal
     knobs: Mapping[str, str] = field(default_factory=dict)
 

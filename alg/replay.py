@@ -12,7 +12,7 @@ import json
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 from .decode import LINKTYPE_NAMES, DecodeError, Defragmenter, NotDecoded, Packet, decapsulate, decode_frame
 from .engine import Create, Engine, Explanation
@@ -39,14 +39,16 @@ class ReplayResult:
 
 class PortHints:
     """Spots a helper's protocol on ports its policy does not list (SIP on 5061,
-    FTP on 2121): the first payload of each such flow is shown to every
-    helper's cheap `looks_like`. Bounded: past HINT_FLOWS_MAX flows it starts over."""
+    FTP on 2121): the first payload each way of each such flow is shown to
+    every helper's cheap `looks_like`; a flow counts once. Bounded: past
+    HINT_FLOWS_MAX flows it starts over."""
 
     def __init__(self, engine: Engine, result: ReplayResult):
         self.by_port = engine.by_port
         self.result = result
         self.helpers = [(name, slot.helper, slot.policy.protocols) for name, slot in engine.slots.items()]
-        self.checked: set[tuple] = set()
+        self.checked: set[tuple] = set()  # flow directions whose first payload was looked at
+        self.hinted: set[tuple] = set()  # flows counted
 
     def see(self, pkt: Packet) -> None:
         if not pkt.payload or (pkt.proto, pkt.dport) in self.by_port or (pkt.proto, pkt.sport) in self.by_port:
@@ -56,9 +58,12 @@ class PortHints:
             return
         if len(self.checked) >= HINT_FLOWS_MAX:
             self.checked.clear()
+            self.hinted.clear()
         self.checked.add(key)
+        flow = (pkt.proto, *sorted(((pkt.src, pkt.sport), (pkt.dst, pkt.dport))))
         for name, helper, protocols in self.helpers:
-            if pkt.proto in protocols and helper.looks_like(pkt.payload):
+            if pkt.proto in protocols and flow not in self.hinted and helper.looks_like(pkt.payload):
+                self.hinted.add(flow)
                 # the server's port is the lower one, as a rule (clients take ephemeral ports)
                 self.result.port_hints[(name, PROTO_NAMES[pkt.proto], min(pkt.sport, pkt.dport))] += 1
 
@@ -100,12 +105,16 @@ def replay_iter(engine: Engine, paths: Iterable[str], result: ReplayResult,
 
 def replay_found(engine: Engine, paths: Iterable[str], result: ReplayResult,
                  progress: IO[str] | Progress | None = None,
-                 warn: Callable[[str], None] | None = None) -> Iterator[tuple[str, Expectation]]:
+                 warn: Callable[[str], None] | None = None,
+                 explain: Callable[[str, Explanation], None] | None = None) -> Iterator[tuple[str, Expectation]]:
     """(capture file, expectation) as they are found, one capture after the other.
 
     The flow table and the expectations carry over from one file to the next
     (rotated captures of one session: `tcpdump -C/-G` files). Warnings (a
-    truncated file, frames that are not IP) go to `warn` and `result.warnings`."""
+    truncated file, frames that are not IP) go to `warn` and `result.warnings`;
+    with `explain`, what became of each helper action (`Explanation`) goes there."""
+    if explain is not None:
+        engine.explained = []
     shown = progress if isinstance(progress, Progress) else Progress(progress)
 
     def note(msg: str) -> None:
@@ -151,6 +160,10 @@ def replay_found(engine: Engine, paths: Iterable[str], result: ReplayResult,
                     result.found += 1
                     shown.clear()
                     yield path, d.expectation
+            if explain is not None and engine.explained:
+                shown.clear()
+                for x in engine.take_explanations():
+                    explain(path, x)
         if not seen:
             note(f"{path}: no packets")
         for linktype, n in sorted(seen.items()):
@@ -164,6 +177,36 @@ def replay_found(engine: Engine, paths: Iterable[str], result: ReplayResult,
             note(f"{path}: {sum(unsupported.values())} frames not decoded: {kinds(unsupported)}")
     result.related_flows = engine.related_flows
     shown.clear()
+
+
+def summary(result: ReplayResult, stats: dict[str, Any]) -> str:
+    """The end of a replay, for a person: what each helper saw and did, what was
+    refused and why, what was not decoded, and traffic on ports the policy misses."""
+    lines = [f"alg replay: {result.frames} frames, {result.frames - result.not_ip - result.undecodable} IP packets, "
+             f"{len(result.expectations) or result.found} expectations, {result.related_flows} flows came as expected"]
+    for name, h in sorted(stats["helpers"].items()):
+        classes = h["classes"].values()
+        created, evicted = sum(c["created"] for c in classes), sum(c["evicted"] for c in classes)
+        refused: Counter = Counter()
+        for c in classes:
+            refused.update(c["refused"])
+        parts = [f"{h['flows']} flows", f"{created} expectations"]
+        if evicted:
+            parts.append(f"{evicted} evicted (ExpectMax)")
+        if refused:
+            parts.append(f"refused: {kinds(refused)}")
+        if h["notices"]:
+            parts.append(f"no expectation: {kinds(Counter(h['notices']))}")
+        if h["parse_errors"] or h["internal_errors"]:
+            parts.append(f"{h['parse_errors']} flows broke the protocol, {h['internal_errors']} helper errors")
+        if h["flows"] or created or refused or h["notices"]:
+            lines.append(f"  {name}: " + "; ".join(parts))
+    if result.not_decoded:
+        lines.append(f"  not decoded: {kinds(result.not_decoded)}")
+    for (helper, proto, port), n in sorted(result.port_hints.items()):
+        lines.append(f"  {n} {proto} flows on port {port} look like {helper}, whose policy does not list that port"
+                     f" (add {port} to its `ports`, and to the CT --helper rule, to inspect them)")
+    return "\n".join(lines) + "\n"
 
 
 def kinds(counts: Counter) -> str:
