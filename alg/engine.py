@@ -427,6 +427,12 @@ class Engine:
         explained, self.explained = self.explained, []
         return explained
 
+    def log_explanations(self) -> None:
+        """The daemon's debug log of why (call after `process` with `explained` set
+        to a list when debug logging is on): rate-limited per helper and reason."""
+        for x in self.take_explanations():
+            self.warn(logging.DEBUG, f"explain-{x.helper}-{x.decision}-{x.reason}", "%s", x.to_text())
+
     def take_events(self) -> list[ExpectationEvent]:
         events, self.events = self.events, []
         return events

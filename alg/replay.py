@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterable, Iterator
 
 from .decode import LINKTYPE_NAMES, DecodeError, Defragmenter, NotDecoded, Packet, decapsulate, decode_frame
-from .engine import Create, Engine, Explanation
+from .engine import Create, Engine, Explanation, headline
 from .expect import Expectation
-from .model import PROTO_NAMES
+from .flows import packet_tuple
+from .model import PROTO_NAMES, Direction
 from .pcap import read_frames
 
 HINT_FLOWS_MAX = 65536  # flows remembered as checked for a helper's signature off its ports
@@ -50,12 +51,13 @@ class PortHints:
         self.checked: set[tuple] = set()  # flow directions whose first payload was looked at
         self.hinted: set[tuple] = set()  # flows counted
 
-    def see(self, pkt: Packet) -> None:
+    def see(self, pkt: Packet, frame: int) -> Explanation | None:
+        """An explanation when `pkt` starts a flow that looks like a helper's protocol off its ports."""
         if not pkt.payload or (pkt.proto, pkt.dport) in self.by_port or (pkt.proto, pkt.sport) in self.by_port:
-            return
+            return None
         key = (pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport)
         if key in self.checked:
-            return
+            return None
         if len(self.checked) >= HINT_FLOWS_MAX:
             self.checked.clear()
             self.hinted.clear()
@@ -65,7 +67,11 @@ class PortHints:
             if pkt.proto in protocols and flow not in self.hinted and helper.looks_like(pkt.payload):
                 self.hinted.add(flow)
                 # the server's port is the lower one, as a rule (clients take ephemeral ports)
-                self.result.port_hints[(name, PROTO_NAMES[pkt.proto], min(pkt.sport, pkt.dport))] += 1
+                port = min(pkt.sport, pkt.dport)
+                self.result.port_hints[(name, PROTO_NAMES[pkt.proto], port)] += 1
+                return Explanation(frame, name, packet_tuple(pkt), Direction.ORIGINAL, headline(pkt.payload),
+                                   f"{PROTO_NAMES[pkt.proto]} port {port}", "not inspected", "unknown port", "ports")
+        return None
 
 
 class Progress:
@@ -154,7 +160,9 @@ def replay_found(engine: Engine, paths: Iterable[str], result: ReplayResult,
                 result.not_decoded[str(exc)] += 1
                 unsupported[str(exc)] += 1
                 continue
-            hints.see(pkt)
+            hint = hints.see(pkt, frame.number)
+            if hint is not None and explain is not None:
+                explain(path, hint)
             for d in engine.process(pkt, frame.time, frame.number):
                 if isinstance(d, Create):
                     result.found += 1

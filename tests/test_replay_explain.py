@@ -269,3 +269,31 @@ def test_summary_counts_and_hints_at_ports_the_policy_misses(tmp_path, capsys):
     assert "1 tcp flows on port 2121 look like ftp" in err
     assert main(["replay", "--no-summary", str(path)]) == 0
     assert "look like" not in capsys.readouterr().err
+
+
+def test_explain_names_a_helpers_protocol_on_an_unknown_port(tmp_path, capsys):
+    rows = explain(tmp_path, capsys, [udp(C4, S4, 40000, 5062, invite(C4, 20000))])
+    assert rows == [{"frame": 1, "helper": "sip", "master": f"udp {C4}:40000 -> {S4}:5062", "direction": "original",
+                     "message": "INVITE sip:bob@10.0.2.2 SIP/2.0", "found": "udp port 5062",
+                     "decision": "not inspected", "reason": "unknown port", "knob": "ports", "file": rows[0]["file"]}]
+
+
+def test_daemon_logs_explanations_at_debug_level_rate_limited(caplog):
+    import logging
+
+    from alg.decode import decode_ip
+    from alg.engine import Engine, make_slots
+    from alg.plugins import load_plugins
+    from alg.policy import default_policy
+
+    host = load_plugins()
+    pol = default_policy({n: c.spec for n, c in host.helpers.items()})
+    eng = Engine(make_slots([pol.helpers["sip"]], host.helpers), pol.core)
+    eng.explained = []
+    with caplog.at_level(logging.DEBUG, logger="alg.engine"):
+        for i in range(3):  # one per second: the log says the first, then counts
+            data = invite(THIRD4, 20000 + 2 * i).replace(b"c1@", f"c{i}@".encode())
+            eng.process(decode_ip(bytes(udp(C4, S4, 5060, 5060, data))), float(i), i + 1)
+            eng.log_explanations()
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert len(logged) == 1 and "media-address-mismatch" in logged[0] and "frame 1 sip" in logged[0]
