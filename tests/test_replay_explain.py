@@ -297,3 +297,54 @@ def test_daemon_logs_explanations_at_debug_level_rate_limited(caplog):
             eng.log_explanations()
     logged = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert len(logged) == 1 and "media-address-mismatch" in logged[0] and "frame 1 sip" in logged[0]
+
+
+def at(t: float, pkt):
+    pkt.time = t
+    return pkt
+
+
+DNS_QUERY = struct.pack("!HHHHHH", 1, 0, 1, 0, 0, 0) + b"\x05_http\x04_tcp\x05local\x00\x00\x0c\x00\x01"
+SLP_REQUEST = bytes([2, 1]) + bytes(14)
+HOSTNAME_SDP = invite("pbx.example.com", 20000)
+
+
+@pytest.mark.parametrize("helper, packets, reason, knob", [
+    ("mdns", [udp(C4, S4, 40000, 5353, DNS_QUERY)], "not-multicast", ""),
+    ("slp", [udp(C4, S4, 40000, 427, SLP_REQUEST)], "not-multicast", ""),
+    ("ssdp", [udp(C4, S4, 40000, 1900, b"M-SEARCH * HTTP/1.1\r\nST: ssdp:all\r\n\r\n")], "unicast-search", ""),
+    ("ssdp", [udp(C4, "239.255.255.250", 40000, 1900, b"M-SEARCH * HTTP/1.1\r\nST: ssdp:all\r\n\r\n"),
+              udp(S4, C4, 1900, 40000, b"HTTP/1.1 200 OK\r\nLOCATION: http://tv.example/d.xml\r\n\r\n")],
+     "hostname-in-url", ""),
+    ("sip", [udp(C4, S4, 5060, 5060, HOSTNAME_SDP)], "hostname-in-sdp", ""),
+    ("sip", [udp(C4, S4, 5060, 5060, invite("224.0.1.1", 20000))], "multicast-media", ""),
+    ("rpc", [at(0, udp(C4, S4, 40000, 111, getaddr_call(5))),
+             at(61, udp(S4, C4, 111, 40000, reply(5, xdr_string(b"10.0.2.2.8.1"))))],
+     "call-expired", "options.call_timeout"),
+    ("rpc", [udp(C4, S4, 40000, 111, getaddr_call(xid)) for xid in range(33)], "pending-full", "options.max_pending"),
+    ("tns", tcp_flow(C4, S4, 40002, 1521, [(False, redirect(b"(ADDRESS=(PROTOCOL=TCP)(HOST=db.example)(PORT=1522))"))]),
+     "hostname", ""),
+])
+def test_more_refusals_are_explained(tmp_path, capsys, helper, packets, reason, knob):
+    rows = explain(tmp_path, capsys, packets)
+    r = only(rows, helper=helper, reason=reason)
+    assert r["decision"] == "ignored" and r["knob"] == knob
+
+
+def test_a_helpers_invalid_request_is_explained_as_refused():
+    import alg
+    from alg.decode import decode_ip
+    from alg.engine import Engine, HelperSlot
+    from alg.policy import default_helper_policy
+
+    class Buggy(alg.Helper):
+        spec = alg.HelperSpec("buggy", (17,), (7777,), (alg.ExpectClass("default", 1, 60),))
+
+        def inspect(self, segment, state):
+            return alg.Parsed(len(segment.data), (alg.Expect("default", 17, None, segment.sender, None, 0),))
+
+    eng = Engine({"buggy": HelperSlot(default_helper_policy(Buggy.spec), Buggy())})
+    eng.explained = []
+    eng.process(decode_ip(bytes(udp(C4, S4, 40000, 7777, b"x"))), 0.0, 1)
+    [x] = eng.take_explanations()
+    assert (x.decision, x.reason, x.knob) == ("refused", "invalid", "none: a helper bug")
