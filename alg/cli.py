@@ -70,6 +70,7 @@ def cmd_replay(args: argparse.Namespace, host: PluginHost) -> int:
     for ev in engine.take_events():
         host.hook.alg_expectation_event(event=ev)
     stats = engine.stats()
+    out.flush()  # explanations before the summary, on one terminal
     if args.stats:
         json.dump({"frames": result.frames, "undecodable": result.undecodable, "not_ip": result.not_ip,
                    "not_decoded": dict(result.not_decoded), "related_flows": result.related_flows,

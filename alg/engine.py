@@ -80,6 +80,14 @@ class Explanation:
                 f"{self.found or '-'} => {self.decision}{why}{knob}")
 
 
+def _endpoint(addr: Any, port: int | None, prefix: int | None = None) -> str:
+    """'10.0.0.1:21', '[fd00::1]:21', '*:*', 'fe80::1/64:*' for an explanation."""
+    text = "*" if addr is None else str(addr) + (f"/{prefix}" if prefix is not None else "")
+    if addr is not None and addr.version == 6:
+        text = f"[{text}]"
+    return f"{text}:{'*' if port is None else port}"
+
+
 def headline(data: bytes) -> str:
     """A text message's first line (a command, a request or status line), else ''."""
     line = data[:HEADLINE_MAX].split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
@@ -339,8 +347,8 @@ class Engine:
             return say(a.detail, "ignored", a.code, h.helper.spec.knobs.get(a.code, ""))
         if isinstance(a, Unexpect):
             return say(f"class {a.cls or 'any'} tag {a.tag or 'any'}", "withdrawn", f"{len(events)} removed")
-        src = "*" if a.src is None else str(a.src)
-        found = f"{a.cls} {PROTO_NAMES.get(a.proto, a.proto)} {src}:{a.sport or '*'} -> {a.dst}:{a.dport}"
+        found = (f"{a.cls} {PROTO_NAMES.get(a.proto, a.proto)} {_endpoint(a.src, a.sport, a.src_prefix)} -> "
+                 f"{_endpoint(a.dst, a.dport)}")
         kinds = {ev.kind: ev for ev in events}
         if "refused" in kinds:
             why = kinds["refused"].reason

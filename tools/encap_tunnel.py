@@ -10,7 +10,12 @@ it); frames arriving there in the same encapsulation are unwrapped and
 written back to the TUN device. Each side builds fixed headers, so
 unwrapping is stripping a known prefix.
 
-    encap_tunnel.py MODE UNDERLAY TUN LOCAL_MAC PEER_MAC LOCAL_IP4 PEER_IP4 LOCAL_IP6 PEER_IP6
+    encap_tunnel.py MODE UNDERLAY TUN LOCAL_MAC PEER_MAC LOCAL_IP4 PEER_IP4 LOCAL_IP6 PEER_IP6 [tap]
+
+With `tap` the overlay device is a TAP (Ethernet) device, for clients that
+refuse a device without a hardware address (ISC dhclient): its Ethernet
+header is dropped on the way in and made up on the way out, so only IP
+(IPv6 neighbour discovery included, not ARP) crosses.
 
 Modes: vlan (802.1Q), qinq (802.1ad + 802.1Q), mpls (two labels), pppoe
 (session stage, PPP IPv4/IPv6), gre (with a key), ipip (IPv4 or IPv6 in
@@ -27,7 +32,8 @@ import socket
 import struct
 import sys
 
-TUNSETIFF, IFF_TUN, IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
+TUNSETIFF, IFF_TUN, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0001, 0x0002, 0x1000
+ETH_IP = {b"\x08\x00", b"\x86\xdd"}
 ETH_P_ALL = 0x0003
 INNER_MACS = bytes.fromhex("020000000b02020000000b01")  # the mirrored frame's dst, src (ERSPAN)
 
@@ -100,24 +106,35 @@ class Tunnel:
 
 def main() -> None:
     mode, underlay, tun_name, mac, peer, l4, p4, l6, p6 = sys.argv[1:10]
+    tap = sys.argv[10:] == ["tap"]
     tunnel = Tunnel(mode, bytes.fromhex(mac.replace(":", "")), bytes.fromhex(peer.replace(":", "")),
                     (socket.inet_aton(l4), socket.inet_aton(p4)),
                     (socket.inet_pton(socket.AF_INET6, l6), socket.inet_pton(socket.AF_INET6, p6)))
     tun = os.open("/dev/net/tun", os.O_RDWR)
-    fcntl.ioctl(tun, TUNSETIFF, struct.pack("16sH22x", tun_name.encode(), IFF_TUN | IFF_NO_PI))
+    fcntl.ioctl(tun, TUNSETIFF, struct.pack("16sH22x", tun_name.encode(), (IFF_TAP if tap else IFF_TUN) | IFF_NO_PI))
+    tap_mac = b""
     raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     raw.bind((underlay, 0))
     print("ready", flush=True)
     while True:
         ready, _, _ = select.select([tun, raw], [], [])
         if tun in ready:
-            raw.send(tunnel.wrap(os.read(tun, 65535)))
+            pkt = os.read(tun, 65535)
+            if tap:
+                tap_mac = pkt[6:12]
+                if pkt[12:14] not in ETH_IP:
+                    continue
+                pkt = pkt[14:]
+            raw.send(tunnel.wrap(pkt))
         if raw in ready:
             frame, addr = raw.recvfrom(65535)
             if addr[2] == socket.PACKET_OUTGOING:
                 continue
             inner = tunnel.unwrap(frame)
             if inner is not None and inner[0] >> 4 in (4, 6):
+                if tap:
+                    etype = b"\x86\xdd" if inner[0] >> 4 == 6 else b"\x08\x00"
+                    inner = (tap_mac or b"\xff" * 6) + INNER_MACS[:6] + etype + inner
                 try:
                     os.write(tun, inner)
                 except OSError:  # t0 not up yet, or not a packet of ours: dropped, as a link would

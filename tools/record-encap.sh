@@ -51,9 +51,9 @@ secure_chroot_dir=$SCRATCH/empty
 xferlog_enable=NO
 CONF
 
-# up MODE: the namespaces, the underlay and the overlay device (t0 or vx0)
+# up MODE [tap]: the namespaces, the underlay and the overlay device (t0 or vx0)
 up() {
-    local mode=$1 dev=t0
+    local mode=$1 tap=${2:-} dev=t0
     ip netns add $A; ip netns add $B
     ip link add ua netns $A address $MAC_A type veth peer name ub netns $B address $MAC_B
     for ns in $A $B; do
@@ -69,11 +69,17 @@ up() {
         ip -n $A link add vx0 type vxlan id 42 dstport 4789 local 192.0.2.1 remote 192.0.2.2 dev ua
         ip -n $B link add vx0 type vxlan id 42 dstport 4789 local 192.0.2.2 remote 192.0.2.1 dev ub
     else
-        ip netns exec $A python3 "$ROOT/tools/encap_tunnel.py" "$mode" ua t0 $MAC_A $MAC_B 192.0.2.1 192.0.2.2 2001:db8::1 2001:db8::2 \
-            > "$SCRATCH/ta.out" 2>&1 & PIDS+=($!)
-        ip netns exec $B python3 "$ROOT/tools/encap_tunnel.py" "$mode" ub t0 $MAC_B $MAC_A 192.0.2.2 192.0.2.1 2001:db8::2 2001:db8::1 \
-            > "$SCRATCH/tb.out" 2>&1 & PIDS+=($!)
+        ip netns exec $A python3 "$ROOT/tools/encap_tunnel.py" "$mode" ua t0 $MAC_A $MAC_B 192.0.2.1 192.0.2.2 \
+            2001:db8::1 2001:db8::2 $tap > "$SCRATCH/ta.out" 2>&1 & PIDS+=($!)
+        ip netns exec $B python3 "$ROOT/tools/encap_tunnel.py" "$mode" ub t0 $MAC_B $MAC_A 192.0.2.2 192.0.2.1 \
+            2001:db8::2 2001:db8::1 $tap > "$SCRATCH/tb.out" 2>&1 & PIDS+=($!)
         for i in $(seq 50); do grep -q ready "$SCRATCH/ta.out" && grep -q ready "$SCRATCH/tb.out" && break; sleep 0.1; done
+    fi
+    if [ -n "$tap" ]; then  # DHCPv6: link-local addresses from fixed MACs, the server's prefix on its side
+        ip -n $A link set t0 address 02:00:00:00:dc:0a up; ip -n $B link set t0 address 02:00:00:00:dc:0b up
+        ip -n $B addr add fd07::2/64 dev t0 nodad
+        sleep 2  # link-local addresses leave their tentative state
+        return
     fi
     ip -n $A link set $dev mtu 1400 up; ip -n $B link set $dev mtu 1400 up
     ip -n $A addr add 10.7.0.1/24 dev $dev; ip -n $B addr add 10.7.0.2/24 dev $dev
@@ -101,10 +107,33 @@ record() {
     down
     echo "recorded $dir/capture.pcap: $mode: $*"
 }
+# record_dhcpv6 NAME MODE: ISC dhclient -6 against dnsmasq over a TAP overlay (dhclient refuses a TUN device)
+record_dhcpv6() {
+    local name=$1 mode=$2
+    case " ${ONLY:-$name} " in *" $name "*) ;; *) return 0;; esac
+    local dir=$OUT/encap-$name
+    mkdir -p "$dir"
+    up "$mode" tap
+    ip netns exec $A tcpdump -Z root --immediate-mode -U -n -s 0 -i ua -w "$dir/capture.pcap" 2>"$SCRATCH/tcpdump.err" &
+    local tp=$!
+    for i in $(seq 50); do grep -q listening "$SCRATCH/tcpdump.err" && break; sleep 0.1; done
+    ip netns exec $B dnsmasq --no-daemon --port=0 --interface=t0 --bind-interfaces --no-resolv \
+        --dhcp-range=fd07::100,fd07::1ff,64,1h --dhcp-leasefile="$SCRATCH/leases" --pid-file="$SCRATCH/dnsmasq.pid" \
+        > "$SCRATCH/dnsmasq.log" 2>&1 & PIDS+=($!)
+    sleep 1
+    local dh=(dhclient -6 -v -sf /bin/true -lf "$SCRATCH/dhclient6.leases" -pf "$SCRATCH/dhclient6.pid")
+    ip netns exec $A timeout 10 "${dh[@]}" -1 t0 >/dev/null 2>&1 || true
+    ip netns exec $A timeout 10 "${dh[@]}" -r t0 >/dev/null 2>&1 || true
+    sleep 0.5
+    kill -INT $tp; wait $tp || true
+    down
+    echo "recorded $dir/capture.pcap: $mode: dhclient -6 / dnsmasq"
+}
 F4=ftp://10.7.0.2/file.bin F6="ftp://[fd07::2]/file.bin"
 record vlan       vlan    -- curl -sS --disable-epsv -o /dev/null $F4
 record qinq       qinq    -- curl -sS -g -P - -o /dev/null "$F6"
 record mpls       mpls    -- curl -sS -P - --disable-eprt -o /dev/null $F4
+record_dhcpv6 pppoe-dhcpv6 pppoe
 record pppoe      pppoe   -- sh -c "curl -sS -g -o /dev/null '$F6'; curl -sS --disable-epsv -o /dev/null $F4"
 record gre        gre     -- curl -sS -o /dev/null $F4
 record ipip       ipip    -- curl -sS -P - --disable-eprt -o /dev/null $F4
