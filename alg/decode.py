@@ -347,9 +347,15 @@ class _Peeler:
         return None
 
 
+_TUNNEL_PROTOS = frozenset((IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_GRE, IPPROTO_MPLS))
+_ETH_IP_TYPES = (b"\x08\x00", b"\x86\xdd")
+
+
 def decapsulate(pkt: Packet, peeler: _Peeler | None = None) -> Packet:
     """The innermost packet of a tunnel (IP-in-IP, GRE, VXLAN...); `pkt` itself
     when it is none. A fragment is returned as it is: reassemble, then call again."""
+    if pkt.proto not in _TUNNEL_PROTOS and (pkt.proto != UDP or pkt.dport != VXLAN_PORT):
+        return pkt  # the common case, kept cheap
     peeler = peeler or _Peeler()
     while pkt.frag is None:
         inner = peeler.inner(pkt)
@@ -364,6 +370,8 @@ def decode_frame(linktype: int, frame: bytes) -> Packet:
 
     Raises NotDecoded when it carries no IP (its `kind` says what), DecodeError
     when a header is broken. A fragment comes back as it is (see `decapsulate`)."""
+    if linktype == LINKTYPE_ETHERNET and frame[12:14] in _ETH_IP_TYPES:  # most frames: no peeler needed
+        return decapsulate(decode_ip(frame[14:]))
     peeler = _Peeler()
     return decapsulate(decode_ip(peeler.link(linktype, frame)), peeler)
 
