@@ -311,7 +311,8 @@ class Engine:
             assert isinstance(outcome, Parsed)
             if outcome.consumed <= 0 or outcome.consumed > len(stream.buf):
                 raise RuntimeError(f"helper consumed {outcome.consumed} of {len(stream.buf)} bytes")
-            message, stream.buf = stream.buf[: outcome.consumed], stream.buf[outcome.consumed :]
+            message = stream.buf[: outcome.consumed] if self.explained is not None else b""
+            stream.buf = stream.buf[outcome.consumed :]
             decisions += self._apply(flow, outcome.actions, now, frame, direction, message)
         return decisions
 
