@@ -8,6 +8,7 @@ made it, with what software, how), `expected.jsonl` (the golden output of
     policy = "policy.toml"     # a policy file next to the case
     related_min = 2            # follow-up flows in the capture that must be
                                # matched by an expectation (RELATED)
+    not_decoded = {}           # frames not decoded, by kind, exactly (encapsulation cases)
     [stats]                    # counters that must be reached, e.g.
     "sip.notices.hostname-in-sdp" = 1
 
@@ -52,3 +53,5 @@ def test_pcap_case(case: Path) -> None:
     for key, minimum in run.conf.get("stats", {}).items():
         assert _dig(run.stats, key) >= minimum, key
     assert run.result.undecodable == 0 or run.conf.get("undecodable_ok")
+    if "not_decoded" in run.conf:
+        assert dict(run.result.not_decoded) == run.conf["not_decoded"]

@@ -348,3 +348,14 @@ def test_a_helpers_invalid_request_is_explained_as_refused():
     eng.process(decode_ip(bytes(udp(C4, S4, 40000, 7777, b"x"))), 0.0, 1)
     [x] = eng.take_explanations()
     assert (x.decision, x.reason, x.knob) == ("refused", "invalid", "none: a helper bug")
+
+
+def test_a_public_pptp_capture_is_peeled_to_its_dns_packets():
+    from pathlib import Path
+
+    from alg.pcap import read_frames
+
+    path = Path(__file__).parent / "pcaps/encap-zeek_tunnels-gre-pptp/capture.pcap"
+    inner = [decode_frame(f.linktype, f.data) for f in read_frames(str(path))]
+    assert [(str(ipaddress.ip_address(p.src)), p.sport, str(ipaddress.ip_address(p.dst)), p.dport) for p in inner] == [
+        ("172.16.44.3", 40768, "8.8.8.8", 53), ("8.8.8.8", 53, "172.16.44.3", 40768)]
