@@ -243,12 +243,21 @@ class Engine:
             flow.failed = True
             h.stats.parse_errors += 1
             self.warn(logging.INFO, f"violation-{h.policy.name}", "%s: %s: %s", h.policy.name, flow.tuple, exc)
+            self._stopped(h, flow, direction, frame, "protocol-violation", str(exc))
         except Exception as exc:  # a helper bug must not cost the packet its verdict
             flow.failed = True
             h.stats.internal_errors += 1
             self.warn(logging.ERROR, f"bug-{h.policy.name}", "%s: helper raised %s on %s: %s",
                       h.policy.name, type(exc).__name__, flow.tuple, exc)
+            self._stopped(h, flow, direction, frame, "helper-error", f"{type(exc).__name__}: {exc}")
         return []
+
+    def _stopped(self, h: HelperSlot, flow: Flow, direction: Direction, frame: int | None, reason: str,
+                 detail: str) -> None:
+        """Explain why a flow is no longer inspected (nothing it says later opens anything)."""
+        if self.explained is not None:
+            self.explained.append(Explanation(frame, h.policy.name, flow.tuple, direction, "", detail[:200],
+                                              "flow no longer inspected", reason))
 
     def sweep(self, now: float) -> list[Expectation]:
         """Forget idle flows and timed-out expectations (at most once a second)."""

@@ -359,3 +359,14 @@ def test_a_public_pptp_capture_is_peeled_to_its_dns_packets():
     inner = [decode_frame(f.linktype, f.data) for f in read_frames(str(path))]
     assert [(str(ipaddress.ip_address(p.src)), p.sport, str(ipaddress.ip_address(p.dst)), p.dport) for p in inner] == [
         ("172.16.44.3", 40768, "8.8.8.8", 53), ("8.8.8.8", 53, "172.16.44.3", 40768)]
+
+
+@pytest.mark.parametrize("dport, data, detail", [
+    (21, b"GET / HTTP/1.1\r\n", "an HTTP request on the FTP control port (NAT Slipstreaming?)"),
+    # a capture that starts mid-stream, inside a SIP message's body
+    (5060, b"a=rtpmap:0 PCMU/8000\r\n\r\n", "stream does not carry SIP here"),
+])
+def test_a_flow_given_up_is_explained(tmp_path, capsys, dport, data, detail):
+    [r] = explain(tmp_path, capsys, [IP(src=C4, dst=S4) / TCP(sport=40000, dport=dport, flags="PA", seq=7) / Raw(data)])
+    assert (r["decision"], r["reason"], r["frame"]) == ("flow no longer inspected", "protocol-violation", 1)
+    assert r["found"].startswith(detail)
