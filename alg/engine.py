@@ -63,7 +63,7 @@ class Explanation:
     direction: Direction
     message: str  # the message's first line for text protocols, '' for binary ones
     found: str  # the expected flow asked for, or the notice's detail
-    decision: str  # expected | refused | ignored | withdrawn
+    decision: str  # expected | refused | ignored | withdrawn | flow no longer inspected (replay: not inspected)
     reason: str = ""  # the refusal's or the notice's code; evictions for an expectation
     knob: str = ""  # the policy setting that decides it
 
