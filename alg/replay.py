@@ -34,7 +34,7 @@ class ReplayResult:
     found: int = 0  # expectations derived so far
     warnings: list[str] = field(default_factory=list)
     not_decoded: Counter = field(default_factory=Counter)  # frames without IP we read, by kind
-    # (helper, proto name, port): packets that look like a helper's protocol on a port its policy does not list
+    # (helper, proto name, port): flows that look like a helper's protocol on a port its policy does not list
     port_hints: Counter = field(default_factory=Counter)
 
 
