@@ -34,7 +34,7 @@ def resolve_policy(host: PluginHost, paths: Sequence[str] | None, *, only_listed
 
 
 def cmd_replay(args: argparse.Namespace, host: PluginHost) -> int:
-    from .replay import Progress, ReplayResult, replay_found, row
+    from .replay import Progress, ReplayResult, replay_found, row, summary
 
     policy = resolve_policy(host, args.policy, only_listed=False)
     helpers = [h for h in policy.helpers.values() if not args.helper or h.name in args.helper]
@@ -47,11 +47,19 @@ def cmd_replay(args: argparse.Namespace, host: PluginHost) -> int:
     progress = Progress(sys.stderr if sys.stderr.isatty() else None)
     result = ReplayResult()
     out = sys.stdout
+
+    def explain(path: str, x) -> None:
+        out.write((json.dumps(x.to_json() | {"file": path}, sort_keys=True) if args.format == "json"
+                   else x.to_text()) + "\n")
+
     try:
         # each expectation is printed as it is found: an interrupted replay keeps what it found
         for path, e in replay_found(engine, args.pcap, result, progress,
-                                    warn=lambda msg: print(f"alg replay: warning: {msg}", file=sys.stderr)):
-            out.write(row(e, args.format, path) + "\n")
+                                    warn=lambda msg: print(f"alg replay: warning: {msg}", file=sys.stderr),
+                                    explain=explain if args.explain else None):
+            result.expectations.append(e)
+            if not args.explain:
+                out.write(row(e, args.format, path) + "\n")
             out.flush()
             for ev in engine.take_events():
                 host.hook.alg_expectation_event(event=ev)
@@ -61,10 +69,17 @@ def cmd_replay(args: argparse.Namespace, host: PluginHost) -> int:
         return EXIT_FAILURE
     for ev in engine.take_events():
         host.hook.alg_expectation_event(event=ev)
+    stats = engine.stats()
+    out.flush()  # explanations before the summary, on one terminal
     if args.stats:
         json.dump({"frames": result.frames, "undecodable": result.undecodable, "not_ip": result.not_ip,
-                   "related_flows": result.related_flows, **engine.stats()}, sys.stderr, indent=1)
+                   "not_decoded": dict(result.not_decoded), "related_flows": result.related_flows,
+                   "port_hints": [{"helper": h, "proto": p, "port": port, "flows": n}
+                                  for (h, p, port), n in sorted(result.port_hints.items())], **stats},
+                  sys.stderr, indent=1)
         sys.stderr.write("\n")
+    if args.summary or (args.summary is None and sys.stderr.isatty()):
+        sys.stderr.write(summary(result, stats))
     return EXIT_OK
 
 
@@ -152,11 +167,20 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
                     "and expectations carry over from one file to the next (rotated captures of one session, "
                     "e.g. tcpdump -C/-G); frame numbers restart with each file, and JSON rows name it (`file`).")
     r.add_argument("pcap", nargs="+", metavar="PCAP", help="capture files (pcap, pcapng; Ethernet, Linux cooked, "
-                   "raw IP, loopback or NFLOG link types)")
+                   "raw IP, loopback, PPP or NFLOG link types; VLAN tags, PPPoE, MPLS, GRE, ERSPAN, IP-in-IP and "
+                   "VXLAN are peeled off)")
     r.add_argument("--format", choices=("text", "json"), default="text")
     r.add_argument("--helper", action="append", metavar="NAME", help="only this helper (repeatable)")
     r.add_argument("--policy", action="append", metavar="FILE|DIR", help="policy overrides (repeatable)")
     r.add_argument("--stats", action="store_true", help="counters as JSON on stderr")
+    r.add_argument("--explain", action="store_true",
+                   help="instead of the expectations, one line (or JSON object) per control message a helper acted "
+                        "on: what it found, what was decided (expected, refused and why, ignored) and the policy "
+                        "setting that decides it")
+    r.add_argument("--summary", action=argparse.BooleanOptionalAction, default=None,
+                   help="a summary for a person on stderr at the end: flows and expectations per helper, refusals "
+                        "by reason, frames not decoded, the helpers' protocols on ports the policy does not list "
+                        "(default: when stderr is a terminal)")
     r.set_defaults(func=cmd_replay)
 
     h = sub.add_parser("helpers", help="list loaded helpers and their policies")

@@ -22,8 +22,8 @@ from .errors import ProtocolViolation
 from .expect import Admission, Expectation, ExpectationTable, Refusal
 from .flows import BOUNDARY, KNOWN, Flow, FlowRecord, FlowTable, KernelView, RecordFlag, packet_key, packet_tuple
 from .metrics import counter, gauge, to_json
-from .model import (NEED_DATA, TCP, Direction, Expect, FlowTuple, Helper, Notice, Parsed, Segment, Unexpect,
-                    invalid_expect)
+from .model import (NEED_DATA, PROTO_NAMES, TCP, Direction, Expect, FlowTuple, Helper, Notice, Parsed, Segment,
+                    Unexpect, invalid_expect)
 from .policy import CorePolicy, HelperPolicy
 
 log = logging.getLogger("alg.engine")
@@ -48,6 +48,61 @@ class Remember:
 
 
 Decision = Create | Delete | Remember
+
+# The setting that decides each engine refusal, named in explanations.
+REFUSAL_KNOBS: dict[str, str] = {
+    Refusal.BUDGET: "core.expect_budget",
+    Refusal.HELPER_SHARE: "core.helper_share",
+    Refusal.SOURCE_SHARE: "core.source_share",
+    Refusal.PER_MESSAGE: "classes.<class>.expect_max, core.expect_per_message",
+    Refusal.CLASH: "none: the kernel lets one master expect a tuple (EBUSY)",
+    Refusal.KERNEL_FULL: "sysctl net.netfilter.nf_conntrack_expect_max",
+    Refusal.INVALID: "none: a helper bug",
+}
+HEADLINE_MAX = 100  # characters of a message's first line shown in an explanation
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Why a control message did or did not open a pinhole: one per helper
+    action, collected in `Engine.explained` when that is a list (replay's
+    `--explain`; the daemon may drain it with `take_explanations` and log it)."""
+
+    frame: int | None
+    helper: str
+    flow: FlowTuple  # the master, original direction
+    direction: Direction
+    message: str  # the message's first line for text protocols, '' for binary ones
+    found: str  # the expected flow asked for, or the notice's detail
+    decision: str  # expected | refused | ignored | withdrawn | flow no longer inspected (replay: not inspected)
+    reason: str = ""  # the refusal's or the notice's code; evictions for an expectation
+    knob: str = ""  # the policy setting that decides it
+
+    def to_json(self) -> dict[str, Any]:
+        return {"frame": self.frame, "helper": self.helper, "master": str(self.flow),
+                "direction": self.direction.name.lower(), "message": self.message, "found": self.found,
+                "decision": self.decision, "reason": self.reason, "knob": self.knob}
+
+    def to_text(self) -> str:
+        why = f" ({self.reason})" if self.reason else ""
+        knob = f" [{self.knob}]" if self.knob else ""
+        msg = f" {self.message!r}" if self.message else ""
+        return (f"frame {self.frame} {self.helper} {self.flow} {self.direction.name.lower()}{msg}: "
+                f"{self.found or '-'} => {self.decision}{why}{knob}")
+
+
+def _endpoint(addr: Any, port: int | None, prefix: int | None = None) -> str:
+    """'10.0.0.1:21', '[fd00::1]:21', '*:*', 'fe80::1/64:*' for an explanation."""
+    text = "*" if addr is None else str(addr) + (f"/{prefix}" if prefix is not None else "")
+    if addr is not None and addr.version == 6:
+        text = f"[{text}]"
+    return f"{text}:{'*' if port is None else port}"
+
+
+def headline(data: bytes) -> str:
+    """A text message's first line (a command, a request or status line), else ''."""
+    line = data[:HEADLINE_MAX].split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
+    return line if line.isascii() and line.isprintable() else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +205,7 @@ class Engine:
         self.related_flows = 0
         self._swept = 0.0
         self.events: list[ExpectationEvent] = []
+        self.explained: list[Explanation] | None = None  # a list: record why (see Explanation)
         self.warn = RateLimitedLog(log, self.core.log_interval)
         # Whether the kernel still holds an expectation, asked before refusing a clash
         # (the daemon sets it): an expectation used by its flow leaves the kernel at
@@ -242,16 +298,18 @@ class Engine:
             if not isinstance(outcome, Parsed):
                 return []
             flow.record = replace(flow.record, flags=flow.record.flags | KNOWN[direction])
-            return self._apply(flow, outcome.actions, now, frame, _sender(flow, direction))
+            return self._apply(flow, outcome.actions, now, frame, direction, pkt.payload)
         except ProtocolViolation as exc:
             self._give_up(flow)
             h.stats.parse_errors += 1
             self.warn(logging.INFO, f"violation-{h.policy.name}", "%s: %s: %s", h.policy.name, flow.tuple, exc)
+            self._stopped(h, flow, direction, frame, "protocol-violation", str(exc))
         except Exception as exc:  # a helper bug must not cost the packet its verdict
             self._give_up(flow)
             h.stats.internal_errors += 1
             self.warn(logging.ERROR, f"bug-{h.policy.name}", "%s: helper raised %s on %s: %s",
                       h.policy.name, type(exc).__name__, flow.tuple, exc)
+            self._stopped(h, flow, direction, frame, "helper-error", f"{type(exc).__name__}: {exc}")
         return []
 
     def _feed(self, flow: Flow, direction: Direction, stream, pkt: Packet, now: float, frame) -> list[Decision]:
@@ -342,6 +400,13 @@ class Engine:
         self.flows.add(view.key, flow, slot.policy.max_flows, both_ways=False)
         return flow, view.direction
 
+    def _stopped(self, h: HelperSlot, flow: Flow, direction: Direction, frame: int | None, reason: str,
+                 detail: str) -> None:
+        """Explain why a flow is no longer inspected (nothing it says later opens anything)."""
+        if self.explained is not None:
+            self.explained.append(Explanation(frame, h.policy.name, flow.tuple, direction, "", detail[:200],
+                                              "flow no longer inspected", reason))
+
     def sweep(self, now: float) -> list[Expectation]:
         """Forget idle flows and timed-out expectations (at most once a second)."""
         self._swept = now
@@ -404,26 +469,33 @@ class Engine:
             assert isinstance(outcome, Parsed)
             if outcome.consumed <= 0 or outcome.consumed > len(stream.buf):
                 raise RuntimeError(f"helper consumed {outcome.consumed} of {len(stream.buf)} bytes")
+            message = stream.buf[: outcome.consumed] if self.explained is not None else b""
             stream.buf = stream.buf[outcome.consumed :]
             flow.record = replace(flow.record, flags=flow.record.flags | KNOWN[direction])
-            decisions += self._apply(flow, outcome.actions, now, frame, _sender(flow, direction))
+            decisions += self._apply(flow, outcome.actions, now, frame, direction, message)
         return decisions
 
     # ------------------------------------------------------------ actions
     def _apply(self, flow: Flow, actions: Iterable, now: float, frame: int | None,
-               sender: Any = None) -> list[Decision]:
+               direction: Direction = Direction.ORIGINAL, message: bytes = b"") -> list[Decision]:
         """The actions of one message. It may ask for at most ExpectMax of a class and
         `expect_per_message` in all: the rest is refused (counted), never admitted and
         evicted again by the same message (one INVITE asking 4,096 ports made 8,000
         ctnetlink operations)."""
+        sender = _sender(flow, direction)
         h: HelperSlot = flow.helper
         out: list[Decision] = []
         asked: Counter = Counter()
         for a in actions:
+            seen = len(self.events)
             if isinstance(a, Expect):
                 cap = h.max_expected.get(a.cls)
                 if cap is not None and (asked[a.cls] >= cap or asked.total() >= self.core.expect_per_message):
                     h.stats.classes[a.cls].refused[Refusal.PER_MESSAGE.value] += 1
+                    self.events.append(ExpectationEvent("refused", _expectation(h, flow, a, now, frame, sender),
+                                                        Refusal.PER_MESSAGE.value))
+                    if self.explained is not None:
+                        self.explained.append(self._explain(h, flow, a, frame, direction, message, self.events[-1:]))
                     continue
                 asked[a.cls] += 1
                 out += self._expect(h, flow, a, now, frame, sender)
@@ -435,7 +507,34 @@ class Engine:
                     out.append(Delete(e, "removed"))
             elif isinstance(a, Notice):
                 h.stats.notices[a.code] += 1
+            if self.explained is not None and (self.events[seen:] or not isinstance(a, Unexpect)):
+                self.explained.append(self._explain(h, flow, a, frame, direction, message, self.events[seen:]))
         return out
+
+    def _explain(self, h: HelperSlot, flow: Flow, a: Any, frame: int | None, direction: Direction,
+                 message: bytes, events: list[ExpectationEvent]) -> Explanation:
+        """What became of one action, from the events it caused."""
+        def say(found: str, decision: str, reason: str = "", knob: str = "") -> Explanation:
+            return Explanation(frame, h.policy.name, flow.tuple, direction, headline(message), found, decision,
+                               reason, knob)
+
+        if isinstance(a, Notice):
+            return say(a.detail, "ignored", a.code, h.helper.spec.knobs.get(a.code, ""))
+        if isinstance(a, Unexpect):
+            return say(f"class {a.cls or 'any'} tag {a.tag or 'any'}", "withdrawn", f"{len(events)} removed")
+        found = (f"{a.cls} {PROTO_NAMES.get(a.proto, a.proto)} {_endpoint(a.src, a.sport, a.src_prefix)} -> "
+                 f"{_endpoint(a.dst, a.dport)}")
+        kinds = {ev.kind: ev for ev in events}
+        if "refused" in kinds:
+            why = kinds["refused"].reason
+            return say(found, "refused", why, REFUSAL_KNOBS.get(why, ""))
+        if "created" not in kinds:
+            return say(found, "refused", Refusal.INVALID.value, REFUSAL_KNOBS[Refusal.INVALID])
+        evicted = sum(ev.kind == "evicted" for ev in events)
+        if evicted:  # the kernel's way with ExpectMax: the oldest goes
+            return say(found, "expected", f"evicted {evicted} older (ExpectMax {h.max_expected[a.cls]})",
+                       f"classes.{a.cls}.expect_max")
+        return say(found, "expected")
 
     def _expect(self, h: HelperSlot, flow: Flow, a: Expect, now: float, frame, sender=None) -> list[Decision]:
         pol = h.policy
@@ -450,10 +549,7 @@ class Engine:
             self.warn(logging.ERROR, f"invalid-{pol.name}", "%s: invalid expectation request %r: %s", pol.name, a,
                       invalid)
             return []
-        ec = pol.expect_class(a.cls)
-        e = Expectation(pol.name, a.cls, pol.class_id(a.cls), l3, a.proto, a.src, a.dst, a.sport, a.dport,
-                        flow.tuple, ec.timeout, a.flags, frame, now, a.tag, a.src_prefix, a.assign_helper,
-                        kernel_master=flow.kernel, source=sender)
+        e = _expectation(h, flow, a, now, frame, sender)
         held = self.table.get(e.key)
         if held is not None and held.master != e.master and self.kernel_holds is not None \
                 and not self.kernel_holds(held):
@@ -525,6 +621,19 @@ class Engine:
         if full:
             self.refused(e, Refusal.KERNEL_FULL, errno_name)
 
+    def take_explanations(self) -> list[Explanation]:
+        """What `explained` gathered since the last call (live: log at debug level)."""
+        if self.explained is None:
+            return []
+        explained, self.explained = self.explained, []
+        return explained
+
+    def log_explanations(self) -> None:
+        """The daemon's debug log of why (call after `process` with `explained` set
+        to a list when debug logging is on): rate-limited per helper and reason."""
+        for x in self.take_explanations():
+            self.warn(logging.DEBUG, f"explain-{x.helper}-{x.decision}-{x.reason}", "%s", x.to_text())
+
     def take_events(self) -> list[ExpectationEvent]:
         events, self.events = self.events, []
         return events
@@ -542,6 +651,13 @@ REFUSED_SOURCES_MAX = 64  # source addresses named in the refusal counters (spoo
 
 def _share(budget: int, fraction: float) -> int:
     return max(1, int(budget * fraction))
+
+
+def _expectation(h: HelperSlot, flow: Flow, a: Expect, now: float, frame: int | None, sender: Any) -> Expectation:
+    pol = h.policy
+    return Expectation(pol.name, a.cls, pol.class_id(a.cls), flow.tuple.l3, a.proto, a.src, a.dst, a.sport, a.dport,
+                       flow.tuple, pol.expect_class(a.cls).timeout, a.flags, frame, now, a.tag, a.src_prefix,
+                       a.assign_helper, kernel_master=flow.kernel, source=sender)
 
 
 def _sender(flow: Flow, direction: Direction) -> Any:

@@ -263,6 +263,9 @@ class HelperSpec:
     # other plugins are installed. A plugin declaring one that another helper
     # already uses is refused at load.
     queue: int | None = None
+    # Notice code -> the policy setting that decides it ("options.loose"),
+    # named by `alg replay --explain` next to each refusal
+    knobs: Mapping[str, str] = field(default_factory=dict)
 
     def class_id(self, name: str) -> int:
         for i, c in enumerate(self.classes):
@@ -290,6 +293,13 @@ class Helper:
 
     def inspect(self, segment: Segment, state: Any) -> Outcome:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @staticmethod
+    def looks_like(payload: bytes) -> bool:
+        """A cheap guess that `payload` (a flow's first) is this helper's protocol,
+        for traffic on ports the policy does not list (`alg replay` names them
+        in its summary). Never used to decide anything; the default: no guess."""
+        return False
 
     def resync(self, segment: Segment, state: Any) -> Resync:
         """TCP only: bytes were lost before `segment.data` (a hole skipped by the core).

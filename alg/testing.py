@@ -168,4 +168,7 @@ def check_case(case: Path, host: PluginHost | None = None, regen: bool = False) 
         assert _dig(run.stats, key) >= minimum, f"{case.name}: counter {key} below {minimum}"
     assert run.result.undecodable == 0 or run.conf.get("undecodable_ok"), \
         f"{case.name}: {run.result.undecodable} undecodable frames (undecodable_ok = true in case.toml if expected)"
+    if "not_decoded" in run.conf:  # frames whose link layers replay could not peel, by kind
+        assert dict(run.result.not_decoded) == run.conf["not_decoded"], \
+            f"{case.name}: frames not decoded {dict(run.result.not_decoded)}, case.toml wants {run.conf['not_decoded']}"
     return run

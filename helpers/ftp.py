@@ -93,6 +93,9 @@ class FtpState:
         self.scanned = [0, 0]  # bytes of the unfinished line already searched for its end
 
 
+_FIRST_COMMANDS = (b"USER ", b"AUTH TLS", b"AUTH SSL", b"FEAT\r\n")  # what clients send first (RFC 959, 4217, 2389)
+
+
 class FtpHelper(alg.Helper):
     spec = HelperSpec(
         name="ftp",
@@ -103,7 +106,15 @@ class FtpHelper(alg.Helper):
         priv_data_len=24,  # conntrackd's ftp helper uses 24; lets alg take over an `nfct add`-ed helper
         max_buffer=8192,
         resync=alg.RESYNC_LINE,
+        knobs={"address-mismatch": "options.loose"},
     )
+
+    @staticmethod
+    def looks_like(payload: bytes) -> bool:
+        """A client's first command or a server greeting that names FTP."""
+        head = payload[:80]
+        return head.startswith(_FIRST_COMMANDS) or (head.startswith((b"220 ", b"220-"))
+                                                    and b"FTP" in head.split(b"\n", 1)[0].upper())
 
     def new_state(self) -> FtpState:
         return FtpState()

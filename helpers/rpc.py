@@ -149,6 +149,9 @@ class RpcState:
         self.frag_start = [0, 0]
 
 
+_PORTMAPPER_CALL = struct.pack("!III", 0, 2, 100000)  # msg_type CALL, rpcvers 2, PMAP_PROG
+
+
 class RpcHelper(alg.Helper):
     spec = HelperSpec(
         name="rpc",
@@ -165,7 +168,15 @@ class RpcHelper(alg.Helper):
         },
         priv_data_len=16,  # conntrackd's struct rpc_info; lets alg take over an `nfct add`-ed helper
         max_buffer=16384,
+        knobs={"address-mismatch": "options.loose, options.allowed_networks", "pending-full": "options.max_pending",
+               "call-expired": "options.call_timeout"},
     )
+
+    @staticmethod
+    def looks_like(payload: bytes) -> bool:
+        """A call to the portmapper (RFC 5531 9: msg_type CALL, rpcvers 2, program
+        100000), over UDP or after a TCP record mark."""
+        return any(payload[off + 4:off + 16] == _PORTMAPPER_CALL for off in (0, 4))
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         super().__init__(options)

@@ -138,7 +138,14 @@ class SsdpHelper(alg.Helper):
         max_buffer=16384,
         expected_only=(TCP,),  # the LOCATION fetch and the callbacks: only what our expectations admitted
         doc="M-SEARCH -> udp *:* -> client:sport; LOCATION -> tcp client -> responder; CALLBACK -> tcp device -> cb",
+        knobs={"location-not-sender": "none: a responder names its own address (UPnP 1.1 1.3.3)",
+               "callback-not-sender": "none: a subscriber names its own address"},
     )
+
+    @staticmethod
+    def looks_like(payload: bytes) -> bool:
+        """An SSDP search or announcement (UPnP Device Architecture 1.1 section 1)."""
+        return payload.startswith((b"M-SEARCH * HTTP/1.1", b"NOTIFY * HTTP/1.1"))
 
     def new_state(self) -> SsdpState:
         return SsdpState()

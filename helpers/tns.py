@@ -98,7 +98,13 @@ class TnsHelper(alg.Helper):
         },
         priv_data_len=1,  # conntrackd's struct tns_info
         max_buffer=16384,
+        knobs={"address-mismatch": "options.loose, options.allowed_networks"},
     )
+
+    @staticmethod
+    def looks_like(payload: bytes) -> bool:
+        """A TNS CONNECT packet (type 1) with a connect descriptor."""
+        return len(payload) > 8 and payload[4] == 1 and b"(description=" in payload[:4096].lower()
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         super().__init__(options)

@@ -516,7 +516,7 @@ def test_progress_only_when_stderr_is_a_terminal(tmp_path):
     import pty
     cap = tmp_path / "long.pcap"
     long_capture(cap, 10001)
-    argv = [sys.executable, "-m", "alg", "replay", str(cap)]
+    argv = [sys.executable, "-m", "alg", "replay", "--no-summary", str(cap)]  # summary: own test
     master, slave = pty.openpty()
     try:
         r = subprocess.run(argv, stderr=slave, stdout=subprocess.PIPE, timeout=60)

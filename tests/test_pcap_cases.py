@@ -8,6 +8,7 @@ made it, with what software, how), `expected.jsonl` (the golden output of
     policy = "policy.toml"     # a policy file next to the case
     related_min = 2            # follow-up flows in the capture that must be
                                # matched by an expectation (RELATED)
+    not_decoded = {}           # frames not decoded, by kind, exactly (encapsulation cases)
     [stats]                    # counters that must be reached, e.g.
     "sip.notices.hostname-in-sdp" = 1
 

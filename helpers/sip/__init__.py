@@ -206,6 +206,11 @@ def _key_size(key: tuple) -> int:
     return sys.getsizeof(key) + sum(sys.getsizeof(k) for k in key)
 
 
+def _named(conn: sdp.Connection | None, seg: alg.Segment) -> str:
+    """A notice's detail: the media address an SDP named, and who sent it."""
+    return f"{'no address' if conn is None else conn.addr or 'a hostname'} in SDP from {seg.sender}"
+
+
 class SipHelper(alg.Helper):
     spec = HelperSpec(
         name="sip",
@@ -228,7 +233,21 @@ class SipHelper(alg.Helper):
                                         min=0, max=1024),
         },
         max_buffer=65536,
+        knobs={
+            "media-address-mismatch": "options.direct_media",
+            "external-media-unsupported": "options.external_media",
+            "low-port": "options.min_media_port",
+            "contact-not-sender": "none: a phone registers its own address (RFC 3261 10.2.1)",
+            "port-count-capped": f"none: at most {MAX_STREAMS} streams per m= line",
+            "unmatched-response": "options.max_transactions",
+        },
     )
+
+    @staticmethod
+    def looks_like(payload: bytes) -> bool:
+        """A SIP request or status line (RFC 3261 7.1, 7.2)."""
+        line = payload[:200].split(b"\n", 1)[0].rstrip(b"\r")
+        return line.startswith(b"SIP/2.0 ") or (line.endswith(b" SIP/2.0") and b" sip" in line.lower())
 
     def new_state(self) -> SipState:
         return SipState()
@@ -422,9 +441,9 @@ class SipHelper(alg.Helper):
         conn = media.connection or session.connection
         addr, why = self._media_addr(conn, seg)
         if addr is None:
-            return ([Notice(why)] if why else []), room, 0
+            return ([Notice(why, _named(conn, seg))] if why else []), room, 0
         assert conn is not None  # it gave the address
-        out: list = [Notice(why)] if why else []
+        out: list = [Notice(why, _named(conn, seg))] if why else []
         count = media.count
         if count > MAX_STREAMS:
             out.append(Notice("port-count-capped", str(count)))
@@ -440,7 +459,7 @@ class SipHelper(alg.Helper):
                     raddr, rwhy = self._media_addr(media.rtcp_connection, seg)
                 if raddr is None:
                     del ports[1]
-                    out += [Notice(rwhy)] if rwhy else []
+                    out += [Notice(rwhy, _named(media.rtcp_connection, seg))] if rwhy else []
                 else:
                     ports[1] = (media.rtcp_port, raddr, (media.rtcp_where or media.where,))
         else:
