@@ -372,3 +372,15 @@ def test_a_flow_an_expectation_created_is_read_from_its_first_packet(tmp_path):
     assert len(c.send(True, b"227 Entering Passive Mode (10,0,2,2,195,80).\r\n")) == 1
     assert d.engine.stats()["helpers"]["ftp"]["midstream"] == 0
     assert k.conntracks[cid].info == bytes(k.priv_len)  # no record written for it: the kernel keeps none
+
+
+def test_at_debug_level_the_daemon_logs_why(tmp_path, caplog):
+    import logging
+    caplog.set_level(logging.DEBUG, logger="alg")
+    k = FakeKernel()
+    d = daemon(tmp_path, k)
+    c = Tcp(k, d, 7, "ftp", 21)
+    c.send(True, b"220 ready\r\n")
+    c.send(True, b"227 Entering Passive Mode (10,0,3,3,195,80).\r\n")  # a third host
+    d.step(0)
+    assert any("=> ignored (address-mismatch) [options.loose]" in r.getMessage() for r in caplog.records)

@@ -118,6 +118,8 @@ class Daemon:
         self.warn = RateLimitedLog(log, self.policy.core.log_interval)
         self.sink = KernelSink(self.kernel.ct, self.engine, self.stats, self.warn, self.kernel.is_full)
         self.engine.kernel_holds = self.sink.holds
+        if logging.getLogger("alg.engine").isEnabledFor(logging.DEBUG):
+            self.engine.explained = []  # why each control message did or did not open a pinhole, logged
         self.reconciler: Reconciler | None = None
         self.workers: dict[int, QueueWorker] = {}  # by queue number
         self.registered: list[tuple[str, int, int]] = []  # (name, l3, l4proto)
@@ -280,6 +282,7 @@ class Daemon:
         for fd in ready:
             self._guarded(readers[fd])
         self._guarded(self.sink.run_due)
+        self.engine.log_explanations()
         self._observe()
         if self.policy.core.metrics_file and time.monotonic() >= self._metrics_due:
             self._metrics_due = time.monotonic() + METRICS_INTERVAL
