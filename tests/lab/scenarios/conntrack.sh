@@ -24,6 +24,13 @@ cleanup() {
     wait 2>/dev/null
     lab_fw "$ALG" cleanup >/dev/null 2>&1
     lab_net_down
+    # cleanup leaves a helper disabled while CT rules hold it; with the rules gone, delete it
+    # (as the kernel lets go of them when it gets round to it) for the next scenario
+    for _ in $(seq 50); do
+        for f in inet inet6; do nfct del helper ftp "$f" tcp 2>/dev/null; done
+        nfct list helper 2>/dev/null | grep -q "name = ftp," || break
+        sleep 0.2
+    done
 }
 trap cleanup EXIT
 echo "alg lab payload" >"$RUN/root/hello.txt"
