@@ -52,13 +52,16 @@ GAP_SEGMENTS = 16  # segments parked behind a hole before it is skipped
 GAP_SECONDS = 20.0  # age of a hole (with data parked behind it) before it is skipped
 
 
+_NO_SEGMENTS: dict[int, bytes] = {}  # shared by every stream with nothing parked (never written to)
+
+
 class TcpStream:
     __slots__ = ("next_seq", "buf", "ooo", "ooo_bytes", "limit", "hole_since", "gaps", "resync", "abandoned")
 
     def __init__(self, limit: int):
         self.next_seq: int | None = None
         self.buf = b""
-        self.ooo: dict[int, bytes] = {}
+        self.ooo: dict[int, bytes] = _NO_SEGMENTS  # one of its own once a segment is parked
         self.ooo_bytes = 0
         self.limit = limit
         self.hole_since: float | None = None  # when the first segment was parked behind the current hole
@@ -69,7 +72,7 @@ class TcpStream:
     def abandon(self) -> None:
         """Stop inspecting this direction (after a gap the helper cannot cross)."""
         self.abandoned, self.resync = True, False
-        self.buf, self.ooo, self.ooo_bytes = b"", {}, 0
+        self.buf, self.ooo, self.ooo_bytes = b"", _NO_SEGMENTS, 0
 
     def feed(self, seq: int, flags: int, payload: bytes, now: float | None = None) -> bool:
         """Take a segment; True when new in-order bytes were appended (then
@@ -95,6 +98,8 @@ class TcpStream:
             payload, seq = payload[behind:], self.next_seq
             ahead = 0
         if ahead:
+            if self.ooo is _NO_SEGMENTS:
+                self.ooo = {}
             if seq not in self.ooo or len(self.ooo[seq]) < len(payload):
                 self.ooo_bytes += len(payload) - len(self.ooo.get(seq, b""))
                 self.ooo[seq] = payload
@@ -228,7 +233,7 @@ class Flow:
     """One master flow as alg sees it."""
 
     __slots__ = ("tuple", "helper", "state", "streams", "failed", "last_seen", "related_to", "kernel",
-                 "record", "expected")
+                 "record", "expected", "cost", "state_cost", "packets")
 
     def __init__(self, tup: FlowTuple, helper: Any, state: Any, max_buffer: int, now: float):
         self.tuple = tup
@@ -241,6 +246,13 @@ class Flow:
         self.kernel: FlowTuple | None = None  # live: the conntrack's original tuple (the master's name)
         self.record = FlowRecord()  # live: what the conntrack keeps for it
         self.expected = False  # created by an expectation (live: the conntrack has a master)
+        self.cost = 0  # bytes charged to the memory budget
+        self.state_cost = 0  # of which the helper's state, as last measured
+        self.packets = 0
+
+    def held(self) -> int:
+        """Bytes buffered for the helper (both directions, in order and parked)."""
+        return sum(len(s.buf) + s.ooo_bytes for s in self.streams) if self.streams is not None else 0
 
 
 def packet_key(pkt: Packet) -> tuple:
@@ -260,8 +272,10 @@ class FlowTable:
     is keyed by its conntrack and lives until evicted, since what must outlive
     the table is in the conntrack's record."""
 
-    def __init__(self, max_flows: int = 65536, idle_timeout: float = 3600.0):
+    def __init__(self, max_flows: int = 65536, idle_timeout: float = 3600.0,
+                 removed: Callable[[Flow], None] | None = None):
         self.max_flows = max_flows
+        self.removed = removed  # told of every flow that leaves (evicted, expired or removed)
         self.idle_timeout = idle_timeout
         self._by_key: dict[tuple, tuple[Flow, Direction]] = {}
         self._flows: OrderedDict[tuple, Flow] = OrderedDict()  # original key -> flow, least recent first
@@ -308,10 +322,16 @@ class FlowTable:
         if both_ways:
             self._by_key[_reverse(key)] = (flow, Direction.REPLY)
 
+    def oldest(self) -> tuple[tuple, Flow] | None:
+        """The least recently used flow and its key (without using it)."""
+        return next(iter(self._flows.items()), None)
+
     def remove(self, key: tuple) -> None:
         flow = self._flows.pop(key, None)
         if flow is None:
             return
+        if self.removed is not None:
+            self.removed(flow)
         owner = _owner(flow)
         if owner is not None and owner in self._owned:
             self._owned[owner].pop(key, None)

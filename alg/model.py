@@ -291,6 +291,12 @@ class Helper:
     def new_state(self) -> Any:
         return None
 
+    def state_size(self, state: Any) -> int:
+        """Bytes `state` holds, for the process's memory budget (`[core] memory_budget_mb`).
+        Counted every few packets of a flow; 0 (the default) for a state of fixed,
+        small size. A helper whose state grows with what peers send says how much."""
+        return 0
+
     def inspect(self, segment: Segment, state: Any) -> Outcome:  # pragma: no cover - abstract
         raise NotImplementedError
 

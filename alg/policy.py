@@ -32,6 +32,7 @@ and `alg.toml`::
     status_socket = "/run/alg/alg.sock"
     log_interval = 10         # seconds between repeated warnings of one kind
     metrics_file = ""         # Prometheus text rewritten every 15 s (node_exporter's textfile collector)
+    memory_budget_mb = 256    # what alg's flows may hold; past it the least recently used are evicted
 
 Every problem raises `ConfigError` naming file, line and key.
 """
@@ -105,6 +106,7 @@ class CorePolicy:
     status_socket: str = "/run/alg/alg.sock"
     log_interval: float = 10.0
     metrics_file: str = ""  # where the daemon writes its counters in the Prometheus text format ("": nowhere)
+    memory_budget_mb: int = 256  # MiB alg's flows may hold (flow, buffers, helper state); past it: LRU eviction
     source: str = "<built-in>"
 
 
@@ -254,7 +256,7 @@ def _int_in(doc, key, lo, hi, loc, table=(), default=None):
 _HELPER_KEYS = {"helper", "name", "enabled", "queue", "queue_len", "protocols", "families", "ports",
                 "max_buffer", "max_flows", "classes", "options"}
 _CORE_KEYS = {"expect_budget", "expect_per_message", "helper_share", "source_share", "accept_on_pressure",
-              "status_socket", "log_interval", "metrics_file"}
+              "status_socket", "log_interval", "metrics_file", "memory_budget_mb"}
 
 
 def parse_helper_policy(path: str, specs: Mapping[str, HelperSpec], doc=None, loc=None) -> HelperPolicy:
@@ -371,6 +373,7 @@ def parse_core_policy(path: str) -> CorePolicy:
         status_socket=_get(core, "status_socket", str, loc, t, d.status_socket),
         log_interval=float(interval),
         metrics_file=_get(core, "metrics_file", str, loc, t, d.metrics_file),
+        memory_budget_mb=_int_in(core, "memory_budget_mb", 1, 1 << 20, loc, t, d.memory_budget_mb),
         source=path,
     )
 

@@ -57,12 +57,13 @@ def kernel_view(ct: Conntrack, ctinfo: int | None, helper: str, reply: bool = Fa
     confirmed = bool(ct.status & IPS_CONFIRMED)
     orig, rep = ct.orig, ct.reply
 
+    natted = rep != orig.reversed()
+
     def tuples() -> tuple[FlowTuple, FlowTuple]:
-        kernel = orig.flow()
         # each direction's source is an endpoint as it really is: the client
         # before source NAT, the server after destination NAT
         ends = CtTuple(orig.l3, orig.proto, orig.src, rep.src, orig.sport, rep.sport).flow()
-        return ends, kernel
+        return ends, orig.flow() if natted else ends
 
     return KernelView(
         key=key or (ct.id, orig),
@@ -73,7 +74,7 @@ def kernel_view(ct: Conntrack, ctinfo: int | None, helper: str, reply: bool = Fa
         expected=ct.master is not None or bool(ct.status & IPS_EXPECTED),
         record=FlowRecord.unpack(ct.helper_info) if ct.helper == helper else None,
         tuples=tuples,
-        natted=rep != orig.reversed(),
+        natted=natted,
     )
 
 

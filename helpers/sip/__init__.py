@@ -252,6 +252,9 @@ class SipHelper(alg.Helper):
     def new_state(self) -> SipState:
         return SipState()
 
+    def state_size(self, state: SipState) -> int:
+        return state.size()
+
     # ------------------------------------------------------------ framing
     def inspect(self, segment: alg.Segment, state: SipState) -> alg.Outcome:
         data = segment.data
