@@ -221,6 +221,9 @@ class FakeEvents:
         from alg.kernel.ctnetlink import ExpectationEvent
         out = []
         for kind, e, master in self.kernel.events:
+            if e is None:  # the socket overflowed (ENOBUFS): events were lost
+                out.append(ExpectationEvent("overflow", None))
+                continue
             z = ipaddress.ip_address(bytes(4 if e.l3 == 4 else 16))
             ones = ipaddress.ip_address(b"\xff" * (4 if e.l3 == 4 else 16))
             t = FlowTuple(e.l3, e.proto, e.src or z, e.dst, e.sport or 0, e.dport)

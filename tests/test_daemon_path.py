@@ -384,3 +384,21 @@ def test_at_debug_level_the_daemon_logs_why(tmp_path, caplog):
     c.send(True, b"227 Entering Passive Mode (10,0,3,3,195,80).\r\n")  # a third host
     d.step(0)
     assert any("=> ignored (address-mismatch) [options.loose]" in r.getMessage() for r in caplog.records)
+
+
+def test_lost_expectation_events_are_counted_and_a_missed_end_is_no_clash(tmp_path):
+    from alg.daemon.reconciler import Reconciler
+    k = FakeKernel()
+    d = daemon(tmp_path, k)
+    d.reconciler = Reconciler(k.ports().events(), d.engine, d.sink, d.stats)
+    first = Tcp(k, d, 7, "ftp", 21, sport=41000)
+    first.send(True, b"220 ready\r\n")
+    (key,) = first.send(True, b"227 Entering Passive Mode (10,0,2,2,195,80).\r\n")
+    k.use(k.expectations[key][0])  # the data connection came: the kernel let the expectation go...
+    k.events[:] = [("overflow", None, None)]  # ...and its event was lost with others (ENOBUFS)
+    d.reconciler.read()
+    assert d.stats.events_lost == 1 and len(d.engine.table) == 1  # alg does not know it ended
+    # another session's server names the same passive port: the kernel no longer holds the old one
+    second = Tcp(k, d, 7, "ftp", 21, sport=41001)
+    second.send(True, b"220 ready\r\n")
+    assert second.send(True, b"227 Entering Passive Mode (10,0,2,2,195,80).\r\n") == [key]
