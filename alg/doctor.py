@@ -169,9 +169,10 @@ def check_glue(config: tuple[dict[str, str], str] | None, probe: Answer) -> Chec
     if have:
         return Check(name, OK, f"verdicts can carry conntrack and expectations (NFQA_CT/NFQA_EXP; {GLUE}, "
                                f"from {how})")
-    return Check(name, FAIL, f"no {GLUE} (from {how}): the kernel ignores NFQA_CT/NFQA_EXP on a verdict, so an "
-                             "expectation cannot ride on the verdict of a flow's first packet (alg makes it over "
-                             "ctnetlink after the verdict, racing the peer), and nfnetlink_cthelper needs it",
+    return Check(name, FAIL, f"no {GLUE} (from {how}): queued packets come without their conntrack, so alg asks "
+                             "ctnetlink for each one (slower, and no flow record survives alg's table), the kernel "
+                             "ignores NFQA_CT/NFQA_EXP on a verdict (an expectation of a flow's first packet is made "
+                             "after the verdict, racing the peer), and nfnetlink_cthelper needs it",
                  f"use a kernel built with {GLUE}=y (Debian, Ubuntu and RHEL kernels are; it is not a module) "
                  "and load nf_conntrack_netlink")
 
