@@ -33,7 +33,6 @@ from .sink import KernelSink
 log = logging.getLogger("alg.daemon")
 
 
-
 class QueuePort(Protocol):
     """What a worker needs of its queue (alg.kernel.nfqueue.QueueBinding)."""
 
@@ -56,7 +55,6 @@ def kernel_view(ct: Conntrack, ctinfo: int | None, helper: str, reply: bool = Fa
         reply = ctinfo >= IP_CT_IS_REPLY
     confirmed = bool(ct.status & IPS_CONFIRMED)
     orig, rep = ct.orig, ct.reply
-
     natted = rep != orig.reversed()
 
     def tuples() -> tuple[FlowTuple, FlowTuple]:
