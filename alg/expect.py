@@ -220,12 +220,7 @@ class ExpectationTable:
             victim = q[0]
             self.remove(victim)
             evicted.append(victim)
-        self._by_master.setdefault(e.master, {}).setdefault(e.cls, deque()).append(e)
-        self._by_key[e.key] = e
-        self._by_dest.setdefault((e.proto, e.dst, e.dport), {})[e.key] = None
-        self.per_helper[e.helper] += 1
-        if e.source is not None:
-            self.per_source[e.source] += 1
+        self._add(e)
         return Admission(e, evicted)
 
     def insert(self, e: Expectation) -> bool:
@@ -233,13 +228,16 @@ class ExpectationTable:
         it counts against both from now on. False if its tuple is taken."""
         if e.key in self._by_key:
             return False
+        self._add(e)
+        return True
+
+    def _add(self, e: Expectation) -> None:
         self._by_master.setdefault(e.master, {}).setdefault(e.cls, deque()).append(e)
         self._by_key[e.key] = e
         self._by_dest.setdefault((e.proto, e.dst, e.dport), {})[e.key] = None
         self.per_helper[e.helper] += 1
         if e.source is not None:
             self.per_source[e.source] += 1
-        return True
 
     def _queue(self, e: Expectation) -> deque[Expectation]:
         return self._by_master.get(e.master, {}).get(e.cls) or deque()

@@ -434,19 +434,20 @@ def remove_helpers(cthelper: Any, registered: list[tuple[str, int, int]] | list[
     return problems
 
 
+REFUSAL_FIXES = {
+    Refusal.KERNEL_FULL.value: "the kernel's expectation table is full: raise it with `options nf_conntrack "
+                               "expect_hashsize=N` in /etc/modprobe.d (nf_conntrack_expect_max = 4 x N), "
+                               "see `alg doctor`",
+    Refusal.BUDGET.value: "alg's own budget is spent: raise [core] expect_budget in alg.toml",
+    Refusal.HELPER_SHARE.value: "this helper holds its share of the budget: raise [core] helper_share or "
+                                "expect_budget in alg.toml",
+    Refusal.SOURCE_SHARE.value: "one host holds its share of the budget (a SIP proxy carrying every call?): "
+                                "raise [core] source_share in alg.toml",
+    Refusal.PER_MESSAGE.value: "one message asked for more than ExpectMax of a class or [core] expect_per_message",
+    Refusal.CLASH.value: "another master expects the same flow (normal for repeated answers)",
+}
+
+
 def refusal_fix(reason: str) -> str:
-    if reason in (Refusal.KERNEL_FULL.value, "ENOSPC", "EMFILE"):
-        return ("the kernel's expectation table is full: raise it with `options nf_conntrack expect_hashsize=N` "
-                "in /etc/modprobe.d (nf_conntrack_expect_max = 4 x N), see `alg doctor`")
-    if reason == Refusal.BUDGET.value:
-        return "alg's own budget is spent: raise [core] expect_budget in alg.toml"
-    if reason == Refusal.HELPER_SHARE.value:
-        return "this helper holds its share of the budget: raise [core] helper_share or expect_budget in alg.toml"
-    if reason == Refusal.SOURCE_SHARE.value:
-        return ("one host holds its share of the budget (a SIP proxy carrying every call?): "
-                "raise [core] source_share in alg.toml")
-    if reason == Refusal.PER_MESSAGE.value:
-        return "one message asked for more than ExpectMax of a class or [core] expect_per_message"
-    if reason == Refusal.CLASH.value:
-        return "another master expects the same flow (normal for repeated answers)"
-    return ""
+    """What to do about a refusal reason (or the kernel's errno for a full table)."""
+    return REFUSAL_FIXES.get(Refusal.KERNEL_FULL.value if reason in ("ENOSPC", "EMFILE") else reason, "")
