@@ -6,7 +6,10 @@
 #      not fit (dropped_full in `alg status`), what it queued gets its verdict once alg runs
 #   3. SIGKILL under load, then `alg cleanup` and `alg run` as systemd does: how many seconds
 #      until alg gives verdicts again, and what the kernel did with the flow's packets meanwhile
-# (the kernel's expectation table full: sip-pressure; events lost: tests/test_daemon_path.py)
+#   4. expectation events lost: alg stopped (SIGSTOP) while 6,000 expectations come and go on
+#      the load flow's conntrack overflows its event socket (ENOBUFS): counted (events_lost),
+#      and alg goes on
+# (the kernel's expectation table full: sip-pressure)
 set -u
 source "$LAB_DIR/netns.sh"
 # shellcheck source=../lib.sh
@@ -103,4 +106,34 @@ echo "cleanup ($(secs "$t_clean" "$t_run") s) and alg run until it answers ($(se
 echo "service back $(secs "$t_kill" "$t_up") s after SIGKILL, of which 2 s waiting as systemd's RestartSec would (TCG guest)"
 [ "$v2" -gt "$v1" ] && pass "sigkill: after cleanup and run, alg gives verdicts again ($v1 -> $v2)" \
     || fail "sigkill: after cleanup and run, alg gives verdicts again ($v1 -> $v2)"
+
+# 4. an event storm while alg does not read: its 4 MiB event socket overflows
+sport=$(lab_fw conntrack -L -p udp --dport 7778 2>/dev/null | grep -o 'sport=[0-9]*' | head -1 | cut -d= -f2)
+lost0=$(jq '.events_lost' <<<"$(status)")
+kill -STOP "$ALG_PID"
+lab_fw "$(dirname "$ALG")/python" - "$LAB_CLIENT4" "$LAB_SERVER4" "${sport:-0}" 6000 >"$OUT/storm.txt" 2>&1 <<'PY'
+import ipaddress, sys
+from alg.expect import Expectation
+from alg.kernel.ctnetlink import Ctnetlink
+from alg.model import FlowTuple
+cli, srv, sport, n = ipaddress.ip_address(sys.argv[1]), ipaddress.ip_address(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+master = FlowTuple(4, 17, cli, srv, sport, 7778)
+made = 0
+with Ctnetlink() as ct:  # one expectation at a time (class max 1): each new one evicts the last
+    for i in range(n):
+        try:
+            ct.create(Expectation("quiet", "data", 0, 4, 17, cli, srv, None, 20000 + i, master, 60), master)
+            made += 1
+        except Exception as exc:
+            print("create:", exc)
+            break
+print("created", made)
+PY
+kill -CONT "$ALG_PID"
+sleep 2
+st=$(status)
+lost=$(( $(jq '.events_lost' <<<"$st") - lost0 ))
+echo "event storm: $(tail -1 "$OUT/storm.txt"); alg counted $lost overflows of its event socket"
+[ "$lost" -ge 1 ] && pass "events-lost: the overflow counted ($lost)" || fail "events-lost: the overflow counted ($lost)"
+kill -0 "$ALG_PID" && [ "$(jq '.queue_errors' <<<"$st")" = 0 ] && pass events-lost-daemon-goes-on || fail events-lost-daemon-goes-on
 exit $((FAILS > 0))
