@@ -27,14 +27,14 @@ cleanup() {
     # cleanup leaves a helper disabled while CT rules hold it; with the rules gone, delete it
     # (as the kernel lets go of them when it gets round to it) for the next scenario
     for _ in $(seq 50); do
-        for f in inet inet6; do nfct del helper ftp "$f" tcp 2>/dev/null; done
-        nfct list helper 2>/dev/null | grep -q "name = ftp," || break
+        for f in inet inet6; do nfct del helper alg-ct-ftp "$f" tcp 2>/dev/null; done
+        nfct list helper 2>/dev/null | grep -q "name = alg-ct-ftp," || break
         sleep 0.2
     done
 }
 trap cleanup EXIT
 echo "alg lab payload" >"$RUN/root/hello.txt"
-printf 'helper = "ftp"\nqueue = 5\n' >"$POLICY"
+printf 'helper = "ftp"\nname = "alg-ct-ftp"\nqueue = 5\n' >"$POLICY"  # not "ftp": cthelper.sh pre-registers that
 printf '[core]\nstatus_socket = "%s"\n' "$SOCK" >"$RUN/alg.toml"
 
 # 1. the private data bound (nfnetlink_cthelper: at most sizeof(struct nf_conn_help.data))
@@ -117,9 +117,9 @@ step send web 'POST /upload HTTP/1.1\r\nHost: victim\r\nContent-Length: 20\r\n\r
 
 crash_and_restart && pass alg-restarts-after-sigkill || { fail alg-restarts-after-sigkill; exit 1; }
 
-r0=$(alg_related_count ftp 4)
+r0=$(alg_related_count alg-ct-ftp 4)
 step get ftp hello.txt
-answered 16 && [ "$(alg_related_count ftp 4)" -gt "$r0" ] \
+answered 16 && [ "$(alg_related_count alg-ct-ftp 4)" -gt "$r0" ] \
     && pass same-connection-resumes-after-restart || fail "same-connection-resumes-after-restart ($LAST)"
 step send web 'PORT 10,0,1,2,0,22\r\n'
 sleep 0.5

@@ -114,10 +114,16 @@ for ipt in "$LAB_IPT" "$LAB_IP6T"; do
 done
 lab_fw "$LAB_IP6T" -A INPUT -i s1 -p ipv6-icmp -j ACCEPT
 for ipt in "$LAB_IPT" "$LAB_IP6T"; do lab_fw "$ipt" -A INPUT -i s1 -m comment --comment dc-drop -j DROP; done
-ct_rules() {  # alg|ctd -A|-D: the raw part of `alg rules` (CT --helper) for alg's or conntrackd's helpers
-    local ipt
+ct_rules() {  # alg|ctd -A|-D: the raw part of `alg rules` (CT --helper, in a chain of its own) for alg's or conntrackd's helpers
+    local ipt chain
+    chain=$(awk -F'[: ]' '/^:/ {print $2; exit}' "$OUT/rules-raw-$1.txt")
     for ipt in "$LAB_IPT" "$LAB_IP6T"; do
-        sed -E "s/^-[AI] ([A-Z]+) ([0-9]+ )?/$2 \\1 /" "$OUT/rules-raw-$1.txt" | lab_fw "$ipt-restore" --noflush
+        if [ "$2" = -A ]; then
+            lab_fw "$ipt-restore" --noflush <"$OUT/rules-raw-$1.txt"
+        else  # the jumps to the chain, then the chain: its CT templates let go of their helpers
+            lab_fw "$ipt" -t raw -D PREROUTING -j "$chain"; lab_fw "$ipt" -t raw -D OUTPUT -j "$chain"
+            lab_fw "$ipt" -t raw -F "$chain"; lab_fw "$ipt" -t raw -X "$chain"
+        fi
     done
 }
 client_do() {  # OUT CMD...: one command to the client, wait for its answer
