@@ -109,6 +109,7 @@ class FakeKernel:
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _pkt_ids: Any = field(default_factory=lambda: itertools.count(1))
     _by_packet: dict[int, int] = field(default_factory=dict)
+    _confirmed: set = field(default_factory=set)  # original tuples of the confirmed conntracks
 
     def ports(self) -> KernelPorts:
         return KernelPorts(self, self, lambda: FakeEvents(self), self.bind, lambda: {}, is_full)
@@ -152,8 +153,9 @@ class FakeKernel:
             name = help_.get(CTA_HELP_NAME, b"").rstrip(b"\0").decode()
             if name == entry.ct.helper and entry.ct.master is None and self.priv_len:
                 entry.info = help_[CTA_HELP_INFO][: self.priv_len].ljust(self.priv_len, b"\0")
-        if v.accept:
+        if v.accept and not entry.ct.status & IPS_CONFIRMED:
             entry.ct = replace(entry.ct, status=entry.ct.status | IPS_CONFIRMED)
+            self._confirmed.add(entry.ct.orig.flow())
         if v.expectation is not None:
             self.attached.append(v.expectation)
 
@@ -181,7 +183,7 @@ class FakeKernel:
         self.helpers.pop(name, None)
 
     def create(self, e, master: FlowTuple, exclusive: bool = False) -> None:
-        if not any(en.ct.orig.flow() == master and en.ct.status & IPS_CONFIRMED for en in self.conntracks.values()):
+        if master not in self._confirmed:
             raise KernelError(E.ENOENT, "exp-new")
         self.expectations[e.key] = (e, master)
         self.events.append(("new", e, master))

@@ -69,7 +69,8 @@ class KernelSink:
         assert e.kernel_master is not None
         try:
             self.ct.create(e, e.kernel_master)
-            log.debug("%s: created %s", e.helper, e.to_text())
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s: created %s", e.helper, e.to_text())
             return True
         except KernelError as exc:
             if exc.errno == E.ENOENT and attempt < len(RETRY_DELAYS):
