@@ -58,13 +58,15 @@ grep -q "^32 ok" "$OUT/priv.txt" && grep -q "^33 refused" "$OUT/priv.txt" && pas
 lab_net_up tcp/21 || { echo "FAIL lab_net_up"; exit 1; }
 ip netns exec "$LAB_NS_SERVER" $SYS_PY "$LAB_DIR/ftp_peers.py" ftp-server --bind "$LAB_SERVER4" --root "$RUN/root" \
     --pasv-ports 50000-50009 >"$OUT/ftpd.log" 2>&1 & PIDS+=($!)
-start_alg() {
+start_alg() {  # alg run in lab-fw; ready once its status socket exists (bound last, after helpers and queues)
+    rm -f "$SOCK"
     ip netns exec "$LAB_NS_FW" "$ALG" run --policy "$POLICY" --policy "$RUN/alg.toml" >>"$OUT/alg.log" 2>&1 &
     ALG_PID=$!
-    for _ in $(seq 300); do
-        lab_fw "$ALG" status --socket "$SOCK" >/dev/null 2>&1 && return 0
+    local until=$((SECONDS + 180))
+    while [ $SECONDS -lt $until ]; do
+        [ -S "$SOCK" ] && return 0
         kill -0 "$ALG_PID" 2>/dev/null || break
-        sleep 0.1
+        sleep 0.2
     done
     echo "alg did not come up:"; tail -20 "$OUT/alg.log"; return 1
 }

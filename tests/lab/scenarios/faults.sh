@@ -37,13 +37,15 @@ printf 'helper = "faulty"\n' >"$RUN/policy/faulty.toml"
 printf 'helper = "quiet"\nqueue_len = 64\n' >"$RUN/policy/quiet.toml"
 printf '[core]\nstatus_socket = "%s"\n' "$SOCK" >"$RUN/policy/alg.toml"
 status() { lab_fw "$ALG" status --socket "$SOCK" --format json 2>/dev/null; }
-start_alg() {
+start_alg() {  # alg run in lab-fw; ready once its status socket exists (bound last, after helpers and queues)
+    rm -f "$SOCK"
     ip netns exec "$LAB_NS_FW" "$ALG" run --policy "$RUN/policy" >>"$OUT/alg.log" 2>&1 &
     ALG_PID=$!
-    for _ in $(seq 600); do
-        status >/dev/null && return 0
+    local until=$((SECONDS + 180))
+    while [ $SECONDS -lt $until ]; do
+        [ -S "$SOCK" ] && return 0
         kill -0 "$ALG_PID" 2>/dev/null || break
-        sleep 0.1
+        sleep 0.2
     done
     echo "alg did not come up:"; tail -20 "$OUT/alg.log"; return 1
 }

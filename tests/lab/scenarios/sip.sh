@@ -43,9 +43,11 @@ sip_call() {
     lab_cli sipp -sf "$SIPP_DIR/uac-lab.xml" "$uri:5060" -i "$cli" -p 5061 -t $t -mp 16000 -m 1 -s alice \
         -d "$HOLD_MS" $SIPP_PATIENT -timeout 240s >"$OUT/$label-uac.log" 2>&1 &
     uac=$!
-    for i in $(seq 1 240); do  # until both SDPs have been seen (or 60 s: a starved guest is slow)
+    local until=$((SECONDS + 60))
+    while [ $SECONDS -lt $until ]; do  # until both SDPs have been seen (or 60 s: a starved guest is slow)
         n=$(fw_expect | grep -c "helper=alg-sip") || true
         [ "$n" -ge 4 ] && break
+        kill -0 "$uac" 2>/dev/null || break  # the call is over: no SDP is still to come
         sleep 0.25
     done
     fw_expect >"$OUT/$label-expect.txt" || true
