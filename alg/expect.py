@@ -65,7 +65,9 @@ class Expectation:
 
     @property
     def key(self) -> tuple:
-        return (self.l3, self.proto, self.src, self.dst, self.sport, self.dport)
+        """The expected tuple in numbers (an address as its integer: cheap to hash)."""
+        return (self.l3, self.proto, None if self.src is None else int(self.src), int(self.dst), self.sport,
+                self.dport)
 
     def matches(self, t: FlowTuple) -> bool:
         return (

@@ -59,7 +59,7 @@ class Direction(enum.IntEnum):
     REPLY = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class FlowTuple:
     """A connection's original-direction tuple."""
 
@@ -69,6 +69,18 @@ class FlowTuple:
     dst: IPAddress
     sport: int
     dport: int
+    # compared and hashed by numbers, once: a tuple keys every table on the packet path,
+    # and an ipaddress object hashes through a hex string on every lookup
+    _ints: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_ints", (self.l3, self.proto, int(self.src), int(self.dst), self.sport, self.dport))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FlowTuple) and self._ints == other._ints
+
+    def __hash__(self) -> int:
+        return hash(self._ints)
 
     def reversed(self) -> "FlowTuple":
         return FlowTuple(self.l3, self.proto, self.dst, self.src, self.dport, self.sport)
