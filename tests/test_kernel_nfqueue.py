@@ -178,7 +178,10 @@ def run_flow(prefix: str, tmp_path, n: int, qlen: int, plan: str, size: int, rcv
              how: str = "mmsg") -> tuple[dict, list[str]]:
     (tmp_path / "rewrite.py").write_text(REWRITE)
     with Net(prefix) as net:
-        net.fw("iptables", "-A", "FORWARD", "-p", "udp", "--dport", "5060", "-j", "NFQUEUE", "--queue-num", "12")
+        # a conntrack match: the kernel tracks a namespace's flows only once a rule needs it,
+        # and a packet without conntrack has no NFQA_CT to hand over
+        net.fw("iptables", "-A", "FORWARD", "-p", "udp", "--dport", "5060", "-m", "conntrack", "--ctstate",
+               "NEW,ESTABLISHED", "-j", "NFQUEUE", "--queue-num", "12")
         sink = net.popen("srv", sys.executable, "-c", SINK, "5", stdout=subprocess.PIPE, text=True)
         reader = net.popen("fw", sys.executable, "-c", READER, "12", str(n), str(qlen), plan, rcvbuf, how,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={"PYTHONPATH": str(tmp_path)})

@@ -245,17 +245,19 @@ d=$(counter noalg dc-drop)
 # each question asked twice: mdns 2, slp 2 + 2, ssdp 2, dhcpv6 >= 2 (Advertise to Solicit and its retransmission)
 check "negative control: the answers dropped at lab-fw ($d)" [ "$d" -ge 10 ]
 ct_rules alg -D
-# alg left its helpers disabled (the CT rules held them); nothing of it must stay for the next scenario
-lab_fw conntrack -F >/dev/null 2>&1
-# the rules' CT templates let go of their helpers when the kernel gets round to destroying
-# the deleted rules (nf_tables does it from a work queue): EBUSY until then
-for _ in $(seq 50); do
+# alg left its helpers disabled (the CT rules held them); try to leave nothing of it behind
+lab_fw conntrack -F >/dev/null 2>&1; lab_fw conntrack -F expect >/dev/null 2>&1
+for _ in $(seq 10); do
     nfct_each del alg-
     lab_fw nfct list helper 2>/dev/null | grep -q "name = alg-" || break
-    sleep 0.2
+    sleep 1
 done
-check "alg's helpers gone after the rules ($(lab_fw nfct list helper 2>/dev/null | grep -c 'name = alg-') left)" \
-    eval '! lab_fw nfct list helper 2>/dev/null | grep -q "name = alg-"'
+left=$(lab_fw nfct list helper 2>/dev/null | tr -d '\t\n' | grep -o "name = alg-[^}]*" || true)
+# what matters for the next scenario: none is enabled (nothing is queued to nobody); the
+# kernel may still refuse to delete a userspace helper (EBUSY) it holds a reference to
+check "alg's helpers disabled after the rules ($(grep -c "status = enabled" <<<"$left") enabled)" \
+    eval '! grep -q "status = enabled" <<<"$left"'
+echo "INFO alg's helper entries the kernel still holds (EBUSY on delete): $(grep -o "name = alg-[a-z0-9]*" <<<"$left" | wc -l)"
 
 echo "== expectations (at $(( $(date +%s) - T0 )) s)"
 # ---------------------------------------------------------------- expectations: alg = conntrackd, but stricter
