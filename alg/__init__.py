@@ -10,15 +10,16 @@ from .hookspecs import hookimpl
 from .model import (
     EXPECT_CLASSES_MAX, EXPECT_F_INACTIVE, EXPECT_F_PERMANENT, EXPECT_F_USERSPACE, EXPECT_MAX_MAX, HELPER_NAME_MAX,
     NEED_DATA, PROTO_NAMES, RESYNC_LINE, TCP, UDP,
-    Action, Direction, Expect, ExpectClass, FlowTuple, Helper, HelperSpec, IPAddress, Notice, Option, Outcome, Parsed,
-    Resync, Segment, Unexpect, check_networks, ip, parse_networks,
+    Action, Direction, Expect, ExpectClass, FlowTuple, Form, Helper, HelperSpec, IPAddress, Length, NatMap, Notice,
+    Option, Outcome, Parsed, Resync, Rewrite, Segment, Unexpect, check_networks, ip, parse_networks,
 )
 
 __all__ = [
     "AlgError", "ConfigError", "KernelError", "PluginError", "ProtocolViolation", "hookimpl", "ExpectationEvent",
     "EXPECT_CLASSES_MAX", "EXPECT_F_INACTIVE", "EXPECT_F_PERMANENT", "EXPECT_F_USERSPACE", "EXPECT_MAX_MAX",
     "HELPER_NAME_MAX", "NEED_DATA", "PROTO_NAMES", "RESYNC_LINE", "TCP", "UDP",
-    "Action", "Direction", "Expect", "ExpectClass", "FlowTuple", "Helper", "HelperSpec", "IPAddress", "Notice",
+    "Action", "Direction", "Expect", "ExpectClass", "FlowTuple", "Form", "Helper", "Length", "NatMap", "Rewrite",
+    "HelperSpec", "IPAddress", "Notice",
     "Option", "Outcome", "Parsed", "Resync", "Segment", "Unexpect", "check_networks", "ip", "parse_networks",
 ]
 __version__ = "0.1.0"

@@ -47,6 +47,8 @@ class Packet:
     seq: int = 0  # TCP only
     tcp_flags: int = 0
     frag: tuple[int, int, bool, bytes] | None = None  # (id, offset, more, data) for a fragment
+    l4: int = 0  # where the TCP/UDP header starts in the bytes decoded
+    head: int = 0  # where the payload starts (a NAT rewrite edits the packet from here)
 
 
 def _l4(pkt: Packet, data: bytes, off: int) -> Packet:
@@ -58,12 +60,14 @@ def _l4(pkt: Packet, data: bytes, off: int) -> Packet:
         if hlen < 20 or off + hlen > len(data):
             raise DecodeError("bad TCP header length")
         pkt.payload = data[off + hlen :]
+        pkt.l4, pkt.head = off, off + hlen
     elif pkt.proto == UDP:
         if len(data) - off < 8:
             raise DecodeError("truncated UDP header")
         pkt.sport, pkt.dport, ulen, _ = _UDP.unpack_from(data, off)
         end = off + ulen if 8 <= ulen <= len(data) - off else len(data)
         pkt.payload = data[off + 8 : end]
+        pkt.l4, pkt.head = off, off + 8
     else:
         pkt.payload = data[off:]
     return pkt

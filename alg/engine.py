@@ -22,8 +22,9 @@ from .errors import ProtocolViolation
 from .expect import Admission, Expectation, ExpectationTable, Refusal
 from .flows import BOUNDARY, KNOWN, Flow, FlowRecord, FlowTable, KernelView, RecordFlag, packet_key, packet_tuple
 from .metrics import counter, gauge, to_json
-from .model import (NEED_DATA, PROTO_NAMES, TCP, Direction, Expect, FlowTuple, Helper, Notice, Parsed, Segment,
-                    Unexpect, invalid_expect)
+from .model import (NEED_DATA, PROTO_NAMES, TCP, Direction, Expect, FlowTuple, Helper, Length, NatMap, Notice,
+                    Parsed, Rewrite, Segment, Unexpect, invalid_expect)
+from .nat import Edit, RewriteError, message_edits
 from .policy import CorePolicy, HelperPolicy
 
 log = logging.getLogger("alg.engine")
@@ -47,7 +48,15 @@ class Remember:
     record: FlowRecord
 
 
-Decision = Create | Delete | Remember
+@dataclass(frozen=True, slots=True)
+class Mangle:
+    """NAT: the packet's payload edited (offsets into its L4 payload, sorted, disjoint)."""
+
+    edits: tuple[Edit, ...] | None  # None: the message's rewrite could not be made
+
+
+Decision = Create | Delete | Remember | Mangle
+NAT_PORT_TRIES = 64  # outside port pairs tried for a message's NATed expectations (the kernel tries them all)
 
 # The setting that decides each engine refusal, named in explanations.
 REFUSAL_KNOBS: dict[str, str] = {
@@ -135,6 +144,8 @@ class HelperStats:
     desynced: int = counter("flow directions given up after a gap (no resynchronisation)")
     midstream: int = counter("flows met mid-stream that alg could not resume (never read as a new stream)")
     natted: int = counter("flows whose conntrack is NATed (judged by their real endpoints)")
+    rewritten: int = counter("packets rewritten for NAT (payload, lengths and checksums)")
+    nat_failed: int = counter("packets left unchanged because their NAT rewrite could not be made")
     notices: Counter = counter("things worth counting the helper noticed, by code", label="code")
     classes: dict[str, ClassStats] = field(default_factory=dict)
 
@@ -276,6 +287,8 @@ class Engine:
         flow, direction = found
         flow.last_seen = now
         out = self._inspect(flow, direction, pkt, now, frame)
+        if flow.nat is not None and any(isinstance(d, Mangle) for d in out):
+            out = self._one_mangle(flow, direction, pkt, out)
         self._charge(flow)
         if view is not None and view.record != flow.record and not view.expected:
             # the kernel keeps no record for a conntrack created by an expectation
@@ -291,19 +304,22 @@ class Engine:
         h.stats.bytes += len(pkt.payload)
         try:
             if flow.streams is not None:
+                last = flow.rewrote
+                if last is not None and last[:3] == (direction, pkt.seq, pkt.payload):
+                    return [Mangle(last[3])]  # a retransmission: rewritten as the first time
                 stream = flow.streams[direction]
-                out = self._feed(flow, direction, stream, pkt, now, frame)
+                out = self._feed(flow, direction, stream, pkt, now, frame, pkt)
                 if flow.streams is not None:
                     self._note_stream(flow, direction, stream)
                 return out
             if not pkt.payload:
                 return []
-            outcome = h.helper.inspect(Segment(pkt.payload, direction, flow.tuple, now, _expected(flow)),
-                                       flow.state)
+            outcome = h.helper.inspect(Segment(pkt.payload, direction, flow.tuple, now, _expected(flow),
+                                               _nat(flow)), flow.state)
             if not isinstance(outcome, Parsed):
                 return []
             flow.record = replace(flow.record, flags=flow.record.flags | KNOWN[direction])
-            return self._apply(flow, outcome.actions, now, frame, direction, pkt.payload)
+            return self._apply(flow, outcome.actions, now, frame, direction, pkt.payload, 0)
         except ProtocolViolation as exc:
             self._give_up(flow)
             h.stats.parse_errors += 1
@@ -317,7 +333,8 @@ class Engine:
             self._stopped(h, flow, direction, frame, "helper-error", f"{type(exc).__name__}: {exc}")
         return []
 
-    def _feed(self, flow: Flow, direction: Direction, stream, pkt: Packet, now: float, frame) -> list[Decision]:
+    def _feed(self, flow: Flow, direction: Direction, stream, pkt: Packet, now: float, frame,
+              pkt_in: Packet | None = None) -> list[Decision]:
         h = flow.helper
         gaps = stream.gaps
         if not stream.feed(pkt.seq, pkt.tcp_flags, pkt.payload, now):
@@ -332,7 +349,21 @@ class Engine:
                 stream.abandon()
                 h.stats.desynced += 1
                 return []
-        return self._inspect_stream(flow, direction, stream, now, frame)
+        # where this packet's bytes start in the buffer, for NAT edits (negative: not there)
+        at = (pkt.seq - stream.next_seq + len(stream.buf)) % (1 << 32) if flow.nat is not None else 0
+        return self._inspect_stream(flow, direction, stream, now, frame, at)
+
+    def _one_mangle(self, flow: Flow, direction: Direction, pkt: Packet, out: list[Decision]) -> list[Decision]:
+        """The edits of all the packet's messages as one, or none if one could not be made."""
+        edits = [e for d in out if isinstance(d, Mangle) for e in (d.edits or ())]
+        rest: list[Decision] = [d for d in out if not isinstance(d, Mangle)]
+        if any(isinstance(d, Mangle) and d.edits is None for d in out) or not edits:
+            return rest
+        edits.sort(key=lambda e: e.offset)
+        flow.helper.stats.rewritten += 1
+        if flow.streams is not None:
+            flow.rewrote = (direction, pkt.seq, pkt.payload, tuple(edits))
+        return rest + [Mangle(tuple(edits))]
 
     def _charge(self, flow: Flow) -> None:
         """Charge the flow's bytes to the memory budget; past it, evict the least
@@ -393,6 +424,8 @@ class Engine:
             if flow.kernel is None and view.confirmed:
                 # its first packet had no conntrack to name it by (looked up, unconfirmed)
                 flow.kernel = view.tuples()[1]
+                if view.nat is not None:
+                    flow.nat = view.nat()
                 if flow.helper is not None:
                     flow.helper.stats.natted += view.natted
             return flow, view.direction
@@ -404,6 +437,8 @@ class Engine:
             flow.kernel = kernel
             slot.stats.natted += view.natted
         flow.expected = view.expected
+        if view.nat is not None:
+            flow.nat = view.nat()
         record = view.record or FlowRecord()
         if view.new:
             flow.record = FlowRecord(RecordFlag.STARTED)
@@ -476,7 +511,9 @@ class Engine:
         slot.stats.flows += 1
         return Flow(tup, slot, slot.helper.new_state(), slot.policy.max_buffer, now)
 
-    def _inspect_stream(self, flow: Flow, direction: Direction, stream, now: float, frame) -> list[Decision]:
+    def _inspect_stream(self, flow: Flow, direction: Direction, stream, now: float, frame,
+                        at: int = 0) -> list[Decision]:
+        """`at`: where the packet being inspected starts in the buffer (NAT edits must fall in it)."""
         decisions: list[Decision] = []
         helper = flow.helper.helper
         if stream.resync:
@@ -490,32 +527,51 @@ class Engine:
             if not isinstance(skip, int) or not 0 <= skip <= len(stream.buf):
                 raise RuntimeError(f"helper resync skipped {skip!r} of {len(stream.buf)} bytes")
             stream.buf, stream.resync = stream.buf[skip:], False
+            at -= skip
+        nat = _nat(flow)
         while stream.buf:
-            outcome = helper.inspect(Segment(stream.buf, direction, flow.tuple, now, _expected(flow)), flow.state)
+            outcome = helper.inspect(Segment(stream.buf, direction, flow.tuple, now, _expected(flow), nat),
+                                     flow.state)
             if outcome is NEED_DATA:
                 break
             assert isinstance(outcome, Parsed)
             if outcome.consumed <= 0 or outcome.consumed > len(stream.buf):
                 raise RuntimeError(f"helper consumed {outcome.consumed} of {len(stream.buf)} bytes")
-            message = stream.buf[: outcome.consumed] if self.explained is not None else b""
+            message = stream.buf[: outcome.consumed] if self.explained is not None or nat else b""
             stream.buf = stream.buf[outcome.consumed :]
             flow.record = replace(flow.record, flags=flow.record.flags | KNOWN[direction])
-            decisions += self._apply(flow, outcome.actions, now, frame, direction, message)
+            decisions += self._apply(flow, outcome.actions, now, frame, direction, message, -at)
+            at -= outcome.consumed
         return decisions
 
     # ------------------------------------------------------------ actions
     def _apply(self, flow: Flow, actions: Iterable, now: float, frame: int | None,
-               direction: Direction = Direction.ORIGINAL, message: bytes = b"") -> list[Decision]:
+               direction: Direction = Direction.ORIGINAL, message: bytes = b"", at: int = 0) -> list[Decision]:
         """The actions of one message. It may ask for at most ExpectMax of a class and
         `expect_per_message` in all: the rest is refused (counted), never admitted and
         evicted again by the same message (one INVITE asking 4,096 ports made 8,000
-        ctnetlink operations)."""
+        ctnetlink operations). Under NAT (`at`: where the packet inspected starts in
+        the message) its expectations move outside and its spans are rewritten."""
         sender = _sender(flow, direction)
         h: HelperSlot = flow.helper
         out: list[Decision] = []
         asked: Counter = Counter()
+        nat = _nat(flow)
+        actions = tuple(actions)
+        outside: dict[tuple, int | None] = {}
+        if nat is not None:
+            outside = self._outside_ports(flow, direction, actions, sender, nat)
         for a in actions:
             seen = len(self.events)
+            nat_to = None
+            if nat is not None and isinstance(a, Expect) and (a.dst, a.dport) in outside:
+                port = outside[(a.dst, a.dport)]
+                if port is None:  # every outside port tried is another master's
+                    self.refused(_expectation(h, flow, a, now, frame, sender), Refusal.CLASH, "no free outside port")
+                    continue
+                # the expected flow comes to the outside endpoint and is translated to the inside one
+                nat_to = (Direction(1 - direction), a.dst, a.dport)
+                a = replace(a, dst=nat.outside(direction), dport=port)
             if isinstance(a, Expect):
                 cap = h.max_expected.get(a.cls)
                 if cap is not None and (asked[a.cls] >= cap or asked.total() >= self.core.expect_per_message):
@@ -526,7 +582,7 @@ class Engine:
                         self.explained.append(self._explain(h, flow, a, frame, direction, message, self.events[-1:]))
                     continue
                 asked[a.cls] += 1
-                out += self._expect(h, flow, a, now, frame, sender)
+                out += self._expect(h, flow, a, now, frame, sender, nat_to)
             elif isinstance(a, Unexpect):
                 for e in self.table.of_master(flow.tuple, a.cls, a.tag):
                     self.table.remove(e)
@@ -535,9 +591,64 @@ class Engine:
                     out.append(Delete(e, "removed"))
             elif isinstance(a, Notice):
                 h.stats.notices[a.code] += 1
+            elif isinstance(a, (Rewrite, Length)):
+                continue
             if self.explained is not None and (self.events[seen:] or not isinstance(a, Unexpect)):
                 self.explained.append(self._explain(h, flow, a, frame, direction, message, self.events[seen:]))
+        if nat is not None:
+            out.append(self._message_rewrite(flow, direction, actions, message, at, outside, nat))
         return out
+
+    def _outside_ports(self, flow: Flow, direction: Direction, actions: tuple, sender: Any,
+                       nat: NatMap) -> dict[tuple, int | None]:
+        """Inside endpoint -> outside port, for the message's expectations of the
+        sender's own address: the same ports if no other master expects them
+        outside, else all moved by the smallest even offset that frees them (an
+        RTP/RTCP pair stays a pair), None when NAT_PORT_TRIES offsets do not."""
+        inside = [a for a in actions if isinstance(a, Expect) and a.dst == sender]
+        if not inside:
+            return {}
+        there = nat.outside(direction)
+        l3, master = flow.tuple.l3, flow.tuple
+        for shift in range(0, 2 * NAT_PORT_TRIES, 2):
+            if all(a.dport + shift < 65536 and self._port_free(
+                    (l3, a.proto, None if a.src is None else int(a.src), int(there), a.sport, a.dport + shift), master)
+                   for a in inside):
+                return {(a.dst, a.dport): a.dport + shift for a in inside}
+        return {(a.dst, a.dport): None for a in inside}
+
+    def _port_free(self, key: tuple, master: FlowTuple) -> bool:
+        held = self.table.get(key)
+        return held is None or held.master == master or (
+            self.kernel_holds is not None and not self.kernel_holds(held))
+
+    def _message_rewrite(self, flow: Flow, direction: Direction, actions: tuple, message: bytes, at: int,
+                         outside: dict[tuple, int | None], nat: NatMap) -> Mangle:
+        """The message's spans rewritten for the far side, as edits of the packet
+        being inspected (`Mangle(None)`: they cannot be made)."""
+        there = nat.outside(direction)
+        rewrites = []
+        for a in actions:
+            if not isinstance(a, Rewrite):
+                continue
+            moved = outside.get((a.addr, a.port)) if a.port is not None else None
+            to = (there, moved) if moved is not None else nat.map(direction, a.addr, a.port)
+            if to is not None:
+                rewrites.append((a, to[0], to[1]))
+        if not rewrites:
+            return Mangle(())
+        lengths = [a for a in actions if isinstance(a, Length)]
+        try:
+            edits = message_edits(len(message), rewrites, lengths, message)
+            for e in edits:
+                if e.offset < at:
+                    raise RewriteError("a span in bytes of an earlier packet")
+            return Mangle(tuple(Edit(e.offset - at, e.length, e.data) for e in edits))
+        except RewriteError as exc:
+            flow.helper.stats.nat_failed += 1
+            self.warn(logging.WARNING, f"nat-{flow.helper.policy.name}", "%s: %s: NAT rewrite not made: %s",
+                      flow.helper.policy.name, flow.tuple, exc)
+            return Mangle(None)
 
     def _explain(self, h: HelperSlot, flow: Flow, a: Any, frame: int | None, direction: Direction,
                  message: bytes, events: list[ExpectationEvent]) -> Explanation:
@@ -564,7 +675,8 @@ class Engine:
                        f"classes.{a.cls}.expect_max")
         return say(found, "expected")
 
-    def _expect(self, h: HelperSlot, flow: Flow, a: Expect, now: float, frame, sender=None) -> list[Decision]:
+    def _expect(self, h: HelperSlot, flow: Flow, a: Expect, now: float, frame, sender=None,
+                nat_to: tuple | None = None) -> list[Decision]:
         pol = h.policy
         cls = h.stats.classes.get(a.cls)
         l3 = flow.tuple.l3
@@ -577,7 +689,7 @@ class Engine:
             self.warn(logging.ERROR, f"invalid-{pol.name}", "%s: invalid expectation request %r: %s", pol.name, a,
                       invalid)
             return []
-        e = _expectation(h, flow, a, now, frame, sender)
+        e = _expectation(h, flow, a, now, frame, sender, nat_to)
         held = self.table.get(e.key)
         if held is not None and held.master != e.master and self.kernel_holds is not None \
                 and not self.kernel_holds(held):
@@ -686,11 +798,17 @@ def _share(budget: int, fraction: float) -> int:
     return max(1, int(budget * fraction))
 
 
-def _expectation(h: HelperSlot, flow: Flow, a: Expect, now: float, frame: int | None, sender: Any) -> Expectation:
+def _expectation(h: HelperSlot, flow: Flow, a: Expect, now: float, frame: int | None, sender: Any,
+                 nat_to: tuple | None = None) -> Expectation:
     pol = h.policy
     return Expectation(pol.name, a.cls, pol.class_id(a.cls), flow.tuple.l3, a.proto, a.src, a.dst, a.sport, a.dport,
                        flow.tuple, pol.expect_class(a.cls).timeout, a.flags, frame, now, a.tag, a.src_prefix,
-                       a.assign_helper, kernel_master=flow.kernel, source=sender)
+                       a.assign_helper, kernel_master=flow.kernel, source=sender, nat=nat_to)
+
+
+def _nat(flow: Flow) -> NatMap | None:
+    """The flow's NAT mapping when its helper rewrites (policy `nat`), else None."""
+    return flow.nat if flow.nat is not None and flow.helper is not None and flow.helper.policy.nat else None
 
 
 def _sender(flow: Flow, direction: Direction) -> Any:

@@ -62,6 +62,9 @@ class Expectation:
     # `master` is the same flow as its endpoints see it, which may differ by NAT
     kernel_master: FlowTuple | None = None
     source: IPAddress | None = None  # who asked: the sender of the message (budget shares)
+    # NAT: (direction, address, port) the expected flow is translated to (CTA_EXPECT_NAT): it
+    # comes to the gateway's outside endpoint (dst, dport) and goes on to this inside one
+    nat: tuple | None = None
 
     @property
     def key(self) -> tuple:

@@ -227,13 +227,14 @@ class KernelView:
     record: FlowRecord | None
     tuples: Callable[[], tuple[FlowTuple, FlowTuple]]  # () -> (ends, kernel)
     natted: bool = False  # the kernel translates the flow (its reply tuple is not the original's reverse)
+    nat: Callable[[], Any] | None = None  # () -> model.NatMap, for a NATed flow
 
 
 class Flow:
     """One master flow as alg sees it."""
 
     __slots__ = ("tuple", "helper", "state", "streams", "failed", "last_seen", "related_to", "kernel",
-                 "record", "expected", "cost", "state_cost", "packets")
+                 "record", "expected", "cost", "state_cost", "packets", "nat", "rewrote")
 
     def __init__(self, tup: FlowTuple, helper: Any, state: Any, max_buffer: int, now: float):
         self.tuple = tup
@@ -249,6 +250,8 @@ class Flow:
         self.cost = 0  # bytes charged to the memory budget
         self.state_cost = 0  # of which the helper's state, as last measured
         self.packets = 0
+        self.nat: Any = None  # model.NatMap: the kernel translates this flow (its helper may rewrite)
+        self.rewrote: Any = None  # (direction, seq, payload, edits): the last TCP segment rewritten
 
     def held(self) -> int:
         """Bytes buffered for the helper (both directions, in order and parked)."""

@@ -8,7 +8,25 @@ table and the kernel; the helper only turns bytes into actions:
              RELATED to the flow the bytes came from (the master);
 * `Unexpect` withdraw what this master expected earlier (by class and/or tag);
 * `Notice`   something worth counting that is not an error (a hostname where
-             an address was wanted, an address that is not the sender's...).
+             an address was wanted, an address that is not the sender's...);
+* `Rewrite`  under NAT: a span of the message names an endpoint (address
+             and/or port) the far side will use;
+* `Length`   under NAT: a span holds the length of a region of the message.
+
+NAT: when the kernel translates the master flow (masquerade, SNAT, a DNAT
+port forward) `segment.nat` is a `NatMap` (else None) and a helper returns,
+beside its `Expect`s, a `Rewrite` for every span that names an inside
+endpoint and a `Length` for every length field around them; emit them only
+when `segment.nat` is set (they cost nothing then). The core does the rest,
+the same for every helper: an `Expect` for the sender's own address is
+turned into an expectation of the gateway's outside address (with the
+kernel's CTA_EXPECT_NAT, so the expected flow is translated back to the
+inside endpoint), on the same port or, when another master holds that one,
+the next free port pair; each `Rewrite` gets the endpoint the far side must
+use (the expectation's, or `NatMap.map`'s), each `Length` its new value, and
+the packet its new lengths and checksums. A message whose rewrite cannot be
+made (a span outside the packet being inspected, overlapping spans) is left
+untouched and counted (`nat_failed`); no packet is ever half rewritten.
 
 `inspect` returns `Parsed(consumed, actions)` or `NEED_DATA`. On TCP the core
 hands over the in-order bytes not yet consumed for that direction; on UDP one
@@ -101,6 +119,7 @@ class Segment:
     # kernel's master/RELATED): a helper that reads a protocol only on the
     # connections it admitted itself (SSDP's LOCATION fetch) refuses others
     expected: bool = False
+    nat: "NatMap | None" = None  # the master is NATed (and the helper's policy rewrites): what to rewrite
 
     @property
     def sender(self) -> IPAddress:
@@ -161,7 +180,71 @@ class Notice:
     detail: str = ""
 
 
-Action = Union[Expect, Unexpect, Notice]
+class Form(str, enum.Enum):
+    """How a `Rewrite` or `Length` span is written."""
+
+    ADDR = "addr"  # 192.0.2.1, 2001:db8::1 (SDP c=/o=, TNS HOST=)
+    PORT = "port"  # 5060, decimal
+    HOST_PORT = "host:port"  # 192.0.2.1:5060, [2001:db8::1]:5060 (SIP sent-by and URI hosts, URLs)
+    FTP = "ftp"  # 192,0,2,1,19,137 (PORT, 227)
+    DECIMAL = "decimal"  # a length as decimal digits (Content-Length)
+    BE16 = "be16"  # a length as two bytes, big-endian (TNS)
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """Under NAT: bytes [offset, offset+length) of the message (offsets into
+    `segment.data`) name the endpoint `addr`:`port` (`port` None: the span is
+    an address alone). The core writes there, in `form`, what the far side
+    must use instead; an endpoint the NAT does not concern stays as it is."""
+
+    offset: int
+    length: int
+    addr: IPAddress
+    port: int | None
+    form: Form
+
+
+@dataclass(frozen=True, slots=True)
+class Length:
+    """Under NAT: bytes [offset, offset+length) hold the length of the region
+    [start, end) of the message; rewritten when edits inside it change it."""
+
+    offset: int
+    length: int
+    start: int
+    end: int
+    form: Form = Form.DECIMAL
+
+
+@dataclass(frozen=True, slots=True)
+class NatMap:
+    """How the kernel translates a master flow: its conntrack's two tuples
+    (each as the packets of that direction look on the wire outside the
+    translation: `original` as its sender sent it, `reply` as the answers come)."""
+
+    original: FlowTuple
+    reply: FlowTuple
+
+    def map(self, direction: "Direction", addr: IPAddress, port: int | None) -> tuple[IPAddress, int | None] | None:
+        """The endpoint the receiver of a `direction` message must use for what the
+        message names as `addr`:`port`, or None when the NAT does not concern it (as
+        the kernel's nf_nat_sip decides: the sender's own endpoint becomes the one the
+        receiver sends to; the receiver's, the one it is reached at by the sender).
+        `port` None compares and maps the address alone."""
+        here, there = (self.original, self.reply) if direction == 0 else (self.reply, self.original)
+        if addr == here.src and port in (None, here.sport):
+            return there.dst, None if port is None else there.dport
+        if addr == here.dst and port in (None, here.dport):
+            return there.src, None if port is None else there.sport
+        return None
+
+    def outside(self, direction: "Direction") -> IPAddress:
+        """The address the receiver of a `direction` message sees its sender at."""
+        return (self.reply if direction == 0 else self.original).dst
+
+
+Action = Union[Expect, Unexpect, Notice, Rewrite, Length]
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +472,8 @@ def invalid_expect(classes: Sequence[str], a: Expect, l3: int) -> str | None:
 
 __all__: Sequence[str] = [
     "Action", "Direction", "EXPECT_F_INACTIVE", "EXPECT_F_PERMANENT", "EXPECT_F_USERSPACE", "Expect",
-    "ExpectClass", "EXPECT_CLASSES_MAX", "EXPECT_MAX_MAX", "FlowTuple", "HELPER_NAME_MAX", "RESYNC_LINE", "Helper",
+    "ExpectClass", "EXPECT_CLASSES_MAX", "EXPECT_MAX_MAX", "FlowTuple", "Form", "Length", "NatMap", "Rewrite",
+    "HELPER_NAME_MAX", "RESYNC_LINE", "Helper",
     "HelperSpec", "IPAddress", "NEED_DATA", "Notice", "Option", "Outcome", "Parsed", "Resync", "PROTO_NAMES",
     "Segment", "TCP", "UDP", "Unexpect", "check_networks", "invalid_expect", "ip", "parse_networks",
 ]

@@ -13,6 +13,7 @@ ExpectTimeout) plus ours. A helper file::
     ports = [21]
     max_buffer = 65536        # bytes buffered per flow direction (TCP)
     max_flows = 65536         # flows tracked by this helper, oldest evicted
+    nat = true                # rewrite what peers advertise on NATed flows (as the kernel's NAT helpers)
 
     [classes.default]         # one table per expectation class
     expect_max = 1            # conntrackd: ExpectMax (1-255, the kernel's limit)
@@ -75,6 +76,7 @@ class HelperPolicy:
     options: Mapping[str, Any]
     max_buffer: int
     max_flows: int = 65536
+    nat: bool = True  # rewrite the payloads of NATed flows (see alg.nat)
     source: str = "<built-in>"
     expected_only: tuple[int, ...] = ()  # HelperSpec.expected_only: no port assignment for these protocols
 
@@ -254,7 +256,7 @@ def _int_in(doc, key, lo, hi, loc, table=(), default=None):
 
 
 _HELPER_KEYS = {"helper", "name", "enabled", "queue", "queue_len", "protocols", "families", "ports",
-                "max_buffer", "max_flows", "classes", "options"}
+                "max_buffer", "max_flows", "nat", "classes", "options"}
 _CORE_KEYS = {"expect_budget", "expect_per_message", "helper_share", "source_share", "accept_on_pressure",
               "status_socket", "log_interval", "metrics_file", "memory_budget_mb"}
 
@@ -341,6 +343,7 @@ def parse_helper_policy(path: str, specs: Mapping[str, HelperSpec], doc=None, lo
         options=options,
         max_buffer=_int_in(doc, "max_buffer", 512, 1 << 24, loc, default=base.max_buffer),
         max_flows=_int_in(doc, "max_flows", 1, 1 << 24, loc, default=base.max_flows),
+        nat=_get(doc, "nat", bool, loc, default=True),
         source=path,
     )
 
@@ -458,6 +461,7 @@ def render_helper_policy(hp: HelperPolicy) -> str:
         "ports = [" + ", ".join(str(p) for p in hp.ports) + "]",
         f"max_buffer = {hp.max_buffer}",
         f"max_flows = {hp.max_flows}",
+        f"nat = {str(hp.nat).lower()}",
     ]
     for c in hp.classes:
         lines += ["", f"[classes.{c.name}]", f"expect_max = {c.max_expected}", f"expect_timeout = {c.timeout}"]

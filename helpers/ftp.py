@@ -47,7 +47,7 @@ import ipaddress
 import re
 
 import alg
-from alg import TCP, Direction, Expect, ExpectClass, HelperSpec, Notice, Option, Parsed
+from alg import TCP, Direction, Expect, ExpectClass, Form, HelperSpec, Notice, Option, Parsed, Rewrite
 
 # RFC 959 §4.1.2 host-port: six comma-separated numbers; in the 227 reply
 # they may sit anywhere in the text (the kernel scans for the first digit; so
@@ -180,7 +180,10 @@ class FtpHelper(alg.Helper):
                 addr = ipaddress.ip_address(m["addr"].decode())
             except ValueError:
                 return (Notice("malformed", "EPRT address"),)
-            return self._expect(addr, int(m["port"]), seg, (m.start("addr"), m.end("port") - m.start("addr")))
+            port = int(m["port"])
+            return self._expect(addr, port, seg, (m.start("addr"), m.end("port") - m.start("addr")),
+                                (Rewrite(m.start("addr"), len(m["addr"]), addr, None, Form.ADDR),
+                                 Rewrite(m.start("port"), len(m["port"]), addr, port, Form.PORT)))
         if line[:8].upper() == b"AUTH TLS" or line[:8].upper() == b"AUTH SSL":
             state.auth_requested = True
         return ()
@@ -195,7 +198,9 @@ class FtpHelper(alg.Helper):
             m = _EPSV.search(line, 4)
             if not m:
                 return (Notice("malformed", "229"),)
-            return self._expect(seg.sender, int(m["port"]), seg, (m.start("port"), len(m["port"])))
+            port = int(m["port"])
+            return self._expect(seg.sender, port, seg, (m.start("port"), len(m["port"])),
+                                (Rewrite(m.start("port"), len(m["port"]), seg.sender, port, Form.PORT),))
         if state.auth_requested and code[:3] in (b"234",):
             state.encrypted = True
             return (Notice("tls", "control channel encrypted, no longer inspected"),)
@@ -207,10 +212,15 @@ class FtpHelper(alg.Helper):
         n = [int(x) for x in m.groups()]
         if any(x > 255 for x in n):
             return (Notice("malformed", "number above 255"),)
-        addr = ipaddress.IPv4Address(bytes(n[:4]))
-        return self._expect(addr, n[4] * 256 + n[5], seg, (m.start(), m.end() - m.start()))
+        addr, port = ipaddress.IPv4Address(bytes(n[:4])), n[4] * 256 + n[5]
+        where = (m.start(), m.end() - m.start())
+        six = (m.start(1), m.end(6) - m.start(1))  # PORT's match takes the line's end too
+        return self._expect(addr, port, seg, where, (Rewrite(*six, addr, port, Form.FTP),))
 
-    def _expect(self, addr: alg.IPAddress, port: int, seg: alg.Segment, where: tuple[int, int]) -> tuple:
+    def _expect(self, addr: alg.IPAddress, port: int, seg: alg.Segment, where: tuple[int, int],
+                rewrites: tuple) -> tuple:
+        """The data connection's expectation; under NAT, the spans that name it (the
+        core writes the outside endpoint there, as the kernel's nf_nat_ftp)."""
         if not 0 < port < 65536:
             return (Notice("bad-port", str(port)),)
         if addr.version != seg.flow.l3:
@@ -218,7 +228,8 @@ class FtpHelper(alg.Helper):
         if addr != seg.sender:
             if not self.options["loose"]:
                 return (Notice("address-mismatch", f"{addr} advertised by {seg.sender}"),)
-        return (Expect("ftp", TCP, seg.receiver, addr, None, port, where=(where,)),)
+        expect = Expect("ftp", TCP, seg.receiver, addr, None, port, where=(where,))
+        return (expect, *rewrites) if seg.nat is not None else (expect,)
 
 
 @alg.hookimpl

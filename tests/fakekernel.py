@@ -52,6 +52,7 @@ class Verdict:
     accept: bool
     ct: bytes | None
     expectation: bytes | None
+    payload: bytes | None = None
 
 
 class FakeQueue:
@@ -72,7 +73,7 @@ class FakeQueue:
 
     def verdict(self, packet_id: int, accept: bool = True, *, payload: bytes | None = None,
                 ct: bytes | None = None, expectation: bytes | None = None) -> None:
-        self.pending.append(Verdict(packet_id, accept, ct, expectation))
+        self.pending.append(Verdict(packet_id, accept, ct, expectation, payload))
 
     def flush(self) -> None:
         for v in self.pending:
@@ -116,12 +117,15 @@ class FakeKernel:
 
     # ---------------------------------------------------------------- conntracks and packets
     def connect(self, helper: str, l3: int, proto: int, src: str, dst: str, sport: int, dport: int,
-                reply_src: str | None = None, reply_dport: int | None = None, master: CtTuple | None = None) -> int:
-        """A new conntrack (unconfirmed until its first packet's verdict); reply_src: DNAT."""
+                reply_src: str | None = None, reply_dport: int | None = None, master: CtTuple | None = None,
+                reply_dst: str | None = None) -> int:
+        """A new conntrack (unconfirmed until its first packet's verdict); reply_src: DNAT,
+        reply_dst (and reply_dport): SNAT."""
         s, d = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
         orig = CtTuple(l3, proto, s, d, sport, dport)
         rs = ipaddress.ip_address(reply_src).packed if reply_src else d
-        reply = CtTuple(l3, proto, rs, s, dport, reply_dport or sport)
+        rd = ipaddress.ip_address(reply_dst).packed if reply_dst else s
+        reply = CtTuple(l3, proto, rs, rd, dport, reply_dport or sport)
         cid = next(self._ids)
         self.conntracks[cid] = Entry(Conntrack(orig, reply, 0, cid, helper, None, master), bytes(self.priv_len))
         return cid

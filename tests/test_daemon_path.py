@@ -272,21 +272,76 @@ def test_the_kernels_expectations_of_our_helpers_are_adopted(tmp_path):
     assert (e.cls, e.dport, e.sport, e.kernel_master) == ("ftp", 50000, None, master)
 
 
-@pytest.mark.parametrize("glue", [True, False])
-def test_helpers_judge_a_natted_flow_by_its_real_endpoints(tmp_path, glue):
-    """DNAT: the client connects to the public 192.0.2.1, the server is 10.0.2.2;
-    the server's 227 names itself, which is its own address, not a third host's."""
-    k = FakeKernel(glue=glue)
-    d = daemon(tmp_path, k)
-    cid = k.connect("ftp", 4, 6, CLIENT, "192.0.2.1", 40000, 21, reply_src=SERVER)
+def _tcp(k: FakeKernel, d: Daemon, cid: int) -> Tcp:
     c = Tcp.__new__(Tcp)
     c.k, c.d, c.queue, c.cid, c.seq = k, d, 7, cid, [1000, 5000]
     c.send(False, b"", SYN)
     c.send(True, b"", SYN | 0x10)
+    return c
+
+
+def _segment(raw: bytes) -> bytes:
+    """The TCP payload of an IPv4 packet, after checking its lengths and both checksums."""
+    from alg.nat import checksum
+    ihl = (raw[0] & 0xF) * 4
+    assert struct.unpack_from("!H", raw, 2)[0] == len(raw) and checksum(raw[:ihl]) == 0
+    pseudo = raw[12:20] + struct.pack("!BBH", 0, 6, len(raw) - ihl)
+    assert checksum(pseudo + raw[ihl:]) == 0
+    return raw[ihl + (raw[ihl + 12] >> 4) * 4:]
+
+
+@pytest.mark.parametrize("glue", [True, False])
+def test_a_port_forwarded_servers_227_names_the_public_address(tmp_path, glue):
+    """DNAT: the client connects to the public 192.0.2.1, the server is 10.0.2.2.
+    Its 227 names itself (its own address, not a third host's): the client is
+    told the public address, the expectation waits there and is translated to
+    the server (CTA_EXPECT_NAT), as nf_nat_ftp does; the rewritten packet goes
+    back with its conntrack, so that the kernel adjusts the sequence numbers.
+    Without the queue's conntrack glue it cannot: a rewrite that changes the
+    length is refused (counted) rather than breaking the connection."""
+    k = FakeKernel(glue=glue)
+    d = daemon(tmp_path, k)
+    c = _tcp(k, d, k.connect("ftp", 4, 6, CLIENT, "192.0.2.1", 40000, 21, reply_src=SERVER))
     c.send(True, b"220 ready\r\n")
     (key,) = c.send(True, b"227 Entering Passive Mode (10,0,2,2,195,80).\r\n")
+    e, _master = k.expectations[key]
+    ip = ipaddress.ip_address
+    assert (e.src, e.dst, e.dport, e.nat) == (ip(CLIENT), ip("192.0.2.1"), 50000, (0, ip(SERVER), 50000))
+    v = k.queues[7].verdicts[-1]
+    if glue:
+        assert _segment(v.payload) == b"227 Entering Passive Mode (192,0,2,1,195,80).\r\n" and v.ct is not None
+    else:
+        assert v.payload is None and d.stats.rewrite_failed == 1
+    stats = d.engine.stats()["helpers"]["ftp"]
+    assert stats["natted"] == 1 and stats["rewritten"] == 1
+
+
+def test_active_ftp_behind_masquerade_port_and_eprt_and_more_commands(tmp_path):
+    """SNAT: PORT and EPRT from 10.0.1.2 leave as the gateway's 192.0.2.1, on a
+    free outside port; the length changes and the commands after them are
+    still read (their offsets in the stream are the client's own)."""
+    k = FakeKernel()
+    d = daemon(tmp_path, k)
+    c = _tcp(k, d, k.connect("ftp", 4, 6, CLIENT, SERVER, 40000, 21, reply_dst="192.0.2.1", reply_dport=61000))
+    got = []
+    for line in (b"PORT 10,0,1,2,200,10\r\n", b"EPRT |1|10.0.1.2|51211|\r\n"):
+        (key,) = c.send(False, line)
+        got.append(k.expectations[key][0])
+    ip = ipaddress.ip_address
+    assert [(e.src, e.dst, e.dport, e.nat) for e in got] == [
+        (ip(SERVER), ip("192.0.2.1"), 51210, (1, ip(CLIENT), 51210)),
+        (ip(SERVER), ip("192.0.2.1"), 51211, (1, ip(CLIENT), 51211))]
+    sent = [_segment(v.payload) for v in k.queues[7].verdicts[-2:]]
+    assert sent == [b"PORT 192,0,2,1,200,10\r\n", b"EPRT |1|192.0.2.1|51211|\r\n"]
+
+
+def test_no_rewriting_where_the_policy_says_nat_false(tmp_path):
+    k = FakeKernel()
+    d = daemon(tmp_path, k, ("ftp.toml", 'helper = "ftp"\nqueue = 7\nnat = false\n'))
+    c = _tcp(k, d, k.connect("ftp", 4, 6, CLIENT, "192.0.2.1", 40000, 21, reply_src=SERVER))
+    (key,) = c.send(True, b"227 Entering Passive Mode (10,0,2,2,195,80).\r\n")
     assert key[3] == int(ipaddress.ip_address(SERVER))
-    assert d.engine.stats()["helpers"]["ftp"]["natted"] == 1
+    assert k.queues[7].verdicts[-1].payload is None
 
 
 def test_systemd_hears_ready_watchdog_reload_and_stop(tmp_path):

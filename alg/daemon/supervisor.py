@@ -66,6 +66,7 @@ class DaemonStats:
     attached: int = counter("expectations attached to a verdict (a master's first packet)")
     attach_failed: int = counter("attached expectations the kernel did not create (then made over ctnetlink)")
     adopted: int = counter("expectations the kernel held for alg's helpers, taken into the table")
+    rewrite_failed: int = counter("NAT rewrites the packet could not take (cut to copy_range, too large)")
     held: float = counter("seconds packets spent in alg's hands before their verdict, in all")
     held_max: float = gauge("the longest a packet waited for its verdict, in seconds", 0.0)
     started: float = field(default_factory=time.time)

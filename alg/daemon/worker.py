@@ -22,12 +22,13 @@ import time
 from typing import Any, Callable, Protocol
 
 from ..decode import TCP_SYN, DecodeError, Packet, decode_ip
-from ..engine import Create, Delete, Engine, HelperSlot, RateLimitedLog, Remember
+from ..engine import Create, Delete, Engine, HelperSlot, Mangle, RateLimitedLog, Remember
 from ..expect import Expectation
 from ..flows import FlowRecord, KernelView
 from ..kernel.ctnetlink import IPS_CONFIRMED, IPS_EXPECTED, exp_body
 from ..kernel.nfqueue import IP_CT_IS_REPLY, IP_CT_NEW, IP_CT_RELATED, Conntrack, CtTuple, pack_ct_help
-from ..model import Direction, FlowTuple
+from ..model import TCP, Direction, FlowTuple, NatMap
+from ..nat import RewriteError, mangle
 from .sink import KernelSink
 
 log = logging.getLogger("alg.daemon")
@@ -73,6 +74,7 @@ def kernel_view(ct: Conntrack, ctinfo: int | None, helper: str, reply: bool = Fa
         record=FlowRecord.unpack(ct.helper_info) if ct.helper == helper else None,
         tuples=tuples,
         natted=natted,
+        nat=(lambda: NatMap(orig.flow(), rep.flow())) if natted else None,
     )
 
 
@@ -100,17 +102,17 @@ class QueueWorker:
 
     def handle(self, qp: Any, later: list[Expectation]) -> None:
         t0 = time.perf_counter()
-        accept, record, attach = True, None, None
+        accept, record, attach, payload = True, None, None, None
         try:
             slot = self.engine.slots.get(self.helper)
             if slot is not None:
-                accept, record, attach = self._inspect(qp, slot, later)
+                accept, record, attach, payload = self._inspect(qp, slot, later)
         except Exception as exc:  # never leave a packet without a verdict
             self.stats.queue_errors += 1
             self.warn(logging.ERROR, "packet", "error handling a packet of %s: %s: %s",
                       self.helper, type(exc).__name__, exc)
         try:
-            self.queue.verdict(qp.id, accept, ct=record, expectation=attach)
+            self.queue.verdict(qp.id, accept, ct=record, expectation=attach, payload=payload)
             self.stats.verdicts += 1
             self.stats.dropped += not accept
         except Exception as exc:
@@ -120,19 +122,20 @@ class QueueWorker:
         self.stats.held += held
         self.stats.held_max = max(self.stats.held_max, held)
 
-    def _inspect(self, qp: Any, slot: HelperSlot, later: list[Expectation]) -> tuple[bool, bytes | None, bytes | None]:
+    def _inspect(self, qp: Any, slot: HelperSlot, later: list[Expectation]) -> tuple:
+        """(accept, NFQA_CT, NFQA_EXP, NFQA_PAYLOAD) for the packet's verdict."""
         try:
             pkt = decode_ip(qp.payload)
         except DecodeError:
             self.stats.decode_errors += 1
-            return True, None, None
+            return True, None, None, None
         if pkt.frag is not None:
-            return True, None, None  # the kernel queues reassembled packets; a fragment is not ours
+            return True, None, None, None  # the kernel queues reassembled packets; a fragment is not ours
         view = self._view(qp, pkt)
         if view is None:
             self.stats.unresolved += 1
-            return True, None, None
-        accept, record, attach = True, None, None
+            return True, None, None, None
+        accept, record, attach, payload = True, None, None, None
         for d in self.engine.process(pkt, self.clock(), slot=slot, view=view):
             if isinstance(d, Remember):
                 record = pack_ct_help(self.helper, d.record.pack())
@@ -149,11 +152,37 @@ class QueueWorker:
                     later.append(e)
             elif isinstance(d, Delete):
                 self.sink.delete(d.expectation)
+            elif isinstance(d, Mangle):
+                payload = self._mangled(qp, pkt, d)
         if view.expected or qp.ct is None or qp.ct.helper != self.helper:
             # the kernel keeps no record for a conntrack an expectation created, and
             # fails the whole NFQA_CT (and with it NFQA_EXP) for another helper's name
             record = None
-        return accept, record, attach
+        if payload is not None and record is None and qp.ct is not None:
+            # a length change is applied to the connection's sequence numbers only
+            # with NFQA_CT in the same verdict (an empty one names the packet's own)
+            record = b""
+        return accept, record, attach, payload
+
+    def _mangled(self, qp: Any, pkt: Packet, d: Mangle) -> bytes | None:
+        if not d.edits:
+            return None
+        if getattr(qp, "cap_len", 0):  # only the first copy_range bytes came: they cannot be the packet
+            self.stats.rewrite_failed += 1
+            return None
+        if qp.ct is None and pkt.proto == TCP and any(len(e.data) != e.length for e in d.edits):
+            # without the conntrack in the verdict the kernel cannot adjust the sequence
+            # numbers after a length change: the connection would break
+            self.stats.rewrite_failed += 1
+            self.warn(logging.WARNING, "mangle-seq", "%s: a TCP rewrite that changes the length needs the "
+                      "queue's conntrack glue (CONFIG_NETFILTER_NETLINK_GLUE_CT); packet left as it was", self.helper)
+            return None
+        try:
+            return mangle(qp.payload[:pkt.head + len(pkt.payload)], pkt.l4, pkt.head, d.edits)
+        except RewriteError as exc:
+            self.stats.rewrite_failed += 1
+            self.warn(logging.WARNING, "mangle", "%s: packet not rewritten: %s", self.helper, exc)
+            return None
 
     def _view(self, qp: Any, pkt: Packet) -> KernelView | None:
         if qp.ct is not None:

@@ -63,6 +63,7 @@ CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 (CTA_EXPECT_MASTER, CTA_EXPECT_TUPLE, CTA_EXPECT_MASK, CTA_EXPECT_TIMEOUT, CTA_EXPECT_ID,
  CTA_EXPECT_HELP_NAME, CTA_EXPECT_ZONE, CTA_EXPECT_FLAGS, CTA_EXPECT_CLASS, CTA_EXPECT_NAT,
  CTA_EXPECT_FN) = range(1, 12)
+CTA_EXPECT_NAT_DIR, CTA_EXPECT_NAT_TUPLE = 1, 2  # enum ctattr_expect_nat
 
 NF_CT_EXPECT_PERMANENT, NF_CT_EXPECT_INACTIVE, NF_CT_EXPECT_USERSPACE = 0x1, 0x2, 0x4
 
@@ -216,7 +217,21 @@ def exp_body(e, master: FlowTuple | None, zone: int = 0) -> bytes:
         L.nla(CTA_EXPECT_ZONE, L.be16(zone)),
         L.nla(CTA_EXPECT_FLAGS, L.be32(e.flags)),
         L.nla(CTA_EXPECT_CLASS, L.be32(e.class_id)),
+        _nat_nla(e) if getattr(e, "nat", None) is not None else b"",
     ))
+
+
+NAT_EXPECTFN = "nat-follow-master"  # nf_nat's: source as the master's peer, destination the saved endpoint
+
+
+def _nat_nla(e) -> bytes:
+    """CTA_EXPECT_NAT (the direction and, as the tuple's source, the inside endpoint
+    the expected flow is translated to: ctnetlink_parse_expect_nat) and CTA_EXPECT_FN.
+    The kernel parses a whole tuple there; its destination is the expected one's."""
+    direction, addr, port = e.nat
+    return (L.nest(CTA_EXPECT_NAT, L.nla(CTA_EXPECT_NAT_DIR, L.be32(int(direction))),
+                   pack_tuple(CTA_EXPECT_NAT_TUPLE, e.l3, e.proto, addr.packed, e.dst.packed, port, e.dport))
+            + L.nla(CTA_EXPECT_FN, L.asciiz(NAT_EXPECTFN)))
 
 
 EXP_NEW_FLAGS = L.NLM_F_REQUEST | L.NLM_F_ACK | L.NLM_F_CREATE
