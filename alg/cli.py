@@ -34,7 +34,8 @@ def resolve_policy(host: PluginHost, paths: Sequence[str] | None, *, only_listed
 
 
 def cmd_replay(args: argparse.Namespace, host: PluginHost) -> int:
-    from .replay import Progress, ReplayResult, replay_found, row, summary
+    from .nat import NatRules
+    from .replay import Progress, ReplayResult, replay_found, rewrite_row, row, summary
 
     policy = resolve_policy(host, args.policy, only_listed=False)
     helpers = [h for h in policy.helpers.values() if not args.helper or h.name in args.helper]
@@ -44,9 +45,22 @@ def cmd_replay(args: argparse.Namespace, host: PluginHost) -> int:
               f"(have: {', '.join(sorted(policy.helpers))})", file=sys.stderr)
         return EXIT_USAGE
     engine = Engine(make_slots(helpers, host.helpers), policy.core, track_related=True)
+    rules = NatRules()
+    try:
+        for text in args.snat or ():
+            rules.add_snat(text)
+        for text in args.dnat or ():
+            rules.add_dnat(text)
+    except ValueError as exc:
+        print(f"alg replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    engine.nat_rules = rules if rules else None
     progress = Progress(sys.stderr if sys.stderr.isatty() else None)
     result = ReplayResult()
     out = sys.stdout
+
+    def show_rewrite(path: str, frame: int, payload: bytes, m) -> None:
+        out.write(rewrite_row(path, frame, payload, m, args.format) + "\n")
 
     def explain(path: str, x) -> None:
         out.write((json.dumps(x.to_json() | {"file": path}, sort_keys=True) if args.format == "json"
@@ -56,7 +70,8 @@ def cmd_replay(args: argparse.Namespace, host: PluginHost) -> int:
         # each expectation is printed as it is found: an interrupted replay keeps what it found
         for path, e in replay_found(engine, args.pcap, result, progress,
                                     warn=lambda msg: print(f"alg replay: warning: {msg}", file=sys.stderr),
-                                    explain=explain if args.explain else None):
+                                    explain=explain if args.explain else None,
+                                    rewritten=show_rewrite if rules else None):
             result.expectations.append(e)
             if not args.explain:
                 out.write(row(e, args.format, path) + "\n")
@@ -177,6 +192,12 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
                    help="instead of the expectations, one line (or JSON object) per control message a helper acted "
                         "on: what it found, what was decided (expected, refused and why, ignored) and the policy "
                         "setting that decides it")
+    r.add_argument("--snat", action="append", metavar="NETWORK=ADDRESS",
+                   help="as if the gateway masqueraded flows from NETWORK as ADDRESS (e.g. 192.168.1.0/24=198.51.100.1;"
+                        " repeatable): the expectations move outside and each rewritten packet is shown")
+    r.add_argument("--dnat", action="append", metavar="PUBLIC[:PORT]=INSIDE[:PORT]",
+                   help="as if a port forward sent flows for PUBLIC to INSIDE (the capture shows INSIDE; e.g. "
+                        "198.51.100.1:21=192.168.1.20; repeatable)")
     r.add_argument("--summary", action=argparse.BooleanOptionalAction, default=None,
                    help="a summary for a person on stderr at the end: flows and expectations per helper, refusals "
                         "by reason, frames not decoded, the helpers' protocols on ports the policy does not list "

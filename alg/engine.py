@@ -227,6 +227,8 @@ class Engine:
         # once, and a new master may then expect the same tuple. None: the table is
         # the truth (replay removes used ones itself).
         self.kernel_holds: Callable[[Expectation], bool] | None = None
+        # replay: the conntrack tuples a flow would get from the gateway's NAT (alg.nat.NatRules)
+        self.nat_rules: Callable[[FlowTuple], NatMap | None] | None = None
         self.by_port: dict[tuple[int, int], HelperSlot] = {}
         self._index_ports()
 
@@ -509,7 +511,10 @@ class Engine:
         if slot is None:
             return Flow(tup, None, None, 0, now)
         slot.stats.flows += 1
-        return Flow(tup, slot, slot.helper.new_state(), slot.policy.max_buffer, now)
+        flow = Flow(tup, slot, slot.helper.new_state(), slot.policy.max_buffer, now)
+        if self.nat_rules is not None:
+            flow.nat = self.nat_rules(tup)
+        return flow
 
     def _inspect_stream(self, flow: Flow, direction: Direction, stream, now: float, frame,
                         at: int = 0) -> list[Decision]:

@@ -100,6 +100,9 @@ class Expectation:
     def to_json(self) -> dict[str, Any]:
         m = self.master
         extra: dict[str, Any] = {"assign_helper": True} if self.assign_helper else {}
+        if self.nat is not None:
+            extra["nat"] = {"dir": "reply" if self.nat[0] else "original", "to": str(self.nat[1]),
+                            "port": self.nat[2]}
         return extra | {
             "helper": self.helper,
             "class": self.cls,
@@ -135,6 +138,7 @@ class Expectation:
             f"sport={0 if self.sport is None else 65535} dport=65535 "
             f"master-src={m.src} master-dst={m.dst} sport={m.sport} dport={m.dport}"
             f"{flags} class={self.class_id} helper={self.helper}"
+            + (f" nat-to={_endpoint(self.nat[1], self.nat[2])}" if self.nat is not None else "")
         )
 
 
@@ -286,3 +290,7 @@ class ExpectationTable:
             if e.matches(t):
                 return e
         return None
+
+
+def _endpoint(addr: IPAddress, port: int) -> str:
+    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"

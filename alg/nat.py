@@ -11,11 +11,12 @@ payload is replaced, checks none of them again).
 
 from __future__ import annotations
 
+import ipaddress
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
-from .model import Form, IPAddress, Length, Rewrite
+from .model import Form, FlowTuple, IPAddress, Length, NatMap, Rewrite
 
 MAX_IP_PACKET = 65535  # an IPv4 total length / IPv6 payload length field
 
@@ -161,3 +162,61 @@ def _v6_proto(head: bytearray, l4: int) -> int:
         size = 8 if nxt == 44 else (head[off + 1] + 2) * 4 if nxt == 51 else (head[off + 1] + 1) * 8
         nxt, off = head[off], off + size
     return nxt
+
+
+# ---------------------------------------------------------------- replay: NAT given on the command line
+@dataclass
+class NatRules:
+    """What a gateway's NAT rules would make of a captured flow (`alg replay --snat/--dnat`),
+    for a capture taken on the inside: SNAT (MASQUERADE) `network=address`, flows from
+    the network leave as the address (ports kept); DNAT `public[:port]=inside[:port]`,
+    flows the capture shows going to the inside endpoint came to the public one."""
+
+    snat: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, IPAddress]] = field(default_factory=list)
+    dnat: list[tuple[IPAddress, int | None, IPAddress, int | None]] = field(default_factory=list)
+
+    def add_snat(self, text: str) -> None:
+        net, _, addr = text.partition("=")
+        try:
+            self.snat.append((ipaddress.ip_network(net, strict=False), ipaddress.ip_address(addr)))
+        except ValueError as exc:
+            raise ValueError(f"--snat {text!r}: NETWORK=ADDRESS, e.g. 192.168.1.0/24=198.51.100.1 ({exc})") from None
+
+    def add_dnat(self, text: str) -> None:
+        public, _, inside = text.partition("=")
+        try:
+            self.dnat.append((*_host_port(public), *_host_port(inside)))
+        except ValueError as exc:
+            raise ValueError(f"--dnat {text!r}: PUBLIC[:PORT]=INSIDE[:PORT], e.g. 198.51.100.1:21=192.168.1.20 "
+                             f"({exc})") from None
+
+    def __bool__(self) -> bool:
+        return bool(self.snat or self.dnat)
+
+    def __call__(self, t: FlowTuple) -> NatMap | None:
+        """The conntrack's tuples for a flow whose endpoints are `t`, if a rule applies."""
+        dst, dport = t.dst, t.dport
+        for public, pport, inside, iport in self.dnat:
+            if t.dst == inside and iport in (None, t.dport):
+                dst, dport = public, pport or t.dport
+                break
+        src = t.src
+        for net, addr in self.snat:
+            if t.src.version == net.version and t.src in net:
+                src = addr
+                break
+        if (src, dst, dport) == (t.src, t.dst, t.dport):
+            return None
+        return NatMap(FlowTuple(t.l3, t.proto, t.src, dst, t.sport, dport),
+                      FlowTuple(t.l3, t.proto, t.dst, src, t.dport, t.sport))
+
+
+def _host_port(text: str) -> tuple[IPAddress, int | None]:
+    """'192.0.2.1', '192.0.2.1:21', '[2001:db8::1]:21' or '2001:db8::1'."""
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]:")
+        return ipaddress.ip_address(host.rstrip("]")), int(port) if port else None
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return ipaddress.ip_address(host), int(port)
+    return ipaddress.ip_address(text), None

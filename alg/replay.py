@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterable, Iterator
 
 from .decode import LINKTYPE_NAMES, DecodeError, Defragmenter, NotDecoded, Packet, decapsulate, decode_frame
-from .engine import Create, Engine, Explanation, headline
+from .engine import Create, Engine, Explanation, Mangle, headline
 from .expect import Expectation
 from .flows import packet_tuple
 from .model import PROTO_NAMES, Direction
@@ -112,13 +112,17 @@ def replay_iter(engine: Engine, paths: Iterable[str], result: ReplayResult,
 def replay_found(engine: Engine, paths: Iterable[str], result: ReplayResult,
                  progress: IO[str] | Progress | None = None,
                  warn: Callable[[str], None] | None = None,
-                 explain: Callable[[str, Explanation], None] | None = None) -> Iterator[tuple[str, Expectation]]:
+                 explain: Callable[[str, Explanation], None] | None = None,
+                 rewritten: Callable[[str, int, bytes, Mangle], None] | None = None,
+                 ) -> Iterator[tuple[str, Expectation]]:
     """(capture file, expectation) as they are found, one capture after the other.
 
     The flow table and the expectations carry over from one file to the next
     (rotated captures of one session: `tcpdump -C/-G` files). Warnings (a
     truncated file, frames that are not IP) go to `warn` and `result.warnings`;
-    with `explain`, what became of each helper action (`Explanation`) goes there."""
+    with `explain`, what became of each helper action (`Explanation`) goes there;
+    with `rewritten` (and NAT rules on the engine), each packet's NAT rewrite:
+    (file, frame, its payload, the edits)."""
     if explain is not None:
         engine.explained = []
     shown = progress if isinstance(progress, Progress) else Progress(progress)
@@ -168,6 +172,9 @@ def replay_found(engine: Engine, paths: Iterable[str], result: ReplayResult,
                     result.found += 1
                     shown.clear()
                     yield path, d.expectation
+                elif isinstance(d, Mangle) and rewritten is not None and d.edits:
+                    shown.clear()
+                    rewritten(path, frame.number, pkt.payload, d)
             if explain is not None and engine.explained:
                 shown.clear()
                 for x in engine.take_explanations():
@@ -233,3 +240,12 @@ def write(expectations: Iterable[Expectation], fmt: str, out: IO[str] | None = N
     out = out or sys.stdout
     for e in expectations:
         out.write(row(e, fmt) + "\n")
+
+
+def rewrite_row(path: str, frame: int, payload: bytes, m: Mangle, fmt: str) -> str:
+    """One rewritten packet: each edit's offset, the bytes it had and has now."""
+    edits = [{"offset": e.offset, "old": payload[e.offset:e.offset + e.length].decode("latin-1"),
+              "new": e.data.decode("latin-1")} for e in m.edits or ()]
+    if fmt == "json":
+        return json.dumps({"file": path, "frame": frame, "rewrite": edits}, sort_keys=True)
+    return f"frame {frame} rewritten: " + ", ".join(f"@{x['offset']} {x['old']!r} -> {x['new']!r}" for x in edits)

@@ -241,3 +241,46 @@ def test_lookup_through_dnat_and_snat_gives_the_real_endpoints(net):
         assert (is_reply, seen_ends) == (reply, ends)
         keys.add(key)
     assert len(keys) == 1 and ctn.conntrack(orig).orig.flow() == orig
+
+
+ACCEPT_ONE = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(1); s.settimeout(10); print("ready", flush=True)
+c, peer = s.accept(); print(peer[0], c.recv(100).decode(), flush=True)
+"""
+CONNECT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5); c.sendall(b"hello")
+"""
+
+
+def test_a_nat_expectation_sends_its_flow_to_the_inside_endpoint(net):
+    """What alg sends for a NATed master (CTA_EXPECT_NAT, expectfn nat-follow-master):
+    a connection from the server to the firewall's own address 10.0.2.1:50010 is
+    expected, and translated to the client 10.0.1.2:50011, the inside endpoint.
+    Without the expectation the same connection is the firewall's own (refused)."""
+    ctn, m, _ = net
+    ctn.flush()
+    e = expect(m[21], src=I.ip_address("10.0.2.2"), dst=I.ip_address("10.0.2.1"), dport=50010,
+               nat=(Direction.REPLY, I.ip_address("10.0.1.2"), 50011))
+
+    def connect() -> tuple[int, str]:
+        srv = subprocess.Popen(["ip", "netns", "exec", "alg-nl-cli", sys.executable, "-c", ACCEPT_ONE, "50011"],
+                               stdout=subprocess.PIPE, text=True)
+        try:
+            assert srv.stdout.readline().strip() == "ready"
+            r = subprocess.run(["ip", "netns", "exec", "alg-nl-srv", sys.executable, "-c", CONNECT, "10.0.2.1",
+                                "50010"], capture_output=True, text=True, timeout=20, check=False)
+            return r.returncode, (srv.stdout.readline().strip() if r.returncode == 0 else "")
+        finally:
+            srv.kill()
+            srv.wait()
+
+    refused, _ = connect()
+    assert refused != 0
+    ctn.create(e, m[21])
+    out = conntrack_expect()
+    assert "dport=50010" in out, out
+    assert connect() == (0, "10.0.2.2 hello")  # the source as the master's peer: nat-follow-master's SNAT
+    assert "dport=50010" not in conntrack_expect()  # used up

@@ -200,6 +200,7 @@ class nfq_verdict_msg(nfgen_msg):
         nla_flags = NLA_F_NESTED
         nla_map = C.nfct_exp_msg.nla_map
         cta_tuple = C.nfct_exp_msg.cta_tuple
+        cta_nat = C.nfct_exp_msg.cta_nat
 
 
 @pytest.mark.parametrize("e", [exp(M4), exp(M6, src=None, sport=5060, proto=17, flags=1)])
@@ -377,3 +378,20 @@ GLUE_PROBE = ("24000000" "0203" "0500" "01000000" "00000000"  # len 36, QUEUE<<8
 def test_glue_probe_golden():
     """alg doctor's probe of the NFQUEUE conntrack glue (alg.kernel.nfqueue.conntrack_glue)."""
     assert Q.pack_config_flags(65535, Q.NFQA_CFG_F_CONNTRACK, Q.NFQA_CFG_F_CONNTRACK, seq=1).hex() == GLUE_PROBE
+
+
+# A NATed master's expectation: after the usual attributes, CTA_EXPECT_NAT and CTA_EXPECT_FN
+EXP_NAT_TAIL = (
+    "40000a80"  # CTA_EXPECT_NAT (10|NESTED), len 64
+    "08000100" "00000001"  # CTA_EXPECT_NAT_DIR be32 1: IP_CT_DIR_REPLY
+    "34000280"  # CTA_EXPECT_NAT_TUPLE (2|NESTED): the kernel saves its source
+    "14000180" "08000100" "0a000102" "08000200" "c0000201"  # TUPLE_IP: src 10.0.1.2 (inside), dst 192.0.2.1
+    "1c000280" "05000100" "06000000" "06000200" "c3540000" "06000300" "c3540000"  # PROTO tcp, 50004 -> 50004
+    "16000b00" "6e61742d666f6c6c6f772d6d617374657200" "0000")  # CTA_EXPECT_FN "nat-follow-master\0" + pad
+
+
+def test_exp_new_with_nat_golden():
+    e = exp(M4, src=M4.dst, dst=I.ip_address("192.0.2.1"),
+            nat=(1, I.ip_address("10.0.1.2"), 50004))
+    lean = C.pack_exp_new(e, M4, seq=3, pid=5).hex()
+    assert lean.endswith(EXP_NAT_TAIL) and lean == C.pyroute2_exp_new(e, M4, seq=3, pid=5).hex()

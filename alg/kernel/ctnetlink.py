@@ -121,10 +121,20 @@ class nfct_exp_msg(nfgen_msg):
         ("CTA_EXPECT_ZONE", "be16"),
         ("CTA_EXPECT_FLAGS", "be32"),
         ("CTA_EXPECT_CLASS", "be32"),
-        ("CTA_EXPECT_NAT", "hex"),
+        ("CTA_EXPECT_NAT", "cta_nat"),
         ("CTA_EXPECT_FN", "asciiz"),
     )
     cta_tuple = _tuple
+
+    class cta_nat(nla):
+        nla_flags = NLA_F_NESTED
+        prefix = "CTA_EXPECT_NAT_"
+        nla_map = (
+            ("CTA_EXPECT_NAT_UNSPEC", "none"),
+            ("CTA_EXPECT_NAT_DIR", "be32"),
+            ("CTA_EXPECT_NAT_TUPLE", "cta_tuple"),
+        )
+        cta_tuple = _tuple
 
 
 class nfct_ct_msg(nfgen_msg):
@@ -280,6 +290,12 @@ def pyroute2_exp_new(e, master: FlowTuple, seq: int = 0, pid: int = 0, exclusive
         ("CTA_EXPECT_FLAGS", e.flags),
         ("CTA_EXPECT_CLASS", e.class_id),
     ]
+    if getattr(e, "nat", None) is not None:
+        direction, addr, port = e.nat
+        inside = FlowTuple(e.l3, e.proto, addr, e.dst, port, e.dport)
+        attrs += [("CTA_EXPECT_NAT", {"attrs": [("CTA_EXPECT_NAT_DIR", int(direction)),
+                                                ("CTA_EXPECT_NAT_TUPLE", tuple_nla(inside))]}),
+                  ("CTA_EXPECT_FN", NAT_EXPECTFN)]
     return _pyroute2_encode(nfct_exp_msg(), FAMILY[e.l3], attrs, L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_NEW,
                             EXP_NEW_FLAGS | (L.NLM_F_EXCL if exclusive else 0), seq, pid)
 
