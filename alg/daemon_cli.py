@@ -131,6 +131,7 @@ def cmd_doctor(args: argparse.Namespace, host: PluginHost) -> int:
     checks = doctor.check_features("/", cthelper, count)
     checks.append(doctor.check_glue(doctor.kernel_config(), doctor.ask(lambda: conntrack_glue(free))))
     checks += doctor.check_clashes("/", helpers)
+    checks += doctor.check_nat("/", helpers)
     checks.append(doctor.check_port_claims(helpers))
     checks += doctor.check_rules(helpers, doctor.ruleset())
     registered = {h["name"] for h in listed.value or [] if h["enabled"]} if listed.ok else None

@@ -192,6 +192,20 @@ def check_clashes(root: str, helpers: list[HelperPolicy]) -> list[Check]:
     return out
 
 
+def check_nat(root: str, helpers: list[HelperPolicy]) -> list[Check]:
+    """Whether NATed flows get their payloads rewritten (policy `nat`, alg.nat)."""
+    if not _module_present(root, "nf_nat"):
+        return [Check("nat", OK, "nf_nat is not loaded: this box translates no flow, there is nothing to rewrite")]
+    off = [hp.name for hp in helpers if not hp.nat]
+    out = [Check("nat", OK, "nf_nat is loaded (its expectfn nat-follow-master with it): NATed flows of "
+                 + (", ".join(hp.name for hp in helpers if hp.nat) or "no helper") + " are rewritten")]
+    if off:
+        out.append(Check("nat off", WARN, f"{', '.join(off)}: nat = false, so behind NAT their peers advertise "
+                         "addresses the far side cannot reach (expectations stay on the inside address)",
+                         "remove `nat = false` from those policy files unless another box rewrites them"))
+    return out
+
+
 def check_port_claims(helpers: list[HelperPolicy]) -> Check:
     """Two enabled helpers on one protocol and port: only one can take the flow."""
     clashes = port_clashes(helpers)

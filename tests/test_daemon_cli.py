@@ -534,3 +534,15 @@ def test_status_text_shows_every_counter(monkeypatch, capsys):
     assert "helper ftp (queue 20): packets 0" in out and "stream gaps 0 (0 given up)" in out
     assert "queue: 2 waiting, dropped by the kernel: 5 queue full (raise queue_len), 0 socket full" in out
     assert "class ftp: created 0, used 0, refused 0, evicted 0, removed 0, kernel failed 0" in out
+
+
+def test_doctor_says_whether_nated_flows_are_rewritten(tmp_path, policy):
+    from dataclasses import replace
+    helpers = list(policy.helpers.values())
+    (check,) = doctor.check_nat(str(tmp_path), helpers)
+    assert check.level == doctor.OK and "nothing to rewrite" in check.detail
+    (tmp_path / "sys/module/nf_nat").mkdir(parents=True)
+    (check,) = doctor.check_nat(str(tmp_path), helpers)
+    assert check.level == doctor.OK and "nat-follow-master" in check.detail
+    checks = doctor.check_nat(str(tmp_path), [replace(helpers[0], nat=False), *helpers[1:]])
+    assert checks[-1].level == doctor.WARN and helpers[0].name in checks[-1].detail and "nat = false" in checks[-1].fix

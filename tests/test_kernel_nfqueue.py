@@ -310,3 +310,94 @@ def test_conntrack_and_private_data_through_a_userspace_helper(kernel_ok: None) 
     assert first["helper"] == HELPER and first["info"] == "00" * PRIV_LEN and first["ctinfo"] == 2  # IP_CT_NEW
     assert first["master"] is False and first["id"] == second["id"]  # the same conntrack
     assert second["helper"] == HELPER and second["info"] == b"ABCDEFGH".hex()  # set by the first verdict
+
+
+# A NAT rewrite that makes a TCP segment longer (a PORT line that now names the gateway's
+# address): the kernel moves the connection's sequence numbers by the difference only when the
+# verdict carries the packet's conntrack beside the payload (ctnetlink_glue_seqadj). Without it
+# the receiver has more bytes than the sender sent, and every later segment is misplaced.
+SEQ_HELPER, SEQ_QUEUE = "alg-nfqs", 14
+SEQ_READER = f"""
+import json, select, sys, time
+from alg.decode import decode_ip
+from alg.kernel.nfqueue import QueueBinding
+from alg.nat import Edit, mangle
+q = QueueBinding({SEQ_QUEUE}, 64, conntrack=True)
+print("ready", flush=True)
+done, deadline = False, time.monotonic() + 20
+while time.monotonic() < deadline:
+    select.select([q], [], [], 1)
+    for p in q.receive():
+        pkt = decode_ip(p.payload)
+        if not done and pkt.payload.startswith(b"PORT "):
+            done = True
+            new = mangle(p.payload, pkt.l4, pkt.head, [Edit(5, 8, b"192,0,2,100")])
+            q.verdict(p.id, True, payload=new, ct=b"" if sys.argv[1] == "with-ct" else None)
+        else:
+            q.verdict(p.id, True)
+    q.flush()
+"""
+SEQ_SERVER = """
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", 2121)); s.listen(1); s.settimeout(30); print("ready", flush=True)
+c, _ = s.accept(); c.settimeout(8); got = b""
+try:
+    while True:
+        b = c.recv(1000)
+        if not b:
+            break
+        got += b
+except socket.timeout:
+    pass
+print(got.decode(), flush=True)
+"""
+SEQ_CLIENT = """
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], 2121), timeout=10)
+for line in (b"PORT 10,0,1,2,200,10\\r\\n", b"LIST\\r\\n", b"QUIT\\r\\n"):
+    c.sendall(line); time.sleep(0.3)
+c.close()
+"""
+
+
+@pytest.mark.parametrize("verdict", ["with-ct", "without-ct"])
+def test_a_longer_tcp_segment_keeps_the_stream_whole_only_with_its_conntrack(kernel_ok: None, verdict: str) -> None:
+    from alg.kernel.cthelper import Cthelper
+    from alg.model import ExpectClass
+    from alg.policy import HelperPolicy
+
+    if not conntrack_glue():
+        pytest.skip("this host kernel lacks CONFIG_NETFILTER_NETLINK_GLUE_CT: the verdict cannot carry the "
+                    "conntrack; the lab VM runs this (tests/lab/scenarios/nfqueue.sh)")
+    cth = Cthelper()
+    try:
+        if not cth.supported():
+            pytest.skip("no nfnetlink_cthelper (CONFIG_NF_CT_NETLINK_HELPER): the lab VM runs this")
+        hp = HelperPolicy(helper="ftp", name=SEQ_HELPER, enabled=True, queue=SEQ_QUEUE, queue_len=64,
+                          protocols=(6,), families=(4,), ports=(2121,), classes=(ExpectClass("ftp", 1, 30),),
+                          options={}, max_buffer=4096)
+        cth.register(hp, priv_data_len=0)
+        try:
+            with Net("alg-nqs") as net:
+                net.fw("iptables", "-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--dport", "2121", "-j", "CT",
+                       "--helper", SEQ_HELPER)
+                # the kernel adjusts sequence numbers only on a NATed connection
+                net.fw("iptables", "-t", "nat", "-A", "POSTROUTING", "-p", "tcp", "--dport", "2121", "-j",
+                       "MASQUERADE")
+                reader = net.popen("fw", sys.executable, "-c", SEQ_READER, verdict, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+                server = net.popen("srv", sys.executable, "-c", SEQ_SERVER, stdout=subprocess.PIPE, text=True)
+                assert reader.stdout.readline().strip() == "ready", reader.stderr.read()
+                assert server.stdout.readline().strip() == "ready"
+                net.cli(sys.executable, "-c", SEQ_CLIENT, SERVER4, check=False, timeout=60)
+                got = server.stdout.readline()
+        finally:
+            cth.unregister(SEQ_HELPER, 6)
+    finally:
+        cth.close()
+    whole = "PORT 192,0,2,100,200,10\r\nLIST\r\nQUIT\r\n"
+    if verdict == "with-ct":
+        assert got.rstrip("\n") == whole
+    else:  # the later commands land where the kernel thinks bytes were already received
+        assert got.rstrip("\n") != whole and got.startswith("PORT 192,0,2,100,200,10\r\n")
