@@ -610,10 +610,12 @@ class Engine:
         sender's own address: the same ports if no other master expects them
         outside, else all moved by the smallest even offset that frees them (an
         RTP/RTCP pair stays a pair), None when NAT_PORT_TRIES offsets do not."""
+        there = nat.outside(direction)
+        if there == sender:  # the sender is not translated (the far side of a masquerade)
+            return {}
         inside = [a for a in actions if isinstance(a, Expect) and a.dst == sender]
         if not inside:
             return {}
-        there = nat.outside(direction)
         l3, master = flow.tuple.l3, flow.tuple
         for shift in range(0, 2 * NAT_PORT_TRIES, 2):
             if all(a.dport + shift < 65536 and self._port_free(
