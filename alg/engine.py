@@ -361,6 +361,9 @@ class Engine:
         rest: list[Decision] = [d for d in out if not isinstance(d, Mangle)]
         if any(isinstance(d, Mangle) and d.edits is None for d in out) or not edits:
             return rest
+        if any(e.offset + e.length > len(pkt.payload) for e in edits):  # a message that goes on in the next packet
+            flow.helper.stats.nat_failed += 1
+            return rest
         edits.sort(key=lambda e: e.offset)
         flow.helper.stats.rewritten += 1
         if flow.streams is not None:
@@ -545,7 +548,7 @@ class Engine:
             message = stream.buf[: outcome.consumed] if self.explained is not None or nat else b""
             stream.buf = stream.buf[outcome.consumed :]
             flow.record = replace(flow.record, flags=flow.record.flags | KNOWN[direction])
-            decisions += self._apply(flow, outcome.actions, now, frame, direction, message, -at)
+            decisions += self._apply(flow, outcome.actions, now, frame, direction, message, at)
             at -= outcome.consumed
         return decisions
 

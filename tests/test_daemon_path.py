@@ -470,3 +470,20 @@ def test_passive_ftp_behind_masquerade_is_left_alone(tmp_path):
     e, _master = k.expectations[key]
     assert (e.src, e.dst, e.dport, e.nat) == (ipaddress.ip_address(CLIENT), ipaddress.ip_address(SERVER), 50000, None)
     assert k.queues[7].verdicts[-1].payload is None
+
+
+def test_a_command_split_over_segments_is_rewritten_in_the_packet_that_holds_the_address(tmp_path):
+    """'NOOP\\r\\nPO' then 'RT 10,0,1,2,200,10\\r\\n': the PORT message began in the first
+    packet, its address is in the second, at that packet's offset 3. An address cut in
+    two by the segment boundary cannot be rewritten in either: counted, left as it is."""
+    k = FakeKernel()
+    d = daemon(tmp_path, k)
+    c = _tcp(k, d, k.connect("ftp", 4, 6, CLIENT, SERVER, 40000, 21, reply_dst="192.0.2.1", reply_dport=61000))
+    c.send(False, b"NOOP\r\nPO")
+    (key,) = c.send(False, b"RT 10,0,1,2,200,10\r\n")
+    assert k.expectations[key][0].dst == ipaddress.ip_address("192.0.2.1")
+    assert _segment(k.queues[7].verdicts[-1].payload) == b"RT 192,0,2,1,200,10\r\n"
+    c.send(False, b"PORT 10,0,1")
+    c.send(False, b",2,200,12\r\n")
+    assert [v.payload for v in k.queues[7].verdicts[-2:]] == [None, None]
+    assert d.engine.stats()["helpers"]["ftp"]["nat_failed"] == 1
