@@ -487,3 +487,18 @@ def test_a_command_split_over_segments_is_rewritten_in_the_packet_that_holds_the
     c.send(False, b",2,200,12\r\n")
     assert [v.payload for v in k.queues[7].verdicts[-2:]] == [None, None]
     assert d.engine.stats()["helpers"]["ftp"]["nat_failed"] == 1
+
+
+def test_a_retransmitted_segment_is_rewritten_as_the_first_time(tmp_path):
+    """The kernel adjusted the sequence numbers for the first copy's new length: a
+    retransmission must carry the same bytes (alg's stream drops it as already read)."""
+    k = FakeKernel()
+    d = daemon(tmp_path, k)
+    c = _tcp(k, d, k.connect("ftp", 4, 6, CLIENT, SERVER, 40000, 21, reply_dst="192.0.2.1", reply_dport=61000))
+    line = b"PORT 10,0,1,2,200,10\r\n"
+    c.send(False, line)
+    c.seq[0] -= len(line)
+    c.send(False, line)
+    first, again = k.queues[7].verdicts[-2:]
+    assert _segment(again.payload) == _segment(first.payload) == b"PORT 192,0,2,1,200,10\r\n"
+    assert again.ct is not None and len(k.expectations) == 1
