@@ -24,7 +24,7 @@ def lab_run(tmp_path_factory):
 
     scratch = tmp_path_factory.mktemp("lab")
     os.environ["ALG_ROOT"] = str(ROOT)
-    r = run_in_vm(str(ROOT / "tests" / "lab" / "run-all.sh"), scratch=scratch, timeout=2400,
+    r = run_in_vm(str(ROOT / "tests" / "lab" / "run-all.sh"), scratch=scratch, timeout=3300,
                   env={"ALG_ROOT": str(ROOT)})
     results = {m.group(1): (int(m.group(2)), int(m.group(3)))
                for m in re.finditer(r"^SCENARIO (\S+) (\d+) (\d+)$", r.stdout, re.M)}
