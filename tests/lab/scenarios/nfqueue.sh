@@ -16,7 +16,7 @@ sysctl -qw net.core.netdev_max_backlog=10000
 cd "$ALG_ROOT" || exit 1
 out=$("$PY" -m pytest -q -rs -p no:cacheprovider --basetemp "$LAB_SCRATCH/nfqueue-pytest" -m kernel \
     tests/test_kernel_nfqueue.py 2>&1); rc=$?
-echo "$out" | tail -40
+echo "$out" | tail -80
 [ $rc -eq 0 ] && pass nfqueue-kernel-tests || fail nfqueue-kernel-tests
 echo "$out" | grep -Eq "[0-9]+ skipped" && fail nfqueue-nothing-skipped || pass nfqueue-nothing-skipped
 exit $((FAILS > 0))
