@@ -144,7 +144,7 @@ from typing import Any
 import alg
 from alg import TCP, UDP, Direction, Expect, ExpectClass, HelperSpec, Notice, Option, Parsed, Unexpect
 
-from . import grammar, sdp
+from . import grammar, nat, sdp
 from .grammar import Contact, Message
 
 MEDIA_CLASSES = {b"audio": "audio", b"video": "video", b"image": "image"}
@@ -335,6 +335,14 @@ class SipHelper(alg.Helper):
 
     # ------------------------------------------------------------ messages
     def _message(self, msg: Message, seg: alg.Segment, state: SipState, base: int) -> tuple:
+        """The message's actions and, under NAT, its spans (every message the
+        grammar accepts, retransmissions too: each copy goes out rewritten)."""
+        actions = self._actions(msg, seg, state, base)
+        if seg.nat is None:
+            return actions
+        return actions + tuple(nat.spans(msg, seg, base))
+
+    def _actions(self, msg: Message, seg: alg.Segment, state: SipState, base: int) -> tuple:
         callid = msg.value(b"call-id")
         cseq = grammar.parse_cseq(msg.value(b"cseq"))
         if not callid or cseq is None:
@@ -561,10 +569,15 @@ class SipHelper(alg.Helper):
             c = grammar.parse_contact(elem, 0)
             if c is not None and c.addr is not None:
                 granted[(c.addr, c.port)] = c.expires
+                inside = seg.nat.map(seg.direction, c.addr, c.port or nat.SIP_PORT) if seg.nat else None
+                if inside is not None:  # the binding as the gateway wrote it: the phone's own, as asked
+                    granted[inside] = c.expires
         header = self._expires(msg.value(b"expires"))
         for c in asked:
             assert c.addr is not None  # only address literals are kept (_register)
             g = granted.get((c.addr, c.port))
+            if g is None and seg.nat is not None:
+                g = granted.get((c.addr, c.port or nat.SIP_PORT))
             expires = g if g is not None else header
             if expires == 0:
                 out.append(Unexpect("signalling", tag))

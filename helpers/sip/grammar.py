@@ -427,4 +427,45 @@ def parse_cseq(value: bytes | None) -> tuple[int, bytes] | None:
 
 
 _SEARCH.update((n, _compile(n)) for n in (b"call-id", b"cseq", b"content-length", b"content-type", b"contact",
-                                          b"expires", b"via"))
+                                          b"expires", b"via", b"from", b"to", b"route", b"record-route"))
+
+
+# Via = sent-protocol LWS sent-by *( SEMI via-params ) (§20.42, §25.1); the
+# transport (group 1) and where sent-by starts
+_VIA = re.compile(rb"SIP/2\.0/([A-Za-z]+)[ \t]+", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """The first (topmost) element of a Via value: where its sent-by is, and
+    the received= / rport= / maddr= parameters (RFC 3261 §18.2.1, RFC 3581)."""
+
+    transport: bytes  # upper case: UDP, TCP, ...
+    host: bytes
+    port: int | None
+    where: tuple[int, int]  # (offset, length) of host[:port] within the value
+    params: tuple[tuple[bytes, bytes, int], ...]  # (name lower case, value, offset of the value)
+
+
+def parse_via(value: bytes) -> Via | None:
+    """The topmost sent-by of a Via value, None when it is not one."""
+    m = _VIA.match(value)
+    if not m:
+        return None
+    hp = _HOSTPORT.match(value, m.end())
+    if not hp:
+        return None
+    end = value.find(b",", hp.end())
+    end = len(value) if end < 0 else end
+    params = []
+    at = hp.end()
+    while at < end and value[at:at + 1] == b";":
+        nxt = value.find(b";", at + 1, end)
+        nxt = end if nxt < 0 else nxt
+        name, eq, v = value[at + 1:nxt].partition(b"=")
+        if eq:
+            lead = len(v) - len(v.lstrip())
+            params.append((name.strip().lower(), v.strip(), at + 1 + len(name) + 1 + lead))
+        at = nxt
+    port = int(hp.group(2)) if hp.group(2) else None
+    return Via(m.group(1).upper(), hp.group(1), port, (hp.start(), hp.end() - hp.start()), tuple(params))
