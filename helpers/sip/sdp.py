@@ -205,4 +205,7 @@ def owner(body: bytes, base: int = 0) -> Connection | None:
     fields = line.split(b" ")
     if len(fields) != 6 or fields[3] != b"IN" or fields[4] not in (b"IP4", b"IP6"):
         return None
-    return _address(4 if fields[4] == b"IP4" else 6, fields[5], base + at + 2 + len(line) - len(fields[5]))
+    addr, start = fields[5], base + at + 2 + len(line) - len(fields[5])
+    if addr.startswith(b"[") and addr.endswith(b"]"):  # SIPp writes IPv6 bracketed here (§5.2 does not)
+        addr, start = addr[1:-1], start + 1
+    return _address(4 if fields[4] == b"IP4" else 6, addr, start)
