@@ -54,6 +54,12 @@ REGISTER, REGISTERED = UDP4[-4], UDP4[-3]
 AS_SENT = (b"10.0.1.2:5061", b"192.0.2.1:1024")  # the phone's endpoint, inside and outside
 
 
+def masquerade(sport: int) -> NatMap:
+    """The phone's UDP conntrack to the server, its source the public endpoint."""
+    return NatMap(FlowTuple(4, 17, ip(PHONE), ip(SERVER), sport, 5060),
+                  FlowTuple(4, 17, ip(SERVER), ip(PUBLIC), 5060, PORT))
+
+
 def daemon(tmp_path: Path, k: FakeKernel, policy: str = "") -> Daemon:
     (tmp_path / "sip.toml").write_text(f'helper = "sip"\nqueue = {Q}\n{policy}')
     (tmp_path / "alg.toml").write_text(f'[core]\nstatus_socket = "{tmp_path}/alg.sock"\n')
@@ -162,7 +168,7 @@ def test_the_200_ok_comes_back_with_the_phones_own_endpoint(tmp_path):
 def test_received_and_rport_in_the_answer_are_mapped_back():
     """RFC 3581: the server says where the request came from (the public
     endpoint); the phone is told its own, as the kernel does."""
-    nat = NatMap(FlowTuple(4, 17, ip(PHONE), ip(SERVER), 5061, 5060), FlowTuple(4, 17, ip(SERVER), ip(PUBLIC), 5060, PORT))
+    nat = masquerade(5061)
     h = SipHelper()
     st = h.new_state()
     h.inspect(Segment(INVITE, Direction.ORIGINAL, nat.original, 0.0, nat=nat), st)
@@ -340,7 +346,7 @@ def test_ipv6_brackets_the_host_and_not_the_sdp_address(tmp_path):
 
 # ---------------------------------------------------------------- left alone
 def test_host_names_are_left_alone():
-    nat = NatMap(FlowTuple(4, 17, ip(PHONE), ip(SERVER), 5061, 5060), FlowTuple(4, 17, ip(SERVER), ip(PUBLIC), 5060, PORT))
+    nat = masquerade(5061)
     message = INVITE.replace(b"Contact: <sip:sipp@10.0.1.2:5061;", b"Contact: <sip:sipp@phone.example:5061;")
     message = message.replace(b"c=IN IP4 10.0.1.2", b"c=IN IP4 phone.example")
     out = SipHelper().inspect(Segment(message, Direction.ORIGINAL, nat.original, 0.0, nat=nat), SipHelper().new_state())
@@ -382,7 +388,7 @@ def test_no_rewriting_where_the_policy_says_nat_false(tmp_path):
 @pytest.mark.parametrize("form", ["sips", "port-less"])
 def test_a_uri_without_port_means_5060(form):
     """The kernel reads a URI without a port as 5060 and writes the port when it maps it."""
-    nat = NatMap(FlowTuple(4, 17, ip(PHONE), ip(SERVER), 5060, 5060), FlowTuple(4, 17, ip(SERVER), ip(PUBLIC), 5060, PORT))
+    nat = masquerade(5060)
     contact = b"<sips:a@10.0.1.2>" if form == "sips" else b"<sip:a@10.0.1.2>"
     message = REGISTER.replace(b"<sip:sipp@10.0.1.2:5061;transport=UDP>", contact)
     out = SipHelper().inspect(Segment(message, Direction.ORIGINAL, nat.original, 0.0, nat=nat), SipHelper().new_state())

@@ -130,7 +130,57 @@ Deliberate differences from the kernel helper
 * Under expectation-table pressure the packet is accepted (the engine's
   `accept_on_pressure`); the kernel drops it.
 
-NAT: not rewritten yet (every address and port is reported with its offset).
+NAT (nf_nat_sip)
+----------------
+When the kernel translates the signalling flow (masquerade, SNAT, a DNAT
+port forward) and the policy keeps `nat = true`, every message the grammar
+accepts (retransmissions too) also names, for the core to rewrite
+(`nat.spans`, the kernel's map_addr rule in `alg.NatMap`): the Request-URI
+host, the topmost Via's sent-by when it is the sender's endpoint (request)
+or the receiver's (response) and then its `maddr=`, `received=`, `rport=`;
+every Contact, From and To; the SDP `o=`, session and media `c=`, `m=`
+ports, `a=rtcp:` port and address; Content-Length. A phone's INVITE from
+behind a masquerade thus leaves with the gateway's public address:port,
+its media expected there (CTA_EXPECT_NAT back to the phone, on the next
+free port pair if another call holds them: the m= and a=rtcp ports then
+say so); the answers come back naming the phone again. A REGISTER's Contact
+names the public endpoint, so that a call from the registrar to it
+arrives in the REGISTER conntrack's reply direction; that INVITE's
+Request-URI and To are mapped back to the phone. Over TCP several messages
+per segment are each rewritten; a message whose spans lie in an earlier
+segment is forwarded untouched and counted (`nat_failed`), as is any
+message whose rewrite cannot be made (the packet past 65,535 bytes).
+Without NAT nothing of this is computed (bench_sip.py measures both).
+
+Deliberate differences from nf_nat_sip:
+* Record-Route and Route elements are mapped by the same rule (the kernel
+  leaves them: a proxy behind a port forward would be unreachable).
+* SDP `o=` and `c=` are mapped only when they name a translated endpoint of
+  the conntrack (`c=0.0.0.0` on hold, a host name, a third host stay); the
+  kernel writes the last stream's media address into the session `o=` and
+  `c=` whatever they held, and drops the packet when `o=` does not parse
+  (SIPp's bracketed IPv6 `o=` address is accepted here).
+* `a=rtcp:` port and address are rewritten (the kernel ignores a=rtcp).
+* Every application/sdp body, multipart parts included, in any message
+  (the kernel: the messages it reads SDP in, first body only).
+* `sips:` URIs are mapped too (the kernel searches for `sip:` only).
+* A message that cannot be rewritten (spans over two TCP segments, the
+  packet past 65,535 bytes) is forwarded as it was and counted; the kernel
+  drops it ("cannot mangle ..."). A header folded over continuation lines
+  is left (`nat-folded-header`); the kernel follows continuation lines.
+* Not done: the kernel's `forced_dport` (Cisco phones sending from a high
+  port but listening on the Via port: the kernel rewrites the UDP
+  destination port of the answers; spans cover the payload only). A
+  media address that is another inside host (`direct_media = false`) is
+  not moved outside (the core moves the sender's own endpoints only).
+  The signalling expectation of a REGISTER stays the phone's inside
+  endpoint: the kernel expects the public endpoint with CTA_EXPECT_NAT
+  (nf_nat_sip_expect), which serves calls after the REGISTER conntrack has
+  expired; here they rely on that conntrack (phones re-register and send
+  keep-alives well within its timeout). A retransmission is rewritten by
+  the NAT rule only: if the first copy's media ports were moved (another
+  call held them), the retransmitted copy names the unmoved ports.
+
 Limits: SIP over TLS (5061) and WebSocket are opaque; SDP media over TCP
 (RFC 4145) is counted, not expected.
 """
@@ -418,6 +468,8 @@ class SipHelper(alg.Helper):
         capped = 0
         for body, off in sdp.sdp_bodies(msg.value(b"content-type"), msg.body, msg.body_offset):
             session = sdp.parse(body, base + off, media_lines, lines)
+            if seg.nat is not None:  # its spans are named from the same reading
+                msg.sdp = (msg.sdp or []) + [(body, base + off, session)]
             media_lines -= len(session.media)
             lines -= session.lines
             capped += session.skipped

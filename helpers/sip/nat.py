@@ -25,7 +25,8 @@ written with the port. Only address literals of the flow's family are
 named; a host name is left alone. Header spans whose mapping changes
 nothing are not named (the kernel leaves them byte for byte). A header
 value folded over continuation lines is not rewritten (counted,
-`nat-folded-header`).
+`nat-folded-header`). The differences from the kernel are listed in the
+package docstring.
 """
 
 from __future__ import annotations
@@ -69,10 +70,10 @@ class _Spans:
 
     def uri(self, elem: bytes, at: int) -> None:
         """A SIP URI or name-addr (Contact, From, To, Route...) at offset `at`."""
-        c = grammar.parse_contact(elem, 0)
-        if c is not None:
-            off, n = c.where
-            self.endpoint(at + off, elem[off:off + n], c.addr, c.port or SIP_PORT, Form.HOST_PORT)
+        u = grammar.uri_host(elem)
+        if u is not None:
+            off, n, host, port = u
+            self.endpoint(at + off, elem[off:off + n], grammar.ip_literal(host), port or SIP_PORT, Form.HOST_PORT)
 
     def elements(self, msg: grammar.Message, name: bytes) -> None:
         for h in msg.all(name):
@@ -80,17 +81,19 @@ class _Spans:
                 self.uri(elem, h.offset + off)
 
     def address(self, conn: sdp.Connection | None) -> None:
-        """An SDP address (c=, o=, a=rtcp): named when the NAT maps it (0.0.0.0 never is)."""
+        """An SDP address (c=, o=, a=rtcp; offsets in the segment): named when the NAT
+        maps it (0.0.0.0 never is)."""
         if conn is None or conn.addr is None or conn.addr.version != self.l3:
             return
         to = self.nat.map(self.direction, conn.addr, None)
         if to is not None and to[0] != conn.addr:
-            self.out.append(Rewrite(self.base + conn.where[0], conn.where[1], conn.addr, None, Form.ADDR))
+            self.out.append(Rewrite(conn.where[0], conn.where[1], conn.addr, None, Form.ADDR))
 
     def port(self, where: tuple[int, int], conn: sdp.Connection | None, port: int) -> None:
-        """An SDP port: the media endpoint an Expect names (the core knows where it went)."""
+        """An SDP port (offsets in the segment): the media endpoint an Expect names (the
+        core knows where it went)."""
         if conn is not None and conn.addr is not None and conn.addr.version == self.l3:
-            self.out.append(Rewrite(self.base + where[0], where[1], conn.addr, port, Form.PORT))
+            self.out.append(Rewrite(where[0], where[1], conn.addr, port, Form.PORT))
 
 
 def spans(msg: grammar.Message, seg: alg.Segment, base: int) -> list:
@@ -153,10 +156,17 @@ def _literal(text: bytes) -> Any:
 
 
 def _sdp(s: _Spans, msg: grammar.Message) -> None:
-    lines = MAX_BODY_LINES
-    for body, off in sdp.sdp_bodies(msg.value(b"content-type"), msg.body, msg.body_offset):
-        session = sdp.parse(body, off, MAX_MEDIA, lines)
-        lines -= session.lines
+    """The SDP spans, from the bodies the helper read (or, in a message it
+    read none in, from a reading of its own)."""
+    bodies = msg.sdp
+    if bodies is None:
+        bodies, lines = [], MAX_BODY_LINES
+        for body, off in sdp.sdp_bodies(msg.value(b"content-type"), msg.body, msg.body_offset):
+            bodies.append((body, s.base + off, sdp.parse(body, s.base + off, MAX_MEDIA, lines)))
+            lines -= bodies[-1][2].lines
+            if lines <= 0:
+                break
+    for body, off, session in bodies:
         s.address(sdp.owner(body, off))
         s.address(session.connection)
         for media in session.media:
@@ -167,5 +177,3 @@ def _sdp(s: _Spans, msg: grammar.Message) -> None:
             if media.rtcp_where is not None and media.rtcp_port is not None:
                 s.address(media.rtcp_connection)
                 s.port(media.rtcp_where, media.rtcp_connection or conn, media.rtcp_port)
-        if lines <= 0:
-            break
