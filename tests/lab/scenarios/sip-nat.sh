@@ -38,42 +38,18 @@ lab_srv ip route add unreachable 10.0.1.0/24
 lab_srv ip -6 route add unreachable fd00:1::/64
 sip_policy "$OUT/policy"
 
-# nat_call udp|tcp 4|6 LABEL: one call, media both ways while it is up
+# the server sends its media where the phone's SDP says: the gateway; the UAS logs what it got
+SIP_MEDIA_TO4=$LAB_FW4_S SIP_MEDIA_TO6=$LAB_FW6_S SIP_TRACE=1 SIP_RULE_CALLER=nat-rel-phone SIP_RULE_CALLEE=nat-rel-server
+
+# nat_call udp|tcp 4|6 LABEL: sip_call, and what the server was sent: the gateway's address
+# wherever the phone named itself (SIPp's Call-ID carries the phone's address: not an
+# endpoint, left as the kernel does)
 nat_call() {
-    local tr=$1 fam=$2 label=$3 t cli srv pub uri uas uac rc=0 n=0
-    [ "$tr" = udp ] && t=u1 || t=t1
-    if [ "$fam" = 6 ]; then cli=$LAB_CLIENT6 srv=$LAB_SERVER6 pub=$LAB_FW6_S uri="[$LAB_SERVER6]"
-    else cli=$LAB_CLIENT4 srv=$LAB_SERVER4 pub=$LAB_FW4_S uri=$LAB_SERVER4; fi
-    local c0 c1
-    c0=$(count_rule nat-rel-phone) c1=$(count_rule nat-rel-server)
-    lab_srv sipp -sf "$SIPP_DIR/uas-lab.xml" -i "$srv" -p 5060 -t $t -mp 20000 -m 1 $SIPP_PATIENT -timeout 240s \
-        -trace_msg -message_file "$OUT/$label-uas-messages.log" >"$OUT/$label-uas.log" 2>&1 &
-    uas=$!
-    sleep 1
-    lab_cli sipp -sf "$SIPP_DIR/uac-lab.xml" "$uri:5060" -i "$cli" -p 5061 -t $t -mp 16000 -m 1 -s alice \
-        -d "$HOLD_MS" $SIPP_PATIENT -timeout 240s >"$OUT/$label-uac.log" 2>&1 &
-    uac=$!
-    local until=$((SECONDS + 60))
-    while [ $SECONDS -lt $until ]; do  # until both SDPs have been seen (or 60 s: a starved guest is slow)
-        n=$(fw_expect | grep -c "helper=alg-sip") || true
-        [ "$n" -ge 4 ] && break
-        kill -0 "$uac" 2>/dev/null || break
-        sleep 0.25
-    done
-    fw_expect >"$OUT/$label-expect.txt" || true
-    media "$LAB_NS_SERVER" "$pub" 16000 &   # server -> the address the INVITE's SDP named: the gateway
-    local m1=$!
-    media "$LAB_NS_CLIENT" "$srv" 20000     # phone -> server (the 200's SDP)
-    wait "$m1" || true
-    wait "$uac" || rc=$?
-    wait "$uas" || rc=$((rc | $?))
-    LAST_SIGNALLING=$rc LAST_EXPECT=$n
-    LAST_PHONE=$(( $(count_rule nat-rel-phone) - c0 ))
-    LAST_SERVER=$(( $(count_rule nat-rel-server) - c1 ))
-    # what the server was sent: the gateway's address wherever the phone named itself
-    # (SIPp's Call-ID carries the phone's address: not an endpoint, left as the kernel does)
-    LAST_SEEN=$(grep -aE '^(Via|From|Contact|o=|c=)' "$OUT/$label-uas-messages.log" 2>/dev/null | grep -c "$pub")
-    LAST_LEAK=$(grep -aE '^(Via|From|Contact|o=|c=)' "$OUT/$label-uas-messages.log" 2>/dev/null | grep -c "$cli")
+    local fam=$2 cli=$LAB_CLIENT4 pub=$LAB_FW4_S
+    [ "$fam" = 6 ] && cli=$LAB_CLIENT6 pub=$LAB_FW6_S
+    sip_call "$@"
+    LAST_SEEN=$(grep -aE '^(Via|From|Contact|o=|c=)' "$OUT/$3-uas-messages.log" 2>/dev/null | grep -c "$pub")
+    LAST_LEAK=$(grep -aE '^(Via|From|Contact|o=|c=)' "$OUT/$3-uas-messages.log" 2>/dev/null | grep -c "$cli")
 }
 
 # ---------------------------------------------------------------- alg running
@@ -94,8 +70,8 @@ for combo in "udp 4" "tcp 4" "udp 6"; do
     check "$label signalling completed through NAT (sipp exit 0)" test "$LAST_SIGNALLING" = 0
     check "$label the server saw the gateway's address ($LAST_SEEN lines) and not the phone's ($LAST_LEAK)" \
         test "$LAST_SEEN" -ge 4 -a "$LAST_LEAK" = 0
-    check "$label media to the gateway reached the phone, RELATED ($LAST_PHONE)" test "$LAST_PHONE" -ge 1
-    check "$label media from the phone RELATED ($LAST_SERVER)" test "$LAST_SERVER" -ge 1
+    check "$label media to the gateway reached the phone, RELATED ($LAST_CALLER)" test "$LAST_CALLER" -ge 1
+    check "$label media from the phone RELATED ($LAST_CALLEE)" test "$LAST_CALLEE" -ge 1
 done
 lab_fw "$ALG" status --format json >"$OUT/status.json" 2>&1 || true
 check "sip-nat: messages rewritten, none refused" "${LAB_HOST_PYTHON:-python3}" -c '
@@ -108,7 +84,7 @@ sip_alg_stop
 lab_fw conntrack -F >/dev/null 2>&1 || true
 lab_fw conntrack -F expect >/dev/null 2>&1 || true
 nat_call udp 4 sip-nat-negative
-check "sip-nat negative: media to the gateway does not reach the phone without alg" test "$LAST_PHONE" = 0
+check "sip-nat negative: media to the gateway does not reach the phone without alg" test "$LAST_CALLER" = 0
 
 echo "sip-nat: $FAILS failed"
 [ "$FAILS" = 0 ]
