@@ -74,11 +74,15 @@ class Call:
     """One SIP conntrack through the fake kernel; `send` returns what left the gateway."""
 
     def __init__(self, tmp_path: Path, proto: int = 17, l3: int = 4, k: FakeKernel | None = None,
-                 d: Daemon | None = None, phone: str = PHONE, sport: int = 5061):
+                 d: Daemon | None = None, phone: str = PHONE, sport: int = 5061, dnat: str | None = None):
         self.k = k or FakeKernel()
         self.d = d or daemon(tmp_path, self.k)
         server, public = (SERVER, PUBLIC) if l3 == 4 else (SERVER6, PUBLIC6)
-        self.cid = self.k.connect("sip", l3, proto, phone, server, sport, 5060, reply_dst=public, reply_dport=PORT)
+        if dnat:  # the caller outside calls the gateway, which forwards to the server `dnat` inside
+            self.cid = self.k.connect("sip", l3, proto, phone, public, sport, 5060, reply_src=dnat)
+        else:
+            self.cid = self.k.connect("sip", l3, proto, phone, server, sport, 5060, reply_dst=public,
+                                      reply_dport=PORT)
         self.proto, self.seq = proto, [1000, 5000]
         if proto == 6:
             self.send(False, b"", SYN)
@@ -126,6 +130,13 @@ def content_length_right(message: bytes) -> bool:
     head, _, body = message.partition(b"\r\n\r\n")
     value = [line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
     return int(value[0]) == len(body)
+
+
+def relength(message: bytes) -> bytes:
+    """The message with its Content-Length (SIPp's, three spaces before it) set to its body's."""
+    head, sep, body = message.partition(b"\r\n\r\n")
+    at = head.index(b"Content-Length:   ") + 18
+    return head[:at] + b"%d" % len(body) + sep + body
 
 
 def outside(message: bytes) -> bytes:
@@ -302,6 +313,26 @@ ANSWER = _with_sdp(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.2.2:5060;branch=z9h
                    b"To: sipp <sip:sipp@10.0.1.2:5061>;tag=7597SIPpTag019\r\nCall-ID: 9-7594@10.0.2.2\r\n"
                    b"CSeq: 1 INVITE\r\nContact: <sip:sipp@10.0.1.2:5061;transport=UDP>\r\n",
                    _sdp(b"10.0.1.2", 20000))
+
+
+def test_a_server_behind_a_port_forward_answers_with_the_public_address(tmp_path):
+    """DNAT: the caller 198.51.100.7 outside calls 192.0.2.1:5060, forwarded to
+    the server 10.0.2.2 inside. The INVITE's Request-URI and To reach the
+    server naming it; its answer's Contact and SDP name the public address,
+    its media is expected there and translated to it."""
+    caller = "198.51.100.7"
+    c = Call(tmp_path, phone=caller, dnat=SERVER)
+    invite = INVITE.replace(b"10.0.1.2", caller.encode()).replace(b"10.0.2.2", PUBLIC.encode())
+    got = c.send(False, relength(invite))
+    assert got.startswith(b"INVITE sip:alice@10.0.2.2:5060 SIP/2.0\r\n")
+    assert b"To: alice <sip:alice@10.0.2.2:5060>" in got
+    assert b"c=IN IP4 198.51.100.7" in got  # the caller's own: no NAT concerns it
+    sent = c.send(True, relength(OK.replace(b"10.0.1.2", caller.encode())))
+    assert b"Contact: <sip:192.0.2.1:5060;transport=UDP>" in sent and b"c=IN IP4 192.0.2.1\r\n" in sent
+    assert b"o=user1 53655765 2353687637 IN IP4 192.0.2.1\r\n" in sent and content_length_right(sent)
+    assert b"Via: SIP/2.0/UDP 198.51.100.7:5061;" in sent
+    assert c.expected() == [("audio", PUBLIC, p, (0, SERVER, p)) for p in (20000, 20001)] + \
+                           [("video", PUBLIC, p, (0, SERVER, p)) for p in (20002, 20003)]
 
 
 # ---------------------------------------------------------------- TCP, IPv6
