@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 from fakekernel import SYN, FakeKernel
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from alg import Direction, FlowTuple, NatMap, Rewrite, Segment
+from alg import Direction, FlowTuple, Length, NatMap, Rewrite, Segment
 from alg.daemon import Daemon
 from alg.decode import decode_frame
 from alg.nat import checksum
@@ -426,3 +428,20 @@ def test_a_uri_without_port_means_5060(form):
     (r,) = [a for a in out.actions if isinstance(a, Rewrite) and message[a.offset - 8:a.offset] == b"<sip:a@"[-8:]
             or isinstance(a, Rewrite) and message[a.offset - 2:a.offset] == b"a@"]
     assert (message[r.offset:r.offset + r.length], r.port) == (b"10.0.1.2", 5060)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, len(INVITE) - 1), st.binary(max_size=6)), max_size=6),
+       st.sampled_from([False, True]))
+def test_spans_stay_inside_the_message_and_apart(edits, reply):
+    """Whatever a peer sends, the spans named lie inside the bytes given and
+    never overlap (the core would refuse the message: no half rewrite)."""
+    data = bytearray(INVITE if not reply else as_the_server_sends(OK))
+    for at, junk in edits:
+        data[at:at + len(junk)] = junk
+    h = SipHelper()
+    nat = masquerade(5061)
+    out = h.inspect(Segment(bytes(data), Direction(int(reply)), nat.original, 0.0, nat=nat), h.new_state())
+    spans = sorted((a.offset, a.length) for a in out.actions if isinstance(a, (Rewrite, Length)))
+    assert all(0 <= off and off + n <= len(data) for off, n in spans)
+    assert all(a[0] + a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
