@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from alg import Direction, FlowTuple, Length, NatMap, Rewrite, Segment
 from alg.daemon import Daemon
-from alg.decode import decode_frame
+from alg.decode import NotDecoded, decode_frame
 from alg.nat import checksum
 from alg.pcap import read_frames
 from alg.plugins import load_plugins
@@ -36,17 +36,22 @@ ip = ipaddress.ip_address
 Q = 5
 
 
-def captured(case: str) -> list[bytes]:
-    """The SIP messages of a capture, in order."""
+def _sip_messages(path: Path) -> list[tuple[str, bytes]]:
+    """(sender address, payload) of each SIP datagram of a capture, in order."""
     out = []
-    for f in read_frames(str(PCAPS / case / "capture.pcap")):
+    for f in read_frames(str(path)):
         try:
             p = decode_frame(f.linktype, f.data)
-        except Exception:
+        except NotDecoded:  # ARP
             continue
         if p.payload and 5060 in (p.sport, p.dport) and b"SIP/2.0" in p.payload[:120]:
-            out.append(p.payload)
+            out.append((str(ip(p.src)), p.payload))
     return out
+
+
+def captured(case: str) -> list[bytes]:
+    """The SIP messages of a capture in tests/pcaps, in order."""
+    return [m for _src, m in _sip_messages(PCAPS / case / "capture.pcap")]
 
 
 UDP4 = captured("sip-sipp-udp4")
@@ -86,6 +91,7 @@ class Call:
             self.cid = self.k.connect("sip", l3, proto, phone, server, sport, 5060, reply_dst=public,
                                       reply_dport=PORT)
         self.proto, self.seq = proto, [1000, 5000]
+        self.created: set[tuple] = set()  # (class, src, dst, dport) of every expectation made
         if proto == 6:
             self.send(False, b"", SYN)
             self.send(True, b"", SYN | 0x10)
@@ -96,6 +102,8 @@ class Call:
         self.seq[reply] += len(data) + (1 if flags & SYN else 0)
         self.d.workers[Q].serve()
         self.d.sink.run_due()
+        self.created |= {(e.cls, str(e.src), str(e.dst), e.dport) for e in self.d.engine.table
+                         if e.key not in self.before}
         v = self.k.queues[Q].verdicts[-1]
         assert v.accept
         self.ct = v.ct
@@ -445,3 +453,71 @@ def test_spans_stay_inside_the_message_and_apart(edits, reply):
     spans = sorted((a.offset, a.length) for a in out.actions if isinstance(a, (Rewrite, Length)))
     assert all(0 <= off and off + n <= len(data) for off, n in spans)
     assert all(a[0] + a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+
+
+# ---------------------------------------------------------------- differential: the kernel's nf_nat_sip
+NAT_CASES = Path(__file__).parent / "nat"
+
+
+def _key(message: bytes) -> tuple:
+    """What NAT leaves alone and tells a message from another: the method or
+    status code, Call-ID, CSeq, the Via branch."""
+    head = message.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    first = head[0].split(b" ")
+    fields = {line.partition(b":")[0].lower(): line for line in head[1:]}
+    return (first[1] if first[0] == b"SIP/2.0" else first[0], fields.get(b"call-id"), fields.get(b"cseq"),
+            fields.get(b"via", b"").partition(b"branch=")[2])
+
+
+@pytest.mark.parametrize("fam", [4, 6])
+def test_what_alg_writes_is_what_the_kernels_nf_nat_sip_wrote(tmp_path, fam):
+    """The same SIPp calls through the kernel's nf_nat_sip (recorded on both
+    sides of the gateway, tests/nat/README.md): alg, given each message as it
+    reached the gateway, writes what the kernel wrote, byte for byte. The one
+    difference: the IPv6 INVITEs the kernel dropped (SIPp's bracketed o=
+    address), which alg rewrites."""
+    d = NAT_CASES / f"sip-sipp-masquerade-udp{fam}"
+    phone, server, public = (PHONE, SERVER, "10.0.2.1") if fam == 4 else (PHONE6, SERVER6, "fd00:2::1")
+    inside, outside_ = _sip_messages(d / "client.pcap"), _sip_messages(d / "server.pcap")
+    kernel = {(src, _key(m)): m for src, m in outside_ if src in (public, server)}
+    kernel.update({(src, _key(m)): m for src, m in inside if src == server})
+    k = FakeKernel()
+    cid = k.connect("sip", fam, 17, phone, server, 5061, 5060, reply_dst=public, reply_dport=5061)
+    c = Call.__new__(Call)
+    c.k, c.d, c.cid, c.proto, c.seq, c.created = k, daemon(tmp_path, k), cid, 17, [0, 0], set()
+    compared, dropped = 0, []
+    for src, m in inside:
+        if src == server:
+            continue  # the server's messages are fed from the other side, in order below
+        wrote = c.send(False, m)
+        theirs = kernel.get((public, _key(m)))
+        if theirs is None:
+            dropped.append(m.split(b"\r\n")[0])
+            assert b"IN IP6 [" + public.encode() + b"]" in wrote  # the o= the kernel could not parse
+            continue
+        assert wrote == theirs
+        compared += 1
+    for src, m in outside_:
+        if src == server:
+            assert c.send(True, m) == kernel[(server, _key(m))]
+            compared += 1
+    assert compared >= (20 if fam == 4 else 4)
+    # the same expectations: the media where the SDP (as rewritten) says, from the other end;
+    # the REGISTER's: the kernel's at the public endpoint, alg's the phone's (see the helper)
+    classes = ["signalling", "audio", "video", "image"]
+    theirs_expected = set()
+    for line in (d / "kernel-expect.txt").read_text().splitlines():
+        if "[NEW]" in line:
+            f: dict[str, str] = {}
+            for w in line.split()[2:]:
+                f.setdefault(*w.split("=", 1))  # the first src, dst, dport: the expected tuple's
+            theirs_expected.add((classes[int(f["class"])], f["src"], f["dst"], int(f["dport"])))
+    signalling = ("signalling", server, phone, 5061)
+    media = {e for e in theirs_expected if e[0] != "signalling"}
+    if fam == 4:
+        assert c.created - {signalling} == media
+    else:  # the kernel expected the INVITE's media, then dropped the INVITE (o= did not parse)
+        assert media and media <= c.created
+    assert signalling in c.created and ("signalling", server, public, 5061) in theirs_expected
+    assert dropped == ([] if fam == 4 else [b"INVITE sip:alice@[fd00:2::2]:5060 SIP/2.0"] * len(dropped))
+    assert (fam == 4) == (not dropped)
