@@ -238,6 +238,18 @@ def test_media_ports_taken_by_another_phone_move_and_the_sdp_says_where(tmp_path
     assert content_length_right(sent)
 
 
+def test_a_retransmission_names_the_same_moved_ports(tmp_path):
+    """The first copy may be lost: the retransmitted INVITE must name the
+    outside ports its media are expected on, as the first copy did."""
+    first = Call(tmp_path)
+    first.send(False, INVITE)
+    second = Call(tmp_path, k=first.k, d=first.d, phone="10.0.1.3")
+    offer = INVITE.replace(b"10.0.1.2", b"10.0.1.3")
+    assert second.send(False, offer) == second.send(False, offer)
+    assert b"m=audio 16004 RTP/AVP 0\r\n" in second.send(False, offer)
+    assert second.stats()["notices"]["retransmission"] == 2
+
+
 def test_an_a_rtcp_port_moves_with_its_rtp_port(tmp_path):
     first = Call(tmp_path)
     first.send(False, INVITE)

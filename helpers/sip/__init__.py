@@ -177,9 +177,10 @@ Deliberate differences from nf_nat_sip:
   endpoint: the kernel expects the public endpoint with CTA_EXPECT_NAT
   (nf_nat_sip_expect), which serves calls after the REGISTER conntrack has
   expired; here they rely on that conntrack (phones re-register and send
-  keep-alives well within its timeout). A retransmission is rewritten by
-  the NAT rule only: if the first copy's media ports were moved (another
-  call held them), the retransmitted copy names the unmoved ports.
+  keep-alives well within its timeout).
+* A retransmission's media are expected again under NAT (the same master
+  asking again replaces them), so that the copy names the outside ports;
+  without NAT it is only counted (the kernel reads every copy anew).
 
 Limits: SIP over TLS (5061) and WebSocket are opaque; SDP media over TCP
 (RFC 4145) is counted, not expected.
@@ -406,7 +407,8 @@ class SipHelper(alg.Helper):
             tr = state.transactions.get(key)
             if tr is not None and tr.direction == seg.direction:
                 # RFC 3261 §17.1.1.2: a retransmission; it was acted on already
-                return (Notice("retransmission", method.decode("latin-1")),)
+                return (Notice("retransmission", method.decode("latin-1")),
+                        *self._again(msg, seg, tag, base, method in SDP_REQUESTS))
             tr = Transaction(seg.direction)
             state.transactions[key] = tr
             _bound(state.transactions, self.options["max_transactions"])
@@ -416,7 +418,8 @@ class SipHelper(alg.Helper):
             return (Notice("unmatched-response", f"{msg.status} to {cseq[1].decode('latin-1')}"),)
         status = msg.status or 0
         if status in tr.statuses:
-            return (Notice("retransmission", str(status)),)
+            return (Notice("retransmission", str(status)),
+                    *self._again(msg, seg, tag, base, cseq[1] in SDP_RESPONSES and 100 < status < 300))
         if len(tr.statuses) >= MAX_STATUSES:
             return (Notice("responses-capped", str(status)),)
         tr.statuses += (status,)
@@ -455,6 +458,12 @@ class SipHelper(alg.Helper):
             state.confirmed.move_to_end(tag)
             _bound(state.confirmed, self.options["max_transactions"])
         return tuple(self._sdp(msg, seg, tag, base)) if status > 100 else ()
+
+    def _again(self, msg: Message, seg: alg.Segment, tag: str, base: int, sdp_message: bool) -> list:
+        """A retransmission's media, expected again under NAT only: the same master
+        asking again replaces its expectations, and the copy names the outside
+        ports they have (moved, if another call holds the inside ones)."""
+        return self._sdp(msg, seg, tag, base) if seg.nat is not None and sdp_message else []
 
     # ------------------------------------------------------------ SDP -> media
     def _sdp(self, msg: Message, seg: alg.Segment, tag: str, base: int) -> list:
