@@ -408,6 +408,14 @@ def test_host_names_are_left_alone():
     assert named == {b"10.0.1.2:5061", b"10.0.1.2"}  # Via, From; o=
 
 
+def test_a_message_full_of_contacts_names_16_at_most():
+    contacts = b"Contact: " + b", ".join(b"<sip:a@10.0.1.2:5061>" for _ in range(400)) + b"\r\n"
+    message = REGISTER.replace(b"Max-Forwards: 70\r\n", contacts * 20)
+    out = SipHelper().inspect(Segment(message, Direction.ORIGINAL, masquerade(5061).original, 0.0,
+                                      nat=masquerade(5061)), SipHelper().new_state())
+    assert sum(isinstance(a, Rewrite) for a in out.actions) == 16 + 2  # Via, From
+
+
 def test_nothing_is_named_without_nat():
     h = SipHelper()
     flow = FlowTuple(4, 17, ip(PHONE), ip(SERVER), 5061, 5060)

@@ -25,8 +25,9 @@ written with the port. Only address literals of the flow's family are
 named; a host name is left alone. Header spans whose mapping changes
 nothing are not named (the kernel leaves them byte for byte). A header
 value folded over continuation lines is not rewritten (counted,
-`nat-folded-header`). The differences from the kernel are listed in the
-package docstring.
+`nat-folded-header`). Bounds: MAX_LIST (16) URIs per header name over
+all its headers, the SDP lines the helper reads. The differences from the
+kernel are listed in the package docstring.
 """
 
 from __future__ import annotations
@@ -76,9 +77,16 @@ class _Spans:
             self.endpoint(at + off, elem[off:off + n], grammar.ip_literal(host), port or SIP_PORT, Form.HOST_PORT)
 
     def elements(self, msg: grammar.Message, name: bytes) -> None:
+        """The URIs of every header `name`, MAX_LIST of them at most over all its
+        headers (as the helper reads Contacts): a message full of them costs no more."""
+        room = grammar.MAX_LIST
         for h in msg.all(name):
-            for elem, off in grammar.split_elements(h.value, grammar.MAX_LIST)[0]:
+            got = grammar.split_elements(h.value, room)[0]
+            for elem, off in got:
                 self.uri(elem, h.offset + off)
+            room -= len(got)
+            if room <= 0:
+                break
 
     def address(self, conn: sdp.Connection | None) -> None:
         """An SDP address (c=, o=, a=rtcp; offsets in the segment): named when the NAT
