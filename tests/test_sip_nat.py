@@ -81,15 +81,18 @@ class Call:
     """One SIP conntrack through the fake kernel; `send` returns what left the gateway."""
 
     def __init__(self, tmp_path: Path, proto: int = 17, l3: int = 4, k: FakeKernel | None = None,
-                 d: Daemon | None = None, phone: str = PHONE, sport: int = 5061, dnat: str | None = None):
+                 d: Daemon | None = None, phone: str = PHONE, sport: int = 5061, dnat: str | None = None,
+                 public: str | None = None, port: int = PORT):
         self.k = k or FakeKernel()
+        if d is None:
+            tmp_path.mkdir(exist_ok=True)
         self.d = d or daemon(tmp_path, self.k)
-        server, public = (SERVER, PUBLIC) if l3 == 4 else (SERVER6, PUBLIC6)
+        server, public = (SERVER, public or PUBLIC) if l3 == 4 else (SERVER6, public or PUBLIC6)
         if dnat:  # the caller outside calls the gateway, which forwards to the server `dnat` inside
             self.cid = self.k.connect("sip", l3, proto, phone, public, sport, 5060, reply_src=dnat)
         else:
             self.cid = self.k.connect("sip", l3, proto, phone, server, sport, 5060, reply_dst=public,
-                                      reply_dport=PORT)
+                                      reply_dport=port)
         self.proto, self.seq = proto, [1000, 5000]
         self.created: set[tuple] = set()  # (class, src, dst, dport) of every expectation made
         if proto == 6:
@@ -489,38 +492,39 @@ def _key(message: bytes) -> tuple:
             fields.get(b"via", b"").partition(b"branch=")[2])
 
 
-@pytest.mark.parametrize("fam", [4, 6])
-def test_what_alg_writes_is_what_the_kernels_nf_nat_sip_wrote(tmp_path, fam):
+@pytest.mark.parametrize("case", ["udp4", "udp6", "tcp4"])
+def test_what_alg_writes_is_what_the_kernels_nf_nat_sip_wrote(tmp_path, case):
     """The same SIPp calls through the kernel's nf_nat_sip (recorded on both
     sides of the gateway, tests/nat/README.md): alg, given each message as it
-    reached the gateway, writes what the kernel wrote, byte for byte. The one
-    difference: the IPv6 INVITEs the kernel dropped (SIPp's bracketed o=
-    address), which alg rewrites."""
-    d = NAT_CASES / f"sip-sipp-masquerade-udp{fam}"
+    reached the gateway (in the order it did), writes what the kernel wrote,
+    byte for byte. The one difference: the IPv6 INVITEs the kernel dropped
+    (SIPp's bracketed o= address), which alg rewrites."""
+    d = NAT_CASES / f"sip-sipp-masquerade-{case}"
+    fam, proto = int(case[-1]), 6 if case.startswith("tcp") else 17
     phone, server, public = (PHONE, SERVER, "10.0.2.1") if fam == 4 else (PHONE6, SERVER6, "fd00:2::1")
     inside, outside_ = _sip_messages(d / "client.pcap"), _sip_messages(d / "server.pcap")
-    kernel = {(src, _key(m)): m for src, m in outside_ if src in (public, server)}
-    kernel.update({(src, _key(m)): m for src, m in inside if src == server})
-    k = FakeKernel()
-    cid = k.connect("sip", fam, 17, phone, server, 5061, 5060, reply_dst=public, reply_dport=5061)
-    c = Call.__new__(Call)
-    c.k, c.d, c.cid, c.proto, c.seq, c.created = k, daemon(tmp_path, k), cid, 17, [0, 0], set()
+    kernel = {(src, _key(m)): m for src, m in outside_}  # the phone's as rewritten, the server's as sent
+    calls: dict = {}
+    created: set = set()
     compared, dropped = 0, []
     for src, m in inside:
-        if src == server:
-            continue  # the server's messages are fed from the other side, in order below
-        wrote = c.send(False, m)
-        theirs = kernel.get((public, _key(m)))
-        if theirs is None:
-            dropped.append(m.split(b"\r\n")[0])
-            assert b"IN IP6 [" + public.encode() + b"]" in wrote  # the o= the kernel could not parse
-            continue
-        assert wrote == theirs
+        # UDP: one conntrack for all; TCP: SIPp opens a connection per scenario (per Call-ID)
+        conn = _key(m)[1] if proto == 6 else None
+        if conn not in calls:
+            calls[conn] = Call(tmp_path / str(len(calls)), proto, fam, phone=phone, public=public, port=5061)
+        c = calls[conn]
+        if src == server:  # the server's, as it sent it, must reach the phone as the kernel wrote it
+            assert c.send(True, kernel[(server, _key(m))]) == m
+        else:
+            wrote = c.send(False, m)
+            theirs = kernel.get((public, _key(m)))
+            if theirs is None:
+                dropped.append(m.split(b"\r\n")[0])
+                assert b"IN IP6 [" + public.encode() + b"]" in wrote  # the o= the kernel could not parse
+                continue
+            assert wrote == theirs
         compared += 1
-    for src, m in outside_:
-        if src == server:
-            assert c.send(True, m) == kernel[(server, _key(m))]
-            compared += 1
+        created |= c.created
     assert compared >= (20 if fam == 4 else 4)
     # the same expectations: the media where the SDP (as rewritten) says, from the other end;
     # the REGISTER's: the kernel's at the public endpoint, alg's the phone's (see the helper)
@@ -535,9 +539,9 @@ def test_what_alg_writes_is_what_the_kernels_nf_nat_sip_wrote(tmp_path, fam):
     signalling = ("signalling", server, phone, 5061)
     media = {e for e in theirs_expected if e[0] != "signalling"}
     if fam == 4:
-        assert c.created - {signalling} == media
+        assert created - {signalling} == media
     else:  # the kernel expected the INVITE's media, then dropped the INVITE (o= did not parse)
-        assert media and media <= c.created
-    assert signalling in c.created and ("signalling", server, public, 5061) in theirs_expected
+        assert media and media <= created
+    assert signalling in created and ("signalling", server, public, 5061) in theirs_expected
     assert dropped == ([] if fam == 4 else [b"INVITE sip:alice@[fd00:2::2]:5060 SIP/2.0"] * len(dropped))
     assert (fam == 4) == (not dropped)
