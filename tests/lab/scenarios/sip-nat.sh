@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Lab scenario (runs inside the VM): SIP through a masquerading gateway, honest
-# NAT. lab-fw masquerades the phone (10.0.1.2 / fd00:1::2) behind its outside
-# address (10.0.2.1 / fd00:2::1); the server has no route to the phone's
+# Lab scenario (runs inside the VM): SIP through a NAT gateway, honest NAT.
+# lab-fw translates the phone (10.0.1.2 / fd00:1::2) to an outside address
+# (SNAT to 10.0.2.100 / masquerade to fd00:2::1); the server has no route to the phone's
 # network (unreachable routes), so only what alg rewrites can work: the
 # server must see the gateway's address in Via, Contact, o= and c=, send its
 # media there, and the kernel must translate that media to the phone
 # (CTA_EXPECT_NAT on alg's expectations). SIPp calls: UDP/IPv4, TCP/IPv4 (the
-# rewritten INVITE is longer: the kernel adjusts the sequence numbers, the
-# call goes on), UDP/IPv6 (NAT66 masquerade).
+# rewritten messages are longer: the kernel adjusts the sequence numbers from
+# the verdict's conntrack, the call goes on), UDP/IPv6 (NAT66 masquerade).
 # Negative control: alg stopped => the server's media to the gateway is not
 # forwarded to the phone.
 #
@@ -31,7 +31,11 @@ cleanup() {
 trap cleanup EXIT
 
 lab_net_up udp/5060 tcp/5060 || { echo "FAIL lab_net_up"; exit 1; }
-lab_fw "$LAB_IPT" -t nat -A POSTROUTING -o s1 -s 10.0.1.0/24 -j MASQUERADE
+# IPv4: source NAT to an outside address longer than the phone's, so that every rewrite
+# makes the message longer (TCP: the kernel must move the sequence numbers)
+PUBLIC4=10.0.2.100
+lab_fw ip addr add "$PUBLIC4/24" dev s1
+lab_fw "$LAB_IPT" -t nat -A POSTROUTING -o s1 -s 10.0.1.0/24 -j SNAT --to-source "$PUBLIC4"
 lab_fw "$LAB_IP6T" -t nat -A POSTROUTING -o s1 -s fd00:1::/64 -j MASQUERADE
 # honest NAT: the server cannot reach the phone's network at all
 lab_srv ip route add unreachable 10.0.1.0/24
@@ -39,13 +43,13 @@ lab_srv ip -6 route add unreachable fd00:1::/64
 sip_policy "$OUT/policy"
 
 # the server sends its media where the phone's SDP says: the gateway; the UAS logs what it got
-SIP_MEDIA_TO4=$LAB_FW4_S SIP_MEDIA_TO6=$LAB_FW6_S SIP_TRACE=1 SIP_RULE_CALLER=nat-rel-phone SIP_RULE_CALLEE=nat-rel-server
+SIP_MEDIA_TO4=$PUBLIC4 SIP_MEDIA_TO6=$LAB_FW6_S SIP_TRACE=1 SIP_RULE_CALLER=nat-rel-phone SIP_RULE_CALLEE=nat-rel-server
 
 # nat_call udp|tcp 4|6 LABEL: sip_call, and what the server was sent: the gateway's address
 # wherever the phone named itself (SIPp's Call-ID carries the phone's address: not an
 # endpoint, left as the kernel does)
 nat_call() {
-    local fam=$2 cli=$LAB_CLIENT4 pub=$LAB_FW4_S
+    local fam=$2 cli=$LAB_CLIENT4 pub=$PUBLIC4
     [ "$fam" = 6 ] && cli=$LAB_CLIENT6 pub=$LAB_FW6_S
     sip_call "$@"
     LAST_SEEN=$(grep -aE '^(Via|From|Contact|o=|c=)' "$OUT/$3-uas-messages.log" 2>/dev/null | grep -c "$pub")
