@@ -151,6 +151,9 @@ per segment are each rewritten; a message whose spans lie in an earlier
 segment is forwarded untouched and counted (`nat_failed`), as is any
 message whose rewrite cannot be made (the packet past 65,535 bytes).
 Without NAT nothing of this is computed (bench_sip.py measures both).
+On SIPp calls recorded through the kernel's nf_nat_sip (tests/nat/: UDP
+and TCP over IPv4, UDP over IPv6) alg writes what the kernel wrote, byte
+for byte, and expects the same media (tests/test_sip_nat.py).
 
 Deliberate differences from nf_nat_sip:
 * Record-Route and Route elements are mapped by the same rule (the kernel
