@@ -9,6 +9,8 @@ message measured in the same run: prints numbers, asserts nothing.
 2. `SipHelper.inspect` on a 616-byte INVITE with SDP (UDP), a new Call-ID each
    time (so each is a new transaction with 2 expectations), as a ratio to 1;
 3. the same INVITE over TCP (the helper's stream framing, one message per call);
+   and the UDP INVITE under NAT (behind a masquerade: the helper also names
+   the spans the core rewrites; the line above is the no-NAT path);
 4. `alg replay` throughput on the SIP captures (all packets, incl. media that
    the helper does not see), plugins loaded before the clock starts.
 
@@ -25,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from alg import TCP, UDP, Direction, FlowTuple, Segment  # noqa: E402
+from alg import TCP, UDP, Direction, FlowTuple, NatMap, Segment  # noqa: E402
 from alg_helpers.sip import SipHelper  # noqa: E402
 
 A, B = ipaddress.ip_address("10.0.1.2"), ipaddress.ip_address("10.0.2.2")
@@ -79,18 +81,22 @@ def main() -> None:
     print(f"INVITE size {len(msgs[0])} bytes, best of 5 rounds of {n}")
     segs = {proto: [Segment(m, Direction.ORIGINAL, FlowTuple(4, proto, A, B, 40000 if proto == TCP else 5061, 5060),
                             0.0) for m in msgs] for proto in (UDP, TCP)}
+    nat = NatMap(FlowTuple(4, UDP, A, B, 5061, 5060), FlowTuple(4, UDP, B, ipaddress.ip_address("192.0.2.1"), 5060, 1024))
+    segs["nat"] = [Segment(m, Direction.ORIGINAL, nat.original, 0.0, nat=nat) for m in msgs]
 
-    def helper(proto: int):
+    def helper(proto: int | str):
         def run(k: int) -> None:
             st = h.new_state()
             for seg in segs[proto][:k]:  # a new Call-ID each: new transactions, as on a busy trunk
                 h.inspect(seg, st)
         return run
 
-    per = timed({"ref": lambda k: [reference(m) for m in msgs[:k]], UDP: helper(UDP), TCP: helper(TCP)}, n)
+    per = timed({"ref": lambda k: [reference(m) for m in msgs[:k]], UDP: helper(UDP), TCP: helper(TCP),
+                 "nat": helper("nat")}, n)
     line("reference: request line, c=, m= (bytes)", per["ref"])
     line("inspect INVITE+SDP, UDP (2 Expect each)", per[UDP], per["ref"])
     line("inspect INVITE+SDP, TCP framing", per[TCP], per["ref"])
+    line("inspect INVITE+SDP, UDP, under NAT (12 spans)", per["nat"], per["ref"])
 
     replay_bench()
 

@@ -17,6 +17,12 @@
 # each call a few UDP datagrams are sent on the negotiated media ports from
 # both ends (the RTP flows, to see them pass as RELATED).
 #
+# ALG_SIP_NAT=1: fw also masquerades the client behind its server-side
+# address (IPv4 and IPv6), the server has no route to the client's network,
+# media goes to the address the SDP names (fw's, once nf_nat_sip rewrote it),
+# and server.pcap is the same traffic on fw's server-side interface s1: what
+# the kernel's nf_nat_sip wrote, for the NAT differential.
+#
 # OUTDIR gets: capture.pcap (tcpdump on fw's client-side interface c1),
 # kernel-expect.txt (conntrack -E expect), kernel-counters.txt (FORWARD
 # counters), sipp-*.log, versions.txt.
@@ -55,12 +61,24 @@ for ipt in "$LAB_IPT" "$LAB_IP6T"; do
         lab_fw "$ipt" -t raw -A PREROUTING -i s1 -p $p --dport 5060 -j CT --helper sip
     done
 done
+MEDIA_TO=$CLI
+if [ "${ALG_SIP_NAT:-0}" = 1 ]; then
+    lab_fw "$LAB_IPT" -t nat -A POSTROUTING -o s1 -j MASQUERADE
+    lab_fw "$LAB_IP6T" -t nat -A POSTROUTING -o s1 -j MASQUERADE
+    lab_srv ip route add unreachable "${LAB_CLIENT4%.*}.0/24"
+    lab_srv ip -6 route add unreachable "${LAB_CLIENT6%::*}::/64"
+    [ "$FAM" = 6 ] && MEDIA_TO=$LAB_FW6_S || MEDIA_TO=$LAB_FW4_S
+fi
 lab_fw conntrack -F >/dev/null 2>&1 || true
 lab_fw conntrack -F expect >/dev/null 2>&1 || true
 { sipp -v 2>&1 | grep -m1 SIPp; uname -r; tcpdump --version 2>&1 | head -1; conntrack --version; } >"$OUT/versions.txt" 2>&1 || true
 
 lab_fw tcpdump -i c1 -U -n -s 0 -w "$OUT/capture.pcap" 2>"$OUT/tcpdump.log" &
 PIDS+=($!)
+if [ "${ALG_SIP_NAT:-0}" = 1 ]; then
+    lab_fw tcpdump -i s1 -U -n -s 0 -w "$OUT/server.pcap" 2>"$OUT/tcpdump-s1.log" &
+    PIDS+=($!)
+fi
 lab_fw conntrack -E expect >"$OUT/kernel-expect.txt" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 50); do  # a loaded machine starts tcpdump late: never call before it listens
@@ -95,10 +113,10 @@ for sc in "${SCENARIOS[@]}"; do
     uac=$!
     if [ "$sc" = av ]; then
         sleep 0.7
-        media "$LAB_NS_SERVER" "$CLI" $UAC_MP $((UAC_MP + 2))     # RTP to the caller's audio and video
+        media "$LAB_NS_SERVER" "$MEDIA_TO" $UAC_MP $((UAC_MP + 2))     # RTP to the caller's audio and video
         media "$LAB_NS_CLIENT" "$SRV" $UAS_MP $((UAS_MP + 2))     # and to the callee's
         sleep 1.6
-        media "$LAB_NS_SERVER" "$CLI" $((UAC_MP + 4))             # after the re-INVITE moved the audio
+        media "$LAB_NS_SERVER" "$MEDIA_TO" $((UAC_MP + 4))             # after the re-INVITE moved the audio
         media "$LAB_NS_CLIENT" "$SRV" $((UAS_MP + 4))
     fi
     rc=0

@@ -130,7 +130,61 @@ Deliberate differences from the kernel helper
 * Under expectation-table pressure the packet is accepted (the engine's
   `accept_on_pressure`); the kernel drops it.
 
-NAT: not rewritten yet (every address and port is reported with its offset).
+NAT (nf_nat_sip)
+----------------
+When the kernel translates the signalling flow (masquerade, SNAT, a DNAT
+port forward) and the policy keeps `nat = true`, every message the grammar
+accepts (retransmissions too) also names, for the core to rewrite
+(`nat.spans`, the kernel's map_addr rule in `alg.NatMap`): the Request-URI
+host, the topmost Via's sent-by when it is the sender's endpoint (request)
+or the receiver's (response) and then its `maddr=`, `received=`, `rport=`;
+every Contact, From and To; the SDP `o=`, session and media `c=`, `m=`
+ports, `a=rtcp:` port and address; Content-Length. A phone's INVITE from
+behind a masquerade thus leaves with the gateway's public address:port,
+its media expected there (CTA_EXPECT_NAT back to the phone, on the next
+free port pair if another call holds them: the m= and a=rtcp ports then
+say so); the answers come back naming the phone again. A REGISTER's Contact
+names the public endpoint, so that a call from the registrar to it
+arrives in the REGISTER conntrack's reply direction; that INVITE's
+Request-URI and To are mapped back to the phone. Over TCP several messages
+per segment are each rewritten; a message whose spans lie in an earlier
+segment is forwarded untouched and counted (`nat_failed`), as is any
+message whose rewrite cannot be made (the packet past 65,535 bytes).
+Without NAT nothing of this is computed (bench_sip.py measures both).
+On SIPp calls recorded through the kernel's nf_nat_sip (tests/nat/: UDP
+and TCP over IPv4, UDP over IPv6) alg writes what the kernel wrote, byte
+for byte, and expects the same media (tests/test_sip_nat.py).
+
+Deliberate differences from nf_nat_sip:
+* Record-Route and Route elements are mapped by the same rule (the kernel
+  leaves them: a proxy behind a port forward would be unreachable).
+* SDP `o=` and `c=` are mapped only when they name a translated endpoint of
+  the conntrack (`c=0.0.0.0` on hold, a host name, a third host stay); the
+  kernel writes the last stream's media address into the session `o=` and
+  `c=` whatever they held, and drops the packet when `o=` does not parse
+  (SIPp's bracketed IPv6 `o=` address is accepted here).
+* `a=rtcp:` port and address are rewritten (the kernel ignores a=rtcp).
+* Every application/sdp body, multipart parts included, in any message
+  (the kernel: the messages it reads SDP in, first body only).
+* `sips:` URIs are mapped too (the kernel searches for `sip:` only).
+* A message that cannot be rewritten (spans over two TCP segments, the
+  packet past 65,535 bytes) is forwarded as it was and counted; the kernel
+  drops it ("cannot mangle ..."). A header folded over continuation lines
+  is left (`nat-folded-header`); the kernel follows continuation lines.
+* Not done: the kernel's `forced_dport` (Cisco phones sending from a high
+  port but listening on the Via port: the kernel rewrites the UDP
+  destination port of the answers; spans cover the payload only). A
+  media address that is another inside host (`direct_media = false`) is
+  not moved outside (the core moves the sender's own endpoints only).
+  The signalling expectation of a REGISTER stays the phone's inside
+  endpoint: the kernel expects the public endpoint with CTA_EXPECT_NAT
+  (nf_nat_sip_expect), which serves calls after the REGISTER conntrack has
+  expired; here they rely on that conntrack (phones re-register and send
+  keep-alives well within its timeout).
+* A retransmission's media are expected again under NAT (the same master
+  asking again replaces them), so that the copy names the outside ports;
+  without NAT it is only counted (the kernel reads every copy anew).
+
 Limits: SIP over TLS (5061) and WebSocket are opaque; SDP media over TCP
 (RFC 4145) is counted, not expected.
 """
@@ -144,7 +198,7 @@ from typing import Any
 import alg
 from alg import TCP, UDP, Direction, Expect, ExpectClass, HelperSpec, Notice, Option, Parsed, Unexpect
 
-from . import grammar, sdp
+from . import grammar, nat, sdp
 from .grammar import Contact, Message
 
 MEDIA_CLASSES = {b"audio": "audio", b"video": "video", b"image": "image"}
@@ -335,6 +389,14 @@ class SipHelper(alg.Helper):
 
     # ------------------------------------------------------------ messages
     def _message(self, msg: Message, seg: alg.Segment, state: SipState, base: int) -> tuple:
+        """The message's actions and, under NAT, its spans (every message the
+        grammar accepts, retransmissions too: each copy goes out rewritten)."""
+        actions = self._actions(msg, seg, state, base)
+        if seg.nat is None:
+            return actions
+        return actions + tuple(nat.spans(msg, seg, base))
+
+    def _actions(self, msg: Message, seg: alg.Segment, state: SipState, base: int) -> tuple:
         callid = msg.value(b"call-id")
         cseq = grammar.parse_cseq(msg.value(b"cseq"))
         if not callid or cseq is None:
@@ -348,7 +410,8 @@ class SipHelper(alg.Helper):
             tr = state.transactions.get(key)
             if tr is not None and tr.direction == seg.direction:
                 # RFC 3261 §17.1.1.2: a retransmission; it was acted on already
-                return (Notice("retransmission", method.decode("latin-1")),)
+                return (Notice("retransmission", method.decode("latin-1")),
+                        *self._again(msg, seg, tag, base, method in SDP_REQUESTS))
             tr = Transaction(seg.direction)
             state.transactions[key] = tr
             _bound(state.transactions, self.options["max_transactions"])
@@ -358,7 +421,8 @@ class SipHelper(alg.Helper):
             return (Notice("unmatched-response", f"{msg.status} to {cseq[1].decode('latin-1')}"),)
         status = msg.status or 0
         if status in tr.statuses:
-            return (Notice("retransmission", str(status)),)
+            return (Notice("retransmission", str(status)),
+                    *self._again(msg, seg, tag, base, cseq[1] in SDP_RESPONSES and 100 < status < 300))
         if len(tr.statuses) >= MAX_STATUSES:
             return (Notice("responses-capped", str(status)),)
         tr.statuses += (status,)
@@ -398,6 +462,12 @@ class SipHelper(alg.Helper):
             _bound(state.confirmed, self.options["max_transactions"])
         return tuple(self._sdp(msg, seg, tag, base)) if status > 100 else ()
 
+    def _again(self, msg: Message, seg: alg.Segment, tag: str, base: int, sdp_message: bool) -> list:
+        """A retransmission's media, expected again under NAT only: the same master
+        asking again replaces its expectations, and the copy names the outside
+        ports they have (moved, if another call holds the inside ones)."""
+        return self._sdp(msg, seg, tag, base) if seg.nat is not None and sdp_message else []
+
     # ------------------------------------------------------------ SDP -> media
     def _sdp(self, msg: Message, seg: alg.Segment, tag: str, base: int) -> list:
         """The media expectations of the message's SDP bodies, at most
@@ -410,6 +480,8 @@ class SipHelper(alg.Helper):
         capped = 0
         for body, off in sdp.sdp_bodies(msg.value(b"content-type"), msg.body, msg.body_offset):
             session = sdp.parse(body, base + off, media_lines, lines)
+            if seg.nat is not None:  # its spans are named from the same reading
+                msg.sdp = (msg.sdp or []) + [(body, base + off, session)]
             media_lines -= len(session.media)
             lines -= session.lines
             capped += session.skipped
@@ -561,10 +633,15 @@ class SipHelper(alg.Helper):
             c = grammar.parse_contact(elem, 0)
             if c is not None and c.addr is not None:
                 granted[(c.addr, c.port)] = c.expires
+                inside = seg.nat.map(seg.direction, c.addr, c.port or nat.SIP_PORT) if seg.nat else None
+                if inside is not None:  # the binding as the gateway wrote it: the phone's own, as asked
+                    granted[inside] = c.expires
         header = self._expires(msg.value(b"expires"))
         for c in asked:
             assert c.addr is not None  # only address literals are kept (_register)
             g = granted.get((c.addr, c.port))
+            if g is None and seg.nat is not None:
+                g = granted.get((c.addr, c.port or nat.SIP_PORT))
             expires = g if g is not None else header
             if expires == 0:
                 out.append(Unexpect("signalling", tag))

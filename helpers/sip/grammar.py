@@ -18,6 +18,7 @@ unfinished TCP message's scan stopped.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -89,6 +90,7 @@ class Message:
     body_offset: int = 0
     length: int = 0  # bytes of the whole message (start line to end of body)
     skipped: int = 0  # header lines past MAX_LIST of one name, not read
+    sdp: list | None = None  # under NAT: the SDP bodies the helper read, (body, offset, sdp.Session)
 
     def all(self, name: bytes) -> list[Header]:
         """The headers called `name` (lower case, full name), MAX_LIST at
@@ -393,6 +395,20 @@ def parse_contact(elem: bytes, offset: int) -> Contact | None:
                    (offset + uri_off + hp.start(), hp.end() - hp.start()))
 
 
+def uri_host(elem: bytes) -> tuple[int, int, bytes, int | None] | None:
+    """Where the host[:port] of a SIP URI or name-addr is (offset, length in
+    `elem`), the host and the port; the lean part of `parse_contact` (no
+    parameters read) that NAT rewriting needs for every URI of a message."""
+    lt = elem.find(b"<")
+    m = _SIP_URI.match(elem, lt + 1)
+    if not m:
+        return None
+    hp = _HOSTPORT.match(elem, m.end())
+    if not hp:
+        return None
+    return hp.start(), hp.end() - hp.start(), hp.group(1), int(hp.group(2)) if hp.group(2) else None
+
+
 def _params(text: bytes) -> dict[bytes, bytes]:
     out = {}
     for p in text.split(b";")[1:] if text.startswith(b";") else text.split(b";"):
@@ -403,8 +419,18 @@ def _params(text: bytes) -> dict[bytes, bytes]:
     return out
 
 
+MAX_LITERAL = 64  # bytes of a host that may be an address literal ("[" 45 characters of IPv6 "]")
+
+
 def ip_literal(host: bytes) -> alg.IPAddress | None:
     """An IPv4 address or a bracketed IPv6 reference; None for a name."""
+    return _literal(host) if len(host) <= MAX_LITERAL else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _literal(host: bytes) -> alg.IPAddress | None:
+    """ip_literal, cached (a gateway sees the same few hosts over and over;
+    the keys are short, so the cache is bounded in bytes too)."""
     try:
         text = host.decode("ascii")
         if text.startswith("["):
@@ -427,4 +453,45 @@ def parse_cseq(value: bytes | None) -> tuple[int, bytes] | None:
 
 
 _SEARCH.update((n, _compile(n)) for n in (b"call-id", b"cseq", b"content-length", b"content-type", b"contact",
-                                          b"expires", b"via"))
+                                          b"expires", b"via", b"from", b"to", b"route", b"record-route"))
+
+
+# Via = sent-protocol LWS sent-by *( SEMI via-params ) (§20.42, §25.1); the
+# transport (group 1) and where sent-by starts
+_VIA = re.compile(rb"SIP/2\.0/([A-Za-z]+)[ \t]+", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """The first (topmost) element of a Via value: where its sent-by is, and
+    the received= / rport= / maddr= parameters (RFC 3261 §18.2.1, RFC 3581)."""
+
+    transport: bytes  # upper case: UDP, TCP, ...
+    host: bytes
+    port: int | None
+    where: tuple[int, int]  # (offset, length) of host[:port] within the value
+    params: tuple[tuple[bytes, bytes, int], ...]  # (name lower case, value, offset of the value)
+
+
+def parse_via(value: bytes) -> Via | None:
+    """The topmost sent-by of a Via value, None when it is not one."""
+    m = _VIA.match(value)
+    if not m:
+        return None
+    hp = _HOSTPORT.match(value, m.end())
+    if not hp:
+        return None
+    end = value.find(b",", hp.end())
+    end = len(value) if end < 0 else end
+    params = []
+    at = hp.end()
+    while at < end and value[at:at + 1] == b";":
+        nxt = value.find(b";", at + 1, end)
+        nxt = end if nxt < 0 else nxt
+        name, eq, v = value[at + 1:nxt].partition(b"=")
+        if eq:
+            lead = len(v) - len(v.lstrip())
+            params.append((name.strip().lower(), v.strip(), at + 1 + len(name) + 1 + lead))
+        at = nxt
+    port = int(hp.group(2)) if hp.group(2) else None
+    return Via(m.group(1).upper(), hp.group(1), port, (hp.start(), hp.end() - hp.start()), tuple(params))

@@ -190,3 +190,22 @@ def sdp_bodies(content_type: bytes | None, body: bytes, body_offset: int) -> lis
             out.append((part[hdr_end + sep:], body_offset + part_start + hdr_end + sep))
         pos = nxt
     return out
+
+
+def owner(body: bytes, base: int = 0) -> Connection | None:
+    """The address of the session-level `o=` line (§5.2: o=<username> <sess-id>
+    <sess-version> <nettype> <addrtype> <unicast-address>), which starts at
+    offset `base` of the message; None without one before the first m=."""
+    lines = b"\n" + body  # "\no=" at i of it is "o=" at i of the body
+    at, media = lines.find(b"\no="), lines.find(b"\nm=")
+    if at < 0 or 0 <= media < at:
+        return None
+    end = body.find(b"\n", at)
+    line = body[at + 2:len(body) if end < 0 else end].rstrip(b"\r")
+    fields = line.split(b" ")
+    if len(fields) != 6 or fields[3] != b"IN" or fields[4] not in (b"IP4", b"IP6"):
+        return None
+    addr, start = fields[5], base + at + 2 + len(line) - len(fields[5])
+    if addr.startswith(b"[") and addr.endswith(b"]"):  # SIPp writes IPv6 bracketed here (§5.2 does not)
+        addr, start = addr[1:-1], start + 1
+    return _address(4 if fields[4] == b"IP4" else 6, addr, start)

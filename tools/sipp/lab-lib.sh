@@ -101,6 +101,47 @@ for d in dsts:
 EOF
 }
 
+# sip_call udp|tcp 4|6 LABEL: one SIPp call (UAC in lab-cli, UAS in lab-srv, logs in
+# $OUT/LABEL-*), media both ways while it is up: the server sends to SIP_MEDIA_TO4/6
+# (default: the client's address), the client to the server; packets counted by the
+# FORWARD rules commented SIP_RULE_CALLER / SIP_RULE_CALLEE. SIP_TRACE=1: the UAS logs
+# the messages it gets in $OUT/LABEL-uas-messages.log. Sets LAST_SIGNALLING (sipp exit
+# codes), LAST_EXPECT (alg's expectations listed), LAST_CALLER, LAST_CALLEE, LAST_DROP.
+sip_call() {
+    local tr=$1 fam=$2 label=$3 t cli srv to uri uas uac rc=0 n=0 trace=()
+    [ "$tr" = udp ] && t=u1 || t=t1
+    if [ "$fam" = 6 ]; then cli=$LAB_CLIENT6 srv=$LAB_SERVER6 uri="[$LAB_SERVER6]" to=${SIP_MEDIA_TO6:-$LAB_CLIENT6}
+    else cli=$LAB_CLIENT4 srv=$LAB_SERVER4 uri=$LAB_SERVER4 to=${SIP_MEDIA_TO4:-$LAB_CLIENT4}; fi
+    [ "${SIP_TRACE:-0}" = 1 ] && trace=(-trace_msg -message_file "$OUT/$label-uas-messages.log")
+    local caller=${SIP_RULE_CALLER:-sip-rel-caller} callee=${SIP_RULE_CALLEE:-sip-rel-callee} c0 c1 d0
+    c0=$(count_rule "$caller") c1=$(count_rule "$callee") d0=$(count_rule lab-drop)
+    lab_srv sipp -sf "$SIPP_DIR/uas-lab.xml" -i "$srv" -p 5060 -t $t -mp 20000 -m 1 $SIPP_PATIENT -timeout 240s \
+        "${trace[@]}" >"$OUT/$label-uas.log" 2>&1 &
+    uas=$!
+    sleep 1
+    lab_cli sipp -sf "$SIPP_DIR/uac-lab.xml" "$uri:5060" -i "$cli" -p 5061 -t $t -mp 16000 -m 1 -s alice \
+        -d "$HOLD_MS" $SIPP_PATIENT -timeout 240s >"$OUT/$label-uac.log" 2>&1 &
+    uac=$!
+    local until=$((SECONDS + 60))
+    while [ $SECONDS -lt $until ]; do  # until both SDPs have been seen (or 60 s: a starved guest is slow)
+        n=$(fw_expect | grep -c "helper=alg-sip") || true
+        [ "$n" -ge 4 ] && break
+        kill -0 "$uac" 2>/dev/null || break  # the call is over: no SDP is still to come
+        sleep 0.25
+    done
+    fw_expect >"$OUT/$label-expect.txt" || true
+    media "$LAB_NS_SERVER" "$to" 16000 &   # callee -> caller (expected from the INVITE's SDP)
+    local m1=$!
+    media "$LAB_NS_CLIENT" "$srv" 20000     # caller -> callee (expected from the 200's SDP)
+    wait "$m1" || true
+    wait "$uac" || rc=$?
+    wait "$uas" || rc=$((rc | $?))
+    LAST_SIGNALLING=$rc LAST_EXPECT=$n
+    LAST_CALLER=$(( $(count_rule "$caller") - c0 ))
+    LAST_CALLEE=$(( $(count_rule "$callee") - c1 ))
+    LAST_DROP=$(( $(count_rule lab-drop) - d0 ))
+}
+
 # fw_expect: `conntrack -L expect` of both families in fw
 fw_expect() {
     lab_fw conntrack -L expect -f ipv4 2>/dev/null

@@ -29,40 +29,6 @@ trap cleanup EXIT
 lab_net_up udp/5060 tcp/5060 || { echo "FAIL lab_net_up"; exit 1; }
 sip_policy "$OUT/policy"
 
-# sip_call udp|tcp 4|6 LABEL: one call, media both ways while it is up
-sip_call() {
-    local tr=$1 fam=$2 label=$3 t cli srv uri uas uac rc=0 n=0 i
-    [ "$tr" = udp ] && t=u1 || t=t1
-    if [ "$fam" = 6 ]; then cli=$LAB_CLIENT6 srv=$LAB_SERVER6 uri="[$LAB_SERVER6]"; else cli=$LAB_CLIENT4 srv=$LAB_SERVER4 uri=$LAB_SERVER4; fi
-    local c0 c1 d0
-    c0=$(count_rule sip-rel-caller) c1=$(count_rule sip-rel-callee) d0=$(count_rule lab-drop)
-    lab_srv sipp -sf "$SIPP_DIR/uas-lab.xml" -i "$srv" -p 5060 -t $t -mp 20000 -m 1 $SIPP_PATIENT -timeout 240s \
-        >"$OUT/$label-uas.log" 2>&1 &
-    uas=$!
-    sleep 1
-    lab_cli sipp -sf "$SIPP_DIR/uac-lab.xml" "$uri:5060" -i "$cli" -p 5061 -t $t -mp 16000 -m 1 -s alice \
-        -d "$HOLD_MS" $SIPP_PATIENT -timeout 240s >"$OUT/$label-uac.log" 2>&1 &
-    uac=$!
-    local until=$((SECONDS + 60))
-    while [ $SECONDS -lt $until ]; do  # until both SDPs have been seen (or 60 s: a starved guest is slow)
-        n=$(fw_expect | grep -c "helper=alg-sip") || true
-        [ "$n" -ge 4 ] && break
-        kill -0 "$uac" 2>/dev/null || break  # the call is over: no SDP is still to come
-        sleep 0.25
-    done
-    fw_expect >"$OUT/$label-expect.txt" || true
-    media "$LAB_NS_SERVER" "$cli" 16000 &   # callee -> caller (expected from the INVITE's SDP)
-    local m1=$!
-    media "$LAB_NS_CLIENT" "$srv" 20000     # caller -> callee (expected from the 200's SDP)
-    wait "$m1" || true
-    wait "$uac" || rc=$?
-    wait "$uas" || rc=$((rc | $?))
-    LAST_SIGNALLING=$rc LAST_EXPECT=$n
-    LAST_CALLER=$(( $(count_rule sip-rel-caller) - c0 ))
-    LAST_CALLEE=$(( $(count_rule sip-rel-callee) - c1 ))
-    LAST_DROP=$(( $(count_rule lab-drop) - d0 ))
-}
-
 # ---------------------------------------------------------------- phase P: alg running
 if ! sip_alg_start "$OUT/policy" "$OUT/alg.log"; then
     fail "sip alg run started"; exit 1
