@@ -614,8 +614,6 @@ class Engine:
         outside, else all moved by the smallest even offset that frees them (an
         RTP/RTCP pair stays a pair), None when NAT_PORT_TRIES offsets do not."""
         there = nat.outside(direction)
-        if there == sender:  # the sender is not translated (the far side of a masquerade)
-            return {}
         inside = [a for a in actions if isinstance(a, Expect) and a.dst == sender]
         if not inside:
             return {}

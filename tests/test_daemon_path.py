@@ -459,16 +459,18 @@ def test_lost_expectation_events_are_counted_and_a_missed_end_is_no_clash(tmp_pa
     assert second.send(True, b"227 Entering Passive Mode (10,0,2,2,195,80).\r\n") == [key]
 
 
-def test_passive_ftp_behind_masquerade_is_left_alone(tmp_path):
-    """The server outside names itself in its 227: nothing of it is translated, so the
-    expectation stays as it is (the client's data connection is masqueraded as any
-    other flow) and the packet is not touched."""
+def test_passive_ftp_behind_masquerade_keeps_the_servers_endpoint(tmp_path):
+    """The server outside names itself in its 227: that endpoint is what the client
+    must use, so the text stays; the expectation still carries CTA_EXPECT_NAT (to the
+    same endpoint) so that nat-follow-master gives the client's data connection the
+    control connection's outside address, whatever the NAT rules say (nf_nat_ftp too)."""
     k = FakeKernel()
     d = daemon(tmp_path, k)
     c = _tcp(k, d, k.connect("ftp", 4, 6, CLIENT, SERVER, 40000, 21, reply_dst="192.0.2.1", reply_dport=61000))
     (key,) = c.send(True, b"227 Entering Passive Mode (10,0,2,2,195,80).\r\n")
     e, _master = k.expectations[key]
-    assert (e.src, e.dst, e.dport, e.nat) == (ipaddress.ip_address(CLIENT), ipaddress.ip_address(SERVER), 50000, None)
+    server = ipaddress.ip_address(SERVER)
+    assert (e.src, e.dst, e.dport, e.nat) == (ipaddress.ip_address(CLIENT), server, 50000, (0, server, 50000))
     assert k.queues[7].verdicts[-1].payload is None
 
 
