@@ -540,7 +540,7 @@ class Engine:
             message = stream.buf[: outcome.consumed] if self.explained is not None or nat else b""
             stream.buf = stream.buf[outcome.consumed :]
             flow.record = replace(flow.record, flags=flow.record.flags | KNOWN[direction])
-            decisions += self._apply(flow, outcome.actions, now, frame, direction, message, -at)
+            decisions += self._apply(flow, outcome.actions, now, frame, direction, message, at)
             at -= outcome.consumed
         return decisions
 

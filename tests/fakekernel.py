@@ -26,14 +26,16 @@ SYN, ACK, PSH = 0x02, 0x10, 0x08
 
 def ip_packet(src: str, dst: str, proto: int, sport: int, dport: int, payload: bytes = b"",
               seq: int = 0, flags: int = ACK | PSH) -> bytes:
-    """A raw IPv4 packet with a TCP or UDP header (checksums left zero: alg does not check them)."""
+    """A raw IPv4 or IPv6 packet with a TCP or UDP header (checksums left zero: alg does not check them)."""
     if proto == 6:
         l4 = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 65535, 0, 0)
     else:
         l4 = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0)
+    s, d = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
+    if len(s) == 16:  # IPv6: payload length, next header, hop limit
+        return struct.pack("!IHBB16s16s", 6 << 28, len(l4) + len(payload), proto, 64, s, d) + l4 + payload
     total = 20 + len(l4) + len(payload)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, proto, 0,
-                     ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, proto, 0, s, d)
     return ip + l4 + payload
 
 
