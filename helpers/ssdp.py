@@ -62,11 +62,15 @@ endpoint); a URL without a port gets the outside one written out. A URL that
 names another host, or a hostname, is left as it is (and opens nothing).
 The HTTP head carries no length, and SUBSCRIBE has no body: nothing else
 changes. conntrackd rewrites only the CALLBACK (IPv4 only; it expects the
-LOCATION connection without rewriting, for a control point inside). Not
-done under NAT: an M-SEARCH's `search` expectation takes the masqueraded
-source port only when the NAT kept it (the core keeps the inside port), and
-a NOTIFY's renewal of a callback that the NAT translated (the core moves
-only expectations of the sender's own address outside).
+LOCATION connection without rewriting, for a control point inside). An
+M-SEARCH from a control point behind masquerade is expected on the outside
+port the NAT gave its source port (the core's rule for a sender's own
+port). Kernel caveat (nf_nat_helper.c, read, not measured): the expectfn
+`nat-follow-master` also rewrites an answer's source to where the master
+was sent, the SSDP group, as it does for conntrackd's helper. Not done
+under NAT: a NOTIFY's renewal of a callback that the NAT translated (the
+core moves only expectations of the sender's own address outside, and this
+one names the receiver's).
 
 Kernel limit (measured in the lab, Debian 6.1.0-56; upstream since 2026): an
 expected conntrack gets a helper only from an expectation attached to the

@@ -406,6 +406,36 @@ def test_an_answer_that_would_grow_past_65535_bytes_goes_untouched(tmp_path):
     assert k.queues[7].verdicts[-1].payload is None and d.stats.rewrite_failed == 1 and len(keys) == 1
 
 
+def test_a_masqueraded_m_search_is_answered_on_the_port_the_nat_gave_it(tmp_path):
+    """Two control points search from port 1900; masquerade gives the second one
+    61900. The answers come to 192.0.2.1:61900 and are translated to the control
+    point's 1900 (the kernel's nf_nat_sip rule for the sender's own port)."""
+    k = FakeKernel()
+    d = daemon(tmp_path, k, SSDP)
+    cid = k.connect("ssdp", 4, 17, CP, "239.255.255.250", 1900, 1900, reply_dst=PUBLIC, reply_dport=61900)
+    datagram(k, d, cid, False, M_SEARCH)
+    (e,) = list(d.engine.table)
+    assert (e.cls, e.src, e.dst, e.sport, e.dport, e.nat) == ("search", None, ip(PUBLIC), None, 61900,
+                                                              (1, ip(CP), 1900))
+    assert k.queues[7].verdicts[-1].payload is None
+
+
+def test_a_masqueraded_control_points_answer_from_outside_is_not_rewritten(tmp_path):
+    """conntrackd's case: the control point is behind masquerade, the device
+    outside answers to the gateway (the answer's conntrack translated back to
+    the control point by the search expectation). LOCATION names the device,
+    which the NAT does not concern: the packet goes as it came, the expectation
+    is of the device's real address."""
+    k = FakeKernel()
+    d = daemon(tmp_path, k, SSDP)
+    master = CtTuple(4, 17, ip(CP).packed, ip("239.255.255.250").packed, 33008, 1900)
+    cid = k.connect("ssdp", 4, 17, DEVICE, PUBLIC, 1900, 33008, reply_src=CP, master=master)
+    datagram(k, d, cid, False, ANSWER)  # its first packet: the expectation rides on the verdict
+    (e,) = list(d.engine.table)
+    assert (e.cls, e.src, e.dst, e.dport) == ("location", ip(CP), ip(DEVICE), 49152) and len(k.attached) == 1
+    assert k.queues[7].verdicts[-1].payload is None
+
+
 def test_a_masqueraded_control_points_callback_names_the_public_address(tmp_path):
     """GENA SUBSCRIBE from the capture, from a control point behind masquerade
     (192.168.77.20 leaves as 192.0.2.1) on a connection our LOCATION expectation
