@@ -20,6 +20,8 @@ from scapy.packet import Raw
 from test_daemon_path import _segment, _tcp, daemon
 
 from alg.decode import decode_frame, decode_ip
+from alg.kernel import nlmsg as L
+from alg.kernel.ctnetlink import CTA_EXPECT_FN, CTA_EXPECT_NAT, CTA_EXPECT_NAT_DIR
 from alg.kernel.nfqueue import CtTuple
 from alg.model import Direction, FlowTuple, Form, Length, NatMap, Rewrite
 from alg.nat import Edit, RewriteError, checksum, length_field, mangle, message_edits, render
@@ -417,6 +419,11 @@ def test_a_masqueraded_m_search_is_answered_on_the_port_the_nat_gave_it(tmp_path
     (e,) = list(d.engine.table)
     assert (e.cls, e.src, e.dst, e.sport, e.dport, e.nat) == ("search", None, ip(PUBLIC), None, 61900,
                                                               (1, ip(CP), 1900))
+    # on the verdict of the flow's first packet: CTA_EXPECT_NAT (reply direction) and the expectfn
+    (body,) = k.attached
+    attrs = L.parse_attrs(body)
+    assert L.parse_attrs(attrs[CTA_EXPECT_NAT])[CTA_EXPECT_NAT_DIR] == struct.pack("!I", 1)
+    assert attrs[CTA_EXPECT_FN] == b"nat-follow-master\0"
     assert k.queues[7].verdicts[-1].payload is None
 
 
