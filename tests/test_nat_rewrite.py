@@ -12,6 +12,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from fakekernel import FakeKernel
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, \
@@ -19,6 +21,7 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, IPv6
 from scapy.packet import Raw
 from test_daemon_path import _segment, _tcp, daemon
 
+import alg
 from alg.decode import decode_frame, decode_ip
 from alg.kernel import nlmsg as L
 from alg.kernel.ctnetlink import CTA_EXPECT_FN, CTA_EXPECT_NAT, CTA_EXPECT_NAT_DIR
@@ -26,6 +29,7 @@ from alg.kernel.nfqueue import CtTuple
 from alg.model import Direction, FlowTuple, Form, Length, NatMap, Rewrite
 from alg.nat import Edit, RewriteError, checksum, length_field, mangle, message_edits, render
 from alg.pcap import read_frames
+from alg.testing import feed
 
 ip = ipaddress.ip_address
 PCAPS = Path(__file__).parent / "pcaps"
@@ -460,3 +464,32 @@ def test_a_masqueraded_control_points_callback_names_the_public_address(tmp_path
     v = k.queues[7].verdicts[-1]
     assert checked(v.payload) == SUBSCRIBE.replace(b"<http://192.168.77.20:", b"<http://192.0.2.1:")
     assert v.ct is not None
+
+
+# ---------------------------------------------------------------- any bytes under NAT
+TNS_FLOW = FlowTuple(4, 6, ip(CLIENT), ip(LISTENER), 58350, 1521)
+TNS_NAT = NatMap(ft(CLIENT, PUBLIC, 58350, 1521), ft(LISTENER, CLIENT, 1521, 58350))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(
+    st.binary(max_size=120),
+    st.builds(tns_redirect, st.sampled_from([REDIRECT_SEGMENT[20:], REDIRECT_SEGMENT[20:60], b""]),
+              st.one_of(st.none(), st.integers(0, 300)), st.booleans()),
+    st.builds(lambda a, b: a[:b], st.just(REDIRECT_SEGMENT), st.integers(0, len(REDIRECT_SEGMENT)))), max_size=6))
+def test_tns_spans_under_nat_lie_in_the_message_they_came_with(chunks):
+    """Whatever the listener sends, the spans a NATed TNS flow names lie inside the
+    bytes consumed with them (alg.testing.check_outcome), or the peer broke the protocol."""
+    from alg_helpers.tns import TnsHelper
+    try:
+        feed(TnsHelper(), [(Direction.REPLY, c) for c in chunks], TNS_FLOW, nat=TNS_NAT)
+    except alg.ProtocolViolation:
+        pass
+
+
+def test_the_harness_feeds_nat_and_checks_spans():
+    from alg_helpers.tns import TnsHelper
+    acts = feed(TnsHelper(), [(Direction.REPLY, REDIRECT_SEGMENT)], TNS_FLOW, nat=TNS_NAT)
+    assert sorted(type(a).__name__ for a in acts) == ["Expect", "Length", "Length", "Length", "Rewrite", "Rewrite"]
+    assert not [a for a in feed(TnsHelper(), [(Direction.REPLY, REDIRECT_SEGMENT)], TNS_FLOW)
+                if isinstance(a, (Rewrite, Length))]
