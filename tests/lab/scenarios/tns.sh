@@ -225,6 +225,9 @@ lab_fw "$LAB_IPT" -t nat -A PREROUTING -d $PUB -p tcp --dport 1521 -j DNAT --to-
 watch_start "$OUT/nat-events.txt"
 client "$PUB:1521/XE" 5 alg-nat
 [ $RC = 0 ] && [ $DR -ge 1 ] && pass nat-redirect-to-public-address-related || fail nat-redirect-to-public-address-related
+# python-oracledb names where the REDIRECT sent it: the public address, not 10.0.2.2
+grep -q "^alg-nat: ok .*host \"$PUB\" port 1522" "$OUT/client.log" && pass nat-client-told-public-address \
+    || fail nat-client-told-public-address
 watch_stop
 sed 's/^/    /' "$OUT/nat-events.txt"
 grep '\[NEW\]' "$OUT/nat-events.txt" | grep -q "dst=$PUB sport=0 dport=1522 " && pass nat-expectation-on-public-address \
