@@ -618,11 +618,20 @@ class Engine:
         if not inside:
             return {}
         l3, master = flow.tuple.l3, flow.tuple
+        # the sender's own port on this flow is reached outside where the NAT put it (nf_nat_sip:
+        # "if the signalling port matches the connection's source port ... use the destination
+        # port in the opposite direction"): an M-SEARCH answered on its masqueraded port
+        own = flow.tuple.sport if direction is Direction.ORIGINAL else flow.tuple.dport
+        mapped = nat.map(direction, sender, own)
+        base = {a.dport: a.dport for a in inside}
+        if mapped is not None and mapped[1] is not None and own in base:
+            base[own] = mapped[1]
         for shift in range(0, 2 * NAT_PORT_TRIES, 2):
-            if all(a.dport + shift < 65536 and self._port_free(
-                    (l3, a.proto, None if a.src is None else int(a.src), int(there), a.sport, a.dport + shift), master)
+            if all(base[a.dport] + shift < 65536 and self._port_free(
+                    (l3, a.proto, None if a.src is None else int(a.src), int(there), a.sport,
+                     base[a.dport] + shift), master)
                    for a in inside):
-                return {(a.dst, a.dport): a.dport + shift for a in inside}
+                return {(a.dst, a.dport): base[a.dport] + shift for a in inside}
         return {(a.dst, a.dport): None for a in inside}
 
     def _port_free(self, key: tuple, master: FlowTuple) -> bool:

@@ -135,7 +135,8 @@ def mangle(packet: bytes, l4: int, payload: int, edits: Iterable[Edit]) -> bytes
         proto, pseudo_addrs = head[9], bytes(head[12:20])
     else:
         struct.pack_into("!H", head, 4, total - 40)
-        proto, pseudo_addrs = _v6_proto(head, l4), bytes(head[8:40])
+        proto, final = _v6_upper(head, l4)
+        pseudo_addrs = bytes(head[8:24]) + final
     seg_len = total - l4
     if proto == _UDP:
         struct.pack_into("!H", head, l4 + 4, seg_len)
@@ -154,14 +155,31 @@ def mangle(packet: bytes, l4: int, payload: int, edits: Iterable[Edit]) -> bytes
     return bytes(head) + body
 
 
-def _v6_proto(head: bytearray, l4: int) -> int:
-    """The upper-layer protocol of an IPv6 packet whose L4 header is at `l4`:
-    the next-header byte of the last extension header (or of the fixed header)."""
-    nxt, off = head[6], 40
+# RFC 8200 §4: extension headers whose length counts differently, and the Routing header
+_FRAGMENT, _AH, _ROUTING = 44, 51, 43
+# routing types whose addresses are a plain list: 0 (RFC 8200 §4.4, deprecated), 2 (RFC 6275 §6.4,
+# one address) end with the final destination; 4 (RFC 8754 §2, SRH) starts with it
+_ROUTING_LAST_IS_FINAL, _SRH = (0, 2), 4
+
+
+def _v6_upper(head: bytearray, l4: int) -> tuple[int, bytes]:
+    """The upper-layer protocol of an IPv6 packet whose L4 header is at `l4` (the
+    next-header byte of the last extension header, or of the fixed header) and the
+    destination its pseudo-header names: the final one where a Routing header still
+    has segments left (RFC 8200 §8.1), not the next hop in the header's field."""
+    nxt, off, final = head[6], 40, bytes(head[24:40])
     while off < l4:
-        size = 8 if nxt == 44 else (head[off + 1] + 2) * 4 if nxt == 51 else (head[off + 1] + 1) * 8
+        size = 8 if nxt == _FRAGMENT else (head[off + 1] + 2) * 4 if nxt == _AH else (head[off + 1] + 1) * 8
+        if nxt == _ROUTING and head[off + 3]:  # segments left
+            kind = head[off + 2]
+            if kind in _ROUTING_LAST_IS_FINAL:
+                final = bytes(head[off + size - 16:off + size])
+            elif kind == _SRH:
+                final = bytes(head[off + 8:off + 24])
+            else:
+                raise RewriteError(f"routing header type {kind}: its final destination is not known here")
         nxt, off = head[off], off + size
-    return nxt
+    return nxt, final
 
 
 # ---------------------------------------------------------------- replay: NAT given on the command line

@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .engine import Engine, make_slots
-from .model import NEED_DATA, PROTO_NUMBERS, TCP, Action, Direction, Expect, FlowTuple, Helper, Notice, \
-    Outcome, Parsed, Segment, Unexpect, invalid_expect, ip
+from .model import NEED_DATA, PROTO_NUMBERS, TCP, Action, Direction, Expect, FlowTuple, Helper, Length, NatMap, \
+    Notice, Outcome, Parsed, Rewrite, Segment, Unexpect, invalid_expect, ip
 from .plugins import PluginHost, load_plugins
 from .policy import default_policy, load_policy
 from .replay import ReplayResult, replay
@@ -64,8 +64,12 @@ def check_outcome(helper: Helper, out: Outcome, given: int, flow: FlowTuple) -> 
     assert 0 <= out.consumed <= given, f"{name}: consumed {out.consumed} of the {given} bytes given"
     classes = [c.name for c in helper.spec.classes]
     for a in out.actions:
-        assert isinstance(a, (Expect, Unexpect, Notice)), f"{name}: action {a!r} is none of alg.Expect, " \
-                                                          f"alg.Unexpect, alg.Notice"
+        assert isinstance(a, (Expect, Unexpect, Notice, Rewrite, Length)), \
+            f"{name}: action {a!r} is none of alg.Expect, alg.Unexpect, alg.Notice, alg.Rewrite, alg.Length"
+        if isinstance(a, (Rewrite, Length)):  # NAT spans: in the message the outcome consumed
+            spans = [(a.offset, a.length)] + ([(a.start, a.end - a.start)] if isinstance(a, Length) else [])
+            assert all(0 <= at and 0 <= n and at + n <= out.consumed for at, n in spans), \
+                f"{name}: {a!r} is not inside the {out.consumed} bytes consumed"
         if isinstance(a, Expect):
             why = invalid_expect(classes, a, flow.l3)
             assert why is None, f"{name}: invalid {a!r}: {why}"
@@ -78,10 +82,11 @@ def flow(proto: str, src: str, sport: int, dst: str, dport: int) -> FlowTuple:
 
 
 def feed(helper: Helper, chunks: Iterable[tuple[Direction, bytes]], flow: FlowTuple, state: Any = None,
-         now: float = 0.0, expected: bool = False) -> list[Action]:
+         now: float = 0.0, expected: bool = False, nat: NatMap | None = None) -> list[Action]:
     """Hand the chunks to the helper as the engine would; returns all actions.
 
-    `expected`: the flow came from an expectation of this helper (Segment.expected).
+    `expected`: the flow came from an expectation of this helper (Segment.expected);
+    `nat`: the master is NATed (Segment.nat): the helper adds its `Rewrite`/`Length` spans.
 
     On TCP, unconsumed bytes of a direction are kept and the next chunk is
     appended; the helper is called again while it consumes something."""
@@ -90,7 +95,7 @@ def feed(helper: Helper, chunks: Iterable[tuple[Direction, bytes]], flow: FlowTu
     actions: list[Action] = []
     for direction, data in chunks:
         if flow.proto != TCP:
-            out = helper.inspect(Segment(data, direction, flow, now, expected), state)
+            out = helper.inspect(Segment(data, direction, flow, now, expected, nat), state)
             check_outcome(helper, out, len(data), flow)
             if isinstance(out, Parsed):
                 actions += out.actions
@@ -98,7 +103,7 @@ def feed(helper: Helper, chunks: Iterable[tuple[Direction, bytes]], flow: FlowTu
         pending[direction] += data
         while pending[direction]:
             buf = pending[direction]
-            out = helper.inspect(Segment(buf, direction, flow, now, expected), state)
+            out = helper.inspect(Segment(buf, direction, flow, now, expected, nat), state)
             check_outcome(helper, out, len(buf), flow)
             if not isinstance(out, Parsed) or out.consumed == 0:
                 break

@@ -48,11 +48,29 @@ UDA §1.1.2 TTL 2, and ff05::c is site-scoped); with it the `search`
 expectation admits answers only from the client's subnet.
 
 Policy: classes search, location, callback: 8 expectations per master, 300 s
-each (conntrackd's one class `ssdp`, 8 / 300 s). NAT: not yet (offsets of
-the URL addresses are reported in `where`). Live use needs the kernel helper
+each (conntrackd's one class `ssdp`, 8 / 300 s). Live use needs the kernel helper
 registered for UDP and TCP under the same name, as conntrackd's: the LOCATION
 connection (TCP) inherits the answer's helper, and a CALLBACK expectation on
 it names `ssdp` for the master's protocol, TCP.
+
+NAT: where the flow is translated, the `host[:port]` of a LOCATION (a
+device behind the gateway answering a control point outside) and of each
+CALLBACK URL (a control point behind masquerade subscribing to a device
+outside) is rewritten to the gateway's outside endpoint, where the
+expectation then waits (CTA_EXPECT_NAT sends the connection on to the inside
+endpoint); a URL without a port gets the outside one written out. A URL that
+names another host, or a hostname, is left as it is (and opens nothing).
+The HTTP head carries no length, and SUBSCRIBE has no body: nothing else
+changes. conntrackd rewrites only the CALLBACK (IPv4 only; it expects the
+LOCATION connection without rewriting, for a control point inside). An
+M-SEARCH from a control point behind masquerade is expected on the outside
+port the NAT gave its source port (the core's rule for a sender's own
+port). Kernel caveat (nf_nat_helper.c, read, not measured): the expectfn
+`nat-follow-master` also rewrites an answer's source to where the master
+was sent, the SSDP group, as it does for conntrackd's helper. Not done
+under NAT: a NOTIFY's renewal of a callback that the NAT translated (the
+core moves only expectations of the sender's own address outside, and this
+one names the receiver's).
 
 Kernel limit (measured in the lab, Debian 6.1.0-56; upstream since 2026): an
 expected conntrack gets a helper only from an expectation attached to the
@@ -69,7 +87,7 @@ import ipaddress
 import re
 
 import alg
-from alg import EXPECT_F_PERMANENT, TCP, UDP, Direction, Expect, ExpectClass, HelperSpec, Notice, Parsed
+from alg import EXPECT_F_PERMANENT, TCP, UDP, Direction, Expect, ExpectClass, Form, HelperSpec, Notice, Parsed, Rewrite
 
 from ._discovery import prefix_for, subnet_only_option
 
@@ -189,8 +207,9 @@ class SsdpHelper(alg.Helper):
         addr, port, span = parsed
         if addr != seg.sender:
             return (Notice("location-not-sender", f"{addr} named by {seg.sender}"),)
+        where = (offset + span[0], span[1])
         return (Expect("location", TCP, seg.receiver, addr, None, port, flags=EXPECT_F_PERMANENT,
-                       assign_helper=True, where=((offset + span[0], span[1]),)),)
+                       assign_helper=True, where=(where,)), *_rewrite(seg, where, addr, port))
 
     @staticmethod
     def _url(value: bytes, l3: int) -> tuple[alg.IPAddress, int, tuple[int, int]] | Notice:
@@ -269,9 +288,16 @@ class SsdpHelper(alg.Helper):
             if addr != seg.sender:
                 out.append(Notice("callback-not-sender", f"{addr} named by {seg.sender}"))
                 continue
-            out.append(Expect("callback", TCP, seg.receiver, addr, None, port, assign_helper=True,
-                              where=((offset + start + span[0], span[1]),)))
+            where = (offset + start + span[0], span[1])
+            out.append(Expect("callback", TCP, seg.receiver, addr, None, port, assign_helper=True, where=(where,)))
+            out += _rewrite(seg, where, addr, port)
         return tuple(out) or (Notice("malformed", "CALLBACK"),)
+
+
+def _rewrite(seg: alg.Segment, where: tuple[int, int], addr: alg.IPAddress, port: int) -> tuple:
+    """Under NAT: the URL's `host[:port]` names the sender's endpoint (the core writes the outside
+    one there; a URL without a port gets one, as the outside port may differ from 80)."""
+    return (Rewrite(*where, addr, port, Form.HOST_PORT),) if seg.nat is not None else ()
 
 
 def _angle_brackets(value: bytes):

@@ -13,8 +13,9 @@ tns.c and the python-oracledb thin driver use them): every packet starts with
 an 8-byte header, length (2 bytes, big endian, header included), packet
 checksum, type, flags, header checksum. Types read here: REDIRECT (5), whose
 body starts with the length of the redirect data (2 bytes) followed by the
-data itself, or by nothing, the data then coming in the DATA (6) packets that
-follow (after their 2-byte data flags); ACCEPT (2) and REFUSE (4) end the
+data itself, or by less, the rest then coming in the DATA (6) packets that
+follow (after their 2-byte data flags; a length of 0 with no data: the one
+DATA packet that follows); ACCEPT (2) and REFUSE (4) end the
 connect phase and with it the inspection of the flow (a later packet may
 have a 4-byte length, large SDU, and never redirects). The redirect data is
 `<address>\\0<connect data>`; the first `(ADDRESS=...)` of the address part
@@ -33,14 +34,29 @@ Security:
 * only the listener's side is read; the client's CONNECT names nothing that
   is opened.
 
+NAT (a listener behind a DNAT port forward redirecting its client to
+itself, say): the HOST and PORT of the redirect are rewritten to the
+endpoint the client reaches from outside (the gateway's address, the port
+the expectation got there), and with them the length of every TNS packet
+that carries the redirect and the redirect data length of the REDIRECT, as
+conntrackd's nf_nat_tns. The REDIRECT and the DATA packets that carry its
+data are read as one message once all of them have come, so that the data
+length in the REDIRECT can follow the data; when they came in different TCP
+segments and the rewrite changes that length, the earlier segment is gone
+and the rewrite is refused (counted by the core, the packet untouched).
+Not rewritten, counted as `not-rewritten`: redirect data split over
+several packets (its length would need the sum over them), and packets
+whose TNS checksum fields are set (conntrackd zeroes them; Oracle Net
+leaves them zero).
+
 conntrackd parity (src/helpers/tns.c): class `tns`, 1 expectation / 300 s,
 expected flow client address, any source port, HOST, PORT, no flags;
 `priv_data_len` 1 (its struct tns_info) so alg can take over a helper that
 `nfct add helper tns inet tcp` registered. conntrackd reads only IPv4 literals
 after a case-sensitive `HOST=`, and only the one DATA packet after a
 REDIRECT with no data; here REDIRECT data split over several DATA packets
-is joined (up to 8 KiB). NAT rewriting: not yet (offsets of HOST and PORT are
-reported when the address came in one packet).
+is joined (up to 8 KiB); a packet of another type among them ends the
+redirect data.
 """
 
 from __future__ import annotations
@@ -51,7 +67,7 @@ import struct
 from typing import Any, Mapping
 
 import alg
-from alg import TCP, Direction, Expect, ExpectClass, HelperSpec, Notice, Option, Parsed
+from alg import TCP, Direction, Expect, ExpectClass, Form, HelperSpec, Length, Notice, Option, Parsed, Rewrite
 
 # packet types (conntrackd tns.c, python-oracledb constants)
 CONNECT, ACCEPT, ACK, REFUSE, REDIRECT, DATA = 1, 2, 3, 4, 5, 6
@@ -59,6 +75,7 @@ RESEND, MARKER = 11, 12
 _END_OF_CONNECT = frozenset((ACCEPT, REFUSE))
 
 _HEADER = struct.Struct("!HHBBH")  # length, packet checksum, type, flags, header checksum
+_PACKET_CSUM, _HEADER_CSUM = 2, 6  # offsets of the two checksums in the header
 _U16 = struct.Struct("!H")
 MAX_REDIRECT = 8192  # bytes of redirect data kept
 
@@ -74,15 +91,12 @@ _OWS = b" \t\r\n"
 
 
 class TnsState:
-    __slots__ = ("done", "skip", "pending", "need", "buf", "buf_at")
+    __slots__ = ("done", "skip", "want")
 
     def __init__(self) -> None:
         self.done = False  # connect phase over: nothing more to read
         self.skip = 0  # bytes of a long packet still to pass over (listener side)
-        self.pending = False  # a REDIRECT's data is still to come in DATA packets
-        self.need = 0  # redirect data length announced (0: the next DATA packet, whatever its length)
-        self.buf = b""
-        self.buf_at: int | None = None  # offset of buf in the segment it came from (one packet only)
+        self.want = 0  # bytes the buffer must hold before the REDIRECT at its start is read again
 
 
 class TnsHelper(alg.Helper):
@@ -121,48 +135,64 @@ class TnsHelper(alg.Helper):
             n = min(state.skip, len(data))
             state.skip -= n
             return Parsed(n)
-        if len(data) < _HEADER.size:
-            return alg.NEED_DATA
+        if len(data) < max(_HEADER.size, state.want):
+            return alg.NEED_DATA  # the REDIRECT (and its DATA packets) not yet whole: read once, when they are
         length, _csum, ptype, _flags, _hcsum = _HEADER.unpack_from(data)
         if length < _HEADER.size:
             raise alg.ProtocolViolation(f"TNS packet length {length}")
         if ptype in _END_OF_CONNECT:
             state.done = True
             return Parsed(len(data))
-        if ptype not in (REDIRECT, DATA) or (ptype == DATA and not state.pending) or length > MAX_REDIRECT:
-            if ptype in (REDIRECT, DATA) and length > MAX_REDIRECT:
-                state.pending = False
-                out: tuple = (Notice("oversized", f"type {ptype} packet of {length} bytes not read"),)
-            else:
-                out = ()
+        if ptype != REDIRECT or length > MAX_REDIRECT:
+            out: tuple = (Notice("oversized", f"REDIRECT of {length} bytes not read"),) if ptype == REDIRECT else ()
             n = min(length, len(data))
             state.skip = length - n
             return Parsed(n, out)
         if len(data) < length:
+            state.want = length
             return alg.NEED_DATA
-        if ptype == REDIRECT:
-            if length < _HEADER.size + 2:
-                raise alg.ProtocolViolation("REDIRECT without its data length")
-            (state.need,) = _U16.unpack_from(data, _HEADER.size)
-            body_at = _HEADER.size + 2
-            state.buf, state.buf_at = data[body_at:length], body_at
-        else:
-            body_at = _HEADER.size + 2  # DATA: 2 bytes of data flags first
-            chunk = data[body_at:length]
-            state.buf_at = body_at if not state.buf else None
-            state.buf += chunk
-        if state.need and len(state.buf) < state.need:
-            state.pending = True
-            if len(state.buf) > MAX_REDIRECT:  # pragma: no cover - bounded by need <= 65535 and MAX_REDIRECT
-                state.pending, state.buf = False, b""
-            return Parsed(length)
-        if not state.buf:  # REDIRECT with no data: the address follows in the next DATA packet
-            state.pending = True
-            return Parsed(length)
-        redirect = state.buf[:state.need] if state.need else state.buf
-        base = state.buf_at
-        state.pending, state.buf, state.buf_at = False, b"", None
-        return Parsed(length, self._redirect(redirect, base, segment))
+        if length < _HEADER.size + 2:
+            raise alg.ProtocolViolation("REDIRECT without its data length")
+        found = _gather(data, length)
+        if isinstance(found, int):
+            state.want = found
+            return alg.NEED_DATA
+        state.want = 0
+        end, pieces, fields = found
+        (need,) = _U16.unpack_from(data, _HEADER.size)
+        if need > MAX_REDIRECT:
+            return Parsed(end, (Notice("oversized", f"redirect data of {need} bytes not read"),))
+        joined = b"".join(chunk for _at, chunk in pieces)
+        if need and len(joined) < need:
+            return Parsed(end, (Notice("no-address", f"{len(joined)} of the {need} redirect bytes announced"),))
+        # where the redirect data starts in the message, if it lies in one packet (else no offsets)
+        first = next(((at, chunk) for at, chunk in pieces if chunk), None)
+        base = first[0] if first is not None and len(first[1]) >= (need or len(joined)) else None
+        actions = self._redirect(joined[:need] if need else joined, base, segment)
+        if segment.nat is not None:
+            actions += self._nat_spans(actions, data[:end], fields, base, need)
+        return Parsed(end, actions)
+
+    @staticmethod
+    def _nat_spans(actions: tuple, message: bytes, fields: list, base: int | None, need: int) -> tuple:
+        """Under NAT: HOST and PORT of the redirect's expectation as `Rewrite`s, each
+        TNS packet's length and the redirect data length as `Length`s (the core
+        writes the outside endpoint there, as conntrackd's nf_nat_tns)."""
+        expect = next((a for a in actions if isinstance(a, Expect)), None)
+        if expect is None:
+            return ()
+        if base is None or not expect.where:
+            return (Notice("not-rewritten", "redirect data split over several packets"),)
+        if any(message[f.offset + _PACKET_CSUM:f.offset + _PACKET_CSUM + 2] != b"\0\0"
+               or message[f.offset + _HEADER_CSUM:f.offset + _HEADER_CSUM + 2] != b"\0\0" for f in fields):
+            # conntrackd zeroes them; here a packet with checksums is left as it is
+            return (Notice("not-rewritten", "TNS packet with checksums"),)
+        (host, port) = expect.where
+        spans: list = [Rewrite(*host, expect.dst, None, Form.ADDR), Rewrite(*port, expect.dst, expect.dport, Form.PORT)]
+        spans += fields
+        if need:
+            spans.append(Length(_HEADER.size, _U16.size, base, base + need, Form.BE16))
+        return tuple(spans)
 
     def _redirect(self, data: bytes, base: int | None, seg: alg.Segment) -> tuple:
         address = data.split(b"\0", 1)[0]
@@ -192,8 +222,35 @@ class TnsHelper(alg.Helper):
             return (Notice("address-mismatch", f"redirect to {addr} by {seg.sender}"),)
         where: tuple = ()
         if base is not None:
-            where = ((base + host[1], len(host[0])), (base + port[1], len(ptext)))
+            lead = len(host[0]) - len(host[0].lstrip(b"["))  # the address inside [brackets]
+            where = ((base + host[1] + lead, len(text)), (base + port[1], len(ptext)))
         return (Expect("tns", TCP, seg.receiver, addr, None, int(ptext), where=where),)
+
+
+def _gather(data: bytes, length: int) -> int | tuple[int, list[tuple[int, bytes]], list[Length]]:
+    """The REDIRECT at the start of `data` (`length` bytes, all there) and the DATA
+    packets that carry its redirect data: (end of the last, [(offset, chunk)] of
+    the data, the `Length` of each packet), or how many bytes the buffer must
+    hold before they can be read (more to come). The DATA packets are read as
+    long as the data announced is not all there (length 0: the one next DATA
+    packet, as conntrackd reads it); another packet type ends them."""
+    (need,) = _U16.unpack_from(data, _HEADER.size)
+    body = _HEADER.size + _U16.size
+    pieces = [(body, data[body:length])]
+    fields = [Length(0, _U16.size, 0, length, Form.BE16)]
+    have, end = length - body, length
+    while (have < need <= MAX_REDIRECT) if need else len(pieces) == 1 and not have:
+        if len(data) < end + _HEADER.size:
+            return end + _HEADER.size
+        plen, _csum, ptype, _flags, _hcsum = _HEADER.unpack_from(data, end)
+        if ptype != DATA or not body <= plen <= MAX_REDIRECT or end - length > MAX_REDIRECT:
+            break  # no (more) redirect data: what came is all there is
+        if len(data) < end + plen:
+            return end + plen
+        pieces.append((end + body, data[end + body:end + plen]))  # after the DATA packet's 2-byte flags
+        fields.append(Length(end, _U16.size, end, end + plen, Form.BE16))
+        have, end = have + plen - body, end + plen
+    return end, pieces, fields
 
 
 def _first_address(text: bytes) -> tuple[tuple[int, int], dict[bytes, tuple[bytes, int]]] | None:

@@ -12,8 +12,11 @@
 #   4. a listener on 10.0.2.2:1525 redirects to a third host, 10.0.2.3 (a second address of
 #      lab-srv, where the same 1522 listener answers): alg creates no expectation
 #      (address-mismatch) and the connection is dropped.
-#   5. negative control: alg stopped -> the redirected connection is dropped
-#   6. reference: conntrackd's tns helper on the same traffic; its expectation for the inline
+#   5. NAT: the listener behind a DNAT port forward (10.0.1.100 -> 10.0.2.2): alg rewrites the
+#      REDIRECT's HOST to the public address (lengths grow), the expectation waits there and the
+#      redirected connection reaches the listener's 1522 through it (RELATED)
+#   6. negative control: alg stopped -> the redirected connection is dropped
+#   7. reference: conntrackd's tns helper on the same traffic; its expectation for the inline
 #      redirect equals alg's; it creates none for the REDIRECT + DATA form python-oracledb uses. conntrackd does not check the redirect address: for the
 #      third-host redirect it DOES create an expectation, and that connection passes.
 # Expectations are read from `conntrack -E expect` (NEW events): the client uses a TNS
@@ -211,6 +214,29 @@ sed 's/^/    /' "$OUT/status.txt"
 grep -q "address-mismatch 1" "$OUT/status.txt" && pass third-host-counted || fail third-host-counted
 grep -Eq "class tns: created 3, used 3, refused 0" "$OUT/status.txt" && pass used-expectations-let-go \
     || fail used-expectations-let-go
+
+echo "NAT: the listener behind a port forward (10.0.1.100:1521 -> 10.0.2.2:1521, DNAT in lab-fw):"
+# its REDIRECT names 10.0.2.2, which the client must not use: alg rewrites HOST to the public
+# 10.0.1.100 (two bytes longer: the TNS lengths grow, the kernel moves the sequence numbers on)
+# and expects 10.0.1.100:1522 translated to the listener (CTA_EXPECT_NAT, nat-follow-master)
+PUB=10.0.1.100
+lab_fw ip addr add $PUB/24 dev c1
+lab_fw "$LAB_IPT" -t nat -A PREROUTING -d $PUB -p tcp --dport 1521 -j DNAT --to-destination "$LAB_SERVER4"
+watch_start "$OUT/nat-events.txt"
+client "$PUB:1521/XE" 5 alg-nat
+[ $RC = 0 ] && [ $DR -ge 1 ] && pass nat-redirect-to-public-address-related || fail nat-redirect-to-public-address-related
+# python-oracledb names where the REDIRECT sent it: the public address, not 10.0.2.2
+grep -q "^alg-nat: ok .*host \"$PUB\" port 1522" "$OUT/client.log" && pass nat-client-told-public-address \
+    || fail nat-client-told-public-address
+watch_stop
+sed 's/^/    /' "$OUT/nat-events.txt"
+grep '\[NEW\]' "$OUT/nat-events.txt" | grep -q "dst=$PUB sport=0 dport=1522 " && pass nat-expectation-on-public-address \
+    || fail nat-expectation-on-public-address
+lab_fw "$ALG" status --socket "$SOCK" --format json >"$OUT/status-nat.json" 2>&1
+"$PY" -c 'import json, sys; h = json.load(open(sys.argv[1]))["helpers"]["tns"]; print("    tns:", h)
+sys.exit(not (h["natted"] >= 1 and h["rewritten"] >= 1 and h["nat_failed"] == 0))' "$OUT/status-nat.json" \
+    && pass nat-redirect-rewritten || fail nat-redirect-rewritten
+lab_fw "$LAB_IPT" -t nat -F PREROUTING
 
 stop_alg && pass alg-stops-cleanly || fail alg-stops-cleanly
 lab_fw nfct list helper 2>/dev/null | tr -s '\t\n' ' ' | grep -q "name = tns, [^}]*status = enabled" \
