@@ -1,0 +1,130 @@
+"""Real traffic for the TFTP, IRC, SANE and Amanda helpers through a firewall
+namespace whose raw table hands the control flow to the kernel's own helper
+(`CT --helper tftp|irc|sane|amanda`, built into the host kernel): the capture
+on the fw's client side is what `alg replay` reads, `conntrack -E expect` in
+the fw what the kernel created. Used by tests/test_kernel_more_helpers.py (the
+differential) and tools/record-more-helpers.py (the captures in tests/pcaps/).
+
+Each scenario runs real clients and servers where Debian has them (tftpd-hpa
+and tftp-hpa, ngircd and a scripted IRC client, saned with the `test`
+backend and scanimage) and then probes: hand-made control messages on
+control connections of their own (fixed source port, so the master tells
+them apart), each with what the kernel's helper creates for it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from netns import CLIENT4, CLIENT6, SERVER4, SERVER6, Net
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT / "tools" / "more_helpers_peers.py"
+
+
+@dataclass
+class Probe:
+    """A message sent from client source port `sport`; `kernel` is what the kernel's helper expects
+    for it ((dst, dport) pairs), `alg` what alg expects: equal, or different on purpose (`why`)."""
+
+    sport: int
+    argv: list[str]
+    kernel: list[tuple[str, int]]
+    alg: list[tuple[str, int]]
+    why: str = ""
+
+
+@dataclass
+class Scenario:
+    helper: str
+    proto: str
+    port: int
+    start: Callable[[Net, Path], None]
+    clients: Callable[[Net, Path], None]
+    probes: list[Probe] = field(default_factory=list)
+    bpf: str = "tcp or udp"
+
+
+def wait_port(net: Net, ns: str, proto: str, port: int, timeout: float = 10) -> None:
+    """Until something listens on `port` in `ns` (ss), or `timeout`."""
+    flag = "-tln" if proto == "tcp" else "-uln"
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if f":{port} " in net.run(ns, "ss", "-H", flag, check=False).stdout:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {proto}/{port} in {ns}")
+
+
+def peer(*args: str) -> list[str]:
+    return [sys.executable, str(PEERS), *args]
+
+
+# ---------------------------------------------------------------- TFTP
+def _tftp_start(net: Net, tmp: Path) -> None:
+    root = tmp / "tftp"
+    root.mkdir()
+    (root / "boot.bin").write_bytes(os.urandom(3000))
+    (root / "up.bin").write_bytes(b"")
+    for p in (root, root / "up.bin"):
+        os.chmod(p, 0o777 if p == root else 0o666)
+    for family, addr in (("-4", SERVER4), ("-6", f"[{SERVER6}]")):
+        net.popen("srv", "in.tftpd", "-L", family, "-c", "-p", "-u", "root", "-a", f"{addr}:69", "-s", str(root))
+    wait_port(net, "srv", "udp", 69)
+
+
+def _tftp_clients(net: Net, tmp: Path) -> None:
+    src = tmp / "upload.bin"
+    src.write_bytes(os.urandom(1500))
+    for host in (SERVER4, SERVER6):
+        net.cli("tftp", host, "-m", "octet", "-c", "get", "boot.bin", str(tmp / "got.bin"), timeout=20)
+        net.cli("tftp", host, "-m", "octet", "-c", "put", str(src), "up.bin", timeout=20)
+
+
+TFTP = Scenario("tftp", "udp", 69, _tftp_start, _tftp_clients, bpf="udp", probes=[
+    # a well-formed RRQ from a service port: the kernel opens it, alg refuses it (min_port)
+    Probe(53, peer("tftp-request", SERVER4, "53", "rrq"), [(CLIENT4, 53)], [],
+          "a request from a port below min_port (1024)"),
+    # two opcode bytes and nothing else: the kernel opens on the opcode alone
+    Probe(41002, peer("tftp-request", SERVER4, "41002", "bare"), [(CLIENT4, 41002)], [],
+          "a request without filename and mode is malformed"),
+    Probe(41003, peer("tftp-request", SERVER6, "41003", "rrq"), [(CLIENT6, 41003)], [(CLIENT6, 41003)]),
+])
+
+SCENARIOS = {s.helper: s for s in (TFTP,)}
+
+
+def run(name: str, net: Net, tmp: Path) -> tuple[str, str]:
+    """Run scenario `name` through the kernel's helper: (capture path, `conntrack -E expect` text)."""
+    sc = SCENARIOS[name]
+    for ipt in ("iptables", "ip6tables"):
+        net.fw(ipt, "-t", "raw", "-A", "PREROUTING", "-p", sc.proto, "--dport", str(sc.port),
+               "-j", "CT", "--helper", sc.helper)
+    sc.start(net, tmp)
+    events = tmp / "expect.txt"
+    with events.open("w") as ev:
+        watcher = net.popen("fw", "stdbuf", "-oL", "conntrack", "-E", "expect", "-o", "extended", stdout=ev)
+        time.sleep(0.3)  # the event socket is bound
+        cap = net.capture("fw", str(tmp / f"{name}.pcap"), iface="c1", bpf=sc.bpf)
+        sc.clients(net, tmp)
+        for p in sc.probes:
+            net.cli(*p.argv, timeout=20)
+        time.sleep(0.5)
+        pcap = cap.stop()
+        watcher.terminate()
+    return pcap, events.read_text()
+
+
+def available(name: str) -> str | None:
+    """Why scenario `name` cannot run here, or None."""
+    need = {"tftp": ("in.tftpd", "tftp"), "irc": ("ngircd",), "sane": ("saned", "scanimage"), "amanda": ()}[name]
+    for tool in need:
+        if shutil.which(tool) is None:
+            return f"needs {tool}"
+    return None
