@@ -49,6 +49,7 @@ class Scenario:
     clients: Callable[[Net, Path], None]
     probes: list[Probe] = field(default_factory=list)
     bpf: str = "tcp or udp"
+    families: tuple[str, ...] = ("iptables", "ip6tables")  # the kernel's irc helper is IPv4 only
 
 
 def wait_port(net: Net, ns: str, proto: str, port: int, timeout: float = 10) -> None:
@@ -97,13 +98,73 @@ TFTP = Scenario("tftp", "udp", 69, _tftp_start, _tftp_clients, bpf="udp", probes
     Probe(41003, peer("tftp-request", SERVER6, "41003", "rrq"), [(CLIENT6, 41003)], [(CLIENT6, 41003)]),
 ])
 
-SCENARIOS = {s.helper: s for s in (TFTP,)}
+# ---------------------------------------------------------------- IRC
+NGIRCD_CONF = """[Global]
+Name = irc.alg.test
+Info = alg test server
+Listen = {listen}
+Ports = 6667
+PidFile = {tmp}/ngircd.pid
+MotdPhrase = alg
+[Limits]
+MaxConnectionsIP = 0
+MaxJoins = 0
+[Options]
+DNS = no
+Ident = no
+PAM = no
+"""
+DCC_PORT = 5000
+
+
+def _irc_start(net: Net, tmp: Path) -> None:
+    conf = tmp / "ngircd.conf"
+    conf.write_text(NGIRCD_CONF.format(listen=SERVER4, tmp=tmp))
+    net.popen("srv", "ngircd", "-n", "-f", str(conf))
+    wait_port(net, "srv", "tcp", 6667)
+    net.popen("srv", *peer("irc-listen", SERVER4, "bob", "60"))  # the addressee of every offer
+    time.sleep(0.5)
+
+
+def _irc_clients(net: Net, tmp: Path) -> None:
+    net.popen("cli", *peer("dcc-listen", CLIENT4, str(DCC_PORT), "15"))
+    net.popen("cli", *peer("dcc-listen", CLIENT4, str(DCC_PORT + 1), "15"))
+    net.cli(*peer("irc-dcc", SERVER4, "alice", "bob", "0",
+                  "PRIVMSG {to} :\\1DCC SEND boot.bin {ip} %d 3000\\1" % DCC_PORT,
+                  "PRIVMSG {to} :\\1DCC CHAT chat {ip} %d\\1" % (DCC_PORT + 1)), timeout=30)
+    for port in (DCC_PORT, DCC_PORT + 1):  # bob takes both offers: the follow-up flows
+        net.srv(*peer("connect", CLIENT4, str(port)), timeout=10)
+
+
+Pairs = list[tuple[str, int]]
+
+
+def _dcc_probe(sport: int, body: str, kernel: Pairs, alg: Pairs, why: str = "") -> Probe:
+    line = "PRIVMSG {to} :\\1DCC " + body + "\\1"
+    return Probe(sport, peer("irc-dcc", SERVER4, f"p{sport}", "bob", str(sport), line), kernel, alg, why)
+
+
+IPV4_WRAP = 1 << 32
+IRC = Scenario("irc", "tcp", 6667, _irc_start, _irc_clients, bpf="tcp", families=("iptables",), probes=[
+    _dcc_probe(42001, "SEND f 167772419 5100 1", [], []),  # 10.0.1.3: a third host ("Forged DCC command")
+    _dcc_probe(42002, "SEND f {ip} 22 1", [(CLIENT4, 22)], [], "a DCC port below min_port (1024)"),
+    _dcc_probe(42003, "SEND f %d 5103 1" % (IPV4_WRAP + 167772418), [(CLIENT4, 5103)], [],
+               "an address of 2^32 or more: the kernel keeps its low 32 bits (10.0.1.2), alg refuses it"),
+    _dcc_probe(42004, "SEND f {ip} %d 1" % (65536 + 5104), [(CLIENT4, 5104)], [],
+               "a port above 65535: the kernel keeps its low 16 bits, alg refuses it"),
+    _dcc_probe(42005, "SEND f {ip} 0 1 77", [], []),  # passive DCC: nothing to open
+    _dcc_probe(42006, 'SEND "my file.bin" {ip} 5106 1', [], [(CLIENT4, 5106)],
+               "a quoted file name with a space: the kernel's parser reads the address from the name's "
+               "second word and calls it forged; alg reads the quoted name"),
+])
+
+SCENARIOS = {s.helper: s for s in (TFTP, IRC)}
 
 
 def run(name: str, net: Net, tmp: Path) -> tuple[str, str]:
     """Run scenario `name` through the kernel's helper: (capture path, `conntrack -E expect` text)."""
     sc = SCENARIOS[name]
-    for ipt in ("iptables", "ip6tables"):
+    for ipt in sc.families:
         net.fw(ipt, "-t", "raw", "-A", "PREROUTING", "-p", sc.proto, "--dport", str(sc.port),
                "-j", "CT", "--helper", sc.helper)
     sc.start(net, tmp)

@@ -7,21 +7,14 @@ import ipaddress
 import pytest
 
 import alg
-from alg import UDP, Direction, Expect, Notice
+from alg import UDP, Direction
+from actions import expects, notices
 from alg.testing import feed
 from alg_helpers.tftp import TftpHelper
 
 C, S = ipaddress.ip_address("10.0.1.2"), ipaddress.ip_address("10.0.2.2")
 FLOW = alg.FlowTuple(4, UDP, C, S, 40000, 69)
 OUT, R = Direction.ORIGINAL, Direction.REPLY
-
-
-def expects(actions):
-    return [a for a in actions if isinstance(a, Expect)]
-
-
-def notices(actions):
-    return [a.code for a in actions if isinstance(a, Notice)]
 
 
 @pytest.mark.parametrize("wire", [

@@ -225,7 +225,7 @@ def connect(host: str, port: str, timeout: str = "3") -> None:
     try:
         socket.create_connection((host, int(port)), timeout=float(timeout)).close()
     except OSError as e:
-        raise SystemExit(f"connect {host}:{port}: {e}")
+        raise SystemExit(f"connect {host}:{port}: {e}") from None
 
 
 COMMANDS = {"tftp-request": tftp_request, "irc-dcc": irc_dcc, "irc-listen": irc_listen, "sane-start": sane_start,

@@ -43,7 +43,8 @@ def main() -> None:
         with Net("alg-rec") as net, tempfile.TemporaryDirectory(prefix=f"alg-rec-{name}-") as tmp:
             pcap, events = mh.run(name, net, Path(tmp))
             shutil.copy(pcap, dest / "capture.pcap")
-        (dest / "kernel-expect.txt").write_text("".join(l + "\n" for l in events.splitlines() if "[NEW]" in l))
+        new = [line + "\n" for line in events.splitlines() if "[NEW]" in line]
+        (dest / "kernel-expect.txt").write_text("".join(new))
         print(f"{name}: {dest}")
 
 
