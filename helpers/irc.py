@@ -79,7 +79,7 @@ class IrcHelper(alg.Helper):
         ports=(IRC_PORT,),
         classes=(ExpectClass("dcc", 8, 300),),
         options=min_port_option("DCC"),
-        max_buffer=MAX_LINE,
+        max_buffer=65536,  # bounds a whole segment before it is read: servers send MOTDs and NAMES in bursts
         resync=alg.RESYNC_LINE,
         queue=29,
         doc="client's PRIVMSG :\\1DCC SEND|CHAT ... ip port\\1 -> tcp *:* -> client:port",
@@ -100,6 +100,8 @@ class IrcHelper(alg.Helper):
             return Parsed(len(data))  # offers relayed from other users open nothing on this side
         end = data.find(b"\n", state.scanned)  # a line in 1-byte segments is searched once, not per byte
         if end < 0:
+            if len(data) > MAX_LINE:
+                raise alg.ProtocolViolation(f"a client line longer than {MAX_LINE} bytes")
             state.scanned = len(data)
             return alg.NEED_DATA
         state.scanned = 0

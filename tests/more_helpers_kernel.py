@@ -158,7 +158,56 @@ IRC = Scenario("irc", "tcp", 6667, _irc_start, _irc_clients, bpf="tcp", families
                "second word and calls it forged; alg reads the quoted name"),
 ])
 
-SCENARIOS = {s.helper: s for s in (TFTP, IRC)}
+# ---------------------------------------------------------------- SANE
+SANE_PROBE_SERVER = "10.0.2.3"  # a second server address: saned holds 6566 on the first
+SANE_PROBES = {43001: (0, 0, 111), 43002: (0, 0, 0), 43003: (0, 1, 40003), 43004: (9, 0, 40004),
+               43005: (0, 0, 40005)}
+
+
+def _sane_conf(tmp: Path) -> dict[str, str]:
+    """SANE_CONFIG_DIR for saned (the `test` backend, clients of the cli subnet allowed) and for
+    scanimage (the `net` backend naming both saned addresses)."""
+    srv, cli = tmp / "sane-srv", tmp / "sane-cli"
+    srv.mkdir()
+    cli.mkdir()
+    (srv / "dll.conf").write_text("test\n")
+    (srv / "saned.conf").write_text(f"{CLIENT4.rsplit('.', 1)[0]}.0/24\n[{CLIENT6.rsplit(':', 2)[0]}::]/64\n")
+    (cli / "dll.conf").write_text("net\n")
+    (cli / "net.conf").write_text(f"connect_timeout = 5\n{SERVER4}\n[{SERVER6}]\n")
+    return {"srv": str(srv), "cli": str(cli)}
+
+
+def _sane_start(net: Net, tmp: Path) -> None:
+    conf = _sane_conf(tmp)
+    env = dict(os.environ, SANE_CONFIG_DIR=conf["srv"])
+    for addr in (SERVER4, SERVER6):
+        net.popen("srv", "saned", "-l", "-b", addr, env=env)
+    net.srv("ip", "addr", "add", f"{SANE_PROBE_SERVER}/24", "dev", "s0")
+    table = ",".join(f"{k}={'/'.join(map(str, v))}" for k, v in SANE_PROBES.items())
+    net.popen("srv", *peer("sane-server", SANE_PROBE_SERVER, table))
+    wait_port(net, "srv", "tcp", 6566)
+    time.sleep(0.3)
+
+
+def _sane_clients(net: Net, tmp: Path) -> None:
+    env = dict(os.environ, SANE_CONFIG_DIR=str(tmp / "sane-cli"))
+    for host in (SERVER4, f"[{SERVER6}]"):
+        net.cli("scanimage", "-d", f"net:{host}:test:0", "--format=pnm", "-o", str(tmp / "scan.pnm"), env=env,
+                timeout=60)
+
+
+SANE = Scenario("sane", "tcp", 6566, _sane_start, _sane_clients, bpf="tcp", probes=[
+    Probe(43001, peer("sane-start", SANE_PROBE_SERVER, "43001"), [(SANE_PROBE_SERVER, 111)], [],
+          "a data port below min_port (1024)"),
+    Probe(43002, peer("sane-start", SANE_PROBE_SERVER, "43002"), [(SANE_PROBE_SERVER, 0)], [],
+          "port 0: the kernel expects it, alg refuses it"),
+    Probe(43003, peer("sane-start", SANE_PROBE_SERVER, "43003"), [], []),  # the port word's upper half not 0
+    Probe(43004, peer("sane-start", SANE_PROBE_SERVER, "43004"), [], []),  # status 9: access denied
+    Probe(43005, peer("sane-start", SANE_PROBE_SERVER, "43005"), [(SANE_PROBE_SERVER, 40005)],
+          [(SANE_PROBE_SERVER, 40005)]),
+])
+
+SCENARIOS = {s.helper: s for s in (TFTP, IRC, SANE)}
 
 
 def run(name: str, net: Net, tmp: Path) -> tuple[str, str]:

@@ -106,3 +106,14 @@ def test_http_request_first_stops_the_flow():
 
 def test_looks_like():
     assert IrcHelper.looks_like(b"NICK alice\r\n") and not IrcHelper.looks_like(b"GET / HTTP/1.1\r\n")
+
+
+def test_a_line_that_never_ends_stops_the_flow():
+    with pytest.raises(alg.ProtocolViolation):
+        feed(IrcHelper(), [(OUT, b"PRIVMSG bob :" + b"x" * 9000)], FLOW)
+
+
+def test_a_large_server_burst_is_read_past():
+    # the server's side is consumed whole, however large its segments (MOTD, NAMES)
+    burst = b":irc 372 alice :- " + b"m" * 30000 + b"\r\n"
+    assert feed(IrcHelper(), [(R, burst), (OUT, dcc(b"SEND f " + C_NUM + b" 5000 1"))], FLOW) != []
