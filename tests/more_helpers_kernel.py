@@ -14,6 +14,7 @@ them apart), each with what the kernel's helper creates for it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -207,7 +208,44 @@ SANE = Scenario("sane", "tcp", 6566, _sane_start, _sane_clients, bpf="tcp", prob
           [(SANE_PROBE_SERVER, 40005)]),
 ])
 
-SCENARIOS = {s.helper: s for s in (TFTP, IRC, SANE)}
+# ---------------------------------------------------------------- Amanda (scripted both sides)
+AMANDA_BODIES = {
+    44001: "CONNECT DATA 70000 MESG 50102\n",        # the kernel keeps 70000's low 16 bits: 4464
+    44002: "CONNECT DATA 0 MESG 50202 INDEX 50203\n",  # the kernel stops at DATA 0
+    44003: "CONNECT DATA 22 MESG 50302\n",
+    44004: "OPTIONS x; CONNECT DATA 50401\n",        # CONNECT inside another line
+}
+
+
+def _amanda_start(net: Net, tmp: Path) -> None:
+    bodies = tmp / "amanda-bodies.json"
+    bodies.write_text(json.dumps({str(k): v for k, v in AMANDA_BODIES.items()}))
+    for addr in (SERVER4, SERVER6):
+        net.popen("srv", *peer("amanda-client", addr, str(bodies)))
+    wait_port(net, "srv", "udp", 10080)
+
+
+def _amanda_clients(net: Net, tmp: Path) -> None:
+    for server, client in ((CLIENT4, SERVER4), (CLIENT6, SERVER6)):
+        out = net.cli(*peer("amanda-server", server, "0", client), timeout=30).stdout
+        assert ", 3 connected" in out, out  # the three streams reached through the kernel's expectations
+
+
+def _amanda_probe(sport: int, kernel: Pairs, alg: Pairs, why: str = "") -> Probe:
+    return Probe(sport, peer("amanda-server", CLIENT4, str(sport), SERVER4), kernel, alg, why)
+
+
+AMANDA = Scenario("amanda", "udp", 10080, _amanda_start, _amanda_clients, probes=[
+    _amanda_probe(44001, [(SERVER4, 4464), (SERVER4, 50102)], [(SERVER4, 50102)],
+                  "a port above 65535: the kernel keeps its low 16 bits, alg refuses it"),
+    _amanda_probe(44002, [], [(SERVER4, 50202), (SERVER4, 50203)],
+                  "DATA 0: the kernel stops there; alg refuses that stream and reads the others"),
+    _amanda_probe(44003, [(SERVER4, 22), (SERVER4, 50302)], [(SERVER4, 50302)], "a port below min_port (1024)"),
+    _amanda_probe(44004, [(SERVER4, 50401)], [],
+                  "CONNECT inside another line: the kernel finds it anywhere, alg only at a line start"),
+])
+
+SCENARIOS = {s.helper: s for s in (TFTP, IRC, SANE, AMANDA)}
 
 
 def run(name: str, net: Net, tmp: Path) -> tuple[str, str]:

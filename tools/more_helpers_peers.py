@@ -11,9 +11,9 @@
                                               port (probes; saned is the real server)
     amanda-server HOST SPORT CLIENT           an Amanda server's REQ to CLIENT:10080, from SPORT; waits
                                               for the REP, ACKs it, connects to the ports it names
-    amanda-client HOST [BODY]                 an amandad stand-in on HOST:10080: ACK, then a REP whose
-                                              body is BODY (default: CONNECT DATA/MESG/INDEX on three
-                                              listening ports), accepts the connections
+    amanda-client HOST [BODIES.json]          an amandad stand-in on HOST:10080: ACK, then a REP whose
+                                              body is CONNECT DATA/MESG/INDEX on three listening ports
+                                              (or what BODIES gives the server's source port), accepts
     dcc-listen HOST PORT SECONDS              accept TCP connections on PORT (the DCC sender's side)
     connect HOST PORT [TIMEOUT]               exit 0 if a TCP connection to HOST:PORT is established
 
@@ -25,10 +25,12 @@ HANDLE ... SEQ ...", ACK, REP with `CONNECT DATA n MESG n INDEX n`).
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import sys
 import time
+from pathlib import Path
 
 
 def family(host: str) -> int:
@@ -175,7 +177,9 @@ def amanda_server(host: str, sport: str, client: str) -> None:
     print(f"amanda-server: REP named {ports}, {ok} connected")
 
 
-def amanda_client(host: str, body: str = "") -> None:
+def amanda_client(host: str, bodies: str = "") -> None:
+    """`bodies`: a JSON file mapping a server's source port to the REP body it gets (probes)."""
+    table = json.loads(Path(bodies).read_text()) if bodies else {}
     s = socket.socket(family(host), socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((host, AMANDA_PORT))
@@ -194,7 +198,7 @@ def amanda_client(host: str, body: str = "") -> None:
             continue
         handle, seq = head[4].decode(), int(head[6])
         s.sendto(f"Amanda 3.5 ACK HANDLE {handle} SEQ {seq}\n\n".encode(), peer_addr)
-        text = body.replace("\\n", "\n") if body else (
+        text = table.get(str(peer_addr[1])) or (
             f"CONNECT DATA {ports[0]} MESG {ports[1]} INDEX {ports[2]}\n"
             "OPTIONS features=9ffeffffffffffffffffffffffffffffffffffff7f;\n")
         s.sendto(f"Amanda 3.5 REP HANDLE {handle} SEQ {seq + 1}\n{text}".encode(), peer_addr)
