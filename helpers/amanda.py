@@ -92,7 +92,7 @@ class AmandaHelper(alg.Helper):
         out: list = []
         words = _words(data, start, end)
         seen: set[int] = set()
-        for (name, _), (value, value_at) in zip(words[::2], words[1::2]):
+        for (name, _), (value, value_at) in zip(words[::2], words[1::2], strict=False):  # a last name alone: no port
             if name not in STREAMS:
                 continue
             if not value.isdigit() or len(value) > MAX_PORT_DIGITS:

@@ -30,7 +30,7 @@ def test_three_streams():
     es = expects(acts)
     assert [(e.cls, e.proto, e.src, e.dst, e.sport, e.dport) for e in es] == [
         ("amanda", TCP, SRV, CLI, None, p) for p in (50001, 50002, 50003)]
-    for e, text in zip(es, (b"50001", b"50002", b"50003")):
+    for e, text in zip(es, (b"50001", b"50002", b"50003"), strict=True):
         (at, n), = e.where
         assert wire[at:at + n] == text
 
