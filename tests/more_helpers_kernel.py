@@ -51,6 +51,9 @@ class Scenario:
     probes: list[Probe] = field(default_factory=list)
     bpf: str = "tcp or udp"
     families: tuple[str, ...] = ("iptables", "ip6tables")  # the kernel's irc helper is IPv4 only
+    chain: str = "PREROUTING"  # OUTPUT: the firewall's own traffic (the broadcast helper)
+    iface: str = "c1"  # where the fw captures
+    probe_ns: str = "cli"  # where the probes are sent from
 
 
 def wait_port(net: Net, ns: str, proto: str, port: int, timeout: float = 10) -> None:
@@ -245,24 +248,50 @@ AMANDA = Scenario("amanda", "udp", 10080, _amanda_start, _amanda_clients, probes
                   "CONNECT inside another line: the kernel finds it anywhere, alg only at a line start"),
 ])
 
-SCENARIOS = {s.helper: s for s in (TFTP, IRC, SANE, AMANDA)}
+# ---------------------------------------------------------------- NetBIOS-NS (the fw's own broadcasts)
+FW4_S, BCAST_S = "10.0.2.1", "10.0.2.255"
+
+
+def _nbns_start(net: Net, tmp: Path) -> None:
+    # the kernel's broadcast helper matches the query's destination against the interface's broadcast
+    # address: give s1 one (netns.py adds its address without `brd`)
+    net.fw("ip", "addr", "del", f"{FW4_S}/24", "dev", "s1")
+    net.fw("ip", "addr", "add", f"{FW4_S}/24", "brd", "+", "dev", "s1")
+    net.popen("srv", *peer("nbns-responder", SERVER4, "ALGTEST", "60"))
+    wait_port(net, "srv", "udp", 137)
+
+
+def _nbns_clients(net: Net, tmp: Path) -> None:
+    out = net.fw("nmblookup", "-s", "/dev/null", "-B", BCAST_S, "ALGTEST", timeout=20, check=False).stdout
+    assert f"{SERVER4} ALGTEST" in out, out
+
+
+NETBIOS_NS = Scenario("netbios-ns", "udp", 137, _nbns_start, _nbns_clients, bpf="udp", families=("iptables",),
+                      chain="OUTPUT", iface="s1", probe_ns="fw", probes=[
+    Probe(45001, peer("nbns-send", BCAST_S, "45001", "query"), [(FW4_S, 45001)], [(FW4_S, 45001)]),
+    Probe(45002, peer("nbns-send", SERVER4, "45002", "query"), [], []),  # unicast: the answer is the reply
+    Probe(45003, peer("nbns-send", BCAST_S, "45003", "response"), [(FW4_S, 45003)], [],
+          "a response (R bit) broadcast: the kernel helps any datagram, alg only name service requests"),
+])
+
+SCENARIOS = {s.helper: s for s in (TFTP, IRC, SANE, AMANDA, NETBIOS_NS)}
 
 
 def run(name: str, net: Net, tmp: Path) -> tuple[str, str]:
     """Run scenario `name` through the kernel's helper: (capture path, `conntrack -E expect` text)."""
     sc = SCENARIOS[name]
     for ipt in sc.families:
-        net.fw(ipt, "-t", "raw", "-A", "PREROUTING", "-p", sc.proto, "--dport", str(sc.port),
+        net.fw(ipt, "-t", "raw", "-A", sc.chain, "-p", sc.proto, "--dport", str(sc.port),
                "-j", "CT", "--helper", sc.helper)
     sc.start(net, tmp)
     events = tmp / "expect.txt"
     with events.open("w") as ev:
         watcher = net.popen("fw", "stdbuf", "-oL", "conntrack", "-E", "expect", "-o", "extended", stdout=ev)
         time.sleep(0.3)  # the event socket is bound
-        cap = net.capture("fw", str(tmp / f"{name}.pcap"), iface="c1", bpf=sc.bpf)
+        cap = net.capture("fw", str(tmp / f"{name}.pcap"), iface=sc.iface, bpf=sc.bpf)
         sc.clients(net, tmp)
         for p in sc.probes:
-            net.cli(*p.argv, timeout=20)
+            net.run(sc.probe_ns, *p.argv, timeout=20)
         time.sleep(0.5)
         pcap = cap.stop()
         watcher.terminate()
@@ -271,7 +300,8 @@ def run(name: str, net: Net, tmp: Path) -> tuple[str, str]:
 
 def available(name: str) -> str | None:
     """Why scenario `name` cannot run here, or None."""
-    need = {"tftp": ("in.tftpd", "tftp"), "irc": ("ngircd",), "sane": ("saned", "scanimage"), "amanda": ()}[name]
+    need = {"tftp": ("in.tftpd", "tftp"), "irc": ("ngircd",), "sane": ("saned", "scanimage"), "amanda": (),
+            "netbios-ns": ("nmblookup",)}[name]
     for tool in need:
         if shutil.which(tool) is None:
             return f"needs {tool}"

@@ -32,17 +32,24 @@ def test_helpers_lists_them_with_the_references_policies():
         assert h["options"] == {"min_port": 1024} and h["source"]["builtin"]
 
 
-@pytest.mark.parametrize("name", sorted(NEW))
+def test_netbios_ns_is_listed_ipv4_only_with_the_kernels_policy():
+    h = {h["name"]: h for h in json.loads(alg("helpers", "--format", "json"))}["netbios-ns"]
+    assert (h["protocols"], h["ports"], h["families"]) == (["udp"], [137], ["ipv4"])
+    assert h["classes"] == [{"name": "netbios-ns", "expect_max": 1, "expect_timeout": 3}]
+    assert h["options"]["subnet_only"] is True and h["options"]["subnet_prefix_v4"] == 24
+
+
+@pytest.mark.parametrize("name", [*sorted(NEW), "netbios-ns"])
 def test_rules_assign_the_port_and_accept_related(name):
-    proto, port, *_ = NEW[name]
+    proto, port, *_ = NEW.get(name, ("udp", 137))
     text = alg("rules", "--helper", name)
     assert f'-A alg-helpers -p {proto} --dport {port} -m comment --comment "alg {name}" -j CT --helper {name}' in text
     assert f"-m helper --helper {name}" in text
 
 
-@pytest.mark.parametrize("name", sorted(NEW))
+@pytest.mark.parametrize("name", [*sorted(NEW), "netbios-ns"])
 def test_doctor_spots_the_in_kernel_helper_of_the_same_name(tmp_path, name):
     policy = default_policy({n: c.spec for n, c in load_plugins().helpers.items()})
-    (tmp_path / f"sys/module/nf_conntrack_{name}").mkdir(parents=True)
+    (tmp_path / f"sys/module/nf_conntrack_{name.replace('-', '_')}").mkdir(parents=True)  # as /sys names it
     checks = {c.name: c for c in doctor.check_clashes(str(tmp_path), list(policy.helpers.values()))}
     assert checks[f"name {name}"].level == doctor.FAIL and f"{name}-alg" in checks[f"name {name}"].fix

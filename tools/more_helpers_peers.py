@@ -14,6 +14,8 @@
     amanda-client HOST [BODIES.json]          an amandad stand-in on HOST:10080: ACK, then a REP whose
                                               body is CONNECT DATA/MESG/INDEX on three listening ports
                                               (or what BODIES gives the server's source port), accepts
+    nbns-responder HOST NAME SECONDS          answer broadcast NetBIOS name queries for NAME from HOST:137
+    nbns-send HOST SPORT query|response       one name service datagram to HOST:137 from SPORT (probes)
     dcc-listen HOST PORT SECONDS              accept TCP connections on PORT (the DCC sender's side)
     connect HOST PORT [TIMEOUT]               exit 0 if a TCP connection to HOST:PORT is established
 
@@ -211,6 +213,51 @@ def amanda_client(host: str, bodies: str = "") -> None:
                     pass
 
 
+# ---------------------------------------------------------------- NetBIOS name service
+def _nb_name(name: str) -> bytes:
+    """RFC 1002 §4.1: first-level encoding (each half byte + 'A'), one label of 32 bytes."""
+    raw = name.upper().ljust(15)[:15].encode() + b"\x00"
+    return b"\x20" + bytes(c for b in raw for c in (0x41 + (b >> 4), 0x41 + (b & 0xF))) + b"\x00"
+
+
+def nbns_responder(host: str, name: str, seconds: str) -> None:
+    """Answer NAME QUERY REQUESTs for `name` (broadcast to udp/137) by unicast from `host`:137."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the broadcasts come to the wildcard address
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 137))
+    out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # answers leave from HOST:137, as nmbd's do
+    out.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    out.bind((host, 137))
+    s.settimeout(float(seconds))
+    want = _nb_name(name)
+    try:
+        while True:
+            data, asker = s.recvfrom(2048)
+            if len(data) < 12 + len(want) or data[2] & 0x80 or data[12:12 + len(want)] != want:
+                continue
+            # RFC 1002 §4.2.13 POSITIVE NAME QUERY RESPONSE: R, opcode 0, AA, RD; one answer, NB, our address
+            rr = want + struct.pack("!HHIHH", 0x20, 1, 300, 6, 0) + socket.inet_aton(host)
+            out.sendto(data[:2] + struct.pack("!HHHHH", 0x8500, 0, 1, 0, 0) + rr, asker)
+    except OSError:
+        pass
+
+
+def nbns_send(host: str, sport: str, kind: str, name: str = "ALGTEST") -> None:
+    """One datagram to HOST:137 from SPORT: a broadcast name `query`, or a `response`-flagged one (probes)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    s.bind(("0.0.0.0", int(sport)))
+    flags = {"query": 0x0110, "response": 0x8500}[kind]  # RD+B / R+AA+RD
+    s.sendto(struct.pack("!HHHHHH", 0x4242, flags, 1, 0, 0, 0) + _nb_name(name) + struct.pack("!HH", 0x20, 1),
+             (host, 137))
+    s.settimeout(1)
+    try:
+        s.recvfrom(2048)
+    except OSError:
+        pass
+
+
 # ---------------------------------------------------------------- generic
 def dcc_listen(host: str, port: str, seconds: str) -> None:
     s = socket.socket(family(host), socket.SOCK_STREAM)
@@ -234,7 +281,8 @@ def connect(host: str, port: str, timeout: str = "3") -> None:
 
 COMMANDS = {"tftp-request": tftp_request, "irc-dcc": irc_dcc, "irc-listen": irc_listen, "sane-start": sane_start,
             "sane-server": sane_server, "amanda-server": amanda_server, "amanda-client": amanda_client,
-            "dcc-listen": dcc_listen, "connect": connect}
+            "dcc-listen": dcc_listen, "connect": connect, "nbns-responder": nbns_responder,
+            "nbns-send": nbns_send}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

@@ -1,7 +1,8 @@
 #!/bin/bash
-# more-helpers: alg as the firewall's TFTP, IRC DCC, SANE and Amanda helper at once, end to end, in the lab VM.
-#   1. one `alg run` registers tftp, irc, sane and amanda (nfnetlink_cthelper, the in-kernel helpers'
-#      names: their modules are unloaded first); `alg rules` is applied in lab-fw
+# more-helpers: alg as the firewall's TFTP, IRC DCC, SANE, Amanda and NetBIOS-NS helper at once, end to end,
+# in the lab VM.
+#   1. one `alg run` registers tftp, irc, sane, amanda and netbios-ns (nfnetlink_cthelper, the in-kernel
+#      helpers' names: their modules are unloaded first); `alg rules` is applied in lab-fw
 #   2. real servers in lab-srv and clients in lab-cli; each follow-up flow is NEW in a direction (or on
 #      a port) that lab-fw drops, and must pass through alg's own RELATED rule ("alg NAME related"):
 #        tftp    tftp-hpa gets a file from tftpd-hpa (IPv4, IPv6): the server answers from a new port
@@ -9,6 +10,8 @@
 #        sane    scanimage scans from saned's `test` backend: the data connection to saned's port
 #        amanda  a scripted backup server asks a scripted amandad (udp/10080) for sendbackup; the REP's
 #                CONNECT DATA/MESG/INDEX ports are connected to
+#        netbios-ns  lab-fw's own nmblookup broadcasts a name query to 10.0.2.255; a scripted responder in
+#                lab-srv answers by unicast from port 137 (lab-fw's INPUT drops it unless RELATED)
 #   3. alg's status counts what each helper created
 #   4. negative control: alg stopped -> the same exchanges, each follow-up flow dropped (lab-drop)
 # The kernel's own helpers on the same traffic: tests/test_kernel_more_helpers.py (host kernel).
@@ -19,7 +22,7 @@ source "$ALG_ROOT/tests/lab/lib.sh"
 RUN=/run/alg-lab/more-helpers; OUT=$LAB_SCRATCH/more-helpers; mkdir -p "$RUN/tftp" "$RUN/sane-srv" "$RUN/sane-cli" "$OUT"
 PEERS="/usr/bin/python3 -I $ALG_ROOT/tools/more_helpers_peers.py"
 SOCK=$RUN/alg.sock
-HELPERS=(tftp irc sane amanda)
+HELPERS=(tftp irc sane amanda netbios-ns)
 DCC_PORT=5000
 PIDS=(); ALG_PID=
 cleanup() {
@@ -35,7 +38,7 @@ cleanup() {
 trap cleanup EXIT
 
 # a userspace helper cannot take the name of a loaded in-kernel one (`alg doctor` says so)
-for h in "${HELPERS[@]}"; do modprobe -r "nf_conntrack_$h" 2>/dev/null; done
+for h in "${HELPERS[@]}"; do modprobe -r "nf_conntrack_${h//-/_}" 2>/dev/null; done
 "$ALG" policy "${HELPERS[@]}" -o "$RUN" >"$OUT/policy.log" 2>&1 || { echo "FAIL alg-policy"; cat "$OUT/policy.log"; exit 1; }
 POLICIES=(); for h in "${HELPERS[@]}"; do POLICIES+=(--policy "$RUN/$h.toml"); done
 cat >"$RUN/alg.toml" <<TOML
@@ -67,6 +70,13 @@ lab_srv in.tftpd -L -6 -u root -a "[$LAB_SERVER6]:69" -s "$RUN/tftp" & PIDS+=($!
 lab_srv ngircd -n -f "$RUN/ngircd.conf" >"$OUT/ngircd.log" 2>&1 & PIDS+=($!)
 SANE_CONFIG_DIR=$RUN/sane-srv ip netns exec "$LAB_NS_SERVER" saned -l -b "$LAB_SERVER4" >"$OUT/saned.log" 2>&1 & PIDS+=($!)
 ip netns exec "$LAB_NS_SERVER" $PEERS amanda-client "$LAB_SERVER4" >"$OUT/amandad.log" 2>&1 & PIDS+=($!)
+ip netns exec "$LAB_NS_SERVER" $PEERS nbns-responder "$LAB_SERVER4" ALGTEST 600 >"$OUT/nbns.log" 2>&1 & PIDS+=($!)
+# the broadcast helper's case: lab-fw's own query leaves s1 for its broadcast address (which the kernel
+# routes as a broadcast only when the address has one); the unicast answer comes to lab-fw's INPUT
+lab_fw ip addr del "$LAB_FW4_S/24" dev s1 && lab_fw ip addr add "$LAB_FW4_S/24" brd + dev s1
+lab_fw "$LAB_IPT" -A INPUT -m conntrack --ctstate ESTABLISHED -m comment --comment lab-in-established -j ACCEPT
+lab_fw "$LAB_IPT" -A INPUT -i s1 -p udp --sport 137 -m comment --comment lab-in-drop -j DROP
+in_drops() { lab_fw "$LAB_IPT" -nvxL INPUT | awk 'index($0, "/* lab-in-drop */") {s += $1} END {print s + 0}'; }
 
 helpers_ready() {  # all four enabled, each on its queue (no Python start per poll: cheap)
     local list
@@ -108,6 +118,11 @@ sane_scan() {  # SECONDS
     SANE_CONFIG_DIR=$RUN/sane-cli ip netns exec "$LAB_NS_CLIENT" timeout "$1" scanimage -d "net:$LAB_SERVER4:test:0" \
         --format=pnm -o "$RUN/scan.pnm" >>"$OUT/sane.log" 2>&1 && [ -s "$RUN/scan.pnm" ]
 }
+nbns_query() {  # the firewall's own broadcast name query; the answer names lab-srv
+    lab_fw timeout 10 nmblookup -s /dev/null -B 10.0.2.255 ALGTEST >"$OUT/nbns.out" 2>&1
+    cat "$OUT/nbns.out" >>"$OUT/netbios-ns.log"
+    grep -q "^$LAB_SERVER4 ALGTEST" "$OUT/nbns.out"
+}
 amanda_backup() {  # the server connects to the three ports (3 s each at most)
     lab_cli $PEERS amanda-server "$LAB_CLIENT4" 0 "$LAB_SERVER4" >"$OUT/amanda.out" 2>&1
     cat "$OUT/amanda.out" >>"$OUT/amanda.log"
@@ -143,6 +158,7 @@ tftp_get "$LAB_SERVER6" 20 && [ "$(alg_related_count tftp 6)" -gt "$r0" ] && pas
 with_alg irc irc_dcc 10
 with_alg sane sane_scan 60
 with_alg amanda amanda_backup
+with_alg netbios-ns nbns_query
 lab_fw "$ALG" status --socket "$SOCK" >"$OUT/status.txt" 2>&1
 sed 's/^/    /' "$OUT/status.txt"
 for h in "${HELPERS[@]}"; do  # the helper's section of the status names a class with something created
@@ -151,7 +167,7 @@ for h in "${HELPERS[@]}"; do  # the helper's section of the status names a class
 done
 
 stop_alg && pass alg-stops-cleanly || fail alg-stops-cleanly
-lab_fw nfct list helper 2>/dev/null | tr -s '\t\n' ' ' | grep -Eq "name = (tftp|irc|sane|amanda), [^}]*status = enabled" \
+lab_fw nfct list helper 2>/dev/null | tr -s '\t\n' ' ' | grep -Eq "name = (tftp|irc|sane|amanda|netbios-ns), [^}]*status = enabled" \
     && fail helpers-disabled-on-stop || pass helpers-disabled-on-stop
 
 echo "negative control (alg stopped):"
@@ -160,5 +176,8 @@ without_alg tftp tftp_get "$LAB_SERVER4" 4
 without_alg irc irc_dcc 3
 without_alg sane sane_scan 12
 without_alg amanda amanda_backup
+d0=$(in_drops)
+! nbns_query && [ "$(in_drops)" -gt "$d0" ] && pass netbios-ns-negative-control-dropped \
+    || fail netbios-ns-negative-control-dropped
 echo "  scenario time $(( $(date +%s) - t0 )) s"
 exit $((FAILS > 0))
