@@ -53,3 +53,17 @@ def test_doctor_spots_the_in_kernel_helper_of_the_same_name(tmp_path, name):
     (tmp_path / f"sys/module/nf_conntrack_{name.replace('-', '_')}").mkdir(parents=True)  # as /sys names it
     checks = {c.name: c for c in doctor.check_clashes(str(tmp_path), list(policy.helpers.values()))}
     assert checks[f"name {name}"].level == doctor.FAIL and f"{name}-alg" in checks[f"name {name}"].fix
+
+
+def test_conntrackds_tftp_sane_amanda_blocks_import():
+    """conntrackd ships tftp, sane and amanda helpers: their Helper blocks map onto alg's (same class names)."""
+    from alg.conntrackd import convert
+    blocks = (("tftp", "udp", 5, 1, 300), ("sane", "tcp", 6, 1, 300), ("amanda", "udp", 7, 3, 180))
+    text = "Helper {\n" + "".join(
+        f"Type {h} inet {p} {{\nQueueNum {q}\nPolicy {h} {{\nExpectMax {m}\nExpectTimeout {t}\n}}\n}}\n"
+        for h, p, q, m, t in blocks) + "}\n"
+    conv = convert(text, "conntrackd.conf", {n: c.spec for n, c in load_plugins().helpers.items()})
+    assert conv.refusals == []
+    got = {p.name: (p.queue, [(c.name, c.max_expected, c.timeout) for c in p.classes]) for p in conv.policies}
+    assert got == {"tftp": (5, [("tftp", 1, 300)]), "sane": (6, [("sane", 1, 300)]),
+                   "amanda": (7, [("amanda", 3, 180)])}
