@@ -39,8 +39,7 @@ trap cleanup EXIT
 
 # a userspace helper cannot take the name of a loaded in-kernel one (`alg doctor` says so)
 for h in "${HELPERS[@]}"; do modprobe -r "nf_conntrack_${h//-/_}" 2>/dev/null; done
-"$ALG" policy "${HELPERS[@]}" -o "$RUN" >"$OUT/policy.log" 2>&1 || { echo "FAIL alg-policy"; cat "$OUT/policy.log"; exit 1; }
-POLICIES=(); for h in "${HELPERS[@]}"; do POLICIES+=(--policy "$RUN/$h.toml"); done
+POLICIES=(); for h in "${HELPERS[@]}"; do POLICIES+=(--policy "$ALG_ROOT/policies/$h.toml"); done  # the shipped defaults
 cat >"$RUN/alg.toml" <<TOML
 [core]
 status_socket = "$SOCK"
