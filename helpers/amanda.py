@@ -80,9 +80,10 @@ class AmandaHelper(alg.Helper):
             return Parsed(len(data), (Notice("malformed", repr(data[:40])),))
         if head[2] not in REPLIES:
             return Parsed(len(data))
-        at = _connect_line(data, head_end + 1)
-        if at is None:
+        nl = data.find(b"\n" + _CONNECT, head_end)  # a body line that starts with CONNECT (one search in C)
+        if nl < 0:
             return Parsed(len(data))  # a reply without streams (sendsize, selfcheck)
+        at = nl + 1
         end = data.find(b"\n", at)
         if end < 0:
             return Parsed(len(data), (Notice("malformed", "CONNECT line without its end"),))
@@ -107,18 +108,6 @@ class AmandaHelper(alg.Helper):
                 out.append(Expect("amanda", TCP, seg.receiver, seg.sender, None, port,
                                   where=((value_at, len(value)),)))
         return tuple(out)
-
-
-def _connect_line(data: bytes, at: int) -> int | None:
-    """Offset of the first body line that starts with `CONNECT `, or None."""
-    while at < len(data):
-        if data.startswith(_CONNECT, at):
-            return at
-        nl = data.find(b"\n", at)
-        if nl < 0:
-            return None
-        at = nl + 1
-    return None
 
 
 def _words(data: bytes, start: int, end: int) -> list[tuple[bytes, int]]:
