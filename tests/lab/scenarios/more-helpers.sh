@@ -77,7 +77,7 @@ lab_fw "$LAB_IPT" -A INPUT -m conntrack --ctstate ESTABLISHED -m comment --comme
 lab_fw "$LAB_IPT" -A INPUT -i s1 -p udp --sport 137 -m comment --comment lab-in-drop -j DROP
 in_drops() { lab_fw "$LAB_IPT" -nvxL INPUT | awk 'index($0, "/* lab-in-drop */") {s += $1} END {print s + 0}'; }
 
-helpers_ready() {  # all four enabled, each on its queue (no Python start per poll: cheap)
+helpers_ready() {  # all five enabled, each on its queue (no Python start per poll: cheap)
     local list
     list=$(lab_fw nfct list helper 2>/dev/null | tr -s '\t\n' ' ')
     for h in "${HELPERS[@]}"; do echo "$list" | grep -q "name = $h, [^}]*status = enabled" || return 1; done
