@@ -180,7 +180,7 @@ def check_glue(config: tuple[dict[str, str], str] | None, probe: Answer) -> Chec
 def check_clashes(root: str, helpers: list[HelperPolicy]) -> list[Check]:
     out = []
     for hp in helpers:
-        module = f"nf_conntrack_{hp.name}"
+        module = f"nf_conntrack_{hp.name.replace('-', '_')}"  # helper netbios-ns: nf_conntrack_netbios_ns
         if _module_present(root, module):
             out.append(Check(f"name {hp.name}", FAIL if hp.name == hp.helper else WARN,
                              f"the in-kernel helper {hp.name!r} ({module}) is present: a userspace helper of "

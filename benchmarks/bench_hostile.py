@@ -245,10 +245,72 @@ def sip_cases() -> list[Case]:
     ]
 
 
+DCC = b"PRIVMSG bob :\x01DCC SEND f 167772418 5000 1\x01\r\n"  # 10.0.1.2, the sender
+
+
+def irc_cases() -> list[Case]:
+    c = Conn("10.0.1.2", "10.0.2.2", 40000, 6667)
+    normal = Case("DCC SEND offer (normal)", c.handshake(), [c.pkt(0, DCC)])
+    c2 = Conn("10.0.1.2", "10.0.2.2", 40001, 6667)
+    long_line = Case("8.5 KB line without end, 1-byte segments", c2.handshake(),
+                     c2.segments(0, b"PRIVMSG bob :" + b"x" * 8690, 1))
+    c3 = Conn("10.0.1.2", "10.0.2.2", 40002, 6667)
+    many = Case("1,500 DCC offers in one 64 KB stream", c3.handshake(), c3.segments(0, DCC * 1500, 1400))
+    c4 = Conn("10.0.1.2", "10.0.2.2", 40003, 6667)
+    quotes = Case("8 KB quoted name and 1,000 arguments", c4.handshake(),
+                  [c4.pkt(0, b'PRIVMSG b :\x01DCC SEND "' + b"a " * 3000 + b'" ' + b"1 " * 1000 + b"\x01\r\n")])
+    return [normal, long_line, many, quotes]
+
+
+def sane_cases() -> list[Case]:
+    def start(port: int) -> tuple[Conn, list[Packet]]:
+        c = Conn("10.0.1.2", "10.0.2.2", port, 6566)
+        return c, c.handshake()
+    c, setup = start(40000)
+    normal = Case("NET_START and its reply (normal)", setup,
+                  [c.pkt(0, struct.pack("!II", 7, 0)), c.pkt(1, struct.pack("!IHHII", 0, 0, 40123, 0x1234, 0))])
+    c2, setup2 = start(40001)
+    big = Case("64 KB reply after NET_START", setup2 + [c2.pkt(0, struct.pack("!II", 7, 0))],
+               c2.segments(1, b"\0" * 65536, 65536))
+    c3, setup3 = start(40002)
+    bytewise = Case("NET_START and its reply in 1-byte segments", setup3,
+                    c3.segments(0, struct.pack("!II", 7, 0), 1) + c3.segments(1, struct.pack("!IHHI", 0, 0, 40123, 0), 1))
+    return [normal, big, bytewise]
+
+
+def tftp_cases() -> list[Case]:
+    return [Case("RRQ with options (normal)", [], [udp("10.0.1.2", "10.0.2.2", 40000, 69,
+                                                       b"\0\1pxelinux.0\0octet\0tsize\x000\0blksize\x001468\0")]),
+            Case("64 KB RRQ of option pairs", [], [udp("10.0.1.2", "10.0.2.2", 40001, 69,
+                                                     b"\0\1f\0octet\0" + b"a\0b\0" * ((MAX_UDP - 10) // 4))])]
+
+
+AMANDA_HEAD = b"Amanda 3.5 REP HANDLE 000-00000001 SEQ 1\n"
+
+
+def amanda_cases() -> list[Case]:
+    def rep(port: int, body: bytes) -> list[Packet]:
+        return [udp("10.0.2.2", "10.0.1.2", 10080, port, AMANDA_HEAD + body)]
+    req = [udp("10.0.1.2", "10.0.2.2", p, 10080, b"Amanda 3.5 REQ HANDLE 000-00000001 SEQ 0\n") for p in (850, 851, 852)]
+    return [Case("REP with CONNECT DATA/MESG/INDEX (normal)", req[:1],
+                 rep(850, b"CONNECT DATA 50001 MESG 50002 INDEX 50003\nOPTIONS features=ff;\n")),
+            Case("64 KB CONNECT line of 5,000 stream pairs", req[1:2],
+                 rep(851, b"CONNECT " + b"DATA 50001 " * 5900 + b"\n")),
+            Case("64 KB of body lines before CONNECT", req[2:3],
+                 rep(852, b"x\n" * 32000 + b"CONNECT DATA 50001\n"))]
+
+
+def netbios_cases() -> list[Case]:
+    q = struct.pack("!HHHHHH", 1, 0x0110, 1, 0, 0, 0) + b"\x20" + b"A" * 32 + b"\0\0\x20\0\1"
+    return [Case("broadcast name query (normal)", [], [udp("10.0.2.1", "10.0.2.255", 40000, 137, q)]),
+            Case("64 KB broadcast query", [], [udp("10.0.2.1", "10.0.2.255", 40001, 137, q + b"\0" * (MAX_UDP - len(q)))])]
+
+
 CASES: dict[str, Callable[[], list[Case]]] = {
     "ftp": ftp_cases, "ssdp": ssdp_cases, "tns": tns_cases, "rpc": rpc_cases, "sip": sip_cases,
     "dhcpv6": lambda: discovery_cases("dhcpv6"), "mdns": lambda: discovery_cases("mdns"),
-    "slp": lambda: discovery_cases("slp"),
+    "slp": lambda: discovery_cases("slp"), "irc": irc_cases, "sane": sane_cases, "tftp": tftp_cases,
+    "amanda": amanda_cases, "netbios-ns": netbios_cases,
 }
 
 
@@ -257,7 +319,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=3.0, help="seconds per case before it is cut short")
     ap.add_argument("helpers", nargs="*", default=list(CASES))
     args = ap.parse_args()
-    print(f"{'helper':<7} {'case':<48} {'pkts':>6} {'KB':>6} {'worst/pkt':>11} {'x normal':>9} {'per KB':>10} "
+    print(f"{'helper':<10} {'case':<48} {'pkts':>6} {'KB':>6} {'worst/pkt':>11} {'x normal':>9} {'per KB':>10} "
           f"{'x normal':>9}")
     for helper in args.helpers:
         cases = CASES[helper]()
@@ -269,7 +331,7 @@ def main() -> None:
             r = normal if i == 0 else run(helper, case, args.budget)
             per_kb = r.total / max(r.nbytes / 1024, 1e-9)
             worst = r.total / r.packets if i == 0 else r.worst
-            print(f"{helper:<7} {case.name:<48} {r.packets:>6} {r.nbytes / 1024:>6.1f} {worst * 1e3:>8.3f} ms "
+            print(f"{helper:<10} {case.name:<48} {r.packets:>6} {r.nbytes / 1024:>6.1f} {worst * 1e3:>8.3f} ms "
                   f"{worst / base_pkt:>8.1f}x {per_kb * 1e6:>7.0f} us {per_kb / base_kb:>8.1f}x{' cut' if r.cut else ''}")
 
 
