@@ -39,7 +39,8 @@ PY=${LAB_HOST_PYTHON:-python3}
 PHONES=${PHONES:-40}
 NEG_PHONES=${NAT_NEG_PHONES:-4}
 RATE=${NAT_RATE:-5}  # calls/s: one SIPp process per side; under TCG faster starves the guest (sip-pressure.sh)
-HOLD_MS=${NAT_HOLD_MS:-$(( (PHONES / RATE) * 1000 + 20000 ))}  # > time to set up every call + send media
+HOLD_MS=${NAT_HOLD_MS:-$(( (PHONES / RATE) * 1000 + 30000 ))}  # > time to set up every call + send media
+NEG_HOLD_MS=$(( (NEG_PHONES / RATE) * 1000 + 15000 ))
 SIP_TIMEOUT=${NAT_SIP_TIMEOUT:-$(( HOLD_MS / 1000 + 60 ))}
 PHASES=" ${NAT_PHASES:-kernel alg negative compare} "
 PHASES=${PHASES// kernel / kernel-ftp kernel-sip }; PHASES=${PHASES// alg / alg-ftp alg-sip }
@@ -182,9 +183,9 @@ UAS_ROWS() {  # N: the outside end's audio ports (its answer to the phone's call
     local i; echo SEQUENTIAL
     for i in $(seq 0 $(($1 - 1))); do echo "$((20000 + 2 * i));$((21000 + 2 * i))"; done
 }
-# sip_calls LABEL N CHECKS(1|0): N phones; sets CALLS_OK UAS_OK TO_PHONES TO_UAS TARGETS PRIVATE_TARGETS
+# sip_calls LABEL N CHECKS(1|0) HOLD_MS: N phones; sets CALLS_OK UAS_OK TO_PHONES TO_UAS TARGETS PRIVATE_TARGETS
 sip_calls() {
-    local label=$1 n=$2 checks=$3 uas uac i0 o0 deadline targets=0 rc uas_sf=$SIPP_DIR/uas-nat.xml
+    local label=$1 n=$2 checks=$3 hold=$4 uas uac i0 o0 deadline targets=0 rc uas_sf=$SIPP_DIR/uas-nat.xml
     PHONE_ROWS "$n" >"$OUT/$label-phones.csv"; UAS_ROWS "$n" >"$OUT/$label-uas.csv"
     if [ "$checks" = 0 ]; then  # the negative control: the same dialogs, any address accepted and logged
         sed -e 's/ check_it="true"//; s/203\\\.0\\\.113\\\.1/[0-9.]+/g' "$uas_sf" >"$OUT/uas-nat-nocheck.xml"
@@ -198,11 +199,11 @@ sip_calls() {
     uas=$!
     sleep 1
     ip netns exec "$LAB_NS_CLIENT" sipp -sf "$SIPP_DIR/uac-nat.xml" "$LAB_PUB4:5060" -i "$LAB_PRIV4" -t un -max_socket 256 -inf "$OUT/$label-phones.csv" \
-        -m "$n" -l "$n" -r "$RATE" -d "$HOLD_MS" -s outside $SIPP_PATIENT -timeout "${SIP_TIMEOUT}s" \
+        -m "$n" -l "$n" -r "$RATE" -d "$hold" -s outside $SIPP_PATIENT -timeout "${SIP_TIMEOUT}s" \
         -trace_err -error_file "$OUT/$label-phones.err" >"$OUT/$label-phones.out" 2>&1 &
     uac=$!
     # every phone's call out has reached the outside end (its media target logged), or a side gave up
-    deadline=$((SECONDS + HOLD_MS / 1000 - 3))
+    deadline=$((SECONDS + hold / 1000 - 3))
     while [ $SECONDS -lt $deadline ]; do
         targets=$(grep -c '^media ' "$OUT/$label-media.log" 2>/dev/null) || targets=0
         [ "$targets" -ge "$n" ] && break
@@ -240,7 +241,9 @@ PY
     TO_PHONES=$(( $(related in) - i0 )) TO_UAS=$(( $(related out) - o0 ))
     # bounded: when the outside end has finished (or failed its checks), the phones get a grace period
     rc=0; wait "$uas" || rc=$?; UAS_OK=$rc
-    for _ in $(seq 1 $(( HOLD_MS / 500 + 20 ))); do kill -0 "$uac" 2>/dev/null || break; sleep 0.5; done
+    local grace=$(( hold / 500 + 20 ))
+    [ "$UAS_OK" = 0 ] || grace=10  # the outside end gave up (its checks failed): the phones only retransmit
+    for _ in $(seq 1 $grace); do kill -0 "$uac" 2>/dev/null || break; sleep 0.5; done
     kill "$uac" 2>/dev/null; wait "$uac"; rc=$?
     CALLS_OK=$(grep -a "Successful call" "$OUT/$label-phones.out" | tail -1 | awk -F'|' '{gsub(/ /, "", $3); print $3 + 0}')
     [ "$rc" = 0 ] && [ -z "$CALLS_OK" ] && CALLS_OK=$n
@@ -269,7 +272,7 @@ phase_kernel_ftp() {
 phase_kernel_sip() {
     echo "== (b) kernel reference: nf_conntrack_sip + nf_nat_sip, $PHONES phones"
     helpers_kernel || { fail "kernel sip: CT --helper sip rule"; return; }
-    sip_calls kernel "$PHONES" 1
+    sip_calls kernel "$PHONES" 1 "$HOLD_MS"
     sip_verdict kernel "$PHONES"
 }
 ALG_POLICY=$RUN/policy
@@ -290,7 +293,7 @@ phase_alg_sip() {
     echo "== (c) alg: sip as alg-sip, $PHONES phones"
     alg_up || return
     lab_fw conntrack -F >/dev/null 2>&1
-    sip_calls alg "$PHONES" 1
+    sip_calls alg "$PHONES" 1 "$HOLD_MS"
     sip_verdict alg "$PHONES"
     lab_fw "$ALG" status >"$OUT/alg-status.txt" 2>&1 || true
 }
@@ -299,7 +302,7 @@ phase_negative() {
     sip_alg_stop
     helpers_none
     ftp_sessions none fail
-    sip_calls none "$NEG_PHONES" 0
+    sip_calls none "$NEG_PHONES" 0 "$NEG_HOLD_MS"
     check "none sip: signalling still passes the NAT (calls ok $CALLS_OK of $NEG_PHONES)" test "$CALLS_OK" = "$NEG_PHONES"
     check "none sip: the outside end sees the phones' private media addresses ($PRIVATE_TARGETS of $TARGETS)" \
         test "$TARGETS" -ge 1 -a "$PRIVATE_TARGETS" = "$TARGETS"
