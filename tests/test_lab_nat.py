@@ -30,12 +30,14 @@ lab_nat_up --forward tcp/2121 || exit 1
 trap lab_nat_down EXIT
 lab_pub ip route get $LAB_PRIV4 >/dev/null 2>&1 && echo public-routes-to-private
 # what each side sees as its peer's address
-lab_pub {py} -c 'import socket; s = socket.create_server(("0.0.0.0", 2020)); c, a = s.accept(); print("public-sees", a[0])' &
-lab_priv {py} -c 'import socket; s = socket.create_server(("0.0.0.0", 2121)); c, a = s.accept(); print("private-sees", a[0])' &
+serve='import socket, sys; s = socket.create_server(("", int(sys.argv[1]))); print(sys.argv[2], s.accept()[1][0])'
+dial='import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()'
+lab_pub {py} -c "$serve" 2020 public-sees &
+lab_priv {py} -c "$serve" 2121 private-sees &
 sleep 0.5
-lab_priv {py} -c 'import socket; socket.create_connection(("203.0.113.20", 2020), timeout=3).close()'
-lab_pub {py} -c 'import socket; socket.create_connection(("203.0.113.1", 2121), timeout=3).close()'
-lab_pub {py} -c 'import socket; socket.create_connection(("203.0.113.1", 2122), timeout=1)' 2>/dev/null || echo unforwarded-dropped
+lab_priv {py} -c "$dial" 203.0.113.20 2020 3
+lab_pub {py} -c "$dial" 203.0.113.1 2121 3
+lab_pub {py} -c "$dial" 203.0.113.1 2122 1 2>/dev/null || echo unforwarded-dropped
 wait
 lab_nat_source SNAT && lab_fw iptables -t nat -S POSTROUTING | grep -q 'SNAT --to-source 203.0.113.1' && echo snat
 echo "counts out=$(lab_nat_count out) fwd=$(lab_nat_count fwd-tcp-2121) in-drop=$(lab_nat_count in-drop)"

@@ -131,7 +131,7 @@ def ftp_session(port_line: bytes, pasv_line: bytes, retransmit: bool = False, cp
     pkts = [ip_packet(GW, OUTSIDE, TCP, cport, 21, seq=999, flags=SYN),
             ip_packet(OUTSIDE, GW, TCP, 21, cport, seq=4999, flags=SYN | ACK)]
     cseq, sseq = 1000, 5000
-    for c, s in zip(c2s, s2c):
+    for c, s in zip(c2s, s2c, strict=True):
         pkts.append(ip_packet(OUTSIDE, GW, TCP, 21, cport, s, seq=sseq, flags=ACK | PSH))
         pkts.append(ip_packet(GW, OUTSIDE, TCP, cport, 21, c[:3], seq=cseq))  # a segment cut mid-line
         pkts.append(ip_packet(GW, OUTSIDE, TCP, cport, 21, c[3:], seq=cseq + 3))

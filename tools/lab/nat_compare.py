@@ -311,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     for i, (key, x, y, why) in enumerate(diffs):
         if i < a.limit:
             tag = f"deliberate ({why})" if why else "DIFF"
-            print(f"{tag} {key}: kernel {x if x is not None else '(absent)'} | alg {y if y is not None else '(absent)'}")
+            ref_v, cand_v = ("(absent)" if v is None else v for v in (x, y))
+            print(f"{tag} {key}: kernel {ref_v} | alg {cand_v}")
     if len(diffs) > a.limit:
         print(f"... {len(diffs) - a.limit} more")
     print(f"{a.proto}: {len(ref.keys() | cand.keys())} fields, {len(diffs)} differ, "
