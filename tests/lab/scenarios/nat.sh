@@ -106,7 +106,7 @@ done
 helpers_none() {
     lab_fw "$LAB_IPT" -t raw -F PREROUTING
     lab_fw "$LAB_IPT" -t raw -F OUTPUT
-    lab_fw "$LAB_IPT" -t raw -X alg-helpers 2>/dev/null
+    lab_fw "$LAB_IPT" -t raw -F alg-helpers 2>/dev/null && lab_fw "$LAB_IPT" -t raw -X alg-helpers
     lab_fw conntrack -F >/dev/null 2>&1; lab_fw conntrack -F expect >/dev/null 2>&1
     return 0
 }
