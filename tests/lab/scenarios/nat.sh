@@ -260,7 +260,7 @@ sip_verdict() {  # LABEL N
         test "$UAS_OK" = 0
     check "$1 sip: RTP to all $2 phones RELATED ($TO_PHONES)" test "$TO_PHONES" = "$2"
     check "$1 sip: RTP from all $2 phones RELATED ($TO_UAS)" test "$TO_UAS" = "$2"
-    [ "$UAS_OK" = 0 ] && [ "$CALLS_OK" = "$2" ] || { sed 's/^/    /' "$OUT/$1-uas.err" 2>/dev/null | tail -15; }
+    [ "$UAS_OK" = 0 ] && [ "$CALLS_OK" = "$2" ] || { tail -c 1200 "$OUT/$1-uas.err" 2>/dev/null | fold -w 160 | sed 's/^/    /'; echo; }
 }
 
 # ------------------------------------------------------------------------------- phases
