@@ -294,10 +294,11 @@ phase_kernel_sip() {
 ALG_POLICY=$RUN/policy
 alg_up() {  # alg run with alg-ftp and alg-sip, its raw rules
     [ -n "$ALG_PID" ] && return 0
+    local t=$SECONDS
     alg_policy "$ALG_POLICY"
     sip_alg_start "$ALG_POLICY" "$OUT/alg.log" || { fail "alg run started"; return 1; }
     helpers_alg "$ALG_POLICY" || { fail "alg rules applied (raw)"; return 1; }
-    pass "alg run started (alg-ftp, alg-sip), its raw rules applied"
+    pass "alg run started (alg-ftp, alg-sip), its raw rules applied ($((SECONDS - t)) s)"
 }
 phase_alg_ftp() {
     echo "== (c) alg: ftp as alg-ftp"
