@@ -67,7 +67,11 @@ calls() {
     done
     sleep 3
     fw_expect >"$OUT/$label-expect.txt" || true
-    ip netns exec "$LAB_NS_SERVER" "${LAB_HOST_PYTHON:-python3}" - "$LAB_CLIENT4" "${PHONE_PORTS[@]}" <<'PY' &
+    # to where the phones' SDP says, as the UAS sees it: behind the masquerade alg rewrote it to
+    # the gateway's address, whose expectations send the media on to each phone
+    local phones=$LAB_CLIENT4
+    [ "$NAT" = 1 ] && phones=$LAB_FW4_S
+    ip netns exec "$LAB_NS_SERVER" "${LAB_HOST_PYTHON:-python3}" - "$phones" "${PHONE_PORTS[@]}" <<'PY' &
 import socket, sys
 dst, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
 for p in ports:  # UAS -> each phone's announced audio port
