@@ -18,10 +18,12 @@
 #               Contact, o= and c= name 203.0.113.1; one RTP datagram each way per call passes RELATED
 #   alg-ftp     (c) the same as kernel-ftp with `alg run` (helper alg-ftp) instead of the kernel's helper
 #   alg-sip     (c) the same as kernel-sip with alg (helper alg-sip)
+#   conntrackd-ftp (c') the same FTP sessions through conntrackd's userspace ftp helper, which rewrites
+#               under NAT itself (the parity reference for a userspace helper)
 #   negative    (d) no helper: active and passive FTP fail, the far end sees private addresses, no media
 #               passes RELATED
 #   compare     (e) tools/lab/nat_compare.py: the kernel's and alg's public-side captures, field by field;
-#               a difference not listed as deliberate there fails
+#               a difference not listed as deliberate there fails; and conntrackd's FTP against alg's
 # NAT_PHASES=alg runs alg-ftp and alg-sip only; NAT_PHASES="kernel alg compare" the differential.
 #   PHONES (40)  NAT_RATE (calls/s, 5)  NAT_HOLD_MS (how long each outgoing call stays up)
 #   NAT_SIP_TIMEOUT (s, bound of one SIP run)  NAT_NEG_PHONES (4: phones in the negative control)
@@ -42,7 +44,7 @@ RATE=${NAT_RATE:-5}  # calls/s: one SIPp process per side; under TCG faster star
 HOLD_MS=${NAT_HOLD_MS:-$(( (PHONES / RATE) * 1000 + 20000 ))}  # > time to set up every call + send media
 NEG_HOLD_MS=$(( (NEG_PHONES / RATE) * 1000 + 15000 ))
 SIP_TIMEOUT=${NAT_SIP_TIMEOUT:-$(( HOLD_MS / 1000 + 60 ))}
-PHASES=" ${NAT_PHASES:-kernel alg negative compare} "
+PHASES=" ${NAT_PHASES:-kernel alg conntrackd-ftp negative compare} "
 PHASES=${PHASES// kernel / kernel-ftp kernel-sip }; PHASES=${PHASES// alg / alg-ftp alg-sip }
 FTP_FILE=hello.txt
 PIDS=() TCPDUMP_PID=
@@ -314,6 +316,27 @@ phase_alg_sip() {
     sip_verdict alg "$PHONES"
     lab_fw "$ALG" status >"$OUT/alg-status.txt" 2>&1 || true
 }
+phase_conntrackd_ftp() {
+    echo "== (c') reference: conntrackd's userspace ftp helper, its own NAT rewriting"
+    helpers_none
+    # conntrackd's helper is named "ftp": the kernel's must go first (loaded for phase a)
+    rmmod nf_nat_ftp nf_conntrack_ftp 2>/dev/null
+    lab_fw nfct del helper ftp inet tcp 2>/dev/null
+    if ! lab_fw nfct add helper ftp inet tcp; then fail "conntrackd ftp: helper ftp registered (nfct)"; return; fi
+    conntrackd_conf "$RUN/conntrackd.conf" "$RUN" ftp tcp 5 1 300
+    ip netns exec "$LAB_NS_FW" conntrackd -C "$RUN/conntrackd.conf" >"$OUT/conntrackd.out" 2>&1 &
+    local pid=$! _
+    for _ in $(seq 300); do
+        lab_fw nfct list helper 2>/dev/null | tr -s '\t\n' ' ' | grep -q "name = ftp, .queuenum = 5,.*status = enabled" && break
+        sleep 0.1
+    done
+    lab_fw "$LAB_IPT" -t raw -A PREROUTING -p tcp --dport 21 -m comment --comment lab-helper -j CT --helper ftp
+    ftp_sessions conntrackd pass
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    helpers_none
+    lab_fw nfct del helper ftp inet tcp 2>/dev/null
+    return 0
+}
 phase_negative() {
     echo "== (d) negative control: no helper"
     sip_alg_stop
@@ -339,14 +362,21 @@ phase_compare() {
         sed 's/^/    /' "$OUT/compare-$proto.txt" | head -60
         check "compare $proto: alg's rewrites equal the kernel's (but for the listed deliberate differences)" test "$rc" = 0
     done
+    if [ -s "$OUT/ftp-conntrackd.pcap" ]; then
+        "$PY" "$LAB_DIR/nat_compare.py" --proto ftp "$OUT/ftp-conntrackd.pcap" "$OUT/ftp-alg.pcap" \
+            >"$OUT/compare-ftp-conntrackd.txt" 2>&1
+        local rc=$?
+        sed 's/^/    /' "$OUT/compare-ftp-conntrackd.txt" | head -60
+        check "compare ftp: alg's rewrites equal conntrackd's" test "$rc" = 0
+    fi
 }
 
 T0=$SECONDS
 for phase in $PHASES; do
     case $phase in
-        kernel-ftp|kernel-sip|alg-ftp|alg-sip|negative|compare) t=$SECONDS; "phase_${phase//-/_}"
+        kernel-ftp|kernel-sip|alg-ftp|alg-sip|conntrackd-ftp|negative|compare) t=$SECONDS; "phase_${phase//-/_}"
             echo "   ($phase: $((SECONDS - t)) s)" ;;
-        *) fail "unknown phase $phase (NAT_PHASES: kernel-ftp kernel-sip alg-ftp alg-sip negative compare, kernel, alg)" ;;
+        *) fail "unknown phase $phase (NAT_PHASES: kernel-ftp kernel-sip alg-ftp alg-sip conntrackd-ftp negative compare, kernel, alg)" ;;
     esac
 done
 echo "nat: $FAILS failed, $((SECONDS - T0)) s"
