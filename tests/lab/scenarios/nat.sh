@@ -226,7 +226,16 @@ sip_calls() {
         grep -Eq "Failed regexp match|regexp match failure" "$OUT/$label-uas.err" 2>/dev/null && { failed=1; break; }
         sleep 0.5
     done
-    sleep 2  # the last 200 and ACK
+    # the outside end's answers (its 200s) have passed the gateway: their RTP expectations exist (a loaded
+    # guest may take seconds per message), or 60 s; then the last ACKs
+    local until=$((SECONDS + 60)) answers=0
+    while [ "$checks" = 1 ] && [ "$failed" = 0 ] && [ $SECONDS -lt $until ]; do
+        answers=$(lab_fw conntrack -L expect 2>/dev/null | grep -Eo "dst=$LAB_PUB4 sport=[0-9]+ dport=20[0-9]{2}[02468] " \
+                  | sort -u | wc -l)
+        [ "$answers" -ge "$n" ] && break
+        sleep 0.5
+    done
+    sleep 2
     # RTP both ways while the calls are up: to what each phone announced, and to the outside end's ports
     grep '^media ' "$OUT/$label-media.log" 2>/dev/null | awk '{print $3, $4}' >"$OUT/$label-targets.txt"
     ip netns exec "$LAB_NS_SERVER" "$PY" - "$OUT/$label-targets.txt" >"$OUT/$label-rtp-in.log" 2>&1 <<'PY' &
