@@ -40,7 +40,7 @@ rm -rf "$OUT" "$RUN"; mkdir -p "$OUT" "$RUN/pub" "$RUN/empty"
 PY=${LAB_HOST_PYTHON:-python3}
 PHONES=${PHONES:-40}
 NEG_PHONES=${NAT_NEG_PHONES:-4}
-RATE=${NAT_RATE:-5}  # calls/s: one SIPp process per side; under TCG faster starves the guest (sip-pressure.sh)
+RATE=${NAT_RATE:-2}  # calls/s: one SIPp process per side; under TCG faster starves the guest and alg (its replies come late, SIPp retransmits and its scenarios take a retransmission for a protocol error)
 HOLD_MS=${NAT_HOLD_MS:-$(( (PHONES / RATE) * 1000 + 20000 ))}  # > time to set up every call + send media
 NEG_HOLD_MS=$(( (NEG_PHONES / RATE) * 1000 + 15000 ))
 SIP_TIMEOUT=${NAT_SIP_TIMEOUT:-$(( HOLD_MS / 1000 + 60 ))}
