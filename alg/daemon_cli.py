@@ -26,9 +26,12 @@ def _policy(host: PluginHost, args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace, host: PluginHost) -> int:
-    from .daemon import Daemon
+    from .daemon import Daemon, resolve
+    from .daemon.pool import Pool
 
-    daemon = Daemon(host, args.policy, use_cthelper=not args.no_cthelper)  # bad policy: ConfigError, exit 2
+    # bad policy: ConfigError, exit 2; [core] workers > 1: a supervisor and its worker processes
+    serve = Pool if resolve(host, args.policy).core.workers > 1 else Daemon
+    daemon = serve(host, args.policy, use_cthelper=not args.no_cthelper)
     try:
         return daemon.run()  # stops (removes what it registered) on its way out, however it leaves
     except AlgError as exc:
@@ -87,6 +90,7 @@ def cmd_rules(args: argparse.Namespace, host: PluginHost) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     family = int(args.family) if args.family else None
+    workers = policy.core.workers  # N > 1: N instances of each helper, new flows spread over them
     chains = tuple(c for c in (args.nft_chain or rules.NFT_CHAINS) if c != "none")
     if args.remove:
         (rules.remove_nft(chains) if args.nft else rules.remove_iptables(family))
@@ -97,11 +101,12 @@ def cmd_rules(args: argparse.Namespace, host: PluginHost) -> int:
             print(f"alg rules: {clash} (or pick with --helper)", file=sys.stderr)
         return EXIT_USAGE
     if args.apply:
-        (rules.apply_nft(helpers, family, chains) if args.nft else rules.apply_iptables(helpers, family))
+        (rules.apply_nft(helpers, family, chains, workers=workers) if args.nft
+         else rules.apply_iptables(helpers, family, workers=workers))
     elif args.nft:
-        sys.stdout.write(rules.nft(helpers, family, chains))
+        sys.stdout.write(rules.nft(helpers, family, chains, workers))
     else:
-        sys.stdout.write(rules.iptables(helpers, family))
+        sys.stdout.write(rules.iptables(helpers, family, workers=workers))
     return EXIT_OK
 
 
