@@ -273,7 +273,7 @@ class Pool:
         process.start()
         theirs.close()
         w.process, w.conn, w.started, w.due = process, mine, time.monotonic(), None
-        w.pids.append(process.pid)
+        w.pids.append(process.pid or 0)
         reply: Any = None
         try:
             if mine.poll(READY_WAIT):
@@ -352,7 +352,7 @@ class Pool:
         readers: dict[int, Callable[[], Any]] = {self._wake_r: lambda: os.read(self._wake_r, 64)}
         for w in self.workers:
             if w.process is not None:
-                readers[w.process.sentinel] = lambda w=w: self._died(w)
+                readers[w.process.sentinel] = self._watch(w)
         if self.status_server is not None:
             readers[self.status_server.fileno()] = self.status_server.serve
         self.notifier.watchdog()
@@ -370,7 +370,7 @@ class Pool:
         now = time.monotonic()
         for w in self.workers:
             if w.due is not None and w.due <= now and not self.stopping:
-                self._guarded(lambda w=w: self._restart(w))
+                self._guarded(self._restarter(w))
         if self.policy.core.metrics_file and now >= self._metrics_due:
             self._metrics_due = now + METRICS_INTERVAL
             self._guarded(self._write_metrics)
@@ -381,6 +381,12 @@ class Pool:
         except Exception as exc:
             self.warn(logging.ERROR, "pool", "%s failed: %s: %s", getattr(work, "__name__", "work"),
                       type(exc).__name__, exc)
+
+    def _watch(self, w: Worker) -> Callable[[], None]:
+        return lambda: self._died(w)
+
+    def _restarter(self, w: Worker) -> Callable[[], None]:
+        return lambda: self._restart(w)
 
     def _died(self, w: Worker) -> None:
         """Worker w's process ended: start another at once (after a pause if it died young)."""
