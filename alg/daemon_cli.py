@@ -12,7 +12,7 @@ from typing import Any
 from . import doctor, rules
 from .errors import AlgError
 from .plugins import PluginHost
-from .policy import port_clashes
+from .policy import instance_policies, port_clashes
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -63,6 +63,10 @@ def cmd_status(args: argparse.Namespace, host: PluginHost) -> int:
           + (f", {st['events_lost']} expectation events lost" if st["events_lost"] else "")
           + ("" if st.get("conntrack_from_queue", True) else
              "; queues without conntrack (no CONFIG_NETFILTER_NETLINK_GLUE_CT): looked up per packet"))
+    for w in st.get("workers", []):  # [core] workers > 1: the supervisor's worker processes
+        print(f"worker {w['index']}: pid {w['pid']}, restarts {w['restarts']}"
+              + ("" if w["alive"] else ", not running (being restarted)")
+              + ("" if w["answered"] or not w["alive"] else ", did not answer: counters incomplete"))
     if st["kernel_errors"]:
         print("kernel errors: " + ", ".join(f"{k} {v}" for k, v in st["kernel_errors"].items()))
     for name, h in st["helpers"].items():
@@ -118,7 +122,8 @@ def cmd_doctor(args: argparse.Namespace, host: PluginHost) -> int:
     from .kernel.nfqueue import conntrack_glue, proc_queues
 
     policy = _policy(host, args)
-    helpers = [h for h in policy.helpers.values() if h.enabled]
+    # with [core] workers = N the kernel knows each helper as its N instances (alg.daemon.pool)
+    helpers = [i for h in policy.helpers.values() if h.enabled for i in instance_policies(h, policy.core.workers)]
 
     def cthelper_list() -> list[dict[str, Any]] | None:
         with Cthelper() as c:
@@ -170,8 +175,9 @@ def cmd_cleanup(args: argparse.Namespace, host: PluginHost) -> int:
         pass
     if not registered:
         policy = _policy(host, args)
-        registered = [(h.name, l3, p) for h in policy.helpers.values() for l3 in sorted({4, *h.families})
-                      for p in h.protocols]
+        n = policy.core.workers
+        registered = [(i.name, l3, p) for h in policy.helpers.values() for i in instance_policies(h, n)
+                      for l3 in sorted({4, *h.families}) for p in h.protocols]
     try:
         with Cthelper() as c:
             if not c.supported():

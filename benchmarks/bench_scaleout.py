@@ -94,7 +94,7 @@ def family(pid: int) -> list[int]:
 def route(net: Net, spread: bool) -> None:
     """FORWARD rules queueing the INVITEs: all to Q, or by source port over both queues."""
     net.fw("iptables", "-F", "FORWARD")
-    for port, q in zip(PORTS, QUEUES if spread else (QUEUE, QUEUE)):
+    for port, q in zip(PORTS, QUEUES if spread else (QUEUE, QUEUE), strict=True):
         net.fw("iptables", "-A", "FORWARD", "-p", "udp", "--sport", str(port), "--dport", "5060", "-j", "NFQUEUE",
                "--queue-num", str(q))
 

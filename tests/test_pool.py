@@ -195,3 +195,14 @@ def test_stopping_removes_the_helpers_first_and_the_workers_leave_cleanly(pool_o
     processes = [w.process for w in p.workers]
     p.stop()
     assert k.helpers == {} and [pr.exitcode for pr in processes] == [0, 0]
+
+
+def test_doctor_reads_the_spreading_map_as_assigning_every_instance(tmp_path):
+    from alg import doctor
+    policy = load_policy(files(tmp_path), SPECS, only_listed=True)
+    hp = policy.helpers["ftp"]
+    listed = rules.nft([hp], chains=(), workers=2).replace("\tl3proto ip\n", "")  # as `nft list ruleset` prints
+    found = doctor.parse_nft(listed)
+    assert sorted((r.helper, r.ports) for r in found) == [("ftp0", ((21, 21),))] * 2 + [("ftp1", ((21, 21),))] * 2
+    checks = doctor.check_rules(instance_policies(hp, 2), doctor.Answer(found))
+    assert [c.level for c in checks] == [doctor.OK, doctor.OK]
