@@ -206,3 +206,41 @@ def test_doctor_reads_the_spreading_map_as_assigning_every_instance(tmp_path):
     assert sorted((r.helper, r.ports) for r in found) == [("ftp0", ((21, 21),))] * 2 + [("ftp1", ((21, 21),))] * 2
     checks = doctor.check_rules(instance_policies(hp, 2), doctor.Answer(found))
     assert [c.level for c in checks] == [doctor.OK, doctor.OK]
+
+
+SUPERVISOR = """
+import os, socket, sys, time
+sys.path.insert(0, sys.argv[1])
+from fakekernel import FakeKernel
+from alg.daemon import pool
+from alg.daemon.pool import Pool
+from alg.plugins import load_plugins
+pool.claim_namespace = lambda: socket.socket(socket.AF_UNIX)
+pool.write_state = lambda registered: None
+k = FakeKernel()
+p = Pool(load_plugins(), [sys.argv[2]], kernel=k.ports(), kernel_factory=k.ports)
+p.start()
+print(" ".join(str(w.pid) for w in p.workers), flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_workers_stop_when_the_supervisor_is_killed(tmp_path):
+    """Left alone they would hold the queues and the namespace's claim with nobody to remove the helpers."""
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(Path(__file__).parent), files(tmp_path)[0]],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2
+    finally:
+        proc.kill()
+        proc.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped
+        except FileNotFoundError:
+            return True
+    _until(lambda: all(gone(p) for p in pids), "the workers outlived their supervisor")

@@ -59,6 +59,7 @@ classes changed are registered again and every worker reloads its share.
 
 from __future__ import annotations
 
+import ctypes
 import errno as E
 import logging
 import multiprocessing
@@ -66,17 +67,19 @@ import os
 import select
 import signal
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from ..engine import RateLimitedLog
+from ..engine import RateLimitedLog, TableStats
 from ..errors import AlgError, KernelError
 from ..flows import FLOW_RECORD_LEN
+from ..metrics import to_json
 from ..plugins import PluginHost
 from ..policy import HelperPolicy, Policy, instance_policies
 from .reconciler import Reconciler
 from .status import StatusServer, prometheus
-from .supervisor import (METRICS_INTERVAL, Daemon, KernelPorts, _entries, claim_namespace, kernel_ports,
+from .supervisor import (METRICS_INTERVAL, Daemon, DaemonStats, KernelPorts, _entries, claim_namespace, kernel_ports,
                          remove_helpers, resolve, state_file, write_state)
 from .systemd import Notifier
 
@@ -86,6 +89,7 @@ STOP_WAIT = 5.0  # seconds a worker has to drain its queues and leave, then SIGK
 STATUS_WAIT = 1.0  # seconds the workers have to answer a status request, all together
 RESTART_SOON = 1.0  # a worker that dies this soon after its start...
 RESTART_BACKOFF = 1.0  # ...is restarted after this long
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def shard_policy(policy: Policy, index: int, workers: int) -> Policy:
@@ -170,9 +174,14 @@ class Shard(Daemon):
 
 
 def serve_shard(host: PluginHost, policy_paths: list[str] | None, index: int, workers: int, conn: Any,
-                kernel_factory: Callable[[], KernelPorts]) -> None:
-    """The worker process's body (after fork): its own netlink sockets, then the loop."""
+                kernel_factory: Callable[[], KernelPorts], supervisor: int, theirs: list[Any]) -> None:
+    """The worker process's body (after fork): its own netlink sockets, then the loop.
+    `theirs`: the supervisor's ends of the pipes, copied by the fork; closed, so that the
+    supervisor's death reads as the end of the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for c in theirs:
+        c.close()
+    _stop_with_parent(supervisor)
     try:
         shard = Shard(host, policy_paths, index, workers, conn, kernel_factory())
         shard.start = _reporting(shard.start, conn)  # type: ignore[method-assign]
@@ -180,6 +189,19 @@ def serve_shard(host: PluginHost, policy_paths: list[str] | None, index: int, wo
     except Exception as exc:
         log.error("worker %d stopped: %s: %s", index, type(exc).__name__, exc)
         os._exit(1)
+
+
+def _stop_with_parent(supervisor: int) -> None:
+    """SIGTERM this worker when the supervisor dies, however it dies: a worker left alone
+    would keep its queues and the namespace's claim, and nobody would remove the helpers
+    (with the supervisor gone, `alg cleanup` does that, and a new `alg run` may start)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # the pipe's end of file still stops the worker, once no other process holds it
+    if os.getppid() != supervisor:  # the supervisor died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _reporting(start: Callable[[], None], conn: Any) -> Callable[[], None]:
@@ -269,7 +291,8 @@ class Pool:
         """Fork worker w and wait until it has bound its queues (AlgError if it cannot)."""
         mine, theirs = self._ctx.Pipe()
         process = self._ctx.Process(target=serve_shard, name=f"alg-worker-{w.index}",
-                                    args=(self.host, self.policy_paths, w.index, self.n, theirs, self.kernel_factory))
+                                    args=(self.host, self.policy_paths, w.index, self.n, theirs, self.kernel_factory,
+                                          os.getpid(), [mine, *(o.conn for o in self.workers if o.conn)]))
         process.start()
         theirs.close()
         w.process, w.conn, w.started, w.due = process, mine, time.monotonic(), None
@@ -296,7 +319,7 @@ class Pool:
                 w.process.kill()
                 w.process.join()
         w.conn.close()
-        w.process = None
+        w.process, w.conn = None, None
 
     def stop(self) -> None:
         """Remove the helpers (no more packets for the workers), then stop the workers."""
@@ -395,7 +418,7 @@ class Pool:
         code, young = w.process.exitcode, time.monotonic() - w.started < RESTART_SOON
         w.process.join()
         w.conn.close()
-        w.process = None
+        w.process, w.conn = None, None
         log.error("worker %d (pid %s) died (exit code %s); its helpers stay registered, restarting it%s",
                   w.index, w.pids[-1], code, f" in {RESTART_BACKOFF} s" if young else "")
         w.due = time.monotonic() + (RESTART_BACKOFF if young else 0.0)
@@ -479,8 +502,11 @@ class Pool:
 def merge_status(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """Status documents of workers as one: numbers added (the budgets too: the shares add
     up to the whole), mappings merged key by key, flags true only if true everywhere;
-    maxima and means recomputed."""
-    merged: dict[str, Any] = {}
+    maxima and means recomputed. Every figure is there even when no worker answered."""
+    merged: dict[str, Any] = {
+        **to_json(DaemonStats()), **to_json(TableStats(0, 0, 0, 0, 0, 0, Counter(), Counter())),
+        "helpers": {}, "queues": {}, "queue_kernel": {}, "natted": 0, "refused_total": 0,
+        "conntrack_from_queue": True, "verdict_us_mean": 0.0, "verdict_us_max": 0.0}
     for doc in docs:
         _merge_into(merged, doc)
     if docs:
