@@ -244,3 +244,19 @@ def test_the_workers_stop_when_the_supervisor_is_killed(tmp_path):
         except FileNotFoundError:
             return True
     _until(lambda: all(gone(p) for p in pids), "the workers outlived their supervisor")
+
+
+def test_a_worker_that_answers_late_is_reported_and_its_late_answer_not_taken_for_the_next(pool_of_two):
+    p, _k = pool_of_two
+    _until(lambda: p.status()["verdicts"] == 8, "the workers did not serve their queues")
+    slow = p.workers[1]
+    os.kill(slow.pid, signal.SIGSTOP)
+    try:
+        st = p.status()
+        assert [w["answered"] for w in st["workers"]] == [True, False] and list(st["helpers"]) == ["ftp0"]
+        assert st["verdicts"] == 4  # worker 0's alone: the figures say what they cover (workers[].answered)
+    finally:
+        os.kill(slow.pid, signal.SIGCONT)
+    st = p.status()
+    assert [w["answered"] for w in st["workers"]] == [True, True] and st["verdicts"] == 8
+    assert not slow.conn.poll(0.3)  # nothing left over to be read as the next request's answer

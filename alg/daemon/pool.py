@@ -131,8 +131,8 @@ class Control:
         except (EOFError, OSError):  # the supervisor is gone: nobody would register or remove our helpers
             self.shard.stopping = True
             return
-        if request == "status":
-            self.conn.send(self.shard.status())
+        if isinstance(request, tuple) and request[0] == "status":
+            self.conn.send((request[1], self.shard.status()))  # numbered: a late answer is told apart
 
     def close(self) -> None:
         self.conn.close()
@@ -168,9 +168,9 @@ class Shard(Daemon):
             self.reconciler.close()
             self.reconciler = None
 
-    def run(self) -> int:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the supervisor's to act on
-        return super().run()
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum != signal.SIGINT:  # a terminal's ^C reaches the whole process group: the supervisor's to act on
+            super()._on_signal(signum, frame)
 
 
 def serve_shard(host: PluginHost, policy_paths: list[str] | None, index: int, workers: int, conn: Any,
@@ -259,6 +259,7 @@ class Pool:
         self.reload_asked = False
         self.started = time.time()
         self._metrics_due = 0.0
+        self._asked = 0  # status requests sent
         self._instance: Any = None
         self._wake_r, self._wake_w = os.pipe()
         self._ctx = multiprocessing.get_context("fork")
@@ -468,11 +469,12 @@ class Pool:
     # ------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
         """Every worker's status, merged: counters added, helpers (instances) side by side."""
+        self._asked += 1
         asked = []
         for w in self.workers:
             if w.alive():
                 try:
-                    w.conn.send("status")
+                    w.conn.send(("status", self._asked))
                     asked.append(w)
                 except OSError:
                     pass
@@ -481,10 +483,13 @@ class Pool:
         end = time.monotonic() + STATUS_WAIT
         for w in asked:
             try:
-                if w.conn.poll(max(0.0, end - time.monotonic())):
-                    docs.append(w.conn.recv())
-                    answered.add(w.index)
-            except (EOFError, OSError):
+                while w.conn.poll(max(0.0, end - time.monotonic())):
+                    number, doc = w.conn.recv()
+                    if number == self._asked:  # not the late answer to an earlier request
+                        docs.append(doc)
+                        answered.add(w.index)
+                        break
+            except (EOFError, OSError, ValueError, TypeError):
                 pass
         merged = merge_status(docs)
         merged.update(pid=os.getpid(), uptime=round(time.time() - self.started, 1), workers=[
