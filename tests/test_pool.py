@@ -260,3 +260,16 @@ def test_a_worker_that_answers_late_is_reported_and_its_late_answer_not_taken_fo
     st = p.status()
     assert [w["answered"] for w in st["workers"]] == [True, True] and st["verdicts"] == 8
     assert not slow.conn.poll(0.3)  # nothing left over to be read as the next request's answer
+
+
+def test_a_worker_that_stops_answering_is_killed_and_restarted(pool_of_two, monkeypatch):
+    """Stuck in a loop that never comes back (here: stopped), it serves nobody."""
+    monkeypatch.setattr(pool_mod, "PING_INTERVAL", 0.1)
+    monkeypatch.setattr(pool_mod, "HANG_TIMEOUT", 1.0)
+    p, _k = pool_of_two
+    stuck = p.workers[0].pid
+    os.kill(stuck, signal.SIGSTOP)
+    _until(lambda: p.workers[0].restarts == 1 and p.workers[0].alive(), "the stuck worker was not replaced",
+           step=lambda: p.step(0.05))
+    assert p.workers[0].pid != stuck and p.workers[1].restarts == 0  # the other one answers its pings
+    assert [w["answered"] for w in p.status()["workers"]] == [True, True]

@@ -50,7 +50,11 @@ that moment opens no pinhole until its retransmission). alg does not set
 NFQA_CFG_F_FAIL_OPEN: a queue that fills up drops (counted in status as
 dropped_full), it does not let packets past the helper. A worker that dies
 within RESTART_SOON of its start is restarted after RESTART_BACKOFF, so a
-worker that cannot start does not fork in a tight loop.
+worker that cannot start does not fork in a tight loop. A worker whose loop
+stops turning (stuck in a parse, or in a netlink call that never returns) is
+as good as dead, and systemd's watchdog hears only the supervisor: a worker
+silent for PING_INTERVAL is asked whether it lives, and one silent for
+HANG_TIMEOUT is killed, and so restarted.
 
 Reload (SIGHUP) keeps the layout: a new policy with other workers, helper
 names or queues is refused (restart alg for that); otherwise helpers whose
@@ -89,6 +93,8 @@ STOP_WAIT = 5.0  # seconds a worker has to drain its queues and leave, then SIGK
 STATUS_WAIT = 1.0  # seconds the workers have to answer a status request, all together
 RESTART_SOON = 1.0  # a worker that dies this soon after its start...
 RESTART_BACKOFF = 1.0  # ...is restarted after this long
+PING_INTERVAL = 5.0  # seconds between the supervisor's questions to a worker that has said nothing
+HANG_TIMEOUT = 30.0  # a worker silent this long is stuck (a loop that never comes back): killed, restarted
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -133,6 +139,8 @@ class Control:
             return
         if isinstance(request, tuple) and request[0] == "status":
             self.conn.send((request[1], self.shard.status()))  # numbered: a late answer is told apart
+        elif isinstance(request, tuple) and request[0] == "ping":
+            self.conn.send((request[1], None))
 
     def close(self) -> None:
         self.conn.close()
@@ -229,6 +237,8 @@ class Worker:
     started: float = 0.0
     restarts: int = 0
     due: float | None = None  # when to start it again, once dead
+    heard: float = 0.0  # when it last answered (or started)
+    pinged: bool = False  # asked whether it lives, no answer yet
     pids: list[int] = field(default_factory=list)
 
     @property
@@ -297,6 +307,7 @@ class Pool:
         process.start()
         theirs.close()
         w.process, w.conn, w.started, w.due = process, mine, time.monotonic(), None
+        w.heard, w.pinged = w.started, False
         w.pids.append(process.pid or 0)
         reply: Any = None
         try:
@@ -377,12 +388,14 @@ class Pool:
         for w in self.workers:
             if w.process is not None:
                 readers[w.process.sentinel] = self._watch(w)
+                readers[w.conn.fileno()] = self._listener(w)
         if self.status_server is not None:
             readers[self.status_server.fileno()] = self.status_server.serve
         self.notifier.watchdog()
         if self.notifier.interval is not None:
             timeout = min(timeout, self.notifier.interval)
         dues = [w.due for w in self.workers if w.due is not None]
+        dues += [w.heard + (HANG_TIMEOUT if w.pinged else PING_INTERVAL) for w in self.workers if w.alive()]
         if dues:
             timeout = max(0.0, min(timeout, min(dues) - time.monotonic()))
         try:
@@ -395,6 +408,8 @@ class Pool:
         for w in self.workers:
             if w.due is not None and w.due <= now and not self.stopping:
                 self._guarded(self._restarter(w))
+            elif w.alive():
+                self._guarded(self._pinger(w, now))
         if self.policy.core.metrics_file and now >= self._metrics_due:
             self._metrics_due = now + METRICS_INTERVAL
             self._guarded(self._write_metrics)
@@ -411,6 +426,35 @@ class Pool:
 
     def _restarter(self, w: Worker) -> Callable[[], None]:
         return lambda: self._restart(w)
+
+    def _listener(self, w: Worker) -> Callable[[], None]:
+        conn = w.conn
+
+        def hear() -> None:  # an answer to a ping, or a status answer that came too late: it lives
+            try:
+                # a worker restarted in this turn may have a new pipe on the old one's descriptor
+                if conn is not w.conn or not conn.poll(0):
+                    return
+                conn.recv()
+            except (EOFError, OSError):
+                return  # it died: its sentinel says so
+            w.heard, w.pinged = time.monotonic(), False
+        return hear
+
+    def _pinger(self, w: Worker, now: float) -> Callable[[], None]:
+        """Ask a silent worker whether its loop still turns; kill one that does not answer: a
+        worker stuck in a parse or a netlink call that never returns serves nobody (the
+        systemd watchdog hears only the supervisor). Its death restarts it."""
+        def ping() -> None:
+            if now - w.heard >= HANG_TIMEOUT and w.process is not None:
+                log.error("worker %d (pid %s) has not answered for %.0f s: killing it", w.index, w.pid,
+                          now - w.heard)
+                w.process.kill()
+            elif not w.pinged and now - w.heard >= PING_INTERVAL:
+                self._asked += 1
+                w.conn.send(("ping", self._asked))
+                w.pinged = True
+        return ping
 
     def _died(self, w: Worker) -> None:
         """Worker w's process ended: start another at once (after a pause if it died young)."""
@@ -485,6 +529,7 @@ class Pool:
             try:
                 while w.conn.poll(max(0.0, end - time.monotonic())):
                     number, doc = w.conn.recv()
+                    w.heard, w.pinged = time.monotonic(), False
                     if number == self._asked:  # not the late answer to an earlier request
                         docs.append(doc)
                         answered.add(w.index)
