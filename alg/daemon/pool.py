@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import ctypes
 import errno as E
+import faulthandler
 import logging
 import multiprocessing
 import os
@@ -319,6 +320,8 @@ class Pool:
             self._end(w)
             why = reply[1] if isinstance(reply, tuple) else "it exited or did not answer"
             raise AlgError(f"worker {w.index} could not start: {why}")
+        log.info("worker %d (pid %s) serving, %.0f ms after its start", w.index, w.pid,
+                 (time.monotonic() - w.started) * 1e3)
 
     def _end(self, w: Worker, timeout: float = STOP_WAIT) -> None:
         """Stop worker w: SIGTERM (it drains its queues), SIGKILL past the timeout."""
@@ -329,7 +332,9 @@ class Pool:
             w.process.join(timeout)
             if w.process.is_alive():
                 w.process.kill()
-                w.process.join()
+                w.process.join(timeout)
+                if w.process.is_alive():  # in the kernel, beyond signals: left, not waited for
+                    log.error("worker %d (pid %s) does not die (stuck in the kernel?)", w.index, w.pid)
         w.conn.close()
         w.process, w.conn = None, None
 
@@ -360,6 +365,8 @@ class Pool:
 
     # ------------------------------------------------------------ loop
     def run(self) -> int:
+        # `kill -USR1` prints where each process is (the workers inherit it): for a worker that hangs
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_signal)

@@ -67,6 +67,15 @@ for _ in $(seq 300); do
 done
 [ -n "$up" ] && pass alg-starts-with-two-workers || { fail alg-starts-with-two-workers; tail -20 "$OUT/alg.log"; exit 1; }
 workers() { pgrep -P "$ALG_PID" | sort; }
+diagnose() {  # where alg's processes are: kernel wait channel and stack, Python stacks (SIGUSR1) in alg.log
+    local p
+    ps -eo pid,ppid,stat,wchan:32,etime,args | grep -E "alg (run|status)|PID" | grep -v grep
+    for p in "$ALG_PID" $(workers); do
+        echo "== $p: $(cat /proc/$p/wchan 2>/dev/null)"; cat "/proc/$p/stack" 2>/dev/null | head -12
+        kill -USR1 "$p" 2>/dev/null
+    done
+    sleep 1; tail -60 "$OUT/alg.log"
+}
 [ "$(workers | wc -l)" = 2 ] && pass two-worker-processes || { fail two-worker-processes; ps -ef | grep alg; }
 helpers=$(lab_fw nfct list helper 2>/dev/null | tr -s '\t\n' ' ')
 echo "$helpers" | grep -q "name = ftp0, .queuenum = 5,.*status = enabled" \
@@ -103,20 +112,23 @@ for _ in $(seq 200); do
     sleep 0.05
 done
 ! workers | grep -qx "$victim" && [ "$(workers | wc -l)" = 2 ] && pass killed-worker-restarted \
-    || { fail killed-worker-restarted; tail -5 "$OUT/alg.log"; }
+    || { fail killed-worker-restarted; diagnose; }
 restarted=
-for _ in $(seq 100); do  # the new worker answers the supervisor once it has bound its queue
-    lab_fw "$ALG" status --socket "$SOCK" --format json >"$OUT/status2.json" 2>&1
+for _ in $(seq 30); do  # the new worker answers the supervisor once it has bound its queue
+    lab_fw timeout 20 "$ALG" status --socket "$SOCK" --format json >"$OUT/status2.json" 2>&1
     grep -q '"restarts": 1' "$OUT/status2.json" && grep -q '"ftp1"' "$OUT/status2.json" \
         && grep -q '"ftp0"' "$OUT/status2.json" && { restarted=1; break; }
     sleep 0.1
 done
-[ -n "$restarted" ] && pass status-counts-the-restart || { fail status-counts-the-restart; cat "$OUT/status2.json"; }
+[ -n "$restarted" ] && pass status-counts-the-restart || { fail status-counts-the-restart; cat "$OUT/status2.json"; diagnose; }
 lab_fw conntrack -F >/dev/null 2>&1
-lab_cli $SYS_PY "$RUN/get.py" "$LAB_SERVER4" $SOURCES >"$OUT/get2.log" 2>&1 \
+lab_cli timeout 120 $SYS_PY "$RUN/get.py" "$LAB_SERVER4" $SOURCES >"$OUT/get2.log" 2>&1 \
     && pass downloads-after-restart || { fail downloads-after-restart; cat "$OUT/get2.log"; }
 
-kill -TERM "$ALG_PID"; wait "$ALG_PID"; rc=$?; ALG_PID=
+kill -TERM "$ALG_PID"
+for _ in $(seq 300); do kill -0 "$ALG_PID" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$ALG_PID" 2>/dev/null && { echo "alg did not stop in 30 s"; diagnose; kill -KILL "$ALG_PID" $(workers); }
+wait "$ALG_PID"; rc=$?; ALG_PID=
 [ $rc = 0 ] && pass alg-stops-cleanly || fail "alg-stops-cleanly (rc=$rc)"
 lab_fw nfct list helper 2>/dev/null | tr -s '\t\n' ' ' | grep -q "name = ftp[01], .*status = enabled" \
     && fail helpers-disabled-on-stop || pass helpers-disabled-on-stop
