@@ -98,6 +98,8 @@ def test_the_budget_is_split_so_that_the_workers_together_never_exceed_it(tmp_pa
     shares = [shard_policy(policy, i, 3) for i in range(3)]
     assert [s.core.expect_budget for s in shares] == [3, 2, 2]  # adds up to 7
     assert [list(s.helpers) for s in shares] == [["ftp0"], ["ftp1"], ["ftp2"]]
+    assert sum(s.helpers[f"ftp{i}"].max_flows for i, s in enumerate(shares)) == policy.helpers["ftp"].max_flows
+    assert sum(s.core.memory_budget_mb for s in shares) == policy.core.memory_budget_mb
     # worker 1 serves ftp1 alone: its third passive port is refused for the budget
     k = FakeKernel()
     mine, theirs = Pipe()

@@ -32,7 +32,8 @@ Sharing the limits:
   price: the shares (helper_share, source_share) are fractions of a worker's
   budget, so one pair of hosts (always hashed to one worker) may hold at most
   source_share of budget/N. Raise expect_budget with workers. The memory
-  budget ([core] memory_budget_mb) is split the same way.
+  budget ([core] memory_budget_mb) and each helper's max_flows are split the
+  same way.
 
 A dead worker. The supervisor sees it at once (the process sentinel is in
 its select loop) and forks a new one for the same instances, which binds
@@ -101,7 +102,8 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 def shard_policy(policy: Policy, index: int, workers: int) -> Policy:
     """What worker `index` of `workers` serves: instance `index` of every enabled helper,
-    and its share of the expectation and memory budgets (the shares add up to the whole)."""
+    and its share of the expectation and memory budgets and of each helper's max_flows
+    (the shares add up to the whole: the flows are spread over the instances)."""
     core = policy.core
 
     def share(total: int) -> int:
@@ -111,7 +113,7 @@ def shard_policy(policy: Policy, index: int, workers: int) -> Policy:
     for hp in policy.helpers.values():
         if hp.enabled:
             inst = instance_policies(hp, workers)[index]
-            helpers[inst.name] = inst
+            helpers[inst.name] = replace(inst, max_flows=max(1, share(hp.max_flows)))
     return Policy(replace(core, expect_budget=max(1, share(core.expect_budget)),
                           memory_budget_mb=max(1, share(core.memory_budget_mb)), metrics_file=""), helpers)
 
