@@ -19,23 +19,29 @@ supervisor included). Median of the rounds. Then, with 2 workers, one worker
 is SIGKILLed and the time until its queue is bound again by the new worker
 is printed (the supervisor's restart, bind and adoption included).
 
-What 16 cores would carry. A worker's cost per packet is its CPU per packet
-(the "us/pkt CPU" column; on this 2-core machine ~50 us for alg when the
-issue was filed, so ~20k packets/s per core). Workers share nothing on the
-packet path (each has its own queue, engine, table and netlink sockets; the
-supervisor is idle), so N workers carry about N times one worker's rate as
-long as (a) there are N cores for them besides the kernel's own work and (b)
-the flows hash evenly over the instances. The kernel's part of each packet
-(queueing, the copy to userspace, the verdict, forwarding) runs in softirq
-and in the reader's verdict call: the C loop's CPU per packet is that floor
-(~3 us). So 16 cores, 2 of them left to the kernel's softirq work, would
-carry about 14 x 1e6 / (alg's us/pkt CPU) packets/s, ~280k INVITEs/s at
-50 us; a control message is 1 of many packets of a call, so that is far
-beyond what a gateway's SIP signalling needs. The script prints the figure
-from this run's measurement. What bends the line: one pair of hosts (a SIP
-trunk between two proxies) always hashes to one worker, so its rate is one
-worker's, whatever the core count; and the expectation budget per worker is
-the budget / N (alg.daemon.pool), which a trunk can fill on its worker.
+What 16 cores would carry. Workers share nothing on the packet path (each
+has its own queue, engine, expectation table and netlink sockets; the
+supervisor sleeps in select), so N workers carry N times one worker's rate
+as long as (a) each has a core of its own beside the kernel's work and (b)
+the flows hash evenly over the instances. One worker's rate is 1e6 / its CPU
+per packet (the "us/pkt CPU" column). The kernel's part of each packet
+(queueing, the copy to userspace, the verdict, forwarding) is the C loop's
+CPU per packet, ~5 us here, most of it in softirq and in the verdict call:
+at 16 cores, leave 2 to it. Measured on this 2-core machine (2026-12-06, 3
+rounds of 10,000 INVITEs, the lab VM busy on one core): the C loop 141k
+packets/s at 5 us; alg 2,900 packets/s at 265-296 us of CPU per packet with
+1 or 2 workers (the issue measured ~50 us on a quiet machine); a killed
+worker's queue bound again 10 ms after SIGKILL. So 16 cores would carry
+about 14 x 1e6 / 296 = 47k INVITEs/s at this run's cost, 14 x 1e6 / 50 =
+280k at the quiet machine's; the kernel's share of 280k packets/s at 5 us
+is 1.4 cores, within the 2 left to it. This machine cannot show the line
+itself: two C loops carry no more than one here (the "C loop x2" row, 1.00x
+in that run), so two workers cannot either; the CPU per packet staying the
+same with 2 workers is what says they do not slow each other down. What bends
+the line on a big machine: one pair of hosts (a SIP trunk between two
+proxies) always hashes to one worker, so its rate is one worker's whatever
+the core count; and the expectation budget per worker is budget / N
+(alg.daemon.pool), which a trunk can fill on its worker.
 
     sudo .venv/bin/python benchmarks/bench_scaleout.py [--n 20000] [--rounds 3]
 """
