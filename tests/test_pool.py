@@ -275,3 +275,16 @@ def test_a_worker_that_stops_answering_is_killed_and_restarted(pool_of_two, monk
            step=lambda: p.step(0.05))
     assert p.workers[0].pid != stuck and p.workers[1].restarts == 0  # the other one answers its pings
     assert [w["answered"] for w in p.status()["workers"]] == [True, True]
+
+
+def test_a_reload_that_would_move_instances_is_refused_and_one_that_does_not_reaches_the_workers(pool_of_two,
+                                                                                                 tmp_path):
+    p, k = pool_of_two
+    (tmp_path / "ftp.toml").write_text('helper = "ftp"\nfamilies = ["ipv4"]\nqueue = 30\n')
+    assert not p.reload()  # the kernel's helpers would need other queues: restart alg for that
+    (tmp_path / "ftp.toml").write_text('helper = "ftp"\nfamilies = ["ipv4"]\n[classes.ftp]\nexpect_max = 2\n')
+    assert p.reload()
+    assert [c.max_expected for c in k.helpers["ftp1"].classes] == [2]  # registered again with the new class
+    st = _until(lambda: (s := p.status())["workers"] and all(w["answered"] for w in s["workers"]) and s,
+                "the workers did not come back after reloading")
+    assert st["queues"] == {"ftp0": 20, "ftp1": 20 + INSTANCE_QUEUE_STRIDE}
