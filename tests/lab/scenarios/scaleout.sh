@@ -114,8 +114,8 @@ done
 ! workers | grep -qx "$victim" && [ "$(workers | wc -l)" = 2 ] && pass killed-worker-restarted \
     || { fail killed-worker-restarted; diagnose; }
 restarted=
-for _ in $(seq 30); do  # the new worker answers the supervisor once it has bound its queue
-    lab_fw timeout 20 "$ALG" status --socket "$SOCK" --format json >"$OUT/status2.json" 2>&1
+for _ in $(seq 4); do  # the new worker answers once it has bound its queue (`alg status` alone takes ~25 s under TCG)
+    lab_fw timeout 120 "$ALG" status --socket "$SOCK" --format json >"$OUT/status2.json" 2>&1
     grep -q '"restarts": 1' "$OUT/status2.json" && grep -q '"ftp1"' "$OUT/status2.json" \
         && grep -q '"ftp0"' "$OUT/status2.json" && { restarted=1; break; }
     sleep 0.1
@@ -126,8 +126,8 @@ lab_cli timeout 120 $SYS_PY "$RUN/get.py" "$LAB_SERVER4" $SOURCES >"$OUT/get2.lo
     && pass downloads-after-restart || { fail downloads-after-restart; cat "$OUT/get2.log"; }
 
 kill -TERM "$ALG_PID"
-for _ in $(seq 300); do kill -0 "$ALG_PID" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$ALG_PID" 2>/dev/null && { echo "alg did not stop in 30 s"; diagnose; kill -KILL "$ALG_PID" $(workers); }
+for _ in $(seq 600); do kill -0 "$ALG_PID" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$ALG_PID" 2>/dev/null && { echo "alg did not stop in 60 s"; diagnose; kill -KILL "$ALG_PID" $(workers); }
 wait "$ALG_PID"; rc=$?; ALG_PID=
 [ $rc = 0 ] && pass alg-stops-cleanly || fail "alg-stops-cleanly (rc=$rc)"
 lab_fw nfct list helper 2>/dev/null | tr -s '\t\n' ' ' | grep -q "name = ftp[01], .*status = enabled" \
