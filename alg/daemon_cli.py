@@ -12,7 +12,7 @@ from typing import Any
 from . import doctor, rules
 from .errors import AlgError
 from .plugins import PluginHost
-from .policy import port_clashes
+from .policy import instance_policies, port_clashes
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -26,9 +26,12 @@ def _policy(host: PluginHost, args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace, host: PluginHost) -> int:
-    from .daemon import Daemon
+    from .daemon import Daemon, resolve
+    from .daemon.pool import Pool
 
-    daemon = Daemon(host, args.policy, use_cthelper=not args.no_cthelper)  # bad policy: ConfigError, exit 2
+    # bad policy: ConfigError, exit 2; [core] workers > 1: a supervisor and its worker processes
+    serve = Pool if resolve(host, args.policy).core.workers > 1 else Daemon
+    daemon = serve(host, args.policy, use_cthelper=not args.no_cthelper)
     try:
         return daemon.run()  # stops (removes what it registered) on its way out, however it leaves
     except AlgError as exc:
@@ -60,6 +63,10 @@ def cmd_status(args: argparse.Namespace, host: PluginHost) -> int:
           + (f", {st['events_lost']} expectation events lost" if st["events_lost"] else "")
           + ("" if st.get("conntrack_from_queue", True) else
              "; queues without conntrack (no CONFIG_NETFILTER_NETLINK_GLUE_CT): looked up per packet"))
+    for w in st.get("workers", []):  # [core] workers > 1: the supervisor's worker processes
+        print(f"worker {w['index']}: pid {w['pid']}, restarts {w['restarts']}"
+              + ("" if w["alive"] else ", not running (being restarted)")
+              + ("" if w["answered"] or not w["alive"] else ", did not answer: counters incomplete"))
     if st["kernel_errors"]:
         print("kernel errors: " + ", ".join(f"{k} {v}" for k, v in st["kernel_errors"].items()))
     for name, h in st["helpers"].items():
@@ -87,6 +94,7 @@ def cmd_rules(args: argparse.Namespace, host: PluginHost) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     family = int(args.family) if args.family else None
+    workers = policy.core.workers  # N > 1: N instances of each helper, new flows spread over them
     chains = tuple(c for c in (args.nft_chain or rules.NFT_CHAINS) if c != "none")
     if args.remove:
         (rules.remove_nft(chains) if args.nft else rules.remove_iptables(family))
@@ -97,11 +105,12 @@ def cmd_rules(args: argparse.Namespace, host: PluginHost) -> int:
             print(f"alg rules: {clash} (or pick with --helper)", file=sys.stderr)
         return EXIT_USAGE
     if args.apply:
-        (rules.apply_nft(helpers, family, chains) if args.nft else rules.apply_iptables(helpers, family))
+        (rules.apply_nft(helpers, family, chains, workers=workers) if args.nft
+         else rules.apply_iptables(helpers, family, workers=workers))
     elif args.nft:
-        sys.stdout.write(rules.nft(helpers, family, chains))
+        sys.stdout.write(rules.nft(helpers, family, chains, workers))
     else:
-        sys.stdout.write(rules.iptables(helpers, family))
+        sys.stdout.write(rules.iptables(helpers, family, workers=workers))
     return EXIT_OK
 
 
@@ -113,7 +122,8 @@ def cmd_doctor(args: argparse.Namespace, host: PluginHost) -> int:
     from .kernel.nfqueue import conntrack_glue, proc_queues
 
     policy = _policy(host, args)
-    helpers = [h for h in policy.helpers.values() if h.enabled]
+    # with [core] workers = N the kernel knows each helper as its N instances (alg.daemon.pool)
+    helpers = [i for h in policy.helpers.values() if h.enabled for i in instance_policies(h, policy.core.workers)]
 
     def cthelper_list() -> list[dict[str, Any]] | None:
         with Cthelper() as c:
@@ -166,8 +176,9 @@ def cmd_cleanup(args: argparse.Namespace, host: PluginHost) -> int:
         pass
     if not registered:
         policy = _policy(host, args)
-        registered = [(h.name, l3, p) for h in policy.helpers.values() for l3 in sorted({4, *h.families})
-                      for p in h.protocols]
+        n = policy.core.workers
+        registered = [(i.name, l3, p) for h in policy.helpers.values() for i in instance_policies(h, n)
+                      for l3 in sorted({4, *h.families}) for p in h.protocols]
     try:
         with Cthelper() as c:
             if not c.supported():

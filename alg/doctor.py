@@ -326,17 +326,27 @@ def parse_nft(text: str) -> list[CtRule]:
             pending.append((table, chain, line))
     out = []
     for table, chain, line in pending:
-        m = re.search(r'ct helper set "?([^"\s]+)"?', line)
-        if not m or (table, m.group(1)) not in objects:
-            continue  # a map or a name nft could not resolve: not a rule we can read
-        helper, proto = objects[(table, m.group(1))]
-        pm = _NFT_PORTS.search(line)
-        if pm and "!=" not in line:
-            proto = proto if pm.group(1) == "th" else _proto(pm.group(1))
-            out.append(CtRule(helper, proto, _ports(pm.group(2), "-"), f"nft {table} {chain}"))
-        elif " dport " not in line:
-            out.append(CtRule(helper, proto, None, f"nft {table} {chain}"))
+        for name in _nft_helper_objects(line):
+            if (table, name) not in objects:
+                continue  # a name nft could not resolve: not a rule we can read
+            helper, proto = objects[(table, name)]
+            pm = _NFT_PORTS.search(line)
+            if pm and "!=" not in line:
+                proto = proto if pm.group(1) == "th" else _proto(pm.group(1))
+                out.append(CtRule(helper, proto, _ports(pm.group(2), "-"), f"nft {table} {chain}"))
+            elif " dport " not in line:
+                out.append(CtRule(helper, proto, None, f"nft {table} {chain}"))
     return out
+
+
+def _nft_helper_objects(line: str) -> list[str]:
+    """The ct helper objects a `ct helper set` rule may give: one name, or every value of the
+    map that picks among a helper's instances (`jhash ... mod N map { 0 : "ftp0-tcp", ... }`)."""
+    head, sep, pairs = line.partition(" map {")
+    if sep:
+        return [v.strip().strip('"') for _k, _c, v in (p.partition(":") for p in pairs.split("}")[0].split(","))]
+    m = re.search(r'ct helper set "?([^"\s]+)"?', head)
+    return [m.group(1)] if m else []
 
 
 def check_rules(helpers: list[HelperPolicy], rules: Answer) -> list[Check]:

@@ -34,6 +34,7 @@ and `alg.toml`::
     log_interval = 10         # seconds between repeated warnings of one kind
     metrics_file = ""         # Prometheus text rewritten every 15 s (node_exporter's textfile collector)
     memory_budget_mb = 256    # what alg's flows may hold; past it the least recently used are evicted
+    workers = 1               # processes serving the queues; N > 1: N kernel instances of each helper
 
 Every problem raises `ConfigError` naming file, line and key.
 """
@@ -60,6 +61,12 @@ FAMILY_NAMES = {v: k for k, v in FAMILIES.items()}
 # when the plugins load (alg.plugins); a policy file's `queue` overrides all.
 DEFAULT_QUEUES = {"ftp": 20, "sip": 21, "rpc": 22, "tns": 23, "ssdp": 24, "dhcpv6": 25, "mdns": 26, "slp": 27}
 PLUGIN_QUEUES = range(1024, 8192)
+# With [core] workers = N > 1 every enabled helper is registered N times (alg.daemon.pool):
+# instance i is named NAME + str(i) and reads queue `queue + i * INSTANCE_QUEUE_STRIDE`.
+# The stride keeps the built-in queues' instances (20-27, 4116-4123, ...) clear of one
+# another; a plugin queue whose instances meet another queue is refused when loaded.
+INSTANCE_QUEUE_STRIDE = 4096
+MAX_WORKERS = 16  # the built-in queues' instances fit below 65536 up to here
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,7 @@ class CorePolicy:
     log_interval: float = 10.0
     metrics_file: str = ""  # where the daemon writes its counters in the Prometheus text format ("": nowhere)
     memory_budget_mb: int = 256  # MiB alg's flows may hold (flow, buffers, helper state); past it: LRU eviction
+    workers: int = 1  # processes serving the queues (alg.daemon.pool); 1: one process, as before
     source: str = "<built-in>"
 
 
@@ -258,7 +266,7 @@ def _int_in(doc, key, lo, hi, loc, table=(), default=None):
 _HELPER_KEYS = {"helper", "name", "enabled", "queue", "queue_len", "protocols", "families", "ports",
                 "max_buffer", "max_flows", "nat", "classes", "options"}
 _CORE_KEYS = {"expect_budget", "expect_per_message", "helper_share", "source_share", "accept_on_pressure",
-              "status_socket", "log_interval", "metrics_file", "memory_budget_mb"}
+              "status_socket", "log_interval", "metrics_file", "memory_budget_mb", "workers"}
 
 
 def parse_helper_policy(path: str, specs: Mapping[str, HelperSpec], doc=None, loc=None) -> HelperPolicy:
@@ -377,6 +385,7 @@ def parse_core_policy(path: str) -> CorePolicy:
         log_interval=float(interval),
         metrics_file=_get(core, "metrics_file", str, loc, t, d.metrics_file),
         memory_budget_mb=_int_in(core, "memory_budget_mb", 1, 1 << 20, loc, t, d.memory_budget_mb),
+        workers=_int_in(core, "workers", 1, MAX_WORKERS, loc, t, d.workers),
         source=path,
     )
 
@@ -414,6 +423,7 @@ def load_policy(paths: Iterable[str], specs: Mapping[str, HelperSpec], *, only_l
             policy.helpers.pop(hp.helper, None)
         policy.helpers[hp.name] = hp
     _check_unique(policy)
+    _check_instances(policy)
     return policy
 
 
@@ -446,6 +456,39 @@ def _check_unique(policy: Policy) -> None:
                         raise _blame(hp, [other], f"{PROTO_NAMES[proto]} port {port} (IPv{family}) is assigned to "
                                                   f"both {other.name} ({other.source}) and {hp.name} ({hp.source})",
                                      "ports")
+
+
+def instance_policies(hp: HelperPolicy, workers: int) -> list[HelperPolicy]:
+    """The kernel helpers that serve `hp` with `workers` processes: itself when one,
+    else NAME0..NAME{N-1}, instance i on queue `queue + i * INSTANCE_QUEUE_STRIDE`."""
+    if workers <= 1:
+        return [hp]
+    return [replace(hp, name=f"{hp.name}{i}", queue=hp.queue + i * INSTANCE_QUEUE_STRIDE) for i in range(workers)]
+
+
+def _check_instances(policy: Policy) -> None:
+    """With workers > 1: each instance's name within the kernel's limit, its queue a valid
+    number used by no other instance (the same reasons as _check_unique)."""
+    workers = policy.core.workers
+    if workers <= 1:
+        return
+    queues: dict[int, str] = {}
+    for hp in policy.helpers.values():
+        if not hp.enabled:
+            continue
+        for inst in instance_policies(hp, workers):
+            if len(inst.name) > HELPER_NAME_MAX:
+                raise _blame(hp, [], f"with workers = {workers} helper {hp.name} is registered as {inst.name}, "
+                                     f"longer than the kernel's {HELPER_NAME_MAX} characters: shorten its name",
+                             "name")
+            if inst.queue > 65535:
+                raise _blame(hp, [], f"with workers = {workers} helper {hp.name} needs queue {inst.queue} "
+                                     f"(queue + i * {INSTANCE_QUEUE_STRIDE}): give it a queue below "
+                                     f"{65536 - (workers - 1) * INSTANCE_QUEUE_STRIDE}", "queue")
+            other = queues.setdefault(inst.queue, inst.name)
+            if other != inst.name:
+                raise _blame(hp, [], f"with workers = {workers} queue {inst.queue} would serve both {other} and "
+                                     f"{inst.name}: move {hp.name} to another queue", "queue")
 
 
 def render_helper_policy(hp: HelperPolicy) -> str:

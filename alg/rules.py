@@ -36,6 +36,19 @@ have both families (a note says which do not). nft's ct helper object names
 the family (`l3proto ip|ip6|inet`) and single-family helpers' rules match
 `meta nfproto`.
 
+Workers (`[core] workers = N`, alg.daemon.pool): each helper is registered
+as N kernel helpers NAME0..NAME{N-1}, each on its own queue and read by its
+own process, and the assignment spreads new flows over them. A conntrack
+keeps the helper it got, so each control flow stays on one worker. nft: a
+hash of the addresses picks the instance (`ct helper set jhash ip saddr . ip
+daddr mod N map { 0 : "NAME0-udp", ... }`, one rule per family), so a pair of
+hosts always meets the same worker. iptables' CT target cannot hash: N rules
+`-m statistic --mode nth --every N --packet i -j CT --helper NAMEi` deal the
+packets that reach them in turn, and since only a flow's first packet takes
+the CT template (the first CT rule met wins; later packets find their
+conntrack), that deals the new flows round robin. The RELATED accept names
+every instance.
+
 No `--queue-bypass` is needed: the kernel queues a userspace helper's packets
 from the conntrack confirm hook with the bypass flag already set, so a queue
 nobody reads lets them through (but see `alg cleanup`: such flows are never
@@ -51,7 +64,7 @@ from typing import Callable
 
 from .errors import AlgError
 from .model import PROTO_NAMES
-from .policy import HelperPolicy
+from .policy import HelperPolicy, instance_policies
 
 FAMILY_TOOLS = {4: "iptables-restore", 6: "ip6tables-restore"}
 NFT_CHAINS = ("inet filter input", "inet filter forward")
@@ -79,7 +92,7 @@ def _jump(table: str, chain: str) -> str:
     return f"-I {chain} 1 -j {IPT_CHAINS[table]}"
 
 
-def iptables(helpers: list[HelperPolicy], family: int | None = None, jumps: bool = True) -> str:
+def iptables(helpers: list[HelperPolicy], family: int | None = None, jumps: bool = True, workers: int = 1) -> str:
     """iptables-restore input for --noflush: alg's own chains, replaced whole, and the jumps into them.
 
     Each apply empties and refills alg's chains (a chain declared in
@@ -91,13 +104,17 @@ def iptables(helpers: list[HelperPolicy], family: int | None = None, jumps: bool
     tables: dict[str, list[str]] = {t: [f"*{t}", f":{c} - [0:0]"] for t, c in IPT_CHAINS.items()}
     notes = _family_notes(helpers, family)
     for hp in helpers:  # a policy has ports (alg.policy refuses an empty list)
+        instances = instance_policies(hp, workers)
         for proto in hp.assigned:
             p = PROTO_NAMES[proto]
             for port in hp.ports:
-                tables["raw"].append(f'-A {IPT_CHAINS["raw"]} -p {p} --dport {port} -m comment --comment '
-                                     f'"alg {hp.name}" -j CT --helper {hp.name}')
-        tables["filter"].append(f"-A {IPT_CHAINS['filter']} -m conntrack --ctstate RELATED -m helper --helper "
-                                f'{hp.name} -m comment --comment "alg {hp.name} related" -j ACCEPT')
+                for i, inst in enumerate(instances):
+                    deal = f"-m statistic --mode nth --every {workers} --packet {i} " if workers > 1 else ""
+                    tables["raw"].append(f'-A {IPT_CHAINS["raw"]} -p {p} --dport {port} {deal}-m comment '
+                                         f'--comment "alg {inst.name}" -j CT --helper {inst.name}')
+        for inst in instances:
+            tables["filter"].append(f"-A {IPT_CHAINS['filter']} -m conntrack --ctstate RELATED -m helper --helper "
+                                    f'{inst.name} -m comment --comment "alg {inst.name} related" -j ACCEPT')
     if jumps:
         for table, chain in IPT_JUMPS:
             tables[table].append(_jump(table, chain))
@@ -120,7 +137,8 @@ def _l3(hp: HelperPolicy) -> tuple[str, str]:
     return "inet", ""
 
 
-def nft(helpers: list[HelperPolicy], family: int | None = None, chains: tuple[str, ...] = NFT_CHAINS) -> str:
+def nft(helpers: list[HelperPolicy], family: int | None = None, chains: tuple[str, ...] = NFT_CHAINS,
+        workers: int = 1) -> str:
     """An `nft -f` file: table inet alg (ct helper objects, assignment) and the RELATED accept in `chains`."""
     helpers = for_family(helpers, family)
     fam = NFPROTO.get(family or 0, "")
@@ -132,10 +150,20 @@ def nft(helpers: list[HelperPolicy], family: int | None = None, chains: tuple[st
         l3proto, prefix = _l3(hp)
         for proto in hp.assigned:
             p = PROTO_NAMES[proto]
-            lines += [f"\tct helper {hp.name}-{p} {{", f'\t\ttype "{hp.name}" protocol {p}', f"\t\tl3proto {l3proto}",
-                      "\t}"]
+            objects = []
+            for inst in instance_policies(hp, workers):
+                objects.append(f"{inst.name}-{p}")
+                lines += [f"\tct helper {objects[-1]} {{", f'\t\ttype "{inst.name}" protocol {p}',
+                          f"\t\tl3proto {l3proto}", "\t}"]
             ports = ", ".join(str(x) for x in hp.ports)
-            assign.append(f'\t\t{fam or prefix}{p} dport {{ {ports} }} ct helper set "{hp.name}-{p}"')
+            if workers <= 1:
+                assign.append(f'\t\t{fam or prefix}{p} dport {{ {ports} }} ct helper set "{objects[0]}"')
+                continue
+            pick = ", ".join(f'{i} : "{o}"' for i, o in enumerate(objects))
+            for l3 in sorted({family} if family else set(hp.families)):
+                ip = "ip" if l3 == 4 else "ip6"
+                assign.append(f"\t\t{NFPROTO[l3]}{p} dport {{ {ports} }} ct helper set "
+                              f"jhash {ip} saddr . {ip} daddr mod {workers} map {{ {pick} }}")
     # ct helper set needs the conntrack: after it (priority filter), never at priority raw
     for hook in ("prerouting", "output"):
         lines += [f"\tchain alg-{hook} {{", f"\t\ttype filter hook {hook} priority filter; policy accept;", *assign,
@@ -172,10 +200,12 @@ def _ipt_tools(family: int | None) -> list[tuple[int, str]]:
     return [(f, "iptables" if f == 4 else "ip6tables") for f in ((family,) if family else (4, 6))]
 
 
-def apply_iptables(helpers: list[HelperPolicy], family: int | None, run: Run = run_command) -> None:
+def apply_iptables(helpers: list[HelperPolicy], family: int | None, run: Run = run_command,
+                   workers: int = 1) -> None:
     """Replace alg's chains (one restore per table set) and add each missing jump: safe to repeat."""
     for fam, tool in _ipt_tools(family):
-        _must(run([f"{tool}-restore", "--noflush"], iptables(helpers, fam, jumps=False)), f"{tool}-restore")
+        _must(run([f"{tool}-restore", "--noflush"], iptables(helpers, fam, jumps=False, workers=workers)),
+              f"{tool}-restore")
         for table, chain in IPT_JUMPS:
             jump = ["-j", IPT_CHAINS[table]]
             if run([tool, "-t", table, "-C", chain, *jump], None).returncode != 0:
@@ -204,9 +234,9 @@ def _related_handles(chain: str, run: Run) -> list[int] | None:
 
 
 def apply_nft(helpers: list[HelperPolicy], family: int | None, chains: tuple[str, ...],
-              run: Run = run_command) -> None:
+              run: Run = run_command, workers: int = 1) -> None:
     """One nft transaction: alg's table replaced, its RELATED rules in your chains replaced (not added)."""
-    text = nft(helpers, family, chains).splitlines()
+    text = nft(helpers, family, chains, workers).splitlines()
     deletes = []
     for chain in chains:
         handles = _related_handles(chain, run)

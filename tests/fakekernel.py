@@ -65,12 +65,22 @@ class FakeQueue:
         self.pending: list[Verdict] = []
         self.closed = False
         self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
 
     def fileno(self) -> int:
         return self._r
 
+    def wake(self) -> None:
+        """Make the queue readable, for a daemon that waits in select() (a forked worker)."""
+        os.write(self._w, b"x")
+
     def receive(self, max_packets: int = 256) -> list[QueuedPacket]:
         out, self.waiting = self.waiting[:max_packets], self.waiting[max_packets:]
+        if not self.waiting:
+            try:
+                os.read(self._r, 4096)
+            except BlockingIOError:
+                pass
         return out
 
     def verdict(self, packet_id: int, accept: bool = True, *, payload: bytes | None = None,
@@ -109,6 +119,7 @@ class FakeKernel:
     refuse_queue: set = field(default_factory=set)
     refuse_helper: set = field(default_factory=set)
     attach_works: bool = True
+    backlog: dict[int, list] = field(default_factory=dict)  # packets a queue holds when it is bound
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _pkt_ids: Any = field(default_factory=lambda: itertools.count(1))
     _by_packet: dict[int, int] = field(default_factory=dict)
@@ -171,7 +182,22 @@ class FakeKernel:
             raise OSError(E.EBUSY, "queue taken")
         q = FakeQueue(self, num, length, self.glue)
         self.queues[num] = q
+        q.waiting += self.backlog.pop(num, [])
+        if q.waiting:
+            q.wake()
         return q
+
+    def queue_up(self, queue: int, cid: int, *segments: tuple[bool, bytes, int]) -> None:
+        """Leave (reply, payload, flags) segments of conntrack cid waiting for whoever binds `queue`."""
+        assert queue not in self.queues, "queue_up is for a queue nobody has bound yet"
+        q = self.queues[queue] = FakeQueue(self, queue, 1024, self.glue)
+        seq = [1000, 5000]
+        for reply, payload, flags in segments:
+            self.send(queue, cid, reply, payload, seq[reply], flags)
+            seq[reply] += len(payload) + (1 if flags & SYN else 0)
+        self.backlog.setdefault(queue, []).extend(q.waiting)
+        q.waiting = []
+        del self.queues[queue]
 
     def supported(self) -> bool:
         return True

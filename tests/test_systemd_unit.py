@@ -52,6 +52,8 @@ def test_the_daemon_tells_systemd_when_it_is_ready_and_that_it_lives(service):
     assert service["Type"] == ["notify"] and service["NotifyAccess"] == ["main"]
     assert int(service["WatchdogSec"][0]) >= 10  # a loop turn is never near it (select wakes at half)
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # the supervisor of [core] workers > 1 stops its workers after removing the helpers (alg.daemon.pool)
+    assert service["KillMode"] == ["mixed"]
 
 
 def test_the_daemon_writes_only_where_the_unit_lets_it(service):

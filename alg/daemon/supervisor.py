@@ -99,6 +99,31 @@ def state_file() -> str:
     return f"{STATE_DIR}/helpers-net{os.stat('/proc/self/ns/net').st_ino}.json"
 
 
+def claim_namespace() -> socket.socket:
+    """One daemon per network namespace (abstract socket names are per namespace, and
+    the kernel frees this one when the process dies, however it dies)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.bind("\0alg-daemon")
+    except OSError:
+        s.close()
+        raise AlgError("another alg daemon serves this network namespace "
+                       "(its helpers are left alone; `alg status` shows it)") from None
+    return s
+
+
+def write_state(registered: list[tuple[str, int, int]]) -> None:
+    """The state file `alg cleanup` reads after a crash: this process and its helper entries."""
+    path = state_file()
+    try:
+        os.makedirs(STATE_DIR, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"pid": os.getpid(), "helpers": registered}, f)
+        os.replace(path + ".tmp", path)
+    except OSError as exc:
+        log.warning("cannot write %s: %s", path, exc)
+
+
 def resolve(host: PluginHost, paths: list[str] | None) -> Policy:
     specs = {n: c.spec for n, c in host.helpers.items()}
     return load_policy(paths, specs, only_listed=True) if paths else default_policy(specs)
@@ -112,7 +137,7 @@ class Daemon:
         # operator writes, and masters must carry a helper some other way (in-kernel)
         self.use_cthelper = use_cthelper
         self.policy_paths = policy_paths
-        self.policy = resolve(host, policy_paths)
+        self.policy = self._resolve()
         self.kernel = kernel or kernel_ports()
         self.engine = Engine(make_slots(self.policy.helpers.values(), host.helpers), self.policy.core)
         self.stats = DaemonStats()
@@ -131,6 +156,10 @@ class Daemon:
         self.reload_asked = False
         self._instance: socket.socket | None = None
         self._wake_r, self._wake_w = os.pipe()
+
+    def _resolve(self) -> Policy:
+        """The policy this daemon serves (a pool's worker serves its share: alg.daemon.pool)."""
+        return resolve(self.host, self.policy_paths)
 
     # ------------------------------------------------------------ start / stop
     def start(self) -> None:
@@ -151,16 +180,7 @@ class Daemon:
         self.notifier.ready(f"serving {serving}")
 
     def _claim_namespace(self) -> None:
-        """One daemon per network namespace (abstract socket names are per namespace, and
-        the kernel frees this one when the process dies, however it dies)."""
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.bind("\0alg-daemon")
-        except OSError:
-            s.close()
-            raise AlgError("another alg daemon serves this network namespace "
-                           "(its helpers are left alone; `alg status` shows it)") from None
-        self._instance = s
+        self._instance = claim_namespace()
 
     def _worker(self, slot: HelperSlot) -> QueueWorker:
         hp = slot.policy
@@ -236,14 +256,7 @@ class Daemon:
         worker.queue.close()
 
     def _write_state(self) -> None:
-        path = state_file()
-        try:
-            os.makedirs(STATE_DIR, exist_ok=True)
-            with open(path + ".tmp", "w") as f:
-                json.dump({"pid": os.getpid(), "helpers": self.registered}, f)
-            os.replace(path + ".tmp", path)
-        except OSError as exc:
-            log.warning("cannot write %s: %s", path, exc)
+        write_state(self.registered)
 
     # ------------------------------------------------------------ loop
     def run(self) -> int:
@@ -323,7 +336,7 @@ class Daemon:
 
     def _reload(self) -> bool:
         try:
-            policy = resolve(self.host, self.policy_paths)
+            policy = self._resolve()
             new_slots = make_slots(policy.helpers.values(), self.host.helpers)
         except Exception as exc:  # a bad file (ConfigError) or a helper refusing its options
             log.error("reload refused, keeping the running policy: %s", exc)
