@@ -318,3 +318,19 @@ def test_shared_entries_are_those_of_live_daemons_in_other_namespaces(tmp_path):
         other.kill()
         other.wait()
     assert shared_entries(str(tmp_path)) == set()  # its daemon is gone
+
+
+def test_a_stopping_daemon_withdraws_its_state_file_before_it_looks_at_the_others(tmp_path, monkeypatch):
+    """Two daemons stopping at once: each must be able to see the other gone, or both would leave the
+    shared registration enabled with nobody reading its queues."""
+    from alg.daemon import supervisor
+    monkeypatch.setattr(supervisor, "STATE_DIR", str(tmp_path / "state"))
+    k = FakeKernel()
+    d = daemon(tmp_path, k)
+    d._write_state()
+    seen = []
+    monkeypatch.setattr(supervisor, "shared_entries", lambda: seen.append(os.path.exists(supervisor.state_file()))
+                        or set())
+    d._instance = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    d.stop()
+    assert seen == [False]

@@ -237,16 +237,16 @@ class Daemon:
         if self._instance is None:  # never started, or another daemon's namespace: touch nothing
             return
         self.notifier.stopping()
+        try:  # first: of two daemons stopping at once, the later to look finds the other gone
+            os.unlink(state_file())
+        except OSError:
+            pass
         shared = shared_entries()
         if shared & set(self.registered):
             log.info("left registered for alg in another network namespace: %s",
                      ", ".join(sorted({n for n, _l3, _p in shared & set(self.registered)})))
         remove_helpers(self.kernel.cthelper, [r for r in self.registered if r not in shared])
         self.registered.clear()
-        try:
-            os.unlink(state_file())
-        except OSError:
-            pass
         for num in list(self.workers):
             self._unbind(num)
         if self.reconciler is not None:
