@@ -252,6 +252,7 @@ sip_media() {  # NS DST PORT: one RTP-sized datagram
 for n in 1 2; do
     ha_fw "$n" iptables -I FORWARD 1 -i s1 -o c1 -p udp --dport 16000 -m conntrack --ctstate RELATED -m comment --comment lab-sip-rel-caller
     ha_fw "$n" iptables -I FORWARD 1 -i c1 -o s1 -p udp --dport 20000 -m conntrack --ctstate RELATED -m comment --comment lab-sip-rel-callee
+    ha_fw "$n" iptables -I FORWARD 1 -p udp -m conntrack --ctstate RELATED -m comment --comment lab-sip-rel-any
 done
 ip netns exec "$HA_NS_SERVER" sipp -sf "$SIPP_DIR/uas-lab.xml" -i 10.0.2.2 -p 5060 -t u1 -mp 20000 -m 1 \
     -max_invite_retrans 40 -max_non_invite_retrans 40 -max_retrans 40 -timeout 120s >"$OUT/sip-uas.log" 2>&1 & uas=$!
@@ -278,12 +279,21 @@ ha_fw 1 conntrack -L expect >"$OUT/sip-fw1.committed" 2>/dev/null
 echo "note: committed on fw1: $(grep -c helper=alg-sip "$OUT/sip-fw1.committed") expectations, classes" \
     "$(grep -o 'class=[0-9]*' "$OUT/sip-fw1.committed" | sort | uniq -c | tr -s ' \n' ' ')(fw2 had" \
     "$(grep -o 'class=[0-9]*' "$OUT/sip-fw2.expect" | sort | uniq -c | tr -s ' \n' ' '))"
+classes=$(grep -o 'class=[0-9]*' "$OUT/sip-fw1.committed" | sort -u | tr '\n' ' ')
+check "ha fact: conntrackd commits the SIP media expectations in class 0 (fw1 holds" \
+    "$(grep -c helper=alg-sip "$OUT/sip-fw1.committed") of $synced: ${classes:-none})" test "$classes" = "class=0 "
 c0=$(ha_count 1 sip-rel-caller); e0=$(ha_count 1 sip-rel-callee)
 sip_media "$HA_NS_SERVER" 10.0.1.2 16000
 sip_media "$HA_NS_CLIENT" 10.0.2.2 20000
 caller=$(( $(ha_count 1 sip-rel-caller) - c0 )); callee=$(( $(ha_count 1 sip-rel-callee) - e0 ))
-echo "note: media RELATED on fw1 after the fail-over: to the caller $caller, to the callee $callee"
-check "ha SIP media passes RELATED on fw1 after the fail-over (caller $caller, callee $callee)" test $((caller + callee)) -ge 1
+echo "note: RTP RELATED on fw1 after the fail-over: to the caller $caller, to the callee $callee"
+# the media of what fw1 holds passes: one datagram to each committed expectation, from the other side
+r_any0=$(ha_count 1 sip-rel-any)
+while read -r dst dport; do
+    if [ "$dst" = 10.0.1.2 ]; then sip_media "$HA_NS_SERVER" "$dst" "$dport"; else sip_media "$HA_NS_CLIENT" "$dst" "$dport"; fi
+done < <(grep helper=alg-sip "$OUT/sip-fw1.committed" | sed -E 's/.* dst=([^ ]+) sport=0 dport=([0-9]+) .*/\1 \2/')
+any=$(( $(ha_count 1 sip-rel-any) - r_any0 ))
+check "ha SIP media of the committed expectations passes RELATED on fw1 after the fail-over ($any)" test "$any" -ge 1
 check "ha fw1's alg adopted the committed SIP expectations" test "$(alg_field 1 "st['adopted']")" -gt "$a0"
 wait "$uac"; rc_uac=$?; wait "$uas"; rc_uas=$?
 check "ha SIP call across the fail-over completes (BYE through fw1; sipp $rc_uac/$rc_uas)" test "$rc_uac" = 0 -a "$rc_uas" = 0
