@@ -220,8 +220,9 @@ def build_parser(host: PluginHost | None = None) -> argparse.ArgumentParser:
     po.add_argument("--force", action="store_true", help="with -o: replace existing files")
     po.set_defaults(func=cmd_policy)
 
-    from . import conntrackd, scaffold
+    from . import conntrackd, ha, scaffold
     conntrackd.add_command(sub)
+    ha.add_command(sub)
     scaffold.add_command(sub)
 
     try:

@@ -82,7 +82,8 @@ def cmd_status(args: argparse.Namespace, host: PluginHost) -> int:
             refused = ", ".join(f"{k} {v}" for k, v in c["refused"].items()) or "0"
             failed = ", ".join(f"{k} {v}" for k, v in c["kernel_failed"].items()) or "0"
             print(f"  class {cname}: created {c['created']}, used {c['used']}, refused {refused}, "
-                  f"evicted {c['evicted']}, removed {c['removed']}, kernel failed {failed}")
+                  f"evicted {c['evicted']}, removed {c['removed']}, kernel failed {failed}, "
+                  f"adopted {c.get('adopted', 0)}")
     return EXIT_OK
 
 
@@ -153,6 +154,10 @@ def cmd_doctor(args: argparse.Namespace, host: PluginHost) -> int:
     except AlgError:
         status = None
     checks += doctor.check_daemon(status)
+    if args.pair or args.conntrackd_conf:
+        from .ha import pair_checks
+        checks += pair_checks(helpers, doctor.sysctl_int("/", "net.netfilter.nf_conntrack_events"), listed,
+                              args.conntrackd_conf)
     for c in checks:
         print(c.line())
     return EXIT_FAILURE if any(c.level == doctor.FAIL for c in checks) else EXIT_OK
@@ -160,7 +165,7 @@ def cmd_doctor(args: argparse.Namespace, host: PluginHost) -> int:
 
 def cmd_cleanup(args: argparse.Namespace, host: PluginHost) -> int:
     """Remove helpers a dead instance left enabled (from its state file, else the policy)."""
-    from .daemon import remove_helpers, state_file
+    from .daemon import remove_helpers, shared_entries, state_file
     from .kernel.cthelper import Cthelper
 
     registered: list = []
@@ -179,6 +184,8 @@ def cmd_cleanup(args: argparse.Namespace, host: PluginHost) -> int:
         n = policy.core.workers
         registered = [(i.name, l3, p) for h in policy.helpers.values() for i in instance_policies(h, n)
                       for l3 in sorted({4, *h.families}) for p in h.protocols]
+    shared = shared_entries()  # another namespace's live daemon serves these (registrations are global)
+    registered = [r for r in registered if tuple(r) not in shared]
     try:
         with Cthelper() as c:
             if not c.supported():
@@ -231,6 +238,12 @@ def add_commands(sub: Any) -> None:
     act.add_argument("--remove", action="store_true", help="remove what --apply added")
     ru.set_defaults(func=cmd_rules)
     d = with_policy(sub.add_parser("doctor", help="check kernel, rules and expectation headroom"))
+    d.add_argument("--pair", action="store_true",
+                   help="also check this node of a firewall pair: conntrack events, helpers registered (README, "
+                        "High availability)")
+    d.add_argument("--conntrackd-conf", metavar="FILE",
+                   help="with --pair: conntrackd's configuration (its UNIX socket answers, Sync, ExpectationSync "
+                        "covers the helpers, Filter keeps their masters); implies --pair")
     d.set_defaults(func=cmd_doctor)
     c = with_policy(sub.add_parser("cleanup", help="remove helpers a crashed instance left enabled"))
     c.add_argument("--force", action="store_true")

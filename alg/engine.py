@@ -131,6 +131,8 @@ class ClassStats:
     used: int = counter("expectations ended before their timeout: their flow came (or were deleted in the kernel)")
     refused: Counter = counter("expectation requests refused, by reason", label="reason")
     kernel_failed: Counter = counter("expectations the kernel refused to create, by errno", label="errno")
+    adopted: int = counter("expectations alg did not create taken into its table (an earlier instance's, "
+                           "or committed by a firewall pair's sync)")
 
 
 @dataclass
@@ -766,7 +768,11 @@ class Engine:
                         tup.src if bits else None, tup.dst, tup.sport if mask.sport else None, tup.dport, master,
                         timeout, flags, None, now, None, bits if 0 < bits < width else None,
                         kernel_master=master)
-        return e if self.table.insert(e) else None
+        if not self.table.insert(e):
+            return None
+        if e.cls in slot.stats.classes:
+            slot.stats.classes[e.cls].adopted += 1
+        return e
 
     def kernel_failed(self, e: Expectation, errno_name: str, full: bool) -> None:
         """The daemon reports a create the kernel refused: undo and count it."""

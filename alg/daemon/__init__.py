@@ -9,7 +9,7 @@
 
 from .status import read_status
 from .supervisor import (STATE_DIR, Daemon, DaemonStats, KernelPorts, refusal_fix, remove_helpers, resolve,
-                         state_file)
+                         shared_entries, state_file)
 
 __all__ = ["STATE_DIR", "Daemon", "DaemonStats", "KernelPorts", "read_status", "refusal_fix", "remove_helpers",
-           "resolve", "state_file"]
+           "resolve", "shared_entries", "state_file"]

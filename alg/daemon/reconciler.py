@@ -9,7 +9,10 @@ up as a clash, which the engine checks with the kernel before refusing.
 
 At start and after a reload the kernel's expectations of alg's helpers are
 dumped and adopted into the table: those an earlier instance created, or
-that a firewall pair's sync committed, count like alg's own.
+that a firewall pair's sync committed, count like alg's own. An EXP_NEW of
+one of alg's helpers that alg did not ask for is adopted too: on a pair's
+backup, conntrackd commits the primary's expectations (`conntrackd -c`) while
+alg runs, and they must count against ExpectMax and the budget from then on.
 """
 
 from __future__ import annotations
@@ -47,16 +50,22 @@ class Reconciler:
                 self.stats.events_lost += 1
             else:
                 k = ev.expectation
-                last[(k.tuple, k.mask)] = (ev.kind, k.master)
+                last[(k.tuple, k.mask)] = (ev.kind, k)
         now = self.clock()
-        for (t, mask), (kind, master) in last.items():
+        adopted = []
+        for (t, mask), (kind, k) in last.items():
             e = self.engine.table.holding(t, mask.src, mask.sport == 0)
-            if e is None or (e.kernel_master is not None and e.kernel_master != master):
+            if e is None and kind == "new":
+                adopted.append(k)  # one of our helpers' that alg did not create (a pair's sync committed it)
+                continue
+            if e is None or (e.kernel_master is not None and e.kernel_master != k.master):
                 continue  # not ours, or another master's expectation of the same tuple
             if kind == "destroy":
                 self.engine.ended(e, now)
             else:
                 self.sink.confirmed(e.key)
+        if adopted:
+            self.adopt(adopted)
 
     def adopt(self, held: Iterable[Any]) -> int:
         """Adopt the kernel's expectations (KernelExpectation) of alg's helpers."""

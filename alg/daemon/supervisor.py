@@ -124,6 +124,36 @@ def write_state(registered: list[tuple[str, int, int]]) -> None:
         log.warning("cannot write %s: %s", path, exc)
 
 
+def shared_entries(state_dir: str = STATE_DIR) -> set[tuple[str, int, int]]:
+    """Helper entries that a live alg daemon of another network namespace registered too.
+
+    cthelper registrations are global to the kernel while queues are per
+    namespace: two firewalls in two namespaces of one kernel (a lab's pair,
+    containers) share one registration, each reading its own queue. Disabling or
+    removing an entry the other still serves would leave its flows queued to
+    nobody, so a daemon that stops (or `alg cleanup`) leaves those alone. A state
+    file counts while its pid lives in the namespace its name gives."""
+    try:
+        own = os.path.basename(state_file())
+        names = os.listdir(state_dir)
+    except OSError:
+        return set()
+    out: set[tuple[str, int, int]] = set()
+    for name in names:
+        if name == own or not (name.startswith("helpers-net") and name.endswith(".json")):
+            continue
+        try:
+            with open(os.path.join(state_dir, name)) as f:
+                state = json.load(f)
+            pid = int(state["pid"])
+            if pid == os.getpid() or str(os.stat(f"/proc/{pid}/ns/net").st_ino) != name[len("helpers-net"):-5]:
+                continue
+            out |= {(str(n), int(l3), int(p)) for n, l3, p in state.get("helpers", [])}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # gone, half-written or not ours: not a live daemon's
+    return out
+
+
 def resolve(host: PluginHost, paths: list[str] | None) -> Policy:
     specs = {n: c.spec for n, c in host.helpers.items()}
     return load_policy(paths, specs, only_listed=True) if paths else default_policy(specs)
@@ -228,12 +258,16 @@ class Daemon:
         if self._instance is None:  # never started, or another daemon's namespace: touch nothing
             return
         self.notifier.stopping()
-        remove_helpers(self.kernel.cthelper, self.registered)
-        self.registered.clear()
-        try:
+        try:  # first: of two daemons stopping at once, the later to look finds the other gone
             os.unlink(state_file())
         except OSError:
             pass
+        shared = shared_entries()
+        if shared & set(self.registered):
+            log.info("left registered for alg in another network namespace: %s",
+                     ", ".join(sorted({n for n, _l3, _p in shared & set(self.registered)})))
+        remove_helpers(self.kernel.cthelper, [r for r in self.registered if r not in shared])
+        self.registered.clear()
         for num in list(self.workers):
             self._unbind(num)
         if self.reconciler is not None:
