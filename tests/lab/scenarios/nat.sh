@@ -68,6 +68,12 @@ trap cleanup EXIT
 
 # ------------------------------------------------------------------------------- the topology
 lab_nat_up --forward tcp/21 || { echo "FAIL nat topology up"; exit 1; }
+# the kernel's own ftp and sip helpers for the reference: a userspace helper of the same name that
+# an earlier scenario left registered (registrations are global; alg's default names are ftp and sip)
+# would take the CT rule instead, and nothing would be rewritten
+for f in inet inet6; do
+    nfct del helper ftp "$f" tcp 2>/dev/null; nfct del helper sip "$f" udp 2>/dev/null; nfct del helper sip "$f" tcp 2>/dev/null
+done
 # the kernel's NAT helpers (on a kernel with them built in, modprobe has nothing to do)
 modprobe nf_nat_ftp 2>/dev/null; modprobe nf_nat_sip 2>/dev/null
 lab_fw sysctl -qw net.netfilter.nf_conntrack_helper=0 2>/dev/null  # helpers only where a rule assigns them
