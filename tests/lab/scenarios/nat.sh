@@ -19,7 +19,10 @@
 #   alg-ftp     (c) the same as kernel-ftp with `alg run` (helper alg-ftp) instead of the kernel's helper
 #   alg-sip     (c) the same as kernel-sip with alg (helper alg-sip)
 #   conntrackd-ftp (c') the same FTP sessions through conntrackd's userspace ftp helper, which rewrites
-#               under NAT itself (the parity reference for a userspace helper)
+#               under NAT itself (the parity reference for a userspace helper). Not in the default
+#               run: with conntrackd 1.4.7 on the lab kernel the server accepted every rewritten PORT,
+#               EPRT and 227 (so conntrackd rewrote them), but no data connection came through (425,
+#               refused): its NATed expectations did not take; not investigated yet
 #   negative    (d) no helper: active and passive FTP fail, the far end sees private addresses, no media
 #               passes RELATED
 #   compare     (e) tools/lab/nat_compare.py: the kernel's and alg's public-side captures, field by field;
@@ -44,7 +47,7 @@ RATE=${NAT_RATE:-2}  # calls/s: one SIPp process per side; under TCG faster star
 HOLD_MS=${NAT_HOLD_MS:-$(( (PHONES / RATE) * 1000 + 20000 ))}  # > time to set up every call + send media
 NEG_HOLD_MS=$(( (NEG_PHONES / RATE) * 1000 + 15000 ))
 SIP_TIMEOUT=${NAT_SIP_TIMEOUT:-$(( HOLD_MS / 1000 + 60 ))}
-PHASES=" ${NAT_PHASES:-kernel alg conntrackd-ftp negative compare} "
+PHASES=" ${NAT_PHASES:-kernel alg negative compare} "
 PHASES=${PHASES// kernel / kernel-ftp kernel-sip }; PHASES=${PHASES// alg / alg-ftp alg-sip }
 FTP_FILE=hello.txt
 PIDS=() TCPDUMP_PID=
