@@ -34,12 +34,12 @@ cleanup() {
     for n in 1 2; do [ -n "${CTD_PID[$n]:-}" ] && kill "${CTD_PID[$n]}" 2>/dev/null; done
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
     wait 2>/dev/null
+    ha_net_down  # first: a helper is not removed while conntracks use it (EBUSY)
     local f
     for f in inet inet6; do  # both families: alg registers each helper for both
         nfct del helper ftp "$f" tcp 2>/dev/null; nfct del helper alg-sip "$f" udp 2>/dev/null
         nfct del helper alg-sip "$f" tcp 2>/dev/null
     done
-    ha_net_down
 }
 trap cleanup EXIT
 
