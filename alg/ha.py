@@ -11,7 +11,7 @@ on fail-over (`conntrackd -c`). This module holds what alg adds to that:
 * the pair's checks for `alg doctor --pair` (and `--conntrackd-conf FILE`).
 
 Facts the checks stand on (kernel 6.1 and conntrack-tools 1.4.7 sources,
-measured in the lab scenario tests/lab/scenarios/ha.sh):
+measured in the lab scenario tests/lab/scenarios/pair.sh):
 
 * conntrackd replicates an expectation from the kernel's EXP_NEW/DESTROY
   events when a name of its ExpectationSync list is a case-insensitive prefix

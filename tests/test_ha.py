@@ -1,6 +1,6 @@
 """Firewall pairs (alg.ha, README "High availability"): the conntrackd Sync section alg prints, the pair's
 doctor checks, expectations a pair's sync commits adopted from the kernel's events, and two daemons in two
-namespaces of one kernel sharing one helper registration. The whole pair runs in tests/lab/scenarios/ha.sh."""
+namespaces of one kernel sharing one helper registration. The whole pair runs in tests/lab/scenarios/pair.sh."""
 
 from __future__ import annotations
 
