@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAB_DIR = ROOT / "tools" / "lab"  # the lab VM runner, in this repository
 sys.path.insert(0, str(LAB_DIR))
 sys.path.insert(0, str(ROOT / "tests"))
+LAB_TIMES = pytest.StashKey[dict]()  # scenario -> seconds in the lab VM (tests/test_lab.py)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -28,6 +29,14 @@ def pytest_collection_modifyitems(config, items):
     reason = unavailable_reason(probe=os.environ.get("LAB_PROBE") == "1")
     for item in lab if reason else ():
         item.add_marker(pytest.mark.skip(reason=f"lab VM unavailable: {reason}"))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The lab's seconds per scenario, slowest first: CI has a time budget and the lab is most of it."""
+    times = config.stash.get(LAB_TIMES, None)
+    if times:
+        terminalreporter.write_line(f"lab VM: {sum(times.values())} s in scenarios: " +
+                                    ", ".join(f"{n} {s}" for n, s in sorted(times.items(), key=lambda t: -t[1])))
 
 
 def kernel_skip_reason() -> str | None:

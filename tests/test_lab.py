@@ -15,11 +15,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIPPED = 77  # a scenario that cannot run here says so with this exit status (automake's convention)
+from conftest import LAB_TIMES  # noqa: E402  (the summary at the end of the run prints them)
+
 SCENARIOS = sorted(p.stem for p in (ROOT / "tests" / "lab" / "scenarios").glob("*.sh"))
 
 
 @pytest.fixture(scope="session")
-def lab_run(tmp_path_factory):
+def lab_run(tmp_path_factory, pytestconfig):
     from labvm import run_in_vm  # tools/lab/labvm.py (conftest puts it on sys.path)
 
     scratch = tmp_path_factory.mktemp("lab")
@@ -28,6 +30,7 @@ def lab_run(tmp_path_factory):
                   env={"ALG_ROOT": str(ROOT)})
     results = {m.group(1): (int(m.group(2)), int(m.group(3)))
                for m in re.finditer(r"^SCENARIO (\S+) (\d+) (\d+)$", r.stdout, re.M)}
+    pytestconfig.stash[LAB_TIMES] = {name: seconds for name, (_, seconds) in results.items()}
     return scratch, results, r
 
 

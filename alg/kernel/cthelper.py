@@ -220,7 +220,9 @@ _HINTS = {
               "nf_conntrack_{name} is loaded? rename the alg helper or unload the module)",
     E.EBUSY: "an existing helper '{name}' has a different policy (class names/count) or priv_data_len; "
              "unregister it (nfct del helper) or match it",
-    E.EINVAL: "invalid helper attributes (name > 15 chars, 0 or > 4 classes, missing priv_data_len?)",
+    # Debian's 6.1 with nf_conntrack_ftp loaded answered a userspace 'ftp' with EINVAL (and nfct's with EBUSY)
+    E.EINVAL: "invalid helper attributes (name > 15 chars, 0 or > 4 classes, missing priv_data_len?), or the "
+              "in-kernel helper nf_conntrack_{name} is loaded and holds the name: rename the alg helper",
     E.EOPNOTSUPP: "nfnetlink_cthelper is not available in this kernel (CONFIG_NF_CT_NETLINK_HELPER); "
                   "use a kernel with it (the lab VM) or load the module",
     E.EPERM: "needs CAP_NET_ADMIN",
