@@ -156,8 +156,8 @@ def cmd_doctor(args: argparse.Namespace, host: PluginHost) -> int:
     checks += doctor.check_daemon(status)
     if args.pair or args.conntrackd_conf:
         from .ha import pair_checks
-        checks += pair_checks(helpers, doctor.sysctl_int("/", "net.netfilter.nf_conntrack_events"), listed,
-                              args.conntrackd_conf)
+        checks += pair_checks(helpers, policy.core.pair, doctor.sysctl_int("/", "net.netfilter.nf_conntrack_events"),
+                              listed, args.conntrackd_conf)
     for c in checks:
         print(c.line())
     return EXIT_FAILURE if any(c.level == doctor.FAIL for c in checks) else EXIT_OK

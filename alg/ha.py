@@ -187,6 +187,17 @@ def check_events(value: int | None) -> Check:
     return Check(name, FAIL, f"nf_conntrack_events = {value}: no events, conntrackd replicates nothing", fix)
 
 
+def check_pair_mode(pair: bool) -> Check:
+    name = "pair: [core] pair"
+    if pair:
+        return Check(name, OK, "expectations are made where conntrackd can replicate them, and the kernel's "
+                               "class 0 has room for what it commits")
+    return Check(name, WARN, "off: the expectations of a flow's first packet (a SIP INVITE, a TFTP request) ride on "
+                             "its verdict and conntrackd drops them (their master is not confirmed yet), and it "
+                             "commits the rest in class 0, where the kernel keeps only class 0's expect_max",
+                 "pair = true in the [core] table of alg.toml, on both nodes")
+
+
 def check_registered(helpers: list[HelperPolicy], listed: Answer) -> list[Check]:
     """Each enabled helper registered for each family and protocol, with at least its classes
     (``listed.value``: alg.kernel.cthelper.Cthelper.list()); a registration is global to the kernel."""
@@ -275,10 +286,10 @@ def unix_reachable(path: str, timeout: float = 1.0) -> Answer:
         s.close()
 
 
-def pair_checks(helpers: list[HelperPolicy], events: int | None, listed: Answer, conf_path: str | None,
+def pair_checks(helpers: list[HelperPolicy], pair: bool, events: int | None, listed: Answer, conf_path: str | None,
                 reach: Callable[[str], Answer] = unix_reachable) -> list[Check]:
     """Every check of `alg doctor --pair` (with conf_path: --conntrackd-conf)."""
-    checks = [check_events(events), *check_registered(helpers, listed)]
+    checks = [check_events(events), check_pair_mode(pair), *check_registered(helpers, listed)]
     if conf_path is None:
         return checks
     try:

@@ -35,6 +35,7 @@ and `alg.toml`::
     metrics_file = ""         # Prometheus text rewritten every 15 s (node_exporter's textfile collector)
     memory_budget_mb = 256    # what alg's flows may hold; past it the least recently used are evicted
     workers = 1               # processes serving the queues; N > 1: N kernel instances of each helper
+    pair = false              # one of a firewall pair whose expectations conntrackd replicates
 
 Every problem raises `ConfigError` naming file, line and key.
 """
@@ -98,6 +99,17 @@ class HelperPolicy:
                 return c
         raise KeyError(name)
 
+    def kernel_classes(self, pair: bool) -> tuple[ExpectClass, ...]:
+        """The classes as registered in the kernel. In a firewall pair conntrackd commits
+        every replicated expectation in class 0 (measured with conntrack-tools 1.4.7, the
+        lab's pair scenario), and the kernel evicts past a class's max_expected: there
+        class 0 gets the room of all classes. alg still holds each class to its own
+        expect_max; the kernel's limit is the backstop."""
+        if not pair or len(self.classes) < 2:
+            return self.classes
+        room = min(EXPECT_MAX_MAX, sum(c.max_expected for c in self.classes))
+        return (replace(self.classes[0], max_expected=room), *self.classes[1:])
+
     def class_id(self, name: str) -> int:
         for i, c in enumerate(self.classes):
             if c.name == name:
@@ -117,6 +129,7 @@ class CorePolicy:
     metrics_file: str = ""  # where the daemon writes its counters in the Prometheus text format ("": nowhere)
     memory_budget_mb: int = 256  # MiB alg's flows may hold (flow, buffers, helper state); past it: LRU eviction
     workers: int = 1  # processes serving the queues (alg.daemon.pool); 1: one process, as before
+    pair: bool = False  # conntrackd replicates the expectations (ExpectationSync): see kernel_classes
     source: str = "<built-in>"
 
 
@@ -266,7 +279,7 @@ def _int_in(doc, key, lo, hi, loc, table=(), default=None):
 _HELPER_KEYS = {"helper", "name", "enabled", "queue", "queue_len", "protocols", "families", "ports",
                 "max_buffer", "max_flows", "nat", "classes", "options"}
 _CORE_KEYS = {"expect_budget", "expect_per_message", "helper_share", "source_share", "accept_on_pressure",
-              "status_socket", "log_interval", "metrics_file", "memory_budget_mb", "workers"}
+              "status_socket", "log_interval", "metrics_file", "memory_budget_mb", "workers", "pair"}
 
 
 def parse_helper_policy(path: str, specs: Mapping[str, HelperSpec], doc=None, loc=None) -> HelperPolicy:
@@ -386,6 +399,7 @@ def parse_core_policy(path: str) -> CorePolicy:
         metrics_file=_get(core, "metrics_file", str, loc, t, d.metrics_file),
         memory_budget_mb=_int_in(core, "memory_budget_mb", 1, 1 << 20, loc, t, d.memory_budget_mb),
         workers=_int_in(core, "workers", 1, MAX_WORKERS, loc, t, d.workers),
+        pair=_get(core, "pair", bool, loc, t, d.pair),
         source=path,
     )
 

@@ -199,6 +199,30 @@ def test_an_expectation_of_a_flows_first_packet_rides_on_its_verdict(tmp_path):
     assert d.stats.attach_failed == 1 and len(k.expectations) >= 1
 
 
+
+def test_in_a_pair_a_first_packets_expectation_is_made_after_its_verdict(tmp_path):
+    """conntrackd replicates an expectation only if it has seen its master, whose event
+    comes when the kernel confirms it, after the verdict: `pair = true` makes the INVITE's
+    expectation over ctnetlink then, and gives the kernel's class 0 the room of all classes,
+    since conntrackd commits every replicated expectation in class 0."""
+    k = FakeKernel()
+    (tmp_path / "alg.toml").write_text(f'[core]\nstatus_socket = "{tmp_path}/alg.sock"\npair = true\n')
+    d = daemon(tmp_path, k, ("sip.toml", 'helper = "sip"\nqueue = 9\n'))
+    cid = k.connect("sip", 4, 17, CLIENT, SERVER, 5060, 5060)
+    sdp = b"v=0\r\no=- 1 1 IN IP4 10.0.1.2\r\ns=-\r\nc=IN IP4 10.0.1.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+    invite = (b"INVITE sip:bob@10.0.2.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.1.2:5060;branch=z9hG4bK1\r\n"
+              b"From: <sip:alice@10.0.1.2>;tag=1\r\nTo: <sip:bob@10.0.2.2>\r\nCall-ID: a@10.0.1.2\r\n"
+              b"CSeq: 1 INVITE\r\nContact: <sip:alice@10.0.1.2:5060>\r\nContent-Type: application/sdp\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(sdp)) + sdp
+    k.send(9, cid, False, invite)
+    d.workers[9].serve()
+    assert k.attached == [] and d.stats.attached == 0
+    d.sink.run_due()
+    assert len(k.expectations) == 2  # RTP and RTCP, over ctnetlink
+    registered = k.helpers["sip"].classes
+    assert [c.max_expected for c in registered] == [1 + 4 + 4 + 2, 4, 4, 2]
+    assert d.engine.slots["sip"].policy.classes[0].max_expected == 1  # alg's own limit is unchanged
+
 def test_a_reload_to_a_smaller_budget_is_enforced(tmp_path):
     k = FakeKernel()
     d = daemon(tmp_path, k, ("ftp.toml", 'helper = "ftp"\nqueue = 7\n'))

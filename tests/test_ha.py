@@ -159,13 +159,15 @@ def test_pair_checks_read_the_file_and_ask_its_socket(policy_dir, tmp_path):
     conf.write_text(f"General {{\n\tUNIX {{ Path {tmp_path}/ctl }}\n}}\n"
                     + sync_section(hps, SyncLink("sync0", ip("10.0.3.1"), ip("10.0.3.2"))))
     asked = []
-    checks = pair_checks(hps, 1, Answer([]), str(conf), reach=lambda p: asked.append(p) or Answer(True))
+    checks = pair_checks(hps, True, 1, Answer([]), str(conf), reach=lambda p: asked.append(p) or Answer(True))
     assert asked == [f"{tmp_path}/ctl"]
     levels = {c.name: c.level for c in checks}
     assert levels["ExpectationSync ftp"] == levels["ExpectationSync alg-sip"] == levels["conntrackd socket"] == OK
     assert levels["pair: helper ftp"] == FAIL  # nothing registered (Answer([]))
+    assert levels["pair: [core] pair"] == OK
     conf.write_text("General {\n")
-    assert {c.name: c.level for c in pair_checks(hps, 1, Answer([]), str(conf))}["conntrackd"] == FAIL
+    checks = {c.name: c.level for c in pair_checks(hps, False, 1, Answer([]), str(conf))}
+    assert checks["conntrackd"] == FAIL and checks["pair: [core] pair"] == WARN
 
 
 def test_unix_reachable(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from alg.cli import main
 from alg.errors import ConfigError
 from alg.plugins import load_plugins
-from alg.policy import default_helper_policy, load_policy
+from alg.policy import CorePolicy, default_helper_policy, load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,6 +113,15 @@ def test_core_policy_errors(tmp_path, specs):
     with pytest.raises(ConfigError) as err:
         load_policy([path], specs, only_listed=False)
     assert (err.value.line, err.value.key) == (2, "core.expect_budget")
+    path = write(tmp_path, "[core]\nworkers = 1\npair = \"yes\"\n", "alg.toml")
+    with pytest.raises(ConfigError) as err:
+        load_policy([path], specs, only_listed=False)
+    assert (err.value.line, err.value.key) == (3, "core.pair")
+
+
+def test_the_shipped_core_policy_is_the_default(specs):
+    assert load_policy([str(ROOT / "policies" / "alg.toml")], specs, only_listed=False).core == \
+        replace(CorePolicy(), source=str(ROOT / "policies" / "alg.toml"))
 
 
 def test_cli_exits_2_naming_file_line_and_key(tmp_path, capsys):

@@ -79,14 +79,13 @@ from typing import Any, Callable
 
 from ..engine import RateLimitedLog, TableStats
 from ..errors import AlgError, KernelError
-from ..flows import FLOW_RECORD_LEN
 from ..metrics import to_json
 from ..plugins import PluginHost
 from ..policy import HelperPolicy, Policy, instance_policies
 from .reconciler import Reconciler
 from .status import StatusServer, prometheus
 from .supervisor import (METRICS_INTERVAL, Daemon, DaemonStats, KernelPorts, _entries, claim_namespace, kernel_ports,
-                         remove_helpers, resolve, state_file, write_state)
+                         register_helper, remove_helpers, resolve, state_file, write_state)
 from .systemd import Notifier
 
 log = logging.getLogger("alg.daemon")
@@ -299,7 +298,7 @@ class Pool:
         return [i for hp in self.policy.helpers.values() if hp.enabled for i in instance_policies(hp, self.n)]
 
     def _kernel_register(self, hp: HelperPolicy) -> None:
-        self.kernel.cthelper.register(hp, max(FLOW_RECORD_LEN, self.host.helpers[hp.helper].spec.priv_data_len))
+        register_helper(self.kernel, self.host, hp, self.policy.core.pair)
 
     def _spawn(self, w: Worker) -> None:
         """Fork worker w and wait until it has bound its queues (AlgError if it cannot)."""

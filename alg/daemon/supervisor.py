@@ -32,7 +32,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from ..engine import Engine, HelperSlot, RateLimitedLog, make_slots
@@ -83,6 +83,13 @@ class KernelPorts:
     queue_counters: Callable[[], dict]  # alg.kernel.nfqueue.proc_queues
     is_full: Callable[[KernelError], bool]
 
+
+
+def register_helper(kernel: KernelPorts, host: PluginHost, hp: HelperPolicy, pair: bool) -> None:
+    """Register hp with the kernel: the flow's record (alg.flows.FlowRecord) lives in
+    the helper's private data; the classes as HelperPolicy.kernel_classes gives them."""
+    kernel.cthelper.register(replace(hp, classes=hp.kernel_classes(pair)),
+                             max(FLOW_RECORD_LEN, host.helpers[hp.helper].spec.priv_data_len))
 
 def kernel_ports() -> KernelPorts:
     from ..kernel.cthelper import Cthelper
@@ -239,8 +246,7 @@ class Daemon:
         self.workers[hp.queue] = worker
 
     def _kernel_register(self, hp: HelperPolicy) -> None:
-        # the flow's record (alg.flows.FlowRecord) lives in the helper's private data
-        self.kernel.cthelper.register(hp, max(FLOW_RECORD_LEN, self.host.helpers[hp.helper].spec.priv_data_len))
+        register_helper(self.kernel, self.host, hp, self.policy.core.pair)
 
     def _registered(self, hp: HelperPolicy) -> None:
         self.registered += [r for r in _entries(hp) if r not in self.registered]

@@ -144,8 +144,10 @@ class QueueWorker:
                 if view.confirmed:
                     if not self.sink.create(e) and not self.engine.core.accept_on_pressure:
                         accept = False
-                elif attach is None and self.queue.conntrack:
-                    # the master is unconfirmed while this packet waits: only its verdict can name it
+                elif attach is None and self.queue.conntrack and not self.engine.core.pair:
+                    # the master is unconfirmed while this packet waits: only its verdict can name it.
+                    # Not in a pair: the kernel announces it before its master, and conntrackd drops
+                    # an expectation whose master it has not seen; made after the verdict it goes.
                     attach = exp_body(e, None)
                     self.sink.attached(e)
                 else:

@@ -218,11 +218,10 @@ _HINTS = {
     E.ENOENT: "no such userspace helper",
     E.EEXIST: "a helper of that name and tuple exists in the kernel (an in-kernel helper module like "
               "nf_conntrack_{name} is loaded? rename the alg helper or unload the module)",
-    E.EBUSY: "an existing helper '{name}' has a different policy (class names/count) or priv_data_len; "
-             "unregister it (nfct del helper) or match it",
-    # Debian's 6.1 with nf_conntrack_ftp loaded answered a userspace 'ftp' with EINVAL (and nfct's with EBUSY)
-    E.EINVAL: "invalid helper attributes (name > 15 chars, 0 or > 4 classes, missing priv_data_len?), or the "
-              "in-kernel helper nf_conntrack_{name} is loaded and holds the name: rename the alg helper",
+    E.EBUSY: "an existing userspace helper '{name}' has a different policy (class names/count) or "
+             "priv_data_len (unregister it with nfct del helper, or match it), or the kernel's own "
+             "nf_conntrack_{name} is loaded and holds the name (rename the alg helper: name = \"alg-{name}\")",
+    E.EINVAL: "invalid helper attributes (name > 15 chars, 0 or > 4 classes, missing priv_data_len?)",
     E.EOPNOTSUPP: "nfnetlink_cthelper is not available in this kernel (CONFIG_NF_CT_NETLINK_HELPER); "
                   "use a kernel with it (the lab VM) or load the module",
     E.EPERM: "needs CAP_NET_ADMIN",
@@ -287,7 +286,11 @@ class Cthelper:
                     if exc.errno != E.EBUSY:
                         raise
                     # pre-registered without priv_data_len semantics we can match: update without it
-                    self._do("cthelper-new", hp.name, pyroute2_new, hp.name, l3, proto, q, hp.classes, None)
+                    # (a create without it is EINVAL: the first answer says what is wrong)
+                    try:
+                        self._do("cthelper-new", hp.name, pyroute2_new, hp.name, l3, proto, q, hp.classes, None)
+                    except KernelError:
+                        raise exc from None
 
     def set_status(self, name: str, proto: int, enabled: bool, l3: int = 4) -> None:
         self._do("cthelper-status", name, pyroute2_status, name, l3, proto, enabled)

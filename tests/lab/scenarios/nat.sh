@@ -349,7 +349,13 @@ phase_conntrackd_ftp() {
         sleep 0.1
     done
     lab_fw "$LAB_IPT" -t raw -A PREROUTING -p tcp --dport 21 -m comment --comment lab-helper -j CT --helper ftp
+    ip netns exec "$LAB_NS_FW" conntrack -E -e NEW >"$OUT/conntrackd-ct-events.txt" 2>&1 & local ev=$!
+    ip netns exec "$LAB_NS_FW" conntrack -E expect >"$OUT/conntrackd-exp-events.txt" 2>&1 & local xev=$!
     ftp_sessions conntrackd pass
+    kill "$ev" "$xev" 2>/dev/null; wait "$ev" "$xev" 2>/dev/null
+    echo "   conntrackd's expectations and the data connections they made (conntrack -E):"
+    grep -v "dport=21 " "$OUT/conntrackd-ct-events.txt" | head -12 | sed 's/^/     /'
+    head -12 "$OUT/conntrackd-exp-events.txt" | sed 's/^/     /'
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
     helpers_none
     lab_fw nfct del helper ftp inet tcp 2>/dev/null

@@ -16,8 +16,9 @@
 #   3. limit: a second PASV on that replicated control connection opens nothing on the backup (the
 #      helper's private data is not replicated: alg meets the flow mid-stream and leaves it)
 #   4. a new FTP session through the backup works (its own alg creates the expectation)
-#   5. SIP/UDP: a call set up through the active firewall keeps its media through the other after a
-#      fail-over (media expectations replicated and adopted)
+#   5. SIP/UDP: a phone registers through the active firewall, then a call set up through it keeps its
+#      media through the other after a fail-over (`pair = true`: the INVITE's expectation is replicated,
+#      class 0 holds what conntrackd commits there), and a call to the registered phone reaches it
 #   6. negative control: ExpectationSync off on both, PASV through fw2, fail-over to fw1: the data
 #      connection is NEW on fw1 and dropped
 set -u
@@ -50,7 +51,7 @@ modprobe -q nf_conntrack_ftp; modprobe -q nf_conntrack_sip
 echo "alg ha payload" >"$RUN/root/hello.txt"
 printf 'helper = "ftp"\nname = "alg-ftp"\nqueue = 5\n' >"$POL/ftp.toml"
 sed -e 's/^name = "sip" /name = "alg-sip"/' "$ALG_ROOT/policies/sip.toml" >"$POL/sip.toml"
-for n in 1 2; do printf '[core]\nstatus_socket = "%s"\n' "$RUN/fw$n/alg.sock" >"$RUN/fw$n/alg.toml"; done
+for n in 1 2; do printf '[core]\nstatus_socket = "%s"\npair = true\n' "$RUN/fw$n/alg.sock" >"$RUN/fw$n/alg.toml"; done
 
 ha_net_up tcp/21 udp/5060 || { echo "FAIL ha_net_up"; exit 1; }
 
@@ -261,6 +262,17 @@ for n in 1 2; do
     ha_fw "$n" iptables -I FORWARD 1 -i c1 -o s1 -p udp --dport 20000 -m conntrack --ctstate RELATED -m comment --comment lab-sip-rel-callee
     ha_fw "$n" iptables -I FORWARD 1 -p udp -m conntrack --ctstate RELATED -m comment --comment lab-sip-rel-any
 done
+# a phone registers through fw2 (its registrar answers once and goes): the 2xx makes the signalling
+# expectation for calls to its Contact, which must survive the fail-over
+SIPREG="$SYS_PY $LAB_DIR/sip_register.py"
+ip netns exec "$HA_NS_SERVER" $SIPREG registrar --bind 10.0.2.2 --timeout 60 >"$OUT/registrar.log" 2>&1 & reg=$!
+ip netns exec "$HA_NS_CLIENT" $SIPREG phone --bind 10.0.1.2 --port 5070 --control-port 5071 --registrar 10.0.2.2 \
+    --timeout 240 >"$OUT/phone.log" 2>&1 & phone=$!; PIDS+=("$phone")
+wait "$reg"
+wait_for 30 grep -q "^registered" "$OUT/phone.log"
+reg_seen() { ha_fw 2 conntrack -L expect 2>/dev/null | grep 'helper=alg-sip' | grep -q 'dport=5070 '; }
+wait_for 30 reg_seen && pass "ha SIP REGISTER through fw2: the signalling expectation for the phone's Contact" \
+    || { fail "ha SIP REGISTER through fw2: signalling expectation"; cat "$OUT/registrar.log" "$OUT/phone.log"; ha_fw 2 conntrack -L expect; }
 ip netns exec "$HA_NS_SERVER" sipp -sf "$SIPP_DIR/uas-lab.xml" -i 10.0.2.2 -p 5060 -t u1 -mp 20000 -m 1 \
     -max_invite_retrans 40 -max_non_invite_retrans 40 -max_retrans 40 -timeout 120s >"$OUT/sip-uas.log" 2>&1 & uas=$!
 sleep 1
@@ -278,8 +290,8 @@ synced=$(grep -c 'helper=alg-sip' "$OUT/sip-fw1.synced")
 check "ha SIP media expectations replicated to fw1 ($synced of $(grep -c 'helper=alg-sip' "$OUT/sip-fw2.expect"))" test "$synced" -ge 1
 # what the sync drops, measured: the INVITE opens its UDP dialog, so its SDP's expectation goes out on the
 # verdict while the master is unconfirmed (its EXP_NEW precedes the master's NEW)
-grep -q "dport=16000 " "$OUT/sip-fw1.synced" && echo "note: the INVITE's RTP expectation (made on the verdict) was replicated" \
-    || echo "note: the INVITE's RTP expectation (made on the verdict, master unconfirmed) was not replicated"
+check "ha SIP the INVITE's RTP expectation replicated (pair = true: made once its master is confirmed)" \
+    grep -q "dport=16000 " "$OUT/sip-fw1.synced"
 a0=$(alg_field 1 "st['adopted']")
 failover 2 1
 ha_fw 1 conntrack -L expect >"$OUT/sip-fw1.committed" 2>/dev/null
@@ -290,14 +302,27 @@ echo "note: committed on fw1: $held of $synced expectations (${classes:-none}; f
     "$(grep -c helper=alg-sip "$OUT/sip-fw1.committed")"
 name="ha fact: conntrackd commits the SIP media expectations in class 0 (fw1 holds $held of $synced: ${classes:-none})"
 check "$name" test "$classes" = "class=0 "
+check "ha SIP fw1 holds every committed expectation (class 0 registered with the room of all classes)" \
+    test "$held" -ge "$synced"
 c0=$(ha_count 1 sip-rel-caller); e0=$(ha_count 1 sip-rel-callee); r_any0=$(ha_count 1 sip-rel-any)
 sip_media "$HA_NS_SERVER" 10.0.1.2 16000
 sip_media "$HA_NS_CLIENT" 10.0.2.2 20000
 while read -r dst dport; do  # one datagram to each expectation fw1 still holds, from the other side
     if [ "$dst" = 10.0.1.2 ]; then sip_media "$HA_NS_SERVER" "$dst" "$dport"; else sip_media "$HA_NS_CLIENT" "$dst" "$dport"; fi
 done < <(grep helper=alg-sip "$OUT/sip-fw1.committed" | sed -E 's/.* dst=([^ ]+) sport=0 dport=([0-9]+) .*/\1 \2/')
-echo "note: RELATED on fw1 after the fail-over: RTP to the caller $(( $(ha_count 1 sip-rel-caller) - c0 )), to the" \
-    "callee $(( $(ha_count 1 sip-rel-callee) - e0 )); media to what fw1 still holds $(( $(ha_count 1 sip-rel-any) - r_any0 ))"
+to_caller=$(( $(ha_count 1 sip-rel-caller) - c0 )); to_callee=$(( $(ha_count 1 sip-rel-callee) - e0 ))
+check "ha SIP call across the fail-over keeps its media: RTP RELATED on fw1 to the caller ($to_caller) and to the callee ($to_callee)" \
+    test "$to_caller" -ge 1 -a "$to_callee" -ge 1
+echo "note: media to every expectation fw1 holds: $(( $(ha_count 1 sip-rel-any) - r_any0 )) RELATED"
+# the phone registered through fw2 is called through fw1, from a port of the registrar's address the
+# phone never spoke to; the same to a port it did not register is dropped
+ip netns exec "$HA_NS_SERVER" $SIPREG invite --bind 10.0.2.2 --sport 5091 --to 10.0.1.2 --dport 5071
+ip netns exec "$HA_NS_SERVER" $SIPREG invite --bind 10.0.2.2 --sport 5090 --to 10.0.1.2 --dport 5070
+wait "$phone"; rc_phone=$?
+cat "$OUT/phone.log"
+check "ha SIP a call to the phone registered through fw2 reaches it through fw1" grep -q "^invite on 5070" "$OUT/phone.log"
+check "ha SIP the same to a port the phone did not register is dropped (phone rc $rc_phone)" \
+    test -z "$(grep '^stray' "$OUT/phone.log")"
 check "ha fw1's alg adopted the committed SIP expectations" test "$(alg_field 1 "st['adopted']")" -gt "$a0"
 wait "$uac"; rc_uac=$?; wait "$uas"; rc_uas=$?
 check "ha SIP call across the fail-over completes (BYE through fw1; sipp $rc_uac/$rc_uas)" test "$rc_uac" = 0 -a "$rc_uas" = 0

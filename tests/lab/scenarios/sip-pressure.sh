@@ -3,12 +3,13 @@
 # NAT gateway, SIP through it, and an expectation table too small for their
 # media ("nf_ct_sip: all ports in use for SDP media", then dropped INVITEs).
 #
-# 40 calls from one SIPp UAC process in lab-cli (`-t un`: one UDP socket, so
-# one conntrack master, per phone; each phone's audio port from an injection
-# file) to one SIPp UAS, through lab-fw, which masquerades them
-# (SIP_PRESSURE_NAT=0: no NAT) and runs alg's SIP helper. Each call needs 4
-# expectations (RTP+RTCP each way). One process per side keeps it affordable
-# under TCG (40 SIPp processes poll the CPU away).
+# 40 calls from one SIPp UAC process on the private side (`-t un`: one UDP
+# socket, so one conntrack master, per phone; each phone's audio port from an
+# injection file) to one SIPp UAS on the public side, through the honest NAT
+# gateway of tools/lab/nat-netns.sh (masquerade; the public side has no route
+# back), which runs alg's SIP helper: it rewrites the SDP to the gateway's
+# address. Each call needs 4 expectations (RTP+RTCP each way). One process per
+# side keeps it affordable under TCG (40 SIPp processes poll the CPU away).
 #   phase 1: net.netfilter.nf_conntrack_expect_max = 40: the table fills.
 #     - no signalling packet dropped (all 40 calls complete, NFQUEUE drops 0)
 #     - alg counts the refusals by reason; `alg status` and `alg doctor` show
@@ -19,6 +20,7 @@ set -u
 : "${ALG_ROOT:?}" "${ALG:?}" "${LAB_DIR:?}" "${LAB_SCRATCH:?}"
 # shellcheck source=/dev/null
 source "$LAB_DIR/netns.sh"
+source "$LAB_DIR/nat-netns.sh"
 # shellcheck source=../../../tools/sipp/lab-lib.sh
 source "$ALG_ROOT/tools/sipp/lab-lib.sh"
 OUT=$LAB_SCRATCH/sip-pressure
@@ -31,7 +33,6 @@ HOLD_MS=${SIP_PRESSURE_HOLD_MS:-60000}
 # calls per second: under TCG each packet costs alg about 5 ms (30-50 us natively), a
 # call about 5 packets; faster, replies queue past SIP's 500 ms retransmission timer
 RATE=${SIP_PRESSURE_RATE:-5}
-NAT=${SIP_PRESSURE_NAT:-1}
 OLD_MAX=$(sysctl -n net.netfilter.nf_conntrack_expect_max)
 PHONE_PORTS=() UAS_PORTS=()
 for i in $(seq 0 $((PHONES - 1))); do PHONE_PORTS+=($((16000 + 2 * i))); UAS_PORTS+=($((20000 + 2 * i))); done
@@ -46,19 +47,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-lab_net_up udp/5060 || { echo "FAIL lab_net_up"; exit 1; }
-[ "$NAT" = 1 ] && lab_fw "$LAB_IPT" -t nat -A POSTROUTING -o s1 -s 10.0.1.0/24 -j MASQUERADE
+lab_nat_up || { echo "FAIL lab_nat_up"; exit 1; }
 sip_policy "$OUT/policy"
 
 # calls LABEL: the 40 calls, media both ways while they are up; sets CALLS_OK, TO_PHONES, TO_UAS, DROPS
 calls() {
     local label=$1 i p0 u0 d0 uac uas
-    p0=$(count_rule sip-rel-phones 4) u0=$(count_rule sip-rel-uas 4) d0=$(count_rule lab-drop 4)
-    lab_srv sipp -sf "$SIPP_DIR/uas-phone.xml" -i "$LAB_SERVER4" -p 5060 -t u1 -inf "$OUT/uas.csv" -m "$PHONES" \
+    p0=$(lab_nat_count related-in) u0=$(lab_nat_count related-out) d0=$(lab_nat_count drop-in drop in-drop)
+    lab_srv sipp -sf "$SIPP_DIR/uas-phone.xml" -i "$LAB_PUB4" -p 5060 -t u1 -inf "$OUT/uas.csv" -m "$PHONES" \
         $SIPP_PATIENT -timeout 400s -trace_err -error_file "$OUT/$label-uas.err" >"$OUT/$label-uas.log" 2>&1 &
     uas=$!
     sleep 1
-    lab_cli sipp -sf "$SIPP_DIR/uac-phone.xml" "$LAB_SERVER4:5060" -i "$LAB_CLIENT4" -t un -max_socket 256 -inf "$OUT/uac.csv" \
+    lab_cli sipp -sf "$SIPP_DIR/uac-phone.xml" "$LAB_PUB4:5060" -i "$LAB_PRIV4" -t un -max_socket 256 -inf "$OUT/uac.csv" \
         -m "$PHONES" -l "$PHONES" -r "$RATE" -d "$HOLD_MS" -s phone $SIPP_PATIENT -timeout 400s -trace_err -error_file "$OUT/$label-uac.err" >"$OUT/$label-uac.log" 2>&1 &
     uac=$!
     # every phone's INVITE through the firewall (or give up after 120 s), then time to answer
@@ -68,18 +68,16 @@ calls() {
     done
     sleep 3
     fw_expect >"$OUT/$label-expect.txt" || true
-    # to where the phones' SDP says, as the UAS sees it: behind the masquerade alg rewrote it to
-    # the gateway's address, whose expectations send the media on to each phone
-    local phones=$LAB_CLIENT4
-    [ "$NAT" = 1 ] && phones=$LAB_FW4_S
-    ip netns exec "$LAB_NS_SERVER" "${LAB_HOST_PYTHON:-python3}" - "$phones" "${PHONE_PORTS[@]}" <<'PY' &
+    # to where the phones' SDP says, as the UAS sees it: alg rewrote it to the gateway's public
+    # address, whose expectations send the media on to each phone
+    ip netns exec "$LAB_NS_SERVER" "${LAB_HOST_PYTHON:-python3}" - "$LAB_GW_PUB4" "${PHONE_PORTS[@]}" <<'PY' &
 import socket, sys
 dst, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
 for p in ports:  # UAS -> each phone's announced audio port
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"\x80" + b"\x00" * 171, (dst, p)); u.close()
 PY
     local m1=$!
-    ip netns exec "$LAB_NS_CLIENT" "${LAB_HOST_PYTHON:-python3}" - "$LAB_SERVER4" "${UAS_PORTS[@]}" <<'PY' &
+    ip netns exec "$LAB_NS_CLIENT" "${LAB_HOST_PYTHON:-python3}" - "$LAB_PUB4" "${UAS_PORTS[@]}" <<'PY' &
 import socket, sys
 dst, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
 for p in ports:  # each phone -> the UAS's announced audio port for its call
@@ -93,20 +91,18 @@ PY
     CALLS_OK=$(grep -a "Successful call" "$OUT/$label-uac.log" | tail -1 | awk -F'|' '{gsub(/ /, "", $3); print $3 + 0}')
     [ "$rc" = 0 ] && [ -z "$CALLS_OK" ] && CALLS_OK=$PHONES
     CALLS_OK=${CALLS_OK:-0}
-    TO_PHONES=$(( $(count_rule sip-rel-phones 4) - p0 ))
-    TO_UAS=$(( $(count_rule sip-rel-uas 4) - u0 ))
-    DROPS=$(( $(count_rule lab-drop 4) - d0 ))
+    TO_PHONES=$(( $(lab_nat_count related-in) - p0 ))
+    TO_UAS=$(( $(lab_nat_count related-out) - u0 ))
+    DROPS=$(( $(lab_nat_count drop-in drop in-drop) - d0 ))
 }
 
 # ---------------------------------------------------------------- phase 1: a table too small
 sysctl -qw net.netfilter.nf_conntrack_expect_max="$LOW"
 if ! sip_alg_start "$OUT/policy" "$OUT/alg.log"; then fail "sip-pressure alg run started"; exit 1; fi
-check "sip-pressure rules applied" sip_rules "$OUT/policy"
-# the media counters go above alg's RELATED accept (which `alg rules` inserts at the top)
-lab_fw "$LAB_IPT" -I FORWARD 1 -i s1 -o c1 -p udp --dport 16000:16999 -m conntrack --ctstate RELATED \
-    -m comment --comment sip-rel-phones
-lab_fw "$LAB_IPT" -I FORWARD 1 -i c1 -o s1 -p udp --dport 20000:20999 -m conntrack --ctstate RELATED \
-    -m comment --comment sip-rel-uas
+# alg's raw rules only: the gateway's own counted RELATED rules accept (and count) the media
+lab_fw "$ALG" rules --iptables --policy "$OUT/policy" --family 4 >"$OUT/alg-rules.txt" 2>&1
+check "sip-pressure rules applied (raw)" \
+    bash -c "sed -n '/^\*raw/,/^COMMIT/p' '$OUT/alg-rules.txt' | ip netns exec '$LAB_NS_FW' '$LAB_IPT-restore' --noflush"
 QUEUE=$(awk -F= '/^queue *=/ {gsub(/[ \t]|#.*/, "", $2); print $2}' "$OUT/policy/sip.toml")
 q0=$(queue_drops "$QUEUE")
 [ -n "${SIP_PRESSURE_PCAP:-}" ] && { lab_fw tcpdump -i any -w "$OUT/fw.pcap" -s 300 udp port 5060 >/dev/null 2>&1 & }
@@ -125,8 +121,8 @@ check "sip-pressure alg doctor names the fix" grep -Eiq 'expect_max|expect_hashs
 grep -Eq 'refused.*kernel-full|kernel-full.*(expect|table)' "$OUT/alg.log" && pass "sip-pressure refusal logged" \
     || fail "sip-pressure refusal logged"
 
-# phase 2, the fix (expect_max 4096) with all 40 phones' calls and media both ways, runs behind an
-# honest NAT in nat.sh (alg-sip), where the far side cannot reach the phones at all
+# phase 2, the fix (expect_max 4096) with all 40 phones' calls and media both ways, on the same
+# honest NAT: nat.sh's alg-sip phase
 
 echo "sip-pressure: $FAILS failed"
 [ "$FAILS" = 0 ]
