@@ -58,9 +58,10 @@ def test_our_verdict_passes_the_first_packet(kernel_ok: None, mode: str) -> None
         net.fw("iptables", "-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--dport", "21", "-j", "CT", "--helper", "ftp")
         net.fw("iptables", "-A", "FORWARD", "-p", "tcp", "--dport", "21", "--syn", "-j", "NFQUEUE", "--queue-num", "9")
         srv = net.popen("srv", sys.executable, "-c", "import socket,time; s=socket.create_server(('', 21)); "
-                        "c=s.accept(); time.sleep(5)")
+                        "print('ready', flush=True); c=s.accept(); time.sleep(5)", stdout=subprocess.PIPE, text=True)
         q = net.popen("fw", sys.executable, "-c", QUEUE_ONE, mode, stdout=subprocess.PIPE, text=True)
-        try:
+        try:  # both listening before the client dials (a loaded machine starts Python slowly)
+            assert srv.stdout.readline().strip() == "ready"
             assert q.stdout.readline().strip() == "ready"
             net.cli(sys.executable, "-c", f"import socket; socket.create_connection(('{SERVER4}', 21), timeout=5)")
             q.wait(timeout=10)

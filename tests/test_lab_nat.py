@@ -34,7 +34,10 @@ serve='import socket, sys; s = socket.create_server(("", int(sys.argv[1]))); pri
 dial='import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()'
 lab_pub {py} -c "$serve" 2020 public-sees &
 lab_priv {py} -c "$serve" 2121 private-sees &
-sleep 0.5
+for _ in $(seq 300); do  # both listening (a loaded machine starts Python slowly)
+    lab_pub ss -Hltn 'sport = :2020' | grep -q . && lab_priv ss -Hltn 'sport = :2121' | grep -q . && break
+    sleep 0.1
+done
 lab_priv {py} -c "$dial" 203.0.113.20 2020 3
 lab_pub {py} -c "$dial" 203.0.113.1 2121 3
 lab_pub {py} -c "$dial" 203.0.113.1 2122 1 2>/dev/null || echo unforwarded-dropped

@@ -64,7 +64,7 @@ source {LAB / 'netns.sh'}
 lab_net_up tcp/2021 || exit 1
 trap lab_net_down EXIT
 lab_srv {sys.executable} -c 'import socket; s = socket.create_server(("0.0.0.0", 2021)); s.accept()[0].close()' &
-sleep 0.5
+for _ in $(seq 300); do lab_srv ss -Hltn 'sport = :2021' | grep -q . && break; sleep 0.1; done
 lab_cli {sys.executable} -c 'import socket; socket.create_connection(("10.0.2.2", 2021), timeout=3).close()' \\
     && echo control-ok
 lab_cli {sys.executable} -c 'import socket; socket.create_connection(("10.0.2.2", 2022), timeout=1)' 2>/dev/null \\

@@ -36,11 +36,9 @@ import struct
 import sys
 from typing import Any, Self
 
-from pyroute2.netlink import NLA_F_NESTED, nla
-from pyroute2.netlink.nfnetlink import nfgen_msg
-
 from alg.errors import KernelError
 from alg.kernel import nlmsg as L
+from alg.kernel.pyroute2_netlink import NLA_F_NESTED, nfgen_msg, nla
 
 NFNL_MSG_CTHELPER_NEW, NFNL_MSG_CTHELPER_GET, NFNL_MSG_CTHELPER_DEL = 0, 1, 2
 NFCTH_NAME, NFCTH_TUPLE, NFCTH_QUEUE_NUM, NFCTH_POLICY, NFCTH_PRIV_DATA_LEN, NFCTH_STATUS = range(1, 7)

@@ -40,11 +40,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Self
 
-from pyroute2.netlink import NLA_F_NESTED, nla
-from pyroute2.netlink.nfnetlink import nfgen_msg
-
 from alg.errors import KernelError
 from alg.kernel import nlmsg as L
+from alg.kernel.pyroute2_netlink import NLA_F_NESTED, nfgen_msg, nla
 from alg.model import FlowTuple
 
 from .nfqueue import Conntrack, decode_conntrack
