@@ -1,0 +1,95 @@
+#!/bin/bash
+# The same FTP control-channel load through conntrackd's ftp helper and through alg's, in the lab VM,
+# one boot (issue 14, goal 4). Prints figures; asserts nothing (not a test: tests/test_lab.py does not
+# run it). From the repository, as root:
+#   ALG_ROOT=$PWD LAB_DIR=$PWD/tools/lab tools/lab/vm-run -t 1200 -s /tmp/ftpload -e ALG_ROOT -e LAB_DIR \
+#       tests/lab/run-all.sh ../../../benchmarks/lab_ftp_load
+# then read /tmp/ftpload/lab_ftp_load.out.
+#
+# tools/lab/netns.sh's routed topology; pyftpdlib on the server; tools/lab/ftp_load.py on the client:
+# FTP_LOAD_CONNECTIONS control connections (8) each asking PASV in a loop for FTP_LOAD_SECONDS (20).
+# Each 227 answer passes the firewall, where the helper reads it and creates an expectation (replacing
+# the connection's previous one: ExpectMax 1). Three runs, in this order:
+#   none        no helper on the control connections: the round trip without one
+#   conntrackd  conntrackd 1.4.7's ftp helper (cthelper, C, queue 5)
+#   alg         `alg run` with the ftp helper (as alg-ftp, queue 5)
+# For each: PASV round trips completed, their p50/p99, the rate, expectations created per second (the
+# kernel's EXP_NEW events), and the latency the helper adds (its p50/p99 minus none's). Under TCG every
+# figure is the emulator's; the ratio between the two helpers, measured in the same boot, is the result.
+set -u
+source "$LAB_DIR/netns.sh"
+# shellcheck source=../tests/lab/lib.sh
+source "$ALG_ROOT/tests/lab/lib.sh"
+RUN=/run/alg-lab/ftpload; OUT=$LAB_SCRATCH/ftpload
+rm -rf "$RUN"; mkdir -p "$RUN/root" "$RUN/policy" "$OUT"
+SYS_PY="/usr/bin/python3 -I"            # has pyftpdlib (Debian package)
+CONNS=${FTP_LOAD_CONNECTIONS:-8}; SECS=${FTP_LOAD_SECONDS:-20}
+SOCK=$RUN/alg.sock
+PIDS=(); CTD_PID=; ALG_PID=
+cleanup() {
+    [ -n "$ALG_PID" ] && kill -TERM "$ALG_PID" 2>/dev/null
+    [ -n "$CTD_PID" ] && kill "$CTD_PID" 2>/dev/null
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    lab_net_down
+    nfct del helper ftp inet tcp 2>/dev/null; nfct del helper alg-ftp inet tcp 2>/dev/null
+    nfct del helper alg-ftp inet6 tcp 2>/dev/null
+}
+trap cleanup EXIT
+rmmod nf_nat_ftp nf_conntrack_ftp 2>/dev/null  # conntrackd's helper is named ftp
+
+lab_net_up tcp/21 || { echo "FAIL lab_net_up"; exit 1; }
+lab_fw sysctl -qw net.netfilter.nf_conntrack_events=1
+ip netns exec "$LAB_NS_SERVER" $SYS_PY "$LAB_DIR/ftp_peers.py" ftp-server --bind "$LAB_SERVER4" --root "$RUN/root" \
+    --pasv-ports 50000-50999 >"$OUT/ftpd.log" 2>&1 & PIDS+=($!)
+printf 'helper = "ftp"\nname = "alg-ftp"\nqueue = 5\n' >"$RUN/policy/ftp.toml"
+printf '[core]\nstatus_socket = "%s"\n' "$SOCK" >"$RUN/policy/alg.toml"
+
+declare -A P50 P99
+load() {  # LABEL: the load, the expectations it made; sets P50[LABEL] P99[LABEL]
+    local label=$1 ev line n
+    lab_fw conntrack -F >/dev/null 2>&1
+    ip netns exec "$LAB_NS_FW" conntrack -E expect -e NEW >"$OUT/$label-exp.txt" 2>/dev/null & ev=$!
+    sleep 0.5
+    line=$(lab_cli $SYS_PY "$LAB_DIR/ftp_load.py" --host "$LAB_SERVER4" --connections "$CONNS" --seconds "$SECS")
+    sleep 0.5; kill "$ev" 2>/dev/null; wait "$ev" 2>/dev/null
+    n=$(grep -c . "$OUT/$label-exp.txt")
+    read -r _ _ _ p50 _ p99 _ _ _ _ <<<"$line"
+    P50[$label]=${p50:-0}; P99[$label]=${p99:-0}
+    printf 'ftp-load %-10s %s; expectations %d (%s/s)\n' "$label" "$line" "$n" "$(awk -v n="$n" -v s="$SECS" 'BEGIN {printf "%.1f", n / s}')"
+}
+raw_helper() {  # NAME: the control connections get helper NAME
+    lab_fw iptables -t raw -F PREROUTING
+    [ -n "$1" ] && lab_fw iptables -t raw -A PREROUTING -p tcp --dport 21 -j CT --helper "$1"
+}
+
+raw_helper ""
+load none
+
+nfct add helper ftp inet tcp || { echo "FAIL nfct add helper ftp"; exit 1; }
+conntrackd_conf "$RUN/conntrackd.conf" "$RUN" ftp tcp 5 1 300
+ip netns exec "$LAB_NS_FW" conntrackd -C "$RUN/conntrackd.conf" >"$OUT/conntrackd.out" 2>&1 & CTD_PID=$!
+for _ in $(seq 300); do
+    nfct list helper 2>/dev/null | tr -s '\t\n' ' ' | grep -q "name = ftp, .queuenum = 5,.*status = enabled" && break
+    sleep 0.1
+done
+raw_helper ftp
+load conntrackd
+kill "$CTD_PID"; wait "$CTD_PID" 2>/dev/null; CTD_PID=
+nfct del helper ftp inet tcp
+
+ip netns exec "$LAB_NS_FW" "$ALG" run --policy "$RUN/policy" >"$OUT/alg.log" 2>&1 & ALG_PID=$!
+for _ in $(seq 600); do
+    lab_fw "$ALG" status --socket "$SOCK" >/dev/null 2>&1 && break
+    kill -0 "$ALG_PID" 2>/dev/null || { echo "FAIL alg run"; tail "$OUT/alg.log"; exit 1; }
+    sleep 0.2
+done
+raw_helper alg-ftp
+load alg
+lab_fw "$ALG" status --socket "$SOCK" | head -3
+
+for label in conntrackd alg; do
+    echo "ftp-load $label adds p50 $(( P50[$label] - P50[none] )) us, p99 $(( P99[$label] - P99[none] )) us to a PASV round trip"
+done
+awk -v a=$(( P50[alg] - P50[none] )) -v c=$(( P50[conntrackd] - P50[none] )) \
+    'BEGIN {if (c > 0) printf "ftp-load alg adds %.2fx the p50 latency conntrackd adds\n", a / c}'
