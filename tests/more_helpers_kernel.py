@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -274,7 +275,55 @@ NETBIOS_NS = Scenario("netbios-ns", "udp", 137, _nbns_start, _nbns_clients, bpf=
           "a response (R bit) broadcast: the kernel helps any datagram, alg only name service requests"),
 ])
 
-SCENARIOS = {s.helper: s for s in (TFTP, IRC, SANE, AMANDA, NETBIOS_NS)}
+# ---------------------------------------------------------------- SNMP (the fw's own broadcasts)
+SNMPD_CONF = "agentaddress udp:161\nrocommunity public\n"
+SYS_DESCR = "1.3.6.1.2.1.1.1.0"  # numeric: Debian ships no SNMPv2-MIB (snmp-mibs-downloader is non-free)
+SHIM = ROOT / "tools" / "so_broadcast.c"
+
+
+def with_brd(net: Net, ns: str, addr: str, dev: str) -> None:
+    """Re-add `addr`/24 with its broadcast address (netns.py adds addresses without `brd`)."""
+    net.run(ns, "ip", "addr", "del", f"{addr}/24", "dev", dev)
+    net.run(ns, "ip", "addr", "add", f"{addr}/24", "brd", "+", "dev", dev)
+
+
+def snmpget(tmp: Path, version: str, host: str, sport: int | None = None) -> list[str]:
+    """snmpget with SO_BROADCAST (tools/so_broadcast.c: net-snmp's tools never set it themselves)."""
+    bind = [f"--clientaddr={FW4_S}:{sport}", "--clientaddrUsesPort=yes"] if sport else []
+    return ["env", f"LD_PRELOAD={tmp / 'so_broadcast.so'}", "snmpget", "-v", version, "-c", "public", "-m", "",
+            "-t", "2", "-r", "0", *bind, host, SYS_DESCR]
+
+
+def _snmp_start(net: Net, tmp: Path) -> None:
+    with_brd(net, "fw", FW4_S, "s1")  # the kernel's helper matches the interface's broadcast address
+    with_brd(net, "srv", SERVER4, "s0")  # snmpd must take 10.0.2.255 for a broadcast of its own
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(tmp / "so_broadcast.so"), str(SHIM), "-ldl"], check=True)
+    (tmp / "snmpd.conf").write_text(SNMPD_CONF)
+    net.popen("srv", "snmpd", "-f", "-Lo", "-C", "-c", str(tmp / "snmpd.conf"))
+    wait_port(net, "srv", "udp", 161)
+
+
+def _snmp_clients(net: Net, tmp: Path) -> None:
+    # snmpd 5.9.3 receives these but cannot answer them: it sends from the address the request came to
+    # (10.0.2.255), ENETUNREACH, and retries without it only on EINVAL (the 255.255.255.255 probe's case)
+    for version in ("2c", "1"):
+        net.fw(*snmpget(tmp, version, BCAST_S), timeout=20, check=False)
+
+
+SNMP_ANSWERED = 45101  # the probe snmpd answers: the capture's follow-up flow
+SNMP = Scenario("snmp", "udp", 161, _snmp_start, _snmp_clients, bpf="udp", families=("iptables",),
+                chain="OUTPUT", iface="s1", probe_ns="fw", probes=[
+    Probe(SNMP_ANSWERED, snmpget(Path("{tmp}"), "2c", "255.255.255.255", SNMP_ANSWERED), [], [(FW4_S, SNMP_ANSWERED)],
+          "the limited broadcast: the kernel helps only the interface's own broadcast address, alg both"),
+    Probe(45102, peer("snmp-send", SERVER4, "45102", "get"), [], []),  # unicast: the answer is the reply
+    Probe(45103, peer("snmp-send", BCAST_S, "45103", "response"), [(FW4_S, 45103)], [],
+          "a GetResponse broadcast: the kernel helps any datagram, alg only SNMP requests"),
+    Probe(45104, peer("snmp-send", BCAST_S, "45104", "huge"), [(FW4_S, 45104)], [],
+          "a length past the datagram: the kernel helps any datagram, alg only well-formed BER"),
+    Probe(45105, peer("snmp-send", BCAST_S, "45105", "v3"), [(FW4_S, 45105)], [(FW4_S, 45105)]),
+])
+
+SCENARIOS = {s.helper: s for s in (TFTP, IRC, SANE, AMANDA, NETBIOS_NS, SNMP)}
 
 
 def run(name: str, net: Net, tmp: Path) -> tuple[str, str]:
@@ -291,7 +340,7 @@ def run(name: str, net: Net, tmp: Path) -> tuple[str, str]:
         cap = net.capture("fw", str(tmp / f"{name}.pcap"), iface=sc.iface, bpf=sc.bpf)
         sc.clients(net, tmp)
         for p in sc.probes:
-            net.run(sc.probe_ns, *p.argv, timeout=20)
+            net.run(sc.probe_ns, *(a.replace("{tmp}", str(tmp)) for a in p.argv), timeout=20)
         time.sleep(0.5)
         pcap = cap.stop()
         watcher.terminate()
@@ -301,7 +350,7 @@ def run(name: str, net: Net, tmp: Path) -> tuple[str, str]:
 def available(name: str) -> str | None:
     """Why scenario `name` cannot run here, or None."""
     need = {"tftp": ("in.tftpd", "tftp"), "irc": ("ngircd",), "sane": ("saned", "scanimage"), "amanda": (),
-            "netbios-ns": ("nmblookup",)}[name]
+            "netbios-ns": ("nmblookup",), "snmp": ("snmpd", "snmpget", "cc")}[name]
     for tool in need:
         if shutil.which(tool) is None:
             return f"needs {tool}"

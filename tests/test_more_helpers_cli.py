@@ -39,15 +39,25 @@ def test_netbios_ns_is_listed_ipv4_only_with_the_kernels_policy():
     assert h["options"]["subnet_only"] is True and h["options"]["subnet_prefix_v4"] == 24
 
 
-@pytest.mark.parametrize("name", [*sorted(NEW), "netbios-ns"])
+def test_snmp_is_listed_ipv4_only_with_the_kernels_policy():
+    h = {h["name"]: h for h in json.loads(alg("helpers", "--format", "json"))}["snmp"]
+    assert (h["protocols"], h["ports"], h["families"]) == (["udp"], [161], ["ipv4"])
+    assert h["classes"] == [{"name": "snmp", "expect_max": 1, "expect_timeout": 30}]
+    assert h["options"]["subnet_only"] is True and h["options"]["subnet_prefix_v4"] == 24
+
+
+BROADCAST = {"netbios-ns": ("udp", 137), "snmp": ("udp", 161)}
+
+
+@pytest.mark.parametrize("name", [*sorted(NEW), *BROADCAST])
 def test_rules_assign_the_port_and_accept_related(name):
-    proto, port, *_ = NEW.get(name, ("udp", 137))
+    proto, port, *_ = NEW.get(name) or BROADCAST[name]
     text = alg("rules", "--helper", name)
     assert f'-A alg-helpers -p {proto} --dport {port} -m comment --comment "alg {name}" -j CT --helper {name}' in text
     assert f"-m helper --helper {name}" in text
 
 
-@pytest.mark.parametrize("name", [*sorted(NEW), "netbios-ns"])
+@pytest.mark.parametrize("name", [*sorted(NEW), *BROADCAST])
 def test_doctor_spots_the_in_kernel_helper_of_the_same_name(tmp_path, name):
     policy = default_policy({n: c.spec for n, c in load_plugins().helpers.items()})
     (tmp_path / f"sys/module/nf_conntrack_{name.replace('-', '_')}").mkdir(parents=True)  # as /sys names it

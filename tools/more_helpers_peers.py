@@ -16,6 +16,9 @@
                                               (or what BODIES gives the server's source port), accepts
     nbns-responder HOST NAME SECONDS          answer broadcast NetBIOS name queries for NAME from HOST:137
     nbns-send HOST SPORT query|response       one name service datagram to HOST:137 from SPORT (probes)
+    snmp-send HOST SPORT get|v3|response|huge  one SNMP datagram to HOST:161 from SPORT (probes): a v2c
+                                              GetRequest, a v3 discovery request, a v2c GetResponse, or a
+                                              message whose outer length claims 2 GB
     dcc-listen HOST PORT SECONDS              accept TCP connections on PORT (the DCC sender's side)
     connect HOST PORT [TIMEOUT]               exit 0 if a TCP connection to HOST:PORT is established
 
@@ -258,6 +261,48 @@ def nbns_send(host: str, sport: str, kind: str, name: str = "ALGTEST") -> None:
         pass
 
 
+# ---------------------------------------------------------------- SNMP (snmpget and snmpd are the real peers)
+def _ber(tag: int, body: bytes) -> bytes:
+    """X.690 definite length: short form below 128, else 0x80 | n and n octets."""
+    if len(body) < 0x80:
+        return bytes((tag, len(body))) + body
+    n = (len(body).bit_length() + 7) // 8
+    return bytes((tag, 0x80 | n)) + len(body).to_bytes(n, "big") + body
+
+
+def _pdu(tag: int, varbinds: bytes) -> bytes:
+    """RFC 3416 §3 PDU: request-id, error-status, error-index, variable-bindings."""
+    return _ber(tag, _ber(2, b"\x42") + _ber(2, b"\0") + _ber(2, b"\0") + _ber(0x30, varbinds))
+
+
+SYS_DESCR = _ber(0x30, _ber(6, bytes((0x2B, 6, 1, 2, 1, 1, 1, 0))) + b"\x05\x00")  # sysDescr.0 = NULL
+
+
+def snmp_message(kind: str) -> bytes:
+    if kind == "v3":  # RFC 3414 §4 discovery: noAuthNoPriv, reportable, empty USM parameters and context
+        header = _ber(0x30, _ber(2, b"\x42") + _ber(2, b"\x00\xff\xe3") + _ber(4, b"\x04") + _ber(2, b"\x03"))
+        usm = _ber(4, _ber(0x30, _ber(4, b"") + _ber(2, b"\0") * 2 + _ber(4, b"") * 3))
+        return _ber(0x30, _ber(2, b"\x03") + header + usm + _ber(0x30, _ber(4, b"") * 2 + _pdu(0xA0, b"")))
+    if kind == "huge":  # an outer SEQUENCE that claims 2 GB
+        return b"\x30\x84\x7f\xff\xff\xff" + _ber(2, b"\x01")
+    tag = {"get": 0xA0, "response": 0xA2}[kind]
+    return _ber(0x30, _ber(2, b"\x01") + _ber(4, b"public") + _pdu(tag, SYS_DESCR))
+
+
+def snmp_send(host: str, sport: str, kind: str) -> None:
+    """One SNMP datagram to HOST:161 from SPORT (probes)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    s.bind(("0.0.0.0", int(sport)))
+    s.sendto(snmp_message(kind), (host, 161))
+    s.settimeout(1)
+    try:
+        s.recvfrom(2048)
+    except OSError:
+        pass
+
+
 # ---------------------------------------------------------------- generic
 def dcc_listen(host: str, port: str, seconds: str) -> None:
     s = socket.socket(family(host), socket.SOCK_STREAM)
@@ -282,7 +327,7 @@ def connect(host: str, port: str, timeout: str = "3") -> None:
 COMMANDS = {"tftp-request": tftp_request, "irc-dcc": irc_dcc, "irc-listen": irc_listen, "sane-start": sane_start,
             "sane-server": sane_server, "amanda-server": amanda_server, "amanda-client": amanda_client,
             "dcc-listen": dcc_listen, "connect": connect, "nbns-responder": nbns_responder,
-            "nbns-send": nbns_send}
+            "nbns-send": nbns_send, "snmp-send": snmp_send}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

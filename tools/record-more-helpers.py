@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Re-record tests/pcaps/{tftp,irc,sane,amanda,netbios-ns}-rec-* (needs root, the Debian packages in ./dev).
+"""Re-record tests/pcaps/{tftp,irc,sane,amanda,netbios-ns,snmp}-rec-* (needs root, the Debian packages in ./dev).
 
     tools/record-more-helpers.py [NAME...] [--out DIR]
 
@@ -26,7 +26,8 @@ import more_helpers_kernel as mh  # noqa: E402
 from netns import Net  # noqa: E402
 
 CASES = {"tftp": "tftp-rec-tftp-hpa", "irc": "irc-rec-ngircd-dcc", "sane": "sane-rec-saned-test",
-         "amanda": "amanda-rec-scripted", "netbios-ns": "netbios-ns-rec-nmblookup"}
+         "amanda": "amanda-rec-scripted", "netbios-ns": "netbios-ns-rec-nmblookup",
+         "snmp": "snmp-rec-snmpget"}
 
 
 def main() -> None:
