@@ -1,4 +1,4 @@
-"""Real traffic for the TFTP, IRC, SANE and Amanda helpers through a firewall
+"""Real traffic for the TFTP, IRC, SANE, Amanda, NetBIOS-NS and SNMP helpers through a firewall
 namespace whose raw table hands the control flow to the kernel's own helper
 (`CT --helper tftp|irc|sane|amanda`, built into the host kernel): the capture
 on the fw's client side is what `alg replay` reads, `conntrack -E expect` in

@@ -1,4 +1,4 @@
-"""Differential: the kernel's tftp, irc, sane and amanda helpers are the oracle for alg's.
+"""Differential: the kernel's tftp, irc, sane, amanda, netbios-ns and snmp helpers are the oracle for alg's.
 
 tests/more_helpers_kernel.py runs real clients and servers (and the probes)
 across a firewall namespace whose raw table hands the control flow to the
