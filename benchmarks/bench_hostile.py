@@ -306,11 +306,21 @@ def netbios_cases() -> list[Case]:
             Case("64 KB broadcast query", [], [udp("10.0.2.1", "10.0.2.255", 40001, 137, q + b"\0" * (MAX_UDP - len(q)))])]
 
 
+def snmp_cases() -> list[Case]:
+    get = bytes.fromhex("302602010104067075626c6963a019020142020100020100300e300c06082b060102010101000500")
+    pdu, community = get[13:], MAX_UDP - 40  # a 64 KB community, 3-octet long-form lengths
+    body = get[2:5] + b"\x04\x83" + community.to_bytes(3, "big") + b"c" * community + pdu
+    huge = b"\x30\x83" + len(body).to_bytes(3, "big") + body
+    return [Case("broadcast GetRequest (normal)", [], [udp("10.0.2.1", "10.0.2.255", 40000, 161, get)]),
+            Case("64 KB broadcast GetRequest community", [], [udp("10.0.2.1", "10.0.2.255", 40001, 161,
+                                                                   huge)])]
+
+
 CASES: dict[str, Callable[[], list[Case]]] = {
     "ftp": ftp_cases, "ssdp": ssdp_cases, "tns": tns_cases, "rpc": rpc_cases, "sip": sip_cases,
     "dhcpv6": lambda: discovery_cases("dhcpv6"), "mdns": lambda: discovery_cases("mdns"),
     "slp": lambda: discovery_cases("slp"), "irc": irc_cases, "sane": sane_cases, "tftp": tftp_cases,
-    "amanda": amanda_cases, "netbios-ns": netbios_cases,
+    "amanda": amanda_cases, "netbios-ns": netbios_cases, "snmp": snmp_cases,
 }
 
 
