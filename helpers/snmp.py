@@ -21,10 +21,11 @@ must be an SNMP request message in BER (RFC 3417 §8: definite lengths only):
 a SEQUENCE holding an INTEGER version 0 (v1, RFC 1157), 1 (v2c, RFC 1901) or
 3 (v3, RFC 3412 §6), then for v1 and v2c an OCTET STRING community and a
 request PDU: GetRequest, GetNextRequest, SetRequest, or (v2c) GetBulkRequest
-(RFC 3416 §3). A v3 message is accepted after its version: its PDU may be
-encrypted (RFC 3414 §1.4.3). Every length is read in short or long form with
-at most 4 length bytes and must end inside the datagram; the reader looks at
-each byte at most once and stops at the PDU's tag. Responses, traps, informs,
+(RFC 3416 §3). A v3 message is accepted after its version and the header
+SEQUENCE that follows it: its PDU may be encrypted (RFC 3414 §1.4.3). Each
+length is read in short or long form with at most 4 length octets and must
+end inside the datagram; the reader reads four headers at most, skipping
+their contents, and stops at the PDU's tag. Responses, traps, informs,
 reports and anything else open nothing and are counted as notices; so does a
 unicast request (its answer comes back on the request's own flow).
 
@@ -91,7 +92,9 @@ def request_pdu(data: bytes) -> tuple[int, int | None]:
     if tag != INTEGER or pos - start != 1 or data[start] not in VERSION_NAMES:
         raise Malformed("version")
     version = data[start]
-    if version == V3:
+    if version == V3:  # RFC 3412 §6: msgGlobalData, a SEQUENCE, follows; the rest may be encrypted
+        if tlv(data, pos, end)[0] != SEQUENCE:
+            raise Malformed("v3 without msgGlobalData")
         return version, None
     tag, _, pos = tlv(data, pos, end)
     if tag != OCTET_STRING:

@@ -85,6 +85,7 @@ GET = snmp_message("get")
     (GET[:2] + b"\x02\x02\x00\x01" + GET[5:], "10.0.2.255", "malformed"),  # a non-minimal INTEGER version
     (GET[:5] + b"\x05" + GET[6:], "10.0.2.255", "malformed"),  # the community is not an OCTET STRING
     (b"\x30\x03\x02\x01\x01", "10.0.2.255", "malformed"),    # ends after the version
+    (b"\x30\x05\x02\x01\x03\x04\x00", "10.0.2.255", "malformed"),  # v3 without its header SEQUENCE
     (b"", "10.0.2.255", "malformed"),
     (b"\x30", "10.0.2.255", "malformed"),
 ])
