@@ -33,7 +33,8 @@ PEERS = ROOT / "tools" / "more_helpers_peers.py"
 @dataclass
 class Probe:
     """A message sent from client source port `sport`; `kernel` is what the kernel's helper expects
-    for it ((dst, dport) pairs), `alg` what alg expects: equal, or different on purpose (`why`)."""
+    for it ((dst, dport) pairs), `alg` what alg expects: equal, or different on purpose (`why`).
+    `{tmp}` in `argv` is the run's temporary directory."""
 
     sport: int
     argv: list[str]
