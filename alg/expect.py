@@ -65,12 +65,13 @@ class Expectation:
     # NAT: (direction, address, port) the expected flow is translated to (CTA_EXPECT_NAT): it
     # comes to the gateway's outside endpoint (dst, dport) and goes on to this inside one
     nat: tuple | None = None
+    # the expected tuple in numbers (an address as its integer: cheap to hash); computed once,
+    # the table looks it up about twenty times per message
+    key: tuple = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> tuple:
-        """The expected tuple in numbers (an address as its integer: cheap to hash)."""
-        return (self.l3, self.proto, None if self.src is None else int(self.src), int(self.dst), self.sport,
-                self.dport)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.l3, self.proto, None if self.src is None else int(self.src),
+                                         int(self.dst), self.sport, self.dport))
 
     def matches(self, t: FlowTuple) -> bool:
         return (
