@@ -21,8 +21,12 @@
 #   conntrackd-ftp (c') the same FTP sessions through conntrackd's userspace ftp helper, which rewrites
 #               under NAT itself (the parity reference for a userspace helper). Not in the default
 #               run: with conntrackd 1.4.7 on the lab kernel the server accepted every rewritten PORT,
-#               EPRT and 227 (so conntrackd rewrote them), but no data connection came through (425,
-#               refused): its NATed expectations did not take; not investigated yet
+#               EPRT and 227 (so conntrackd rewrote them) and conntrackd's expectation was created
+#               with the right tuple and then used by the data connection (EXP_NEW, EXP_DESTROY within
+#               the second, the phase prints both), but that connection was not translated (its reply
+#               tuple still names the gateway: the NAT its expectation carries did not apply), so it
+#               went to the gateway itself and failed (425, refused). alg's same sessions pass. Cause
+#               not found (the netlink attributes conntrackd sends were not captured)
 #   negative    (d) no helper: active and passive FTP fail, the far end sees private addresses, no media
 #               passes RELATED
 #   compare     (e) tools/lab/nat_compare.py: the kernel's and alg's public-side captures, field by field;
