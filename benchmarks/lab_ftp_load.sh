@@ -42,6 +42,9 @@ lab_net_up tcp/21 || { echo "FAIL lab_net_up"; exit 1; }
 lab_fw sysctl -qw net.netfilter.nf_conntrack_events=1
 ip netns exec "$LAB_NS_SERVER" $SYS_PY "$LAB_DIR/ftp_peers.py" ftp-server --bind "$LAB_SERVER4" --root "$RUN/root" \
     --pasv-ports 50000-50999 >"$OUT/ftpd.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 600); do  # listening (Python starts slowly under emulation)
+    lab_srv ss -Hltn "sport = :21" | grep -q . && break; sleep 0.2
+done
 printf 'helper = "ftp"\nname = "alg-ftp"\nqueue = 5\n' >"$RUN/policy/ftp.toml"
 printf '[core]\nstatus_socket = "%s"\n' "$SOCK" >"$RUN/policy/alg.toml"
 
@@ -49,7 +52,8 @@ declare -A P50 P99
 load() {  # LABEL: the load, the expectations it made; sets P50[LABEL] P99[LABEL]
     local label=$1 ev line n
     lab_fw conntrack -F >/dev/null 2>&1
-    ip netns exec "$LAB_NS_FW" conntrack -E expect -e NEW >"$OUT/$label-exp.txt" 2>/dev/null & ev=$!
+    # line-buffered: the listener is killed at the end, and what its stdio held would be lost
+    ip netns exec "$LAB_NS_FW" stdbuf -oL conntrack -E expect -e NEW >"$OUT/$label-exp.txt" 2>/dev/null & ev=$!
     sleep 0.5
     line=$(lab_cli $SYS_PY "$LAB_DIR/ftp_load.py" --host "$LAB_SERVER4" --connections "$CONNS" --seconds "$SECS")
     sleep 0.5; kill "$ev" 2>/dev/null; wait "$ev" 2>/dev/null
@@ -76,6 +80,7 @@ done
 raw_helper ftp
 load conntrackd
 kill "$CTD_PID"; wait "$CTD_PID" 2>/dev/null; CTD_PID=
+raw_helper ""; lab_fw conntrack -F >/dev/null 2>&1  # a helper in use cannot be removed (EBUSY)
 nfct del helper ftp inet tcp
 
 ip netns exec "$LAB_NS_FW" "$ALG" run --policy "$RUN/policy" >"$OUT/alg.log" 2>&1 & ALG_PID=$!
