@@ -53,11 +53,11 @@ load() {  # LABEL: the load, the expectations it made; sets P50[LABEL] P99[LABEL
     local label=$1 ev line n
     lab_fw conntrack -F >/dev/null 2>&1
     # line-buffered: the listener is killed at the end, and what its stdio held would be lost
-    ip netns exec "$LAB_NS_FW" stdbuf -oL conntrack -E expect -e NEW >"$OUT/$label-exp.txt" 2>/dev/null & ev=$!
+    ip netns exec "$LAB_NS_FW" stdbuf -oL conntrack -E expect >"$OUT/$label-exp.txt" 2>/dev/null & ev=$!
     sleep 0.5
     line=$(lab_cli $SYS_PY "$LAB_DIR/ftp_load.py" --host "$LAB_SERVER4" --connections "$CONNS" --seconds "$SECS")
     sleep 0.5; kill "$ev" 2>/dev/null; wait "$ev" 2>/dev/null
-    n=$(grep -c . "$OUT/$label-exp.txt")
+    n=$(grep -c "\[NEW\]" "$OUT/$label-exp.txt")
     read -r _ _ _ p50 _ p99 _ _ _ _ <<<"$line"
     P50[$label]=${p50:-0}; P99[$label]=${p99:-0}
     printf 'ftp-load %-10s %s; expectations %d (%s/s)\n' "$label" "$line" "$n" "$(awk -v n="$n" -v s="$SECS" 'BEGIN {printf "%.1f", n / s}')"
