@@ -84,12 +84,12 @@ class KernelPorts:
     is_full: Callable[[KernelError], bool]
 
 
-
 def register_helper(kernel: KernelPorts, host: PluginHost, hp: HelperPolicy, pair: bool) -> None:
     """Register hp with the kernel: the flow's record (alg.flows.FlowRecord) lives in
     the helper's private data; the classes as HelperPolicy.kernel_classes gives them."""
     kernel.cthelper.register(replace(hp, classes=hp.kernel_classes(pair)),
                              max(FLOW_RECORD_LEN, host.helpers[hp.helper].spec.priv_data_len))
+
 
 def kernel_ports() -> KernelPorts:
     from ..kernel.cthelper import Cthelper
