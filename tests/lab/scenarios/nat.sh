@@ -25,8 +25,9 @@
 #               with the right tuple and then used by the data connection (EXP_NEW, EXP_DESTROY within
 #               the second, the phase prints both), but that connection was not translated (its reply
 #               tuple still names the gateway: the NAT its expectation carries did not apply), so it
-#               went to the gateway itself and failed (425, refused). alg's same sessions pass. Cause
-#               not found (the netlink attributes conntrackd sends were not captured)
+#               went to the gateway itself and failed (425, refused). alg's same sessions pass. The
+#               cause: Debian's libnetfilter_conntrack 1.0.9, through which conntrackd creates its
+#               expectations, does not send CTA_EXPECT_NAT nor CTA_EXPECT_FN (tools/probe_libnfct_expect.py)
 #   negative    (d) no helper: active and passive FTP fail, the far end sees private addresses, no media
 #               passes RELATED
 #   compare     (e) tools/lab/nat_compare.py: the kernel's and alg's public-side captures, field by field;
