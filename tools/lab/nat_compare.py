@@ -158,6 +158,21 @@ def ftp_fields(path: str) -> Fields:
     return fields
 
 
+def rewrites_only(fields: Fields) -> Fields:
+    """The parsed PORT/EPRT/227/229 fields alone, numbered in order per connection and side: a
+    reference whose data connections failed goes on with other commands (NOOP where the other
+    transferred), so its lines do not line up, but the rewritten endpoints still must."""
+    out: Fields = {}
+    count: dict[str, int] = {}
+    for key, value in fields.items():
+        conn, _, rest = key.partition(" line ")
+        verb = rest.partition(" ")[2]
+        if verb:
+            count[conn] = count.get(conn, 0) + 1
+            out[f"{conn} rewrite {count[conn]:02d} {verb}"] = value
+    return out
+
+
 # ------------------------------------------------------------------------------------------- SIP
 _COMPACT = {"v": "via", "m": "contact", "l": "content-length", "i": "call-id", "f": "from", "t": "to"}
 _CALL_NUMBER = re.compile(r"(\d+)-")
@@ -295,11 +310,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--proto", choices=sorted(EXTRACT), required=True)
     p.add_argument("--limit", type=int, default=40, help="differences printed (all are counted)")
+    p.add_argument("--rewrites-only", action="store_true",
+                   help="ftp: compare the rewritten endpoints alone, in order (not every line)")
     p.add_argument("reference", help="capture through the kernel's NAT helper")
     p.add_argument("candidate", help="capture through alg")
     a = p.parse_args(argv)
     try:
         ref, cand = EXTRACT[a.proto](a.reference), EXTRACT[a.proto](a.candidate)
+        if a.rewrites_only:
+            ref, cand = rewrites_only(ref), rewrites_only(cand)
     except (OSError, CaptureError) as exc:
         print(f"nat_compare: {exc}", file=sys.stderr)
         return 2
