@@ -343,7 +343,9 @@ phase_conntrackd_ftp() {
     echo "== (c') reference: conntrackd's userspace ftp helper, its own NAT rewriting"
     helpers_none
     # conntrackd's helper is named "ftp": the kernel's must go first (loaded for phase a)
+    lab_fw conntrack -F >/dev/null 2>&1
     rmmod nf_nat_ftp nf_conntrack_ftp 2>/dev/null
+    lsmod | grep -q "^nf_conntrack_ftp " && echo "   note: nf_conntrack_ftp still loaded: $(lsmod | grep '^nf_conntrack_ftp ')"
     lab_fw nfct del helper ftp inet tcp 2>/dev/null
     if ! lab_fw nfct add helper ftp inet tcp; then fail "conntrackd ftp: helper ftp registered (nfct)"; return; fi
     conntrackd_conf "$RUN/conntrackd.conf" "$RUN" ftp tcp 5 1 300
