@@ -24,9 +24,10 @@ fe80::/64 with the default: answers from link-local addresses only.
 from __future__ import annotations
 
 import ipaddress
+from typing import Callable
 
 import alg
-from alg import EXPECT_F_PERMANENT, UDP, Expect, Option
+from alg import EXPECT_F_PERMANENT, UDP, Direction, Expect, Notice, Option, Parsed
 
 SUBNET_OPTIONS = {
     "subnet_prefix_v4": Option(24, "prefix length of the client's IPv4 subnet (with subnet_only)", min=0, max=32),
@@ -66,3 +67,20 @@ def is_broadcast_for(addr: alg.IPAddress, client: alg.IPAddress, options) -> boo
     prefix = max(0, min(int(options["subnet_prefix_v4"]), 30))
     net = ipaddress.IPv4Network((client, prefix), strict=False)
     return addr == net.broadcast_address
+
+
+def broadcast_request(seg: alg.Segment, options, cls: str, service_port: int,
+                      refusal: Callable[[bytes], Notice | None]) -> alg.Outcome:
+    """The kernel's broadcast helpers (netbios-ns, snmp): a request the client broadcasts to its
+    subnet lets the unicast answers in (`answers`); `refusal` names what is wrong with the
+    payload (a Notice, nothing opened), or returns None for a request of the protocol."""
+    data = seg.data
+    if seg.direction is not Direction.ORIGINAL:
+        return Parsed(len(data))
+    if not is_broadcast_for(seg.flow.dst, seg.sender, options):
+        return Parsed(len(data), (Notice("not-broadcast", str(seg.flow.dst)),))
+    refused = refusal(data)
+    if refused is not None:
+        return Parsed(len(data), (refused,))
+    return Parsed(len(data), (answers(seg, cls, service_port, options),))
+

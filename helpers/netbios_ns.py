@@ -34,9 +34,9 @@ from __future__ import annotations
 import struct
 
 import alg
-from alg import UDP, Direction, ExpectClass, HelperSpec, Notice, Parsed
+from alg import UDP, ExpectClass, HelperSpec, Notice
 
-from ._discovery import answers, is_broadcast_for, subnet_only_option
+from ._discovery import broadcast_request, subnet_only_option
 
 NBNS_PORT = 137
 _HEADER = struct.Struct("!HHHHHH")  # RFC 1002 §4.2.1.1: id, flags, qd, an, ns, ar counts
@@ -60,19 +60,17 @@ class NetbiosNsHelper(alg.Helper):
     )
 
     def inspect(self, segment: alg.Segment, state: None) -> alg.Outcome:
-        data = segment.data
-        if segment.direction is not Direction.ORIGINAL:
-            return Parsed(len(data))
-        dst = segment.flow.dst
-        if not is_broadcast_for(dst, segment.sender, self.options):
-            return Parsed(len(data), (Notice("not-broadcast", str(dst)),))
-        if len(data) < _HEADER.size:
-            return Parsed(len(data), (Notice("malformed", "short header"),))
-        _id, flags, questions, *_ = _HEADER.unpack_from(data)
-        opcode = flags >> OPCODE_SHIFT & OPCODE_MASK
-        if flags & RESPONSE or opcode not in REQUESTS or not questions:
-            return Parsed(len(data), (Notice("not-a-request", f"flags {flags:#06x}, {questions} questions"),))
-        return Parsed(len(data), (answers(segment, "netbios-ns", NBNS_PORT, self.options),))
+        return broadcast_request(segment, self.options, "netbios-ns", NBNS_PORT, _refusal)
+
+
+def _refusal(data: bytes) -> Notice | None:
+    if len(data) < _HEADER.size:
+        return Notice("malformed", "short header")
+    _id, flags, questions, *_ = _HEADER.unpack_from(data)
+    opcode = flags >> OPCODE_SHIFT & OPCODE_MASK
+    if flags & RESPONSE or opcode not in REQUESTS or not questions:
+        return Notice("not-a-request", f"flags {flags:#06x}, {questions} questions")
+    return None
 
 
 @alg.hookimpl

@@ -40,9 +40,9 @@ NAT: the kernel's nf_nat_snmp_basic rewrites addresses inside SNMP payloads
 from __future__ import annotations
 
 import alg
-from alg import UDP, Direction, ExpectClass, HelperSpec, Notice, Parsed
+from alg import UDP, ExpectClass, HelperSpec, Notice
 
-from ._discovery import answers, is_broadcast_for, subnet_only_option
+from ._discovery import broadcast_request, subnet_only_option
 
 SNMP_PORT = 161
 
@@ -117,19 +117,17 @@ class SnmpHelper(alg.Helper):
     )
 
     def inspect(self, segment: alg.Segment, state: None) -> alg.Outcome:
-        data = segment.data
-        if segment.direction is not Direction.ORIGINAL:
-            return Parsed(len(data))
-        dst = segment.flow.dst
-        if not is_broadcast_for(dst, segment.sender, self.options):
-            return Parsed(len(data), (Notice("not-broadcast", str(dst)),))
-        try:
-            version, pdu = request_pdu(data)
-        except Malformed as e:
-            return Parsed(len(data), (Notice("malformed", str(e)),))
-        if pdu is not None and pdu not in REQUESTS[version]:
-            return Parsed(len(data), (Notice("not-a-request", f"{VERSION_NAMES[version]} PDU {pdu:#04x}"),))
-        return Parsed(len(data), (answers(segment, "snmp", SNMP_PORT, self.options),))
+        return broadcast_request(segment, self.options, "snmp", SNMP_PORT, _refusal)
+
+
+def _refusal(data: bytes) -> Notice | None:
+    try:
+        version, pdu = request_pdu(data)
+    except Malformed as e:
+        return Notice("malformed", str(e))
+    if pdu is not None and pdu not in REQUESTS[version]:
+        return Notice("not-a-request", f"{VERSION_NAMES[version]} PDU {pdu:#04x}")
+    return None
 
 
 @alg.hookimpl

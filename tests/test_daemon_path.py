@@ -177,18 +177,20 @@ def test_the_tns_clients_own_redirect_after_an_idle_hour_opens_nothing(tmp_path)
     assert k.attached == []
 
 
+_SDP = b"v=0\r\no=- 1 1 IN IP4 10.0.1.2\r\ns=-\r\nc=IN IP4 10.0.1.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+INVITE = (b"INVITE sip:bob@10.0.2.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.1.2:5060;branch=z9hG4bK1\r\n"
+          b"From: <sip:alice@10.0.1.2>;tag=1\r\nTo: <sip:bob@10.0.2.2>\r\nCall-ID: a@10.0.1.2\r\n"
+          b"CSeq: 1 INVITE\r\nContact: <sip:alice@10.0.1.2:5060>\r\nContent-Type: application/sdp\r\n"
+          b"Content-Length: %d\r\n\r\n" % len(_SDP)) + _SDP  # opens its dialog: its first packet has the SDP
+
+
 def test_an_expectation_of_a_flows_first_packet_rides_on_its_verdict(tmp_path):
     k = FakeKernel()
     d = daemon(tmp_path, k, ("sip.toml", 'helper = "sip"\nqueue = 9\n'))
     d.reconciler = __import__("alg.daemon.reconciler", fromlist=["Reconciler"]).Reconciler(
         k.ports().events(), d.engine, d.sink, d.stats)
     cid = k.connect("sip", 4, 17, CLIENT, SERVER, 5060, 5060)
-    sdp = b"v=0\r\no=- 1 1 IN IP4 10.0.1.2\r\ns=-\r\nc=IN IP4 10.0.1.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
-    invite = (b"INVITE sip:bob@10.0.2.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.1.2:5060;branch=z9hG4bK1\r\n"
-              b"From: <sip:alice@10.0.1.2>;tag=1\r\nTo: <sip:bob@10.0.2.2>\r\nCall-ID: a@10.0.1.2\r\n"
-              b"CSeq: 1 INVITE\r\nContact: <sip:alice@10.0.1.2:5060>\r\nContent-Type: application/sdp\r\n"
-              b"Content-Length: %d\r\n\r\n" % len(sdp)) + sdp
-    k.send(9, cid, False, invite)
+    k.send(9, cid, False, INVITE)
     d.workers[9].serve()
     assert len(k.attached) == 1 and d.stats.attached == 1
     tup = L.parse_attrs(L.parse_attrs(k.attached[0])[CTA_EXPECT_TUPLE])
@@ -197,7 +199,6 @@ def test_an_expectation_of_a_flows_first_packet_rides_on_its_verdict(tmp_path):
     d.sink._timers = [(0.0, *t[1:]) for t in d.sink._timers]
     d.sink.run_due()
     assert d.stats.attach_failed == 1 and len(k.expectations) >= 1
-
 
 
 def test_in_a_pair_a_first_packets_expectation_is_made_after_its_verdict(tmp_path):
@@ -209,12 +210,7 @@ def test_in_a_pair_a_first_packets_expectation_is_made_after_its_verdict(tmp_pat
     (tmp_path / "alg.toml").write_text(f'[core]\nstatus_socket = "{tmp_path}/alg.sock"\npair = true\n')
     d = daemon(tmp_path, k, ("sip.toml", 'helper = "sip"\nqueue = 9\n'))
     cid = k.connect("sip", 4, 17, CLIENT, SERVER, 5060, 5060)
-    sdp = b"v=0\r\no=- 1 1 IN IP4 10.0.1.2\r\ns=-\r\nc=IN IP4 10.0.1.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
-    invite = (b"INVITE sip:bob@10.0.2.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.1.2:5060;branch=z9hG4bK1\r\n"
-              b"From: <sip:alice@10.0.1.2>;tag=1\r\nTo: <sip:bob@10.0.2.2>\r\nCall-ID: a@10.0.1.2\r\n"
-              b"CSeq: 1 INVITE\r\nContact: <sip:alice@10.0.1.2:5060>\r\nContent-Type: application/sdp\r\n"
-              b"Content-Length: %d\r\n\r\n" % len(sdp)) + sdp
-    k.send(9, cid, False, invite)
+    k.send(9, cid, False, INVITE)
     d.workers[9].serve()
     assert k.attached == [] and d.stats.attached == 0
     d.sink.run_due()
