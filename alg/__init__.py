@@ -9,7 +9,7 @@ from .engine import ExpectationEvent
 from .hookspecs import hookimpl
 from .model import (
     EXPECT_CLASSES_MAX, EXPECT_F_INACTIVE, EXPECT_F_PERMANENT, EXPECT_F_USERSPACE, EXPECT_MAX_MAX, HELPER_NAME_MAX,
-    NEED_DATA, PROTO_NAMES, RESYNC_LINE, TCP, UDP,
+    GRE, NEED_DATA, PROTO_NAMES, RESYNC_LINE, TCP, UDP,
     Action, Direction, Expect, ExpectClass, FlowTuple, Form, Helper, HelperSpec, IPAddress, Length, NatMap, Notice,
     Option, Outcome, Parsed, Resync, Rewrite, Segment, Unexpect, check_networks, ip, parse_networks,
 )
@@ -17,7 +17,7 @@ from .model import (
 __all__ = [
     "AlgError", "ConfigError", "KernelError", "PluginError", "ProtocolViolation", "hookimpl", "ExpectationEvent",
     "EXPECT_CLASSES_MAX", "EXPECT_F_INACTIVE", "EXPECT_F_PERMANENT", "EXPECT_F_USERSPACE", "EXPECT_MAX_MAX",
-    "HELPER_NAME_MAX", "NEED_DATA", "PROTO_NAMES", "RESYNC_LINE", "TCP", "UDP",
+    "HELPER_NAME_MAX", "NEED_DATA", "PROTO_NAMES", "RESYNC_LINE", "TCP", "UDP", "GRE",
     "Action", "Direction", "Expect", "ExpectClass", "FlowTuple", "Form", "Helper", "Length", "NatMap", "Rewrite",
     "HelperSpec", "IPAddress", "Notice",
     "Option", "Outcome", "Parsed", "Resync", "Segment", "Unexpect", "check_networks", "ip", "parse_networks",

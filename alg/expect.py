@@ -23,7 +23,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .model import EXPECT_F_INACTIVE, EXPECT_F_PERMANENT, EXPECT_F_USERSPACE, PROTO_NAMES, FlowTuple, IPAddress
+from .model import (EXPECT_F_INACTIVE, EXPECT_F_PERMANENT, EXPECT_F_USERSPACE, EXPECT_PROTO_NAMES, PROTO_NAMES,
+                    FlowTuple, IPAddress)
 
 
 class Refusal(str, enum.Enum):
@@ -109,7 +110,7 @@ class Expectation:
             "class": self.cls,
             "frame": self.frame,
             "l3": f"ipv{self.l3}",
-            "proto": PROTO_NAMES[self.proto],
+            "proto": EXPECT_PROTO_NAMES[self.proto],
             "src": None if self.src is None else str(self.src),
             "dst": str(self.dst),
             "sport": self.sport,

@@ -57,6 +57,13 @@ TCP = 6
 UDP = 17
 PROTO_NAMES = {TCP: "tcp", UDP: "udp"}
 PROTO_NUMBERS = {v: k for k, v in PROTO_NAMES.items()}
+# An expected flow may also be GRE (PPTP's data, RFC 2637 §4.1): ctnetlink carries a GRE
+# tuple's keys where TCP/UDP carry ports (CTA_PROTO_SRC_PORT/DST_PORT), so an Expect's
+# `dport` is the key (the call ID) and `sport` must be None: the kernel's GRE tracker takes
+# the source key from a keymap only nf_conntrack_pptp fills (tools/probe_gre_expect.py)
+GRE = 47
+EXPECT_PROTO_NAMES = {**PROTO_NAMES, GRE: "gre"}
+GRE_KEY_MAX = 0xFFFF  # a PPTP call ID is 16 bits; 0 is a valid one
 
 # Expectation flags, from include/uapi/linux/netfilter/nf_conntrack_common.h
 EXPECT_F_PERMANENT = 0x1
@@ -461,9 +468,12 @@ def invalid_expect(classes: Sequence[str], a: Expect, l3: int) -> str | None:
     The engine and the test harness both say it this way, naming what is valid."""
     if a.cls not in classes:
         return f"class {a.cls!r} is not one of this helper's classes {list(classes)}"
-    if a.proto not in PROTO_NAMES:
-        return f"proto {a.proto!r} is neither alg.TCP ({TCP}) nor alg.UDP ({UDP})"
-    if not ports_ok(a.sport, a.dport):
+    if a.proto == GRE:
+        if a.sport is not None or not 0 <= a.dport <= GRE_KEY_MAX:
+            return f"GRE keys {a.sport!r}, {a.dport!r}: sport None (the source key is masked out), dport 0-65535"
+    elif a.proto not in PROTO_NAMES:
+        return f"proto {a.proto!r} is neither alg.TCP ({TCP}), alg.UDP ({UDP}) nor alg.GRE ({GRE})"
+    elif not ports_ok(a.sport, a.dport):
         return f"ports {a.sport!r}, {a.dport!r}: each 1-65535, or None (any) for sport"
     if a.dst.version != l3 or (a.src is not None and a.src.version != l3):
         return f"addresses {a.src} -> {a.dst}: IPv{l3} like the master flow"
@@ -472,6 +482,7 @@ def invalid_expect(classes: Sequence[str], a: Expect, l3: int) -> str | None:
 
 __all__: Sequence[str] = [
     "Action", "Direction", "EXPECT_F_INACTIVE", "EXPECT_F_PERMANENT", "EXPECT_F_USERSPACE", "Expect",
+    "EXPECT_PROTO_NAMES", "GRE",
     "ExpectClass", "EXPECT_CLASSES_MAX", "EXPECT_MAX_MAX", "FlowTuple", "Form", "Length", "NatMap", "Rewrite",
     "HELPER_NAME_MAX", "RESYNC_LINE", "Helper",
     "HelperSpec", "IPAddress", "NEED_DATA", "Notice", "Option", "Outcome", "Parsed", "Resync", "PROTO_NAMES",
