@@ -316,11 +316,34 @@ def snmp_cases() -> list[Case]:
                                                                    huge)])]
 
 
+def pptp_msg(ctrl: int, size: int, body: bytes = b"") -> bytes:
+    """A PPTP control message (RFC 2637 §2): header, body padded to the type's length."""
+    return struct.pack("!HHIHH", size, 1, 0x1A2B3C4D, ctrl, 0) + body.ljust(size - 12, b"\0")
+
+
+def pptp_cases() -> list[Case]:
+    def session(port: int) -> tuple[Conn, list[Packet]]:
+        c = Conn("10.0.1.2", "10.0.2.2", port, 1723)
+        return c, c.handshake() + [c.pkt(0, pptp_msg(1, 156, b"\1\0")), c.pkt(1, pptp_msg(2, 156, b"\1\0\1"))]
+    c, setup = session(40000)
+    normal = Case("Outgoing-Call-Request and its Reply (normal)", setup,
+                  [c.pkt(0, pptp_msg(7, 168, struct.pack("!HH", 1, 1))),
+                   c.pkt(1, pptp_msg(8, 32, struct.pack("!HHB", 2, 1, 1)))])
+    c2, setup2 = session(40001)
+    many = Case("390 Outgoing-Call-Requests in one 64 KB stream", setup2,
+                c2.segments(0, b"".join(pptp_msg(7, 168, struct.pack("!HH", i, 1)) for i in range(390)), 1400))
+    c3, setup3 = session(40002)
+    bytewise = Case("a call in 1-byte segments", setup3,
+                    c3.segments(0, pptp_msg(7, 168, struct.pack("!HH", 1, 1)), 1)
+                    + c3.segments(1, pptp_msg(8, 32, struct.pack("!HHB", 2, 1, 1)), 1))
+    return [normal, many, bytewise]
+
+
 CASES: dict[str, Callable[[], list[Case]]] = {
     "ftp": ftp_cases, "ssdp": ssdp_cases, "tns": tns_cases, "rpc": rpc_cases, "sip": sip_cases,
     "dhcpv6": lambda: discovery_cases("dhcpv6"), "mdns": lambda: discovery_cases("mdns"),
     "slp": lambda: discovery_cases("slp"), "irc": irc_cases, "sane": sane_cases, "tftp": tftp_cases,
-    "amanda": amanda_cases, "netbios-ns": netbios_cases, "snmp": snmp_cases,
+    "amanda": amanda_cases, "netbios-ns": netbios_cases, "snmp": snmp_cases, "pptp": pptp_cases,
 }
 
 

@@ -80,7 +80,7 @@ RESULT_OK = 1  # §2.2 Connected/success, §2.8 Connected, §2.10 Accept
 SCCRQ, SCCRP, STOPCCRQ, STOPCCRP = 1, 2, 3, 4
 OCRQ, OCRP, ICRQ, ICRP, ICCN, CCRQ, CDN = 7, 8, 9, 10, 11, 12, 13
 PNS, PAC, EITHER = Direction.ORIGINAL, Direction.REPLY, None
-MESSAGES = {  # type: (name, length, sender)
+MESSAGES = {  # control message type -> (name, length, sender)
     SCCRQ: ("Start-Control-Connection-Request", 156, PNS), SCCRP: ("Start-Control-Connection-Reply", 156, PAC),
     STOPCCRQ: ("Stop-Control-Connection-Request", 16, EITHER), STOPCCRP: ("Stop-Control-Connection-Reply", 16, EITHER),
     5: ("Echo-Request", 16, EITHER), 6: ("Echo-Reply", 20, EITHER),
@@ -111,7 +111,7 @@ class PptpState:
 
     def __init__(self) -> None:
         self.session = False  # Start-Control-Connection-Reply said success
-        self.calls: dict[tuple[str, int], Call] = {}  # ("pns"|"pac", call ID) -> call
+        self.calls: dict[tuple[str, int | None], Call] = {}  # ("pns"|"pac", call ID) -> call
 
 
 class PptpHelper(alg.Helper):
@@ -196,7 +196,7 @@ def _out_reply(msg: bytes, seg: alg.Segment, state: PptpState) -> tuple:
         del state.calls[("pns", pns)]
         return (Notice("refused", f"outgoing call {pns}: result code {result}"),)
     call.pac = pac
-    return _connected(call, seg)
+    return _connected(call, pns, pac, seg)
 
 
 def _in_request(msg: bytes, seg: alg.Segment, state: PptpState) -> tuple:
@@ -219,9 +219,9 @@ def _in_reply(msg: bytes, seg: alg.Segment, state: PptpState) -> tuple:
 def _in_connected(msg: bytes, seg: alg.Segment, state: PptpState) -> tuple:
     (pns,) = _U16.unpack_from(msg, _BODY)  # the peer's call ID
     call = state.calls.get(("pns", pns))
-    if call is None or call.state != IN_ANSWERED:
+    if call is None or call.state != IN_ANSWERED or call.pac is None:
         return (Notice("unsolicited", f"Incoming-Call-Connected for PNS call ID {pns}, which did not answer"),)
-    return _connected(call, seg)
+    return _connected(call, pns, call.pac, seg)
 
 
 def _clear(msg: bytes, seg: alg.Segment, state: PptpState) -> tuple:
@@ -237,21 +237,21 @@ def _clear(msg: bytes, seg: alg.Segment, state: PptpState) -> tuple:
     return (Unexpect("gre", _tag(call)),) if call.state == CONNECTED else ()
 
 
-def _track(state: PptpState, key: tuple[str, int], call: Call) -> tuple:
+def _track(state: PptpState, key: tuple[str, int | None], call: Call) -> tuple:
     if key not in state.calls and len(state.calls) >= MAX_CALLS:
         return (Notice("too-many-calls", f"more than {MAX_CALLS} calls on one control connection"),)
     state.calls[key] = call
     return ()
 
 
-def _connected(call: Call, seg: alg.Segment) -> tuple:
+def _connected(call: Call, pns_id: int, pac_id: int, seg: alg.Segment) -> tuple:
     call.state = CONNECTED
     if seg.nat is not None:
         return (Notice("nat", "PPTP behind NAT needs GRE key translation (nf_nat_pptp): nothing opened"),)
     pns, pac = seg.flow.src, seg.flow.dst  # the control connection's ends: its originator is the PNS
     tag = _tag(call)
-    return (Expect("gre", GRE, pns, pac, None, call.pac, tag=tag),
-            Expect("gre", GRE, pac, pns, None, call.pns, tag=tag))
+    return (Expect("gre", GRE, pns, pac, None, pac_id, tag=tag),
+            Expect("gre", GRE, pac, pns, None, pns_id, tag=tag))
 
 
 def _tag(call: Call) -> str:
