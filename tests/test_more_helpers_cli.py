@@ -47,17 +47,24 @@ def test_snmp_is_listed_ipv4_only_with_the_kernels_policy():
 
 
 BROADCAST = {"netbios-ns": ("udp", 137), "snmp": ("udp", 161)}
+OTHERS = {**BROADCAST, "pptp": ("tcp", 1723)}  # pptp: no options, kernel-named too (nf_conntrack_pptp)
 
 
-@pytest.mark.parametrize("name", [*sorted(NEW), *BROADCAST])
+def test_pptp_is_listed_with_the_kernels_policy():
+    h = {h["name"]: h for h in json.loads(alg("helpers", "--format", "json"))}["pptp"]
+    assert (h["protocols"], h["ports"], h["families"]) == (["tcp"], [1723], ["ipv4", "ipv6"])
+    assert h["classes"] == [{"name": "gre", "expect_max": 2, "expect_timeout": 300}]
+
+
+@pytest.mark.parametrize("name", [*sorted(NEW), *OTHERS])
 def test_rules_assign_the_port_and_accept_related(name):
-    proto, port, *_ = NEW.get(name) or BROADCAST[name]
+    proto, port, *_ = NEW.get(name) or OTHERS[name]
     text = alg("rules", "--helper", name)
     assert f'-A alg-helpers -p {proto} --dport {port} -m comment --comment "alg {name}" -j CT --helper {name}' in text
     assert f"-m helper --helper {name}" in text
 
 
-@pytest.mark.parametrize("name", [*sorted(NEW), *BROADCAST])
+@pytest.mark.parametrize("name", [*sorted(NEW), *OTHERS])
 def test_doctor_spots_the_in_kernel_helper_of_the_same_name(tmp_path, name):
     policy = default_policy({n: c.spec for n, c in load_plugins().helpers.items()})
     (tmp_path / f"sys/module/nf_conntrack_{name.replace('-', '_')}").mkdir(parents=True)  # as /sys names it
