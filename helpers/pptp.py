@@ -187,14 +187,23 @@ def _out_request(msg: bytes, seg: alg.Segment, state: PptpState) -> tuple:
     return _track(state, ("pns", pns), Call(OUT_REQUESTED, pns, None))
 
 
+def _answered(state: PptpState, key: tuple[str, int], want: str, result: int, what: str) -> Call | tuple:
+    """The call a reply answers (taken out of the table when refused), or the notices that say why not."""
+    call = state.calls.get(key)
+    if call is None or call.state != want:
+        return (Notice("unsolicited", f"{what}-Call-Reply for {key[0].upper()} call ID {key[1]}, "
+                                      "which it did not request"),)
+    if result != RESULT_OK:
+        del state.calls[key]
+        return (Notice("refused", f"{what.lower()} call {key[1]}: result code {result}"),)
+    return call
+
+
 def _out_reply(msg: bytes, seg: alg.Segment, state: PptpState) -> tuple:
     pac, pns, result = _IDS.unpack_from(msg, _BODY)
-    call = state.calls.get(("pns", pns))
-    if call is None or call.state != OUT_REQUESTED:
-        return (Notice("unsolicited", f"Outgoing-Call-Reply for PNS call ID {pns}, which it did not request"),)
-    if result != RESULT_OK:
-        del state.calls[("pns", pns)]
-        return (Notice("refused", f"outgoing call {pns}: result code {result}"),)
+    call = _answered(state, ("pns", pns), OUT_REQUESTED, result, "Outgoing")
+    if isinstance(call, tuple):
+        return call
     call.pac = pac
     return _connected(call, pns, pac, seg)
 
@@ -206,12 +215,10 @@ def _in_request(msg: bytes, seg: alg.Segment, state: PptpState) -> tuple:
 
 def _in_reply(msg: bytes, seg: alg.Segment, state: PptpState) -> tuple:
     pns, pac, result = _IDS.unpack_from(msg, _BODY)
-    call = state.calls.get(("pac", pac))
-    if call is None or call.state != IN_REQUESTED:
-        return (Notice("unsolicited", f"Incoming-Call-Reply for PAC call ID {pac}, which it did not request"),)
-    del state.calls[("pac", pac)]
-    if result != RESULT_OK:
-        return (Notice("refused", f"incoming call {pac}: result code {result}"),)
+    call = _answered(state, ("pac", pac), IN_REQUESTED, result, "Incoming")
+    if isinstance(call, tuple):
+        return call
+    del state.calls[("pac", pac)]  # from here on known by the PNS's call ID
     call.state, call.pns = IN_ANSWERED, pns
     return _track(state, ("pns", pns), call)
 
