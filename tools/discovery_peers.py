@@ -4,7 +4,8 @@
                         LOCATION http://ADDR:49152/desc.xml; HTTP on ADDR:49152 serving the description,
                         one service's SCPD, and SUBSCRIBE (answers SID, then sends the initial NOTIFY to
                         the CALLBACK URL, UDA 2.0 §4.1.2, §4.3)
-  upnp-control-point ADDR   M-SEARCH, fetch LOCATION, SUBSCRIBE with a callback on ADDR:49200
+  upnp-control-point ADDR [TARGET]   M-SEARCH (unicast to TARGET:1900 if given), fetch LOCATION,
+                        SUBSCRIBE with a callback on ADDR:49200, wait for the NOTIFY
   slp-agent ADDR        SLPv2 SA (RFC 2608): joins 239.255.255.253, answers SrvRqst with a SrvRply
   slp-ua DST [SRC]      sends one SLPv2 SrvRqst for service:printer to DST:427 and prints replies
   responders ADDR       upnp-device and slp-agent in one process (the lab: one Python start, not two)
@@ -64,6 +65,7 @@ def upnp_device(addr: str, block: bool = True) -> None:
             self._send(SCPD if "scpd" in self.path else DESC)
 
         def do_SUBSCRIBE(self):
+            print("subscribe CALLBACK:", self.headers.get("CALLBACK"), flush=True)
             cb = re.findall(r"<([^>]*)>", self.headers.get("CALLBACK", ""))
             self._send("", extra=(("SID", "uuid:sub-1"), ("TIMEOUT", "Second-300")))
             if cb:
@@ -120,7 +122,10 @@ def _ssdp_loop(s: socket.socket, addr: str) -> None:
         print("answered", peer, flush=True)
 
 
-def upnp_control_point(addr: str) -> None:
+def upnp_control_point(addr: str, target: str = "") -> None:
+    """M-SEARCH (to the SSDP group, or by unicast to TARGET:1900), fetch the LOCATION of the first
+    answer, SUBSCRIBE with a callback on ADDR:49200 and wait for the initial NOTIFY; one line per
+    step, the first that fails ends it (exit status 1 without an event)."""
     got: list[str] = []
 
     class Cb(BaseHTTPRequestHandler):
@@ -139,19 +144,29 @@ def upnp_control_point(addr: str) -> None:
     s.bind((addr, 0))
     s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 2)
     s.settimeout(3)
-    s.sendto(b'M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: "ssdp:discover"\r\nMX: 1\r\n'
-             b"ST: upnp:rootdevice\r\n\r\n", SSDP)
-    data, peer = s.recvfrom(4096)
+    for _ in range(3):  # UDA §1.3.2: a control point sends its search more than once
+        s.sendto(b'M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: "ssdp:discover"\r\nMX: 1\r\n'
+                 b"ST: upnp:rootdevice\r\n\r\n", (target, SSDP[1]) if target else SSDP)
+        try:
+            data, peer = s.recvfrom(4096)
+            break
+        except TimeoutError:
+            continue
+    else:
+        sys.exit("no answer")
     loc = re.search(rb"(?im)^LOCATION:\s*(\S+)", data)[1].decode()
     print("answer from", peer, loc, flush=True)
-    desc = urlopen(loc, timeout=3).read()
-    print("description", len(desc), "bytes", flush=True)
-    host = re.match(r"http://([^/]+)", loc)[1]
-    sock = socket.create_connection(tuple(host.rsplit(":", 1)[0:1]) + (int(host.rsplit(":", 1)[1]),), timeout=3)
-    sock.sendall(f"SUBSCRIBE /evt HTTP/1.1\r\nHOST: {host}\r\nCALLBACK: <http://{addr}:49200/cb>\r\n"
-                 f"NT: upnp:event\r\nTIMEOUT: Second-300\r\nContent-Length: 0\r\n\r\n".encode())
-    print("subscribe:", sock.recv(4096).split(b"\r\n")[0].decode(), flush=True)
-    for _ in range(30):
+    host, port = re.match(r"http://([^/:]+):(\d+)", loc).groups()
+    try:
+        desc = urlopen(loc, timeout=5).read()
+        print("description", len(desc), "bytes", flush=True)
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(f"SUBSCRIBE /evt HTTP/1.1\r\nHOST: {host}:{port}\r\nCALLBACK: <http://{addr}:49200/cb>\r\n"
+                         f"NT: upnp:event\r\nTIMEOUT: Second-300\r\nContent-Length: 0\r\n\r\n".encode())
+            print("subscribe:", sock.recv(4096).split(b"\r\n")[0].decode(), flush=True)
+    except OSError as exc:
+        sys.exit(f"failed: {exc}")
+    for _ in range(50):
         if got:
             break
         time.sleep(0.1)

@@ -73,57 +73,19 @@ PYEOF
 # per attempt, `ok ...` when the redirect target answered (it refuses the session: DPY-6001
 # naming port 1522). python-oracledb acts on a REDIRECT whose data follows in a DATA packet
 # (what the listener sends here), not on one carrying it inline.
-cat >"$RUN/client.py" <<'PYEOF'
-import re, socket, struct, sys
+cat >"$RUN/client.py" <<PYEOF
+import re, sys
+sys.path.insert(0, "$ALG_ROOT/tools")
 import oracledb
-
-def packet(ptype, body):
-    return struct.pack(">HHBBH", 8 + len(body), 0, ptype, 0, 0) + body
-
-def read_packet(s):
-    head = b""
-    while len(head) < 8:
-        c = s.recv(8 - len(head))
-        if not c:
-            raise ConnectionError("closed")
-        head += c
-    length, _, ptype = struct.unpack(">HHB", head[:5])
-    body = b""
-    while len(body) < length - 8:
-        c = s.recv(length - 8 - len(body))
-        if not c:
-            raise ConnectionError("closed")
-        body += c
-    return ptype, body
-
-def connect_packet():  # CONNECT (type 1): version 313, compat 300, SDU 8192, connect data at offset 34
-    cd = b"(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=XE))(ADDRESS=(PROTOCOL=TCP)(HOST=lab)(PORT=1521)))"
-    return packet(1, struct.pack(">9HHIBB", 313, 300, 0, 8192, 32767, 0x7F08, 0, 0x0100, len(cd), 34, 0, 0x41, 0x41) + cd)
-
-def raw(host, port, timeout):  # scripted client: CONNECT, REDIRECT (data inline or in a DATA packet), follow it
-    with socket.create_connection((host, int(port)), timeout=5) as s:
-        s.sendall(connect_packet())
-        ptype, body = read_packet(s)
-        if ptype != 5:
-            return f"no REDIRECT (type {ptype})"
-        (n,) = struct.unpack_from(">H", body)
-        data = body[2:2 + n] if len(body) > 2 else read_packet(s)[1][2:]
-    m = re.search(rb"HOST=([^)]+)\)\(PORT=(\d+)", data)
-    h, p = m.group(1).decode(), int(m.group(2))
-    try:
-        with socket.create_connection((h, p), timeout=timeout) as s:
-            s.sendall(connect_packet())
-            ptype, _ = read_packet(s)
-    except OSError as e:
-        return f"redirect to {h} port {p}: {e or 'timed out'}"
-    return f"redirected to host {h} port {p}: packet type {ptype}" + (" (REFUSE)" if ptype == 4 else "")
+from tns_listener import follow_redirect
 
 print("ready", flush=True)
 for line in sys.stdin:
     dsn, timeout = line.split()
     try:
         if dsn.startswith("raw:"):
-            msg = raw(*dsn[4:].rsplit(":", 1), float(timeout))
+            host, port = dsn[4:].rsplit(":", 1)
+            msg = follow_redirect(host, int(port), float(timeout))
         else:
             oracledb.connect(user="u", password="p", dsn=dsn, tcp_connect_timeout=float(timeout))
             msg = "connected?!"
