@@ -72,13 +72,16 @@ under NAT: a NOTIFY's renewal of a callback that the NAT translated (the
 core moves only expectations of the sender's own address outside, and this
 one names the receiver's).
 
-Kernel limit (measured in the lab, Debian 6.1.0-56; upstream since 2026): an
-expected conntrack gets a helper only from an expectation attached to the
-NFQUEUE verdict (NFQA_EXP carrying CTA_EXPECT_HELP_NAME), as conntrackd does;
-an expectation made with a separate ctnetlink EXP_NEW gives none, name or
-not. Until the daemon attaches `assign_helper` expectations to its verdicts,
-the answers pass (search) but are not inspected, so no location or callback
-expectation is made live (replay shows what they will be).
+Kernel limit (measured in the lab, Debian 6.1.0-56 and -57): an expected
+conntrack gets a helper only from an expectation attached to the NFQUEUE
+verdict (NFQA_EXP carrying CTA_EXPECT_HELP_NAME); one made with a separate
+ctnetlink EXP_NEW gives none, name or not. So the daemon attaches every
+`assign_helper` expectation to its packet's verdict, also where the master is
+confirmed: a unicast M-SEARCH's answer arrives on its own, confirmed flow, and
+the description connection its LOCATION expectation admits must get the
+helper for its SUBSCRIBE to be read (the lab's nat-tns-ssdp.sh). conntrackd
+1.4.7, on the same unicast exchange there, expected the description
+connection but gave it no helper, and never read its SUBSCRIBE.
 """
 
 from __future__ import annotations

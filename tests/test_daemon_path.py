@@ -18,7 +18,7 @@ from fakekernel import IP_CT_ESTABLISHED, SYN, FakeKernel
 from alg.daemon import Daemon
 from alg.flows import FLOW_RECORD_LEN, FlowRecord, RecordFlag
 from alg.kernel import nlmsg as L
-from alg.kernel.ctnetlink import CTA_EXPECT_TUPLE
+from alg.kernel.ctnetlink import CTA_EXPECT_HELP_NAME, CTA_EXPECT_TUPLE
 from alg.plugins import load_plugins
 
 HOST = load_plugins()
@@ -199,6 +199,24 @@ def test_an_expectation_of_a_flows_first_packet_rides_on_its_verdict(tmp_path):
     d.sink._timers = [(0.0, *t[1:]) for t in d.sink._timers]
     d.sink.run_due()
     assert d.stats.attach_failed == 1 and len(k.expectations) >= 1
+
+
+def test_an_expectation_that_gives_a_helper_rides_on_a_confirmed_masters_verdict(tmp_path):
+    """A unicast M-SEARCH is answered on its own, confirmed flow; the answer's LOCATION
+    expectation must give the description connection the ssdp helper (to read its SUBSCRIBE),
+    which the kernel does only for an expectation on a verdict (lab: nat-tns-ssdp.sh)."""
+    k = FakeKernel()
+    d = daemon(tmp_path, k, ("ssdp.toml", 'helper = "ssdp"\nqueue = 24\n'))
+    cid = k.connect("ssdp", 4, 17, CLIENT, SERVER, 40000, 1900)
+    k.send(24, cid, False, b'M-SEARCH * HTTP/1.1\r\nHOST: %s:1900\r\nMAN: "ssdp:discover"\r\n'
+           b"ST: upnp:rootdevice\r\n\r\n" % SERVER.encode())
+    d.workers[24].serve()
+    k.send(24, cid, True, b"HTTP/1.1 200 OK\r\nLOCATION: http://%s:49152/desc.xml\r\n\r\n" % SERVER.encode())
+    d.workers[24].serve()
+    d.sink.run_due()
+    assert len(k.attached) == 1 and not k.expectations  # on the verdict, not over ctnetlink
+    exp = L.parse_attrs(k.attached[0])
+    assert exp[CTA_EXPECT_HELP_NAME].rstrip(b"\0") == b"ssdp"
 
 
 def test_in_a_pair_a_first_packets_expectation_is_made_after_its_verdict(tmp_path):

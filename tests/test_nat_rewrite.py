@@ -354,11 +354,12 @@ def checked(raw: bytes) -> bytes:
 
 
 def datagram(k: FakeKernel, d, cid: int, reply: bool, payload: bytes) -> list:
-    before = set(k.expectations)
+    """The expectations the daemon made for this datagram (over ctnetlink or on its verdict)."""
+    before = set(d.engine.table)
     k.send(7, cid, reply, payload)
     d.workers[7].serve()
     d.sink.run_due()
-    return [key for key in k.expectations if key not in before]
+    return [e for e in d.engine.table if e not in before]
 
 
 def forwarded_device(tmp_path, answer: bytes, l3: int = 4, device: str = DEVICE, public: str = PUBLIC,
@@ -376,8 +377,9 @@ def forwarded_device(tmp_path, answer: bytes, l3: int = 4, device: str = DEVICE,
     (4, DEVICE, PUBLIC, CP_OUT), (6, "fd00:77::30", "2001:db8::1", "2001:db8:1::20")])
 def test_a_forwarded_devices_location_names_the_public_address(tmp_path, l3, device, public, cp):
     answer = ANSWER.replace(b"http://192.168.77.30:", b"http://%s:" % (device if l3 == 4 else f"[{device}]").encode())
-    k, d, (key,) = forwarded_device(tmp_path, answer, l3, device, public, cp)
-    e, _master = k.expectations[key]
+    k, d, (e,) = forwarded_device(tmp_path, answer, l3, device, public, cp)
+    # on the verdict: the description connection gets the helper only from there (helpers/ssdp.py)
+    assert len(k.attached) == 1 and not k.expectations
     assert (e.proto, e.src, e.dst, e.dport, e.nat) == (6, ip(cp), ip(public), 49152, (0, ip(device), 49152))
     shown = public if l3 == 4 else f"[{public}]"
     assert checked(k.queues[7].verdicts[-1].payload) == \
@@ -387,8 +389,8 @@ def test_a_forwarded_devices_location_names_the_public_address(tmp_path, l3, dev
 
 def test_a_location_without_a_port_gets_the_outside_one_written(tmp_path):
     answer = ANSWER.replace(b"http://192.168.77.30:49152/", b"http://192.168.77.30/")
-    k, d, (key,) = forwarded_device(tmp_path, answer)
-    assert k.expectations[key][0].dport == 80
+    k, d, (e,) = forwarded_device(tmp_path, answer)
+    assert e.dport == 80
     assert checked(k.queues[7].verdicts[-1].payload) == answer.replace(b"http://192.168.77.30/",
                                                                         b"http://192.0.2.1:80/")
 
@@ -457,9 +459,12 @@ def test_a_masqueraded_control_points_callback_names_the_public_address(tmp_path
     c = _tcp(k, d, k.connect("ssdp", 4, 6, CP, DEVICE, 35046, 49152, reply_dst=PUBLIC, reply_dport=61046,
                              master=master))
     assert b"CALLBACK: <http://192.168.77.20:46675/" in SUBSCRIBE
-    (key,) = c.send(False, SUBSCRIBE)
-    e, _master = k.expectations[key]
+    before = set(d.engine.table)
+    c.send(False, SUBSCRIBE)
+    (e,) = [x for x in d.engine.table if x not in before]
     assert (e.src, e.dst, e.dport, e.nat) == (ip(DEVICE), ip(PUBLIC), 46675, (1, ip(CP), 46675))
+    assert len(k.attached) == 1  # on the verdict, CTA_EXPECT_NAT with it
+    assert L.parse_attrs(L.parse_attrs(k.attached[0])[CTA_EXPECT_NAT])[CTA_EXPECT_NAT_DIR] == struct.pack("!I", 1)
     v = k.queues[7].verdicts[-1]
     assert checked(v.payload) == SUBSCRIBE.replace(b"<http://192.168.77.20:", b"<http://192.0.2.1:")
     assert v.ct is not None

@@ -141,15 +141,18 @@ class QueueWorker:
                 record = pack_ct_help(self.helper, d.record.pack())
             elif isinstance(d, Create):
                 e = d.expectation
-                if view.confirmed:
-                    if not self.sink.create(e) and not self.engine.core.accept_on_pressure:
-                        accept = False
-                elif attach is None and self.queue.conntrack and not self.engine.core.pair:
+                if (attach is None and self.queue.conntrack and not self.engine.core.pair
+                        and (not view.confirmed or e.assign_helper)):
                     # the master is unconfirmed while this packet waits: only its verdict can name it.
-                    # Not in a pair: the kernel announces it before its master, and conntrackd drops
-                    # an expectation whose master it has not seen; made after the verdict it goes.
+                    # And an expectation that gives the expected conntrack a helper rides on the
+                    # verdict even for a confirmed master: the kernel honours CTA_EXPECT_HELP_NAME
+                    # only there (see exp_body). Not in a pair: the kernel announces it before its
+                    # master, and conntrackd drops an expectation whose master it has not seen.
                     attach = exp_body(e, None)
                     self.sink.attached(e)
+                elif view.confirmed:
+                    if not self.sink.create(e) and not self.engine.core.accept_on_pressure:
+                        accept = False
                 else:
                     later.append(e)
             elif isinstance(d, Delete):
