@@ -47,7 +47,8 @@ def _read(s: socket.socket, n: int) -> bytes:
 def connect_packet() -> bytes:
     """CONNECT (type 1): version 313, compatible 300, SDU 8192, its connect data inline at offset 34."""
     cd = b"(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=XE))(ADDRESS=(PROTOCOL=TCP)(HOST=lab)(PORT=1521)))"
-    return packet(1, struct.pack(">9HHIBB", 313, 300, 0, 8192, 32767, 0x7F08, 0, 0x0100, len(cd), 34, 0, 0x41, 0x41) + cd)
+    head = struct.pack(">9HHIBB", 313, 300, 0, 8192, 32767, 0x7F08, 0, 0x0100, len(cd), 34, 0, 0x41, 0x41)
+    return packet(1, head + cd)
 
 
 def follow_redirect(host: str, port: int, timeout: float) -> str:
