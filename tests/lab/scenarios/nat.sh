@@ -24,8 +24,6 @@
 #               its expectations but are not translated to the inside (counted from conntrack events),
 #               because Debian's libnetfilter_conntrack 1.0.9, through which conntrackd creates them,
 #               sends no CTA_EXPECT_NAT nor CTA_EXPECT_FN (tools/probe_libnfct_expect.py). alg's pass.
-#               Not in the default run yet (NAT_PHASES="kernel alg conntrackd-ftp negative compare"):
-#               its checks in this form have not had a lab run of their own
 #   negative    (d) no helper: active and passive FTP fail, the far end sees private addresses, no media
 #               passes RELATED
 #   compare     (e) tools/lab/nat_compare.py: the kernel's and alg's public-side captures, field by field;
@@ -50,7 +48,7 @@ RATE=${NAT_RATE:-2}  # calls/s: one SIPp process per side; under TCG faster star
 HOLD_MS=${NAT_HOLD_MS:-$(( (PHONES / RATE) * 1000 + 20000 ))}  # > time to set up every call + send media
 NEG_HOLD_MS=$(( (NEG_PHONES / RATE) * 1000 + 15000 ))
 SIP_TIMEOUT=${NAT_SIP_TIMEOUT:-$(( HOLD_MS / 1000 + 60 ))}
-PHASES=" ${NAT_PHASES:-kernel alg negative compare} "
+PHASES=" ${NAT_PHASES:-kernel alg conntrackd-ftp negative compare} "
 PHASES=${PHASES// kernel / kernel-ftp kernel-sip }; PHASES=${PHASES// alg / alg-ftp alg-sip }
 FTP_FILE=hello.txt
 PIDS=() TCPDUMP_PID=
