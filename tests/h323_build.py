@@ -164,20 +164,27 @@ def setup(h245: tuple | None = None, fast: list[bytes] | None = None, alias: str
     endpoint(w)
     w.put(0, 1).octets(b"\x11" * 16).put(0, 1).put(0, 2).put(0, 1).put(0, 2)  # activeMC, conferenceID, goal, type
     if fast is not None:  # additions 0-6: fastStart is the 7th
-        w.small(6).put(0b0000001, 7)
-        items = W().length(len(fast))
-        for item in fast:
-            items.open(item)
-        w.open(items.done())
+        fast_start(w, fast, 6)
     return uuie(w)
 
 
-def connect(h245: tuple | None = None) -> bytes:
-    w = head(2).put(0, 1).put(h245 is not None, 1).length(len(H225_OID)).octets(H225_OID)
+def fast_start(w: W, items: list[bytes], index: int) -> W:
+    """The extension additions of a UUIE up to fastStart (the `index`th), only it present."""
+    w.small(index).put(1, index + 1)
+    seq = W().length(len(items))
+    for item in items:
+        seq.open(item)
+    return w.open(seq.done())
+
+
+def connect(h245: tuple | None = None, fast: list[bytes] | None = None) -> bytes:
+    w = head(2).put(fast is not None, 1).put(h245 is not None, 1).length(len(H225_OID)).octets(H225_OID)
     if h245:
         h225_address(w, *h245)
-    endpoint(w, vendor=False)
-    return uuie(w.octets(b"\x22" * 16))
+    endpoint(w, vendor=False).octets(b"\x22" * 16)
+    if fast is not None:  # additions: callIdentifier, h245SecurityMode, tokens, cryptoTokens, fastStart
+        fast_start(w, fast, 4)
+    return uuie(w)
 
 
 def facility(alternative: tuple | None = None, reason: int = 1, h245: tuple | None = None,

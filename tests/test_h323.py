@@ -286,3 +286,10 @@ def test_any_bytes_decode_or_are_malformed(data, node):
         per.decode(node, data)
     except per.Malformed:
         pass
+
+
+def test_connect_fast_start_answer_opens_the_callees_media():
+    answer = b.q931(b.connect(h245=(CALLEE, 4000), fast=[b.olc(media=(CALLEE, 5000), control=(CALLEE, 5001))]), 0x07)
+    out = run([(OUT, b.q931(b.setup())), (R, answer)])
+    assert tuples(out) == [("h245", "tcp", CALLER, CALLEE, 4000), ("media", "udp", CALLER, CALLEE, 5000),
+                           ("media", "udp", CALLER, CALLEE, 5001)]
