@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +24,6 @@ from netns import CLIENT4, SERVER4, Net
 from test_kernel_pptp import _decide, _probe  # the engine on a capture; the fw's rule counters
 
 pytestmark = pytest.mark.kernel
-ROOT = Path(__file__).resolve().parent.parent
 H245_PORT, RTP, OTHER = 4000, 5000, 4002
 
 # the callee (srv) accepts the call on 1720, answers the Setup with a Connect (hex in argv[2]) naming its
