@@ -96,6 +96,8 @@ Q931_PORT, RAS_PORT = 1720, 1719
 TPKT_VERSION = 3  # RFC 1006 §6: version 3, reserved 0, 16-bit length of the whole packet
 TPKT_HEADER = 4
 Q931, H245 = "q931", "h245"
+# the UUIEs whose h245Address and fastStart are read (nf_conntrack_h323_main.c process_q931)
+_H245_BODIES = frozenset(("setup", "callProceeding", "connect", "alerting", "facility", "progress"))
 
 
 class H323State:
@@ -164,7 +166,7 @@ class H323Helper(alg.Helper):
             name, uuie = body
             if name == "facility" and (uuie.get("reason") or ("",))[0] == h225.CALL_FORWARDED:
                 out += self._forwarded(uuie.get("alternativeAddress"), seg)
-            elif name in ("setup", "callProceeding", "connect", "alerting", "facility", "progress"):
+            elif name in _H245_BODIES:
                 if "h245Address" in uuie:
                     out += self._h245_address(uuie["h245Address"], seg)
                 for olc in uuie.get("fastStart") or ():
@@ -198,27 +200,13 @@ class H323Helper(alg.Helper):
         name, body = message
         if name == "unregistrationRequest":
             return (Unexpect(),)
-        if not isinstance(body, dict):
-            return ()
-        if name == "registrationRequest":
-            return self._registration(body.get("callSignalAddress") or [], seg)
-        if name in ("admissionConfirm", "locationConfirm"):
-            field = "destCallSignalAddress" if name == "admissionConfirm" else "callSignalAddress"
-            addr = _h225_address(body.get(field), seg)
-            if name == "admissionConfirm" and addr is not None and addr[0] == seg.receiver:
-                return ()  # the called endpoint's own address: it is answering a call (kernel: "Answering ACF")
-            found = _usable(addr, self.options, field)
-            if isinstance(found, Notice):
-                return (found,)
-            return (_call_leg(seg.receiver, *found),)
-        if name == "gatekeeperConfirm":
-            return self._gatekeeper(body.get("rasAddress"), seg)
-        return ()
+        handler = _RAS.get(name)
+        return handler(self, body, seg) if handler is not None and isinstance(body, dict) else ()
 
-    def _registration(self, addresses: list, seg: alg.Segment) -> tuple:
+    def _registration(self, rrq: dict, seg: alg.Segment) -> tuple:
         """The first callSignalAddress that is the sender's own (the kernel's expect_q931)."""
         refused: Notice | None = None
-        for ta in addresses:
+        for ta in rrq.get("callSignalAddress") or ():
             found = _own(_h225_address(ta, seg), seg, self.options, "callSignalAddress")
             if isinstance(found, Notice):
                 refused = refused or found
@@ -227,8 +215,22 @@ class H323Helper(alg.Helper):
             return (_call_leg(src, *found),)
         return (refused,) if refused else ()
 
-    def _gatekeeper(self, ta: Any, seg: alg.Segment) -> tuple:
-        addr = _h225_address(ta, seg)
+    def _admission(self, acf: dict, seg: alg.Segment) -> tuple:
+        addr = _h225_address(acf.get("destCallSignalAddress"), seg)
+        if addr is not None and addr[0] == seg.receiver:
+            return ()  # the called endpoint's own address: it is answering a call (kernel: "Answering ACF")
+        return self._located(addr, seg, "destCallSignalAddress")
+
+    def _location(self, lcf: dict, seg: alg.Segment) -> tuple:
+        return self._located(_h225_address(lcf.get("callSignalAddress"), seg), seg, "callSignalAddress")
+
+    def _located(self, addr: tuple | None, seg: alg.Segment, what: str) -> tuple:
+        """The call leg to a party RAS named (a third party by design: from the receiver only)."""
+        found = _usable(addr, self.options, what)
+        return (found,) if isinstance(found, Notice) else (_call_leg(seg.receiver, *found),)
+
+    def _gatekeeper(self, gcf: dict, seg: alg.Segment) -> tuple:
+        addr = _h225_address(gcf.get("rasAddress"), seg)
         if addr is None or (addr[0] == seg.sender and addr[1] == seg.sender_port):
             return ()  # registration goes on on this flow
         if seg.expected:
@@ -237,6 +239,11 @@ class H323Helper(alg.Helper):
         if isinstance(found, Notice):
             return (found,)
         return (Expect("signalling", UDP, seg.receiver, found[0], None, found[1], assign_helper=True),)
+
+
+# RAS messages read (nf_conntrack_h323_main.c process_ras, without its NAT-only ones)
+_RAS = {"registrationRequest": H323Helper._registration, "admissionConfirm": H323Helper._admission,
+        "locationConfirm": H323Helper._location, "gatekeeperConfirm": H323Helper._gatekeeper}
 
 
 def _call_leg(src: alg.IPAddress | None, dst: alg.IPAddress, port: int) -> Expect:
