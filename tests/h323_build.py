@@ -216,12 +216,15 @@ def ras(index: int) -> W:
     return W().put(0, 1).put(index, 5)  # RasMessage CHOICE (ext, 25 root)
 
 
-def rrq(addresses: list[tuple]) -> bytes:
+def rrq(addresses: list[tuple], ras_address: tuple = ("10.0.1.2", 1719)) -> bytes:
+    """RegistrationRequest: callSignalAddress list, rasAddress, terminalType, endpointVendor."""
     w = ras(3).put(0, 1).put(0, 3).word(7).length(len(H225_OID)).octets(H225_OID).put(1, 1)
     w.length(len(addresses))
     for a in addresses:
         h225_address(w, *a)
-    return w.done()
+    h225_address(w.length(1), *ras_address)
+    endpoint(w)
+    return w.put(0, 1).put(0, 2).put(0, 1).octets(b"\xb5\x00").word(0x5066).done()  # endpointVendor
 
 
 def acf(address: tuple) -> bytes:
@@ -230,7 +233,9 @@ def acf(address: tuple) -> bytes:
 
 
 def lcf(address: tuple) -> bytes:
-    return h225_address(ras(19).put(0, 1).put(0, 1).word(9), *address).done()
+    """LocationConfirm: callSignalAddress, rasAddress (the located endpoint's, on 1719)."""
+    w = h225_address(ras(19).put(0, 1).put(0, 1).word(9), *address)
+    return h225_address(w, address[0], 1719).done()
 
 
 def gcf(address: tuple) -> bytes:

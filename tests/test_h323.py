@@ -128,6 +128,11 @@ def test_rrq_opens_the_endpoints_call_signalling_port_to_its_gatekeeper():
     assert expects(anyone)[0].src is None
 
 
+def test_an_rrq_cut_short_after_its_addresses_opens_nothing_as_in_the_kernel():
+    whole = b.rrq([(CALLER, 1720)])
+    assert notices(run([(OUT, whole[:24])], flow=RAS_FLOW)) == ["malformed"]
+
+
 def test_rrq_naming_only_other_hosts_opens_nothing():
     out = run([(OUT, b.rrq([(THIRD, 1720)]))], flow=RAS_FLOW)
     assert expects(out) == [] and notices(out) == ["address-mismatch"]

@@ -118,3 +118,71 @@ def test_h245_and_fast_start_media_are_related_through_alg(kernel_ok: None) -> N
         net.run("cli", sys.executable, "-c", SEND_UDP, SERVER4, str(RTP + 2))
         time.sleep(0.3)
         assert counter(net, "h323-drop") >= dropped + 4 and counter(net, "h323-related") == related
+
+
+# both ends of a scripted call: each sends its messages (hex, in argv) in turn over Q.931 (tcp/1720) and
+# RAS (udp/1719); the caller's RAS message first, the gatekeeper's answer on the same flow
+DIFF_EXCHANGE = """
+import socket, sys, time
+def read_tpkt(c):
+    head = b""
+    while len(head) < 4:
+        head += c.recv(4 - len(head))
+    body, n = b"", int.from_bytes(head[2:4], "big") - 4
+    while len(body) < n:
+        body += c.recv(n - len(body))
+side, msgs, ras = sys.argv[1], sys.argv[2].split(","), bytes.fromhex(sys.argv[3])
+if side == "srv":
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 1719))
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 1720)); s.listen(1); c, _ = s.accept()
+    read_tpkt(c)
+    for m in msgs:
+        c.sendall(bytes.fromhex(m)); time.sleep(0.1)
+    _, peer = u.recvfrom(4096); u.sendto(ras, peer)
+    time.sleep(60)
+else:
+    c = socket.create_connection((sys.argv[4], 1720), timeout=5)
+    c.sendall(bytes.fromhex(msgs[0])); read_tpkt(c)
+    for m in msgs[1:]:
+        time.sleep(0.2); c.sendall(bytes.fromhex(m))
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
+    u.sendto(ras, (sys.argv[4], 1719)); u.recvfrom(4096)
+    print("done", flush=True); time.sleep(60)
+"""
+
+
+def test_the_kernels_h323_helpers_expect_what_alg_decides(kernel_ok: None) -> None:
+    """The in-kernel Q.931 and RAS helpers (nf_conntrack_h323) as a differential oracle: the same call
+    (Setup with h245Address, a Connect with h245Address and fastStart, an OpenLogicalChannel tunnelled in a
+    Facility; an RRQ and its gatekeeper's ACF) gives the kernel the expectations alg's engine decides."""
+    third = "10.0.2.3"
+    caller = [b.q931(b.setup(h245=(CLIENT4, 4000))),
+              b.q931(b.facility(tunnel=[b.request_olc(control=(CLIENT4, 6001))], reason=3), 0x62)]
+    callee = [b.q931(b.connect(h245=(SERVER4, 4100), fast=[b.olc(media=(SERVER4, 5000), control=(SERVER4, 5001))]),
+                     0x07)]
+    rrq, acf = b.rrq([(CLIENT4, 1720)]), b.acf((third, 1720))
+    with Net("alg-h323k") as net, tempfile.TemporaryDirectory(prefix="alg-h323k-") as tmp:
+        for proto, port, helper in (("tcp", 1720, "Q.931"), ("udp", 1719, "RAS")):
+            net.fw("iptables", "-t", "raw", "-A", "PREROUTING", "-p", proto, "--dport", str(port), "-j", "CT",
+                   "--helper", helper)
+        cap = net.capture("fw", f"{tmp}/h323.pcap", iface="c1", bpf="tcp port 1720 or udp port 1719")
+        net.popen("srv", sys.executable, "-c", DIFF_EXCHANGE, "srv", ",".join(m.hex() for m in callee), acf.hex())
+        time.sleep(0.5)
+        client = net.popen("cli", sys.executable, "-c", DIFF_EXCHANGE, "cli", ",".join(m.hex() for m in caller),
+                           rrq.hex(), SERVER4, stdout=subprocess.PIPE, text=True)
+        assert client.stdout.readline().strip() == "done"
+        time.sleep(0.3)
+        pcap = cap.stop()
+        listing = net.fw("conntrack", "-L", "expect").stdout
+        kernel = set()
+        for line in listing.splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f and not f.startswith("mask"))
+            if "proto" in fields:  # the first src/dst/dport of a line are the expected tuple's
+                kernel.add((int(fields["proto"]), line.split("src=")[1].split()[0],
+                            line.split("dst=")[1].split()[0], int(line.split("dport=")[1].split()[0])))
+        alg_made = {(e.proto, str(e.src) if e.src else None, str(e.dst), e.dport) for e in _decide(pcap, "h323")}
+        assert alg_made == {(6, SERVER4, CLIENT4, 4000), (6, CLIENT4, SERVER4, 4100), (17, CLIENT4, SERVER4, 5000),
+                            (17, CLIENT4, SERVER4, 5001), (17, SERVER4, CLIENT4, 6000), (17, SERVER4, CLIENT4, 6001),
+                            (6, SERVER4, CLIENT4, 1720), (6, CLIENT4, third, 1720)}
+        assert kernel == alg_made, listing

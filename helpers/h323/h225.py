@@ -44,10 +44,10 @@ _NS_ONLY = Seq([("nonStandardData", NON_STANDARD, True)])
 SUPPORTED_PROTOCOLS = Choice([("nonStandardData", NON_STANDARD),
                               *leaves("h310", "h320", "h321", "h322", "h323", "h324", "voice", "t120-only",
                                       node=_NS_ONLY)])
+VENDOR = Seq([("vendor", H221), ("productId", OctStr(BYTE, 1), True), ("versionId", OctStr(BYTE, 1), True)])
 ENDPOINT_TYPE = Seq([
     ("nonStandardData", NON_STANDARD, True),
-    ("vendor", Seq([("vendor", H221), ("productId", OctStr(BYTE, 1), True), ("versionId", OctStr(BYTE, 1), True)]),
-     True),
+    ("vendor", VENDOR, True),
     ("gatekeeper", _NS_ONLY, True),
     ("gateway", Seq([("protocol", SeqOf(SUPPORTED_PROTOCOLS), True), ("nonStandardData", NON_STANDARD, True)]),
      True),
@@ -137,8 +137,9 @@ RAS_READ = {
     RRQ: ("registrationRequest", Seq([
         ("requestSeqNum", _SEQ_NUM), ("protocolIdentifier", OID), ("nonStandardData", NON_STANDARD, True),
         ("discoveryComplete", BOOL), ("callSignalAddress", SeqOf(TRANSPORT_ADDRESS)),
-        ("rasAddress", UNREAD), ("terminalType", UNREAD), ("terminalAlias", UNREAD, True),
-        ("gatekeeperIdentifier", UNREAD, True)], stop_after="callSignalAddress")),
+        # walked to its end as the kernel does (an RRQ cut short after its addresses opens nothing)
+        ("rasAddress", SeqOf(TRANSPORT_ADDRESS)), ("terminalType", ENDPOINT_TYPE), ("terminalAlias", ALIASES, True),
+        ("gatekeeperIdentifier", _GK_ID, True), ("endpointVendor", VENDOR)])),
     URQ: ("unregistrationRequest", None),
     ACF: ("admissionConfirm", Seq([
         ("requestSeqNum", _SEQ_NUM), ("bandWidth", Int(CONS)),
@@ -147,7 +148,7 @@ RAS_READ = {
         ("nonStandardData", UNREAD, True)], stop_after="destCallSignalAddress")),
     LCF: ("locationConfirm", Seq([
         ("requestSeqNum", _SEQ_NUM), ("callSignalAddress", TRANSPORT_ADDRESS), ("rasAddress", TRANSPORT_ADDRESS),
-        ("nonStandardData", UNREAD, True)], stop_after="callSignalAddress")),
+        ("nonStandardData", UNREAD, True)], stop_after="rasAddress")),
 }
 # the other messages (and URQ's body: its index is all that is used) are not walked
 RAS_MESSAGE = Choice([(name, node or UNREAD) for name, node in (RAS_READ.get(i, (f"#{i}", None))
