@@ -298,3 +298,16 @@ def test_connect_fast_start_answer_opens_the_callees_media():
     out = run([(OUT, b.q931(b.setup())), (R, answer)])
     assert tuples(out) == [("h245", "tcp", CALLER, CALLEE, 4000), ("media", "udp", CALLER, CALLEE, 5000),
                            ("media", "udp", CALLER, CALLEE, 5001)]
+
+
+@pytest.mark.parametrize("data, flow, direction", [
+    (SETUP, Q931_FLOW, OUT), (b.tpkt(b.response_olca(media=(CALLEE, 2006))), H245_FLOW, R),
+    (b.rrq([(CALLER, 1720)]), RAS_FLOW, OUT), (b.lcf((THIRD, 1720)), RAS_FLOW, R)])
+def test_each_expectation_says_where_its_address_and_port_are(data, flow, direction):
+    """Offsets into the bytes given to the helper (STYLE.md §6): where a NAT step would write."""
+    out = expects(run([(direction, data)], flow=flow, expected=flow is H245_FLOW))
+    assert out
+    for e in out:
+        (addr_at, addr_len), (port_at, port_len) = e.where
+        assert data[addr_at:addr_at + addr_len] == e.dst.packed
+        assert int.from_bytes(data[port_at:port_at + port_len], "big") in (e.dport, e.dport & ~1, e.dport | 1)

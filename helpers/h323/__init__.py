@@ -145,20 +145,20 @@ class H323Helper(alg.Helper):
             raise alg.ProtocolViolation(f"TPKT length {length}")
         if len(data) < length:
             return alg.NEED_DATA
-        msg = bytes(data[TPKT_HEADER:length])
-        if not msg:
+        if length == TPKT_HEADER:
             return Parsed(length)
+        tpkt = bytes(data[:length])  # offsets in it are offsets in segment.data (Expect.where)
         if state.kind is None:
-            state.kind = Q931 if not segment.expected or _is_q931(msg) else H245
+            state.kind = Q931 if not segment.expected or _is_q931(tpkt) else H245
         read = self._q931 if state.kind == Q931 else self._h245
-        return Parsed(length, _guard(segment, lambda: read(msg, segment)))
+        return Parsed(length, _guard(segment, lambda: read(tpkt, segment)))
 
     # ------------------------------------------------------------ Q.931 / H.225.0
-    def _q931(self, msg: bytes, seg: alg.Segment) -> Iterable:
-        span = h225.user_user(msg)
+    def _q931(self, tpkt: bytes, seg: alg.Segment) -> Iterable:
+        span = h225.user_user(tpkt, TPKT_HEADER)
         if span is None:
             return ()
-        info = decode(h225.H323_USER_INFORMATION, msg, *span) or {}
+        info = decode(h225.H323_USER_INFORMATION, tpkt, *span) or {}
         pdu = info.get("h323-uu-pdu") or {}
         out: list = []
         body = pdu.get("h323-message-body")
@@ -179,7 +179,7 @@ class H323Helper(alg.Helper):
         found = _own(_h225_address(ta, seg), seg, self.options, "h245Address")
         if isinstance(found, Notice):
             return [found]
-        return [Expect("h245", TCP, seg.receiver, found[0], None, found[1], assign_helper=True)]
+        return [Expect("h245", TCP, seg.receiver, found[0], None, found[1], assign_helper=True, where=found[2])]
 
     def _forwarded(self, ta: Any, seg: alg.Segment) -> list:
         if not self.options["call_forwarding"]:
@@ -187,10 +187,11 @@ class H323Helper(alg.Helper):
         found = _usable(_h225_address(ta, seg), self.options, "alternativeAddress")
         if isinstance(found, Notice):
             return [found]
-        return [Expect("signalling", TCP, seg.receiver, found[0], None, found[1], assign_helper=True)]
+        return [Expect("signalling", TCP, seg.receiver, found[0], None, found[1], assign_helper=True,
+                       where=found[2])]
 
-    def _h245(self, msg: bytes, seg: alg.Segment) -> Iterable:
-        return _mscm(decode(h245.MULTIMEDIA_SYSTEM_CONTROL_MESSAGE, msg), seg, self.options)
+    def _h245(self, tpkt: bytes, seg: alg.Segment) -> Iterable:
+        return _mscm(decode(h245.MULTIMEDIA_SYSTEM_CONTROL_MESSAGE, tpkt, TPKT_HEADER), seg, self.options)
 
     # ------------------------------------------------------------ RAS
     def _ras(self, data: bytes, seg: alg.Segment) -> Iterable:
@@ -238,7 +239,8 @@ class H323Helper(alg.Helper):
         found = _own(addr, seg, self.options, "rasAddress")
         if isinstance(found, Notice):
             return (found,)
-        return (Expect("signalling", UDP, seg.receiver, found[0], None, found[1], assign_helper=True),)
+        return (Expect("signalling", UDP, seg.receiver, found[0], None, found[1], assign_helper=True,
+                       where=found[2]),)
 
 
 # RAS messages read (nf_conntrack_h323_main.c process_ras, without its NAT-only ones)
@@ -246,9 +248,9 @@ _RAS = {"registrationRequest": H323Helper._registration, "admissionConfirm": H32
         "locationConfirm": H323Helper._location, "gatekeeperConfirm": H323Helper._gatekeeper}
 
 
-def _call_leg(src: alg.IPAddress | None, dst: alg.IPAddress, port: int) -> Expect:
+def _call_leg(src: alg.IPAddress | None, dst: alg.IPAddress, port: int, where: tuple) -> Expect:
     """A call signalling connection RAS announced: PERMANENT (several calls), read by this helper (Q.931)."""
-    return Expect("signalling", TCP, src, dst, None, port, flags=EXPECT_F_PERMANENT, assign_helper=True)
+    return Expect("signalling", TCP, src, dst, None, port, flags=EXPECT_F_PERMANENT, assign_helper=True, where=where)
 
 
 def _guard(seg: alg.Segment, read) -> tuple:
@@ -272,29 +274,31 @@ def _unique(actions: Iterable) -> tuple:
     return tuple(out)
 
 
-def _is_q931(msg: bytes) -> bool:
+def _is_q931(tpkt: bytes) -> bool:
     try:
-        return msg[0] == h225.Q931_DISCRIMINATOR and h225.user_user(msg) is not None
+        return h225.user_user(tpkt, TPKT_HEADER) is not None
     except Malformed:
         return False
 
 
-def _address(raw: bytes | None, port: Any, seg: alg.Segment) -> tuple | None:
+def _address(raw: tuple | None, port: Any, seg: alg.Segment) -> tuple | None:
+    """(address, port, where) from an address's (offset, octets) and its port, which follows it."""
     if raw is None or not isinstance(port, int):
         return None
-    addr = alg.ip(raw)
-    return (addr, port) if addr.version == seg.flow.l3 else None
+    at, packed = raw
+    addr = alg.ip(packed)
+    return (addr, port, ((at, len(packed)), (at + len(packed), 2))) if addr.version == seg.flow.l3 else None
 
 
 def _h225_address(ta: Any, seg: alg.Segment) -> tuple | None:
-    """(address, port) of an H.225.0 TransportAddress of the flow's family, else None."""
+    """(address, port, where) of an H.225.0 TransportAddress of the flow's family, else None."""
     if not ta or ta[0] not in ("ipAddress", "ip6Address") or not isinstance(ta[1], dict):
         return None
     return _address(ta[1].get("ip"), ta[1].get("port"), seg)
 
 
 def _h245_address(ta: Any, seg: alg.Segment) -> tuple | None:
-    """(address, port) of an H.245 unicast TransportAddress of the flow's family, else None."""
+    """(address, port, where) of an H.245 unicast TransportAddress of the flow's family, else None."""
     if not ta or ta[0] != "unicastAddress" or not ta[1] or ta[1][0] not in ("iPAddress", "iP6Address"):
         return None
     value = ta[1][1]
@@ -339,8 +343,8 @@ def _h2250(mux: Any, seg: alg.Segment, options) -> list:
             if isinstance(found, Notice):
                 out.append(found)
                 continue
-            addr, port = found
-            out += [Expect("media", UDP, seg.receiver, addr, None, p) for p in (port & ~1, port | 1)
+            addr, port, where = found
+            out += [Expect("media", UDP, seg.receiver, addr, None, p, where=where) for p in (port & ~1, port | 1)
                     if not port_refusal(p, options, field)]
     return out
 
@@ -352,7 +356,7 @@ def _t120(stack: Any, seg: alg.Segment, options) -> list:
     found = _own(_h245_address(network[1], seg), seg, options, "T.120 localAreaAddress")
     if isinstance(found, Notice):
         return [found]
-    return [Expect("t120", TCP, seg.receiver, found[0], None, found[1], flags=EXPECT_F_PERMANENT)]
+    return [Expect("t120", TCP, seg.receiver, found[0], None, found[1], flags=EXPECT_F_PERMANENT, where=found[2])]
 
 
 def _olc(olc: Any, seg: alg.Segment, options) -> list:

@@ -162,27 +162,28 @@ SINGLE_OCTET_IE = 0x80  # Q.931 §4.5.1: an IE identifier with bit 8 set is one 
 MAX_CALL_REFERENCE = 15  # Q.931 §4.3: the length is 4 bits
 
 
-def user_user(msg: bytes) -> tuple[int, int] | None:
-    """(start, end) of the H323-UserInformation in a Q.931 message, or None when it has none."""
-    if len(msg) < 3 or msg[0] != Q931_DISCRIMINATOR:
+def user_user(buf: bytes, start: int = 0) -> tuple[int, int] | None:
+    """(start, end) in `buf` of the H323-UserInformation of the Q.931 message at buf[start:], or None
+    when it has none."""
+    end = len(buf)
+    if end - start < 3 or buf[start] != Q931_DISCRIMINATOR:
         raise Malformed("not a Q.931 message (protocol discriminator)")
-    crv = msg[1] & 0x0F
-    at = 2 + crv + 1  # call reference value, message type
-    if msg[1] > MAX_CALL_REFERENCE or at > len(msg):
+    at = start + 2 + (buf[start + 1] & 0x0F) + 1  # call reference value, message type
+    if buf[start + 1] > MAX_CALL_REFERENCE or at > end:
         raise Malformed("Q.931 call reference past the end")
-    while at < len(msg):  # each step advances by at least one octet
-        ie = msg[at]
+    while at < end:  # each step advances by at least one octet
+        ie = buf[at]
         if ie & SINGLE_OCTET_IE:
             at += 1
             continue
         if ie == USER_USER_IE:  # two length octets (H.225.0 §7.2.2.1), then the discriminator
-            if at + 4 > len(msg):
+            if at + 4 > end:
                 raise Malformed("User-user IE past the end")
-            length = int.from_bytes(msg[at + 1:at + 3], "big")
-            if length < 1 or at + 3 + length > len(msg):
+            length = int.from_bytes(buf[at + 1:at + 3], "big")
+            if length < 1 or at + 3 + length > end:
                 raise Malformed(f"User-user IE of {length} octets past the end")
             return at + 4, at + 3 + length
-        if at + 2 > len(msg):
+        if at + 2 > end:
             raise Malformed("IE past the end")
-        at += 2 + msg[at + 1]
+        at += 2 + buf[at + 1]
     return None

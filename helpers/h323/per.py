@@ -172,14 +172,15 @@ def _sized(r: Reader, size: int | str, lb: int) -> int:
 
 
 class OctStr(Node):
-    """OCTET STRING (and IA5/PrintableString): FIXD with `lb` octets (aligned above 2), else sized."""
+    """OCTET STRING (and IA5/PrintableString): FIXD with `lb` octets (aligned above 2), else sized.
+    With `keep`, its value is (offset in the input, the octets): where a later NAT step would write."""
 
     __slots__ = ("size", "lb", "keep")
 
     def __init__(self, size: int | str, lb: int = 0, keep: bool = False) -> None:
         self.size, self.lb, self.keep = size, lb, keep
 
-    def decode(self, r: Reader) -> bytes | None:
+    def decode(self, r: Reader) -> tuple[int, bytes] | None:
         r.step()
         if self.size == FIXD:
             n = self.lb
@@ -189,7 +190,7 @@ class OctStr(Node):
         else:
             n = _sized(r, self.size, self.lb)
         at = r.octets(n)
-        return bytes(r.data[at:at + n]) if self.keep else None
+        return (at, bytes(r.data[at:at + n])) if self.keep else None
 
 
 class BmpStr(Node):
