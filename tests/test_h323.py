@@ -311,3 +311,10 @@ def test_each_expectation_says_where_its_address_and_port_are(data, flow, direct
         (addr_at, addr_len), (port_at, port_len) = e.where
         assert data[addr_at:addr_at + addr_len] == e.dst.packed
         assert int.from_bytes(data[port_at:port_at + port_len], "big") in (e.dport, e.dport & ~1, e.dport | 1)
+
+
+def test_h245_tunnelled_in_an_empty_uuie_is_read():
+    """H.225.0 v4's `empty` body (an extension alternative, skipped by length) carrying h245Control."""
+    w = b.W().put(0, 1).put(0, 1).put(1, 1).put(0, 1).put(1, 1).small(1).open(b"")  # body: extension 1 (empty)
+    out = run([(R, b.q931(b.uuie(w, [b.response_olca(media=(CALLEE, 2006))]), 0x62))])
+    assert tuples(out) == [("media", "udp", CALLER, CALLEE, 2006), ("media", "udp", CALLER, CALLEE, 2007)]
