@@ -177,11 +177,20 @@ def check_glue(config: tuple[dict[str, str], str] | None, probe: Answer) -> Chec
                  "and load nf_conntrack_netlink")
 
 
+# in-kernel helpers not named after their module (nf_conntrack_h323_main.c registers RAS, Q.931, H.245):
+# alg's h323 shares no name with them, a policy naming its helper "Q.931" would
+KERNEL_HELPER_MODULES = {"RAS": "nf_conntrack_h323", "Q.931": "nf_conntrack_h323", "H.245": "nf_conntrack_h323"}
+
+
 def check_clashes(root: str, helpers: list[HelperPolicy]) -> list[Check]:
     out = []
     for hp in helpers:
-        module = f"nf_conntrack_{hp.name.replace('-', '_')}"  # helper netbios-ns: nf_conntrack_netbios_ns
-        if _module_present(root, module):
+        # helper netbios-ns: nf_conntrack_netbios_ns
+        module = KERNEL_HELPER_MODULES.get(hp.name) or f"nf_conntrack_{hp.name.replace('-', '_')}"
+        if module in KERNEL_HELPER_MODULES.values() and hp.name not in KERNEL_HELPER_MODULES:
+            out.append(Check(f"name {hp.name}", OK, f"no in-kernel helper of that name ({module}'s are "
+                             f"{', '.join(n for n, m in KERNEL_HELPER_MODULES.items() if m == module)})"))
+        elif _module_present(root, module):
             out.append(Check(f"name {hp.name}", FAIL if hp.name == hp.helper else WARN,
                              f"the in-kernel helper {hp.name!r} ({module}) is present: a userspace helper of "
                              "that name cannot be registered while it is loaded",

@@ -339,11 +339,43 @@ def pptp_cases() -> list[Case]:
     return [normal, many, bytewise]
 
 
+def h323_cases() -> list[Case]:
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import h323_build as b  # the tests' PER builders
+
+    def call(port: int) -> Conn:
+        return Conn("10.0.1.2", "10.0.2.2", port, 1720)
+    c = call(40000)
+    normal = Case("Setup with h245Address and fastStart, Connect (normal)", c.handshake(),
+                  [c.pkt(0, b.q931(b.setup(h245=("10.0.1.2", 4000), fast=[b.olc(control=("10.0.1.2", 5001))]))),
+                   c.pkt(1, b.q931(b.connect(h245=("10.0.2.2", 4001)), 0x07))])
+    c2 = call(40001)
+    w = b.head(0).put(0, 1).put(0b01, 2).put(0, 5).length(len(b.H225_OID)).octets(b.H225_OID).length(15000)
+    for _ in range(15000):  # h323-ID "a": the step budget ends the walk, not the count
+        w.put(0, 1).put(1, 1).octets(b"\0\0a")
+    aliases = Case("a 60 KB Setup of 15,000 aliases (past the step budget)", c2.handshake(),
+                   c2.segments(0, b.q931(b.uuie(w)), 1400))
+    q, c3 = call(40002), Conn("10.0.1.2", "10.0.2.2", 40012, 4000)  # the H.245 connection a Connect names
+    olcs = b"".join(b.tpkt(b.request_olc(control=("10.0.1.2", 10001 + 2 * i))) for i in range(1800))
+    many = Case("1,800 OpenLogicalChannels in 64 KB of H.245 (each creates and evicts)",
+                q.handshake() + [q.pkt(1, b.q931(b.connect(h245=("10.0.2.2", 4000)), 0x07))] + c3.handshake(),
+                c3.segments(0, olcs, 1400))
+    c4 = call(40003)
+    setup = b.q931(b.setup(h245=("10.0.1.2", 4000), fast=[b.olc(control=("10.0.1.2", 5001))]))
+    bytewise = Case("a Setup with fastStart in 1-byte segments", c4.handshake(), c4.segments(0, setup, 1))
+    rrq = Case("a 64 KB RRQ of 9,000 callSignalAddresses, none the sender's", [],
+               [udp("10.0.1.2", "10.0.2.2", 1719, 1719, b.rrq([("10.0.3.3", 1720)] * 9000))])
+    return [normal, aliases, many, bytewise, rrq]
+
+
 CASES: dict[str, Callable[[], list[Case]]] = {
     "ftp": ftp_cases, "ssdp": ssdp_cases, "tns": tns_cases, "rpc": rpc_cases, "sip": sip_cases,
     "dhcpv6": lambda: discovery_cases("dhcpv6"), "mdns": lambda: discovery_cases("mdns"),
     "slp": lambda: discovery_cases("slp"), "irc": irc_cases, "sane": sane_cases, "tftp": tftp_cases,
     "amanda": amanda_cases, "netbios-ns": netbios_cases, "snmp": snmp_cases, "pptp": pptp_cases,
+    "h323": h323_cases,
 }
 
 

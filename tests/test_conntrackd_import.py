@@ -71,7 +71,7 @@ def test_the_conntrack_tools_example_maps_all_but_ssdps_single_policy(tmp_path, 
 
 
 @pytest.mark.parametrize("text, line, message", [
-    ("Helper {\n Type h323 inet tcp {\n QueueNum 1\n }\n}\n", 2, "alg has no helper 'h323'"),
+    ("Helper {\n Type rtsp inet tcp {\n QueueNum 1\n }\n}\n", 2, "alg has no helper 'rtsp'"),
     ("Helper {\n Type ftp inet udp {\n }\n}\n", 2, "layer 4 'udp' is not one alg's ftp serves (tcp)"),
     ("Helper {\n Type dhcpv6 inet udp {\n }\n}\n", 2, "layer 3 'inet' is not one alg's dhcpv6 serves (inet6)"),
     ("Helper {\n Type ftp inet tcp {\n  QueueSize 5\n }\n}\n", 3, "QueueSize: not a Type keyword"),

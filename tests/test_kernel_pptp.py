@@ -59,8 +59,8 @@ def _probe():
     return mod
 
 
-def _decide(pcap: str) -> list:
-    """alg's engine (pptp helper, default policy) on the capture: the expectations it creates."""
+def _decide(pcap: str, helper: str = "pptp") -> list:
+    """alg's engine (one helper, default policy) on the capture: the expectations it creates."""
     from alg.engine import Engine, make_slots
     from alg.plugins import load_plugins
     from alg.policy import default_policy
@@ -68,7 +68,7 @@ def _decide(pcap: str) -> list:
 
     host = load_plugins()
     policy = default_policy({n: c.spec for n, c in host.helpers.items()})
-    engine = Engine(make_slots([policy.helpers["pptp"]], host.helpers), policy.core)
+    engine = Engine(make_slots([policy.helpers[helper]], host.helpers), policy.core)
     return [e for _path, e in replay_found(engine, [pcap], ReplayResult())]
 
 

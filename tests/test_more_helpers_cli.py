@@ -84,3 +84,23 @@ def test_conntrackds_tftp_sane_amanda_blocks_import():
     got = {p.name: (p.queue, [(c.name, c.max_expected, c.timeout) for c in p.classes]) for p in conv.policies}
     assert got == {"tftp": (5, [("tftp", 1, 300)]), "sane": (6, [("sane", 1, 300)]),
                    "amanda": (7, [("amanda", 3, 180)])}
+
+
+def test_h323_is_listed_with_the_kernels_policies_and_shares_no_name_with_its_helpers(tmp_path):
+    """alg's h323 takes tcp/1720 and udp/1719; nf_conntrack_h323's helpers are RAS, Q.931 and H.245."""
+    h = {h["name"]: h for h in json.loads(alg("helpers", "--format", "json"))}["h323"]
+    assert (h["protocols"], h["ports"], h["families"]) == (["tcp", "udp"], [1720, 1719], ["ipv4", "ipv6"])
+    assert h["classes"] == [{"name": c, "expect_max": m, "expect_timeout": 240}
+                            for c, m in (("h245", 4), ("media", 16), ("t120", 2), ("signalling", 32))]
+    text = alg("rules", "--helper", "h323")
+    for proto, port in (("tcp", 1720), ("udp", 1719)):
+        assert f'-A alg-helpers -p {proto} --dport {port} -m comment --comment "alg h323" -j CT --helper h323' in text
+    assert "-m helper --helper h323" in text
+    policy = default_policy({n: c.spec for n, c in load_plugins().helpers.items()})
+    (tmp_path / "sys/module/nf_conntrack_h323").mkdir(parents=True)
+    hp = policy.helpers["h323"]
+    (check,) = doctor.check_clashes(str(tmp_path), [hp])
+    assert check.level == doctor.OK and "RAS, Q.931, H.245" in check.detail
+    from dataclasses import replace
+    (check,) = doctor.check_clashes(str(tmp_path), [replace(hp, name="Q.931")])
+    assert check.level == doctor.WARN and "nf_conntrack_h323" in check.detail  # a renamed helper: WARN
