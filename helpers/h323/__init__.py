@@ -40,12 +40,13 @@ ACF/LCF/Facility call leg), else H.245 (the kernel knows it from the
 expectation's helper; alg's expectations carry one helper name, so the first
 message decides, once per flow).
 
-Live limit (the SSDP helper's, README "PPTP and H.323"): a conntrack created by an
-expectation gets a helper only when the expectation rides on an NFQUEUE verdict
-(CTA_EXPECT_HELP_NAME is ignored on ctnetlink's EXP_NEW), so a separate H.245
-connection, or a call leg RAS announced, passes as RELATED but is not read until
-the daemon attaches `assign_helper` expectations to verdicts; H.245 tunnelled in
-Q.931 and fastStart, on the tcp/1720 connection itself, are read. Replay reads all.
+Live: a conntrack created by an expectation gets a helper only when the
+expectation rides on an NFQUEUE verdict (CTA_EXPECT_HELP_NAME is ignored on
+ctnetlink's EXP_NEW; helpers/ssdp.py, "Kernel limit"). The daemon attaches the
+first `assign_helper` expectation of a packet to its verdict, so the H.245
+connection a Connect names is read (the lab's h323.sh: a channel opened on it
+passes); a second one named by the same packet is made over ctnetlink, passes
+as RELATED and is not read. Replay reads all.
 
 Checks, stricter than the kernel where it opens more than it must (each refusal
 is a Notice, counted): an h245Address, a media or T.120 address, an RRQ

@@ -6,6 +6,9 @@
 #      Q.931 Setup to lab-srv:1720; the callee's Connect names its h245Address (port 4000) and a
 #      fastStart channel (RTP 5000, RTCP 5001). The caller then opens the H.245 connection and sends RTP:
 #      both are NEW flows lab-fw drops, and pass through alg's RELATED rule ("alg h323 related")
+#      The callee opens a channel of its own on that separate H.245 connection (OpenLogicalChannel for
+#      udp/5010): alg reads it there (the connection got alg's helper from the expectation that rode on
+#      the Connect's verdict) and that RTP passes too
 #   3. a port nobody named (4002) is dropped while alg runs
 #   4. negative control: alg stopped -> the H.245 connection is dropped
 #   5. reference: the kernel's Q.931 helper (CT --helper Q.931) on the same call; the expectations it
@@ -31,9 +34,10 @@ cat >"$RUN/alg.toml" <<TOML
 [core]
 status_socket = "$SOCK"
 TOML
-# both peers in one script: `callee` (threads: Q.931 on 1720, TCP listeners on 4000 and 4002, RTP on
-# udp/5000) and `call SECONDS` (Setup, Connect, then the H.245 connection and 3 RTP packets: exit 0
-# when the H.245 connection was accepted)
+# both peers in one script: `callee` (threads: Q.931 on 1720, H.245 on 4000 (it sends an
+# OpenLogicalChannel for udp/5010), a TCP listener on 4002, RTP on udp/5000 and 5010) and `call SECONDS`
+# (Setup, Connect, then the H.245 connection and 3 RTP packets to each channel: exit 0 when the H.245
+# connection was accepted)
 cat >"$RUN/peers.py" <<PYEOF
 import socket, sys, threading, time
 sys.path.insert(0, "$ALG_ROOT/tests")
@@ -62,17 +66,22 @@ def q931(c):
     time.sleep(30)
 def hello(c):
     c.sendall(b"ok"); time.sleep(5)
-if sys.argv[1] == "callee":
-    for port, answer in ((1720, q931), (4000, hello), (4002, hello)):
-        threading.Thread(target=listen, args=(port, answer), daemon=True).start()
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((SERVER, 5000))
-    print("listening", flush=True)
+def h245(c):  # the callee opens a channel of its own on the separate H.245 connection
+    c.sendall(b.tpkt(b.request_olc(media=(SERVER, 5010), control=(SERVER, 5011)))); time.sleep(5)
+def rtp(port, label):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((SERVER, port))
     while True:
-        print("rtp", len(u.recv(2048)), flush=True)
+        print(label, len(u.recv(2048)), flush=True)
+if sys.argv[1] == "callee":
+    for port, answer in ((1720, q931), (4000, h245), (4002, hello)):
+        threading.Thread(target=listen, args=(port, answer), daemon=True).start()
+    threading.Thread(target=rtp, args=(5010, "rtp-h245"), daemon=True).start()
+    print("listening", flush=True)
+    rtp(5000, "rtp")
 timeout = float(sys.argv[2])
 def reach(port):
     try:
-        return socket.create_connection((SERVER, port), timeout=timeout).recv(2) == b"ok"
+        return socket.create_connection((SERVER, port), timeout=timeout).recv(2) in (b"ok", b"\x03\x00")
     except OSError:
         return False
 if sys.argv[1] == "other":
@@ -84,6 +93,7 @@ ok = reach(4000)
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for _ in range(3):
     u.sendto(b"\x80" + bytes(171), (SERVER, 5000))
+    u.sendto(b"\x80" + bytes(171), (SERVER, 5010))
 print("h245", "open" if ok else "dropped", flush=True)
 sys.exit(0 if ok else 1)
 PYEOF
@@ -133,7 +143,13 @@ sleep 0.5
 r1=$(alg_related_count h323 4)
 # the H.245 SYN and the RTP packets (an unreplied related UDP flow stays RELATED)
 [ $((r1 - r0)) -ge 2 ] && pass h323-follow-up-related || fail "h323-follow-up-related (+$((r1 - r0)))"
-grep -q "^rtp" "$OUT/callee.log" && pass h323-rtp-reaches-the-callee || fail h323-rtp-reaches-the-callee
+grep -q "^rtp " "$OUT/callee.log" && pass h323-rtp-reaches-the-callee || fail h323-rtp-reaches-the-callee
+# the H.245 connection got the helper from the Connect's expectation (on its verdict) and alg read the
+# OpenLogicalChannel the callee sent on it: that channel's RTP passes too
+lab_fw conntrack -L -p tcp --dport 4000 2>/dev/null | grep -q "helper=h323" && pass h323-separate-h245-connection-has-the-helper \
+    || fail h323-separate-h245-connection-has-the-helper
+grep -q "^rtp-h245 " "$OUT/callee.log" && pass h323-rtp-of-a-channel-opened-on-h245-reaches-the-callee \
+    || fail h323-rtp-of-a-channel-opened-on-h245-reaches-the-callee
 watch_stop
 normalise "$OUT/alg-events.txt" >"$OUT/alg-expect.txt"
 sed 's/^/    alg: /' "$OUT/alg-expect.txt"
