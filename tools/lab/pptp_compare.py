@@ -29,6 +29,8 @@ import sys
 from pathlib import Path
 
 PPTP_PORT = "1723"
+GRE_PROTO = "47"
+GRE_KEYS = {"sport": "srckey", "dport": "dstkey"}
 TIMEOUT_SLACK = 2
 FULL_KEY_MASK = 0xFFFF
 
@@ -48,7 +50,7 @@ def _tokens(line: str) -> dict[str, str] | None:
     words = line.split()
     if len(words) < 3 or words[0] != "[NEW]":
         return None
-    out = {"timeout": words[1]}
+    out = {"timeout": words[1]}  # events read from `alg replay` get the [NEW] put before them
     flags = []
     part = ""
     for w in words[2:]:
@@ -63,6 +65,8 @@ def _tokens(line: str) -> dict[str, str] | None:
             k = "dst"
         elif k in ("class", "helper", "zone"):  # after the master's tuple, of the expectation itself
             part = ""
+        elif k in GRE_KEYS and part != "master-" and out.get("proto") == GRE_PROTO:
+            k = GRE_KEYS[k]  # `alg replay` writes a GRE key where conntrack writes a port (alg.Expectation.to_text)
         out[part + k] = v
     out["flags"] = ",".join(flags) or "-"
     return out
@@ -82,7 +86,7 @@ def normalise(events: str, call: str, pns: str, pac: str) -> dict[str, dict[str,
     found: dict[str, dict[str, str]] = {}
     for line in events.splitlines():
         f = _tokens(line.strip())
-        if f is None or f.get("proto") != "47":
+        if f is None or f.get("proto") != GRE_PROTO:
             continue
         ends = {pns: "PNS", pac: "PAC"}
         sender, receiver = ends.get(f.get("src", ""), "?"), ends.get(f.get("dst", ""), "?")
@@ -96,7 +100,7 @@ def normalise(events: str, call: str, pns: str, pac: str) -> dict[str, dict[str,
             "proto": f["proto"], "src": sender, "dst": receiver,
             "srckey": _key(f, "srckey", sender, ids), "dstkey": _key(f, "dstkey", receiver, ids),
             "mask-src": f.get("mask-src", "?"), "mask-dst": f.get("mask-dst", "?"),
-            "mask-srckey": f.get("mask-srckey", "?"), "mask-dstkey": f.get("mask-dstkey", "?"),
+            "mask-srckey": hex(int(f.get("mask-srckey", "-1"), 0)), "mask-dstkey": hex(int(f.get("mask-dstkey", "-1"), 0)),
             "timeout": f["timeout"], "flags": f["flags"], "class": f.get("class", "?"), "master": master,
             "helper": f.get("helper", "?"),
         }

@@ -10,9 +10,10 @@
 #        srckey     kernel: the sender's call ID (mask 0xffff); alg: * (mask 0). The GRE tracker reads a
 #                   packet's source key from a keymap only nf_conntrack_pptp fills: for alg's call it is 0.
 #        helper     pptp / alg-pptp (the name clash above)
-#      and, for information, the GRE conntracks each run leaves: the kernel's expectfn joins both directions in
-#      one conntrack (keymap) with PPTP's GRE timeouts (600 s, 5 h assured); alg's call gets one conntrack per
-#      direction, never "replied", with the kernel's generic GRE timeout (nf_conntrack_gre_timeout, 30 s).
+#      and, for information, what each run leaves during the call: the kernel's keymap joins both directions in
+#      one GRE conntrack (ASSURED, nf_conntrack_gre_timeout_stream: 180 s) and its expectfn withdraws the other
+#      direction's expectation; alg's call gets one GRE conntrack per direction, each UNREPLIED (a reply would
+#      need the keymap) with nf_conntrack_gre_timeout (30 s, refreshed by each packet), both expectations used.
 #   c. negative control: alg stopped, no kernel helper: the call's GRE is dropped (lab-drop), no link.
 set -u
 source "$LAB_DIR/netns.sh"
@@ -54,13 +55,15 @@ phase_start() {
 }
 phase_end() {  # PHASE: hang up, keep the GRE conntracks, stop the recorders
     lab_fw conntrack -L -p gre >"$OUT/$1-gre.txt" 2>/dev/null
+    lab_fw conntrack -L expect >"$OUT/$1-expect-left.txt" 2>/dev/null
     pptp_hangup "$RUN"
     sleep 1  # the Call-Disconnect-Notify and the expectations' DESTROY events
     kill "$EV_PID" "$CAP_PID" 2>/dev/null; wait "$EV_PID" "$CAP_PID" 2>/dev/null
     # "PNS_ID PAC_ID" from the Outgoing-Call-Reply (tcpdump's PPTP decoder)
     tcpdump -nr "$OUT/$1.pcap" 2>/dev/null \
         | sed -n 's/.*OCRP CALL_ID(\([0-9]*\)) PEER_CALL_ID(\([0-9]*\)).*/\2 \1/p' | head -1 >"$OUT/$1-call.txt"
-    echo "  $1: call IDs (PNS PAC) $(cat "$OUT/$1-call.txt"); GRE conntracks:"
+    echo "  $1: call IDs (PNS PAC) $(cat "$OUT/$1-call.txt"); expectations left during the call:" \
+        "$(grep -c 'proto=47' "$OUT/$1-expect-left.txt"); GRE conntracks:"
     sed 's/^/    /' "$OUT/$1-gre.txt"
 }
 
