@@ -5,8 +5,9 @@
 #
 #   pptp_peers_conf DIR       write DIR/pptpd.conf and DIR/pptpd-options
 #   pptp_server_start DIR     pptpd in lab-srv on $LAB_SERVER4:1723 (its pid in PPTP_SERVER_PID)
-#   pptp_call DIR SECONDS     pptp in lab-cli dials the server; 0 when the client's ppp link came up (LCP and
-#                             IPCP over the call's GRE, both ways) within SECONDS (it polls: ends early)
+#   pptp_call DIR SECONDS [UNTIL]  pptp in lab-cli dials the server; 0 when the client's ppp link came up (LCP
+#                             and IPCP over the call's GRE, both ways) within SECONDS (it polls: ends early;
+#                             1 at once when the command UNTIL succeeds)
 #   pptp_hangup DIR           stop the client's pppd (LCP Terminate, then pptp clears the call and the control
 #                             connection) and wait for the client's processes to end
 # Needs /dev/ppp (ppp_generic; the host kernel of the development machines has no PPP: run it in the lab VM).
@@ -39,12 +40,12 @@ pptp_server_start() {
 
 pptp_link_up() { lab_cli ip -4 addr show 2>/dev/null | grep -q "inet $PPTP_REMOTE peer $PPTP_LOCAL"; }
 
-pptp_call() {
-    local dir=$1 seconds=$2 _
+pptp_call() {  # DIR SECONDS [UNTIL]: UNTIL, a command, ends the wait early too (and the call returns 1)
+    local dir=$1 seconds=$2 until=${3:-false} _
     pptp_ppp_ready
     lab_cli pptp "$LAB_SERVER4" --nobuffer --loglevel 1 -- "${PPTP_PPP_OPTS[@]}" logfile "$dir/pppd-cli.log" \
         linkname alglab >>"$dir/pptp-cli.log" 2>&1 &
-    for _ in $(seq $((seconds * 5))); do pptp_link_up && return 0; sleep 0.2; done
+    for _ in $(seq $((seconds * 5))); do pptp_link_up && return 0; "$until" && return 1; sleep 0.2; done
     return 1
 }
 

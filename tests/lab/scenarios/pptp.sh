@@ -49,25 +49,26 @@ pptp_server_start "$RUN" && PIDS+=("$PPTP_SERVER_PID") || { fail pptpd-listens; 
 fw_reset() { lab_fw conntrack -F >/dev/null 2>&1; lab_fw conntrack -F expect >/dev/null 2>&1; }
 # PHASE: record the run's expectation events and control connection (for the call IDs) until phase_end
 phase_start() {
-    lab_fw conntrack -E expect >"$OUT/$1-expect.txt" 2>&1 & EV_PID=$!
-    lab_fw tcpdump -i c1 -U -s 0 -w "$OUT/$1.pcap" "tcp port 1723" >/dev/null 2>"$RUN/$1-tcpdump.err" & CAP_PID=$!
+    # `ip netns exec` directly, not lab_fw: $! is then the recorder itself (a function would run in a subshell)
+    ip netns exec "$LAB_NS_FW" conntrack -E expect >"$OUT/$1-expect.txt" 2>&1 & EV_PID=$!
+    ip netns exec "$LAB_NS_FW" tcpdump -i c1 -U -s 0 -w "$OUT/$1.pcap" "tcp port 1723" >/dev/null 2>"$RUN/$1-tcpdump.err" & CAP_PID=$!
     for _ in $(seq 100); do grep -q "listening on" "$RUN/$1-tcpdump.err" && break; sleep 0.1; done
 }
 phase_end() {  # PHASE: hang up, keep the GRE conntracks, stop the recorders
     lab_fw conntrack -L -p gre >"$OUT/$1-gre.txt" 2>/dev/null
-    lab_fw conntrack -L expect >"$OUT/$1-expect-left.txt" 2>/dev/null
+    lab_fw conntrack -L expect >"$OUT/$1-expect-left.txt" 2>&1
     pptp_hangup "$RUN"
     sleep 1  # the Call-Disconnect-Notify and the expectations' DESTROY events
     kill "$EV_PID" "$CAP_PID" 2>/dev/null; wait "$EV_PID" "$CAP_PID" 2>/dev/null
     # "PNS_ID PAC_ID" from the Outgoing-Call-Reply (tcpdump's PPTP decoder)
     tcpdump -nr "$OUT/$1.pcap" 2>/dev/null \
         | sed -n 's/.*OCRP CALL_ID(\([0-9]*\)) PEER_CALL_ID(\([0-9]*\)).*/\2 \1/p' | head -1 >"$OUT/$1-call.txt"
-    echo "  $1: call IDs (PNS PAC) $(cat "$OUT/$1-call.txt"); expectations left during the call:" \
+    echo "  [$(( $(date +%s) - t0 )) s] $1: call IDs (PNS PAC) $(cat "$OUT/$1-call.txt"); expectations left during the call:" \
         "$(grep -c 'proto=47' "$OUT/$1-expect-left.txt"); GRE conntracks:"
     sed 's/^/    /' "$OUT/$1-gre.txt"
 }
 
-echo "a. the kernel's nf_conntrack_pptp:"
+echo "a. the kernel's nf_conntrack_pptp: [$(( $(date +%s) - t0 )) s]"
 modprobe nf_conntrack_pptp && lab_fw iptables -t raw -A PREROUTING -p tcp --dport 1723 -j CT --helper pptp \
     || { fail kernel-helper-rule; exit 1; }
 phase_start kernel
@@ -80,7 +81,7 @@ grep -c '^ *\[NEW\].*proto=47' "$OUT/kernel-expect.txt" | grep -qx 2 && pass ker
 lab_fw iptables -t raw -F PREROUTING
 fw_reset
 
-echo "b. alg's pptp helper ($HELPER):"
+echo "b. alg's pptp helper ($HELPER): [$(( $(date +%s) - t0 )) s]"
 helper_ready() { lab_fw nfct list helper 2>/dev/null | tr -s '\t\n' ' ' | grep -q "name = $HELPER, [^}]*status = enabled"; }
 for _ in $(seq 600); do helper_ready && break; kill -0 "$ALG_PID" 2>/dev/null || break; sleep 0.2; done
 helper_ready && pass alg-pptp-registered || { fail alg-pptp-registered; tail -20 "$OUT/alg.log"; exit 1; }
@@ -100,12 +101,16 @@ phase_end alg
     && pass alg-expectations-equal-kernel-but-deliberate || fail alg-expectations-equal-kernel-but-deliberate
 sed 's/^/    /' "$OUT/compare.txt"
 
-echo "c. negative control (alg stopped, no kernel helper):"
+echo "c. negative control (alg stopped, no kernel helper): [$(( $(date +%s) - t0 )) s]"
 kill -TERM "$ALG_PID"; wait "$ALG_PID" && pass alg-stops-cleanly || fail alg-stops-cleanly; ALG_PID=
 fw_reset
 d0=$(lab_fw_count drop 4); r0=$(lab_fw_count related 4)
-! pptp_call "$RUN" 12 && [ "$(lab_fw_count drop 4)" -gt "$d0" ] && [ "$(lab_fw_count related 4)" -eq "$r0" ] \
+lab_gre_dropped() { [ "$(lab_fw_count drop 4)" -gt "$d0" ]; }
+# the call is set up (tcp/1723 may open), its GRE is NEW and dropped: wait for the first drop, then one LCP
+# restart period (3 s) more, in which the link must not come up
+! pptp_call "$RUN" 15 lab_gre_dropped && sleep 3 && ! pptp_link_up && [ "$(lab_fw_count related 4)" -eq "$r0" ] \
     && pass negative-control-gre-dropped || fail negative-control-gre-dropped
+echo "  GRE dropped: $(( $(lab_fw_count drop 4) - d0 )) packets"
 pptp_hangup "$RUN"
 echo "  scenario time $(( $(date +%s) - t0 )) s"
 exit $((FAILS > 0))
