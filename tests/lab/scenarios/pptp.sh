@@ -12,8 +12,9 @@
 #        helper     pptp / alg-pptp (the name clash above)
 #      and, for information, what each run leaves during the call: the kernel's keymap joins both directions in
 #      one GRE conntrack (ASSURED, nf_conntrack_gre_timeout_stream: 180 s) and its expectfn withdraws the other
-#      direction's expectation; alg's call gets one GRE conntrack per direction, each UNREPLIED (a reply would
-#      need the keymap) with nf_conntrack_gre_timeout (30 s, refreshed by each packet), both expectations used.
+#      direction's expectation (no DESTROY event for it: NEW 2, DESTROY 1); alg's call gets one GRE conntrack per direction, each UNREPLIED (a reply would
+#      need the keymap) with nf_conntrack_gre_timeout (30 s, refreshed by each packet), both expectations used
+#      (NEW 2, DESTROY 2).
 #   c. negative control: alg stopped, no kernel helper: the call's GRE is dropped (lab-drop), no link.
 set -u
 source "$LAB_DIR/netns.sh"
@@ -63,7 +64,9 @@ phase_end() {  # PHASE: hang up, keep the GRE conntracks, stop the recorders
     # "PNS_ID PAC_ID" from the Outgoing-Call-Reply (tcpdump's PPTP decoder)
     tcpdump -nr "$OUT/$1.pcap" 2>/dev/null \
         | sed -n 's/.*OCRP CALL_ID(\([0-9]*\)) PEER_CALL_ID(\([0-9]*\)).*/\2 \1/p' | head -1 >"$OUT/$1-call.txt"
-    echo "  [$(( $(date +%s) - t0 )) s] $1: call IDs (PNS PAC) $(cat "$OUT/$1-call.txt"); expectations left during the call:" \
+    echo "  [$(( $(date +%s) - t0 )) s] $1: call IDs (PNS PAC) $(cat "$OUT/$1-call.txt"); expectation events NEW" \
+        "$(grep -c '\[NEW\] .*proto=47' "$OUT/$1-expect.txt"), DESTROY $(grep -c '\[DESTROY\] .*proto=47' "$OUT/$1-expect.txt")" \
+        "; left during the call:" \
         "$(grep -c 'proto=47' "$OUT/$1-expect-left.txt"); GRE conntracks:"
     sed 's/^/    /' "$OUT/$1-gre.txt"
 }
