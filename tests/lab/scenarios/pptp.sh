@@ -12,9 +12,9 @@
 #        helper     pptp / alg-pptp (the name clash above)
 #      and, for information, what each run leaves during the call: the kernel's keymap joins both directions in
 #      one GRE conntrack (ASSURED, nf_conntrack_gre_timeout_stream: 180 s) and its expectfn withdraws the other
-#      direction's expectation (no DESTROY event for it: NEW 2, DESTROY 1); alg's call gets one GRE conntrack per direction, each UNREPLIED (a reply would
-#      need the keymap) with nf_conntrack_gre_timeout (30 s, refreshed by each packet), both expectations used
-#      (NEW 2, DESTROY 2).
+#      direction's expectation (no DESTROY event for it: NEW 2, DESTROY 1); alg's call gets one GRE conntrack
+#      per direction, each UNREPLIED (a reply would need the keymap) with nf_conntrack_gre_timeout (30 s,
+#      refreshed by each packet), both expectations used (NEW 2, DESTROY 2).
 #   c. negative control: alg stopped, no kernel helper: the call's GRE is dropped (lab-drop), no link.
 set -u
 source "$LAB_DIR/netns.sh"
