@@ -100,7 +100,8 @@ def normalise(events: str, call: str, pns: str, pac: str) -> dict[str, dict[str,
             "proto": f["proto"], "src": sender, "dst": receiver,
             "srckey": _key(f, "srckey", sender, ids), "dstkey": _key(f, "dstkey", receiver, ids),
             "mask-src": f.get("mask-src", "?"), "mask-dst": f.get("mask-dst", "?"),
-            "mask-srckey": hex(int(f.get("mask-srckey", "-1"), 0)), "mask-dstkey": hex(int(f.get("mask-dstkey", "-1"), 0)),
+            "mask-srckey": hex(int(f.get("mask-srckey", "-1"), 0)),
+            "mask-dstkey": hex(int(f.get("mask-dstkey", "-1"), 0)),
             "timeout": f["timeout"], "flags": f["flags"], "class": f.get("class", "?"), "master": master,
             "helper": f.get("helper", "?"),
         }
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     lines, ok = compare(kernel, alg)
     print("\n".join(lines))
     if args.gre:
-        for who, path in zip(("kernel", "alg"), args.gre):
+        for who, path in zip(("kernel", "alg"), args.gre, strict=True):
             found = gre_conntracks(path.read_text()) if path.exists() else []
             print(f"GRE conntracks ({who}): {len(found)}")
             for g in found:
