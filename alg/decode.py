@@ -321,6 +321,8 @@ class _Peeler:
             raise NotDecoded(f"GRE version {version}", unsupported=True)
         off = 4 + 4 * (bool(flags & (GRE_C | GRE_R)) + bool(flags & GRE_K) + bool(flags & GRE_S)
                        + bool(version == 1 and flags & GRE_A))
+        if version == 1 and off == len(data):  # RFC 2637 §4.1: PPTP acknowledges with no payload at all
+            raise NotDecoded("PPTP GRE acknowledgement")
         if proto == ETH_ERSPAN2:  # type I has no header and no sequence number; type II 8 bytes
             return self.ethernet(data, off + (8 if flags & GRE_S else 0))
         if proto == ETH_ERSPAN3:  # 12 bytes, plus an 8-byte platform sub-header when O is set

@@ -3,7 +3,8 @@
 set -euo pipefail
 APT=(qemu-system-x86 linux-image-amd64 busybox-static    # the VM: QEMU, Debian's kernel and modules, initramfs
      iptables nftables iproute2 conntrack nfct conntrackd  # the firewall and the reference daemon
-     rpcbind python3 python3-pyftpdlib kmod file)        # peers; modprobe; virtme-ng runs `file`
+     rpcbind python3 python3-pyftpdlib kmod file         # peers; modprobe; virtme-ng runs `file`
+     pptpd pptp-linux ppp)                                # the pptp scenario's VPN server, client and pppd
 PIP=virtme-ng                                            # provides vng
 [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root" >&2; exit 1; }
 missing=()
