@@ -42,6 +42,10 @@ _TOKEN = rb"[A-Za-z0-9.!%*_+`'~-]+"
 REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^ \r\n]+) SIP/2\.0\r?\n?$")
 # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF (§25.1)
 STATUS_LINE = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9])(?: [^\r\n]*)?\r?\n?$")
+# the same, matched within the head up to the first line end (no copy of the line);
+# any CRs before that line end belong to the line end
+_REQUEST_LINE_AT = re.compile(rb"(" + _TOKEN + rb") ([^ \r\n]+) SIP/2\.0\r*+\Z")
+_STATUS_LINE_AT = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9])(?: [^\r\n]*+)?\r*+\Z")
 _TOKEN_ONLY = re.compile(_TOKEN + rb"$")
 _STATUS_PREFIX = re.compile(rb"[1-6]?[0-9]{0,2}$")
 # a line that is neither a header (token, colon) nor a continuation (§7.3.1); the
@@ -255,19 +259,25 @@ def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int) 
     only checked to be header or continuation lines."""
     head = data[:end]
     first_nl = head.find(b"\n")
-    first = (head if first_nl < 0 else head[:first_nl]).rstrip(b"\r")
-    m = REQUEST_LINE.match(first)
+    line_end = end if first_nl < 0 else first_nl
+    m = _REQUEST_LINE_AT.match(head, 0, line_end)
     if m:
-        if len(m.group(1)) > MAX_METHOD:
+        method, uri = m.groups()
+        if len(method) > MAX_METHOD:
             raise alg.ProtocolViolation(f"method longer than {MAX_METHOD} bytes")
-        msg = Message(m.group(1), None, m.group(2), head)
+        msg = Message(method, None, uri, head)
     else:
-        s = STATUS_LINE.match(first)
+        s = _STATUS_LINE_AT.match(head, 0, line_end)
         if not s:
+            first = head[:line_end].rstrip(b"\r")
             raise alg.ProtocolViolation(f"not a SIP start line: {first[:60]!r}")
         msg = Message(None, int(s.group(1)), b"", head)
     if first_nl >= 0:
-        _check_lines(head, first_nl)
+        if head.startswith(_FOLD, first_nl + 1):
+            raise alg.ProtocolViolation("continuation line before any header")
+        bad = _BAD_LINE.search(head, first_nl)
+        if bad:
+            _bad_line(head, bad.end())
     body_start = min(end + sep, len(data)) if sep else len(data)
     clen = msg.value(b"content-length")
     if clen is None:
@@ -275,7 +285,7 @@ def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int) 
             raise alg.ProtocolViolation("SIP over a stream without Content-Length (RFC 3261 §18.3)")
         n = len(data) - body_start
     else:
-        if not CONTENT_LENGTH.match(clen):
+        if not (clen.isdigit() or CONTENT_LENGTH.match(clen)):  # isdigit: ASCII digits only, the common case
             raise alg.ProtocolViolation(f"bad Content-Length {clen[:20]!r}")
         n = int(clen) if len(clen) <= 12 else MAX_CONTENT_LENGTH + 1
         if n > MAX_CONTENT_LENGTH or body_start + n > max_message:
@@ -286,14 +296,10 @@ def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int) 
     return msg
 
 
-def _check_lines(head: bytes, first_nl: int) -> None:
-    """Every line after the start line is a header or a continuation (§7.3.1)."""
-    if head.startswith(_FOLD, first_nl + 1):
-        raise alg.ProtocolViolation("continuation line before any header")
-    bad = _BAD_LINE.search(head, first_nl)
-    if bad:
-        line = head[bad.end():head.find(b"\n", bad.end()) % (len(head) + 1)]
-        raise alg.ProtocolViolation(f"bad header line {line[:40]!r}")
+def _bad_line(head: bytes, at: int) -> None:
+    """The line at `at` is neither a header nor a continuation (§7.3.1)."""
+    line = head[at:head.find(b"\n", at) % (len(head) + 1)]
+    raise alg.ProtocolViolation(f"bad header line {line[:40]!r}")
 
 
 def _search(name: bytes) -> re.Pattern[bytes]:
