@@ -202,7 +202,8 @@ from . import grammar, nat, sdp
 from .grammar import Contact, Message
 
 MEDIA_CLASSES = {b"audio": "audio", b"video": "video", b"image": "image"}
-SDP_REQUESTS = {b"INVITE", b"UPDATE", b"ACK", b"PRACK"}
+OFFERS = {b"INVITE", b"UPDATE"}  # requests whose SDP replaces what the dialog expected
+SDP_REQUESTS = OFFERS | {b"ACK", b"PRACK"}
 SDP_RESPONSES = {b"INVITE", b"UPDATE", b"PRACK"}
 DEFAULT_EXPIRES = 3600  # RFC 3261 §10.2.1.1 suggests an hour when nothing is given
 TRANSPORTS = {b"udp": UDP, b"tcp": TCP, b"tls": TCP}
@@ -412,9 +413,9 @@ class SipHelper(alg.Helper):
                 # RFC 3261 §17.1.1.2: a retransmission; it was acted on already
                 return (Notice("retransmission", method.decode("latin-1")),
                         *self._again(msg, seg, tag, base, method in SDP_REQUESTS))
-            tr = Transaction(seg.direction)
-            state.transactions[key] = tr
-            _bound(state.transactions, self.options["max_transactions"])
+            state.transactions[key] = Transaction(seg.direction)
+            if len(state.transactions) > self.options["max_transactions"]:
+                _bound(state.transactions, self.options["max_transactions"])
             return self._request(method, msg, seg, state, tag, key, base)
         tr = state.transactions.get(key)
         if tr is None or tr.direction == seg.direction:
@@ -432,18 +433,15 @@ class SipHelper(alg.Helper):
 
     def _request(self, method: bytes, msg: Message, seg: alg.Segment, state: SipState, tag: str,
                  key: tuple, base: int) -> tuple:
-        actions: list = []
-        if method in (b"INVITE", b"UPDATE"):
+        if method in OFFERS:
             # a new offer replaces what the dialog expected (the kernel flushes too)
-            actions += _withdraw_media(tag)
-        elif method in (b"BYE", b"CANCEL"):
+            return (*_withdraw_media(tag), *self._sdp(msg, seg, tag, base))
+        if method in (b"BYE", b"CANCEL"):
             state.confirmed.pop(tag, None)
             return _withdraw_media(tag)
-        elif method == b"REGISTER":
+        if method == b"REGISTER":
             return self._register(msg, seg, state, tag, key, base)
-        if method in SDP_REQUESTS:
-            actions += self._sdp(msg, seg, tag, base)
-        return tuple(actions)
+        return tuple(self._sdp(msg, seg, tag, base)) if method in SDP_REQUESTS else ()
 
     def _response(self, method: bytes, msg: Message, seg: alg.Segment, state: SipState, tag: str,
                   key: tuple, base: int) -> tuple:

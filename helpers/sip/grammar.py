@@ -480,7 +480,7 @@ _SEARCH.update((n, _compile(n)) for n in (b"call-id", b"cseq", b"content-length"
 _VIA = re.compile(rb"SIP/2\.0/([A-Za-z]+)[ \t]+", re.IGNORECASE)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: read once per message under NAT, where construction cost shows
 class Via:
     """The first (topmost) element of a Via value: where its sent-by is, and
     the received= / rport= / maddr= parameters (RFC 3261 §18.2.1, RFC 3581)."""
