@@ -6,8 +6,8 @@ message so a later NAT step can rewrite it in place.
 
 Cost: the message is read at bytes level, without decoding and without
 splitting it into lines. The empty line that ends the headers is found by
-one search (resumable: `head_end(data, start)`), the start line by one
-match, each header the helper needs by one search of the head when it is
+two C-level searches (resumable: `head_end(data, start)`), the start line by
+one match in place, each header the helper needs by one search of the head when it is
 asked for (the kernel's ct_sip_get_header), and every other line is checked
 once by one search for a line that is neither a header nor a continuation.
 No pattern here has adjacent or nested unbounded repetition over peer bytes.
@@ -43,7 +43,8 @@ REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^ \r\n]+) SIP/2\.0\r?\n?$")
 # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF (§25.1)
 STATUS_LINE = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9])(?: [^\r\n]*)?\r?\n?$")
 # the same, matched within the head up to the first line end (no copy of the line);
-# any CRs before that line end belong to the line end
+# any CRs before that line end belong to the line end. The runs side by side are
+# possessive over disjoint classes: nothing is ever given back (linear)
 _REQUEST_LINE_AT = re.compile(rb"(" + _TOKEN + rb") ([^ \r\n]+) SIP/2\.0\r*+\Z")
 _STATUS_LINE_AT = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9])(?: [^\r\n]*+)?\r*+\Z")
 _TOKEN_ONLY = re.compile(_TOKEN + rb"$")
