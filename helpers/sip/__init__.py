@@ -202,7 +202,8 @@ from . import grammar, nat, sdp
 from .grammar import Contact, Message
 
 MEDIA_CLASSES = {b"audio": "audio", b"video": "video", b"image": "image"}
-SDP_REQUESTS = {b"INVITE", b"UPDATE", b"ACK", b"PRACK"}
+OFFERS = {b"INVITE", b"UPDATE"}  # requests whose SDP replaces what the dialog expected
+SDP_REQUESTS = OFFERS | {b"ACK", b"PRACK"}
 SDP_RESPONSES = {b"INVITE", b"UPDATE", b"PRACK"}
 DEFAULT_EXPIRES = 3600  # RFC 3261 §10.2.1.1 suggests an hour when nothing is given
 TRANSPORTS = {b"udp": UDP, b"tcp": TCP, b"tls": TCP}
@@ -412,9 +413,9 @@ class SipHelper(alg.Helper):
                 # RFC 3261 §17.1.1.2: a retransmission; it was acted on already
                 return (Notice("retransmission", method.decode("latin-1")),
                         *self._again(msg, seg, tag, base, method in SDP_REQUESTS))
-            tr = Transaction(seg.direction)
-            state.transactions[key] = tr
-            _bound(state.transactions, self.options["max_transactions"])
+            state.transactions[key] = Transaction(seg.direction)
+            if len(state.transactions) > self.options["max_transactions"]:
+                _bound(state.transactions, self.options["max_transactions"])
             return self._request(method, msg, seg, state, tag, key, base)
         tr = state.transactions.get(key)
         if tr is None or tr.direction == seg.direction:
@@ -432,18 +433,15 @@ class SipHelper(alg.Helper):
 
     def _request(self, method: bytes, msg: Message, seg: alg.Segment, state: SipState, tag: str,
                  key: tuple, base: int) -> tuple:
-        actions: list = []
-        if method in (b"INVITE", b"UPDATE"):
+        if method in OFFERS:
             # a new offer replaces what the dialog expected (the kernel flushes too)
-            actions += _withdraw_media(tag)
-        elif method in (b"BYE", b"CANCEL"):
+            return (*_withdraw_media(tag), *self._sdp(msg, seg, tag, base))
+        if method in (b"BYE", b"CANCEL"):
             state.confirmed.pop(tag, None)
             return _withdraw_media(tag)
-        elif method == b"REGISTER":
+        if method == b"REGISTER":
             return self._register(msg, seg, state, tag, key, base)
-        if method in SDP_REQUESTS:
-            actions += self._sdp(msg, seg, tag, base)
-        return tuple(actions)
+        return tuple(self._sdp(msg, seg, tag, base)) if method in SDP_REQUESTS else ()
 
     def _response(self, method: bytes, msg: Message, seg: alg.Segment, state: SipState, tag: str,
                   key: tuple, base: int) -> tuple:
@@ -474,10 +472,16 @@ class SipHelper(alg.Helper):
         `max_media_expects` of them and MAX_MEDIA_LINES m= lines read: past
         either, the rest is refused (not expected and then evicted) and
         counted once per message (`media-capped`)."""
+        if not msg.body:  # no SDP (Content-Type is not even looked up)
+            return []
         out: list = []
-        room = self.options["max_media_expects"]
+        opts = self.options
+        room = opts["max_media_expects"]
         lines, media_lines = sdp.MAX_LINES * 2, MAX_MEDIA_LINES
         capped = 0
+        # what every stream of the message is checked against, read once
+        sender = seg.sender
+        src = seg.receiver if opts["direct_media"] else None
         for body, off in sdp.sdp_bodies(msg.value(b"content-type"), msg.body, msg.body_offset):
             session = sdp.parse(body, base + off, media_lines, lines)
             if seg.nat is not None:  # its spans are named from the same reading
@@ -485,40 +489,45 @@ class SipHelper(alg.Helper):
             media_lines -= len(session.media)
             lines -= session.lines
             capped += session.skipped
-            out += [Notice("malformed-sdp", m) for m in session.malformed]
+            if session.malformed:
+                out += [Notice("malformed-sdp", m) for m in session.malformed]
             if session.truncated:
                 out.append(Notice("sdp-truncated", f"more than {sdp.MAX_LINES * 2} m=, c=, a=rtcp lines"))
             for media in session.media:
                 if room <= 0:
                     capped += 1
                     continue
-                got, room, refused = self._media(media, session, seg, tag, room)
+                room, refused = self._media(media, session, seg, sender, src, tag, room, out)
                 capped += refused
-                out += got
             if lines <= 0 or media_lines <= 0:
                 break
         if capped:
             out.append(Notice("media-capped", f"{capped} m= lines or streams not expected"))
         return out
 
-    def _media(self, media: sdp.Media, session: sdp.Session, seg: alg.Segment, tag: str,
-               room: int) -> tuple[list, int, int]:
-        """The actions for one m= line, at most `room` of them Expects; the
-        room left and how many streams were left out for want of it."""
+    def _media(self, media: sdp.Media, session: sdp.Session, seg: alg.Segment, sender: Any, src: Any, tag: str,
+               room: int, out: list) -> tuple[int, int]:
+        """Appends to `out` the actions for one m= line, at most `room` of them
+        Expects; returns the room left and how many streams were left out for
+        want of it. `src`: where the media may come from (None: anywhere)."""
         cls = MEDIA_CLASSES.get(media.kind)
         if cls is None:
-            return [Notice("media-not-tracked", media.kind.decode("latin-1"))], room, 0
-        if media.port == 0:
-            return [], room, 0
+            out.append(Notice("media-not-tracked", media.kind.decode("latin-1")))
+            return room, 0
+        port = media.port
+        if port == 0:
+            return room, 0
         proto = media.proto.upper()
         if proto.startswith(b"TCP"):
-            return [Notice("tcp-media", media.proto.decode("latin-1"))], room, 0
+            out.append(Notice("tcp-media", media.proto.decode("latin-1")))
+            return room, 0
         conn = media.connection or session.connection
-        addr, why = self._media_addr(conn, seg)
+        addr, why = self._media_addr(conn, seg.flow.l3, sender)
+        if why:
+            out.append(Notice(why, _named(conn, seg)))
         if addr is None:
-            return ([Notice(why, _named(conn, seg))] if why else []), room, 0
+            return room, 0
         assert conn is not None  # it gave the address
-        out: list = [Notice(why, _named(conn, seg))] if why else []
         count = media.count
         if count > MAX_STREAMS:
             out.append(Notice("port-count-capped", str(count)))
@@ -527,44 +536,45 @@ class SipHelper(alg.Helper):
         if b"RTP/" in proto:
             # RTP profiles (RFC 3551, 3711, 4585, 5124): RTP on even ports, RTCP on the
             # next one, except the first stream's where a=rtcp says (RFC 3605)
-            ports = [(media.port + i, addr, where) for i in range(2 * count)]
+            ports = [(port + i, addr, where) for i in range(2 * count)]
             if media.rtcp_port is not None:
                 raddr, rwhy = addr, ""
                 if media.rtcp_connection is not None:
-                    raddr, rwhy = self._media_addr(media.rtcp_connection, seg)
+                    raddr, rwhy = self._media_addr(media.rtcp_connection, seg.flow.l3, sender)
                 if raddr is None:
                     del ports[1]
-                    out += [Notice(rwhy, _named(media.rtcp_connection, seg))] if rwhy else []
+                    if rwhy:
+                        out.append(Notice(rwhy, _named(media.rtcp_connection, seg)))
                 else:
                     ports[1] = (media.rtcp_port, raddr, (media.rtcp_where or media.where,))
         else:
-            ports = [(media.port + i, addr, where) for i in range(count)]
-        src = seg.receiver if self.options["direct_media"] else None
+            ports = [(port + i, addr, where) for i in range(count)]
         low = self.options["min_media_port"]
         refused = 0
         for port, a, w in ports:
             if low <= port <= 65535:
                 if room > 0:
-                    out.append(Expect(cls, UDP, src, a, None, port, tag=tag, where=w))
+                    out.append(Expect(cls, UDP, src, a, None, port, 0, tag, w))
                     room -= 1
                 else:
                     refused += 1
             else:
                 out.append(Notice("low-port" if port < low else "bad-port", str(port)))
-        return out, room, refused
+        return room, refused
 
-    def _media_addr(self, conn: sdp.Connection | None, seg: alg.Segment) -> tuple[Any, str]:
+    def _media_addr(self, conn: sdp.Connection | None, l3: int, sender: Any) -> tuple[Any, str]:
+        """The address media may be expected at, or None; and the notice to count ("": none)."""
         if conn is None:
             return None, "no-connection-address"
         addr = conn.addr
         if addr is None:
             return None, "hostname-in-sdp"
-        if addr.version != seg.flow.l3:
+        if conn.family != l3:  # an address literal is of the family its line says (sdp._literal)
             return None, "family-mismatch"
         if conn.unusable is not None:
             return None, conn.unusable
         if self.options["direct_media"]:
-            if addr != seg.sender:
+            if addr != sender:
                 return None, "media-address-mismatch"
         elif self.options["external_media"]:
             return addr, "external-media-unsupported"

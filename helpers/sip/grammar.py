@@ -6,8 +6,8 @@ message so a later NAT step can rewrite it in place.
 
 Cost: the message is read at bytes level, without decoding and without
 splitting it into lines. The empty line that ends the headers is found by
-one search (resumable: `head_end(data, start)`), the start line by one
-match, each header the helper needs by one search of the head when it is
+two C-level searches (resumable: `head_end(data, start)`), the start line by
+one match in place, each header the helper needs by one search of the head when it is
 asked for (the kernel's ct_sip_get_header), and every other line is checked
 once by one search for a line that is neither a header nor a continuation.
 No pattern here has adjacent or nested unbounded repetition over peer bytes.
@@ -42,12 +42,17 @@ _TOKEN = rb"[A-Za-z0-9.!%*_+`'~-]+"
 REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^ \r\n]+) SIP/2\.0\r?\n?$")
 # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF (§25.1)
 STATUS_LINE = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9])(?: [^\r\n]*)?\r?\n?$")
+# the same, matched within the head up to the first line end (no copy of the line);
+# any CRs before that line end belong to the line end. The runs side by side are
+# possessive over disjoint classes: nothing is ever given back (linear)
+_REQUEST_LINE_AT = re.compile(rb"(" + _TOKEN + rb") ([^ \r\n]+) SIP/2\.0\r*+\Z")
+_STATUS_LINE_AT = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9])(?: [^\r\n]*+)?\r*+\Z")
 _TOKEN_ONLY = re.compile(_TOKEN + rb"$")
 _STATUS_PREFIX = re.compile(rb"[1-6]?[0-9]{0,2}$")
-# a line that is neither a header (token, colon) nor a continuation (§7.3.1)
-_BAD_LINE = re.compile(rb"\n(?![ \t]|\r\n|\r?\Z|" + _TOKEN + rb"[ \t]*:)")
-# the empty line that ends the headers: CRLF CRLF or LF LF (§7; LF alone tolerated)
-_EMPTY_LINE = re.compile(rb"\n(?:\n|(?<=\r\n)\r\n)")
+# a line that is neither a header (token, colon) nor a continuation (§7.3.1); the
+# name and the blanks after it are possessive (taken whole, never given back: a
+# shorter name cannot be followed by a colon either, and this is a third cheaper)
+_BAD_LINE = re.compile(rb"\n(?!" + _TOKEN + rb"+[ \t]*+:|[ \t]|\r\n|\r?\Z)")
 # the end of a header: a line end not followed by a continuation line
 _HEADER_END = re.compile(rb"\n(?![ \t])")
 _FOLD = (b" ", b"\t")  # a line starting with either continues the header before it
@@ -112,8 +117,17 @@ class Message:
         """The first value of header `name` (lower case, full name), found
         by one search of the head (the kernel's ct_sip_get_header). The
         helper asks for each header once or twice per message."""
-        m = _search(name).search(self.head)
-        return None if m is None else _value(self.head, m.end())
+        head = self.head
+        m = (_SEARCH.get(name) or _compile(name)).search(head)
+        if m is None:
+            return None
+        start = m.end()
+        nl = head.find(b"\n", start)
+        if nl < 0:
+            return head[start:].rstrip(b" \t\r")
+        if head.startswith(_FOLD, nl + 1):
+            return _value(head, start)
+        return head[start:nl].rstrip(b" \t\r")
 
 
 class Incomplete(Exception):
@@ -196,11 +210,15 @@ def skip_keepalive(data: bytes) -> int:
 def head_end(data: bytes, start: int = 0) -> tuple[int, int]:
     """(offset, length) of the empty line that ends the headers (CRLF CRLF,
     or LF LF, whichever comes first), searching from `start` (bytes before
-    it were searched already), or (-1, 0)."""
-    m = _EMPTY_LINE.search(data, max(0, start - 3))
-    if m is None:
-        return -1, 0
-    return (m.start(), 2) if m.end() - m.start() == 2 else (m.start() - 1, 4)
+    it were searched already; the 3 before it again, for an empty line cut
+    by the segment boundary), or (-1, 0). Two C-level searches: an LF LF
+    only counts before the first CRLF CRLF."""
+    s = max(0, start - 3)
+    crlf = data.find(b"\r\n\r\n", max(0, s - 1))
+    lf = data.find(b"\n\n", s, len(data) if crlf < 0 else crlf + 2)
+    if lf >= 0:
+        return lf, 2
+    return (crlf, 4) if crlf >= 0 else (-1, 0)
 
 
 def parse(data: bytes, stream: bool, max_message: int) -> Message:
@@ -242,19 +260,25 @@ def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int) 
     only checked to be header or continuation lines."""
     head = data[:end]
     first_nl = head.find(b"\n")
-    first = (head if first_nl < 0 else head[:first_nl]).rstrip(b"\r")
-    m = REQUEST_LINE.match(first)
+    line_end = end if first_nl < 0 else first_nl
+    m = _REQUEST_LINE_AT.match(head, 0, line_end)
     if m:
-        if len(m.group(1)) > MAX_METHOD:
+        method, uri = m.groups()
+        if len(method) > MAX_METHOD:
             raise alg.ProtocolViolation(f"method longer than {MAX_METHOD} bytes")
-        msg = Message(m.group(1), None, m.group(2), head)
+        msg = Message(method, None, uri, head)
     else:
-        s = STATUS_LINE.match(first)
+        s = _STATUS_LINE_AT.match(head, 0, line_end)
         if not s:
+            first = head[:line_end].rstrip(b"\r")
             raise alg.ProtocolViolation(f"not a SIP start line: {first[:60]!r}")
         msg = Message(None, int(s.group(1)), b"", head)
     if first_nl >= 0:
-        _check_lines(head, first_nl)
+        if head.startswith(_FOLD, first_nl + 1):
+            raise alg.ProtocolViolation("continuation line before any header")
+        bad = _BAD_LINE.search(head, first_nl)
+        if bad:
+            _bad_line(head, bad.end())
     body_start = min(end + sep, len(data)) if sep else len(data)
     clen = msg.value(b"content-length")
     if clen is None:
@@ -262,7 +286,7 @@ def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int) 
             raise alg.ProtocolViolation("SIP over a stream without Content-Length (RFC 3261 §18.3)")
         n = len(data) - body_start
     else:
-        if not CONTENT_LENGTH.match(clen):
+        if not (clen.isdigit() or CONTENT_LENGTH.match(clen)):  # isdigit: ASCII digits only, the common case
             raise alg.ProtocolViolation(f"bad Content-Length {clen[:20]!r}")
         n = int(clen) if len(clen) <= 12 else MAX_CONTENT_LENGTH + 1
         if n > MAX_CONTENT_LENGTH or body_start + n > max_message:
@@ -273,14 +297,10 @@ def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int) 
     return msg
 
 
-def _check_lines(head: bytes, first_nl: int) -> None:
-    """Every line after the start line is a header or a continuation (§7.3.1)."""
-    if head.startswith(_FOLD, first_nl + 1):
-        raise alg.ProtocolViolation("continuation line before any header")
-    bad = _BAD_LINE.search(head, first_nl)
-    if bad:
-        line = head[bad.end():head.find(b"\n", bad.end()) % (len(head) + 1)]
-        raise alg.ProtocolViolation(f"bad header line {line[:40]!r}")
+def _bad_line(head: bytes, at: int) -> None:
+    """The line at `at` is neither a header nor a continuation (§7.3.1)."""
+    line = head[at:head.find(b"\n", at) % (len(head) + 1)]
+    raise alg.ProtocolViolation(f"bad header line {line[:40]!r}")
 
 
 def _search(name: bytes) -> re.Pattern[bytes]:
@@ -461,7 +481,7 @@ _SEARCH.update((n, _compile(n)) for n in (b"call-id", b"cseq", b"content-length"
 _VIA = re.compile(rb"SIP/2\.0/([A-Za-z]+)[ \t]+", re.IGNORECASE)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: read once per message under NAT, where construction cost shows
 class Via:
     """The first (topmost) element of a Via value: where its sent-by is, and
     the received= / rport= / maddr= parameters (RFC 3261 §18.2.1, RFC 3581)."""

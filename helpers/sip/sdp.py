@@ -74,10 +74,27 @@ class Session:
 
 
 def _connection(value: bytes, off: int) -> Connection | None:
+    """The c= line whose value starts at offset `off` of the message."""
+    c = _c_value(value) if len(value) <= MAX_CACHED else _c_read(value)
+    if c is None:
+        return None
+    fam, text, start, addr, unusable = c
+    return Connection(fam, text, addr, (off + start, len(text)), unusable)
+
+
+def _c_read(value: bytes) -> tuple[int, bytes, int, alg.IPAddress | None, str | None] | None:
+    """A c= value read: family, address text, where the text starts, the
+    address (None: not a literal of that family), why media may not go there."""
     m = _C.match(value)
     if not m:
         return None
-    return _address(int(m.group(1)), m.group(2), off + m.start(2))
+    fam, text = int(m.group(1)), m.group(2)
+    return (fam, text, m.start(2), *_literal(fam, text))
+
+
+MAX_CACHED = 80  # bytes of a c= value whose reading is cached ("IN IP6 " and the longest IPv6 text, with room)
+# a gateway sees the same few c= lines over and over; the keys are short
+_c_value = functools.lru_cache(maxsize=4096)(_c_read)
 
 
 def _address(fam: int, text: bytes, off: int) -> Connection:
@@ -110,31 +127,32 @@ def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_
     lines: a body full of lines costs a bounded number of Python steps,
     the rest is not looked at."""
     s = Session()
+    found = s.media
     current: Media | None = None
+    n = 0  # lines read (s.lines once done)
     base -= 1  # offsets in "\n" + body
     for lm in _LINE.finditer(b"\n" + body):
-        if s.lines >= max_lines:
+        if n >= max_lines:
             s.truncated = True
             break
-        s.lines += 1
+        n += 1
         kind, value = lm.groups()
-        start = base + lm.start() + 1
+        at = base + lm.start() + 3  # the value's offset in the message
         if kind == b"m":
-            if len(s.media) >= max_media:
+            if len(found) >= max_media:
                 s.skipped = 1 + body.count(b"\nm=", lm.end() - 1)
                 break
             mm = _M.match(value)
-            if not mm:
+            if mm is None:
                 current = None
                 if _malformed(s, "m="):
                     break
                 continue
             kind, port, count, proto = mm.groups()
-            current = Media(kind.lower(), int(port), int(count) if count else 1, proto,
-                            (start + 2 + mm.start(2), len(port)))
-            s.media.append(current)
+            current = Media(kind.lower(), int(port), int(count) if count else 1, proto, (at + mm.start(2), len(port)))
+            found.append(current)
         elif kind == b"c":
-            c = _connection(value, start + 2)
+            c = _connection(value, at)
             if c is None:
                 if _malformed(s, "c="):
                     break
@@ -142,16 +160,17 @@ def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_
                 s.connection = s.connection or c  # the first c= of a level counts
             elif current.connection is None:
                 current.connection = c
-        elif current is not None and value[:5].lower() == b"rtcp:":
+        elif current is not None:  # a=rtcp: (the pattern reads no other a= line)
             r = _RTCP.match(value, 5)
-            if not r:
+            if r is None:
                 if _malformed(s, "a=rtcp"):
                     break
                 continue
             current.rtcp_port = int(r.group(1))
-            current.rtcp_where = (start + 2 + r.start(1), len(r.group(1)))
+            current.rtcp_where = (at + r.start(1), len(r.group(1)))
             if r.group(3):
-                current.rtcp_connection = _address(int(r.group(2)), r.group(3), start + 2 + r.start(3))
+                current.rtcp_connection = _address(int(r.group(2)), r.group(3), at + r.start(3))
+    s.lines = n
     return s
 
 
