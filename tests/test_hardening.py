@@ -485,3 +485,15 @@ def test_the_lint_catches_the_patterns_that_cost_seconds():
 @pytest.mark.parametrize("name, pattern", helper_patterns(), ids=lambda x: x if isinstance(x, str) else "")
 def test_helper_patterns_do_not_backtrack_over_peer_bytes(name, pattern):
     assert _backtracking(pattern) == [], name
+
+
+def test_long_sdp_address_texts_are_not_kept_in_the_address_cache():
+    """The SDP reader caches the readings of short c= and o= address texts; a long one
+    (64 KB of a peer's bytes) is read but not kept, so the cache stays small."""
+    from alg_helpers.sip import sdp
+    before = sdp._literal_cached.cache_info().currsize
+    for i in range(50):
+        body = b"v=0\r\no=- 1 1 IN IP4 %s\r\ns=-\r\nc=IN IP4 %s\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n" % (
+            b"1" * 4000 + b"%d" % i, b"2" * 4000 + b"%d" % i)
+        sdp.parse(body)
+    assert sdp._literal_cached.cache_info().currsize == before

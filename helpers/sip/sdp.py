@@ -102,11 +102,14 @@ def _address(fam: int, text: bytes, off: int) -> Connection:
     return Connection(fam, text, addr, (off, len(text)), unusable)
 
 
-@functools.lru_cache(maxsize=4096)
 def _literal(fam: int, text: bytes) -> tuple[alg.IPAddress | None, str | None]:
     """The address in `text` if it is a literal of family `fam`, and why
-    media may not go there (cached: a gateway sees the same few addresses
-    over and over)."""
+    media may not go there (cached for short texts: a gateway sees the same
+    few addresses over and over; a long one would make the cache hold megabytes)."""
+    return _literal_cached(fam, text) if len(text) <= MAX_CACHED else _literal_read(fam, text)
+
+
+def _literal_read(fam: int, text: bytes) -> tuple[alg.IPAddress | None, str | None]:
     try:
         addr = ipaddress.ip_address(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
@@ -116,6 +119,9 @@ def _literal(fam: int, text: bytes) -> tuple[alg.IPAddress | None, str | None]:
     if addr.is_unspecified:
         return addr, ""  # c=0.0.0.0: on hold (RFC 3264 §8.4)
     return addr, "multicast-media" if addr.is_multicast else None
+
+
+_literal_cached = functools.lru_cache(maxsize=4096)(_literal_read)
 
 
 def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_LINES) -> Session:
