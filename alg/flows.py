@@ -179,6 +179,11 @@ class RecordFlag(enum.IntFlag):
 
 KNOWN = (RecordFlag.KNOWN_ORIGINAL, RecordFlag.KNOWN_REPLY)
 BOUNDARY = (RecordFlag.BOUNDARY_ORIGINAL, RecordFlag.BOUNDARY_REPLY)
+_FLAGS_MASK = 0x3F  # every RecordFlag bit
+# Each flags value made once: an IntFlag operation (&, |, a call) costs half a microsecond,
+# and a record's flags are read or set for every packet
+_FLAGS = tuple(RecordFlag(v) for v in range(_FLAGS_MASK + 1))
+_RECORDS_MAX = 1024  # records unpacked kept for their bytes (a UDP flow's record seldom changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,15 +202,44 @@ class FlowRecord:
     def pack(self) -> bytes:
         return _RECORD.pack(RECORD_VERSION, int(self.flags), 0, *self.boundary)
 
+    def with_flags(self, bits: int) -> "FlowRecord":
+        """This record with `bits` set too (itself when they are set already)."""
+        flags, bits = int(self.flags), int(bits)
+        if flags | bits == flags:
+            return self
+        return FlowRecord(_flags(flags | bits), self.boundary)
+
+    def has(self, bits: int) -> bool:
+        """Whether any of `bits` is set (without an IntFlag operation)."""
+        return bool(int(self.flags) & int(bits))
+
     @classmethod
     def unpack(cls, data: bytes | None) -> "FlowRecord | None":
         """None when there is no record (no private data, zeros, or another layout)."""
         if not data or len(data) < _RECORD.size:
             return None
+        cache = cls is FlowRecord and type(data) is bytes
+        if cache:
+            known = _UNPACKED.get(data)
+            if known is not None:
+                return known
         version, flags, _r, b0, b1 = _RECORD.unpack_from(data)
         if version != RECORD_VERSION:
             return None
-        return cls(RecordFlag(flags & 0x3F), (b0, b1))
+        record = cls(_FLAGS[flags & _FLAGS_MASK], (b0, b1))
+        if cache:
+            if len(_UNPACKED) >= _RECORDS_MAX:
+                _UNPACKED.clear()
+            _UNPACKED[data] = record
+        return record
+
+
+# what each record's bytes unpacked to, shared (FlowRecord is frozen): the daemon reads one per packet
+_UNPACKED: dict[bytes, FlowRecord] = {}
+
+
+def _flags(value: int) -> RecordFlag:
+    return _FLAGS[value] if 0 <= value <= _FLAGS_MASK else RecordFlag(value)
 
 
 @dataclass(frozen=True, slots=True)
