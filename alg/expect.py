@@ -69,10 +69,15 @@ class Expectation:
     # the expected tuple in numbers (an address as its integer: cheap to hash); computed once,
     # the table looks it up about twenty times per message
     key: tuple = field(init=False, repr=False, compare=False)
+    # `source` as a number (IPv6 above 2**128, so that no IPv4 address shares it): it keys the
+    # sources' shares of the budget, and an ipaddress object hashes through a hex string
+    source_key: int | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", (self.l3, self.proto, None if self.src is None else int(self.src),
                                          int(self.dst), self.sport, self.dport))
+        s = self.source
+        object.__setattr__(self, "source_key", None if s is None else int(s) | (s.version == 6) << 128)
 
     def matches(self, t: FlowTuple) -> bool:
         return (
@@ -174,7 +179,7 @@ class ExpectationTable:
         self.helper_cap = budget if helper_cap is None else helper_cap
         self.source_cap = budget if source_cap is None else source_cap
         self.per_helper: Counter[str] = Counter()
-        self.per_source: Counter[Any] = Counter()
+        self.per_source: Counter[int] = Counter()  # by Expectation.source_key
         self._by_master: dict[FlowTuple, dict[str, deque[Expectation]]] = {}
         self._by_key: dict[tuple, Expectation] = {}
         # (l3, proto, dst as an integer, dport) -> keys: what a new flow is matched by
@@ -201,7 +206,7 @@ class ExpectationTable:
         key = e.key
         del self._by_key[key]
         _uncount(self.per_helper, e.helper)
-        _uncount(self.per_source, e.source)
+        _uncount(self.per_source, e.source_key)
         where = _dest(key)
         dest = self._by_dest[where]
         del dest[key]
@@ -268,8 +273,9 @@ class ExpectationTable:
             dest = self._by_dest[where] = {}
         dest[key] = None
         self.per_helper[e.helper] = self.per_helper.get(e.helper, 0) + 1
-        if e.source is not None:
-            self.per_source[e.source] = self.per_source.get(e.source, 0) + 1
+        source = e.source_key
+        if source is not None:
+            self.per_source[source] = self.per_source.get(source, 0) + 1
 
     def _queue(self, e: Expectation) -> deque[Expectation]:
         classes = self._by_master.get(e.master)
@@ -283,15 +289,15 @@ class ExpectationTable:
                 return Refusal.BUDGET
             if self.per_helper.get(e.helper, 0) >= self.helper_cap:
                 return Refusal.HELPER_SHARE
-            if e.source is not None and self.per_source.get(e.source, 0) >= self.source_cap:
+            if e.source_key is not None and self.per_source.get(e.source_key, 0) >= self.source_cap:
                 return Refusal.SOURCE_SHARE
             return None
         if len(self._by_key) - 1 >= self.budget:
             return Refusal.BUDGET
         if self.per_helper.get(e.helper, 0) - (freed.helper == e.helper) >= self.helper_cap:
             return Refusal.HELPER_SHARE
-        if e.source is not None and \
-                self.per_source.get(e.source, 0) - (freed.source == e.source) >= self.source_cap:
+        if e.source_key is not None and \
+                self.per_source.get(e.source_key, 0) - (freed.source_key == e.source_key) >= self.source_cap:
             return Refusal.SOURCE_SHARE
         return None
 

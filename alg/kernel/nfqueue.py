@@ -122,11 +122,23 @@ class CtTuple:
     dport: int
 
     def flow(self) -> FlowTuple:
-        return FlowTuple(self.l3, self.proto, ipaddress.ip_address(self.src), ipaddress.ip_address(self.dst),
-                         self.sport, self.dport)
+        f = _FLOWS.get(self)
+        if f is None:
+            f = FlowTuple(self.l3, self.proto, ipaddress.ip_address(self.src), ipaddress.ip_address(self.dst),
+                          self.sport, self.dport)
+            if len(_FLOWS) >= _FLOWS_MAX:
+                _FLOWS.clear()
+            _FLOWS[self] = f
+        return f
 
     def reversed(self) -> "CtTuple":
         return CtTuple(self.l3, self.proto, self.dst, self.src, self.dport, self.sport)
+
+
+# CtTuple -> its FlowTuple (both frozen): without the conntrack glue every queued packet's
+# tuple is turned into one to look its conntrack up, two ipaddress objects each time
+_FLOWS: dict[CtTuple, FlowTuple] = {}
+_FLOWS_MAX = 1024
 
 
 @dataclass(frozen=True, slots=True)
