@@ -258,6 +258,20 @@ def decode_conntrack(b, span: tuple[int, int]) -> Conntrack:
                      _u32(b, a.get(CTA_MARK), 0), _BE16.unpack_from(b, zone[0])[0] if zone else 0)
 
 
+_CONNTRACKS: dict[bytes, Conntrack] = {}  # raw NFQA_CT -> decoded: the packets of a flow within
+_CONNTRACKS_MAX = 1024  # a second (CTA_TIMEOUT counts seconds) carry the same bytes
+
+
+def _conntrack(raw: bytes) -> Conntrack:
+    ct = _CONNTRACKS.get(raw)
+    if ct is None:
+        ct = decode_conntrack(raw, (0, len(raw)))
+        if len(_CONNTRACKS) >= _CONNTRACKS_MAX:
+            _CONNTRACKS.clear()
+        _CONNTRACKS[raw] = ct
+    return ct
+
+
 def parse_packet(msg_payload) -> QueuedPacket:
     """One NFQNL_MSG_PACKET (what follows its nlmsghdr: nfgenmsg and attributes).
 
@@ -283,7 +297,7 @@ def parse_packet(msg_payload) -> QueuedPacket:
                 raise ValueError("short NFQA_PACKET_HDR")
             hdr = _PKT_HDR.unpack_from(b, off + 4)
         elif t == NFQA_CT:
-            ct = decode_conntrack(b, (off + 4, off + n))
+            ct = _conntrack(bytes(b[off + 4:off + n]))
         elif t == NFQA_CT_INFO:
             ctinfo = _u32(b, (off + 4, off + n), None)
         elif t == NFQA_MARK:
