@@ -41,6 +41,7 @@ import ipaddress
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable
 
 from .decode import TCP_SYN, Packet
@@ -183,7 +184,7 @@ _FLAGS_MASK = 0x3F  # every RecordFlag bit
 # Each flags value made once: an IntFlag operation (&, |, a call) costs half a microsecond,
 # and a record's flags are read or set for every packet
 _FLAGS = tuple(RecordFlag(v) for v in range(_FLAGS_MASK + 1))
-_RECORDS_MAX = 1024  # records unpacked kept for their bytes (a UDP flow's record seldom changes)
+_RECORDS_MAX = 1024  # records kept unpacked for their bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,24 +219,22 @@ class FlowRecord:
         """None when there is no record (no private data, zeros, or another layout)."""
         if not data or len(data) < _RECORD.size:
             return None
-        cache = cls is FlowRecord and type(data) is bytes
-        if cache:
-            known = _UNPACKED.get(data)
-            if known is not None:
-                return known
+        if cls is FlowRecord and type(data) is bytes:
+            return _unpacked(data)  # (the daemon reads one record per packet)
+        return cls._unpack(data)
+
+    @classmethod
+    def _unpack(cls, data: bytes) -> "FlowRecord | None":
         version, flags, _r, b0, b1 = _RECORD.unpack_from(data)
         if version != RECORD_VERSION:
             return None
-        record = cls(_FLAGS[flags & _FLAGS_MASK], (b0, b1))
-        if cache:
-            if len(_UNPACKED) >= _RECORDS_MAX:
-                _UNPACKED.clear()
-            _UNPACKED[data] = record
-        return record
+        return cls(_FLAGS[flags & _FLAGS_MASK], (b0, b1))
 
 
-# what each record's bytes unpacked to, shared (FlowRecord is frozen): the daemon reads one per packet
-_UNPACKED: dict[bytes, FlowRecord] = {}
+@lru_cache(maxsize=_RECORDS_MAX)
+def _unpacked(data: bytes) -> FlowRecord | None:
+    """A record's bytes unpacked, kept (FlowRecord is frozen): a UDP flow's record seldom changes."""
+    return FlowRecord._unpack(data)
 
 
 def _flags(value: int) -> RecordFlag:

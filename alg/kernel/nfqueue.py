@@ -48,6 +48,7 @@ import socket
 import struct
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..errors import KernelError
 from ..model import FlowTuple
@@ -122,23 +123,20 @@ class CtTuple:
     dport: int
 
     def flow(self) -> FlowTuple:
-        f = _FLOWS.get(self)
-        if f is None:
-            f = FlowTuple(self.l3, self.proto, ipaddress.ip_address(self.src), ipaddress.ip_address(self.dst),
-                          self.sport, self.dport)
-            if len(_FLOWS) >= _FLOWS_MAX:
-                _FLOWS.clear()
-            _FLOWS[self] = f
-        return f
+        return _flow_of(self)
 
     def reversed(self) -> "CtTuple":
         return CtTuple(self.l3, self.proto, self.dst, self.src, self.dport, self.sport)
 
 
-# CtTuple -> its FlowTuple (both frozen): without the conntrack glue every queued packet's
-# tuple is turned into one to look its conntrack up, two ipaddress objects each time
-_FLOWS: dict[CtTuple, FlowTuple] = {}
+# CtTuples kept with their FlowTuple (both frozen): without the conntrack glue every queued
+# packet's tuple is turned into one to look its conntrack up, two ipaddress objects each time
 _FLOWS_MAX = 1024
+
+
+@lru_cache(maxsize=_FLOWS_MAX)
+def _flow_of(t: CtTuple) -> FlowTuple:
+    return FlowTuple(t.l3, t.proto, ipaddress.ip_address(t.src), ipaddress.ip_address(t.dst), t.sport, t.dport)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,19 +180,16 @@ def _attrs(b, off: int, end: int) -> dict[int, tuple[int, int]]:
     return out
 
 
-_TUPLES: dict[bytes, CtTuple] = {}  # raw CTA_TUPLE_* nest -> decoded: every packet of a flow repeats it
-_TUPLES_MAX = 8192
+_TUPLES_MAX = 8192  # raw CTA_TUPLE_* nests kept decoded: every packet of a flow repeats its own
 
 
 def _tuple(b, span: tuple[int, int]) -> CtTuple:
-    raw = bytes(b[span[0]:span[1]])
-    t = _TUPLES.get(raw)
-    if t is None:
-        t = _decode_tuple(raw, (0, len(raw)))
-        if len(_TUPLES) >= _TUPLES_MAX:
-            _TUPLES.clear()
-        _TUPLES[raw] = t
-    return t
+    return _tuple_of(bytes(b[span[0]:span[1]]))
+
+
+@lru_cache(maxsize=_TUPLES_MAX)
+def _tuple_of(raw: bytes) -> CtTuple:
+    return _decode_tuple(raw, (0, len(raw)))
 
 
 def _decode_tuple(b, span: tuple[int, int]) -> CtTuple:
@@ -258,18 +253,14 @@ def decode_conntrack(b, span: tuple[int, int]) -> Conntrack:
                      _u32(b, a.get(CTA_MARK), 0), _BE16.unpack_from(b, zone[0])[0] if zone else 0)
 
 
-_CONNTRACKS: dict[bytes, Conntrack] = {}  # raw NFQA_CT -> decoded: the packets of a flow within
-_CONNTRACKS_MAX = 1024  # a second (CTA_TIMEOUT counts seconds) carry the same bytes
+# raw NFQA_CT kept decoded: the packets of a flow within a second (CTA_TIMEOUT counts
+# seconds) carry the same bytes
+_CONNTRACKS_MAX = 1024
 
 
+@lru_cache(maxsize=_CONNTRACKS_MAX)
 def _conntrack(raw: bytes) -> Conntrack:
-    ct = _CONNTRACKS.get(raw)
-    if ct is None:
-        ct = decode_conntrack(raw, (0, len(raw)))
-        if len(_CONNTRACKS) >= _CONNTRACKS_MAX:
-            _CONNTRACKS.clear()
-        _CONNTRACKS[raw] = ct
-    return ct
+    return decode_conntrack(raw, (0, len(raw)))
 
 
 def parse_packet(msg_payload) -> QueuedPacket:
