@@ -578,6 +578,9 @@ class Engine:
         if nat is not None:
             outside = self._outside_ports(flow, direction, actions, sender, nat)
         for a in actions:
+            kind = type(a)
+            if kind is Rewrite or kind is Length:
+                continue  # NAT spans: the message's rewrite below (a message has a score of them)
             seen = len(self.events)
             nat_to = None
             if nat is not None and isinstance(a, Expect) and (a.dst, a.dport) in outside:

@@ -243,9 +243,10 @@ class NatMap:
         receiver sends to; the receiver's, the one it is reached at by the sender).
         `port` None compares and maps the address alone."""
         here, there = (self.original, self.reply) if direction == 0 else (self.reply, self.original)
-        if addr == here.src and port in (None, here.sport):
+        # the ports first: comparing two ipaddress objects costs more
+        if (port is None or port == here.sport) and addr == here.src:
             return there.dst, None if port is None else there.dport
-        if addr == here.dst and port in (None, here.dport):
+        if (port is None or port == here.dport) and addr == here.dst:
             return there.src, None if port is None else there.sport
         return None
 
