@@ -567,13 +567,15 @@ class Engine:
         evicted again by the same message (one INVITE asking 4,096 ports made 8,000
         ctnetlink operations). Under NAT (`at`: where the packet inspected starts in
         the message) its expectations move outside and its spans are rewritten."""
+        actions = tuple(actions)
+        if not actions:
+            return []  # nothing asked for, nothing to rewrite: as the long way round, after _one_mangle
         sender = _sender(flow, direction)
         h: HelperSlot = flow.helper
         out: list[Decision] = []
         asked: dict[str, int] = {}  # Expects of each class in this message
         total = 0  # and in all
         nat = _nat(flow)
-        actions = tuple(actions)
         outside: dict[tuple, int | None] = {}
         if nat is not None:
             outside = self._outside_ports(flow, direction, actions, sender, nat)

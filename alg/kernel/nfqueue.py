@@ -47,7 +47,7 @@ import select
 import socket
 import struct
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ..errors import KernelError
@@ -121,6 +121,18 @@ class CtTuple:
     dst: bytes
     sport: int
     dport: int
+    # hashed once: a conntrack's tuple keys the engine's flow table, looked up on every packet
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.l3, self.proto, self.src, self.dst, self.sport, self.dport)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple:
+        # built anew where unpickled: a hash of bytes differs between processes (PYTHONHASHSEED)
+        return CtTuple, (self.l3, self.proto, self.src, self.dst, self.sport, self.dport)
 
     def flow(self) -> FlowTuple:
         return _flow_of(self)
