@@ -328,11 +328,11 @@ def main() -> int:
         l_cpu, l_wall, gets, found = lookup
         wall, used, lost = med["alg run --no-cthelper"][:3]
         per = used / max(n - lost, 1) * 1e6
+        same, new = glue_cost(bench_invite())
         print(f"of alg's {per:.0f} us CPU per packet: its conntrack lookup {l_cpu:.1f} us CPU ({l_wall:.1f} us wall; "
               f"{gets} ctnetlink GET{'s' if gets > 1 else ''}, conntrack {'found' if found else 'not found'}), "
               f"{l_cpu / per * 100:.0f}%; with the conntrack glue (NFQA_CT, the lab) there is no lookup, and "
-              "decoding NFQA_CT adds %.1f us (%.1f us when its bytes differ from the flow's last packet's)"
-              % glue_cost(bench_invite()))
+              f"decoding NFQA_CT adds {same:.1f} us ({new:.1f} us when its bytes differ from the flow's last packet's)")
     return 0
 
 
