@@ -173,13 +173,18 @@ class TableStats:
 class HelperSlot:
     """A configured helper: its policy, its instance and its counters."""
 
-    __slots__ = ("policy", "helper", "stats", "max_expected")
+    __slots__ = ("policy", "helper", "stats", "max_expected", "class_names", "class_ids")
 
     def __init__(self, policy: HelperPolicy, helper: Helper):
         self.policy = policy
         self.helper = helper
         self.stats = HelperStats(classes={c.name: ClassStats() for c in policy.classes})
         self.max_expected = {c.name: c.max_expected for c in policy.classes}
+        # looked up for every expectation (the policy's own lookups walk its classes)
+        self.class_names = tuple(c.name for c in policy.classes)
+        self.class_ids: dict[str, tuple[int, int]] = {}  # name -> (class id, timeout), the first of a name
+        for i, c in enumerate(policy.classes):
+            self.class_ids.setdefault(c.name, (i, c.timeout))
 
 
 class RateLimitedLog:
@@ -322,7 +327,7 @@ class Engine:
                                                _nat(flow)), flow.state)
             if not isinstance(outcome, Parsed):
                 return []
-            flow.record = replace(flow.record, flags=flow.record.flags | KNOWN[direction])
+            flow.record = flow.record.with_flags(KNOWN[direction])
             return self._apply(flow, outcome.actions, now, frame, direction, pkt.payload, 0)
         except ProtocolViolation as exc:
             self._give_up(flow)
@@ -347,7 +352,7 @@ class Engine:
             h.stats.gaps += stream.gaps - gaps
             self.warn(logging.INFO, f"gap-{h.policy.name}", "%s: %s: lost TCP segment skipped (%s)",
                       h.policy.name, flow.tuple, direction.name.lower())
-            if not flow.record.flags & KNOWN[direction]:
+            if not flow.record.has(KNOWN[direction]):
                 # a hole before the stream showed it speaks the protocol: what
                 # follows may be anyone's bytes (a PORT line in an HTTP body)
                 stream.abandon()
@@ -400,7 +405,7 @@ class Engine:
         flow.failed = True
         flow.state = None
         flow.streams = None  # nor keep its bytes
-        flow.record = replace(flow.record, flags=flow.record.flags | RecordFlag.GIVEN_UP)
+        flow.record = flow.record.with_flags(RecordFlag.GIVEN_UP)
 
     def _note_stream(self, flow: Flow, direction: Direction, stream) -> None:
         """Record where the next message of this direction starts, when known."""
@@ -415,7 +420,7 @@ class Engine:
             boundary[direction] = (stream.next_seq - len(stream.buf)) % (1 << 32)
             flow.record = FlowRecord(flags | BOUNDARY[direction], (boundary[0], boundary[1]))
             return
-        flow.record = replace(flow.record, flags=flags)
+        flow.record = FlowRecord(flags, flow.record.boundary)
 
     def _kernel_flow(self, pkt: Packet, view: KernelView, now: float,
                      slot: HelperSlot | None) -> tuple[Flow, Direction] | None:
@@ -549,7 +554,7 @@ class Engine:
                 raise RuntimeError(f"helper consumed {outcome.consumed} of {len(stream.buf)} bytes")
             message = stream.buf[: outcome.consumed] if self.explained is not None or nat else b""
             stream.buf = stream.buf[outcome.consumed :]
-            flow.record = replace(flow.record, flags=flow.record.flags | KNOWN[direction])
+            flow.record = flow.record.with_flags(KNOWN[direction])
             decisions += self._apply(flow, outcome.actions, now, frame, direction, message, at)
             at -= outcome.consumed
         return decisions
@@ -562,16 +567,22 @@ class Engine:
         evicted again by the same message (one INVITE asking 4,096 ports made 8,000
         ctnetlink operations). Under NAT (`at`: where the packet inspected starts in
         the message) its expectations move outside and its spans are rewritten."""
+        actions = tuple(actions)
+        if not actions:
+            return []  # nothing asked for, nothing to rewrite: as the long way round, after _one_mangle
         sender = _sender(flow, direction)
         h: HelperSlot = flow.helper
         out: list[Decision] = []
-        asked: Counter = Counter()
+        asked: dict[str, int] = {}  # Expects of each class in this message
+        total = 0  # and in all
         nat = _nat(flow)
-        actions = tuple(actions)
         outside: dict[tuple, int | None] = {}
         if nat is not None:
             outside = self._outside_ports(flow, direction, actions, sender, nat)
         for a in actions:
+            kind = type(a)
+            if kind is Rewrite or kind is Length:
+                continue  # NAT spans: the message's rewrite below (a message has a score of them)
             seen = len(self.events)
             nat_to = None
             if nat is not None and isinstance(a, Expect) and (a.dst, a.dport) in outside:
@@ -581,17 +592,19 @@ class Engine:
                     continue
                 # the expected flow comes to the outside endpoint and is translated to the inside one
                 nat_to = (Direction(1 - direction), a.dst, a.dport)
-                a = replace(a, dst=nat.outside(direction), dport=port)
+                a = _moved(a, nat.outside(direction), port)
             if isinstance(a, Expect):
                 cap = h.max_expected.get(a.cls)
-                if cap is not None and (asked[a.cls] >= cap or asked.total() >= self.core.expect_per_message):
+                n = asked.get(a.cls, 0)
+                if cap is not None and (n >= cap or total >= self.core.expect_per_message):
                     h.stats.classes[a.cls].refused[Refusal.PER_MESSAGE.value] += 1
                     self.events.append(ExpectationEvent("refused", _expectation(h, flow, a, now, frame, sender),
                                                         Refusal.PER_MESSAGE.value))
                     if self.explained is not None:
                         self.explained.append(self._explain(h, flow, a, frame, direction, message, self.events[-1:]))
                     continue
-                asked[a.cls] += 1
+                asked[a.cls] = n + 1
+                total += 1
                 out += self._expect(h, flow, a, now, frame, sender, nat_to)
             elif isinstance(a, Unexpect):
                 for e in self.table.of_master(flow.tuple, a.cls, a.tag):
@@ -699,7 +712,7 @@ class Engine:
         pol = h.policy
         cls = h.stats.classes.get(a.cls)
         l3 = flow.tuple.l3
-        invalid = invalid_expect(list(h.stats.classes), a, l3)
+        invalid = invalid_expect(h.class_names, a, l3)
         if invalid is not None or cls is None:  # (an unknown class is invalid)
             if cls is not None:
                 cls.refused[Refusal.INVALID.value] += 1
@@ -823,10 +836,17 @@ def _share(budget: int, fraction: float) -> int:
 
 def _expectation(h: HelperSlot, flow: Flow, a: Expect, now: float, frame: int | None, sender: Any,
                  nat_to: tuple | None = None) -> Expectation:
-    pol = h.policy
-    return Expectation(pol.name, a.cls, pol.class_id(a.cls), flow.tuple.l3, a.proto, a.src, a.dst, a.sport, a.dport,
-                       flow.tuple, pol.expect_class(a.cls).timeout, a.flags, frame, now, a.tag, a.src_prefix,
+    class_id, timeout = h.class_ids[a.cls]
+    return Expectation(h.policy.name, a.cls, class_id, flow.tuple.l3, a.proto, a.src, a.dst, a.sport, a.dport,
+                       flow.tuple, timeout, a.flags, frame, now, a.tag, a.src_prefix,
                        a.assign_helper, kernel_master=flow.kernel, source=sender, nat=nat_to)
+
+
+def _moved(a: Expect, dst: Any, dport: int) -> Expect:
+    """`a` asked at another destination (dataclasses.replace, without its cost per call)."""
+    if type(a) is not Expect:
+        return replace(a, dst=dst, dport=dport)
+    return Expect(a.cls, a.proto, a.src, dst, a.sport, dport, a.flags, a.tag, a.where, a.src_prefix, a.assign_helper)
 
 
 def _nat(flow: Flow) -> NatMap | None:

@@ -69,10 +69,15 @@ class Expectation:
     # the expected tuple in numbers (an address as its integer: cheap to hash); computed once,
     # the table looks it up about twenty times per message
     key: tuple = field(init=False, repr=False, compare=False)
+    # `source` as a number (IPv6 above 2**128, so that no IPv4 address shares it): it keys the
+    # sources' shares of the budget, and an ipaddress object hashes through a hex string
+    source_key: int | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", (self.l3, self.proto, None if self.src is None else int(self.src),
                                          int(self.dst), self.sport, self.dport))
+        s = self.source
+        object.__setattr__(self, "source_key", None if s is None else int(s) | (s.version == 6) << 128)
 
     def matches(self, t: FlowTuple) -> bool:
         return (
@@ -147,9 +152,11 @@ class Expectation:
 def _uncount(counter: Counter, key: Any) -> None:
     if key is None:
         return
-    counter[key] -= 1
-    if counter[key] <= 0:
-        del counter[key]  # a spoofed source address must not stay behind
+    n = counter.get(key, 0) - 1
+    if n <= 0:
+        counter.pop(key, None)  # a spoofed source address must not stay behind
+    else:
+        counter[key] = n
 
 
 def flag_names(flags: int) -> list[str]:
@@ -172,10 +179,10 @@ class ExpectationTable:
         self.helper_cap = budget if helper_cap is None else helper_cap
         self.source_cap = budget if source_cap is None else source_cap
         self.per_helper: Counter[str] = Counter()
-        self.per_source: Counter[Any] = Counter()
+        self.per_source: Counter[int] = Counter()  # by Expectation.source_key
         self._by_master: dict[FlowTuple, dict[str, deque[Expectation]]] = {}
         self._by_key: dict[tuple, Expectation] = {}
-        # (proto, dst, dport) -> keys: what a new flow is matched by
+        # (l3, proto, dst as an integer, dport) -> keys: what a new flow is matched by
         self._by_dest: dict[tuple, dict[tuple, None]] = {}
 
     def __len__(self) -> int:
@@ -196,21 +203,28 @@ class ExpectationTable:
     def remove(self, e: Expectation) -> bool:
         if self._by_key.get(e.key) is not e:
             return False
-        del self._by_key[e.key]
+        key = e.key
+        del self._by_key[key]
         _uncount(self.per_helper, e.helper)
-        _uncount(self.per_source, e.source)
-        dest = self._by_dest[(e.proto, e.dst, e.dport)]
-        del dest[e.key]
+        _uncount(self.per_source, e.source_key)
+        where = _dest(key)
+        dest = self._by_dest[where]
+        del dest[key]
         if not dest:
-            del self._by_dest[(e.proto, e.dst, e.dport)]
-        classes = self._by_master.get(e.master, {})
+            del self._by_dest[where]
+        classes = self._by_master.get(e.master)
+        if classes is None:
+            return True
         q = classes.get(e.cls)
         if q is not None:
-            q.remove(e)
+            if q[0] is e:  # the oldest: what ExpectMax evicts
+                q.popleft()
+            else:
+                q.remove(e)
             if not q:
                 del classes[e.cls]
         if not classes:
-            self._by_master.pop(e.master, None)
+            del self._by_master[e.master]
         return True
 
     def admit(self, e: Expectation, max_expected: int) -> Admission:
@@ -227,9 +241,10 @@ class ExpectationTable:
         evicted = []
         if old is not None:
             self.remove(old)  # same master asks again: the new one replaces it
-        while len(q := self._queue(e)) >= max_expected:
+            q = self._queue(e)
+        while len(q) >= max_expected:
             victim = q[0]
-            self.remove(victim)
+            self.remove(victim)  # (an emptied queue leaves the table: q is then empty too)
             evicted.append(victim)
         self._add(e)
         return Admission(e, evicted)
@@ -243,26 +258,46 @@ class ExpectationTable:
         return True
 
     def _add(self, e: Expectation) -> None:
-        self._by_master.setdefault(e.master, {}).setdefault(e.cls, deque()).append(e)
-        self._by_key[e.key] = e
-        self._by_dest.setdefault((e.proto, e.dst, e.dport), {})[e.key] = None
-        self.per_helper[e.helper] += 1
-        if e.source is not None:
-            self.per_source[e.source] += 1
+        classes = self._by_master.get(e.master)
+        if classes is None:
+            classes = self._by_master[e.master] = {}
+        q = classes.get(e.cls)
+        if q is None:
+            q = classes[e.cls] = deque()
+        q.append(e)
+        key = e.key
+        self._by_key[key] = e
+        where = _dest(key)
+        dest = self._by_dest.get(where)
+        if dest is None:
+            dest = self._by_dest[where] = {}
+        dest[key] = None
+        self.per_helper[e.helper] = self.per_helper.get(e.helper, 0) + 1
+        source = e.source_key
+        if source is not None:
+            self.per_source[source] = self.per_source.get(source, 0) + 1
 
     def _queue(self, e: Expectation) -> deque[Expectation]:
-        return self._by_master.get(e.master, {}).get(e.cls) or deque()
+        classes = self._by_master.get(e.master)
+        q = classes.get(e.cls) if classes is not None else None
+        return _EMPTY if q is None else q
 
     def _over(self, e: Expectation, freed: Expectation | None) -> Refusal | None:
         """Which bound admitting e would break (freeing `freed` first), if any."""
-        def held(counter: Counter, key: Any, freed_key: Any) -> int:
-            return counter[key] - (1 if freed is not None and freed_key == key else 0)
-
-        if len(self._by_key) - (freed is not None) >= self.budget:
+        if freed is None:
+            if len(self._by_key) >= self.budget:
+                return Refusal.BUDGET
+            if self.per_helper.get(e.helper, 0) >= self.helper_cap:
+                return Refusal.HELPER_SHARE
+            if e.source_key is not None and self.per_source.get(e.source_key, 0) >= self.source_cap:
+                return Refusal.SOURCE_SHARE
+            return None
+        if len(self._by_key) - 1 >= self.budget:
             return Refusal.BUDGET
-        if held(self.per_helper, e.helper, freed and freed.helper) >= self.helper_cap:
+        if self.per_helper.get(e.helper, 0) - (freed.helper == e.helper) >= self.helper_cap:
             return Refusal.HELPER_SHARE
-        if e.source is not None and held(self.per_source, e.source, freed and freed.source) >= self.source_cap:
+        if e.source_key is not None and \
+                self.per_source.get(e.source_key, 0) - (freed.source_key == e.source_key) >= self.source_cap:
             return Refusal.SOURCE_SHARE
         return None
 
@@ -278,7 +313,7 @@ class ExpectationTable:
 
     def holding(self, t: FlowTuple, src_mask: IPAddress, any_sport: bool) -> Expectation | None:
         """Ours among the kernel's: the expectation of tuple t and this mask (as a kernel event names one)."""
-        for key in self._by_dest.get((t.proto, t.dst, t.dport), ()):
+        for key in self._by_dest.get(_dest(t._ints), ()):
             e = self._by_key[key]
             if (e.l3 == t.l3 and e.src_mask == src_mask and (e.sport is None) == any_sport
                     and (e.sport is None or e.sport == t.sport) and (e.src is None or t.src in e.src_network)):
@@ -287,11 +322,20 @@ class ExpectationTable:
 
     def match(self, t: FlowTuple) -> Expectation | None:
         """The expectation a new flow fulfils, if any (replay's conntrack lookup)."""
-        for key in self._by_dest.get((t.proto, t.dst, t.dport), ()):
+        for key in self._by_dest.get(_dest(t._ints), ()):
             e = self._by_key[key]
             if e.matches(t):
                 return e
         return None
+
+
+_EMPTY: deque = deque()  # what a master's class holds when it holds nothing (never appended to)
+
+
+def _dest(key: tuple) -> tuple:
+    """(l3, proto, dst, dport) of an expectation's key or a FlowTuple's integers
+    (both are (l3, proto, src, dst, sport, dport)): what a new flow is matched by."""
+    return key[0], key[1], key[3], key[5]
 
 
 def _endpoint(addr: IPAddress, port: int) -> str:

@@ -41,6 +41,7 @@ import ipaddress
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable
 
 from .decode import TCP_SYN, Packet
@@ -179,6 +180,11 @@ class RecordFlag(enum.IntFlag):
 
 KNOWN = (RecordFlag.KNOWN_ORIGINAL, RecordFlag.KNOWN_REPLY)
 BOUNDARY = (RecordFlag.BOUNDARY_ORIGINAL, RecordFlag.BOUNDARY_REPLY)
+_FLAGS_MASK = 0x3F  # every RecordFlag bit
+# Each flags value made once: an IntFlag operation (&, |, a call) costs half a microsecond,
+# and a record's flags are read or set for every packet
+_FLAGS = tuple(RecordFlag(v) for v in range(_FLAGS_MASK + 1))
+_RECORDS_MAX = 1024  # records kept unpacked for their bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,15 +203,42 @@ class FlowRecord:
     def pack(self) -> bytes:
         return _RECORD.pack(RECORD_VERSION, int(self.flags), 0, *self.boundary)
 
+    def with_flags(self, bits: int) -> "FlowRecord":
+        """This record with `bits` set too (itself when they are set already)."""
+        flags, bits = int(self.flags), int(bits)
+        if flags | bits == flags:
+            return self
+        return FlowRecord(_flags(flags | bits), self.boundary)
+
+    def has(self, bits: int) -> bool:
+        """Whether any of `bits` is set (without an IntFlag operation)."""
+        return bool(int(self.flags) & int(bits))
+
     @classmethod
     def unpack(cls, data: bytes | None) -> "FlowRecord | None":
         """None when there is no record (no private data, zeros, or another layout)."""
         if not data or len(data) < _RECORD.size:
             return None
+        if cls is FlowRecord and type(data) is bytes:
+            return _unpacked(data)  # (the daemon reads one record per packet)
+        return cls._unpack(data)
+
+    @classmethod
+    def _unpack(cls, data: bytes) -> "FlowRecord | None":
         version, flags, _r, b0, b1 = _RECORD.unpack_from(data)
         if version != RECORD_VERSION:
             return None
-        return cls(RecordFlag(flags & 0x3F), (b0, b1))
+        return cls(_FLAGS[flags & _FLAGS_MASK], (b0, b1))
+
+
+@lru_cache(maxsize=_RECORDS_MAX)
+def _unpacked(data: bytes) -> FlowRecord | None:
+    """A record's bytes unpacked, kept (FlowRecord is frozen): a UDP flow's record seldom changes."""
+    return FlowRecord._unpack(data)
+
+
+def _flags(value: int) -> RecordFlag:
+    return _FLAGS[value] if 0 <= value <= _FLAGS_MASK else RecordFlag(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,15 +97,18 @@ class FlowTuple:
     # compared and hashed by numbers, once: a tuple keys every table on the packet path,
     # and an ipaddress object hashes through a hex string on every lookup
     _ints: tuple = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)  # of _ints: a master is hashed on every table use
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_ints", (self.l3, self.proto, int(self.src), int(self.dst), self.sport, self.dport))
+        ints = (self.l3, self.proto, int(self.src), int(self.dst), self.sport, self.dport)
+        object.__setattr__(self, "_ints", ints)
+        object.__setattr__(self, "_hash", hash(ints))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, FlowTuple) and self._ints == other._ints
+        return self is other or (isinstance(other, FlowTuple) and self._ints == other._ints)
 
     def __hash__(self) -> int:
-        return hash(self._ints)
+        return self._hash
 
     def reversed(self) -> "FlowTuple":
         return FlowTuple(self.l3, self.proto, self.dst, self.src, self.dport, self.sport)
@@ -240,9 +243,10 @@ class NatMap:
         receiver sends to; the receiver's, the one it is reached at by the sender).
         `port` None compares and maps the address alone."""
         here, there = (self.original, self.reply) if direction == 0 else (self.reply, self.original)
-        if addr == here.src and port in (None, here.sport):
+        # the ports first: comparing two ipaddress objects costs more
+        if (port is None or port == here.sport) and addr == here.src:
             return there.dst, None if port is None else there.dport
-        if addr == here.dst and port in (None, here.dport):
+        if (port is None or port == here.dport) and addr == here.dst:
             return there.src, None if port is None else there.sport
         return None
 
@@ -459,7 +463,10 @@ def check_networks(values: Any) -> None:
 
 
 def ports_ok(*ports: int | None) -> bool:
-    return all(p is None or 0 < p < 65536 for p in ports)
+    for p in ports:  # (a loop: checked for every expectation asked for)
+        if p is not None and not 0 < p < 65536:
+            return False
+    return True
 
 
 def invalid_expect(classes: Sequence[str], a: Expect, l3: int) -> str | None:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Iterable
 
 from .model import Form, FlowTuple, IPAddress, Length, NatMap, Rewrite
 
 MAX_IP_PACKET = 65535  # an IPv4 total length / IPv6 payload length field
+RENDERED_MAX = 1024  # endpoints kept rendered
 
 
 class RewriteError(ValueError):
@@ -34,7 +36,9 @@ class Edit:
     data: bytes
 
 
+@lru_cache(maxsize=RENDERED_MAX, typed=True)
 def render(form: Form, addr: IPAddress, port: int | None) -> bytes:
+    """An endpoint as `form` writes it (kept: a gateway writes its few outside endpoints again and again)."""
     if form is Form.ADDR:
         return str(addr).encode()
     if form is Form.PORT:

@@ -22,6 +22,13 @@ packets in all: keep N below that. Then, the reader still running, --pings
 INVITEs go one at a time to an echo server: the added latency is their round
 trip's p50/p99 minus the same without the NFQUEUE rule (measured first).
 
+This host's queues come without the conntrack (no CONFIG_NETFILTER_NETLINK_GLUE_CT):
+`alg run --no-cthelper` asks ctnetlink for each packet's conntrack, and the fw namespace,
+whose rules use no conntrack match, tracks nothing, so each lookup is two GETs (the tuple,
+then its reverse) that both find nothing. The same run measures that lookup alone in the
+fw namespace, and what replaces it where the queue hands the conntrack over (the lab's
+kernel, NFQA_CT): decoding NFQA_CT in the packet's message, no system call.
+
     sudo .venv/bin/python benchmarks/bench_drain.py [--n 20000] [--rounds 3]
 """
 
@@ -39,11 +46,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-from netns import SERVER4, Net  # noqa: E402
+from netns import CLIENT4, SERVER4, Net  # noqa: E402
 
+from alg.kernel import nfqueue as Q  # noqa: E402
+from alg.kernel import nlmsg as L  # noqa: E402
+from alg.kernel.ctnetlink import IPS_CONFIRMED, pack_tuple  # noqa: E402
 from alg.kernel.nfqueue import QueueStats, rcvbuf_for  # noqa: E402
 
 QUEUE = 9
+CTA_TIMEOUT = 7  # include/uapi/linux/netfilter/nfnetlink_conntrack.h
+IPS_SEEN_REPLY = 1 << 1  # include/uapi/linux/netfilter/nf_conntrack_common.h
+ETH_P_IP, NF_INET_FORWARD = 0x0800, 2
 TICK = os.sysconf("SC_CLK_TCK")
 
 C_LOOP = r"""
@@ -135,6 +148,56 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("", 5061))
 for m in msgs:
     s.sendto(m, ("%s", 5060))
 """ % SERVER4
+
+
+# the daemon's lookup of the drain's flow (alg.daemon.worker: one Ctnetlink.conntrack per packet)
+LOOKUP = """import ipaddress, sys, time
+from alg.kernel.ctnetlink import Ctnetlink
+from alg.model import FlowTuple
+ct, n = Ctnetlink(), int(sys.argv[1])
+t = FlowTuple(4, 17, ipaddress.ip_address("%s"), ipaddress.ip_address("%s"), 5061, 5060)
+found = ct.conntrack(t) is not None
+gets = ct.lookups
+c, w = time.process_time(), time.perf_counter()
+for _ in range(n):
+    ct.conntrack(t)
+print((time.process_time() - c) / n * 1e6, (time.perf_counter() - w) / n * 1e6, gets, int(found))
+""" % (CLIENT4, SERVER4)
+
+
+def lookup_cost(net: Net, n: int = 5000) -> tuple[float, float, int, bool]:
+    """(CPU us, wall us, GETs, found) of one conntrack lookup of the drain's flow, in the fw namespace."""
+    out = net.fw(sys.executable, "-c", LOOKUP, str(n), timeout=120).stdout.split()
+    return float(out[0]), float(out[1]), int(out[2]), out[3] == "1"
+
+
+def glue_cost(payload: bytes, n: int = 20000) -> tuple[float, float]:
+    """CPU us that NFQA_CT adds to decoding one queued packet's message (alg.kernel.nfqueue.parse_packet):
+    the conntrack a glue kernel hands over with the packet (tuples, status, timeout, id, the helper's
+    private data, as ctnetlink_glue_build lays them out). Twice: the same bytes as the flow's last packet
+    (the remaining timeout in seconds unchanged), and new bytes for every packet."""
+    s, d = bytes([10, 0, 1, 2]), bytes([10, 0, 2, 2])
+
+    def message(timeout: int) -> bytes:
+        ct = L.nest(Q.NFQA_CT, pack_tuple(Q.CTA_TUPLE_ORIG, 4, 17, s, d, 5061, 5060),
+                    pack_tuple(Q.CTA_TUPLE_REPLY, 4, 17, d, s, 5060, 5061), L.nla(Q.CTA_ID, L.be32(7)),
+                    L.nla(Q.CTA_STATUS, L.be32(IPS_CONFIRMED | IPS_SEEN_REPLY)), L.nla(CTA_TIMEOUT, L.be32(timeout)),
+                    L.nest(Q.CTA_HELP, L.nla(Q.CTA_HELP_NAME, b"sip\0"), L.nla(Q.CTA_HELP_INFO, bytes(16))))
+        return head + ct + L.nla(Q.NFQA_CT_INFO, L.be32(Q.IP_CT_ESTABLISHED)) + L.nla(Q.NFQA_PAYLOAD, payload)
+
+    head = L.message(Q.NFNL_SUBSYS_QUEUE, Q.NFQNL_MSG_PACKET, 0, 2,
+                     L.nla(Q.NFQA_PACKET_HDR, Q._PKT_HDR.pack(1, ETH_P_IP, NF_INET_FORWARD)), res_id=QUEUE)[16:]
+    plain = [head + L.nla(Q.NFQA_PAYLOAD, payload)] * n
+    same = [message(180)] * n
+    new = [message(i) for i in range(n)]
+    assert Q.parse_packet(same[0]).ct is not None and Q.parse_packet(plain[0]).ct is None
+    cost = []
+    for msgs in (plain, same, new):
+        t0 = time.process_time()
+        for m in msgs:
+            Q.parse_packet(m)
+        cost.append((time.process_time() - t0) / n * 1e6)
+    return cost[1] - cost[0], cost[2] - cost[0]
 
 
 def build_c(tmp: str) -> str:
@@ -240,6 +303,7 @@ def main() -> int:
         for _ in range(args.rounds):
             for name, argv in readers.items():
                 runs[name].append(drain_once(net, argv, n, args.pings))
+        lookup = lookup_cost(net) if not args.skip_daemon else None
     med = {k: tuple(statistics.median(r[i] for r in v) for i in range(5)) for k, v in runs.items()}
     b50, b99 = statistics.median(b[0] for b in base), statistics.median(b[1] for b in base)
     c_wall, c_cpu, c_lost, _, _ = med["C loop (libnetfilter_queue)"]
@@ -260,7 +324,22 @@ def main() -> int:
     if args.pings:
         print(f"added latency: {args.pings} INVITEs one at a time through the queue, round trip minus the same "
               f"without the NFQUEUE rule (p50 {b50:.1f} us, p99 {b99:.1f} us)")
+    if lookup is not None:
+        l_cpu, l_wall, gets, found = lookup
+        wall, used, lost = med["alg run --no-cthelper"][:3]
+        per = used / max(n - lost, 1) * 1e6
+        same, new = glue_cost(bench_invite())
+        print(f"of alg's {per:.0f} us CPU per packet: its conntrack lookup {l_cpu:.1f} us CPU ({l_wall:.1f} us wall; "
+              f"{gets} ctnetlink GET{'s' if gets > 1 else ''}, conntrack {'found' if found else 'not found'}), "
+              f"{l_cpu / per * 100:.0f}%; with the conntrack glue (NFQA_CT, the lab) there is no lookup, and "
+              f"decoding NFQA_CT adds {same:.1f} us ({new:.1f} us when its bytes differ from the flow's last packet's)")
     return 0
+
+
+def bench_invite() -> bytes:
+    sys.path.insert(0, str(HERE))
+    from bench_sip import invite
+    return invite(1)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,20 @@ line, c= and m= (the floor a Python reader pays for looking at the payload at al
 the same packets from phones behind masquerade (each INVITE rewritten: Via, Contact,
 SDP, Content-Length, checksums; media expected outside with CTA_EXPECT_NAT).
 
-    .venv/bin/python benchmarks/bench_worker.py [--n 20000]
+Then, as the daemon's loop does after each batch, the expectation events go to the
+`alg_expectation_event` observers (none are installed here: the hook call alone).
+
+    .venv/bin/python benchmarks/bench_worker.py [--n 20000] [--profile 25]
+
+`--profile N` adds a flat profile of the serve loop (cProfile, the N functions with the most
+time of their own, in microseconds per packet; the profiler itself inflates small calls).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import sys
 import tempfile
 import time
@@ -45,8 +53,9 @@ def reference(payload: bytes) -> tuple:
     return line.split(b" "), payload[c + 4:payload.find(b"\r\n", c + 2)], payload[m + 4:payload.find(b"\r\n", m + 2)]
 
 
-def run(n: int, nat: bool) -> tuple[float, int, int, int]:
-    """CPU seconds per packet, verdicts, expectations held, packets rewritten."""
+def run(n: int, nat: bool, profile: cProfile.Profile | None = None) -> tuple[float, int, int, int, float]:
+    """CPU seconds per packet, verdicts, expectations held, packets rewritten, and CPU seconds per
+    packet of handing the expectation events to the observers (the daemon's loop, per batch)."""
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "sip.toml").write_text('helper = "sip"\nqueue = 9\n')
         (Path(tmp) / "alg.toml").write_text(f'[core]\nstatus_socket = "{tmp}/alg.sock"\n')
@@ -61,20 +70,44 @@ def run(n: int, nat: bool) -> tuple[float, int, int, int]:
         d.workers[9].serve()
         for i in range(1, n + 1):
             k.send(9, flows[i % 64], False, invite(i))
-        t0 = time.process_time()
-        while d.workers[9].serve():
-            pass
-        cost = (time.process_time() - t0) / n
+        d.engine.take_events()
+        cost = observed = 0.0
+        while True:
+            t0 = time.process_time()
+            if profile is not None:
+                profile.enable()
+            served = d.workers[9].serve()
+            if profile is not None:
+                profile.disable()
+            t1 = time.process_time()
+            d._observe()  # (the supervisor's step: every event of the batch to the hook)
+            cost, observed = cost + t1 - t0, observed + time.process_time() - t1
+            if not served:
+                break
         rewritten = d.engine.stats()["helpers"]["sip"]["rewritten"]
-        return cost, d.stats.verdicts - 64, len(k.expectations), rewritten
+        return cost / n, d.stats.verdicts - 64, len(k.expectations), rewritten, observed / n
+
+
+def flat(profile: cProfile.Profile, n: int, top: int) -> None:
+    """The functions with the most time of their own, in us per packet."""
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    rows = sorted(((tt, ct, calls, f"{Path(file).name}:{line}({name})")
+                   for (file, line, name), (_cc, calls, tt, ct, _callers) in stats.items()), reverse=True)
+    total = sum(r[0] for r in rows)
+    print(f"flat profile of the serve loop, {n} packets (cProfile, {total / n * 1e6:.0f} us per packet "
+          "with its own overhead): own, cumulative (us per packet), calls per packet")
+    for tt, ct, calls, name in rows[:top]:
+        print(f"  {tt / n * 1e6:7.2f} {ct / n * 1e6:8.2f} {calls / n:7.2f}  {name}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20000)
-    n = ap.parse_args().n
-    worker, verdicts, held, _ = run(n, nat=False)
-    natted, _, _, rewritten = run(n, nat=True)
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="print the top N of a flat profile")
+    args = ap.parse_args()
+    n = args.n
+    worker, verdicts, held, _, observed = run(n, nat=False)
+    natted, _, _, rewritten, _ = run(n, nat=True)
     payloads = [invite(i) for i in range(1, n + 1)]
     t0 = time.process_time()
     for p in payloads:
@@ -85,6 +118,12 @@ def main() -> None:
           f"({verdicts} verdicts, {held} expectations held by the fake kernel)")
     print(f"  the same behind masquerade:   {natted * 1e6:6.1f} us ({rewritten} packets rewritten)")
     print(f"  bytes-level parse (reference): {ref * 1e6:6.1f} us ({worker / ref:.1f}x, NATed {natted / ref:.1f}x)")
+    print(f"  then its expectation events to the observers (the daemon's loop, none installed): "
+          f"{observed * 1e6:.1f} us per packet")
+    if args.profile:
+        prof = cProfile.Profile()
+        run(n // 4, nat=False, profile=prof)
+        flat(prof, n // 4, args.profile)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,9 @@ def kernel_view(ct: Conntrack, ctinfo: int | None, helper: str, reply: bool = Fa
         reply = ctinfo >= IP_CT_IS_REPLY
     confirmed = bool(ct.status & IPS_CONFIRMED)
     orig, rep = ct.orig, ct.reply
-    natted = rep != orig.reversed()
+    # rep != orig.reversed(), field by field (no tuple built for every packet)
+    natted = (rep.src != orig.dst or rep.dst != orig.src or rep.sport != orig.dport or rep.dport != orig.sport
+              or rep.l3 != orig.l3 or rep.proto != orig.proto)
 
     def tuples() -> tuple[FlowTuple, FlowTuple]:
         # each direction's source is an endpoint as it really is: the client
@@ -136,9 +138,13 @@ class QueueWorker:
             self.stats.unresolved += 1
             return True, None, None, None
         accept, record, attach, payload = True, None, None, None
+        # the kernel keeps no record for a conntrack an expectation created, and
+        # fails the whole NFQA_CT (and with it NFQA_EXP) for another helper's name
+        keep = not view.expected and qp.ct is not None and qp.ct.helper == self.helper
         for d in self.engine.process(pkt, self.clock(), slot=slot, view=view):
             if isinstance(d, Remember):
-                record = pack_ct_help(self.helper, d.record.pack())
+                if keep:
+                    record = pack_ct_help(self.helper, d.record.pack())
             elif isinstance(d, Create):
                 e = d.expectation
                 if (attach is None and self.queue.conntrack and not self.engine.core.pair
@@ -159,10 +165,6 @@ class QueueWorker:
                 self.sink.delete(d.expectation)
             elif isinstance(d, Mangle):
                 payload = self._mangled(qp, pkt, d)
-        if view.expected or qp.ct is None or qp.ct.helper != self.helper:
-            # the kernel keeps no record for a conntrack an expectation created, and
-            # fails the whole NFQA_CT (and with it NFQA_EXP) for another helper's name
-            record = None
         if payload is not None and record is None and qp.ct is not None:
             # a length change is applied to the connection's sequence numbers only
             # with NFQA_CT in the same verdict (an empty one names the packet's own)

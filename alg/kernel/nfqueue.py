@@ -47,7 +47,8 @@ import select
 import socket
 import struct
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 from ..errors import KernelError
 from ..model import FlowTuple
@@ -120,13 +121,34 @@ class CtTuple:
     dst: bytes
     sport: int
     dport: int
+    # hashed once: a conntrack's tuple keys the engine's flow table, looked up on every packet
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.l3, self.proto, self.src, self.dst, self.sport, self.dport)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple:
+        # built anew where unpickled: a hash of bytes differs between processes (PYTHONHASHSEED)
+        return CtTuple, (self.l3, self.proto, self.src, self.dst, self.sport, self.dport)
 
     def flow(self) -> FlowTuple:
-        return FlowTuple(self.l3, self.proto, ipaddress.ip_address(self.src), ipaddress.ip_address(self.dst),
-                         self.sport, self.dport)
+        return _flow_of(self)
 
     def reversed(self) -> "CtTuple":
         return CtTuple(self.l3, self.proto, self.dst, self.src, self.dport, self.sport)
+
+
+# CtTuples kept with their FlowTuple (both frozen): without the conntrack glue every queued
+# packet's tuple is turned into one to look its conntrack up, two ipaddress objects each time
+_FLOWS_MAX = 1024
+
+
+@lru_cache(maxsize=_FLOWS_MAX)
+def _flow_of(t: CtTuple) -> FlowTuple:
+    return FlowTuple(t.l3, t.proto, ipaddress.ip_address(t.src), ipaddress.ip_address(t.dst), t.sport, t.dport)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,19 +192,16 @@ def _attrs(b, off: int, end: int) -> dict[int, tuple[int, int]]:
     return out
 
 
-_TUPLES: dict[bytes, CtTuple] = {}  # raw CTA_TUPLE_* nest -> decoded: every packet of a flow repeats it
-_TUPLES_MAX = 8192
+_TUPLES_MAX = 8192  # raw CTA_TUPLE_* nests kept decoded: every packet of a flow repeats its own
 
 
 def _tuple(b, span: tuple[int, int]) -> CtTuple:
-    raw = bytes(b[span[0]:span[1]])
-    t = _TUPLES.get(raw)
-    if t is None:
-        t = _decode_tuple(raw, (0, len(raw)))
-        if len(_TUPLES) >= _TUPLES_MAX:
-            _TUPLES.clear()
-        _TUPLES[raw] = t
-    return t
+    return _tuple_of(bytes(b[span[0]:span[1]]))
+
+
+@lru_cache(maxsize=_TUPLES_MAX)
+def _tuple_of(raw: bytes) -> CtTuple:
+    return _decode_tuple(raw, (0, len(raw)))
 
 
 def _decode_tuple(b, span: tuple[int, int]) -> CtTuple:
@@ -246,6 +265,16 @@ def decode_conntrack(b, span: tuple[int, int]) -> Conntrack:
                      _u32(b, a.get(CTA_MARK), 0), _BE16.unpack_from(b, zone[0])[0] if zone else 0)
 
 
+# raw NFQA_CT kept decoded: the packets of a flow within a second (CTA_TIMEOUT counts
+# seconds) carry the same bytes
+_CONNTRACKS_MAX = 1024
+
+
+@lru_cache(maxsize=_CONNTRACKS_MAX)
+def _conntrack(raw: bytes) -> Conntrack:
+    return decode_conntrack(raw, (0, len(raw)))
+
+
 def parse_packet(msg_payload) -> QueuedPacket:
     """One NFQNL_MSG_PACKET (what follows its nlmsghdr: nfgenmsg and attributes).
 
@@ -271,7 +300,7 @@ def parse_packet(msg_payload) -> QueuedPacket:
                 raise ValueError("short NFQA_PACKET_HDR")
             hdr = _PKT_HDR.unpack_from(b, off + 4)
         elif t == NFQA_CT:
-            ct = decode_conntrack(b, (off + 4, off + n))
+            ct = _conntrack(bytes(b[off + 4:off + n]))
         elif t == NFQA_CT_INFO:
             ctinfo = _u32(b, (off + 4, off + n), None)
         elif t == NFQA_MARK:

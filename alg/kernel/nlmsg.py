@@ -34,16 +34,22 @@ NFNL_SUBSYS_CTHELPER = 9
 _NLH = struct.Struct("=IHHII")
 _NFGEN = struct.Struct("!BBH")
 _NLA = struct.Struct("=HH")
+_NLA_PACK = _NLA.pack
+
+
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")  # by length % 4: what pads an attribute to 4 bytes
 
 
 def nla(typ: int, payload: bytes) -> bytes:
     """One attribute, padded to 4 bytes."""
     n = 4 + len(payload)
-    return _NLA.pack(n, typ) + payload + b"\0" * (-n % 4)
+    return _NLA_PACK(n, typ) + payload + _PAD[n & 3]
 
 
 def nest(typ: int, *children: bytes) -> bytes:
-    return nla(typ | NLA_F_NESTED, b"".join(children))
+    body = b"".join(children)
+    n = 4 + len(body)
+    return _NLA_PACK(n, typ | NLA_F_NESTED) + body + _PAD[n & 3]
 
 
 def be16(v: int) -> bytes:
