@@ -360,7 +360,10 @@ class Daemon:
         os.write(self._wake_w, b"x")
 
     def _observe(self) -> None:
-        for ev in self.engine.take_events():
+        events = self.engine.take_events()
+        if not events or not self.host.hook.alg_expectation_event.get_hookimpls():
+            return  # nobody observes: a hook call per event would cost each packet microseconds
+        for ev in events:
             try:
                 self.host.hook.alg_expectation_event(event=ev)
             except Exception as exc:
