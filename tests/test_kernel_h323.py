@@ -26,10 +26,8 @@ from test_kernel_pptp import _decide, _probe  # the engine on a capture; the fw'
 pytestmark = pytest.mark.kernel
 H245_PORT, RTP, OTHER = 4000, 5000, 4002
 
-# the callee (srv) accepts the call on 1720, answers the Setup with a Connect (hex in argv[2]) naming its
-# H.245 address and fastStart media, and listens on the H.245 port and another one
-EXCHANGE = """
-import socket, sys, threading, time
+# one TPKT (RFC 1006: version, reserved, length of the whole) read from a connection, in both scripts
+READ_TPKT = """
 def read_tpkt(c):
     head = b""
     while len(head) < 4:
@@ -38,6 +36,12 @@ def read_tpkt(c):
     while len(body) < n:
         body += c.recv(n - len(body))
     return head + body
+"""
+# the callee (srv) accepts the call on 1720, answers the Setup with a Connect (hex in argv[2]) naming its
+# H.245 address and fastStart media, and listens on the H.245 port and another one
+EXCHANGE = """
+import socket, sys, threading, time
+""" + READ_TPKT + """
 def serve(port):
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", port)); s.listen(4)
@@ -124,13 +128,7 @@ def test_h245_and_fast_start_media_are_related_through_alg(kernel_ok: None) -> N
 # RAS (udp/1719); the caller's RAS message first, the gatekeeper's answer on the same flow
 DIFF_EXCHANGE = """
 import socket, sys, time
-def read_tpkt(c):
-    head = b""
-    while len(head) < 4:
-        head += c.recv(4 - len(head))
-    body, n = b"", int.from_bytes(head[2:4], "big") - 4
-    while len(body) < n:
-        body += c.recv(n - len(body))
+""" + READ_TPKT + """
 side, msgs, ras = sys.argv[1], sys.argv[2].split(","), bytes.fromhex(sys.argv[3])
 if side == "srv":
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 1719))

@@ -45,3 +45,13 @@ Helper {
 }
 CONF
 }
+
+# alg run in the background (ALG_PID) and expectation events (EW_PID), for the scenarios that keep one
+# of each; stop_alg's status is alg's own (0: it stopped cleanly, helpers removed)
+stop_alg() { kill -TERM "$ALG_PID" 2>/dev/null; wait "$ALG_PID"; local rc=$?; ALG_PID=; return $rc; }
+fw_reset() { lab_fw conntrack -F >/dev/null 2>&1; lab_fw conntrack -F expect >/dev/null 2>&1; }
+watch_start() {  # FILE: expectation events in lab-fw
+    ip netns exec "$LAB_NS_FW" stdbuf -oL conntrack -E expect >"$1" 2>&1 & EW_PID=$!
+    sleep 0.3
+}
+watch_stop() { sleep 0.3; kill -INT "$EW_PID" 2>/dev/null; wait "$EW_PID" 2>/dev/null; EW_PID=; }

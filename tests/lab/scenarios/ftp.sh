@@ -53,9 +53,7 @@ start_alg() {
     done
     echo "alg did not come up:"; tail -20 "$OUT/alg.log"; return 1
 }
-stop_alg() { kill -TERM "$ALG_PID" 2>/dev/null; wait "$ALG_PID"; local rc=$?; ALG_PID=; return $rc; }
 related() { alg_related_count ftp; }
-fw_reset() { lab_fw conntrack -F >/dev/null 2>&1; lab_fw conntrack -F expect >/dev/null 2>&1; }
 # active (PORT) with ftplib and a fixed data port (nothing to normalise); pyftpdlib connects
 # as soon as PORT is accepted (before the 200 reaches the client), so the expectation is
 # recorded from conntrack's events (watch_start/watch_stop), not listed between two commands
@@ -79,11 +77,6 @@ print(ftp.voidresp(), peer, data)
 ftp.quit()
 sys.exit(0 if data == b"alg lab payload\n" else 1)
 PYEOF
-watch_start() {  # FILE: expectation events in lab-fw
-    ip netns exec "$LAB_NS_FW" stdbuf -oL conntrack -E expect >"$1" 2>&1 & EW_PID=$!
-    sleep 0.3
-}
-watch_stop() { sleep 0.2; kill -INT "$EW_PID" 2>/dev/null; wait "$EW_PID" 2>/dev/null; EW_PID=; }
 active_port() {  # EVENTS-FILE LOG: ftplib active download; the NEW expectation events, as `conntrack -L expect` prints them
     watch_start "$1.events"
     lab_cli $SYS_PY "$RUN/ftp-active.py" "$LAB_SERVER4" 40021 >"$2" 2>&1; local rc=$?

@@ -116,13 +116,6 @@ start_alg() {
     done
     echo "alg did not come up:"; tail -20 "$OUT/alg.log"; return 1
 }
-stop_alg() { kill -TERM "$ALG_PID" 2>/dev/null; wait "$ALG_PID"; local rc=$?; ALG_PID=; return $rc; }
-fw_reset() { lab_fw conntrack -F >/dev/null 2>&1; lab_fw conntrack -F expect >/dev/null 2>&1; }
-watch_start() {  # FILE: expectation events in lab-fw
-    ip netns exec "$LAB_NS_FW" stdbuf -oL conntrack -E expect >"$1" 2>&1 & EW_PID=$!
-    sleep 0.3
-}
-watch_stop() { sleep 0.3; kill -INT "$EW_PID" 2>/dev/null; wait "$EW_PID" 2>/dev/null; EW_PID=; }
 normalise() {  # NEW expectation events -> "proto src dst dport" (the expected tuple), sorted
     grep NEW "$1" | grep -o 'proto=[0-9]* src=[^ ]* dst=[^ ]* sport=[0-9]* dport=[0-9]*' | head -20 \
         | awk '{print $1, $2, $3, $5}' | sort -u

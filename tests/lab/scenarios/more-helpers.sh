@@ -105,8 +105,6 @@ start_alg() {
     done
     echo "alg did not come up:"; tail -20 "$OUT/alg.log"; return 1
 }
-stop_alg() { kill -TERM "$ALG_PID" 2>/dev/null; wait "$ALG_PID"; local rc=$?; ALG_PID=; return $rc; }
-fw_reset() { lab_fw conntrack -F >/dev/null 2>&1; lab_fw conntrack -F expect >/dev/null 2>&1; }
 
 # the four exchanges; each returns the client's status, the follow-up flow decides it
 tftp_get() {  # HOST SECONDS

@@ -73,8 +73,6 @@ grep -q ready "$OUT/mountd.out" && pass nfs-server-up || { fail nfs-server-up; d
 lab_srv rpcinfo -p 127.0.0.1 | sed 's/^/    /'
 ts "server up"
 
-stop_alg() { kill -TERM "$ALG_PID" 2>/dev/null; wait "$ALG_PID"; local rc=$?; ALG_PID=; return $rc; }
-fw_reset() { lab_fw conntrack -F >/dev/null 2>&1; lab_fw conntrack -F expect >/dev/null 2>&1; }
 if command -v mount.nfs >/dev/null; then
     MOUNT="mount -t nfs -o nfsvers=3,nolock,retry=0"; echo "client: mount.nfs ($(mount.nfs -V 2>&1 | head -1))"
 else

@@ -47,7 +47,6 @@ ALG_PID=$!
 pptp_peers_conf "$RUN"
 pptp_server_start "$RUN" && PIDS+=("$PPTP_SERVER_PID") || { fail pptpd-listens; exit 1; }
 
-fw_reset() { lab_fw conntrack -F >/dev/null 2>&1; lab_fw conntrack -F expect >/dev/null 2>&1; }
 # PHASE: record the run's expectation events and control connection (for the call IDs) until phase_end
 phase_start() {
     # `ip netns exec` directly, not lab_fw: $! is then the recorder itself (a function would run in a subshell)
