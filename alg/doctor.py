@@ -177,19 +177,26 @@ def check_glue(config: tuple[dict[str, str], str] | None, probe: Answer) -> Chec
                  "and load nf_conntrack_netlink")
 
 
-# in-kernel helpers not named after their module (nf_conntrack_h323_main.c registers RAS, Q.931, H.245):
-# alg's h323 shares no name with them, a policy naming its helper "Q.931" would
-KERNEL_HELPER_MODULES = {"RAS": "nf_conntrack_h323", "Q.931": "nf_conntrack_h323", "H.245": "nf_conntrack_h323"}
+# modules whose in-kernel helpers are not named after them (nf_conntrack_h323_main.c registers
+# RAS, Q.931 and H.245): alg's h323 shares no name with them, a policy naming its helper Q.931 would
+KERNEL_HELPER_NAMES = {"nf_conntrack_h323": ("RAS", "Q.931", "H.245")}
+
+
+def _kernel_module(name: str) -> str:
+    """The module that would register an in-kernel helper of this name (netbios-ns: nf_conntrack_netbios_ns)."""
+    for module, names in KERNEL_HELPER_NAMES.items():
+        if name in names:
+            return module
+    return f"nf_conntrack_{name.replace('-', '_')}"
 
 
 def check_clashes(root: str, helpers: list[HelperPolicy]) -> list[Check]:
     out = []
     for hp in helpers:
-        # helper netbios-ns: nf_conntrack_netbios_ns
-        module = KERNEL_HELPER_MODULES.get(hp.name) or f"nf_conntrack_{hp.name.replace('-', '_')}"
-        if module in KERNEL_HELPER_MODULES.values() and hp.name not in KERNEL_HELPER_MODULES:
+        module = _kernel_module(hp.name)
+        if module in KERNEL_HELPER_NAMES and hp.name not in KERNEL_HELPER_NAMES[module]:
             out.append(Check(f"name {hp.name}", OK, f"no in-kernel helper of that name ({module}'s are "
-                             f"{', '.join(n for n, m in KERNEL_HELPER_MODULES.items() if m == module)})"))
+                             f"{', '.join(KERNEL_HELPER_NAMES[module])})"))
         elif _module_present(root, module):
             out.append(Check(f"name {hp.name}", FAIL if hp.name == hp.helper else WARN,
                              f"the in-kernel helper {hp.name!r} ({module}) is present: a userspace helper of "

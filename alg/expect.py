@@ -284,20 +284,13 @@ class ExpectationTable:
 
     def _over(self, e: Expectation, freed: Expectation | None) -> Refusal | None:
         """Which bound admitting e would break (freeing `freed` first), if any."""
-        if freed is None:
-            if len(self._by_key) >= self.budget:
-                return Refusal.BUDGET
-            if self.per_helper.get(e.helper, 0) >= self.helper_cap:
-                return Refusal.HELPER_SHARE
-            if e.source_key is not None and self.per_source.get(e.source_key, 0) >= self.source_cap:
-                return Refusal.SOURCE_SHARE
-            return None
-        if len(self._by_key) - 1 >= self.budget:
+        if len(self._by_key) - (freed is not None) >= self.budget:
             return Refusal.BUDGET
-        if self.per_helper.get(e.helper, 0) - (freed.helper == e.helper) >= self.helper_cap:
+        if self.per_helper.get(e.helper, 0) - (freed is not None and freed.helper == e.helper) >= self.helper_cap:
             return Refusal.HELPER_SHARE
-        if e.source_key is not None and \
-                self.per_source.get(e.source_key, 0) - (freed.source_key == e.source_key) >= self.source_cap:
+        source = e.source_key
+        if source is not None and \
+                self.per_source.get(source, 0) - (freed is not None and freed.source_key == source) >= self.source_cap:
             return Refusal.SOURCE_SHARE
         return None
 
