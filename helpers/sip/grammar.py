@@ -38,15 +38,13 @@ COMPACT = {
 
 # RFC 3261 §25.1: token characters; a method is a token.
 _TOKEN = rb"[A-Za-z0-9.!%*_+`'~-]+"
-# Request-Line = Method SP Request-URI SP SIP-Version CRLF (§25.1)
-REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^ \r\n]+) SIP/2\.0\r?\n?$")
-# Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF (§25.1)
-STATUS_LINE = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9])(?: [^\r\n]*)?\r?\n?$")
-# the same, matched within the head up to the first line end (no copy of the line);
-# any CRs before that line end belong to the line end. The runs side by side are
-# possessive over disjoint classes: nothing is ever given back (linear)
-_REQUEST_LINE_AT = re.compile(rb"(" + _TOKEN + rb") ([^ \r\n]+) SIP/2\.0\r*+\Z")
-_STATUS_LINE_AT = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9])(?: [^\r\n]*+)?\r*+\Z")
+# Request-Line = Method SP Request-URI SP SIP-Version CRLF (§25.1) and
+# Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF, matched up to the
+# first line end (within the head: no copy of the line); any CRs before that line end
+# belong to it. The runs side by side are possessive over disjoint classes: nothing is
+# ever given back (linear)
+REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^ \r\n]+) SIP/2\.0\r*+\Z")
+STATUS_LINE = re.compile(rb"SIP/2\.0 ([1-6][0-9][0-9])(?: [^\r\n]*+)?\r*+\Z")
 _TOKEN_ONLY = re.compile(_TOKEN + rb"$")
 _STATUS_PREFIX = re.compile(rb"[1-6]?[0-9]{0,2}$")
 # a line that is neither a header (token, colon) nor a continuation (§7.3.1); the
@@ -117,17 +115,8 @@ class Message:
         """The first value of header `name` (lower case, full name), found
         by one search of the head (the kernel's ct_sip_get_header). The
         helper asks for each header once or twice per message."""
-        head = self.head
-        m = (_SEARCH.get(name) or _compile(name)).search(head)
-        if m is None:
-            return None
-        start = m.end()
-        nl = head.find(b"\n", start)
-        if nl < 0:
-            return head[start:].rstrip(b" \t\r")
-        if head.startswith(_FOLD, nl + 1):
-            return _value(head, start)
-        return head[start:nl].rstrip(b" \t\r")
+        m = _search(name).search(self.head)
+        return None if m is None else _value(self.head, m.end())
 
 
 class Incomplete(Exception):
@@ -165,7 +154,6 @@ def could_be_start(data: bytes) -> bool:
 
 
 def start_line_ok(line: bytes) -> bool:
-    line = line.rstrip(b"\r")
     m = REQUEST_LINE.match(line)
     if m:
         return len(m.group(1)) <= MAX_METHOD
@@ -261,14 +249,14 @@ def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int) 
     head = data[:end]
     first_nl = head.find(b"\n")
     line_end = end if first_nl < 0 else first_nl
-    m = _REQUEST_LINE_AT.match(head, 0, line_end)
+    m = REQUEST_LINE.match(head, 0, line_end)
     if m:
         method, uri = m.groups()
         if len(method) > MAX_METHOD:
             raise alg.ProtocolViolation(f"method longer than {MAX_METHOD} bytes")
         msg = Message(method, None, uri, head)
     else:
-        s = _STATUS_LINE_AT.match(head, 0, line_end)
+        s = STATUS_LINE.match(head, 0, line_end)
         if not s:
             first = head[:line_end].rstrip(b"\r")
             raise alg.ProtocolViolation(f"not a SIP start line: {first[:60]!r}")

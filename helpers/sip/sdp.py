@@ -75,26 +75,13 @@ class Session:
 
 def _connection(value: bytes, off: int) -> Connection | None:
     """The c= line whose value starts at offset `off` of the message."""
-    c = _c_value(value) if len(value) <= MAX_CACHED else _c_read(value)
-    if c is None:
-        return None
-    fam, text, start, addr, unusable = c
-    return Connection(fam, text, addr, (off + start, len(text)), unusable)
-
-
-def _c_read(value: bytes) -> tuple[int, bytes, int, alg.IPAddress | None, str | None] | None:
-    """A c= value read: family, address text, where the text starts, the
-    address (None: not a literal of that family), why media may not go there."""
     m = _C.match(value)
     if not m:
         return None
-    fam, text = int(m.group(1)), m.group(2)
-    return (fam, text, m.start(2), *_literal(fam, text))
+    return _address(int(m.group(1)), m.group(2), off + m.start(2))
 
 
-MAX_CACHED = 80  # bytes of a c= value whose reading is cached ("IN IP6 " and the longest IPv6 text, with room)
-# a gateway sees the same few c= lines over and over; the keys are short
-_c_value = functools.lru_cache(maxsize=4096)(_c_read)
+MAX_CACHED = 64  # bytes of an address text whose reading is cached (the longest IPv6 text, with room)
 
 
 def _address(fam: int, text: bytes, off: int) -> Connection:
