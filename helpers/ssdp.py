@@ -75,9 +75,9 @@ one names the receiver's).
 Kernel limit (measured in the lab, Debian 6.1.0-56 and -57): an expected
 conntrack gets a helper only from an expectation attached to the NFQUEUE
 verdict (NFQA_EXP carrying CTA_EXPECT_HELP_NAME); one made with a separate
-ctnetlink EXP_NEW gives none, name or not. So the daemon attaches every
-`assign_helper` expectation to its packet's verdict, also where the master is
-confirmed: a unicast M-SEARCH's answer arrives on its own, confirmed flow, and
+ctnetlink EXP_NEW gives none, name or not. So the daemon attaches a packet's
+first `assign_helper` expectation to its verdict (a verdict carries one), also
+where the master is confirmed: a unicast M-SEARCH's answer arrives on its own, confirmed flow, and
 the description connection its LOCATION expectation admits must get the
 helper for its SUBSCRIBE to be read (the lab's nat-tns-ssdp.sh). conntrackd
 1.4.7, on the same unicast exchange there, expected the description
