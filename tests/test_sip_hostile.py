@@ -9,14 +9,16 @@ benchmarks/bench_sip_hostile.py.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 import alg
-from alg import TCP, Direction, Expect
+from alg import TCP, UDP, Direction, Expect
 from alg.engine import Create, Delete
 from alg_helpers.sip import MAX_BINDINGS, MAX_CALL_ID, MAX_PENDING_REGISTERS, MAX_STATUSES, SipHelper, grammar, sdp
-from test_sip import A, B, Dialog, _engine, _run, _tcp_packets, expects, invite, msg, notices, register, response, \
-    sdp_body
+from test_sip import A, B, Dialog, _engine, _run, _tcp_packets, expects, invite, msg, notices, reg_ok, register, \
+    response, sdp_body
 
 ORIG, R = Direction.ORIGINAL, Direction.REPLY
 
@@ -176,3 +178,51 @@ def test_tcp_message_waiting_for_its_body_holds_no_copy_of_its_head():
     d.send(raw[:raw.index(b"v=0") + 5])
     assert d.state.size() - empty < 512
     assert len(expects(d.send(raw[raw.index(b"v=0") + 5:]))) == 2
+
+
+def _walk(state) -> int:
+    """SipState.size() the long way: every container, key and value visited."""
+    size = sys.getsizeof
+
+    def key(k):
+        return size(k) + sum(size(x) for x in k)
+    n = size(state) + size(state.transactions) + size(state.confirmed) + size(state.bindings)
+    n += sum(key(k) + size(tr) + size(tr.statuses) for k, tr in state.transactions.items())
+    n += sum(size(k) for k in state.confirmed)
+    n += sum(key(k) + size(cs) + sum(size(c) + size(c.host) + size(c.transport) + size(c.where) for c in cs)
+             for k, cs in state.bindings.items())
+    return n + sum(size(sc) + size(sc.prefix) for sc in state.scans or ())
+
+
+@pytest.mark.parametrize("proto", [UDP, TCP], ids=["udp", "tcp"])
+def test_state_size_is_kept_as_the_tables_change_and_equals_a_full_walk(proto):
+    d = Dialog(proto, options={"max_transactions": 6})  # small: evictions of transactions and dialogs too
+    steps = []
+    for i in range(10):
+        call = f"call-{i}-{'x' * (i * 7)}"  # Call-IDs of different lengths: sizes differ per entry
+        steps += [(invite(callid=call), ORIG), (response(100, callid=call), R), (response(180, callid=call), R),
+                  (response(200, callid=call, body=sdp_body(addr=B)), R), (response(200, callid=call), R)]
+        if i % 3 == 0:
+            steps += [(invite(callid=call, cseq=2), R),  # the same key from the other side replaces it
+                      (msg(f"BYE sip:a@{A} SIP/2.0", call, "3 BYE"), ORIG)]
+        contacts = ", ".join(f"<sip:alice@{A}:{5000 + k}>" for k in range(i % 4 + 1))
+        reg = msg(f"REGISTER sip:{B} SIP/2.0", f"reg-{i}", f"{i} REGISTER", headers=(f"Contact: {contacts}",))
+        steps += [(reg, ORIG), (reg, ORIG)]  # a retransmission holds nothing more
+        if i % 2:
+            steps.append((reg_ok(f"Contact: <sip:alice@{A}:5000>;expires=60", cseq=f"{i} REGISTER"), R))
+    for raw, direction in steps:
+        d.send(raw, direction)
+        assert d.state.size() == _walk(d.state)
+    assert d.state.held and len(d.state.transactions) == 6 and d.state.bindings
+
+
+def test_state_size_does_not_walk_the_transactions(monkeypatch):
+    d = Dialog()
+    for i in range(300):
+        d.send(invite(callid=f"c{i}"))
+        d.send(response(200, callid=f"c{i}"), R)
+    calls = []
+    real = sys.getsizeof
+    monkeypatch.setattr(sys, "getsizeof", lambda o: calls.append(o) or real(o))
+    d.state.size()
+    assert len(calls) <= 8  # the state, its three tables, two TCP scans (not 300 transactions and dialogs)

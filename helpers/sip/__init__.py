@@ -97,7 +97,7 @@ at most 9): longer is a ProtocolViolation (TCP) or `malformed` (UDP). A
 Call-ID is kept to its first 128 bytes. benchmarks/bench_sip_hostile.py
 prints the cost of each hostile case beside a normal INVITE's.
 
-State per flow (`SipState.size()` measures it): 456 bytes empty; each
+State per flow (`SipState.size()` measures it, in constant time): 464 bytes empty; each
 transaction remembered (at most `max_transactions`) holds its key (Call-ID
 <= 128 bytes, CSeq number, method <= 32 bytes) and at most 8 response codes,
 <= 600 bytes; each confirmed dialog (at most `max_transactions`) its Call-ID,
@@ -229,9 +229,14 @@ class SipState:
     """Per flow: recent transactions, confirmed dialogs, REGISTER bindings
     awaiting their answer, and per TCP direction where the scan of an
     unfinished message stopped. Every part has a count bound (see the module
-    docstring for the bytes); `size()` measures it."""
+    docstring for the bytes); `size()` measures it.
 
-    __slots__ = ("transactions", "confirmed", "bindings", "scans", "scanned")
+    The three tables change only through the methods below, which keep
+    `held`, the bytes of their entries, up to date: the engine asks for
+    `size()` every few packets of a flow, and walking up to 512
+    transactions each time cost more than the packets (issue 14)."""
+
+    __slots__ = ("transactions", "confirmed", "bindings", "scans", "scanned", "held")
 
     def __init__(self) -> None:
         self.transactions: OrderedDict[tuple[str, int, bytes], Transaction] = OrderedDict()
@@ -239,26 +244,77 @@ class SipState:
         self.bindings: OrderedDict[tuple[str, int, bytes], tuple[Contact, ...]] = OrderedDict()
         self.scans: tuple[grammar.StartScan, grammar.StartScan] | None = None  # TCP only
         self.scanned = 0  # TCP: bytes searched by the framing, all directions (work done, for tests)
+        self.held = 0  # bytes of the tables' entries (keys and values), kept as they change
 
     def size(self) -> int:
         """Bytes held by this state (containers, keys, values; shared
-        constants such as small ints and interned enums excluded)."""
+        constants such as small ints and interned enums excluded), in
+        constant time."""
         n = sys.getsizeof(self) + sys.getsizeof(self.transactions) + sys.getsizeof(self.confirmed) \
-            + sys.getsizeof(self.bindings)
-        for key, tr in self.transactions.items():
-            n += _key_size(key) + sys.getsizeof(tr) + sys.getsizeof(tr.statuses)
-        n += sum(sys.getsizeof(k) for k in self.confirmed)
-        for key, contacts in self.bindings.items():
-            n += _key_size(key) + sys.getsizeof(contacts) + sum(
-                sys.getsizeof(c) + sys.getsizeof(c.host) + sys.getsizeof(c.transport) + sys.getsizeof(c.where)
-                for c in contacts)
+            + sys.getsizeof(self.bindings) + self.held
         for sc in self.scans or ():
             n += sys.getsizeof(sc) + sys.getsizeof(sc.prefix)
         return n
 
+    def begin(self, key: tuple[str, int, bytes], direction: Direction, limit: int) -> None:
+        """A new transaction (in place of one of the same key whose request went the
+        other way); the oldest are forgotten past `limit`."""
+        old = self.transactions.get(key)
+        if old is not None:
+            self.held -= _transaction_size(key, old)
+        tr = self.transactions[key] = Transaction(direction)
+        self.held += _transaction_size(key, tr)
+        while len(self.transactions) > limit:
+            self.held -= _transaction_size(*self.transactions.popitem(last=False))
+
+    def answered(self, tr: Transaction, status: int) -> None:
+        self.held -= sys.getsizeof(tr.statuses)
+        tr.statuses += (status,)
+        self.held += sys.getsizeof(tr.statuses)
+
+    def confirm(self, tag: str, limit: int) -> None:
+        """The dialog `tag` got a 2xx to INVITE; the oldest are forgotten past `limit`."""
+        if tag not in self.confirmed:
+            self.held += sys.getsizeof(tag)
+        self.confirmed[tag] = True
+        self.confirmed.move_to_end(tag)
+        while len(self.confirmed) > limit:
+            self.held -= sys.getsizeof(self.confirmed.popitem(last=False)[0])
+
+    def ended(self, tag: str) -> None:
+        if self.confirmed.pop(tag, None) is not None:
+            self.held -= sys.getsizeof(tag)
+
+    def hold(self, key: tuple[str, int, bytes], contacts: tuple[Contact, ...]) -> None:
+        """A REGISTER's Contacts until the registrar answers (in place of what the
+        same transaction held; none: nothing is kept)."""
+        self.take(key)
+        if contacts:
+            self.bindings[key] = contacts
+            self.held += _bindings_size(key, contacts)
+            while len(self.bindings) > MAX_PENDING_REGISTERS:
+                self.held -= _bindings_size(*self.bindings.popitem(last=False))
+
+    def take(self, key: tuple[str, int, bytes]) -> tuple[Contact, ...]:
+        """The Contacts a REGISTER transaction held (forgotten now), () if none."""
+        contacts = self.bindings.pop(key, ())
+        if contacts:
+            self.held -= _bindings_size(key, contacts)
+        return contacts
+
 
 def _key_size(key: tuple) -> int:
     return sys.getsizeof(key) + sum(sys.getsizeof(k) for k in key)
+
+
+def _transaction_size(key: tuple, tr: Transaction) -> int:
+    return _key_size(key) + sys.getsizeof(tr) + sys.getsizeof(tr.statuses)
+
+
+def _bindings_size(key: tuple, contacts: tuple[Contact, ...]) -> int:
+    return _key_size(key) + sys.getsizeof(contacts) + sum(
+        sys.getsizeof(c) + sys.getsizeof(c.host) + sys.getsizeof(c.transport) + sys.getsizeof(c.where)
+        for c in contacts)
 
 
 def _named(conn: sdp.Connection | None, seg: alg.Segment) -> str:
@@ -413,9 +469,7 @@ class SipHelper(alg.Helper):
                 # RFC 3261 §17.1.1.2: a retransmission; it was acted on already
                 return (Notice("retransmission", method.decode("latin-1")),
                         *self._again(msg, seg, tag, base, method in SDP_REQUESTS))
-            state.transactions[key] = Transaction(seg.direction)
-            if len(state.transactions) > self.options["max_transactions"]:
-                _bound(state.transactions, self.options["max_transactions"])
+            state.begin(key, seg.direction, self.options["max_transactions"])
             return self._request(method, msg, seg, state, tag, key, base)
         tr = state.transactions.get(key)
         if tr is None or tr.direction == seg.direction:
@@ -426,7 +480,7 @@ class SipHelper(alg.Helper):
                     *self._again(msg, seg, tag, base, cseq[1] in SDP_RESPONSES and 100 < status < 300))
         if len(tr.statuses) >= MAX_STATUSES:
             return (Notice("responses-capped", str(status)),)
-        tr.statuses += (status,)
+        state.answered(tr, status)
         if status >= 200:
             tr.final = True
         return self._response(cseq[1], msg, seg, state, tag, key, base)
@@ -437,7 +491,7 @@ class SipHelper(alg.Helper):
             # a new offer replaces what the dialog expected (the kernel flushes too)
             return (*_withdraw_media(tag), *self._sdp(msg, seg, tag, base))
         if method in (b"BYE", b"CANCEL"):
-            state.confirmed.pop(tag, None)
+            state.ended(tag)
             return _withdraw_media(tag)
         if method == b"REGISTER":
             return self._register(msg, seg, state, tag, key, base)
@@ -455,9 +509,7 @@ class SipHelper(alg.Helper):
                 return _withdraw_media(tag)
             return (Notice("reinvite-failed", str(status)),) if method == b"INVITE" else ()
         if method == b"INVITE" and status >= 200:
-            state.confirmed[tag] = True
-            state.confirmed.move_to_end(tag)
-            _bound(state.confirmed, self.options["max_transactions"])
+            state.confirm(tag, self.options["max_transactions"])
         return tuple(self._sdp(msg, seg, tag, base)) if status > 100 else ()
 
     def _again(self, msg: Message, seg: alg.Segment, tag: str, base: int, sdp_message: bool) -> list:
@@ -627,14 +679,11 @@ class SipHelper(alg.Helper):
             elif len(keep) < MAX_BINDINGS and all(
                     (k.addr, k.port, k.transport) != (c.addr, c.port, c.transport) for k in keep):
                 keep.append(c)
-        state.bindings.pop(key, None)
-        if keep:
-            state.bindings[key] = tuple(keep)
-            _bound(state.bindings, MAX_PENDING_REGISTERS)
+        state.hold(key, tuple(keep))
         return tuple(out)
 
     def _registered(self, msg: Message, seg: alg.Segment, state: SipState, tag: str, key: tuple) -> tuple:
-        asked = state.bindings.pop(key, ())
+        asked = state.take(key)
         if not asked:
             return ()
         out: list = []
@@ -673,12 +722,6 @@ class SipHelper(alg.Helper):
 
 def _withdraw_media(tag: str) -> tuple[Unexpect, ...]:
     return Unexpect("audio", tag), Unexpect("video", tag), Unexpect("image", tag)
-
-
-def _bound(table: OrderedDict, limit: int) -> None:
-    """Forget the oldest entries past `limit`."""
-    while len(table) > limit:
-        table.popitem(last=False)
 
 
 @alg.hookimpl
