@@ -217,12 +217,13 @@ MAX_MEDIA_LINES = 32  # m= lines read per message (all SDP bodies together)
 
 
 class Transaction:
-    __slots__ = ("direction", "final", "statuses")
+    __slots__ = ("direction", "final", "statuses", "held")
 
-    def __init__(self, direction: Direction):
+    def __init__(self, direction: Direction, held: int = 0):
         self.direction = direction
         self.final = False
         self.statuses: tuple[int, ...] = ()  # responses seen (a repeat is a retransmission)
+        self.held = held  # bytes of its key, itself and its statuses (SipState.size, without a walk)
 
 
 class SipState:
@@ -261,16 +262,20 @@ class SipState:
         other way); the oldest are forgotten past `limit`."""
         old = self.transactions.get(key)
         if old is not None:
-            self.held -= _transaction_size(key, old)
-        tr = self.transactions[key] = Transaction(direction)
-        self.held += _transaction_size(key, tr)
+            self.held -= old.held
+        size = sys.getsizeof
+        tag, number, method = key
+        tr = self.transactions[key] = Transaction(direction, _ENTRY + size(tag) + size(number) + size(method))
+        self.held += tr.held
         while len(self.transactions) > limit:
-            self.held -= _transaction_size(*self.transactions.popitem(last=False))
+            self.held -= self.transactions.popitem(last=False)[1].held
 
     def answered(self, tr: Transaction, status: int) -> None:
-        self.held -= sys.getsizeof(tr.statuses)
+        before = sys.getsizeof(tr.statuses)
         tr.statuses += (status,)
-        self.held += sys.getsizeof(tr.statuses)
+        grown = sys.getsizeof(tr.statuses) - before
+        tr.held += grown
+        self.held += grown
 
     def confirm(self, tag: str, limit: int) -> None:
         """The dialog `tag` got a 2xx to INVITE; the oldest are forgotten past `limit`."""
@@ -307,8 +312,9 @@ def _key_size(key: tuple) -> int:
     return sys.getsizeof(key) + sum(sys.getsizeof(k) for k in key)
 
 
-def _transaction_size(key: tuple, tr: Transaction) -> int:
-    return _key_size(key) + sys.getsizeof(tr) + sys.getsizeof(tr.statuses)
+# a transaction's key tuple, the Transaction and its empty statuses: what every one holds besides its
+# key's Call-ID, CSeq number and method
+_ENTRY = sys.getsizeof(("", 0, b"")) + sys.getsizeof(Transaction(Direction.ORIGINAL)) + sys.getsizeof(())
 
 
 def _bindings_size(key: tuple, contacts: tuple[Contact, ...]) -> int:
