@@ -11,7 +11,10 @@ message measured in the same run: prints numbers, asserts nothing.
 3. the same INVITE over TCP (the helper's stream framing, one message per call);
    and the UDP INVITE under NAT (behind a masquerade: the helper also names
    the spans the core rewrites; the line above is the no-NAT path);
-4. `alg replay` throughput on the SIP captures (all packets, incl. media that
+4. `SipState.size()` of a flow holding `max_transactions` (512) transactions,
+   which the engine asks for every few packets of a flow (kept as the state
+   changes: its cost does not grow with the transactions);
+5. `alg replay` throughput on the SIP captures (all packets, incl. media that
    the helper does not see), plugins loaded before the clock starts.
 
 The Segment each call gets is built before the clock starts (the engine
@@ -97,6 +100,11 @@ def main() -> None:
     line("inspect INVITE+SDP, UDP (2 Expect each)", per[UDP], per["ref"])
     line("inspect INVITE+SDP, TCP framing", per[TCP], per["ref"])
     line("inspect INVITE+SDP, UDP, under NAT (12 spans)", per["nat"], per["ref"])
+    full = h.new_state()
+    for seg in segs[UDP][:h.options["max_transactions"]]:
+        h.inspect(seg, full)
+    size = timed({"size": lambda k: [full.size() for _ in range(k)]}, n)["size"]
+    line(f"SipState.size() of a flow of {len(full.transactions)} transactions", size, per["ref"], unit="call")
 
     replay_bench()
 
