@@ -158,7 +158,7 @@ def test_admitting_with_evictions_leaves_the_table_as_removing_then_adding_does(
     table = ExpectationTable(budget=8, source_cap=6)
     model: list[Expectation] = []  # oldest first
     classes: dict[FlowTuple, list[str]] = {m: [] for m in masters}  # a master's classes, as the table orders them
-    for i in range(400):
+    for _ in range(400):
         master, cls = rnd.choice(masters), rnd.choice(("audio", "video"))
         e = Expectation("sip", cls, 0, 4, 17, None, B, None, 4000 + rnd.randrange(40), master, 180,
                         source=rnd.choice((A, B)))
