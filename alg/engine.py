@@ -11,6 +11,7 @@ verdict: a helper that raises costs its flow, not the packet.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections import Counter
@@ -19,10 +20,12 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .decode import Packet
 from .errors import ProtocolViolation
-from .expect import Admission, Expectation, ExpectationTable, Refusal
-from .flows import BOUNDARY, KNOWN, Flow, FlowRecord, FlowTable, KernelView, RecordFlag, packet_key, packet_tuple
+from .expect import Expectation, ExpectationTable, Refusal, address_key, expectation
+from .frozen import unfrozen
+from .flows import (BOUNDARY, KNOWN, Flow, FlowRecord, FlowTable, KernelView, RecordFlag, as_flags, packet_key,
+                    packet_tuple)
 from .metrics import counter, gauge, to_json
-from .model import (NEED_DATA, PROTO_NAMES, TCP, Direction, Expect, FlowTuple, Helper, Length, NatMap, Notice,
+from .model import (NEED_DATA, PROTO_NAMES, TCP, UDP, Direction, Expect, FlowTuple, Helper, Length, NatMap, Notice,
                     Parsed, Rewrite, Segment, Unexpect, invalid_expect)
 from .nat import Edit, RewriteError, message_edits
 from .policy import CorePolicy, HelperPolicy
@@ -121,6 +124,31 @@ class ExpectationEvent:
     kind: str  # created | refused | evicted | removed | failed | used
     expectation: Expectation
     reason: str = ""
+
+
+_UnfrozenEvent, _UnfrozenCreate, _UnfrozenDelete = unfrozen(ExpectationEvent), unfrozen(Create), unfrozen(Delete)
+
+
+def _event(kind: str, e: Expectation, reason: str = "") -> ExpectationEvent:
+    """ExpectationEvent(kind, e, reason), built as cheaply as a plain object (see alg.frozen)."""
+    ev: Any = _UnfrozenEvent()
+    ev.kind, ev.expectation, ev.reason = kind, e, reason
+    ev.__class__ = ExpectationEvent
+    return ev
+
+
+def _create(e: Expectation) -> Create:
+    d: Any = _UnfrozenCreate()
+    d.expectation = e
+    d.__class__ = Create
+    return d
+
+
+def _delete(e: Expectation, why: str) -> Delete:
+    d: Any = _UnfrozenDelete()
+    d.expectation, d.why = e, why
+    d.__class__ = Delete
+    return d
 
 
 @dataclass
@@ -226,7 +254,9 @@ class Engine:
         self.track_related = track_related  # replay: new flows fulfil expectations
         self.related_flows = 0
         self._swept = 0.0
-        self.events: list[ExpectationEvent] = []
+        # what happened to expectations, (kind, expectation, reason): ExpectationEvents once taken
+        # (take_events), so that a daemon nobody observes builds none (drop_events)
+        self._events: list[tuple[str, Expectation, str]] = []
         self.explained: list[Explanation] | None = None  # a list: record why (see Explanation)
         self.warn = RateLimitedLog(log, self.core.log_interval)
         # Whether the kernel still holds an expectation, asked before refusing a clash
@@ -278,9 +308,14 @@ class Engine:
         `view` is what the kernel says of the packet's flow (live), without it
         the userspace flow table stands in for conntrack (replay)."""
         if view is not None:
-            found = self._kernel_flow(pkt, view, now, slot)
-            if found is None:
-                return []
+            found = self.flows.get(view.key)
+            if found is not None and (found[0].kernel is not None or not view.confirmed):
+                flow, direction = found[0], view.direction  # (what _kernel_flow says of it, without the call)
+            else:
+                found = self._kernel_flow(pkt, view, now, slot, found)
+                if found is None:
+                    return []
+                flow, direction = found
         else:
             if now - self._swept >= 1.0 or now < self._swept:
                 self.sweep(now)
@@ -293,13 +328,13 @@ class Engine:
                 found = None
             if found is None:
                 found = self._new_flow(pkt, now, slot)
-        flow, direction = found
+            flow, direction = found
         flow.last_seen = now
         out = self._inspect(flow, direction, pkt, now, frame)
         if flow.nat is not None and any(isinstance(d, Mangle) for d in out):
             out = self._one_mangle(flow, direction, pkt, out)
         self._charge(flow)
-        if view is not None and view.record != flow.record and not view.expected:
+        if view is not None and view.record is not flow.record and view.record != flow.record and not view.expected:
             # the kernel keeps no record for a conntrack created by an expectation
             # (ctnetlink_change_helper leaves a child's helper alone)
             out.append(Remember(flow.record))
@@ -323,11 +358,13 @@ class Engine:
                 return out
             if not pkt.payload:
                 return []
-            outcome = h.helper.inspect(Segment(pkt.payload, direction, flow.tuple, now, _expected(flow),
-                                               _nat(flow)), flow.state)
+            outcome = h.helper.inspect(Segment(pkt.payload, direction, flow.tuple, now,
+                                               flow.expected if flow.related_to is None else _expected(flow),
+                                               None if flow.nat is None else _nat(flow)), flow.state)
             if not isinstance(outcome, Parsed):
                 return []
-            flow.record = flow.record.with_flags(KNOWN[direction])
+            if not int(flow.record.flags) & _KNOWN_BITS[direction]:  # (set once: with_flags' call saved after that)
+                flow.record = flow.record.with_flags(KNOWN[direction])
             return self._apply(flow, outcome.actions, now, frame, direction, pkt.payload, 0)
         except ProtocolViolation as exc:
             self._give_up(flow)
@@ -384,9 +421,10 @@ class Engine:
         h = flow.helper
         if h is not None and not flow.failed and flow.packets % STATE_SIZE_EVERY == 1:
             flow.state_cost = h.helper.state_size(flow.state)
-        cost = FLOW_BYTES + flow.held() + (0 if flow.failed else flow.state_cost)
-        self.flow_bytes += cost - flow.cost
-        flow.cost = cost
+        cost = FLOW_BYTES + (0 if flow.streams is None else flow.held()) + (0 if flow.failed else flow.state_cost)
+        if cost != flow.cost:
+            self.flow_bytes += cost - flow.cost
+            flow.cost = cost
         budget = self.core.memory_budget_mb << 20
         while self.flow_bytes > budget:
             oldest = self.flows.oldest()
@@ -409,28 +447,30 @@ class Engine:
 
     def _note_stream(self, flow: Flow, direction: Direction, stream) -> None:
         """Record where the next message of this direction starts, when known."""
-        flags = flow.record.flags
+        record = flow.record
+        flags = old = int(record.flags)  # (numbers: an IntFlag operation costs a Python call)
+        boundary = record.boundary
         if stream.abandoned:
-            flags &= ~BOUNDARY[direction]
+            flags &= ~_BOUNDARY_BITS[direction]
             if all(s.abandoned for s in flow.streams or ()):
                 self._give_up(flow)
                 return
         elif stream.next_seq is not None and not stream.ooo and not stream.resync:
-            boundary = list(flow.record.boundary)
-            boundary[direction] = (stream.next_seq - len(stream.buf)) % (1 << 32)
-            flow.record = FlowRecord(flags | BOUNDARY[direction], (boundary[0], boundary[1]))
-            return
-        flow.record = FlowRecord(flags, flow.record.boundary)
+            at = (stream.next_seq - len(stream.buf)) % (1 << 32)
+            flags |= _BOUNDARY_BITS[direction]
+            boundary = (at, boundary[1]) if direction is Direction.ORIGINAL else (boundary[0], at)
+        if flags != old or boundary != record.boundary:
+            flow.record = FlowRecord(as_flags(flags), boundary)
 
-    def _kernel_flow(self, pkt: Packet, view: KernelView, now: float,
-                     slot: HelperSlot | None) -> tuple[Flow, Direction] | None:
+    def _kernel_flow(self, pkt: Packet, view: KernelView, now: float, slot: HelperSlot | None,
+                     found: tuple[Flow, Direction] | None) -> tuple[Flow, Direction] | None:
         """The flow of a queued packet, from its conntrack. A flow alg does not
         know is new only when the kernel says the packet opens it; otherwise
         alg lost it (evicted, or alg restarted) and the conntrack's record says
         how to go on: given up stays given up, a TCP direction resumes at its
         recorded boundary, or resynchronises if it spoke the protocol, or is
-        given up. Mid-stream bytes are never read as the start of a stream."""
-        found = self.flows.get(view.key)
+        given up. Mid-stream bytes are never read as the start of a stream.
+        `found`: the flow table's entry for the packet (self.flows.get(view.key))."""
         if found is not None:
             flow = found[0]
             if flow.kernel is None and view.confirmed:
@@ -554,7 +594,8 @@ class Engine:
                 raise RuntimeError(f"helper consumed {outcome.consumed} of {len(stream.buf)} bytes")
             message = stream.buf[: outcome.consumed] if self.explained is not None or nat else b""
             stream.buf = stream.buf[outcome.consumed :]
-            flow.record = flow.record.with_flags(KNOWN[direction])
+            if not int(flow.record.flags) & _KNOWN_BITS[direction]:
+                flow.record = flow.record.with_flags(KNOWN[direction])
             decisions += self._apply(flow, outcome.actions, now, frame, direction, message, at)
             at -= outcome.consumed
         return decisions
@@ -570,54 +611,61 @@ class Engine:
         actions = tuple(actions)
         if not actions:
             return []  # nothing asked for, nothing to rewrite: as the long way round, after _one_mangle
-        sender = _sender(flow, direction)
+        tup = flow.tuple
+        ints = tup._ints  # (l3, proto, src, dst, sport, dport), the addresses as numbers
+        if direction is Direction.ORIGINAL:  # (_sender and source_key, without their calls)
+            sender, sender_key = tup.src, address_key(ints[2], ints[0])
+        else:
+            sender, sender_key = tup.dst, address_key(ints[3], ints[0])
         h: HelperSlot = flow.helper
         out: list[Decision] = []
         asked: dict[str, int] = {}  # Expects of each class in this message
         total = 0  # and in all
-        nat = _nat(flow)
+        nat = None if flow.nat is None else _nat(flow)
         outside: dict[tuple, int | None] = {}
         if nat is not None:
             outside = self._outside_ports(flow, direction, actions, sender, nat)
+        events, explained = self._events, self.explained  # (the same lists throughout the message)
         for a in actions:
             kind = type(a)
             if kind is Rewrite or kind is Length:
                 continue  # NAT spans: the message's rewrite below (a message has a score of them)
-            seen = len(self.events)
-            nat_to = None
-            if nat is not None and isinstance(a, Expect) and (a.dst, a.dport) in outside:
-                port = outside[(a.dst, a.dport)]
-                if port is None:  # every outside port tried is another master's
-                    self.refused(_expectation(h, flow, a, now, frame, sender), Refusal.CLASH, "no free outside port")
-                    continue
-                # the expected flow comes to the outside endpoint and is translated to the inside one
-                nat_to = (Direction(1 - direction), a.dst, a.dport)
-                a = _moved(a, nat.outside(direction), port)
-            if isinstance(a, Expect):
+            seen = len(events)
+            if kind is Expect or kind is not Unexpect and isinstance(a, Expect):
+                nat_to = None
+                if nat is not None and (a.dst, a.dport) in outside:
+                    port = outside[(a.dst, a.dport)]
+                    if port is None:  # every outside port tried is another master's
+                        self.refused(_expectation(h, flow, a, now, frame, sender, None, sender_key), Refusal.CLASH,
+                                     "no free outside port")
+                        continue
+                    # the expected flow comes to the outside endpoint and is translated to the inside one
+                    nat_to = (Direction(1 - direction), a.dst, a.dport)
+                    a = _moved(a, nat.outside(direction), port)
                 cap = h.max_expected.get(a.cls)
                 n = asked.get(a.cls, 0)
                 if cap is not None and (n >= cap or total >= self.core.expect_per_message):
                     h.stats.classes[a.cls].refused[Refusal.PER_MESSAGE.value] += 1
-                    self.events.append(ExpectationEvent("refused", _expectation(h, flow, a, now, frame, sender),
-                                                        Refusal.PER_MESSAGE.value))
-                    if self.explained is not None:
-                        self.explained.append(self._explain(h, flow, a, frame, direction, message, self.events[-1:]))
+                    events.append(("refused", _expectation(h, flow, a, now, frame, sender, None, sender_key),
+                                   Refusal.PER_MESSAGE.value))
+                    if explained is not None:
+                        explained.append(self._explain(h, flow, a, frame, direction, message, events[-1:]))
                     continue
                 asked[a.cls] = n + 1
                 total += 1
-                out += self._expect(h, flow, a, now, frame, sender, nat_to)
-            elif isinstance(a, Unexpect):
+                self._expect(h, flow, a, now, frame, sender, nat_to, sender_key, out)
+            elif kind is Unexpect or isinstance(a, Unexpect):
                 for e in self.table.of_master(flow.tuple, a.cls, a.tag):
                     self.table.remove(e)
                     h.stats.classes[e.cls].removed += 1
-                    self.events.append(ExpectationEvent("removed", e))
-                    out.append(Delete(e, "removed"))
+                    events.append(("removed", e, ""))
+                    out.append(_delete(e, "removed"))
             elif isinstance(a, Notice):
                 h.stats.notices[a.code] += 1
             elif isinstance(a, (Rewrite, Length)):
                 continue
-            if self.explained is not None and (self.events[seen:] or not isinstance(a, Unexpect)):
-                self.explained.append(self._explain(h, flow, a, frame, direction, message, self.events[seen:]))
+            if explained is not None and (events[seen:] or not isinstance(a, Unexpect)):
+                explained.append(self._explain(h, flow, a, frame, direction, message, events[seen:]))
         if nat is not None:
             out.append(self._message_rewrite(flow, direction, actions, message, at, outside, nat))
         return out
@@ -683,8 +731,8 @@ class Engine:
             return Mangle(None)
 
     def _explain(self, h: HelperSlot, flow: Flow, a: Any, frame: int | None, direction: Direction,
-                 message: bytes, events: list[ExpectationEvent]) -> Explanation:
-        """What became of one action, from the events it caused."""
+                 message: bytes, events: list[tuple[str, Expectation, str]]) -> Explanation:
+        """What became of one action, from the events it caused ((kind, expectation, reason))."""
         def say(found: str, decision: str, reason: str = "", knob: str = "") -> Explanation:
             return Explanation(frame, h.policy.name, flow.tuple, direction, headline(message), found, decision,
                                reason, knob)
@@ -695,56 +743,68 @@ class Engine:
             return say(f"class {a.cls or 'any'} tag {a.tag or 'any'}", "withdrawn", f"{len(events)} removed")
         found = (f"{a.cls} {PROTO_NAMES.get(a.proto, a.proto)} {_endpoint(a.src, a.sport, a.src_prefix)} -> "
                  f"{_endpoint(a.dst, a.dport)}")
-        kinds = {ev.kind: ev for ev in events}
-        if "refused" in kinds:
-            why = kinds["refused"].reason
+        reasons = {kind: reason for kind, _e, reason in events}
+        if "refused" in reasons:
+            why = reasons["refused"]
             return say(found, "refused", why, REFUSAL_KNOBS.get(why, ""))
-        if "created" not in kinds:
+        if "created" not in reasons:
             return say(found, "refused", Refusal.INVALID.value, REFUSAL_KNOBS[Refusal.INVALID])
-        evicted = sum(ev.kind == "evicted" for ev in events)
+        evicted = sum(kind == "evicted" for kind, _e, _r in events)
         if evicted:  # the kernel's way with ExpectMax: the oldest goes
             return say(found, "expected", f"evicted {evicted} older (ExpectMax {h.max_expected[a.cls]})",
                        f"classes.{a.cls}.expect_max")
         return say(found, "expected")
 
-    def _expect(self, h: HelperSlot, flow: Flow, a: Expect, now: float, frame, sender=None,
-                nat_to: tuple | None = None) -> list[Decision]:
-        pol = h.policy
+    def _expect(self, h: HelperSlot, flow: Flow, a: Expect, now: float, frame, sender: Any,
+                nat_to: tuple | None, sender_key: int | None, out: list[Decision]) -> None:
+        """Put one Expect through the policy gate; its decisions are appended to `out`."""
         cls = h.stats.classes.get(a.cls)
         l3 = flow.tuple.l3
-        invalid = invalid_expect(h.class_names, a, l3)
-        if invalid is not None or cls is None:  # (an unknown class is invalid)
-            if cls is not None:
-                cls.refused[Refusal.INVALID.value] += 1
-            else:  # not even a class to count it in: a helper bug
-                h.stats.internal_errors += 1
-            self.warn(logging.ERROR, f"invalid-{pol.name}", "%s: invalid expectation request %r: %s", pol.name, a,
-                      invalid)
-            return []
-        e = _expectation(h, flow, a, now, frame, sender, nat_to)
-        held = self.table.get(e.key)
+        # what invalid_expect checks, said quickly for what it passes (TCP or UDP, each port
+        # 1-65535 or a None sport, addresses of the flow's family); anything else it judges
+        family = _FAMILY.get(l3)
+        proto, sport, dport, src = a.proto, a.sport, a.dport, a.src
+        if cls is None or not ((proto == UDP or proto == TCP) and type(dport) is int and 0 < dport < 65536
+                               and (sport is None or type(sport) is int and 0 < sport < 65536)
+                               and type(a.dst) is family and (src is None or type(src) is family)):
+            invalid = invalid_expect(h.class_names, a, l3)
+            if invalid is not None or cls is None:  # (an unknown class is invalid)
+                pol = h.policy
+                if cls is not None:
+                    cls.refused[Refusal.INVALID.value] += 1
+                else:  # not even a class to count it in: a helper bug
+                    h.stats.internal_errors += 1
+                self.warn(logging.ERROR, f"invalid-{pol.name}", "%s: invalid expectation request %r: %s", pol.name,
+                          a, invalid)
+                return
+        class_id, timeout = h.class_ids[a.cls]  # (_expectation, inline: its call costs as much as its work)
+        e = expectation(h.policy.name, a.cls, class_id, l3, proto, src, a.dst, sport, dport, flow.tuple, timeout,
+                        a.flags, frame, now, a.tag, a.src_prefix, a.assign_helper, flow.kernel, sender, nat_to,
+                        sender_key)
+        table = self.table
+        held = table.get(e.key)
         if held is not None and held.master != e.master and self.kernel_holds is not None \
                 and not self.kernel_holds(held):
             self.ended(held, now)  # used, and we missed the kernel's event: no clash
-        adm: Admission = self.table.admit(e, h.max_expected[a.cls])
-        out: list[Decision] = []
-        for victim in adm.evicted:
+        evicted: list[Expectation] = []
+        refused = table.admit_into(e, h.max_expected[a.cls], evicted)
+        events = self._events
+        for victim in evicted:
             cls.evicted += 1
-            self.events.append(ExpectationEvent("evicted", victim))
-            out.append(Delete(victim, "evicted"))
-        if adm.refused is not None:
-            self.refused(e, adm.refused)
-            return out
+            events.append(("evicted", victim, ""))
+            out.append(_delete(victim, "evicted"))
+        if refused is not None:
+            self.refused(e, refused)
+            return
         cls.created += 1
-        self.events.append(ExpectationEvent("created", e))
-        out.append(Create(e))
-        return out
+        events.append(("created", e, ""))
+        out.append(_create(e))
 
     def refused(self, e: Expectation, why: Refusal, detail: str = "") -> None:
         h = self.slots.get(e.helper)
         if h is not None:
             h.stats.classes[e.cls].refused[why.value] += 1
-        self.events.append(ExpectationEvent("refused", e, why.value))
+        self._events.append(("refused", e, why.value))
         if why is Refusal.SOURCE_SHARE and e.source is not None and (
                 e.source in self.refused_sources or len(self.refused_sources) < REFUSED_SOURCES_MAX):
             self.refused_sources[e.source] += 1
@@ -763,7 +823,7 @@ class Engine:
             h = self.slots.get(e.helper)
             if h is not None and e.cls in h.stats.classes:
                 h.stats.classes[e.cls].used += 1
-            self.events.append(ExpectationEvent("used", e))
+            self._events.append(("used", e, ""))
 
     def adopt(self, helper: str, class_id: int, tup: FlowTuple, mask: FlowTuple, master: FlowTuple,
               timeout: int, flags: int, now: float) -> Expectation | None:
@@ -793,7 +853,7 @@ class Engine:
         h = self.slots.get(e.helper)
         if h is not None:
             h.stats.classes[e.cls].kernel_failed[errno_name] += 1
-        self.events.append(ExpectationEvent("failed", e, errno_name))
+        self._events.append(("failed", e, errno_name))
         if full:
             self.refused(e, Refusal.KERNEL_FULL, errno_name)
 
@@ -811,8 +871,13 @@ class Engine:
             self.warn(logging.DEBUG, f"explain-{x.helper}-{x.decision}-{x.reason}", "%s", x.to_text())
 
     def take_events(self) -> list[ExpectationEvent]:
-        events, self.events = self.events, []
-        return events
+        """What happened to expectations since the last call (or drop_events)."""
+        events, self._events = self._events, []
+        return [_event(kind, e, reason) for kind, e, reason in events]
+
+    def drop_events(self) -> None:
+        """Forget what happened since the last call, unseen (nobody observes it)."""
+        self._events = []
 
     def stats(self) -> dict[str, Any]:
         table = TableStats(len(self.flows), self.flows.evicted, self.flows_evicted_memory, self.flow_bytes,
@@ -828,6 +893,9 @@ class Engine:
 FLOW_BYTES = 1536
 STATE_SIZE_EVERY = 16  # packets of a flow between measurements of its helper's state
 REFUSED_SOURCES_MAX = 64  # source addresses named in the refusal counters (spoofable: bounded)
+# as plain numbers: an IntFlag operand costs a Python call (30 times an int's)
+_KNOWN_BITS, _BOUNDARY_BITS = tuple(int(bit) for bit in KNOWN), tuple(int(bit) for bit in BOUNDARY)
+_FAMILY = {4: ipaddress.IPv4Address, 6: ipaddress.IPv6Address}  # an expectation's addresses, by the flow's l3
 
 
 def _share(budget: int, fraction: float) -> int:
@@ -835,11 +903,13 @@ def _share(budget: int, fraction: float) -> int:
 
 
 def _expectation(h: HelperSlot, flow: Flow, a: Expect, now: float, frame: int | None, sender: Any,
-                 nat_to: tuple | None = None) -> Expectation:
+                 nat_to: tuple | None, sender_key: int | None) -> Expectation:
+    """The expectation `a` asks for (`sender_key`: source_key(sender))."""
     class_id, timeout = h.class_ids[a.cls]
-    return Expectation(h.policy.name, a.cls, class_id, flow.tuple.l3, a.proto, a.src, a.dst, a.sport, a.dport,
-                       flow.tuple, timeout, a.flags, frame, now, a.tag, a.src_prefix,
-                       a.assign_helper, kernel_master=flow.kernel, source=sender, nat=nat_to)
+    tup = flow.tuple
+    return expectation(h.policy.name, a.cls, class_id, tup.l3, a.proto, a.src, a.dst, a.sport, a.dport, tup, timeout,
+                       a.flags, frame, now, a.tag, a.src_prefix, a.assign_helper, flow.kernel, sender, nat_to,
+                       sender_key)
 
 
 def _moved(a: Expect, dst: Any, dport: int) -> Expect:

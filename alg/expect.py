@@ -23,6 +23,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from .frozen import unfrozen
 from .model import (EXPECT_F_INACTIVE, EXPECT_F_PERMANENT, EXPECT_F_USERSPACE, EXPECT_PROTO_NAMES, PROTO_NAMES,
                     FlowTuple, IPAddress)
 
@@ -69,15 +70,14 @@ class Expectation:
     # the expected tuple in numbers (an address as its integer: cheap to hash); computed once,
     # the table looks it up about twenty times per message
     key: tuple = field(init=False, repr=False, compare=False)
-    # `source` as a number (IPv6 above 2**128, so that no IPv4 address shares it): it keys the
-    # sources' shares of the budget, and an ipaddress object hashes through a hex string
+    # `source` as a number (source_key): it keys the sources' shares of the budget, and an
+    # ipaddress object hashes through a hex string
     source_key: int | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", (self.l3, self.proto, None if self.src is None else int(self.src),
                                          int(self.dst), self.sport, self.dport))
-        s = self.source
-        object.__setattr__(self, "source_key", None if s is None else int(s) | (s.version == 6) << 128)
+        object.__setattr__(self, "source_key", source_key(self.source))
 
     def matches(self, t: FlowTuple) -> bool:
         return (
@@ -149,14 +149,52 @@ class Expectation:
         )
 
 
-def _uncount(counter: Counter, key: Any) -> None:
-    if key is None:
-        return
-    n = counter.get(key, 0) - 1
-    if n <= 0:
-        counter.pop(key, None)  # a spoofed source address must not stay behind
-    else:
-        counter[key] = n
+def source_key(addr: IPAddress | None) -> int | None:
+    """An address as the number that keys its share of the budget (Expectation.source_key)."""
+    return None if addr is None else address_key(int(addr), addr.version)
+
+
+def address_key(number: int, l3: int) -> int:
+    """source_key of the address `number` of family `l3` (IPv6 above 2**128: no IPv4 address shares it)."""
+    return number | (l3 == 6) << 128
+
+
+_Unfrozen = unfrozen(Expectation)
+
+
+def expectation(helper: str, cls: str, class_id: int, l3: int, proto: int, src: IPAddress | None, dst: IPAddress,
+                sport: int | None, dport: int, master: FlowTuple, timeout: int, flags: int, frame: int | None,
+                created: float, tag: str | None, src_prefix: int | None, assign_helper: bool,
+                kernel_master: FlowTuple | None, source: IPAddress | None, nat: tuple | None,
+                source_number: int | None) -> Expectation:
+    """Expectation(...) with every field given, built at the cost of a plain object (see
+    alg.frozen; the engine's way, once per expectation asked for); `source_number` is
+    source_key(source)."""
+    e: Any = _Unfrozen()
+    e.helper = helper
+    e.cls = cls
+    e.class_id = class_id
+    e.l3 = l3
+    e.proto = proto
+    e.src = src
+    e.dst = dst
+    e.sport = sport
+    e.dport = dport
+    e.master = master
+    e.timeout = timeout
+    e.flags = flags
+    e.frame = frame
+    e.created = created
+    e.tag = tag
+    e.src_prefix = src_prefix
+    e.assign_helper = assign_helper
+    e.kernel_master = kernel_master
+    e.source = source
+    e.nat = nat
+    e.key = (l3, proto, None if src is None else int(src), int(dst), sport, dport)
+    e.source_key = source_number
+    e.__class__ = Expectation
+    return e
 
 
 def flag_names(flags: int) -> list[str]:
@@ -201,17 +239,10 @@ class ExpectationTable:
         return gone
 
     def remove(self, e: Expectation) -> bool:
-        if self._by_key.get(e.key) is not e:
-            return False
         key = e.key
-        del self._by_key[key]
-        _uncount(self.per_helper, e.helper)
-        _uncount(self.per_source, e.source_key)
-        where = _dest(key)
-        dest = self._by_dest[where]
-        del dest[key]
-        if not dest:
-            del self._by_dest[where]
+        if self._by_key.get(key) is not e:
+            return False
+        self._forget(e)
         classes = self._by_master.get(e.master)
         if classes is None:
             return True
@@ -227,27 +258,77 @@ class ExpectationTable:
             del self._by_master[e.master]
         return True
 
+    def _forget(self, e: Expectation) -> None:
+        """Take e (in the table) out of every index but its master's queue."""
+        key = e.key
+        del self._by_key[key]
+        # each count down one, and gone at zero
+        helpers = self.per_helper
+        n = helpers.get(e.helper, 0) - 1
+        if n > 0:
+            helpers[e.helper] = n
+        else:
+            helpers.pop(e.helper, None)
+        source = e.source_key
+        if source is not None:
+            sources = self.per_source
+            n = sources.get(source, 0) - 1
+            if n > 0:
+                sources[source] = n
+            else:
+                sources.pop(source, None)  # a spoofed source address must not stay behind
+        where = key[0], key[1], key[3], key[5]  # _dest(key)
+        dest = self._by_dest[where]
+        del dest[key]
+        if not dest:
+            del self._by_dest[where]
+
     def admit(self, e: Expectation, max_expected: int) -> Admission:
+        evicted: list[Expectation] = []
+        refused = self.admit_into(e, max_expected, evicted)
+        return Admission(e if refused is None else None, evicted, refused)
+
+    def admit_into(self, e: Expectation, max_expected: int, evicted: list[Expectation]) -> Refusal | None:
+        """admit() without the Admission: what it evicts is appended to `evicted`."""
+        master = e.master
         old = self._by_key.get(e.key)
-        if old is not None and old.master != e.master:
-            return Admission(None, refused=Refusal.CLASH)
-        q = self._queue(e)
+        if old is not None and old.master != master:
+            return Refusal.CLASH
+        classes = self._by_master.get(master)
+        q = _EMPTY if classes is None else classes.get(e.cls, _EMPTY)
         # what admitting e would free: the same tuple asked again, or the
         # oldest of its master and class when that is full (the kernel's eviction)
         freed = old if old is not None else q[0] if len(q) >= max_expected else None
-        refused = self._over(e, freed)
-        if refused is not None:
-            return Admission(None, refused=refused)
-        evicted = []
+        # which bound admitting e would break (freeing `freed` first), if any
+        if len(self._by_key) - (freed is not None) >= self.budget:
+            return Refusal.BUDGET
+        if self.per_helper.get(e.helper, 0) - (freed is not None and freed.helper == e.helper) >= self.helper_cap:
+            return Refusal.HELPER_SHARE
+        source = e.source_key
+        if source is not None and \
+                self.per_source.get(source, 0) - (freed is not None and freed.source_key == source) >= self.source_cap:
+            return Refusal.SOURCE_SHARE
         if old is not None:
             self.remove(old)  # same master asks again: the new one replaces it
-            q = self._queue(e)
-        while len(q) >= max_expected:
-            victim = q[0]
-            self.remove(victim)  # (an emptied queue leaves the table: q is then empty too)
-            evicted.append(victim)
-        self._add(e)
-        return Admission(e, evicted)
+            classes = self._by_master.get(master)
+            q = _EMPTY if classes is None else classes.get(e.cls, _EMPTY)
+        if len(q) >= max_expected:
+            while len(q) >= max_expected:
+                victim = q.popleft()  # the oldest (remove's work, its queue known)
+                self._forget(victim)
+                evicted.append(victim)
+            if not q:  # as remove leaves it: the class (and master) added anew by _add
+                assert classes is not None
+                del classes[e.cls]
+                if not classes:
+                    del self._by_master[master]
+                q = _EMPTY
+        if q is _EMPTY:
+            self._add(e)
+        else:
+            q.append(e)
+            self._index(e)
+        return None
 
     def insert(self, e: Expectation) -> bool:
         """Take in one the kernel holds already (adopted): no ExpectMax or budget check,
@@ -265,40 +346,35 @@ class ExpectationTable:
         if q is None:
             q = classes[e.cls] = deque()
         q.append(e)
+        self._index(e)
+
+    def _index(self, e: Expectation) -> None:
+        """Count e in and index it by its key and destination (its master's queue holds it)."""
         key = e.key
         self._by_key[key] = e
-        where = _dest(key)
+        where = key[0], key[1], key[3], key[5]  # _dest(key)
         dest = self._by_dest.get(where)
         if dest is None:
             dest = self._by_dest[where] = {}
         dest[key] = None
-        self.per_helper[e.helper] = self.per_helper.get(e.helper, 0) + 1
+        per_helper = self.per_helper
+        per_helper[e.helper] = per_helper.get(e.helper, 0) + 1
         source = e.source_key
         if source is not None:
             self.per_source[source] = self.per_source.get(source, 0) + 1
 
-    def _queue(self, e: Expectation) -> deque[Expectation]:
-        classes = self._by_master.get(e.master)
-        q = classes.get(e.cls) if classes is not None else None
-        return _EMPTY if q is None else q
-
-    def _over(self, e: Expectation, freed: Expectation | None) -> Refusal | None:
-        """Which bound admitting e would break (freeing `freed` first), if any."""
-        if len(self._by_key) - (freed is not None) >= self.budget:
-            return Refusal.BUDGET
-        if self.per_helper.get(e.helper, 0) - (freed is not None and freed.helper == e.helper) >= self.helper_cap:
-            return Refusal.HELPER_SHARE
-        source = e.source_key
-        if source is not None and \
-                self.per_source.get(source, 0) - (freed is not None and freed.source_key == source) >= self.source_cap:
-            return Refusal.SOURCE_SHARE
-        return None
-
     def of_master(self, master: FlowTuple, cls: str | None = None, tag: str | None = None) -> list[Expectation]:
+        classes = self._by_master.get(master)
+        if classes is None:
+            return []
+        if cls is not None:  # (a master's classes have distinct names)
+            q = classes.get(cls)
+            if q is None:
+                return []
+            return list(q) if tag is None else [e for e in q if e.tag == tag]
         out = []
-        for name, q in self._by_master.get(master, {}).items():
-            if cls is None or name == cls:
-                out += [e for e in q if tag is None or e.tag == tag]
+        for q in classes.values():
+            out += [e for e in q if tag is None or e.tag == tag]
         return out
 
     def get(self, key: tuple) -> Expectation | None:

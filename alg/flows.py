@@ -46,6 +46,7 @@ from typing import Any, Callable
 
 from .decode import TCP_SYN, Packet
 from .errors import ProtocolViolation
+from .frozen import unfrozen
 from .model import TCP, Direction, FlowTuple
 
 _MOD = 1 << 32
@@ -208,7 +209,9 @@ class FlowRecord:
         flags, bits = int(self.flags), int(bits)
         if flags | bits == flags:
             return self
-        return FlowRecord(_flags(flags | bits), self.boundary)
+        if self.boundary == (0, 0) and flags | bits <= _FLAGS_MASK:
+            return _PLAIN[flags | bits]
+        return FlowRecord(as_flags(flags | bits), self.boundary)
 
     def has(self, bits: int) -> bool:
         """Whether any of `bits` is set (without an IntFlag operation)."""
@@ -228,7 +231,14 @@ class FlowRecord:
         version, flags, _r, b0, b1 = _RECORD.unpack_from(data)
         if version != RECORD_VERSION:
             return None
+        if cls is FlowRecord and b0 == b1 == 0:
+            return _PLAIN[flags & _FLAGS_MASK]
         return cls(_FLAGS[flags & _FLAGS_MASK], (b0, b1))
+
+
+# The records without boundaries (every UDP flow's), one of each: the record a packet's
+# conntrack brings is then the flow's own object, and the engine sees it unchanged at a glance
+_PLAIN = tuple(FlowRecord(f) for f in _FLAGS)
 
 
 @lru_cache(maxsize=_RECORDS_MAX)
@@ -237,11 +247,12 @@ def _unpacked(data: bytes) -> FlowRecord | None:
     return FlowRecord._unpack(data)
 
 
-def _flags(value: int) -> RecordFlag:
+def as_flags(value: int) -> RecordFlag:
+    """The RecordFlag of a number (made once for each value)."""
     return _FLAGS[value] if 0 <= value <= _FLAGS_MASK else RecordFlag(value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class KernelView:
     """What the kernel says about a queued packet's flow (from the conntrack that
     comes with it): the daemon builds it, replay has none.
@@ -261,6 +272,19 @@ class KernelView:
     tuples: Callable[[], tuple[FlowTuple, FlowTuple]]  # () -> (ends, kernel)
     natted: bool = False  # the kernel translates the flow (its reply tuple is not the original's reverse)
     nat: Callable[[], Any] | None = None  # () -> model.NatMap, for a NATed flow
+
+    def __new__(cls, key: tuple, direction: Direction, new: bool, confirmed: bool, expected: bool,
+                record: FlowRecord | None, tuples: Callable[[], tuple[FlowTuple, FlowTuple]], natted: bool = False,
+                nat: Callable[[], Any] | None = None) -> "KernelView":
+        # one per queued packet: built as a plain object (alg.frozen), no __init__ after it
+        v: Any = _UnfrozenView()
+        v.key, v.direction, v.new, v.confirmed, v.expected = key, direction, new, confirmed, expected
+        v.record, v.tuples, v.natted, v.nat = record, tuples, natted, nat
+        v.__class__ = cls
+        return v
+
+
+_UnfrozenView = unfrozen(KernelView)
 
 
 class Flow:
@@ -331,12 +355,11 @@ class FlowTable:
         """The flow of `key` (either direction's), now the most recently used."""
         found = self._by_key.get(key)
         if found is not None:
-            flow = found[0]
             orig = key if found[1] is Direction.ORIGINAL else _reverse(key)
             self._flows.move_to_end(orig)
-            owner = _owner(flow)
-            if owner is not None:
-                self._owned[owner].move_to_end(orig)
+            helper = found[0].helper
+            if helper is not None:  # _owner(flow)
+                self._owned[helper.policy.name].move_to_end(orig)
         return found
 
     def add(self, key: tuple, flow: Flow, limit: int | None = None, both_ways: bool = True) -> None:

@@ -4,9 +4,11 @@ worker, engine and SIP helper fed INVITE+SDP packets with their conntrack by the
 userspace kernel of the tests (tests/fakekernel.py), no system calls. Add the binding's
 own cost (benchmarks/bench_drain.py, "binding") for the whole per-packet CPU.
 
-Beside it, in the same run: a plain bytes-level parse of the same INVITE's request
-line, c= and m= (the floor a Python reader pays for looking at the payload at all), and
-the same packets from phones behind masquerade (each INVITE rewritten: Via, Contact,
+Beside it, in the same run: the SIP helper alone on the same packets (Segments built
+before the clock, as bench_sip.py does), so that the rest, the daemon's own bookkeeping
+per packet, shows; a plain bytes-level parse of the same INVITE's request line, c= and
+m= (the floor a Python reader pays for looking at the payload at all); and the same
+packets from phones behind masquerade (each INVITE rewritten: Via, Contact,
 SDP, Content-Length, checksums; media expected outside with CTA_EXPECT_NAT).
 
 Then, as the daemon's loop does after each batch, the expectation events go to the
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import ipaddress
 import pstats
 import sys
 import tempfile
@@ -31,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fakekernel import FakeKernel  # noqa: E402
 
+from alg import Direction, FlowTuple, Segment  # noqa: E402
 from alg.daemon import Daemon  # noqa: E402
 from alg.plugins import load_plugins  # noqa: E402
 
@@ -88,6 +92,24 @@ def run(n: int, nat: bool, profile: cProfile.Profile | None = None) -> tuple[flo
         return cost / n, d.stats.verdicts - 64, len(k.expectations), rewritten, observed / n
 
 
+def helper_alone(n: int) -> float:
+    """CPU seconds per packet of the SIP helper's inspect on what run() feeds the worker:
+    the same 64 flows (each warmed with its first INVITE), the same INVITEs in turn."""
+    from alg_helpers.sip import SipHelper
+
+    h = SipHelper()
+    a, b = ipaddress.ip_address("10.0.1.2"), ipaddress.ip_address("10.0.2.2")
+    flows = [FlowTuple(4, 17, a, b, 5060 + i, 5060) for i in range(64)]
+    states = [h.new_state() for _ in flows]
+    for flow, state in zip(flows, states, strict=True):
+        h.inspect(Segment(invite(0), Direction.ORIGINAL, flow, 1.0), state)
+    todo = [(Segment(invite(i), Direction.ORIGINAL, flows[i % 64], 2.0), states[i % 64]) for i in range(1, n + 1)]
+    t0 = time.process_time()
+    for seg, state in todo:
+        h.inspect(seg, state)
+    return (time.process_time() - t0) / n
+
+
 def flat(profile: cProfile.Profile, n: int, top: int) -> None:
     """The functions with the most time of their own, in us per packet."""
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
@@ -108,6 +130,7 @@ def main() -> None:
     n = args.n
     worker, verdicts, held, _, observed = run(n, nat=False)
     natted, _, _, rewritten, _ = run(n, nat=True)
+    helper = helper_alone(n)
     payloads = [invite(i) for i in range(1, n + 1)]
     t0 = time.process_time()
     for p in payloads:
@@ -116,6 +139,8 @@ def main() -> None:
     print(f"{n} INVITE+SDP packets with their conntrack, {len(payloads[0])} bytes each")
     print(f"  worker + engine + SIP helper: {worker * 1e6:6.1f} us CPU per packet "
           f"({verdicts} verdicts, {held} expectations held by the fake kernel)")
+    print(f"  of which the SIP helper alone: {helper * 1e6:6.1f} us; the rest, the daemon's bookkeeping: "
+          f"{(worker - helper) * 1e6:.1f} us")
     print(f"  the same behind masquerade:   {natted * 1e6:6.1f} us ({rewritten} packets rewritten)")
     print(f"  bytes-level parse (reference): {ref * 1e6:6.1f} us ({worker / ref:.1f}x, NATed {natted / ref:.1f}x)")
     print(f"  then its expectation events to the observers (the daemon's loop, none installed): "

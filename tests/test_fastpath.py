@@ -99,3 +99,91 @@ def test_a_conntrack_decoded_once_per_bytes_follows_its_private_data():
     changed = Q.parse_packet(glued(b"\x02" * 16, 180)).ct
     assert changed is not None and changed.helper_info == b"\x02" * 16
     assert first.orig.flow() == FlowTuple(4, 17, A, B, 5060, 5060)
+
+
+def fields_of(obj: object) -> dict:
+    """Every slot of a slotted dataclass instance (an unset one raises AttributeError)."""
+    return {name: getattr(obj, name) for name in type(obj).__slots__}  # type: ignore[attr-defined]
+
+
+def frozen(obj: object) -> bool:
+    try:
+        setattr(obj, type(obj).__slots__[0], None)  # type: ignore[attr-defined]
+    except dataclasses.FrozenInstanceError:
+        return True
+    return False
+
+
+def test_frozen_dataclasses_built_as_plain_objects_are_the_ones_their_class_builds():
+    from alg.engine import Create, Delete, ExpectationEvent, _create, _delete, _event
+    from alg.expect import expectation, source_key
+    from alg.flows import KernelView
+    from alg.model import Direction
+
+    # every field set to a value that is not its default: one added to Expectation and
+    # forgotten by the builder fails here
+    values = ("sip", "audio", 1, 4, 17, ip("10.0.9.0"), A, 4000, 5000, MASTER, 180, 0x4, 7, 2.5, "call", 24, True,
+              FlowTuple(4, 17, A, ip("192.0.2.1"), 5060, 40000), B, (1, A, 5000))
+    assert len(values) == len(dataclasses.fields(Expectation)) - 2  # (key and source_key are computed)
+    e, plain = expectation(*values, source_key(B)), Expectation(*values)
+    assert type(e) is Expectation and fields_of(e) == fields_of(plain) and e == plain and hash(e) == hash(plain)
+    ev = _event("evicted", e, "why")
+    assert type(ev) is ExpectationEvent and fields_of(ev) == fields_of(ExpectationEvent("evicted", e, "why"))
+    assert fields_of(_create(e)) == fields_of(Create(e)) and fields_of(_delete(e, "removed")) == {
+        "expectation": e, "why": "removed"} == fields_of(Delete(e, "removed"))
+    view = KernelView(key=(7, MASTER), direction=Direction.REPLY, new=True, confirmed=True, expected=True,
+                      record=FlowRecord(), tuples=lambda: (MASTER, MASTER), natted=True, nat=lambda: None)
+    assert fields_of(view) == fields_of(KernelView(*fields_of(view).values()))
+    assert fields_of(KernelView((7,), Direction.ORIGINAL, False, False, False, None, print)) == {
+        "key": (7,), "direction": Direction.ORIGINAL, "new": False, "confirmed": False, "expected": False,
+        "record": None, "tuples": print, "natted": False, "nat": None}
+    assert all(frozen(x) for x in (e, ev, _create(e), _delete(e, "removed"), view))
+
+
+def test_a_record_without_boundaries_comes_back_from_its_bytes_as_the_same_object():
+    # the engine tells a conntrack's record unchanged by identity, before comparing
+    rec = FlowRecord(RecordFlag.STARTED).with_flags(RecordFlag.KNOWN_ORIGINAL)
+    assert FlowRecord.unpack(rec.pack()) is rec
+    assert FlowRecord.unpack(FlowRecord(RecordFlag.STARTED, (1, 2)).pack()) == FlowRecord(RecordFlag.STARTED, (1, 2))
+
+
+def test_admitting_with_evictions_leaves_the_table_as_removing_then_adding_does():
+    """admit_into evicts from the queue it holds: the table (its order too, which decides
+    what an Unexpect withdraws first and what ExpectMax evicts next) is what the plain
+    remove-then-add way of the kernel's semantics leaves."""
+    import random
+
+    rnd = random.Random(14)
+    masters = [FlowTuple(4, 17, A, B, 5060 + i, 5060) for i in range(3)]
+    table = ExpectationTable(budget=8, source_cap=6)
+    model: list[Expectation] = []  # oldest first
+    classes: dict[FlowTuple, list[str]] = {m: [] for m in masters}  # a master's classes, as the table orders them
+    for _ in range(400):
+        master, cls = rnd.choice(masters), rnd.choice(("audio", "video"))
+        e = Expectation("sip", cls, 0, 4, 17, None, B, None, 4000 + rnd.randrange(40), master, 180,
+                        source=rnd.choice((A, B)))
+        cap = 2 if cls == "audio" else 1
+        evicted: list[Expectation] = []
+        refused = table.admit_into(e, cap, evicted)
+        # the model: the same tuple again replaces it, the oldest of a full class goes
+        old = next((x for x in model if x.key == e.key), None)
+        if old is not None and old.master != e.master:
+            assert refused is Refusal.CLASH
+            continue
+        mine = [x for x in model if x.master == e.master and x.cls == e.cls and x is not old]
+        gone = mine[:len(mine) + 1 - cap] if len(mine) >= cap else []
+        left = len(model) - (old is not None) - len(gone)
+        if left >= table.budget or sum(x.source == e.source for x in model if x is not old and x not in gone) \
+                >= table.source_cap:
+            assert refused in (Refusal.BUDGET, Refusal.SOURCE_SHARE) and not evicted
+            continue
+        assert refused is None and evicted == gone
+        model = [x for x in model if x is not old and x not in gone]
+        if not any(x.master == e.master and x.cls == e.cls for x in model):
+            classes[e.master] = [c for c in classes[e.master] if c != e.cls] + [cls]  # emptied: added anew
+        model.append(e)
+        assert list(table) == model
+        for m in masters:
+            assert table.of_master(m) == [x for c in classes[m] for x in model if x.master == m and x.cls == c]
+        assert sorted(table.per_source.items()) == sorted(
+            {k: sum(x.source_key == k for x in model) for k in {x.source_key for x in model}}.items())
