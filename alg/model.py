@@ -48,8 +48,10 @@ from __future__ import annotations
 import builtins
 import enum
 import ipaddress
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Sequence, Union
+
+from .frozen import slot_setters
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -75,20 +77,6 @@ HELPER_NAME_MAX = 15  # NF_CT_HELPER_NAME_LEN - 1
 EXPECT_CLASSES_MAX = 4  # NF_CT_MAX_EXPECT_CLASSES
 EXPECT_MAX_MAX = 255  # NF_CT_EXPECT_MAX_CNT
 RESYNC_LINE = "line"  # HelperSpec.resync: resume at the next line end after lost bytes
-
-
-def _slot_setters(cls: type) -> tuple[Callable[[Any, Any], None], ...]:
-    """The `__set__` of each of a slotted dataclass's slots, in field order.
-
-    The classes built per packet and per action (FlowTuple, Segment and the
-    actions) are frozen, slotted dataclasses with a hand-written `__init__`
-    that stores through these: the generated one stores each field with
-    `object.__setattr__` (a lookup of the name in the type per field), and
-    cost three to four times as much (about a tenth of a SIP INVITE's
-    inspection, issue 14). Field names, defaults, immutability, equality,
-    hash, repr, pickling and `dataclasses.replace` stay the dataclass's own;
-    tests/test_model_init.py checks each `__init__` against its fields."""
-    return tuple(cls.__dict__[f.name].__set__ for f in fields(cls))
 
 
 class Direction(enum.IntEnum):
@@ -138,7 +126,7 @@ class FlowTuple:
         return f"{PROTO_NAMES.get(self.proto, self.proto)} {self.src}:{self.sport} -> {self.dst}:{self.dport}"
 
 
-_FLOW_TUPLE = _slot_setters(FlowTuple)
+_FLOW_TUPLE = slot_setters(FlowTuple)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -182,7 +170,7 @@ class Segment:
         return self.flow.dport if self.direction is Direction.ORIGINAL else self.flow.sport
 
 
-_SEGMENT = _slot_setters(Segment)
+_SEGMENT = slot_setters(Segment)
 
 
 # ---------------------------------------------------------------- actions
@@ -336,7 +324,7 @@ class NatMap:
 
 
 Action = Union[Expect, Unexpect, Notice, Rewrite, Length]
-_EXPECT, _UNEXPECT, _NOTICE, _REWRITE, _LENGTH = map(_slot_setters, (Expect, Unexpect, Notice, Rewrite, Length))
+_EXPECT, _UNEXPECT, _NOTICE, _REWRITE, _LENGTH = map(slot_setters, (Expect, Unexpect, Notice, Rewrite, Length))
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -350,7 +338,7 @@ class Parsed:
         set_actions(self, actions)
 
 
-_PARSED = _slot_setters(Parsed)
+_PARSED = slot_setters(Parsed)
 
 
 class _NeedData:

@@ -1,5 +1,5 @@
 """The model classes built per packet and per action have a hand-written
-`__init__` (alg.model._slot_setters: the generated one cost three to four
+`__init__` (alg.frozen.slot_setters: the generated one cost three to four
 times as much, issue 14). Each must still be the dataclass it declares:
 the same parameters as the generated `__init__` would take, every field
 stored where it belongs, frozen, equal, hashable, picklable, replaceable."""
