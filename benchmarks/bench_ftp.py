@@ -194,11 +194,14 @@ class Lab:
         self.by_id[self.pid] = c
         return c.packet(self.pid, reply, payload, self.timeout, syn)
 
-    def exchange(self, c: Connection) -> list[bytes]:
-        """One PASV exchange's three messages (the 227 names a new port each time, as pyftpdlib's)."""
+    def exchange(self, c: Connection):
+        """One PASV exchange's three messages, each made when the last one's verdict is through
+        (it carries the private data that verdict set); the 227 names a new port each time, as
+        pyftpdlib's does."""
         c.exchanges += 1
         port = 50000 + (c.id * 7 + c.exchanges) % 1000
-        return [self.message(c, False, PASV), self.message(c, True, reply_227(port)), self.message(c, False, b"")]
+        for reply, payload in ((False, PASV), (True, reply_227(port)), (False, b"")):
+            yield self.message(c, reply, payload)
 
     def kernel_side(self) -> int:
         """Apply what the verdicts said (NFQA_CT's private data, as ctnetlink_change_helper); verdicts."""
@@ -239,7 +242,7 @@ def run(exchanges: int, connections: int, profile: cProfile.Profile | None = Non
         cpu = 0.0
         for i in range(exchanges):
             c = lab.conns[i % connections]
-            msgs = lab.exchange(c)  # built outside the measured time
+            msgs = lab.exchange(c)  # each built when the loop asks for it, outside the measured time
             for j, m in enumerate(msgs):
                 lab.q.put(m)
                 t0 = time.process_time()

@@ -7,7 +7,9 @@ flow's record from the helper's private data), lets the engine inspect the
 packet, carries out what it decides through the sink, and gives the verdict,
 with the flow's record (NFQA_CT) and an expectation for a master not yet
 confirmed (NFQA_EXP) when there are. Every packet gets its verdict, whatever
-happens on the way. Verdicts of one batch leave in one system call.
+happens on the way. Verdicts of one batch leave in one system call. A bare TCP
+acknowledgement of a flow under way has nothing for anyone: it is accepted at
+once, uninspected (not counted in the helper's `packets`).
 
 On a kernel whose queues cannot carry the conntrack (no
 CONFIG_NETFILTER_NETLINK_GLUE_CT: `--no-cthelper` with plain NFQUEUE rules)
@@ -21,17 +23,24 @@ import logging
 import time
 from typing import Any, Callable, Protocol
 
-from ..decode import TCP_SYN, DecodeError, Packet, decode_ip
+from ..decode import TCP_SYN, DecodeError, Packet, decode_ip, tcp_without_data
 from ..engine import Create, Delete, Engine, HelperSlot, Mangle, RateLimitedLog, Remember
 from ..expect import Expectation
 from ..flows import FlowRecord, KernelView
 from ..kernel.ctnetlink import IPS_CONFIRMED, IPS_EXPECTED, exp_body
-from ..kernel.nfqueue import IP_CT_IS_REPLY, IP_CT_NEW, IP_CT_RELATED, Conntrack, CtTuple, pack_ct_help
+from ..kernel.nfqueue import (IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_IS_REPLY, IP_CT_NEW, IP_CT_RELATED,
+                              Conntrack, CtTuple, pack_ct_help)
 from ..model import TCP, Direction, FlowTuple, NatMap
 from ..nat import RewriteError, mangle
 from .sink import KernelSink
 
 log = logging.getLogger("alg.daemon")
+# A bare TCP acknowledgement of a flow the kernel has seen both ways (or, on the original side, one it
+# let through before) leaves everything as it was: no bytes for the helper, no stream moved, nothing for
+# the conntrack's record. Such packets (a third of a control channel's) get their accept at once, with
+# none of the conntrack's decoding, the engine's flow lookup or the helper. A NEW or RELATED one is
+# not let by: it may be the first alg sees of its flow (and opens it, as a mid-stream pickup).
+_GOING_ON = frozenset((IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY))
 
 
 class QueuePort(Protocol):
@@ -107,7 +116,7 @@ class QueueWorker:
         accept, record, attach, payload = True, None, None, None
         try:
             slot = self.engine.slots.get(self.helper)
-            if slot is not None:
+            if slot is not None and not (qp.ctinfo in _GOING_ON and tcp_without_data(qp.payload)):
                 accept, record, attach, payload = self._inspect(qp, slot, later)
         except Exception as exc:  # never leave a packet without a verdict
             self.stats.queue_errors += 1
