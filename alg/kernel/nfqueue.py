@@ -245,6 +245,11 @@ def _u32(b, span: tuple[int, int] | None, default):
     return _BE32.unpack_from(b, span[0])[0]
 
 
+# the attributes of a conntrack alg reads, in the order decode_conntrack unpacks their spans
+_CT_READ = {t: i for i, t in enumerate((CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_ID, CTA_HELP,
+                                        CTA_TUPLE_MASTER, CTA_MARK, CTA_ZONE))}
+
+
 def decode_conntrack(b, span: tuple[int, int]) -> Conntrack:
     """ctnetlink conntrack attributes in b[span] (NFQA_CT, or a CT_NEW answer). Raises ValueError.
 
@@ -252,29 +257,16 @@ def decode_conntrack(b, span: tuple[int, int]) -> Conntrack:
     alg reads are decoded: a TCP flow's NFQA_CT differs from packet to packet (its timeout, its
     protocol state, the helper's private data), so this runs for most of its packets."""
     off, end = span
-    orig = reply = master = status = ct_id = help_ = mark = zone = None
+    spans: list[tuple[int, int] | None] = [None] * len(_CT_READ)
     while off + 4 <= end:
         n, t = _NLA.unpack_from(b, off)
         if n < 4 or off + n > end:
             raise ValueError(f"bad attribute length {n} at {off}")
-        t &= _NLA_TYPE_MASK
-        if t == CTA_TUPLE_ORIG:
-            orig = (off + 4, off + n)
-        elif t == CTA_TUPLE_REPLY:
-            reply = (off + 4, off + n)
-        elif t == CTA_STATUS:
-            status = (off + 4, off + n)
-        elif t == CTA_ID:
-            ct_id = (off + 4, off + n)
-        elif t == CTA_HELP:
-            help_ = (off + 4, off + n)
-        elif t == CTA_TUPLE_MASTER:
-            master = (off + 4, off + n)
-        elif t == CTA_MARK:
-            mark = (off + 4, off + n)
-        elif t == CTA_ZONE:
-            zone = (off + 4, off + n)
+        i = _CT_READ.get(t & _NLA_TYPE_MASK)
+        if i is not None:
+            spans[i] = (off + 4, off + n)
         off += (n + 3) & ~3
+    orig, reply, status, ct_id, help_, master, mark, zone = spans
     if orig is None or reply is None:
         raise ValueError("NFQA_CT without both tuples")
     helper = info = None
