@@ -426,12 +426,18 @@ def pack_ct_help(helper_name: str, info: bytes) -> bytes:
     expectation (one with a master) is left alone even under the same name: its private
     data cannot be set this way. Failures are not reported: the verdict still applies.
     """
+    if len(info) > NF_CT_HELPER_DATA_MAX:
+        raise ValueError(f"helper private data of {len(info)} bytes (at most {NF_CT_HELPER_DATA_MAX})")
+    return L.nest(CTA_HELP, _help_name(helper_name), L.nla(CTA_HELP_INFO, bytes(info)))
+
+
+@lru_cache(maxsize=64)
+def _help_name(helper_name: str) -> bytes:
+    """CTA_HELP_NAME of a helper (the same few names, one per packet whose record changes)."""
     name = helper_name.encode("ascii")
     if not 0 < len(name) < NF_CT_HELPER_NAME_LEN or b"\0" in name:
         raise ValueError(f"helper name {helper_name!r}: 1 to {NF_CT_HELPER_NAME_LEN - 1} characters")
-    if len(info) > NF_CT_HELPER_DATA_MAX:
-        raise ValueError(f"helper private data of {len(info)} bytes (at most {NF_CT_HELPER_DATA_MAX})")
-    return L.nest(CTA_HELP, L.nla(CTA_HELP_NAME, name + b"\0"), L.nla(CTA_HELP_INFO, bytes(info)))
+    return L.nla(CTA_HELP_NAME, name + b"\0")
 
 
 # ---------------------------------------------------------------- recvmmsg(2)
