@@ -132,6 +132,15 @@ load alg "$ALG_PID"
 lab_fw "$ALG" status --socket "$SOCK" | head -3
 lab_fw "$ALG" status --socket "$SOCK" --format json >"$OUT/alg-status.json"
 
+# what the VM charges for what alg does per packet beside its Python: a clock read (alg reads the clock a
+# few times per packet; without a usable TSC the guest's clock may be an emulated device) and a system call
+printf 'ftp-load vm: clocksource %s; ' "$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+$SYS_PY -c 'import os, select, timeit
+n = 20000
+cost = {name: timeit.timeit(f, number=n) / n * 1e6 for name, f in (
+    ("time.monotonic()", __import__("time").monotonic), ("a system call (getppid)", os.getppid),
+    ("select() of nothing", lambda: select.select([], [], [], 0)), ("a Python call", lambda: None))}
+print("; ".join(f"{k} {v:.2f} us" for k, v in cost.items()))'
 for label in conntrackd alg; do
     echo "ftp-load $label adds p50 $(( P50[$label] - P50[none] )) us, p99 $(( P99[$label] - P99[none] )) us to a PASV round trip"
 done
