@@ -124,3 +124,18 @@ def test_the_pasv_exchange_around_bare_acks_still_expects_the_data_connection(tm
         assert [key[-1] for key in made] == [port]
     assert len(k.expectations) == 1  # ExpectMax 1: the first one was replaced
     assert d.stats.verdicts == len(k.queues[7].verdicts) and not k._by_packet  # every packet answered
+
+
+def test_a_batch_reads_the_clock_once_and_holds_each_packet_until_the_batch_leaves(tmp_path, monkeypatch):
+    k, d, c = ftp_session(tmp_path)
+    reads = []
+    d.workers[7].clock = lambda: reads.append(1) or 100.0
+    ticks = iter([10.0, 10.5])  # the batch's start, its verdicts sent
+    monkeypatch.setattr("alg.daemon.worker.time.perf_counter", lambda: next(ticks))
+    held, verdicts = d.stats.held, d.stats.verdicts
+    for line in (b"USER anonymous\r\n", b"PASS lab@\r\n", b"PASV\r\n"):
+        k.send(7, c.cid, False, line, c.seq[0])
+        c.seq[0] += len(line)
+    assert d.workers[7].serve() == 3 and d.stats.verdicts == verdicts + 3
+    assert len(reads) == 1
+    assert d.stats.held == pytest.approx(held + 3 * 0.5) and d.stats.held_max == pytest.approx(0.5)

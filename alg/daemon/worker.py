@@ -101,23 +101,33 @@ class QueueWorker:
         return self.queue.fileno()
 
     def serve(self, max_packets: int = 256) -> int:
-        """Handle what waits in the queue (one batch); returns how many packets."""
+        """Handle what waits in the queue (one batch); returns how many packets.
+
+        The clock is read per batch, not per packet: the batch's packets are inspected at
+        one `now`, and each is held from the batch's start until its verdict leaves with
+        the others' (three clock reads a batch; under emulation a read is not free)."""
         packets = self.queue.receive(max_packets)
+        if not packets:
+            return 0
+        t0 = time.perf_counter()
+        now = self.clock()
         later: list[Expectation] = []
         for qp in packets:
-            self.handle(qp, later)
+            self.handle(qp, later, now)
         self.queue.flush()  # the batch's verdicts in one system call
+        held = time.perf_counter() - t0
+        self.stats.held += held * len(packets)
+        self.stats.held_max = max(self.stats.held_max, held)
         for e in later:
             self.sink.after_verdict(e)
         return len(packets)
 
-    def handle(self, qp: Any, later: list[Expectation]) -> None:
-        t0 = time.perf_counter()
+    def handle(self, qp: Any, later: list[Expectation], now: float) -> None:
         accept, record, attach, payload = True, None, None, None
         try:
             slot = self.engine.slots.get(self.helper)
             if slot is not None and not (qp.ctinfo in _GOING_ON and tcp_without_data(qp.payload)):
-                accept, record, attach, payload = self._inspect(qp, slot, later)
+                accept, record, attach, payload = self._inspect(qp, slot, later, now)
         except Exception as exc:  # never leave a packet without a verdict
             self.stats.queue_errors += 1
             self.warn(logging.ERROR, "packet", "error handling a packet of %s: %s: %s",
@@ -129,11 +139,8 @@ class QueueWorker:
         except Exception as exc:
             self.stats.queue_errors += 1
             self.warn(logging.ERROR, "verdict", "verdict failed: %s", exc)
-        held = time.perf_counter() - t0
-        self.stats.held += held
-        self.stats.held_max = max(self.stats.held_max, held)
 
-    def _inspect(self, qp: Any, slot: HelperSlot, later: list[Expectation]) -> tuple:
+    def _inspect(self, qp: Any, slot: HelperSlot, later: list[Expectation], now: float) -> tuple:
         """(accept, NFQA_CT, NFQA_EXP, NFQA_PAYLOAD) for the packet's verdict."""
         try:
             pkt = decode_ip(qp.payload)
@@ -150,7 +157,7 @@ class QueueWorker:
         # the kernel keeps no record for a conntrack an expectation created, and
         # fails the whole NFQA_CT (and with it NFQA_EXP) for another helper's name
         keep = not view.expected and qp.ct is not None and qp.ct.helper == self.helper
-        for d in self.engine.process(pkt, self.clock(), slot=slot, view=view):
+        for d in self.engine.process(pkt, now, slot=slot, view=view):
             if isinstance(d, Remember):
                 if keep:
                     record = pack_ct_help(self.helper, d.record.pack())
