@@ -35,9 +35,9 @@ from ..nat import RewriteError, mangle
 from .sink import KernelSink
 
 log = logging.getLogger("alg.daemon")
-# A bare TCP acknowledgement of a flow the kernel has seen both ways (or, on the original side, one it
-# let through before) leaves everything as it was: no bytes for the helper, no stream moved, nothing for
-# the conntrack's record. Such packets (a third of a control channel's) get their accept at once, with
+# A bare TCP acknowledgement of a flow the kernel has seen both ways (ctinfo ESTABLISHED, either
+# direction) leaves everything as it was: no bytes for the helper, no stream moved, nothing for the
+# conntrack's record. Such packets (a third of a control channel's) get their accept at once, with
 # none of the conntrack's decoding, the engine's flow lookup or the helper. A NEW or RELATED one is
 # not let by: it may be the first alg sees of its flow (and opens it, as a mid-stream pickup).
 _GOING_ON = frozenset((IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY))
