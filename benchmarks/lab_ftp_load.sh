@@ -121,24 +121,33 @@ kill "$CTD_PID"; wait "$CTD_PID" 2>/dev/null; CTD_PID=
 raw_helper ""; lab_fw conntrack -F >/dev/null 2>&1  # a helper in use cannot be removed (EBUSY)
 nfct del helper ftp inet tcp
 
-# FTP_LOAD_PROFILE=1 (passed in with -e): alg under cProfile, its top functions printed at the end (the
-# profiler slows alg down: the figures of that run are not comparable, the shares of its time are)
-ALG_CMD=("$ALG")
-[ -n "${FTP_LOAD_PROFILE:-}" ] && ALG_CMD=("$ALG_ROOT/.venv/bin/python" -m cProfile -o "$OUT/alg.prof" -m alg)
-ip netns exec "$LAB_NS_FW" "${ALG_CMD[@]}" run --policy "$RUN/policy" >"$OUT/alg.log" 2>&1 & ALG_PID=$!
-for _ in $(seq 600); do
-    lab_fw "$ALG" status --socket "$SOCK" >/dev/null 2>&1 && break
-    kill -0 "$ALG_PID" 2>/dev/null || { echo "FAIL alg run"; tail "$OUT/alg.log"; exit 1; }
-    sleep 0.2
-done
+start_alg() {  # [PREFIX...]: `alg run` in lab-fw (PREFIX: what runs it instead of $ALG), until it answers
+    local cmd=("$ALG")
+    [ $# -gt 0 ] && cmd=("$@")
+    ip netns exec "$LAB_NS_FW" "${cmd[@]}" run --policy "$RUN/policy" >>"$OUT/alg.log" 2>&1 & ALG_PID=$!
+    for _ in $(seq 600); do
+        lab_fw "$ALG" status --socket "$SOCK" >/dev/null 2>&1 && return 0
+        kill -0 "$ALG_PID" 2>/dev/null || { echo "FAIL alg run"; tail "$OUT/alg.log"; exit 1; }
+        sleep 0.2
+    done
+}
+start_alg
 raw_helper alg-ftp
 load alg "$ALG_PID"
 lab_fw "$ALG" status --socket "$SOCK" | head -3
 lab_fw "$ALG" status --socket "$SOCK" --format json >"$OUT/alg-status.json"
-if [ -n "${FTP_LOAD_PROFILE:-}" ]; then  # stopped first: the profile is written as alg exits
-    kill -TERM "$ALG_PID"; wait "$ALG_PID" 2>/dev/null; ALG_PID=
+# FTP_LOAD_PROFILE=1 (passed in with -e): then the same load once more with alg under cProfile, and where
+# its time went (the profiler slows alg down: that run's figures are not comparable, the shares are)
+if [ -n "${FTP_LOAD_PROFILE:-}" ]; then
+    raw_helper ""; lab_fw conntrack -F >/dev/null 2>&1  # a helper in use cannot be removed (EBUSY)
+    kill -TERM "$ALG_PID"; wait "$ALG_PID" 2>/dev/null
+    start_alg "$ALG_ROOT/.venv/bin/python" -m cProfile -o "$OUT/alg.prof" -m alg
+    raw_helper alg-ftp
+    load alg-cprofile "$ALG_PID"
+    raw_helper ""; lab_fw conntrack -F >/dev/null 2>&1
+    kill -TERM "$ALG_PID"; wait "$ALG_PID" 2>/dev/null; ALG_PID=  # the profile is written as alg exits
     "$ALG_ROOT/.venv/bin/python" -c 'import pstats, sys
-pstats.Stats(sys.argv[1]).sort_stats("tottime").print_stats(30)' "$OUT/alg.prof" | grep -v "^$" | head -45
+pstats.Stats(sys.argv[1]).sort_stats("tottime").print_stats(35)' "$OUT/alg.prof" | grep -v "^$" | head -50
 fi
 
 # what the VM charges for what alg does per packet beside its Python: a clock read (alg reads the clock a
