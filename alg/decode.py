@@ -129,7 +129,35 @@ def decode_ip(data: bytes) -> Packet:
     raise DecodeError(f"not IP (version {version})")
 
 
-# ---------------------------------------------------------------- link layers and tunnels
+_NO_DATA_FLAGS = TCP_SYN | TCP_FIN | TCP_RST  # each moves a stream or ends it: never "nothing"
+_IPV4_OFFSET_MASK = 0x3FFF  # more-fragments bit and fragment offset
+
+
+def tcp_without_data(data: bytes) -> bool:
+    """Whether an IP packet (as NFQUEUE hands it over) is a TCP segment that carries no
+    payload and none of SYN, FIN, RST: a bare acknowledgement (or window update), which gives
+    a helper no bytes and moves no stream. Read from the headers' fixed fields only, without
+    a `Packet`: on a control channel a third of the packets are such ACKs. False for anything
+    else or anything unsure (a fragment, IPv6 extension headers, a short or odd header)."""
+    n = len(data)
+    if n < 40:
+        return False
+    first = data[0]
+    if first >> 4 == 4:
+        ihl = (first & 0xF) * 4
+        if (data[9] != TCP or ihl < 20 or n < ihl + 20
+                or (data[6] << 8 | data[7]) & _IPV4_OFFSET_MASK):
+            return False
+        length = data[2] << 8 | data[3]  # the packet's end: what lies past it is link padding
+    elif first >> 4 == 6:
+        ihl = 40
+        if data[6] != TCP or n < 60:
+            return False
+        length = 40 + (data[4] << 8 | data[5])
+    else:
+        return False
+    doff = (data[ihl + 12] >> 4) * 4
+    return doff >= 20 and length == ihl + doff <= n and not data[ihl + 13] & _NO_DATA_FLAGS
 # What a capture may wrap around the IP packet a helper wants: link layers
 # (Ethernet with 802.1Q/802.1ad tags, PPPoE, MPLS, Linux cooked, PPP, BSD
 # loopback) and tunnels inside IP (IP-in-IP, 6in4, GRE with IP, Ethernet,

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Callable
 
 import alg
 from alg import TCP, Direction, Expect, ExpectClass, Form, HelperSpec, Notice, Option, Parsed, Rewrite
@@ -155,16 +156,18 @@ class FtpHelper(alg.Helper):
         line = data[:end + 1]
         if d is Direction.ORIGINAL:
             actions = self._command(line, segment, state)
-            verb = _VERB.match(line)
-            state.known[d] = state.known[d] or (verb is not None and verb[1].upper() in _COMMANDS)
+            if not state.known[d]:
+                verb = _VERB.match(line)
+                state.known[d] = verb is not None and verb[1].upper() in _COMMANDS
         else:
             actions = self._reply(line, segment, state)
-            state.known[d] = state.known[d] or _REPLY.match(line) is not None
+            if not state.known[d]:
+                state.known[d] = _REPLY.match(line) is not None
         return Parsed(end + 1, actions)
 
     # ------------------------------------------------------------ client -> server
     def _command(self, line: bytes, seg: alg.Segment, state: FtpState) -> tuple:
-        if _HTTP_REQUEST.fullmatch(line):
+        if b"HTTP/" in line and _HTTP_REQUEST.fullmatch(line):
             raise alg.ProtocolViolation("an HTTP request on the FTP control port (NAT Slipstreaming?)")
         verb = line[:5].upper()
         if verb == b"PORT " and seg.flow.l3 == 4:
@@ -182,8 +185,8 @@ class FtpHelper(alg.Helper):
                 return (Notice("malformed", "EPRT address"),)
             port = int(m["port"])
             return self._expect(addr, port, seg, (m.start("addr"), m.end("port") - m.start("addr")),
-                                (Rewrite(m.start("addr"), len(m["addr"]), addr, None, Form.ADDR),
-                                 Rewrite(m.start("port"), len(m["port"]), addr, port, Form.PORT)))
+                                lambda: (Rewrite(m.start("addr"), len(m["addr"]), addr, None, Form.ADDR),
+                                         Rewrite(m.start("port"), len(m["port"]), addr, port, Form.PORT)))
         if line[:8].upper() == b"AUTH TLS" or line[:8].upper() == b"AUTH SSL":
             state.auth_requested = True
         return ()
@@ -200,7 +203,7 @@ class FtpHelper(alg.Helper):
                 return (Notice("malformed", "229"),)
             port = int(m["port"])
             return self._expect(seg.sender, port, seg, (m.start("port"), len(m["port"])),
-                                (Rewrite(m.start("port"), len(m["port"]), seg.sender, port, Form.PORT),))
+                                lambda: (Rewrite(m.start("port"), len(m["port"]), seg.sender, port, Form.PORT),))
         if state.auth_requested and code[:3] in (b"234",):
             state.encrypted = True
             return (Notice("tls", "control channel encrypted, no longer inspected"),)
@@ -209,18 +212,22 @@ class FtpHelper(alg.Helper):
         return ()
 
     def _six(self, m: re.Match, seg: alg.Segment) -> tuple:
-        n = [int(x) for x in m.groups()]
-        if any(x > 255 for x in n):
+        h1, h2, h3, h4, p1, p2 = map(int, m.groups())
+        if max(h1, h2, h3, h4, p1, p2) > 255:
             return (Notice("malformed", "number above 255"),)
-        addr, port = ipaddress.IPv4Address(bytes(n[:4])), n[4] * 256 + n[5]
+        value, port = h1 << 24 | h2 << 16 | h3 << 8 | h4, p1 * 256 + p2
+        sender = seg.sender
+        # the sender's own address (as it must be, unless `loose`): its object, not a new one
+        addr = sender if sender.version == 4 and int(sender) == value else ipaddress.IPv4Address(value)
         where = (m.start(), m.end() - m.start())
         six = (m.start(1), m.end(6) - m.start(1))  # PORT's match takes the line's end too
-        return self._expect(addr, port, seg, where, (Rewrite(*six, addr, port, Form.FTP),))
+        return self._expect(addr, port, seg, where, lambda: (Rewrite(*six, addr, port, Form.FTP),))
 
     def _expect(self, addr: alg.IPAddress, port: int, seg: alg.Segment, where: tuple[int, int],
-                rewrites: tuple) -> tuple:
+                rewrites: Callable[[], tuple]) -> tuple:
         """The data connection's expectation; under NAT, the spans that name it (the
-        core writes the outside endpoint there, as the kernel's nf_nat_ftp)."""
+        core writes the outside endpoint there, as the kernel's nf_nat_ftp): `rewrites`
+        makes them, only then."""
         if not 0 < port < 65536:
             return (Notice("bad-port", str(port)),)
         if addr.version != seg.flow.l3:
@@ -229,7 +236,7 @@ class FtpHelper(alg.Helper):
             if not self.options["loose"]:
                 return (Notice("address-mismatch", f"{addr} advertised by {seg.sender}"),)
         expect = Expect("ftp", TCP, seg.receiver, addr, None, port, where=(where,))
-        return (expect, *rewrites) if seg.nat is not None else (expect,)
+        return (expect, *rewrites()) if seg.nat is not None else (expect,)
 
 
 @alg.hookimpl

@@ -7,7 +7,9 @@ flow's record from the helper's private data), lets the engine inspect the
 packet, carries out what it decides through the sink, and gives the verdict,
 with the flow's record (NFQA_CT) and an expectation for a master not yet
 confirmed (NFQA_EXP) when there are. Every packet gets its verdict, whatever
-happens on the way. Verdicts of one batch leave in one system call.
+happens on the way. Verdicts of one batch leave in one system call. A bare TCP
+acknowledgement of a flow under way has nothing for anyone: it is accepted at
+once, uninspected (not counted in the helper's `packets`).
 
 On a kernel whose queues cannot carry the conntrack (no
 CONFIG_NETFILTER_NETLINK_GLUE_CT: `--no-cthelper` with plain NFQUEUE rules)
@@ -21,17 +23,24 @@ import logging
 import time
 from typing import Any, Callable, Protocol
 
-from ..decode import TCP_SYN, DecodeError, Packet, decode_ip
+from ..decode import TCP_SYN, DecodeError, Packet, decode_ip, tcp_without_data
 from ..engine import Create, Delete, Engine, HelperSlot, Mangle, RateLimitedLog, Remember
 from ..expect import Expectation
 from ..flows import FlowRecord, KernelView
 from ..kernel.ctnetlink import IPS_CONFIRMED, IPS_EXPECTED, exp_body
-from ..kernel.nfqueue import IP_CT_IS_REPLY, IP_CT_NEW, IP_CT_RELATED, Conntrack, CtTuple, pack_ct_help
+from ..kernel.nfqueue import (IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_IS_REPLY, IP_CT_NEW, IP_CT_RELATED,
+                              Conntrack, CtTuple, pack_ct_help)
 from ..model import TCP, Direction, FlowTuple, NatMap
 from ..nat import RewriteError, mangle
 from .sink import KernelSink
 
 log = logging.getLogger("alg.daemon")
+# A bare TCP acknowledgement of a flow the kernel has seen both ways (ctinfo ESTABLISHED, either
+# direction) leaves everything as it was: no bytes for the helper, no stream moved, nothing for the
+# conntrack's record. Such packets (a third of a control channel's) get their accept at once, with
+# none of the conntrack's decoding, the engine's flow lookup or the helper. A NEW or RELATED one is
+# not let by: it may be the first alg sees of its flow (and opens it, as a mid-stream pickup).
+_GOING_ON = frozenset((IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY))
 
 
 class QueuePort(Protocol):
@@ -92,23 +101,33 @@ class QueueWorker:
         return self.queue.fileno()
 
     def serve(self, max_packets: int = 256) -> int:
-        """Handle what waits in the queue (one batch); returns how many packets."""
+        """Handle what waits in the queue (one batch); returns how many packets.
+
+        The clock is read per batch, not per packet: the batch's packets are inspected at
+        one `now`, and each is held from the batch's start until its verdict leaves with
+        the others' (three clock reads a batch; under emulation a read is not free)."""
         packets = self.queue.receive(max_packets)
+        if not packets:
+            return 0
+        t0 = time.perf_counter()
+        now = self.clock()
         later: list[Expectation] = []
         for qp in packets:
-            self.handle(qp, later)
+            self.handle(qp, later, now)
         self.queue.flush()  # the batch's verdicts in one system call
+        held = time.perf_counter() - t0
+        self.stats.held += held * len(packets)
+        self.stats.held_max = max(self.stats.held_max, held)
         for e in later:
             self.sink.after_verdict(e)
         return len(packets)
 
-    def handle(self, qp: Any, later: list[Expectation]) -> None:
-        t0 = time.perf_counter()
+    def handle(self, qp: Any, later: list[Expectation], now: float) -> None:
         accept, record, attach, payload = True, None, None, None
         try:
             slot = self.engine.slots.get(self.helper)
-            if slot is not None:
-                accept, record, attach, payload = self._inspect(qp, slot, later)
+            if slot is not None and not (qp.ctinfo in _GOING_ON and tcp_without_data(qp.payload)):
+                accept, record, attach, payload = self._inspect(qp, slot, later, now)
         except Exception as exc:  # never leave a packet without a verdict
             self.stats.queue_errors += 1
             self.warn(logging.ERROR, "packet", "error handling a packet of %s: %s: %s",
@@ -120,11 +139,8 @@ class QueueWorker:
         except Exception as exc:
             self.stats.queue_errors += 1
             self.warn(logging.ERROR, "verdict", "verdict failed: %s", exc)
-        held = time.perf_counter() - t0
-        self.stats.held += held
-        self.stats.held_max = max(self.stats.held_max, held)
 
-    def _inspect(self, qp: Any, slot: HelperSlot, later: list[Expectation]) -> tuple:
+    def _inspect(self, qp: Any, slot: HelperSlot, later: list[Expectation], now: float) -> tuple:
         """(accept, NFQA_CT, NFQA_EXP, NFQA_PAYLOAD) for the packet's verdict."""
         try:
             pkt = decode_ip(qp.payload)
@@ -141,7 +157,7 @@ class QueueWorker:
         # the kernel keeps no record for a conntrack an expectation created, and
         # fails the whole NFQA_CT (and with it NFQA_EXP) for another helper's name
         keep = not view.expected and qp.ct is not None and qp.ct.helper == self.helper
-        for d in self.engine.process(pkt, self.clock(), slot=slot, view=view):
+        for d in self.engine.process(pkt, now, slot=slot, view=view):
             if isinstance(d, Remember):
                 if keep:
                     record = pack_ct_help(self.helper, d.record.pack())

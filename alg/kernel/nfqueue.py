@@ -49,6 +49,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 from ..errors import KernelError
 from ..model import FlowTuple
@@ -166,8 +167,10 @@ class Conntrack:
     zone: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class QueuedPacket:
+class QueuedPacket(NamedTuple):
+    """One packet as the queue handed it over. A named tuple (immutable, as a frozen dataclass,
+    but made in a fifth of the time): there is one per queued packet."""
+
     queue: int
     id: int
     hook: int  # NF_INET_* hook the packet was queued from
@@ -242,27 +245,47 @@ def _u32(b, span: tuple[int, int] | None, default):
     return _BE32.unpack_from(b, span[0])[0]
 
 
+# the attributes of a conntrack alg reads, in the order decode_conntrack unpacks their spans
+_CT_READ = {t: i for i, t in enumerate((CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_ID, CTA_HELP,
+                                        CTA_TUPLE_MASTER, CTA_MARK, CTA_ZONE))}
+
+
 def decode_conntrack(b, span: tuple[int, int]) -> Conntrack:
-    """ctnetlink conntrack attributes in b[span] (NFQA_CT, or a CT_NEW answer). Raises ValueError."""
-    a = _attrs(b, *span)
-    if CTA_TUPLE_ORIG not in a or CTA_TUPLE_REPLY not in a:
+    """ctnetlink conntrack attributes in b[span] (NFQA_CT, or a CT_NEW answer). Raises ValueError.
+
+    One pass over the attributes (of an attribute given twice the last counts), then the ones
+    alg reads are decoded: a TCP flow's NFQA_CT differs from packet to packet (its timeout, its
+    protocol state, the helper's private data), so this runs for most of its packets."""
+    off, end = span
+    spans: list[tuple[int, int] | None] = [None] * len(_CT_READ)
+    while off + 4 <= end:
+        n, t = _NLA.unpack_from(b, off)
+        if n < 4 or off + n > end:
+            raise ValueError(f"bad attribute length {n} at {off}")
+        i = _CT_READ.get(t & _NLA_TYPE_MASK)
+        if i is not None:
+            spans[i] = (off + 4, off + n)
+        off += (n + 3) & ~3
+    orig, reply, status, ct_id, help_, master, mark, zone = spans
+    if orig is None or reply is None:
         raise ValueError("NFQA_CT without both tuples")
     helper = info = None
-    if CTA_HELP in a:
-        h = _attrs(b, *a[CTA_HELP])
+    if help_ is not None:
+        h = _attrs(b, *help_)
         if CTA_HELP_NAME in h:
-            s, e = h[CTA_HELP_NAME]
-            helper = bytes(b[s:e]).split(b"\0", 1)[0].decode("ascii", "replace")
+            helper = _helper_name(bytes(b[slice(*h[CTA_HELP_NAME])]))
         if CTA_HELP_INFO in h:
-            s, e = h[CTA_HELP_INFO]
-            info = bytes(b[s:e])
-    zone = a.get(CTA_ZONE)
+            info = bytes(b[slice(*h[CTA_HELP_INFO])])
     if zone is not None and zone[1] - zone[0] < 2:
         raise ValueError("short CTA_ZONE")
-    return Conntrack(_tuple(b, a[CTA_TUPLE_ORIG]), _tuple(b, a[CTA_TUPLE_REPLY]), _u32(b, a.get(CTA_STATUS), 0),
-                     _u32(b, a.get(CTA_ID), None), helper, info,
-                     _tuple(b, a[CTA_TUPLE_MASTER]) if CTA_TUPLE_MASTER in a else None,
-                     _u32(b, a.get(CTA_MARK), 0), _BE16.unpack_from(b, zone[0])[0] if zone else 0)
+    return Conntrack(_tuple(b, orig), _tuple(b, reply), _u32(b, status, 0), _u32(b, ct_id, None), helper, info,
+                     _tuple(b, master) if master is not None else None,
+                     _u32(b, mark, 0), _BE16.unpack_from(b, zone[0])[0] if zone else 0)
+
+
+@lru_cache(maxsize=64)
+def _helper_name(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
 
 
 # raw NFQA_CT kept decoded: the packets of a flow within a second (CTA_TIMEOUT counts
@@ -273,6 +296,9 @@ _CONNTRACKS_MAX = 1024
 @lru_cache(maxsize=_CONNTRACKS_MAX)
 def _conntrack(raw: bytes) -> Conntrack:
     return decode_conntrack(raw, (0, len(raw)))
+
+
+_U32_ATTRS = frozenset((NFQA_CT_INFO, NFQA_MARK, NFQA_CAP_LEN))
 
 
 def parse_packet(msg_payload) -> QueuedPacket:
@@ -295,18 +321,22 @@ def parse_packet(msg_payload) -> QueuedPacket:
         t &= _NLA_TYPE_MASK
         if t == NFQA_PAYLOAD:
             payload = bytes(b[off + 4:off + n])
+        elif t == NFQA_CT:
+            ct = _conntrack(bytes(b[off + 4:off + n]))
         elif t == NFQA_PACKET_HDR:
             if n < 4 + _PKT_HDR.size:
                 raise ValueError("short NFQA_PACKET_HDR")
             hdr = _PKT_HDR.unpack_from(b, off + 4)
-        elif t == NFQA_CT:
-            ct = _conntrack(bytes(b[off + 4:off + n]))
-        elif t == NFQA_CT_INFO:
-            ctinfo = _u32(b, (off + 4, off + n), None)
-        elif t == NFQA_MARK:
-            mark = _u32(b, (off + 4, off + n), 0)
-        elif t == NFQA_CAP_LEN:
-            cap_len = _u32(b, (off + 4, off + n), 0)
+        elif t in _U32_ATTRS:
+            if n < 8:
+                raise ValueError("short 32-bit attribute")
+            v = _BE32.unpack_from(b, off + 4)[0]
+            if t == NFQA_CT_INFO:
+                ctinfo = v
+            elif t == NFQA_MARK:
+                mark = v
+            else:
+                cap_len = v
         off += (n + 3) & ~3
     if hdr is None:
         raise ValueError("NFQNL_MSG_PACKET without NFQA_PACKET_HDR")
@@ -396,12 +426,18 @@ def pack_ct_help(helper_name: str, info: bytes) -> bytes:
     expectation (one with a master) is left alone even under the same name: its private
     data cannot be set this way. Failures are not reported: the verdict still applies.
     """
+    if len(info) > NF_CT_HELPER_DATA_MAX:
+        raise ValueError(f"helper private data of {len(info)} bytes (at most {NF_CT_HELPER_DATA_MAX})")
+    return L.nest(CTA_HELP, _help_name(helper_name), L.nla(CTA_HELP_INFO, bytes(info)))
+
+
+@lru_cache(maxsize=64)
+def _help_name(helper_name: str) -> bytes:
+    """CTA_HELP_NAME of a helper (the same few names, one per packet whose record changes)."""
     name = helper_name.encode("ascii")
     if not 0 < len(name) < NF_CT_HELPER_NAME_LEN or b"\0" in name:
         raise ValueError(f"helper name {helper_name!r}: 1 to {NF_CT_HELPER_NAME_LEN - 1} characters")
-    if len(info) > NF_CT_HELPER_DATA_MAX:
-        raise ValueError(f"helper private data of {len(info)} bytes (at most {NF_CT_HELPER_DATA_MAX})")
-    return L.nest(CTA_HELP, L.nla(CTA_HELP_NAME, name + b"\0"), L.nla(CTA_HELP_INFO, bytes(info)))
+    return L.nla(CTA_HELP_NAME, name + b"\0")
 
 
 # ---------------------------------------------------------------- recvmmsg(2)
