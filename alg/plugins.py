@@ -85,10 +85,16 @@ class Source:
                 "version": self.version}
 
 
-def _entry_point_source(ep: importlib.metadata.EntryPoint) -> Source:
+def _entry_point_source(ep: importlib.metadata.EntryPoint, seen: dict[int, tuple[str, str]]) -> Source:
+    """`seen`: name and version by distribution, read once each: every read of `metadata` (and
+    `version`) parses the whole METADATA file again, alg's README included, once per entry point."""
     dist = getattr(ep, "dist", None)
-    name = dist.metadata["Name"] if dist is not None else None
-    version = dist.version if dist is not None else None
+    name = version = None
+    if dist is not None:
+        if id(dist) not in seen:
+            meta = dist.metadata
+            seen[id(dist)] = (meta["Name"], meta["Version"])
+        name, version = seen[id(dist)]
     return Source(ep.name, name, version, builtin=name is not None and name.lower() == OWN_DISTRIBUTION)
 
 
@@ -173,6 +179,7 @@ def load_plugins(extra: Iterable[object] = (), entry_points: bool = True) -> Plu
     host = PluginHost(pm)
     if entry_points:
         only, blocked = _split_env("ALG_PLUGINS"), _split_env("ALG_BLOCK_PLUGINS")
+        dists: dict[int, tuple[str, str]] = {}  # the entry points' distributions, alive while this runs
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             if ep.name in blocked or (only and ep.name not in only):
                 continue
@@ -184,7 +191,7 @@ def load_plugins(extra: Iterable[object] = (), entry_points: bool = True) -> Plu
                 host.blocked[ep.name] = f"{type(exc).__name__}: {exc}"
                 log.error("plugin %s failed to load: %s", ep.name, exc)
                 pm.set_blocked(ep.name)
-            host.sources[ep.name] = _entry_point_source(ep)
+            host.sources[ep.name] = _entry_point_source(ep, dists)
     for plugin in extra:
         _register(pm, plugin, getattr(plugin, "__name__", None) or type(plugin).__name__)
     _check_pending(pm)
