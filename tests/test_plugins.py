@@ -350,7 +350,7 @@ def test_the_plugin_guide_documents_every_hook_and_public_name():
     assert "docs/plugins.md" in (ROOT / "README.md").read_text()  # linked from the README
 
 
-def _dist(folder: Path, name: str, entry_points: str, meta: str = "METADATA", headers: str = "") -> None:
+def _dist(folder: Path, entry_points: str, meta: str = "METADATA", headers: str = "") -> None:
     folder.mkdir(parents=True)
     (folder / "entry_points.txt").write_text(entry_points)
     (folder / meta).write_text(f"Metadata-Version: 2.1\n{headers}\nName: not a header (the description)\n")
@@ -364,11 +364,11 @@ def test_entry_points_are_read_as_importlib_metadata_reads_them(tmp_path, monkey
     from alg.plugins import Source, find_entry_points
 
     a, b = tmp_path / "a", tmp_path / "b"
-    _dist(a / "My_Plugin-1.0.dist-info", "My-Plugin", "[alg.helpers]\nmine = mymod:Outer.Inner [extra]\n"
+    _dist(a / "My_Plugin-1.0.dist-info", "[alg.helpers]\nmine = mymod:Outer.Inner [extra]\n"
           "# a comment\n[other.group]\nx = y\n", headers="Name: My-Plugin\nVersion: 1.0")
-    _dist(b / "my.plugin-2.0.dist-info", "my.plugin", "[alg.helpers]\nshadowed = gone\n",
+    _dist(b / "my.plugin-2.0.dist-info", "[alg.helpers]\nshadowed = gone\n",
           headers="Name: my.plugin\nVersion: 2.0")
-    _dist(b / "old-3.egg-info", "old", "[alg.helpers]\nold = oldmod\n", meta="PKG-INFO", headers="Name: old\nVersion: 3")
+    _dist(b / "old-3.egg-info", "[alg.helpers]\nold = oldmod\n", meta="PKG-INFO", headers="Name: old\nVersion: 3")
     (b / "bare-1.dist-info").mkdir()  # no entry points
     (a / "mymod.py").write_text("class Outer:\n    class Inner:\n        pass\n")
     path = [str(a), str(b), str(tmp_path / "missing")]
