@@ -5,7 +5,6 @@ for the plugin contract and `alg.testing` for the harness to test a helper.
 """
 
 from .errors import AlgError, ConfigError, KernelError, PluginError, ProtocolViolation
-from .engine import ExpectationEvent
 from .hookspecs import hookimpl
 from .model import (
     EXPECT_CLASSES_MAX, EXPECT_F_INACTIVE, EXPECT_F_PERMANENT, EXPECT_F_USERSPACE, EXPECT_MAX_MAX, HELPER_NAME_MAX,
@@ -23,3 +22,13 @@ __all__ = [
     "Option", "Outcome", "Parsed", "Resync", "Segment", "Unexpect", "check_networks", "ip", "parse_networks",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # ExpectationEvent lives in the engine, which imports decode, flows, expect and nat: loaded on
+    # first use, so that the helpers' `import alg` and the CLI's status, rules, doctor do not pay
+    # for them (each import costs seconds of start-up in a slow, emulated guest)
+    if name == "ExpectationEvent":
+        from .engine import ExpectationEvent
+        return ExpectationEvent
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

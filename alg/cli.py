@@ -10,10 +10,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from .engine import Engine, make_slots
 from .errors import AlgError, ConfigError, PluginError
 from .model import PROTO_NAMES
-from .pcap import CaptureError
 from .plugins import PluginHost, load_plugins
 from .policy import FAMILY_NAMES, Policy, default_policy, load_policy, policy_file_text, port_clashes
 
@@ -34,7 +32,9 @@ def resolve_policy(host: PluginHost, paths: Sequence[str] | None, *, only_listed
 
 
 def cmd_replay(args: argparse.Namespace, host: PluginHost) -> int:
+    from .engine import Engine, make_slots
     from .nat import NatRules
+    from .pcap import CaptureError
     from .replay import Progress, ReplayResult, replay_found, rewrite_row, row, summary
 
     policy = resolve_policy(host, args.policy, only_listed=False)

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from . import doctor, rules
+# doctor and rules are imported by their commands: `alg status` and `alg run` need neither
 from .errors import AlgError
 from .plugins import PluginHost
 from .policy import instance_policies, port_clashes
@@ -88,6 +88,8 @@ def cmd_status(args: argparse.Namespace, host: PluginHost) -> int:
 
 
 def cmd_rules(args: argparse.Namespace, host: PluginHost) -> int:
+    from . import rules
+
     policy = _policy(host, args)
     helpers = [h for h in policy.helpers.values() if h.enabled and (not args.helper or h.name in args.helper)]
     if args.helper and {h.name for h in helpers} != set(args.helper):
@@ -117,6 +119,7 @@ def cmd_rules(args: argparse.Namespace, host: PluginHost) -> int:
 
 def cmd_doctor(args: argparse.Namespace, host: PluginHost) -> int:
     """Print every check; one the caller may not run fails with the reason (exit 1 if any failed)."""
+    from . import doctor
     from .daemon import read_status
     from .kernel.cthelper import Cthelper
     from .kernel.ctnetlink import Ctnetlink

@@ -11,13 +11,9 @@ check functions themselves are pure and tested with fake answers.
 from __future__ import annotations
 
 import errno as E
-import gzip
 import math
 import os
 import re
-import shlex
-import shutil
-import subprocess
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -98,6 +94,10 @@ def _module_present(root: str, module: str) -> bool:
 
 def kernel_config(root: str = "/") -> tuple[dict[str, str], str] | None:
     """The running kernel's build options ("y", "m" or "n") and where they were read, if available."""
+    # gzip here, shlex and subprocess where used: every alg command imports this module (alg.ha, for its
+    # sub-command, uses its checks), and most never read a kernel config nor run iptables-save
+    import gzip
+
     for path in ("proc/config.gz", f"boot/config-{os.uname().release}"):
         full = os.path.join(root, path)
         try:
@@ -268,6 +268,8 @@ _RAW_HOOKS = ("PREROUTING", "OUTPUT")  # the raw table's built-in chains: where 
 def parse_iptables_save(text: str) -> list[CtRule]:
     """CT --helper rules of the raw table in iptables-save / ip6tables-save output, in the built-in
     chains or in a chain reached from them (alg's own `alg-helpers`): a rule nothing jumps to is dead."""
+    import shlex
+
     rules, table = [], ""
     for line in text.splitlines():
         if line.startswith("*"):
@@ -450,6 +452,9 @@ def check_daemon(status: dict[str, Any] | None) -> list[Check]:
 
 def ruleset() -> Answer:
     """Helper-assigning rules from iptables-save, ip6tables-save and nft (Answer.value: list[CtRule])."""
+    import shutil
+    import subprocess
+
     if not has_net_admin():
         return Answer(None, E.EPERM, NEEDS_ADMIN)
     found: list[CtRule] = []

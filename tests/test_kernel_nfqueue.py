@@ -28,6 +28,10 @@ from netns import CLIENT4, SERVER4, Net
 
 from alg.kernel.nfqueue import conntrack_glue
 
+# the peers that need only the standard library start without site-packages: in the lab VM (9p, TCG) the
+# site start-up (the .pth files) costs seconds per process, several times what the script itself takes
+STDLIB_PY = (sys.executable, "-I", "-S")
+
 pytestmark = pytest.mark.kernel
 
 QUEUE_ONE = f"""
@@ -57,13 +61,13 @@ def test_our_verdict_passes_the_first_packet(kernel_ok: None, mode: str) -> None
     with Net(f"alg-vq{mode[0]}") as net:
         net.fw("iptables", "-t", "raw", "-A", "PREROUTING", "-p", "tcp", "--dport", "21", "-j", "CT", "--helper", "ftp")
         net.fw("iptables", "-A", "FORWARD", "-p", "tcp", "--dport", "21", "--syn", "-j", "NFQUEUE", "--queue-num", "9")
-        srv = net.popen("srv", sys.executable, "-c", "import socket,time; s=socket.create_server(('', 21)); "
+        srv = net.popen("srv", *STDLIB_PY, "-c", "import socket,time; s=socket.create_server(('', 21)); "
                         "print('ready', flush=True); c=s.accept(); time.sleep(5)", stdout=subprocess.PIPE, text=True)
         q = net.popen("fw", sys.executable, "-c", QUEUE_ONE, mode, stdout=subprocess.PIPE, text=True)
         try:  # both listening before the client dials (a loaded machine starts Python slowly)
             assert srv.stdout.readline().strip() == "ready"
             assert q.stdout.readline().strip() == "ready"
-            net.cli(sys.executable, "-c", f"import socket; socket.create_connection(('{SERVER4}', 21), timeout=5)")
+            net.cli(*STDLIB_PY, "-c", f"import socket; socket.create_connection(('{SERVER4}', 21), timeout=5)")
             q.wait(timeout=10)
             established = net.fw("conntrack", "-L", "-p", "tcp", "--dport", "21").stdout
         finally:
@@ -183,7 +187,7 @@ def run_flow(prefix: str, tmp_path, n: int, qlen: int, plan: str, size: int, rcv
         # and a packet without conntrack has no NFQA_CT to hand over
         net.fw("iptables", "-A", "FORWARD", "-p", "udp", "--dport", "5060", "-m", "conntrack", "--ctstate",
                "NEW,ESTABLISHED", "-j", "NFQUEUE", "--queue-num", "12")
-        sink = net.popen("srv", sys.executable, "-c", SINK, "5", stdout=subprocess.PIPE, text=True)
+        sink = net.popen("srv", *STDLIB_PY, "-c", SINK, "5", stdout=subprocess.PIPE, text=True)
         reader = net.popen("fw", sys.executable, "-c", READER, "12", str(n), str(qlen), plan, rcvbuf, how,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={"PYTHONPATH": str(tmp_path)})
         try:
@@ -191,7 +195,7 @@ def run_flow(prefix: str, tmp_path, n: int, qlen: int, plan: str, size: int, rcv
             hello = reader.stdout.readline()
             assert hello, reader.stderr.read()
             assert json.loads(hello)["conntrack"] == conntrack_glue()  # this host: False, the fallback
-            net.cli(sys.executable, "-c", SEND, str(n), str(size), timeout=60)
+            net.cli(*STDLIB_PY, "-c", SEND, str(n), str(size), timeout=60)
             line = reader.stdout.readline()
             assert line, reader.stderr.read()
             report = json.loads(line)
@@ -294,7 +298,7 @@ def test_conntrack_and_private_data_through_a_userspace_helper(kernel_ok: None) 
                                    stderr=subprocess.PIPE, text=True)
                 hello = reader.stdout.readline()
                 assert hello and json.loads(hello)["conntrack"] is True, reader.stderr.read()
-                net.cli(sys.executable, "-c", "import socket, time; s = socket.socket(socket.AF_INET, "
+                net.cli(*STDLIB_PY, "-c", "import socket, time; s = socket.socket(socket.AF_INET, "
                         f"socket.SOCK_DGRAM); s.bind(('', 40000)); s.sendto(b'one', ('{SERVER4}', 5060)); "
                         f"time.sleep(0.3); s.sendto(b'two', ('{SERVER4}', 5060))")
                 line = reader.stdout.readline()
@@ -388,10 +392,10 @@ def test_a_longer_tcp_segment_keeps_the_stream_whole_only_with_its_conntrack(ker
                        "MASQUERADE")
                 reader = net.popen("fw", sys.executable, "-c", SEQ_READER, verdict, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
-                server = net.popen("srv", sys.executable, "-c", SEQ_SERVER, stdout=subprocess.PIPE, text=True)
+                server = net.popen("srv", *STDLIB_PY, "-c", SEQ_SERVER, stdout=subprocess.PIPE, text=True)
                 assert reader.stdout.readline().strip() == "ready", reader.stderr.read()
                 assert server.stdout.readline().strip() == "ready"
-                net.cli(sys.executable, "-c", SEQ_CLIENT, SERVER4, check=False, timeout=60)
+                net.cli(*STDLIB_PY, "-c", SEQ_CLIENT, SERVER4, check=False, timeout=60)
                 line = server.stdout.readline()
                 assert line, "the server said nothing"
                 got = json.loads(line)

@@ -55,3 +55,53 @@ watch_start() {  # FILE: expectation events in lab-fw
     sleep 0.3
 }
 watch_stop() { sleep 0.3; kill -INT "$EW_PID" 2>/dev/null; wait "$EW_PID" 2>/dev/null; EW_PID=; }
+
+# A Python start with alg's imports (any `alg` command) costs seconds in the TCG guest: where a scenario
+# only needs the daemon's status document, or to know it is up, it reads the status socket with the
+# system Python, without site-packages.
+# alg_status_json SOCKET: the status document of the alg run answering on SOCKET (the data of
+# `alg status --socket SOCKET --format json`, on one line); status 1 if nothing answers
+alg_status_json() {
+    /usr/bin/python3 -I -S -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+sys.stdout.buffer.write(b"".join(iter(lambda: s.recv(65536), b"")) + b"\n")' "$1" 2>/dev/null
+}
+# alg_wait_ready PID SOCKET [SECONDS]: until the alg run PID answers on its status socket (bound after
+# its helpers are registered and its queues bound), at most SECONDS (180); status 1 if it exited first
+alg_wait_ready() {
+    local pid=$1 sock=$2 until=$((SECONDS + ${3:-180}))
+    while [ $SECONDS -lt $until ]; do
+        kill -0 "$pid" 2>/dev/null || return 1
+        [ -S "$sock" ] && alg_status_json "$sock" >/dev/null && return 0
+        sleep 0.2
+    done
+    return 1
+}
+# policy_socket DIR: the status socket a policy directory names ([core] status_socket, else the default)
+policy_socket() {
+    local s
+    s=$(sed -n 's/^status_socket *= *"\(.*\)"$/\1/p' "$1"/*.toml 2>/dev/null | tail -1)
+    echo "${s:-/run/alg/alg.sock}"
+}
+# helpers_left NAME...: some of these helpers are still registered with the kernel (nfct), so that a
+# scenario's exit runs `alg cleanup` only after an alg that did not remove its own
+helpers_left() {
+    local list n
+    list=$(nfct list helper 2>/dev/null) || return 0  # cannot tell: clean up
+    list=$(tr -s '\t\n' ' ' <<<"$list" | grep -o 'name = [^,]*' | sed 's/name = //')
+    for n in "$@"; do grep -qx "$n" <<<"$list" && return 0; done
+    return 1
+}
+# listening NS udp|tcp PORT: until something listens on PORT in NS (a SIPp UAS that has started, where a
+# fixed second was slept; generous: at most 20 s, then the caller goes on and SIPp's retransmissions cover it)
+listening() {
+    local f=-Hln _; [ "$2" = tcp ] && f+=t || f+=u
+    for _ in $(seq 100); do
+        [ -n "$(ip netns exec "$1" ss $f "sport = :$3" 2>/dev/null)" ] && return 0
+        sleep 0.2
+    done
+    return 1
+}

@@ -20,17 +20,14 @@ sip_policy() {
     [ -f "$ALG_ROOT/policies/alg.toml" ] && cp "$ALG_ROOT/policies/alg.toml" "$dir/" || true
 }
 
-# sip_alg_start POLICY_DIR LOG: alg run in fw, wait until it answers `alg status`
+# sip_alg_start POLICY_DIR LOG: alg run in fw, wait until it answers on its status socket
+# (alg_wait_ready: read without a Python start of alg's own, which would compete with alg run's)
 sip_alg_start() {
     # not through lab_fw: $! must be alg itself (ip netns exec execs it), so SIGTERM reaches it
     ip netns exec "$LAB_NS_FW" "$ALG" run --policy "$1" >>"$2" 2>&1 &
     ALG_PID=$!
-    local i
-    for i in $(seq 1 120); do
-        if ! kill -0 "$ALG_PID" 2>/dev/null; then echo "alg run exited; log:" >&2; tail -20 "$2" >&2; ALG_PID=; return 1; fi
-        lab_fw "$ALG" status >/dev/null 2>&1 && return 0
-        sleep 0.5
-    done
+    alg_wait_ready "$ALG_PID" "$(policy_socket "$1")" 300 && return 0
+    kill -0 "$ALG_PID" 2>/dev/null || { echo "alg run exited; log:" >&2; tail -20 "$2" >&2; ALG_PID=; }
     return 1
 }
 
@@ -44,11 +41,24 @@ sip_alg_stop() {
     ALG_PID=
 }
 
+# sip_rules_start POLICY_DIR: `alg rules` for sip_rules computed in the background (meanwhile alg run
+# starts: each is a Python start with alg's imports, seconds under TCG)
+SIP_RULES_PID=
+sip_rules_start() {
+    "$ALG" rules --iptables --policy "$1" >"$LAB_SCRATCH/sip-rules.txt" 2>"$LAB_SCRATCH/sip-rules.err" &
+    SIP_RULES_PID=$!
+}
+
 # sip_rules POLICY_DIR: apply `alg rules --iptables` in fw (command lines or
-# iptables-restore input, whichever alg prints)
+# iptables-restore input, whichever alg prints); sip_rules_start's if it ran
 sip_rules() {
     local rules line
-    rules=$(lab_fw "$ALG" rules --iptables --policy "$1" 2>/dev/null) || rules=$(lab_fw "$ALG" rules --iptables) || return 1
+    if [ -n "$SIP_RULES_PID" ] && wait "$SIP_RULES_PID"; then
+        rules=$(<"$LAB_SCRATCH/sip-rules.txt")
+    else
+        rules=$(lab_fw "$ALG" rules --iptables --policy "$1" 2>/dev/null) || rules=$(lab_fw "$ALG" rules --iptables) || return 1
+    fi
+    SIP_RULES_PID=
     printf '%s\n' "$rules" >"$LAB_SCRATCH/sip-rules.txt"
     if printf '%s\n' "$rules" | grep -q '^\*raw'; then
         # family-agnostic restore input: both families (IPv6 SIP needs the raw rules too)
@@ -75,7 +85,7 @@ count_rule() {
 # the namespace's own address) to DST:PORT, from one Python process
 media() {
     local ns=$1 dst=$2 port=$3; shift 3
-    ip netns exec "$ns" "${LAB_HOST_PYTHON:-python3}" - "$dst" "$port" "$@" <<'EOF'
+    ip netns exec "$ns" "${LAB_HOST_PYTHON:-python3}" -I -S - "$dst" "$port" "$@" <<'EOF'
 import socket, sys
 dst, port, srcs = sys.argv[1], int(sys.argv[2]), sys.argv[3:] or [None]
 fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
@@ -91,7 +101,7 @@ EOF
 # sends to many destinations: media_to NS PORT DST...
 media_to() {
     local ns=$1 port=$2; shift 2
-    ip netns exec "$ns" "${LAB_HOST_PYTHON:-python3}" - "$port" "$@" <<'EOF'
+    ip netns exec "$ns" "${LAB_HOST_PYTHON:-python3}" -I -S - "$port" "$@" <<'EOF'
 import socket, sys
 port, dsts = int(sys.argv[1]), sys.argv[2:]
 for d in dsts:
@@ -118,7 +128,7 @@ sip_call() {
     lab_srv sipp -sf "$SIPP_DIR/uas-lab.xml" -i "$srv" -p 5060 -t $t -mp 20000 -m 1 $SIPP_PATIENT -timeout 240s \
         "${trace[@]}" >"$OUT/$label-uas.log" 2>&1 &
     uas=$!
-    sleep 1
+    listening "$LAB_NS_SERVER" "$tr" 5060
     lab_cli sipp -sf "$SIPP_DIR/uac-lab.xml" "$uri:5060" -i "$cli" -p 5061 -t $t -mp 16000 -m 1 -s alice \
         -d "$HOLD_MS" $SIPP_PATIENT -timeout 240s >"$OUT/$label-uac.log" 2>&1 &
     uac=$!

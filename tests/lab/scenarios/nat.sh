@@ -42,6 +42,9 @@ source "$ALG_ROOT/tools/sipp/lab-lib.sh"  # pass, fail, check, sip_policy, sip_a
 OUT=$LAB_SCRATCH/nat; RUN=${LAB_RUNDIR:-/run}/alg-lab-nat
 rm -rf "$OUT" "$RUN"; mkdir -p "$OUT" "$RUN/pub" "$RUN/empty"
 PY=${LAB_HOST_PYTHON:-python3}
+# the same Python without site-packages, for the standard-library-only scripts (FTP clients, RTP): in the
+# guest, site's start-up (the .pth files, over 9p, under TCG) costs ~10 s per start, this ~1.5 s
+PYS=("$PY" -I -S)
 PHONES=${PHONES:-40}
 NEG_PHONES=${NAT_NEG_PHONES:-4}
 RATE=${NAT_RATE:-2}  # calls/s: one SIPp process per side; under TCG faster starves the guest and alg (its replies come late, SIPp retransmits and its scenarios take a retransmission for a protocol error)
@@ -51,7 +54,7 @@ SIP_TIMEOUT=${NAT_SIP_TIMEOUT:-$(( HOLD_MS / 1000 + 60 ))}
 PHASES=" ${NAT_PHASES:-kernel alg conntrackd-ftp negative compare} "
 PHASES=${PHASES// kernel / kernel-ftp kernel-sip }; PHASES=${PHASES// alg / alg-ftp alg-sip }
 FTP_FILE=hello.txt
-PIDS=() TCPDUMP_PID=
+PIDS=() TCPDUMP_PID= RULES_PID=
 # Each phone holds about 5 expectations at once (its REGISTER's incoming signalling; RTP and RTCP each
 # way): 40 phones overflow a small guest's default table, and nf_conntrack_sip then DROPS the REGISTER
 # or INVITE it cannot expect for (what sip-pressure.sh shows). This scenario is about rewriting: the fix
@@ -62,10 +65,12 @@ EXPECT_MAX=4096
 cleanup() {
     [ "$OLD_EXPECT_MAX" -lt "$EXPECT_MAX" ] && sysctl -qw net.netfilter.nf_conntrack_expect_max="$OLD_EXPECT_MAX"
     sip_alg_stop
+    [ -n "$RULES_PID" ] && kill "$RULES_PID" 2>/dev/null
     [ -n "$TCPDUMP_PID" ] && kill -INT "$TCPDUMP_PID" 2>/dev/null
     local p; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
     wait 2>/dev/null
-    lab_fw "$ALG" cleanup >/dev/null 2>&1 || true
+    # alg removes its helpers as it stops: `alg cleanup` (a Python start) only after one that could not
+    helpers_left alg-ftp alg-sip && { lab_fw "$ALG" cleanup >/dev/null 2>&1 || true; }
     lab_nat_down
 }
 trap cleanup EXIT
@@ -85,7 +90,7 @@ lab_fw sysctl -qw net.netfilter.nf_conntrack_helper=0 2>/dev/null  # helpers onl
 echo "nf_conntrack_expect_max $(sysctl -n net.netfilter.nf_conntrack_expect_max) (was $OLD_EXPECT_MAX)"
 if lab_pub ip route get "$LAB_PRIV4" >/dev/null 2>&1; then
     fail "nat topology: the public side has a route to the private network"
-elif lab_pub "$PY" -c 'import socket, sys; socket.create_connection((sys.argv[1], 21), timeout=3)' "$LAB_PRIV4" 2>/dev/null; then
+elif lab_pub "${PYS[@]}" -c 'import socket, sys; socket.create_connection((sys.argv[1], 21), timeout=3)' "$LAB_PRIV4" 2>/dev/null; then
     fail "nat topology: the public side reaches the private host"
 else
     pass "nat topology: the public side has no route to $LAB_PRIV4"
@@ -136,9 +141,14 @@ helpers_kernel() {
     lab_fw "$LAB_IPT" -t raw -A PREROUTING -p tcp --dport 21 -m comment --comment lab-helper -j CT --helper ftp &&
     lab_fw "$LAB_IPT" -t raw -A PREROUTING -p udp --dport 5060 -m comment --comment lab-helper -j CT --helper sip
 }
+rules_start() {  # POLICY_DIR: `alg rules` for helpers_alg, in the background (meanwhile alg run starts)
+    "$ALG" rules --iptables --policy "$1" --family 4 >"$OUT/alg-rules.txt" 2>&1 & RULES_PID=$!
+}
 helpers_alg() {  # POLICY_DIR: alg's raw rules only; the gateway's own counted RELATED rules accept
     helpers_none
-    lab_fw "$ALG" rules --iptables --policy "$1" --family 4 >"$OUT/alg-rules.txt" 2>&1 || return 1
+    [ -n "$RULES_PID" ] || rules_start "$1"
+    wait "$RULES_PID" || { RULES_PID=; return 1; }
+    RULES_PID=
     sed -n '/^\*raw/,/^COMMIT/p' "$OUT/alg-rules.txt" | lab_fw "$LAB_IPT-restore" --noflush
 }
 alg_policy() {  # DIR: sip.toml (alg-sip) and ftp.toml (alg-ftp): names the kernel's helpers do not take
@@ -162,7 +172,7 @@ related() { lab_nat_count "related-$1"; }  # in|out
 FTP_TIMEOUT=10  # s per data connection: generous under TCG; 4 where failure is expected
 ftp_client() {  # NS-FUNCTION HOST LOG STEP...: nat_ftp.py in that namespace; its status
     local ns=$1 host=$2 log=$3; shift 3
-    $ns timeout 120 "$PY" "$LAB_DIR/nat_ftp.py" --host "$host" --file "$FTP_FILE" --expect "$RUN/pub/$FTP_FILE" \
+    $ns timeout 120 "${PYS[@]}" "$LAB_DIR/nat_ftp.py" --host "$host" --file "$FTP_FILE" --expect "$RUN/pub/$FTP_FILE" \
         --timeout "$FTP_TIMEOUT" "$@" >"$log" 2>&1
 }
 # ftp_sessions LABEL EXPECT(pass|fail): three control connections, captured in $OUT/ftp-LABEL.pcap
@@ -224,7 +234,7 @@ sip_calls() {
         -timeout "${SIP_TIMEOUT}s" -trace_logs -log_file "$OUT/$label-media.log" -trace_err -error_file "$OUT/$label-uas.err" \
         >"$OUT/$label-uas.out" 2>&1 &
     uas=$!
-    sleep 1
+    listening "$LAB_NS_SERVER" udp 5060
     ip netns exec "$LAB_NS_CLIENT" sipp -sf "$SIPP_DIR/uac-nat.xml" "$LAB_PUB4:5060" -i "$LAB_PRIV4" -t un -max_socket 256 -inf "$OUT/$label-phones.csv" \
         -m "$n" -l "$n" -r "$RATE" -d "$hold" -s outside $SIPP_PATIENT -timeout "${SIP_TIMEOUT}s" \
         -trace_err -error_file "$OUT/$label-phones.err" >"$OUT/$label-phones.out" 2>&1 &
@@ -252,7 +262,7 @@ sip_calls() {
     sleep 2
     # RTP both ways while the calls are up: to what each phone announced, and to the outside end's ports
     grep '^media ' "$OUT/$label-media.log" 2>/dev/null | awk '{print $3, $4}' >"$OUT/$label-targets.txt"
-    ip netns exec "$LAB_NS_SERVER" "$PY" - "$OUT/$label-targets.txt" >"$OUT/$label-rtp-in.log" 2>&1 <<'PY' &
+    ip netns exec "$LAB_NS_SERVER" "${PYS[@]}" - "$OUT/$label-targets.txt" >"$OUT/$label-rtp-in.log" 2>&1 <<'PY' &
 import socket, sys
 sent = failed = 0
 for line in open(sys.argv[1]):
@@ -267,7 +277,7 @@ for line in open(sys.argv[1]):
 print(f"sent {sent} failed {failed}")
 PY
     local m1=$!
-    ip netns exec "$LAB_NS_CLIENT" "$PY" - "$LAB_PUB4" "$n" >"$OUT/$label-rtp-out.log" 2>&1 <<'PY' &
+    ip netns exec "$LAB_NS_CLIENT" "${PYS[@]}" - "$LAB_PUB4" "$n" >"$OUT/$label-rtp-out.log" 2>&1 <<'PY' &
 import socket, sys
 dst, n = sys.argv[1], int(sys.argv[2])
 for i in range(n):  # phone i, from its own audio port, to the outside end's answer for its call
@@ -321,6 +331,7 @@ alg_up() {  # alg run with alg-ftp and alg-sip, its raw rules
     [ -n "$ALG_PID" ] && return 0
     local t=$SECONDS
     alg_policy "$ALG_POLICY"
+    rules_start "$ALG_POLICY"
     sip_alg_start "$ALG_POLICY" "$OUT/alg.log" || { fail "alg run started"; return 1; }
     helpers_alg "$ALG_POLICY" || { fail "alg rules applied (raw)"; return 1; }
     pass "alg run started (alg-ftp, alg-sip), its raw rules applied ($((SECONDS - t)) s)"
@@ -337,7 +348,7 @@ phase_alg_sip() {
     lab_fw conntrack -F >/dev/null 2>&1
     sip_calls alg "$PHONES" 1 "$HOLD_MS"
     sip_verdict alg "$PHONES"
-    lab_fw "$ALG" status >"$OUT/alg-status.txt" 2>&1 || true
+    alg_status_json "$(policy_socket "$ALG_POLICY")" >"$OUT/alg-status.json" || true
 }
 phase_conntrackd_ftp() {
     echo "== (c') reference: conntrackd's userspace ftp helper, its own NAT rewriting"
@@ -391,22 +402,28 @@ phase_negative() {
 }
 phase_compare() {
     echo "== (e) kernel vs alg, field by field (public-side captures)"
-    local proto
+    # each comparison is a Python start with alg's decoder (seconds under TCG): all at once, judged in order
+    local proto rc; local -A pid=()
     for proto in ftp sip; do
-        if [ ! -s "$OUT/$proto-kernel.pcap" ] || [ ! -s "$OUT/$proto-alg.pcap" ]; then
-            fail "compare $proto: both captures needed (NAT_PHASES with kernel-$proto and alg-$proto)"; continue
-        fi
+        [ -s "$OUT/$proto-kernel.pcap" ] && [ -s "$OUT/$proto-alg.pcap" ] || continue
         "$PY" "$LAB_DIR/nat_compare.py" --proto "$proto" "$OUT/$proto-kernel.pcap" "$OUT/$proto-alg.pcap" \
-            >"$OUT/compare-$proto.txt" 2>&1
-        local rc=$?
-        sed 's/^/    /' "$OUT/compare-$proto.txt" | head -60
-        check "compare $proto: alg's rewrites equal the kernel's (but for the listed deliberate differences)" test "$rc" = 0
+            >"$OUT/compare-$proto.txt" 2>&1 & pid[$proto]=$!
     done
     if [ -s "$OUT/ftp-conntrackd.pcap" ]; then
         # its transfers failed, so its sessions went on differently: the rewritten endpoints, in order
         "$PY" "$LAB_DIR/nat_compare.py" --proto ftp --rewrites-only "$OUT/ftp-conntrackd.pcap" "$OUT/ftp-alg.pcap" \
-            >"$OUT/compare-ftp-conntrackd.txt" 2>&1
-        local rc=$?
+            >"$OUT/compare-ftp-conntrackd.txt" 2>&1 & pid[conntrackd]=$!
+    fi
+    for proto in ftp sip; do
+        if [ -z "${pid[$proto]:-}" ]; then
+            fail "compare $proto: both captures needed (NAT_PHASES with kernel-$proto and alg-$proto)"; continue
+        fi
+        wait "${pid[$proto]}"; rc=$?
+        sed 's/^/    /' "$OUT/compare-$proto.txt" | head -60
+        check "compare $proto: alg's rewrites equal the kernel's (but for the listed deliberate differences)" test "$rc" = 0
+    done
+    if [ -n "${pid[conntrackd]:-}" ]; then
+        wait "${pid[conntrackd]}"; rc=$?
         sed 's/^/    /' "$OUT/compare-ftp-conntrackd.txt" | head -60
         check "compare ftp: alg's rewritten PORT, EPRT, 227, 229 equal conntrackd's ('kernel' there: conntrackd)" test "$rc" = 0
     fi

@@ -14,7 +14,7 @@ modprobe nfnetlink_cthelper 2>/dev/null
 # as it would on a firewall left at that default
 sysctl -qw net.core.netdev_max_backlog=10000
 cd "$ALG_ROOT" || exit 1
-out=$("$PY" -m pytest -q -rs -p no:cacheprovider --basetemp "$LAB_SCRATCH/nfqueue-pytest" -m kernel \
+out=$("$PY" -m pytest -q -rs --durations=12 -p no:cacheprovider --basetemp "$LAB_SCRATCH/nfqueue-pytest" -m kernel \
     tests/test_kernel_nfqueue.py 2>&1); rc=$?
 echo "$out" | tail -80
 [ $rc -eq 0 ] && pass nfqueue-kernel-tests || fail nfqueue-kernel-tests

@@ -57,6 +57,10 @@ ha_net_up tcp/21 udp/5060 || { echo "FAIL ha_net_up"; exit 1; }
 
 # ---------------------------------------------------------------- conntrackd and alg on both nodes
 ctd() { local n=$1; shift; ha_fw "$n" conntrackd -C "$RUN/fw$n/conntrackd.conf" "$@"; }
+sync_text() {  # N: `alg conntrackd-sync` for node N (each alg start costs seconds under TCG: both at once)
+    "$ALG" conntrackd-sync --policy "$POL" --interface sync0 --address "10.0.3.$1" --peer "10.0.3.$((3 - $1))" \
+        >"$RUN/fw$1/sync.txt"
+}
 ctd_conf() {  # N on|off: General (the conntrack-tools ftfw example's, trimmed) + alg's Sync section
     local n=$1 peer=$((3 - $1)) d=$RUN/fw$1
     cat >"$d/conntrackd.conf" <<CONF
@@ -79,10 +83,9 @@ General {
 	}
 }
 CONF
-    # alg's Sync section, printed once per node (each alg start costs seconds under TCG); "off": the same
-    # without its Options block (ExpectationSync)
-    [ -s "$d/sync.txt" ] || "$ALG" conntrackd-sync --policy "$POL" --interface sync0 --address "10.0.3.$n" \
-        --peer "10.0.3.$peer" >"$d/sync.txt"
+    # alg's Sync section, printed once per node (sync_text); "off": the same without its Options block
+    # (ExpectationSync)
+    [ -s "$d/sync.txt" ] || sync_text "$1"
     if [ "$2" = on ]; then cat "$d/sync.txt"; else sed -e '/^\tOptions {/,/^\t}/d' "$d/sync.txt"; fi >>"$d/conntrackd.conf"
 }
 ctd_start() {  # N
@@ -149,6 +152,9 @@ default_events=$(ha_fw 1 sysctl -n net.netfilter.nf_conntrack_events)
 check "ha fact: nf_conntrack_events defaults to 2 (got $default_events)" test "$default_events" = 2
 for n in 1 2; do ha_fw "$n" sysctl -qw net.netfilter.nf_conntrack_events=1; done
 ip netns exec "$HA_NS_SERVER" $PEERS ftp-server --bind 10.0.2.2 --root "$RUN/root" --pasv-ports 50000-50019 >"$OUT/ftpd.log" 2>&1 & PIDS+=($!)
+# what alg prints for the pair (Python starts with alg's imports) all at once: both Sync sections, the rules
+"$ALG" rules --policy "$POL" --family 4 >"$RUN/rules.txt" & rules=$!
+sync_text 1 & sync1=$!; sync_text 2; wait "$sync1"
 for n in 1 2; do ctd_conf "$n" on; done
 grep -qx $'\t\t\talg-ftp' "$RUN/fw1/conntrackd.conf" && grep -qx $'\t\t\talg-sip' "$RUN/fw1/conntrackd.conf" \
     && ! grep -qx $'\t\t\tsip' "$RUN/fw1/conntrackd.conf" && ! grep -qx $'\t\t\tftp' "$RUN/fw1/conntrackd.conf" && pass "ha conntrackd-sync lists the policy's helper names" \
@@ -158,7 +164,7 @@ check "ha conntrackd 2 (sync) runs" ctd_start 2
 alg_start 1; alg_start 2
 alg_wait 1 && pass "ha alg runs on the primary" || { fail "ha alg runs on the primary"; exit 1; }
 alg_wait 2 && pass "ha alg runs on the backup (passive, helpers registered)" || { fail "ha alg runs on the backup"; exit 1; }
-"$ALG" rules --policy "$POL" --family 4 >"$RUN/rules.txt"
+wait "$rules"
 for n in 1 2; do ha_fw "$n" iptables-restore --noflush <"$RUN/rules.txt" || fail "ha rules applied on fw$n"; done
 nfct list helper 2>/dev/null | tr -s '\t\n' ' ' | grep -q "name = alg-ftp, .queuenum = 5,.*status = enabled" \
     && pass "ha one global registration (alg-ftp enabled)" || { fail "ha one global registration"; nfct list helper; }
@@ -275,7 +281,7 @@ wait_for 30 reg_seen && pass "ha SIP REGISTER through fw2: the signalling expect
     || { fail "ha SIP REGISTER through fw2: signalling expectation"; cat "$OUT/registrar.log" "$OUT/phone.log"; ha_fw 2 conntrack -L expect; }
 ip netns exec "$HA_NS_SERVER" sipp -sf "$SIPP_DIR/uas-lab.xml" -i 10.0.2.2 -p 5060 -t u1 -mp 20000 -m 1 \
     -max_invite_retrans 40 -max_non_invite_retrans 40 -max_retrans 40 -timeout 120s >"$OUT/sip-uas.log" 2>&1 & uas=$!
-sleep 1
+listening "$HA_NS_SERVER" udp 5060
 ip netns exec "$HA_NS_CLIENT" sipp -sf "$SIPP_DIR/uac-lab.xml" 10.0.2.2:5060 -i 10.0.1.2 -p 5061 -t u1 -mp 16000 -m 1 \
     -s alice -d 25000 -max_invite_retrans 40 -max_non_invite_retrans 40 -max_retrans 40 -timeout 120s >"$OUT/sip-uac.log" 2>&1 & uac=$!
 sip_seen() { [ "$(ha_fw 2 conntrack -L expect 2>/dev/null | grep -c 'helper=alg-sip')" -ge 4 ]; }  # RTP and RTCP, both ways
@@ -344,10 +350,12 @@ grep -q "^first: data connection FAILED" "$OUT/ftp-negative.log" && [ "$(ha_coun
     || fail "ha negative: without ExpectationSync the data connection is dropped on the backup"
 
 phase "end"
-for n in 1 2; do
-    ha_fw "$n" "$ALG" status --socket "$RUN/fw$n/alg.sock" >"$OUT/status$n.txt" 2>&1
+st_pids=()
+for n in 1 2; do  # both at once (Python starts with alg's imports)
+    ha_fw "$n" "$ALG" status --socket "$RUN/fw$n/alg.sock" >"$OUT/status$n.txt" 2>&1 & st_pids+=($!)
     cp "$RUN/fw$n/conntrackd.log" "$OUT/conntrackd$n.log" 2>/dev/null
 done
+wait "${st_pids[@]}"
 grep -q "class ftp: .*adopted [1-9]" "$OUT/status2.txt" && pass "ha alg status on fw2 shows the adopted expectation" \
     || { fail "ha alg status on fw2 shows the adopted expectation"; cat "$OUT/status2.txt"; }
 echo "ha: $FAILS failed"

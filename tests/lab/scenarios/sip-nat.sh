@@ -25,7 +25,8 @@ HOLD_MS=${SIP_LAB_HOLD_MS:-15000}  # long enough for two Python starts under TCG
 
 cleanup() {
     sip_alg_stop
-    lab_fw "$ALG" cleanup >/dev/null 2>&1 || true
+    # alg removes its helpers as it stops: `alg cleanup` (a Python start) only after one that could not
+    helpers_left alg-sip && { lab_fw "$ALG" cleanup >/dev/null 2>&1 || true; }
     lab_net_down
 }
 trap cleanup EXIT
@@ -57,6 +58,7 @@ nat_call() {
 }
 
 # ---------------------------------------------------------------- alg running
+sip_rules_start "$OUT/policy"
 if ! sip_alg_start "$OUT/policy" "$OUT/alg.log"; then
     fail "sip-nat alg run started"; exit 1
 fi
@@ -77,8 +79,8 @@ for combo in "udp 4" "tcp 4" "udp 6"; do
     check "$label media to the gateway reached the phone, RELATED ($LAST_CALLER)" test "$LAST_CALLER" -ge 1
     check "$label media from the phone RELATED ($LAST_CALLEE)" test "$LAST_CALLEE" -ge 1
 done
-lab_fw "$ALG" status --format json >"$OUT/status.json" 2>&1 || true
-check "sip-nat: messages rewritten, none refused" "${LAB_HOST_PYTHON:-python3}" -c '
+alg_status_json "$(policy_socket "$OUT/policy")" >"$OUT/status.json" || true
+check "sip-nat: messages rewritten, none refused" /usr/bin/python3 -I -S -c '
 import json, sys
 h = json.load(open(sys.argv[1]))["helpers"]["alg-sip"]
 print(h["rewritten"], h["nat_failed"]); sys.exit(not (h["rewritten"] >= 6 and h["nat_failed"] == 0))' "$OUT/status.json"

@@ -21,7 +21,8 @@ HOLD_MS=${SIP_LAB_HOLD_MS:-15000}  # long enough for two Python starts under TCG
 
 cleanup() {
     sip_alg_stop
-    lab_fw "$ALG" cleanup >/dev/null 2>&1 || true
+    # alg removes its helpers as it stops: `alg cleanup` (a Python start) only after one that could not
+    helpers_left alg-sip && { lab_fw "$ALG" cleanup >/dev/null 2>&1 || true; }
     lab_net_down
 }
 trap cleanup EXIT
@@ -30,6 +31,7 @@ lab_net_up udp/5060 tcp/5060 || { echo "FAIL lab_net_up"; exit 1; }
 sip_policy "$OUT/policy"
 
 # ---------------------------------------------------------------- phase P: alg running
+sip_rules_start "$OUT/policy"
 if ! sip_alg_start "$OUT/policy" "$OUT/alg.log"; then
     fail "sip alg run started"; exit 1
 fi
@@ -50,7 +52,7 @@ for combo in "udp 4" "tcp 4" "udp 6"; do
     check "$label media to the caller RELATED (INVITE's SDP)" test "$LAST_CALLER" -ge 1
     check "$label media to the callee RELATED (200's SDP)" test "$LAST_CALLEE" -ge 1
 done
-lab_fw "$ALG" status >"$OUT/status.txt" 2>&1 || true
+alg_status_json "$(policy_socket "$OUT/policy")" >"$OUT/status.json" || true
 
 # ---------------------------------------------------------------- negative control
 sip_alg_stop
