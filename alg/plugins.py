@@ -7,11 +7,9 @@ entry-point group, `alg.helpers`.
 
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
 import logging
 import os
-import re
-import sys
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -87,86 +85,17 @@ class Source:
                 "version": self.version}
 
 
-# Entry points are read here rather than through importlib.metadata: importing it pulls in email,
-# zipfile, csv and pathlib, which every `alg` command paid for at start-up (4.5 of a status's ~25 s in
-# the lab's emulated guest). The same files: each sys.path folder's *.dist-info and *.egg-info folders,
-# the first distribution of a (normalized) name wins, its entry_points.txt, its METADATA's Name and
-# Version (packaging's core metadata and entry-point specifications). Zipped distributions are not read.
-_EP_VALUE = re.compile(r"([\w.]+)\s*(?::\s*([\w.]+)\s*)?(?:\[[^\]]*\]\s*)?$")
-
-
-@dataclass(frozen=True)
-class EntryPoint:
-    name: str
-    value: str  # module[:attribute] [extras]
-    dist: str  # the distribution's .dist-info (or .egg-info) folder
-
-    def load(self) -> object:
-        m = _EP_VALUE.match(self.value)
-        if m is None:
-            raise ValueError(f"entry point {self.name} = {self.value!r}: not module[:attribute]")
-        obj: object = importlib.import_module(m.group(1))
-        for part in m.group(2).split(".") if m.group(2) else ():
-            obj = getattr(obj, part)
-        return obj
-
-    def source(self) -> Source:
-        name = version = None
-        for meta in ("METADATA", "PKG-INFO"):
-            try:
-                with open(os.path.join(self.dist, meta), encoding="utf-8", errors="replace") as f:
-                    for line in f:  # the headers end at the first empty line (the description follows)
-                        if not line.strip():
-                            break
-                        key, _, val = line.partition(":")
-                        if key == "Name" and name is None:
-                            name = val.strip()
-                        elif key == "Version" and version is None:
-                            version = val.strip()
-                break
-            except OSError:
-                continue
-        return Source(self.name, name, version, builtin=name is not None and name.lower() == OWN_DISTRIBUTION)
-
-
-def _normalized(dist_folder: str) -> str:
-    """`Foo.Bar-1.0.dist-info` -> `foo_bar` (how importlib.metadata tells distributions apart)"""
-    stem = dist_folder.rsplit(".", 1)[0].removesuffix(".dist").removesuffix(".egg")
-    return re.sub(r"[-_.]+", "_", stem.partition("-")[0]).lower()
-
-
-def find_entry_points(group: str, path: Iterable[str] | None = None) -> list[EntryPoint]:
-    """The entry points of `group` of the distributions on `path` (default sys.path), in path order."""
-    seen: set[str] = set()
-    found: list[EntryPoint] = []
-    for folder in sys.path if path is None else path:
-        try:
-            names = sorted(os.listdir(folder or "."))
-        except OSError:  # gone, not a folder (a zip)
-            continue
-        for n in names:
-            if not n.endswith((".dist-info", ".egg-info")) or _normalized(n) in seen:
-                continue
-            dist = os.path.join(folder or ".", n)
-            if not os.path.isdir(dist):  # an .egg-info file: metadata only
-                continue
-            seen.add(_normalized(n))
-            try:
-                with open(os.path.join(dist, "entry_points.txt"), encoding="utf-8") as f:
-                    text = f.read()
-            except OSError:
-                continue
-            section = None
-            for line in text.splitlines():
-                line = line.strip()
-                if not line or line.startswith(("#", ";")):
-                    continue
-                if line.startswith("[") and line.endswith("]"):
-                    section = line[1:-1].strip()
-                elif section == group and "=" in line:
-                    name, _, value = line.partition("=")
-                    found.append(EntryPoint(name.strip(), value.strip(), dist))
-    return found
+def _entry_point_source(ep: importlib.metadata.EntryPoint, seen: dict[int, tuple[str, str]]) -> Source:
+    """`seen`: name and version by distribution, read once each: every read of `metadata` (and
+    `version`) parses the whole METADATA file again, alg's README included, once per entry point."""
+    dist = getattr(ep, "dist", None)
+    name = version = None
+    if dist is not None:
+        if id(dist) not in seen:
+            meta = dist.metadata
+            seen[id(dist)] = (meta["Name"], meta["Version"])
+        name, version = seen[id(dist)]
+    return Source(ep.name, name, version, builtin=name is not None and name.lower() == OWN_DISTRIBUTION)
 
 
 @dataclass
@@ -250,7 +179,8 @@ def load_plugins(extra: Iterable[object] = (), entry_points: bool = True) -> Plu
     host = PluginHost(pm)
     if entry_points:
         only, blocked = _split_env("ALG_PLUGINS"), _split_env("ALG_BLOCK_PLUGINS")
-        for ep in find_entry_points(ENTRY_POINT_GROUP):
+        dists: dict[int, tuple[str, str]] = {}  # the entry points' distributions, alive while this runs
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             if ep.name in blocked or (only and ep.name not in only):
                 continue
             if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
@@ -261,7 +191,7 @@ def load_plugins(extra: Iterable[object] = (), entry_points: bool = True) -> Plu
                 host.blocked[ep.name] = f"{type(exc).__name__}: {exc}"
                 log.error("plugin %s failed to load: %s", ep.name, exc)
                 pm.set_blocked(ep.name)
-            host.sources[ep.name] = ep.source()
+            host.sources[ep.name] = _entry_point_source(ep, dists)
     for plugin in extra:
         _register(pm, plugin, getattr(plugin, "__name__", None) or type(plugin).__name__)
     _check_pending(pm)

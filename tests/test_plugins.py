@@ -350,39 +350,8 @@ def test_the_plugin_guide_documents_every_hook_and_public_name():
     assert "docs/plugins.md" in (ROOT / "README.md").read_text()  # linked from the README
 
 
-def _dist(folder: Path, entry_points: str, meta: str = "METADATA", headers: str = "") -> None:
-    folder.mkdir(parents=True)
-    (folder / "entry_points.txt").write_text(entry_points)
-    (folder / meta).write_text(f"Metadata-Version: 2.1\n{headers}\nName: not a header (the description)\n")
-
-
-def test_entry_points_are_read_as_importlib_metadata_reads_them(tmp_path, monkeypatch):
-    """alg.plugins reads entry points itself (importlib.metadata's imports cost seconds in a slow guest):
-    the same ones, the first distribution of a name on the path winning, name and version from METADATA."""
-    import importlib.metadata
-
-    from alg.plugins import Source, find_entry_points
-
-    a, b = tmp_path / "a", tmp_path / "b"
-    _dist(a / "My_Plugin-1.0.dist-info", "[alg.helpers]\nmine = mymod:Outer.Inner [extra]\n"
-          "# a comment\n[other.group]\nx = y\n", headers="Name: My-Plugin\nVersion: 1.0")
-    _dist(b / "my.plugin-2.0.dist-info", "[alg.helpers]\nshadowed = gone\n",
-          headers="Name: my.plugin\nVersion: 2.0")
-    _dist(b / "old-3.egg-info", "[alg.helpers]\nold = oldmod\n", meta="PKG-INFO", headers="Name: old\nVersion: 3")
-    (b / "bare-1.dist-info").mkdir()  # no entry points
-    (a / "mymod.py").write_text("class Outer:\n    class Inner:\n        pass\n")
-    path = [str(a), str(b), str(tmp_path / "missing")]
-    eps = find_entry_points("alg.helpers", path)
-    assert [(e.name, e.value) for e in eps] == [("mine", "mymod:Outer.Inner [extra]"), ("old", "oldmod")]
-    assert [e.source() for e in eps] == [Source("mine", "My-Plugin", "1.0"), Source("old", "old", "3")]
-    monkeypatch.setattr(sys, "path", path + sys.path)
-    assert eps[0].load().__qualname__ == "Outer.Inner"
-    want = {(e.name, e.value) for e in importlib.metadata.entry_points(group="alg.helpers")}
-    assert {(e.name, e.value) for e in find_entry_points("alg.helpers")} == want
-
-
 def test_cli_start_up_imports_only_what_the_command_needs():
-    """`alg status` (and rules, doctor) start without the engine, the rules, importlib.metadata: a
+    """`alg status` (and rules, doctor) start without the engine and the rules: a
     Python start with alg's imports is what a lab scenario waits for, seconds each under TCG."""
     def imported(*args: str) -> set[str]:
         r = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True, cwd=ROOT)
@@ -391,5 +360,4 @@ def test_cli_start_up_imports_only_what_the_command_needs():
 
     mods = imported("-m", "alg", "status", "--help") - imported("-c", "pass")  # what site imports aside
     assert {"alg.cli", "alg.plugins", "alg.policy"} <= mods
-    assert not mods & {"alg.engine", "alg.decode", "alg.flows", "alg.expect", "alg.rules", "importlib.metadata",
-                       "email.message", "subprocess"}
+    assert not mods & {"alg.engine", "alg.decode", "alg.flows", "alg.expect", "alg.rules", "subprocess"}
