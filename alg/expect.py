@@ -21,7 +21,7 @@ import enum
 import ipaddress
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .frozen import unfrozen
 from .model import (EXPECT_F_INACTIVE, EXPECT_F_PERMANENT, EXPECT_F_USERSPACE, EXPECT_PROTO_NAMES, PROTO_NAMES,
@@ -157,9 +157,9 @@ class Expectation:
         )
 
 
-_ADDRESS = {4: ipaddress.IPv4Address, 6: ipaddress.IPv6Address}
-_ZERO = {4: ipaddress.IPv4Address(0), 6: ipaddress.IPv6Address(0)}
-_ONES = {4: ipaddress.IPv4Address(2**32 - 1), 6: ipaddress.IPv6Address(2**128 - 1)}
+_ADDRESS: dict[int, Callable[[int], IPAddress]] = {4: ipaddress.IPv4Address, 6: ipaddress.IPv6Address}
+_ZERO: dict[int, IPAddress] = {4: ipaddress.IPv4Address(0), 6: ipaddress.IPv6Address(0)}
+_ONES: dict[int, IPAddress] = {4: ipaddress.IPv4Address(2**32 - 1), 6: ipaddress.IPv6Address(2**128 - 1)}
 
 
 def prefix_mask(l3: int, prefix: int) -> int:
