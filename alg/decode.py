@@ -158,6 +158,9 @@ def tcp_without_data(data: bytes) -> bool:
         return False
     doff = (data[ihl + 12] >> 4) * 4
     return doff >= 20 and length == ihl + doff <= n and not data[ihl + 13] & _NO_DATA_FLAGS
+
+
+# ---------------------------------------------------------------- link layers and tunnels
 # What a capture may wrap around the IP packet a helper wants: link layers
 # (Ethernet with 802.1Q/802.1ad tags, PPPoE, MPLS, Linux cooked, PPP, BSD
 # loopback) and tunnels inside IP (IP-in-IP, 6in4, GRE with IP, Ethernet,

@@ -89,12 +89,6 @@ class Expectation:
         )
 
     @property
-    def src_network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-        assert self.src is not None
-        prefix = self.src.max_prefixlen if self.src_prefix is None else self.src_prefix
-        return ipaddress.ip_network((self.src, prefix), strict=False)
-
-    @property
     def src_mask_int(self) -> int:
         """The source mask as a number (0: any source), the way every match compares it: an
         ip_network per comparison cost the reconciler a third of alg's time in the lab (issue 14)."""
@@ -281,22 +275,9 @@ class ExpectationTable:
         """Take e (in the table) out of every index but its master's queue."""
         key = e.key
         del self._by_key[key]
-        # each count down one, and gone at zero
-        helpers = self.per_helper
-        n = helpers.get(e.helper, 0) - 1
-        if n > 0:
-            helpers[e.helper] = n
-        else:
-            helpers.pop(e.helper, None)
-        source = e.source_key
-        if source is not None:
-            sources = self.per_source
-            n = sources.get(source, 0) - 1
-            if n > 0:
-                sources[source] = n
-            else:
-                sources.pop(source, None)  # a spoofed source address must not stay behind
-        where = key[0], key[1], key[3], key[5]  # _dest(key)
+        _uncount(self.per_helper, e.helper)
+        _uncount(self.per_source, e.source_key)
+        where = _dest(key)
         dest = self._by_dest[where]
         del dest[key]
         if not dest:
@@ -371,7 +352,7 @@ class ExpectationTable:
         """Count e in and index it by its key and destination (its master's queue holds it)."""
         key = e.key
         self._by_key[key] = e
-        where = key[0], key[1], key[3], key[5]  # _dest(key)
+        where = _dest(key)
         dest = self._by_dest.get(where)
         if dest is None:
             dest = self._by_dest[where] = {}
@@ -420,6 +401,17 @@ class ExpectationTable:
 
 
 _EMPTY: deque = deque()  # what a master's class holds when it holds nothing (never appended to)
+
+
+def _uncount(counter: Counter, key: Any) -> None:
+    """One fewer of key in counter, gone at zero (a spoofed source address must not stay behind)."""
+    if key is None:
+        return
+    n = counter.get(key, 0) - 1
+    if n > 0:
+        counter[key] = n
+    else:
+        counter.pop(key, None)
 
 
 def _dest(key: tuple) -> tuple:
