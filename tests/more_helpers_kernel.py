@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from netns import CLIENT4, CLIENT6, SERVER4, SERVER6, Net
+from netns import CLIENT4, CLIENT6, SERVER4, SERVER6, Net, wait_until_quiet
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "tools" / "more_helpers_peers.py"
@@ -336,13 +336,12 @@ def run(name: str, net: Net, tmp: Path) -> tuple[str, str]:
     sc.start(net, tmp)
     events = tmp / "expect.txt"
     with events.open("w") as ev:
-        watcher = net.popen("fw", "stdbuf", "-oL", "conntrack", "-E", "expect", "-o", "extended", stdout=ev)
-        time.sleep(0.3)  # the event socket is bound
+        watcher = net.watch_expectations("fw", ev)
         cap = net.capture("fw", str(tmp / f"{name}.pcap"), iface=sc.iface, bpf=sc.bpf)
         sc.clients(net, tmp)
         for p in sc.probes:
             net.run(sc.probe_ns, *(a.replace("{tmp}", str(tmp)) for a in p.argv), timeout=20)
-        time.sleep(0.5)
+        wait_until_quiet(events)
         pcap = cap.stop()
         watcher.terminate()
     return pcap, events.read_text()

@@ -27,11 +27,25 @@ from dataclasses import dataclass
 from typing import Any
 
 CLIENT4, FW4_C, FW4_S, SERVER4 = "10.0.1.2", "10.0.1.1", "10.0.2.1", "10.0.2.2"
+NETLINK_NETFILTER = 12  # linux/netlink.h
 CLIENT6, FW6_C, FW6_S, SERVER6 = "fd00:1::2", "fd00:1::1", "fd00:2::1", "fd00:2::2"
 
 
 def _sh(*argv: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), check=check, capture_output=True, text=True, **kw)
+
+
+def wait_until_quiet(path: "os.PathLike[str] | str", quiet: float = 0.5, limit: float = 15) -> None:
+    """Until the file at PATH has not grown for QUIET seconds (a watcher has written
+    what the kernel gave it), or LIMIT seconds."""
+    end, last, since = time.monotonic() + limit, -1, time.monotonic()
+    while time.monotonic() < end:
+        size = os.stat(path).st_size
+        if size != last:
+            last, since = size, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.05)
 
 
 @dataclass
@@ -83,6 +97,25 @@ class Net:
         p = subprocess.Popen(self.argv(ns, *cmd), start_new_session=True, **kw)
         self._procs.append(p)
         return p
+
+    def watch_expectations(self, ns: str, out: Any) -> subprocess.Popen[Any]:
+        """`conntrack -E expect -o extended` in NS writing lines to OUT; returns once its
+        socket has joined the event groups, so the first expectation is not missed (a
+        fixed sleep was too short on a loaded machine)."""
+        p = self.popen(ns, "stdbuf", "-oL", "conntrack", "-E", "expect", "-o", "extended", stdout=out)
+        deadline = time.monotonic() + 30
+        while not self._has_netfilter_listener(ns):
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"conntrack -E expect did not subscribe in {ns} (rc {p.poll()})")
+            time.sleep(0.05)
+        return p
+
+    def _has_netfilter_listener(self, ns: str) -> bool:
+        """Whether NS has a NETLINK_NETFILTER socket that joined a multicast group
+        (/proc/net/netlink: sk, Eth = protocol, Pid, Groups, ...); nothing else in a
+        test's namespace listens for netfilter events."""
+        rows = self.run(ns, "cat", "/proc/net/netlink").stdout.splitlines()[1:]
+        return any(f[1] == str(NETLINK_NETFILTER) and int(f[3], 16) for f in map(str.split, rows))
 
     def capture(self, ns: str, path: str, iface: str = "any", bpf: str = "tcp or udp") -> Capture:
         """tcpdump -w PATH in NS; returns once tcpdump is listening."""

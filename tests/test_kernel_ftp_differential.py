@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from netns import SERVER4, SERVER6, Net
+from netns import SERVER4, SERVER6, Net, wait_until_quiet
 
 pytestmark = pytest.mark.kernel
 
@@ -177,7 +177,7 @@ def test_kernel_ftp_helper_equals_replay(kernel_ok: None) -> None:
         net.popen("srv", "vsftpd", str(conf))
         events = Path(tmp) / "expect.txt"
         with events.open("w") as ev:
-            net.popen("fw", "stdbuf", "-oL", "conntrack", "-E", "expect", "-o", "extended", stdout=ev)
+            net.watch_expectations("fw", ev)
             cap = net.capture("fw", str(Path(tmp) / "fw.pcap"), iface="c1", bpf="tcp")
             for _ in range(50):  # vsftpd up?
                 if net.cli("bash", "-c", f"exec 3<>/dev/tcp/{SERVER4}/21", check=False).returncode == 0:
@@ -187,7 +187,7 @@ def test_kernel_ftp_helper_equals_replay(kernel_ok: None) -> None:
                 net.cli(*argv, timeout=20)
             for server, sport, command, _ in PROBES:
                 net.cli("python3", "-c", PROBE_CLIENT, server, str(sport), command, timeout=20)
-            time.sleep(0.3)
+            wait_until_quiet(events)
             pcap = cap.stop()
         raw = events.read_text()
         kernel = [k for k in map(parse_kernel, raw.splitlines()) if k]
