@@ -17,10 +17,12 @@ LAB_DIR = ROOT / "tools" / "lab"  # the lab VM runner, in this repository
 sys.path.insert(0, str(LAB_DIR))
 sys.path.insert(0, str(ROOT / "tests"))
 LAB_TIMES = pytest.StashKey[dict]()  # scenario -> seconds in the lab VM (tests/test_lab.py)
+LAB_SCENARIOS = sorted(p.stem for p in (ROOT / "tests" / "lab" / "scenarios").glob("*.sh"))
 
 
 def pytest_collection_modifyitems(config, items):
-    """Lab tests skip, with the reason, where the VM cannot run (LAB_PROBE=1 also boots it once to check)."""
+    """Lab tests skip, with the reason, where the VM cannot run (LAB_PROBE=1 also boots it once to check),
+    and come last: the VM runs them in the background from the session's start (lab_vm below)."""
     lab = [item for item in items if "lab" in item.keywords]
     if not lab:
         return
@@ -29,6 +31,28 @@ def pytest_collection_modifyitems(config, items):
     reason = unavailable_reason(probe=os.environ.get("LAB_PROBE") == "1")
     for item in lab if reason else ():
         item.add_marker(pytest.mark.skip(reason=f"lab VM unavailable: {reason}"))
+    items[:] = [item for item in items if "lab" not in item.keywords] + lab
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lab_vm(request, tmp_path_factory):
+    """The lab VM's one run (tests/lab/run-all.sh), started with the session, so that the VM works
+    while the host tests run (they mostly wait on the kernel and on subprocesses; the VM is CPU under
+    TCG): None when no lab test is to run, else (scratch folder, labvm.VmRun), which
+    tests/test_lab.py waits for. Runs the scenarios selected (all, unless -k or names narrow them)."""
+    lab = [item for item in request.session.items if "lab" in item.keywords and not item.get_closest_marker("skip")]
+    if not lab:
+        yield None
+        return
+    from labvm import start_in_vm
+
+    names = sorted({item.callspec.params["name"] for item in lab})
+    scratch = tmp_path_factory.mktemp("lab")
+    os.environ["ALG_ROOT"] = str(ROOT)
+    run = start_in_vm(str(ROOT / "tests" / "lab" / "run-all.sh"), *([] if names == LAB_SCENARIOS else names),
+                      scratch=scratch, timeout=3300, env={"ALG_ROOT": str(ROOT)})
+    yield scratch, run
+    run.stop()  # an interrupted session leaves no VM behind
 
 
 def pytest_terminal_summary(terminalreporter, config):

@@ -23,7 +23,7 @@ VM ended during the script without a status), RC_MODULE (97, a module did not
 load), RC_PRECONDITION (3, see --check), 2 (usage).
 
 Also a library for pytest (tests/conftest.py, tests/test_lab.py):
-`unavailable_reason()` and `run_in_vm()`. Standard library only.
+`unavailable_reason()` and `start_in_vm()`. Standard library only.
 """
 
 from __future__ import annotations
@@ -224,21 +224,50 @@ def unavailable_reason(probe: bool = False) -> str | None:
     return None
 
 
-def run_in_vm(script: str, *args: str, timeout: float = 600, scratch: Path | None = None,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run SCRIPT in a fresh VM (this file as a subprocess); a VM that cannot start skips the test."""
+class VmRun:
+    """A run of this file as a subprocess, started in the background (start_in_vm): the caller goes on
+    (the host tests, while the VM runs the lab) and collects it with wait()."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], timeout: float):
+        self.timeout = timeout
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)
+        self._out: tuple[str, str] = ("", "")
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        self._out = self.proc.communicate()
+
+    def wait(self) -> subprocess.CompletedProcess:
+        """Its result, once it ends (a VM that cannot start skips the calling test)."""
+        self._reader.join(self.timeout + 90)  # vm-run stops the VM at its own -t; this bounds vm-run itself
+        if self._reader.is_alive():
+            self.stop()
+            self._reader.join()
+        r = subprocess.CompletedProcess(self.proc.args, self.proc.returncode, *self._out)
+        print(r.stdout, r.stderr, sep="")  # shows in pytest's report of a failing test
+        if r.returncode in SKIP_CODES:
+            import pytest
+
+            pytest.skip(f"lab VM: {SKIP_CODES[r.returncode]}: {r.stderr.strip().splitlines()[-1:]}")
+        return r
+
+    def stop(self) -> None:
+        """Ends the run early (vm-run stops its VM on SIGTERM)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+
+
+def start_in_vm(script: str, *args: str, timeout: float = 600, scratch: Path | None = None,
+                env: dict[str, str] | None = None) -> VmRun:
+    """Start SCRIPT in a fresh VM (this file as a subprocess) and return at once."""
     cmd = [sys.executable, __file__, "-t", str(int(timeout))] + (["-s", str(scratch)] if scratch else [])
     run_env = dict(os.environ)
     for k, v in (env or {}).items():
         run_env[k] = str(v)
         cmd += [] if k.startswith("LAB_") else ["-e", k]
-    r = subprocess.run(cmd + [script, *args], capture_output=True, text=True, env=run_env, timeout=timeout + 90)
-    print(r.stdout, r.stderr, sep="")  # shows in pytest's report of a failing test
-    if r.returncode in SKIP_CODES:
-        import pytest
-
-        pytest.skip(f"lab VM: {SKIP_CODES[r.returncode]}: {r.stderr.strip().splitlines()[-1:]}")
-    return r
+    return VmRun(cmd + [script, *args], run_env, timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
