@@ -313,3 +313,16 @@ def test_fuzz_discovery_helpers_on_their_own_flows(cls, flow, data):
             check_outcome(helper, alg.Parsed(0, (e,)), 0, flow)
     except ProtocolViolation:
         pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 32))
+def test_a_directed_broadcast_is_the_clients_subnet_broadcast(addr, client, prefix):
+    from alg_helpers._discovery import is_broadcast_for
+
+    a, c = ipaddress.IPv4Address(addr), ipaddress.IPv4Address(client)
+    subnet = ipaddress.IPv4Network((c, min(prefix, 30)), strict=False)  # /31 and /32 have no broadcast
+    want = a == ipaddress.IPv4Address("255.255.255.255") or a == subnet.broadcast_address
+    assert is_broadcast_for(a, c, {"subnet_prefix_v4": prefix}) == want
+    # the client's own broadcast, always
+    assert is_broadcast_for(subnet.broadcast_address, c, {"subnet_prefix_v4": prefix})
