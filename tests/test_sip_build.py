@@ -20,11 +20,12 @@ WHERE = ((10, 8), (40, 5))
 NOTICE = sip.Notice("x")
 
 CASES = [
-    (sip._media_expect("video", B, A, 16002, "call-7", WHERE), Expect("video", UDP, B, A, None, 16002, 0, "call-7", WHERE)),
+    (sip._media_expect("video", B, A, 16002, "call-7", WHERE),
+     Expect("video", UDP, B, A, None, 16002, 0, "call-7", WHERE)),
     (sip._media_expect("audio", None, A, 5004, "c", ()), Expect("audio", UDP, None, A, None, 5004, 0, "c", ())),
     (sip._parsed(616, (NOTICE,)), Parsed(616, (NOTICE,))),
     *zip(sip._withdraw_media("call-7"), (Unexpect("audio", "call-7"), Unexpect("video", "call-7"),
-                                          Unexpect("image", "call-7"))),
+                                          Unexpect("image", "call-7")), strict=True),
 ]
 
 

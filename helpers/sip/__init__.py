@@ -739,7 +739,7 @@ def _settable(cls: type) -> type:
     constructor takes (each field through its slot's setter). The engine builds its
     own records this way (alg.frozen); the few actions every INVITE yields are built
     so here (tests/test_sip_build.py compares them with the constructors')."""
-    return type(f"Settable{cls.__name__}", (), {"__slots__": cls.__slots__, "__module__": __name__})
+    return type(f"Settable{cls.__name__}", (), {"__slots__": cls.__dict__["__slots__"], "__module__": __name__})
 
 
 _SettableExpect, _SettableUnexpect, _SettableParsed = _settable(Expect), _settable(Unexpect), _settable(Parsed)

@@ -117,7 +117,7 @@ class Message:
         by one search of the head (the kernel's ct_sip_get_header), which
         also takes its line (one C-level step; a folded one is joined by
         `_value`). The helper asks for each header once or twice per message."""
-        m = _search(name).search(self.head)
+        m = (_SEARCH.get(name) or _compile(name)).search(self.head)  # _search, inline (a call fewer)
         if m is None:
             return None
         v, folded = m.groups()  # (as _header does, without building one)
@@ -272,7 +272,7 @@ def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int) 
         bad = _BAD_LINE.search(head, first_nl)
         if bad:
             _bad_line(head, bad.end())
-    body_start = min(end + sep, len(data)) if sep else len(data)
+    body_start = end + sep if sep and end + sep <= len(data) else len(data)
     clen = msg.value(b"content-length")
     if clen is None:
         if stream:
