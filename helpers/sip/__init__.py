@@ -213,6 +213,7 @@ MAX_CALL_ID = 128  # bytes of a Call-ID kept (tag and key); RFC 3261 sets no bou
 MAX_STATUSES = 8  # distinct responses remembered per transaction (100, 180, 183, 200 ... )
 MAX_BINDINGS = 8  # Contacts of one REGISTER kept until the registrar answers
 MAX_PENDING_REGISTERS = 4  # REGISTER transactions per flow holding Contacts (oldest dropped)
+KEEPALIVE = (b"\r", b"\n")  # the bytes a CRLF keep-alive (RFC 5626 §3.5.1) starts with
 PREFIX_CHECK = 16  # first bytes of a TCP buffer compared to tell it is the one scanned before
 MAX_MEDIA_LINES = 32  # m= lines read per message (all SDP bodies together)
 
@@ -377,7 +378,7 @@ class SipHelper(alg.Helper):
         data = segment.data
         if segment.flow.proto == TCP:
             return self._stream(data, segment, state)
-        skip = grammar.skip_keepalive(data)
+        skip = grammar.skip_keepalive(data) if data[:1] in KEEPALIVE else 0  # (a call fewer on a message)
         if skip == len(data):
             return Parsed(len(data))
         try:
@@ -774,14 +775,11 @@ def _parsed(consumed: int, actions: tuple) -> Parsed:
 
 def _withdraw_media(tag: str) -> list[Unexpect]:
     """Unexpect(cls, tag) for each media class."""
-    out = []
-    for cls in _MEDIA:
-        u = _SettableUnexpect()
-        u.cls = cls
-        u.tag = tag
-        u.__class__ = Unexpect
-        out.append(u)
-    return out
+    audio, video, image = _SettableUnexpect(), _SettableUnexpect(), _SettableUnexpect()
+    audio.cls, video.cls, image.cls = _MEDIA
+    audio.tag = video.tag = image.tag = tag
+    audio.__class__ = video.__class__ = image.__class__ = Unexpect
+    return [audio, video, image]
 
 
 @alg.hookimpl

@@ -194,7 +194,8 @@ def prefix_ok(data: bytes, sc: StartScan) -> bool:
 
 
 def skip_keepalive(data: bytes) -> int:
-    """Bytes of CRLF keep-alives (RFC 5626 §3.5.1) at the front of `data`."""
+    """Bytes of CRLF keep-alives (RFC 5626 §3.5.1) at the front of `data`
+    (the helper calls it only when `data` starts with CR or LF)."""
     if data[:1] not in (b"\r", b"\n"):
         return 0
     return len(data) - len(data.lstrip(b"\r\n"))
