@@ -21,16 +21,21 @@ import alg
 
 # the lines read here (RFC 8866 §5: <type>=<value>, CRLF or LF; a value ends at the first CR
 # or LF), each read by one match in "\n" + body, fields and all (a literal first byte lets the
-# engine skip to each line start); whichever alternative matched says what the line is:
-# m=<media> <port>[/<number of ports>] <proto> <fmt> ... (§5.14): groups 1-4
-_M = rb"m=([A-Za-z0-9._-]+)[ ]+([0-9]{1,5})(?:/([0-9]{1,5}))?[ ]+([A-Za-z0-9/._-]+)"
-# c=<nettype> <addrtype> <connection-address> (§5.7), TTL / count suffixes on multicast: groups 5-6
-_C = rb"c=IN[ ]+IP([46])[ ]+([^ /\r\n]+)(?:/[0-9]+){0,2}[ ]*(?![^\r\n])"
-# a=rtcp:<port> [<nettype> <addrtype> <connection-address>] (RFC 3605 §2.1): groups 7-9
-_RTCP = rb"a=rtcp:([0-9]{1,5})(?:[ ]+IN[ ]+IP([46])[ ]+([^ \r\n]+))?[ ]*(?![^\r\n])"
-# any other m=, c= or a=rtcp: line is malformed: group 10, its type
-_LINE = re.compile(rb"\n(?:" + _M + rb"|" + _C + rb"|" + _RTCP + rb"|([mc]|a(?==rtcp:))=)")
-_M_LINE, _C_LINE, _RTCP_PORT, _RTCP_ADDR, _BAD = 4, 6, 7, 9, 10  # lastindex of each alternative
+# engine skip to each line start, the type's letter picks the one alternative to try). Each type
+# is a group of its own, followed by its fields when they are well formed: the last group that
+# matched (lastindex) says which line it was, and whether it was malformed.
+# m=<media> <port>[/<number of ports>] <proto> <fmt> ... (§5.14): type 1, fields 2-5
+_M = rb"(m)=(?:([A-Za-z0-9._-]+)[ ]+([0-9]{1,5})(?:/([0-9]{1,5}))?[ ]+([A-Za-z0-9/._-]+))?"
+# c=<nettype> <addrtype> <connection-address> (§5.7), TTL / count suffixes on multicast: type 6,
+# fields 7-8
+_C = rb"(c)=(?:IN[ ]+IP([46])[ ]+([^ /\r\n]+)(?:/[0-9]+){0,2}[ ]*(?![^\r\n]))?"
+# a=rtcp:<port> [<nettype> <addrtype> <connection-address>] (RFC 3605 §2.1): type 9, fields 10-12
+_RTCP = rb"(a)=rtcp:(?:([0-9]{1,5})(?:[ ]+IN[ ]+IP([46])[ ]+([^ \r\n]+))?[ ]*(?![^\r\n]))?"
+_LINE = re.compile(rb"\n(?:" + _M + rb"|" + _C + rb"|" + _RTCP + rb")")
+# lastindex of each: a well-formed m= (5), c= (8), a=rtcp: without (10) or with (12) an address;
+# a malformed m= (1), c= (6), a=rtcp: (9)
+_M_LINE, _C_LINE, _RTCP_PORT, _RTCP_ADDR = 5, 8, 10, 12
+_M_BAD, _C_BAD, _RTCP_BAD = 1, 6, 9
 MAX_LINES = 64  # m=, c= and a=rtcp lines read per body (a call has a handful)
 MAX_MALFORMED = 4  # malformed lines reported per body (the rest only make it stop sooner)
 
@@ -133,36 +138,34 @@ def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_
             break
         n += 1
         what = lm.lastindex
-        if what == _M_LINE or (what == _BAD and lm[_BAD] == b"m"):
+        if what == _M_LINE or what == _M_BAD:
             if len(found) >= max_media:
                 s.skipped = 1 + body.count(b"\nm=", lm.start())
                 break
-            if what == _BAD:
+            if what == _M_BAD:
                 current = None
                 if _malformed(s, "m="):
                     break
                 continue
-            kind, port, count, proto = lm.group(1, 2, 3, 4)
-            current = Media(kind.lower(), int(port), int(count) if count else 1, proto, (base + lm.start(2), len(port)))
+            kind, port, count, proto = lm.group(2, 3, 4, 5)
+            current = Media(kind.lower(), int(port), int(count) if count else 1, proto, (base + lm.start(3), len(port)))
             found.append(current)
         elif what == _C_LINE:
-            c = _connection(int(lm[5]), lm[6], base + lm.start(6))
+            c = _connection(int(lm[7]), lm[8], base + lm.start(8))
             if current is None:
                 s.connection = s.connection or c  # the first c= of a level counts
             elif current.connection is None:
                 current.connection = c
-        elif current is None:  # an a=rtcp: before any m= (not read), or a malformed c=
-            if what == _BAD and lm[_BAD] == b"c" and _malformed(s, "c="):
+        elif what == _C_BAD or (what == _RTCP_BAD and current is not None):
+            # (an a=rtcp: line before any m= is not read, well formed or not)
+            if _malformed(s, "c=" if what == _C_BAD else "a=rtcp"):
                 break
-        elif what == _BAD:
-            if _malformed(s, "c=" if lm[_BAD] == b"c" else "a=rtcp"):
-                break
-        else:
-            port = lm[7]
+        elif current is not None:
+            port = lm[10]
             current.rtcp_port = int(port)
-            current.rtcp_where = (base + lm.start(7), len(port))
+            current.rtcp_where = (base + lm.start(10), len(port))
             if what == _RTCP_ADDR:
-                current.rtcp_connection = _connection(int(lm[8]), lm[9], base + lm.start(9))
+                current.rtcp_connection = _connection(int(lm[11]), lm[12], base + lm.start(12))
     s.lines = n
     return s
 
