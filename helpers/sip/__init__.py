@@ -202,6 +202,7 @@ from . import grammar, nat, sdp
 from .grammar import Contact, Message
 
 MEDIA_CLASSES = {b"audio": "audio", b"video": "video", b"image": "image"}
+_MEDIA = tuple(MEDIA_CLASSES.values())
 OFFERS = {b"INVITE", b"UPDATE"}  # requests whose SDP replaces what the dialog expected
 SDP_REQUESTS = OFFERS | {b"ACK", b"PRACK"}
 SDP_RESPONSES = {b"INVITE", b"UPDATE", b"PRACK"}
@@ -212,6 +213,7 @@ MAX_CALL_ID = 128  # bytes of a Call-ID kept (tag and key); RFC 3261 sets no bou
 MAX_STATUSES = 8  # distinct responses remembered per transaction (100, 180, 183, 200 ... )
 MAX_BINDINGS = 8  # Contacts of one REGISTER kept until the registrar answers
 MAX_PENDING_REGISTERS = 4  # REGISTER transactions per flow holding Contacts (oldest dropped)
+KEEPALIVE = (b"\r", b"\n")  # the bytes a CRLF keep-alive (RFC 5626 §3.5.1) starts with
 PREFIX_CHECK = 16  # first bytes of a TCP buffer compared to tell it is the one scanned before
 MAX_MEDIA_LINES = 32  # m= lines read per message (all SDP bodies together)
 
@@ -257,18 +259,17 @@ class SipState:
             n += sys.getsizeof(sc) + sys.getsizeof(sc.prefix)
         return n
 
-    def begin(self, key: tuple[str, int, bytes], direction: Direction, limit: int) -> None:
-        """A new transaction (in place of one of the same key whose request went the
-        other way); the oldest are forgotten past `limit`."""
-        old = self.transactions.get(key)
-        if old is not None:
-            self.held -= old.held
+    def begin(self, key: tuple[str, int, bytes], direction: Direction, limit: int,
+              old: Transaction | None) -> None:
+        """A new transaction (in place of `old`, the one of the same key, whose request
+        went the other way); the oldest are forgotten past `limit`."""
         size = sys.getsizeof
-        tag, number, method = key
-        tr = self.transactions[key] = Transaction(direction, _ENTRY + size(tag) + size(number) + size(method))
-        self.held += tr.held
-        while len(self.transactions) > limit:
-            self.held -= self.transactions.popitem(last=False)[1].held
+        held = _ENTRY + size(key[0]) + size(key[1]) + size(key[2])
+        table = self.transactions
+        table[key] = Transaction(direction, held)
+        self.held += held if old is None else held - old.held
+        while len(table) > limit:
+            self.held -= table.popitem(last=False)[1].held
 
     def answered(self, tr: Transaction, status: int) -> None:
         before = sys.getsizeof(tr.statuses)
@@ -377,14 +378,14 @@ class SipHelper(alg.Helper):
         data = segment.data
         if segment.flow.proto == TCP:
             return self._stream(data, segment, state)
-        skip = grammar.skip_keepalive(data)
+        skip = grammar.skip_keepalive(data) if data[:1] in KEEPALIVE else 0  # (a call fewer on a message)
         if skip == len(data):
             return Parsed(len(data))
         try:
             msg = grammar.parse(data[skip:] if skip else data, False, len(data))
         except alg.ProtocolViolation as exc:
             return Parsed(len(data), (Notice("malformed", str(exc)),))
-        return Parsed(len(data), self._message(msg, segment, state, skip))
+        return _parsed(len(data), self._message(msg, segment, state, skip))
 
     def _stream(self, data: bytes, segment: alg.Segment, state: SipState) -> alg.Outcome:
         """One message from the front of a TCP direction's unconsumed bytes.
@@ -440,7 +441,7 @@ class SipHelper(alg.Helper):
             msg = self._head(data, sc.end, sc.sep, state, sc)  # the second and last time
         sc.reset()
         grammar.take_body(msg, data)
-        return Parsed(msg.length, self._message(msg, segment, state, 0))
+        return _parsed(msg.length, self._message(msg, segment, state, 0))
 
     def _head(self, data: bytes, end: int, sep: int, state: SipState, sc: grammar.StartScan) -> Message:
         state.scanned += end
@@ -475,7 +476,7 @@ class SipHelper(alg.Helper):
                 # RFC 3261 §17.1.1.2: a retransmission; it was acted on already
                 return (Notice("retransmission", method.decode("latin-1")),
                         *self._again(msg, seg, tag, base, method in SDP_REQUESTS))
-            state.begin(key, seg.direction, self.options["max_transactions"])
+            state.begin(key, seg.direction, self.options["max_transactions"], tr)
             return self._request(method, msg, seg, state, tag, key, base)
         tr = state.transactions.get(key)
         if tr is None or tr.direction == seg.direction:
@@ -495,13 +496,15 @@ class SipHelper(alg.Helper):
                  key: tuple, base: int) -> tuple:
         if method in OFFERS:
             # a new offer replaces what the dialog expected (the kernel flushes too)
-            return (*_withdraw_media(tag), *self._sdp(msg, seg, tag, base))
+            out = _withdraw_media(tag)
+            self._sdp(msg, seg, tag, base, out)
+            return tuple(out)
         if method in (b"BYE", b"CANCEL"):
             state.ended(tag)
-            return _withdraw_media(tag)
+            return tuple(_withdraw_media(tag))
         if method == b"REGISTER":
             return self._register(msg, seg, state, tag, key, base)
-        return tuple(self._sdp(msg, seg, tag, base)) if method in SDP_REQUESTS else ()
+        return tuple(self._sdp(msg, seg, tag, base, [])) if method in SDP_REQUESTS else ()
 
     def _response(self, method: bytes, msg: Message, seg: alg.Segment, state: SipState, tag: str,
                   key: tuple, base: int) -> tuple:
@@ -512,35 +515,39 @@ class SipHelper(alg.Helper):
             return ()
         if status >= 300:
             if method == b"INVITE" and not state.confirmed.get(tag):
-                return _withdraw_media(tag)
+                return tuple(_withdraw_media(tag))
             return (Notice("reinvite-failed", str(status)),) if method == b"INVITE" else ()
         if method == b"INVITE" and status >= 200:
             state.confirm(tag, self.options["max_transactions"])
-        return tuple(self._sdp(msg, seg, tag, base)) if status > 100 else ()
+        return tuple(self._sdp(msg, seg, tag, base, [])) if status > 100 else ()
 
     def _again(self, msg: Message, seg: alg.Segment, tag: str, base: int, sdp_message: bool) -> list:
         """A retransmission's media, expected again under NAT only: the same master
         asking again replaces its expectations, and the copy names the outside
         ports they have (moved, if another call holds the inside ones)."""
-        return self._sdp(msg, seg, tag, base) if seg.nat is not None and sdp_message else []
+        return self._sdp(msg, seg, tag, base, []) if seg.nat is not None and sdp_message else []
 
     # ------------------------------------------------------------ SDP -> media
-    def _sdp(self, msg: Message, seg: alg.Segment, tag: str, base: int) -> list:
-        """The media expectations of the message's SDP bodies, at most
-        `max_media_expects` of them and MAX_MEDIA_LINES m= lines read: past
-        either, the rest is refused (not expected and then evicted) and
-        counted once per message (`media-capped`)."""
-        if not msg.body:  # no SDP (Content-Type is not even looked up)
-            return []
-        out: list = []
+    def _sdp(self, msg: Message, seg: alg.Segment, tag: str, base: int, out: list) -> list:
+        """Appends to `out` (and returns it) the media expectations of the
+        message's SDP bodies, at most `max_media_expects` of them and
+        MAX_MEDIA_LINES m= lines read: past either, the rest is refused (not
+        expected and then evicted) and counted once per message (`media-capped`)."""
+        body = msg.body
+        if not body:  # no SDP (Content-Type is not even looked up)
+            return out
         opts = self.options
         room = opts["max_media_expects"]
         lines, media_lines = sdp.MAX_LINES * 2, MAX_MEDIA_LINES
         capped = 0
         # what every stream of the message is checked against, read once
-        sender = seg.sender
-        src = seg.receiver if opts["direct_media"] else None
-        for body, off in sdp.sdp_bodies(msg.value(b"content-type"), msg.body, msg.body_offset):
+        direction, flow = seg.direction, seg.flow
+        sender, receiver = (flow.src, flow.dst) if direction is Direction.ORIGINAL else (flow.dst, flow.src)
+        src = receiver if opts["direct_media"] else None
+        ctype = msg.value(b"content-type")
+        bodies = ((body, msg.body_offset),) if ctype == b"application/sdp" else \
+            sdp.sdp_bodies(ctype, body, msg.body_offset)  # the usual type as sent: no need to take it apart
+        for body, off in bodies:
             session = sdp.parse(body, base + off, media_lines, lines)
             if seg.nat is not None:  # its spans are named from the same reading
                 msg.sdp = (msg.sdp or []) + [(body, base + off, session)]
@@ -591,28 +598,28 @@ class SipHelper(alg.Helper):
             out.append(Notice("port-count-capped", str(count)))
             count = MAX_STREAMS
         where: tuple[tuple[int, int], ...] = (conn.where, media.where)
-        if b"RTP/" in proto:
+        rtp = b"RTP/" in proto
+        if rtp and media.rtcp_port is not None:
             # RTP profiles (RFC 3551, 3711, 4585, 5124): RTP on even ports, RTCP on the
             # next one, except the first stream's where a=rtcp says (RFC 3605)
             ports = [(port + i, addr, where) for i in range(2 * count)]
-            if media.rtcp_port is not None:
-                raddr, rwhy = addr, ""
-                if media.rtcp_connection is not None:
-                    raddr, rwhy = self._media_addr(media.rtcp_connection, seg.flow.l3, sender)
-                if raddr is None:
-                    del ports[1]
-                    if rwhy:
-                        out.append(Notice(rwhy, _named(media.rtcp_connection, seg)))
-                else:
-                    ports[1] = (media.rtcp_port, raddr, (media.rtcp_where or media.where,))
-        else:
-            ports = [(port + i, addr, where) for i in range(count)]
+            raddr, rwhy = addr, ""
+            if media.rtcp_connection is not None:
+                raddr, rwhy = self._media_addr(media.rtcp_connection, seg.flow.l3, sender)
+            if raddr is None:
+                del ports[1]
+                if rwhy:
+                    out.append(Notice(rwhy, _named(media.rtcp_connection, seg)))
+            else:
+                ports[1] = (media.rtcp_port, raddr, (media.rtcp_where or media.where,))
+        else:  # each stream's ports in a row: RTP and RTCP, or one (T.38 udptl, ...)
+            ports = [(p, addr, where) for p in range(port, port + (2 * count if rtp else count))]
         low = self.options["min_media_port"]
         refused = 0
         for port, a, w in ports:
             if low <= port <= 65535:
                 if room > 0:
-                    out.append(Expect(cls, UDP, src, a, None, port, 0, tag, w))
+                    out.append(_media_expect(cls, src, a, port, tag, w))
                     room -= 1
                 else:
                     refused += 1
@@ -726,8 +733,53 @@ class SipHelper(alg.Helper):
         return int(v) if grammar.DELTA.match(v) else None
 
 
-def _withdraw_media(tag: str) -> tuple[Unexpect, ...]:
-    return Unexpect("audio", tag), Unexpect("video", tag), Unexpect("image", tag)
+def _settable(cls: type) -> type:
+    """A class with the slots of the frozen, slotted action `cls`, which may be set:
+    an instance filled with plain stores and then given `cls` as its class (the same
+    slots, so the same layout) is a genuine `cls`, built in a third of the time its
+    constructor takes (each field through its slot's setter). The engine builds its
+    own records this way (alg.frozen); the few actions every INVITE yields are built
+    so here (tests/test_sip_build.py compares them with the constructors')."""
+    return type(f"Settable{cls.__name__}", (), {"__slots__": cls.__dict__["__slots__"], "__module__": __name__})
+
+
+_SettableExpect, _SettableUnexpect, _SettableParsed = _settable(Expect), _settable(Unexpect), _settable(Parsed)
+
+
+def _media_expect(cls: str, src: Any, dst: Any, port: int, tag: str, where: tuple) -> Expect:
+    """Expect(cls, UDP, src, dst, None, port, 0, tag, where)."""
+    e = _SettableExpect()
+    e.cls = cls
+    e.proto = UDP
+    e.src = src
+    e.dst = dst
+    e.sport = None
+    e.dport = port
+    e.flags = 0
+    e.tag = tag
+    e.where = where
+    e.src_prefix = None
+    e.assign_helper = False
+    e.__class__ = Expect
+    return e
+
+
+def _parsed(consumed: int, actions: tuple) -> Parsed:
+    """Parsed(consumed, actions)."""
+    p = _SettableParsed()
+    p.consumed = consumed
+    p.actions = actions
+    p.__class__ = Parsed
+    return p
+
+
+def _withdraw_media(tag: str) -> list[Unexpect]:
+    """Unexpect(cls, tag) for each media class."""
+    audio, video, image = _SettableUnexpect(), _SettableUnexpect(), _SettableUnexpect()
+    audio.cls, video.cls, image.cls = _MEDIA
+    audio.tag = video.tag = image.tag = tag
+    audio.__class__ = video.__class__ = image.__class__ = Unexpect
+    return [audio, video, image]
 
 
 @alg.hookimpl

@@ -55,6 +55,7 @@ _BAD_LINE = re.compile(rb"\n(?!" + _TOKEN + rb"+[ \t]*+:|[ \t]|\r\n|\r?\Z)")
 _HEADER_END = re.compile(rb"\n(?![ \t])")
 _FOLD = (b" ", b"\t")  # a line starting with either continues the header before it
 _FOLDING = re.compile(rb"\r?\n[ \t]+")  # a line break and the whitespace starting a continuation line
+_TRAILING = b" \t\r"  # stripped from the end of a value (§7.3.1; CR: a line ends in CRLF)
 MAX_METHOD = 32  # bytes of a method token (§25.1 sets no bound; the registered methods have <= 9)
 MAX_START_LINE = 4096  # bytes of an unfinished start line before a stream is refused
 _LIST_SPECIAL = re.compile(rb'[\\",<>]')
@@ -98,25 +99,29 @@ class Message:
     def all(self, name: bytes) -> list[Header]:
         """The headers called `name` (lower case, full name), MAX_LIST at
         most; `skipped` counts that there were more."""
-        pattern = _search(name)
+        head = self.head
         out: list[Header] = []
-        for m in pattern.finditer(self.head):
+        for m in _search(name).finditer(head):
             if len(out) == MAX_LIST:
                 self.skipped += 1
                 break
-            out.append(Header(name, _value(self.head, m.end()), m.end()))
+            out.append(_header(name, head, m))
         return out
 
     def get(self, name: bytes) -> Header | None:
         m = _search(name).search(self.head)
-        return None if m is None else Header(name, _value(self.head, m.end()), m.end())
+        return None if m is None else _header(name, self.head, m)
 
     def value(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lower case, full name), found
-        by one search of the head (the kernel's ct_sip_get_header). The
-        helper asks for each header once or twice per message."""
-        m = _search(name).search(self.head)
-        return None if m is None else _value(self.head, m.end())
+        by one search of the head (the kernel's ct_sip_get_header), which
+        also takes its line (one C-level step; a folded one is joined by
+        `_value`). The helper asks for each header once or twice per message."""
+        m = (_SEARCH.get(name) or _compile(name)).search(self.head)  # _search, inline (a call fewer)
+        if m is None:
+            return None
+        v, folded = m.groups()  # (as _header does, without building one)
+        return v.rstrip(_TRAILING) if folded is None else _value(self.head, m.start(1))
 
 
 class Incomplete(Exception):
@@ -189,7 +194,8 @@ def prefix_ok(data: bytes, sc: StartScan) -> bool:
 
 
 def skip_keepalive(data: bytes) -> int:
-    """Bytes of CRLF keep-alives (RFC 5626 §3.5.1) at the front of `data`."""
+    """Bytes of CRLF keep-alives (RFC 5626 §3.5.1) at the front of `data`
+    (the helper calls it only when `data` starts with CR or LF)."""
     if data[:1] not in (b"\r", b"\n"):
         return 0
     return len(data) - len(data.lstrip(b"\r\n"))
@@ -201,8 +207,8 @@ def head_end(data: bytes, start: int = 0) -> tuple[int, int]:
     it were searched already; the 3 before it again, for an empty line cut
     by the segment boundary), or (-1, 0). Two C-level searches: an LF LF
     only counts before the first CRLF CRLF."""
-    s = max(0, start - 3)
-    crlf = data.find(b"\r\n\r\n", max(0, s - 1))
+    s = start - 3 if start > 3 else 0  # (max() costs a call)
+    crlf = data.find(b"\r\n\r\n", s - 1 if s else 0)
     lf = data.find(b"\n\n", s, len(data) if crlf < 0 else crlf + 2)
     if lf >= 0:
         return lf, 2
@@ -231,7 +237,7 @@ def parse(data: bytes, stream: bool, max_message: int) -> Message:
             raise Incomplete
         # §18.3: a datagram shorter than its Content-Length is discarded
         raise alg.ProtocolViolation("datagram shorter than its Content-Length")
-    take_body(msg, data)
+    msg.body = data[msg.body_offset:msg.length]  # take_body
     return msg
 
 
@@ -267,7 +273,7 @@ def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int) 
         bad = _BAD_LINE.search(head, first_nl)
         if bad:
             _bad_line(head, bad.end())
-    body_start = min(end + sep, len(data)) if sep else len(data)
+    body_start = end + sep if sep and end + sep <= len(data) else len(data)
     clen = msg.value(b"content-length")
     if clen is None:
         if stream:
@@ -297,9 +303,19 @@ def _search(name: bytes) -> re.Pattern[bytes]:
 
 def _compile(name: bytes) -> re.Pattern[bytes]:
     """Header `name` (full or compact form, §7.3.3, any case) at the start
-    of a line, up to its value (§7.3.1: whitespace around the colon)."""
+    of a line, whitespace around the colon (§7.3.1); group 1: the rest of
+    its line, group 2: set when a continuation line follows (folded). The
+    runs are possessive, each stopping where the next cannot start
+    (blanks, then anything up to the line end): nothing is given back."""
     forms = [re.escape(name)] + [re.escape(c) for c, full in COMPACT.items() if full == name]
-    return re.compile(rb"\n(?:" + b"|".join(forms) + rb")[ \t]*:[ \t]*", re.IGNORECASE)
+    return re.compile(rb"\n(?:" + b"|".join(forms) + rb")[ \t]*+:[ \t]*+([^\n]*+)(\n[ \t])?", re.IGNORECASE)
+
+
+def _header(name: bytes, head: bytes, m: re.Match[bytes]) -> Header:
+    """The header a `_search` pattern matched in `head`."""
+    v, folded = m.groups()
+    at = m.start(1)
+    return Header(name, v.rstrip(_TRAILING) if folded is None else _value(head, at), at)
 
 
 def _value(head: bytes, start: int) -> bytes:

@@ -15,21 +15,29 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import alg
 
-# only the lines read here: m=, c=, a=rtcp: (RFC 8866 §5: <type>=<value>, CRLF or LF),
-# searched in "\n" + body: a literal first byte lets the engine skip to each line start
-_LINE = re.compile(rb"\n([mc]|a(?==rtcp:))=([^\r\n]*)")
+# the lines read here (RFC 8866 §5: <type>=<value>, CRLF or LF; a value ends at the first CR
+# or LF), each read by one match in "\n" + body, fields and all (a literal first byte lets the
+# engine skip to each line start, the type's letter picks the one alternative to try). Each type
+# is a group of its own, followed by its fields when they are well formed: the last group that
+# matched (lastindex) says which line it was, and whether it was malformed.
+# m=<media> <port>[/<number of ports>] <proto> <fmt> ... (§5.14): type 1, fields 2-5
+_M = rb"(m)=(?:([A-Za-z0-9._-]+)[ ]+([0-9]{1,5})(?:/([0-9]{1,5}))?[ ]+([A-Za-z0-9/._-]+))?"
+# c=<nettype> <addrtype> <connection-address> (§5.7), TTL / count suffixes on multicast: type 6,
+# fields 7-8
+_C = rb"(c)=(?:IN[ ]+IP([46])[ ]+([^ /\r\n]+)(?:/[0-9]+){0,2}[ ]*(?![^\r\n]))?"
+# a=rtcp:<port> [<nettype> <addrtype> <connection-address>] (RFC 3605 §2.1): type 9, fields 10-12
+_RTCP = rb"(a)=rtcp:(?:([0-9]{1,5})(?:[ ]+IN[ ]+IP([46])[ ]+([^ \r\n]+))?[ ]*(?![^\r\n]))?"
+_LINE = re.compile(rb"\n(?:" + _M + rb"|" + _C + rb"|" + _RTCP + rb")")
+# lastindex of each: a well-formed m= (5), c= (8), a=rtcp: without (10) or with (12) an address;
+# a malformed m= (1), c= (6), a=rtcp: (9)
+_M_LINE, _C_LINE, _RTCP_PORT, _RTCP_ADDR = 5, 8, 10, 12
+_M_BAD, _C_BAD, _RTCP_BAD = 1, 6, 9
 MAX_LINES = 64  # m=, c= and a=rtcp lines read per body (a call has a handful)
 MAX_MALFORMED = 4  # malformed lines reported per body (the rest only make it stop sooner)
-# c=<nettype> <addrtype> <connection-address> (§5.7); TTL / count suffixes on multicast
-_C = re.compile(rb"IN[ ]+IP([46])[ ]+([^ /\r\n]+)(?:/[0-9]+){0,2}[ ]*$")
-# m=<media> <port>[/<number of ports>] <proto> <fmt> ... (§5.14)
-_M = re.compile(rb"([A-Za-z0-9._-]+)[ ]+([0-9]{1,5})(?:/([0-9]{1,5}))?[ ]+([A-Za-z0-9/._-]+)")
-# a=rtcp:<port> [<nettype> <addrtype> <connection-address>] (RFC 3605 §2.1)
-_RTCP = re.compile(rb"([0-9]{1,5})(?:[ ]+IN[ ]+IP([46])[ ]+([^ \r\n]+))?[ ]*$")
 
 
 @dataclass(slots=True)
@@ -63,28 +71,28 @@ class Media:
         return self.proto.upper().startswith(b"TCP")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Session:
-    connection: Connection | None = None
-    media: list[Media] = field(default_factory=list)
-    malformed: list[str] = field(default_factory=list)
-    skipped: int = 0  # m= lines past max_media, not read
-    lines: int = 0  # m=, c= and a=rtcp lines read
-    truncated: bool = False  # max_lines reached: the rest of the body was not read
+    connection: Connection | None
+    media: list[Media]
+    malformed: list[str]
+    skipped: int  # m= lines past max_media, not read
+    lines: int  # m=, c= and a=rtcp lines read
+    truncated: bool  # max_lines reached: the rest of the body was not read
 
-
-def _connection(value: bytes, off: int) -> Connection | None:
-    """The c= line whose value starts at offset `off` of the message."""
-    m = _C.match(value)
-    if not m:
-        return None
-    return _address(int(m.group(1)), m.group(2), off + m.start(2))
+    def __init__(self) -> None:  # what parse starts from (the generated one costs half as much again)
+        self.connection = None
+        self.media = []
+        self.malformed = []
+        self.skipped = self.lines = 0
+        self.truncated = False
 
 
 MAX_CACHED = 64  # bytes of an address text whose reading is cached (the longest IPv6 text, with room)
 
 
-def _address(fam: int, text: bytes, off: int) -> Connection:
+def _connection(fam: int, text: bytes, off: int) -> Connection:
+    """The address `text` of family `fam` (c=, a=rtcp:, o=) at offset `off` of the message."""
     addr, unusable = _literal(fam, text)
     return Connection(fam, text, addr, (off, len(text)), unusable)
 
@@ -129,40 +137,35 @@ def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_
             s.truncated = True
             break
         n += 1
-        kind, value = lm.groups()
-        at = base + lm.start() + 3  # the value's offset in the message
-        if kind == b"m":
+        what = lm.lastindex
+        if what == _M_LINE or what == _M_BAD:
             if len(found) >= max_media:
-                s.skipped = 1 + body.count(b"\nm=", lm.end() - 1)
+                s.skipped = 1 + body.count(b"\nm=", lm.start())
                 break
-            mm = _M.match(value)
-            if mm is None:
+            if what == _M_BAD:
                 current = None
                 if _malformed(s, "m="):
                     break
                 continue
-            kind, port, count, proto = mm.groups()
-            current = Media(kind.lower(), int(port), int(count) if count else 1, proto, (at + mm.start(2), len(port)))
+            kind, port, count, proto = lm.group(2, 3, 4, 5)
+            current = Media(kind.lower(), int(port), int(count) if count else 1, proto, (base + lm.start(3), len(port)))
             found.append(current)
-        elif kind == b"c":
-            c = _connection(value, at)
-            if c is None:
-                if _malformed(s, "c="):
-                    break
-            elif current is None:
+        elif what == _C_LINE:
+            c = _connection(int(lm[7]), lm[8], base + lm.start(8))
+            if current is None:
                 s.connection = s.connection or c  # the first c= of a level counts
             elif current.connection is None:
                 current.connection = c
-        elif current is not None:  # a=rtcp: (the pattern reads no other a= line)
-            r = _RTCP.match(value, 5)
-            if r is None:
-                if _malformed(s, "a=rtcp"):
-                    break
-                continue
-            current.rtcp_port = int(r.group(1))
-            current.rtcp_where = (at + r.start(1), len(r.group(1)))
-            if r.group(3):
-                current.rtcp_connection = _address(int(r.group(2)), r.group(3), at + r.start(3))
+        elif what == _C_BAD or (what == _RTCP_BAD and current is not None):
+            # (an a=rtcp: line before any m= is not read, well formed or not)
+            if _malformed(s, "c=" if what == _C_BAD else "a=rtcp"):
+                break
+        elif current is not None:
+            port = lm[10]
+            current.rtcp_port = int(port)
+            current.rtcp_where = (base + lm.start(10), len(port))
+            if what == _RTCP_ADDR:
+                current.rtcp_connection = _connection(int(lm[11]), lm[12], base + lm.start(12))
     s.lines = n
     return s
 
@@ -220,4 +223,4 @@ def owner(body: bytes, base: int = 0) -> Connection | None:
     addr, start = fields[5], base + at + 2 + len(line) - len(fields[5])
     if addr.startswith(b"[") and addr.endswith(b"]"):  # SIPp writes IPv6 bracketed here (§5.2 does not)
         addr, start = addr[1:-1], start + 1
-    return _address(4 if fields[4] == b"IP4" else 6, addr, start)
+    return _connection(4 if fields[4] == b"IP4" else 6, addr, start)
