@@ -22,6 +22,10 @@ packets in all: keep N below that. Then, the reader still running, --pings
 INVITEs go one at a time to an echo server: the added latency is their round
 trip's p50/p99 minus the same without the NFQUEUE rule (measured first).
 
+--tracked makes the fw namespace track the flow, as a helper's flows are: then alg creates the
+INVITEs' expectations in the kernel (ctnetlink), and on a kernel with the glue (the lab VM:
+tools/lab/vm-run ... run-all.sh with a script calling this) each packet comes with its conntrack.
+
 This host's queues come without the conntrack (no CONFIG_NETFILTER_NETLINK_GLUE_CT):
 `alg run --no-cthelper` asks ctnetlink for each packet's conntrack, and the fw namespace,
 whose rules use no conntrack match, tracks nothing, so each lookup is two GETs (the tuple,
@@ -29,7 +33,7 @@ then its reverse) that both find nothing. The same run measures that lookup alon
 fw namespace, and what replaces it where the queue hands the conntrack over (the lab's
 kernel, NFQA_CT): decoding NFQA_CT in the packet's message, no system call.
 
-    sudo .venv/bin/python benchmarks/bench_drain.py [--n 20000] [--rounds 3]
+    sudo .venv/bin/python benchmarks/bench_drain.py [--n 20000] [--rounds 3] [--tracked]
 """
 
 from __future__ import annotations
@@ -247,7 +251,8 @@ def drain_once(net: Net, argv: list[str], n: int, pings: int) -> tuple[float, fl
     reader = net.popen("fw", *argv)
     try:
         pid = reader.pid  # ip netns exec execs the reader: same pid
-        q0 = wait(lambda: (q := _read(pid)) is not None and q.portid and q, 30, "reader never bound the queue")
+        q0 = wait(lambda: (q := _read(pid)) is not None and q.portid and q, 180,
+                  f"{' '.join(argv[:4])} never bound the queue")  # alg starts in 20-40 s in the lab VM
         time.sleep(0.2)  # let it reach its loop
         os.kill(pid, signal.SIGSTOP)
         net.cli(sys.executable, "-c", SEND, str(n), str(HERE), timeout=120)
@@ -279,6 +284,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-daemon", action="store_true", help="leave `alg run` out")
     ap.add_argument("--pings", type=int, default=1000, help="round trips for the added latency (0: skip)")
+    ap.add_argument("--tracked", action="store_true",
+                    help="the drained flow is tracked (with the glue, as in the lab VM: no lookup per packet)")
     args = ap.parse_args()
     n = args.n
     with Net(f"alg-dr{os.getpid() % 100:02d}") as net, tempfile.TemporaryDirectory() as tmp:
@@ -288,7 +295,12 @@ def main() -> int:
         net.popen("srv", sys.executable, "-c", ECHO)
         time.sleep(0.5)
         base = [ping(net, args.pings) for _ in range(args.rounds)] if args.pings else [(0.0, 0.0)]
-        net.fw("iptables", "-A", "FORWARD", "-p", "udp", "--dport", "5060", "-j", "NFQUEUE", "--queue-num", str(QUEUE))
+        # --tracked: a conntrack match makes the fw namespace track the flow (a helper's flows are
+        # tracked: conntrack assigns the helper), and a kernel with the glue hands each packet's
+        # conntrack to the readers that ask for it (alg; the C loop does not ask)
+        tracked = ["-m", "conntrack", "--ctstate", "NEW,ESTABLISHED"] if args.tracked else []
+        net.fw("iptables", "-A", "FORWARD", "-p", "udp", "--dport", "5060", *tracked, "-j", "NFQUEUE",
+               "--queue-num", str(QUEUE))
         Path(tmp, "sip.toml").write_text(f'helper = "sip"\nqueue = {QUEUE}\nqueue_len = {n}\nprotocols = ["udp"]\n')
         Path(tmp, "alg.toml").write_text(f'[core]\nstatus_socket = "{tmp}/s"\n')
         readers = {
@@ -303,7 +315,7 @@ def main() -> int:
         for _ in range(args.rounds):
             for name, argv in readers.items():
                 runs[name].append(drain_once(net, argv, n, args.pings))
-        lookup = lookup_cost(net) if not args.skip_daemon else None
+        lookup = lookup_cost(net) if not (args.skip_daemon or args.tracked) else None
     med = {k: tuple(statistics.median(r[i] for r in v) for i in range(5)) for k, v in runs.items()}
     b50, b99 = statistics.median(b[0] for b in base), statistics.median(b[1] for b in base)
     c_wall, c_cpu, c_lost, _, _ = med["C loop (libnetfilter_queue)"]
