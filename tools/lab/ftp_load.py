@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """FTP control-channel load for the lab benchmark (benchmarks/lab_ftp_load.sh; standard library).
 
-    ftp_load.py --host ADDR --connections N --seconds S [--data K] [--data-timeout T]
+    ftp_load.py --host ADDR --connections N --seconds S [--data K] [--data-timeout T] [--log FILE]
 
 N control connections log in, then each asks PASV again and again for S seconds: the server's
 227 answer is what an FTP helper reads (and expects a data connection for) on its way back, so
@@ -17,6 +17,9 @@ ends, all connections at once, so the helper is loaded as it was; their round tr
 the PASV figures. Prints one line of names and values:
 
     pasv N p50_us P p99_us Q per_s R errors E cpu_ms C replies227 A data D data_failed F
+
+--log FILE: one line per 227 read, 'CLIENT_PORT DATA_PORT' (the control connection's own port and
+the one the 227 names), to match against the expectation events.
 
 (per_s: PASV answers per second of the PASV phase; A: every 227 read, both phases; C: this
 process's own CPU time, user and system: under emulation the load generator shares the VM's CPUs
@@ -44,6 +47,7 @@ class Tally:
     times: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     replies: int = 0
+    endpoints: list[tuple[int, int]] = field(default_factory=list)  # (control client port, 227's port)
     data: int = 0
     data_failed: int = 0
     pasv_end: float = 0.0
@@ -72,26 +76,23 @@ def pasv_endpoint(reply: str) -> tuple[str, int] | None:
     return ".".join(map(str, n[:4])), n[4] << 8 | n[5]
 
 
-def pasv(s: socket.socket, f, tally: Tally) -> str | None:
+def pasv(s: socket.socket, f, tally: Tally) -> tuple[str, int] | None:
+    """Ask PASV; the address and port the 227 names, None (an error counted) for any other answer."""
     s.sendall(b"PASV\r\n")
     reply = read_reply(f)
-    if not reply.startswith(PASV_OK):
-        with tally.lock:
-            tally.errors.append(reply.strip())
-        return None
+    endpoint = pasv_endpoint(reply) if reply.startswith(PASV_OK) else None
     with tally.lock:
-        tally.replies += 1
-    return reply
+        if endpoint is None:
+            tally.errors.append(reply.strip())
+        else:
+            tally.replies += 1
+            tally.endpoints.append((s.getsockname()[1], endpoint[1]))
+    return endpoint
 
 
 def data_round(s: socket.socket, f, tally: Tally, timeout: float) -> bool:
-    reply = pasv(s, f, tally)
-    if reply is None:
-        return False
-    endpoint = pasv_endpoint(reply)
+    endpoint = pasv(s, f, tally)
     if endpoint is None:
-        with tally.lock:
-            tally.errors.append(f"unparsable 227: {reply.strip()}")
         return False
     try:
         socket.create_connection(endpoint, timeout=timeout).close()
@@ -136,6 +137,7 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--data", type=int, default=0, metavar="K", help="data connection rounds per connection")
+    p.add_argument("--log", metavar="FILE", help="write each 227's control client port and data port")
     p.add_argument("--data-timeout", type=float, default=2.0, metavar="T",
                    help="seconds a data connection may take to open (the first SYN retry comes at 1 s)")
     a = p.parse_args()
@@ -149,6 +151,9 @@ def main() -> int:
     for t in threads:
         t.join()
     times = tally.times
+    if a.log:
+        with open(a.log, "w") as out:
+            out.writelines(f"{c} {d}\n" for c, d in tally.endpoints)
     tail = (f"errors {len(tally.errors)} cpu_ms {time.process_time() * 1e3:.0f} replies227 {tally.replies} "
             f"data {tally.data} data_failed {tally.data_failed}")
     if len(times) < 2:
