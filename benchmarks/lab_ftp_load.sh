@@ -22,7 +22,8 @@
 # of PASV and a data connection to the port its 227 names; lab-fw lets that connection in only as RELATED
 # (netns.sh: NEW is accepted to port 21 alone), so one that does not open within 2 s found no expectation
 # (none's all fail: the control). Beside them: TCP segments the client and server retransmitted, and the
-# expectation events (`conntrack -E expect`), with the 227s (ftp_load.py --log) that got no EXP_NEW. The
+# expectation events (`conntrack -E expect`), with the 227s (ftp_load.py --log) whose connection and port never
+# got an EXP_NEW (a lower bound: a port a connection was given twice counts once). The
 # listener writes to tmpfs and its stderr is kept: conntrack 1.4.7's `-E expect` exits at its first
 # ENOBUFS (nfexp_catch returns -1: "Operation failed: No buffer space available"; it has no
 # --buffer-size there), and writing each line to the 9p scratch folder made it fall behind conntrackd's
@@ -125,7 +126,7 @@ load() {  # LABEL [PID]: the load, the expectations it made, the helper PID's co
     WORK[$label]=$(awk -v a="$replies" -v x=$((e1 - e0)) -v d="${data:-0}" -v f="${failed:-0}" -v w=$((w1 - w0)) 'BEGIN {
         printf "%d 227 answers, %d expectations created (%.1f%%, %.1f/s), %d of %d data connections failed", \
             a, x, (a > 0 ? 100 * x / a : 0), x / (w / 1e9), f, d}')
-    printf 'ftp-load %-10s work: %s; %d data SYNs let in as RELATED; %d TCP segments retransmitted; events: %d EXP_NEW seen (%d 227s without one), listener %s%s\n' \
+    printf 'ftp-load %-10s work: %s; %d data SYNs let in as RELATED; %d TCP segments retransmitted; events: %d EXP_NEW seen (%d 227s whose connection and port never had one), listener %s%s\n' \
         "$label" "${WORK[$label]}" $((r1 - r0)) $((x1 - x0)) "$n" "$(unmatched "$OUT/$label-227.txt" "$OUT/$label-exp.txt")" \
         "$listener" \
         "$( [ -s "$OUT/$label-exp.err" ] && printf ' (stderr: %s)' "$(tr '\n' ' ' <"$OUT/$label-exp.err" | cut -c1-160)")"
