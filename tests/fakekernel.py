@@ -115,6 +115,8 @@ class FakeKernel:
     helpers: dict[str, Any] = field(default_factory=dict)
     expectations: dict[tuple, tuple[Any, FlowTuple | None]] = field(default_factory=dict)
     attached: list[bytes] = field(default_factory=list)
+    kernel_created: list[Any] = field(default_factory=list)  # what ctnetlink EXP_NEWs created, in order
+    deleted: list[Any] = field(default_factory=list)  # what ctnetlink EXP_DELETEs removed, in order
     events: list[Any] = field(default_factory=list)
     refuse_queue: set = field(default_factory=set)
     refuse_helper: set = field(default_factory=set)
@@ -215,14 +217,38 @@ class FakeKernel:
         self.helpers.pop(name, None)
 
     def create(self, e, master: FlowTuple, exclusive: bool = False) -> None:
+        """ctnetlink EXP_NEW from the daemon's own socket. As the kernel: an expectation of the
+        same tuple is refreshed (no event); a new one first evicts the oldest of its master and
+        class when they hold its helper's max_expected (__nf_ct_expect_check), with a destroy
+        event. Its own NEW event the daemon's event socket filters out in the kernel
+        (alg.kernel.ctnetlink.Events), so none is queued here."""
         if master not in self._confirmed:
             raise KernelError(E.ENOENT, "exp-new")
+        if e.key in self.expectations:
+            self.expectations[e.key] = (e, master)  # (it keeps its place: the oldest stays the oldest)
+            return
+        limit = self._max_expected(master, e.class_id)
+        mine = [x for x, m in self.expectations.values() if m == master and x.class_id == e.class_id]
+        if limit and len(mine) >= limit:
+            self.expectations.pop(mine[0].key)  # in creation order: the oldest first
+            self.events.append(("destroy", mine[0], master))
         self.expectations[e.key] = (e, master)
-        self.events.append(("new", e, master))
+        self.kernel_created.append(e)
+
+    def _max_expected(self, master: FlowTuple, class_id: int) -> int:
+        """max_expected of class_id in the policy of the helper master's conntrack carries (0: none known)."""
+        for en in self.conntracks.values():
+            if en.ct.orig.flow() == master and en.ct.helper in self.helpers:
+                classes = self.helpers[en.ct.helper].classes
+                return classes[class_id].max_expected if class_id < len(classes) else 0
+        return 0
 
     def delete(self, e) -> None:
-        if self.expectations.pop(e.key, None) is None:
+        held = self.expectations.pop(e.key, None)
+        if held is None:
             raise KernelError(E.ENOENT, "exp-delete")
+        self.deleted.append(e)
+        self.events.append(("destroy", held[0], held[1]))
 
     def get(self, e):
         return self.expectations.get(e.key)

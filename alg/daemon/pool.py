@@ -171,6 +171,9 @@ class Shard(Daemon):
     def _write_state(self) -> None:
         pass  # the supervisor's
 
+    def _registers_helpers(self) -> bool:
+        return True  # the supervisor registers this worker's instances, their classes as policy gives them
+
     def stop(self) -> None:
         for num in list(self.workers):
             self._unbind(num)  # drained first
