@@ -553,12 +553,8 @@ def test_expectmax_1s_victim_is_left_to_the_kernels_own_eviction(tmp_path):
     __nf_ct_expect_check does), so no EXP_DELETE is sent for it; both tables agree after."""
     from alg.daemon.reconciler import Reconciler
     k = FakeKernel()
-    d = daemon(tmp_path, k)
+    d, ([first], [second]) = _pasv(tmp_path / "max1", k)
     d.reconciler = Reconciler(k.ports().events(), d.engine, d.sink, d.stats)
-    c = Tcp(k, d, 7, "ftp", 21)
-    c.send(True, b"220 ready\r\n")
-    (first,) = c.send(True, PASV_227 % 80)
-    (second,) = c.send(True, PASV_227 % 81)
     assert k.deleted == [] and d.stats.evicted_by_kernel == 1
     assert list(k.expectations) == [second] and [e.key for e in d.engine.table] == [second]
     d.reconciler.read()  # the kernel's destroy event of the first: alg let it go already
@@ -566,7 +562,7 @@ def test_expectmax_1s_victim_is_left_to_the_kernels_own_eviction(tmp_path):
     assert d.engine.stats()["helpers"]["ftp"]["classes"]["ftp"]["evicted"] == 1
 
 
-def _pasv_twice(tmp_path: Path, k: FakeKernel, core: str = "", ftp: str = "",
+def _pasv(tmp_path: Path, k: FakeKernel, core: str = "", ftp: str = "",
                 ports: tuple[int, ...] = (80, 81)) -> tuple[Daemon, list]:
     """A daemon in its own folder (core: lines for [core], ftp: for ftp.toml), one FTP session
     with a 227 for each of `ports`; the kernel's expectation keys each one created."""
@@ -583,12 +579,12 @@ def test_a_victim_the_kernel_may_not_evict_is_deleted_as_before(tmp_path):
     victim), a create the kernel refuses, and a pair (conntrackd commits in class 0 with
     the room of all): the victim is deleted over ctnetlink."""
     k = FakeKernel()
-    d, keys = _pasv_twice(tmp_path / "max2", k, ftp="[classes.ftp]\nexpect_max = 2\n", ports=(80, 81, 82))
+    d, keys = _pasv(tmp_path / "max2", k, ftp="[classes.ftp]\nexpect_max = 2\n", ports=(80, 81, 82))
     assert [e.key for e in k.deleted] == keys[0] and list(k.expectations) == keys[1] + keys[2]
     assert d.stats.evicted_by_kernel == 0
 
     k = FakeKernel()
-    d, (first, second) = _pasv_twice(tmp_path / "pair", k, core="pair = true\n")
+    d, (first, second) = _pasv(tmp_path / "pair", k, core="pair = true\n")
     assert [e.key for e in k.deleted] == first and d.stats.evicted_by_kernel == 0
 
 
@@ -604,7 +600,7 @@ def test_a_victim_of_a_create_the_kernel_refuses_is_deleted(tmp_path):
             raise KernelError(errno.EINVAL, "exp-new")
         real(e, master, exclusive)
     k.create = refuse_the_second  # type: ignore[method-assign]
-    d, (first, second) = _pasv_twice(tmp_path / "refused", k)
+    d, (first, second) = _pasv(tmp_path / "refused", k)
     assert second == [] and [e.key for e in k.deleted] == first and not k.expectations
     assert d.stats.evicted_by_kernel == 0 and d.stats.kernel_errors["EINVAL"] == 1
 
@@ -629,7 +625,26 @@ def test_a_victim_waiting_for_its_retry_is_deleted_not_left_to_the_kernel(tmp_pa
         asked.append(("delete", e.key))
         real_delete(e)
     k.create, k.delete = late, delete  # type: ignore[method-assign]
-    d, (first, second) = _pasv_twice(tmp_path / "late", k)
+    d, (first, second) = _pasv(tmp_path / "late", k)
     assert first == [] and d.stats.deferred == 1
     assert asked[1] == ("delete", asked[0].key) and d.stats.evicted_by_kernel == 0
     assert list(k.expectations) == second and [e.key for e in d.engine.table] == second
+
+
+def test_events_of_other_helpers_leave_alg_s_table_alone(tmp_path):
+    """An expectation event names its master's helper: one of a helper this process does not
+    serve (the kernel's own, another worker's instance) is not alg's, even with the same tuple."""
+    from dataclasses import replace
+
+    from alg.daemon.reconciler import Reconciler
+    k = FakeKernel()
+    d, [[key]] = _pasv(tmp_path / "other", k, ports=(80,))
+    d.reconciler = Reconciler(k.ports().events(), d.engine, d.sink, d.stats)
+    e = d.engine.table.get(key)
+    assert e is not None and e.kernel_master is not None
+    k.events.append(("destroy", replace(e, helper="ftp1"), e.kernel_master))
+    d.reconciler.read()
+    assert d.engine.table.get(key) is e
+    k.events.append(("destroy", e, e.kernel_master))
+    d.reconciler.read()
+    assert d.engine.table.get(key) is None

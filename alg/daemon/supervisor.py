@@ -24,6 +24,7 @@ control connections (their conntracks are never confirmed, DESIGN.md).
 from __future__ import annotations
 
 import errno as E
+import gc
 import json
 import logging
 import os
@@ -313,6 +314,9 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_signal)
         try:
             self.start()
+            # what start-up made (plugins, pyroute2's classes, policy, tables) lives as long as
+            # the process: out of the collector's generations, a full collection does not walk it
+            gc.freeze()
             while not self.stopping:
                 self.step()
         finally:
