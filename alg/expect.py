@@ -384,6 +384,11 @@ class ExpectationTable:
         """Ours among the kernel's: the expectation of tuple t and this mask (as a kernel event names one)."""
         return self.holding_ints(t._ints, int(src_mask), any_sport)
 
+    def expects(self, ints: tuple) -> bool:
+        """Whether an expectation in the table has the destination of a tuple given as
+        FlowTuple._ints (its address, port and protocol): what holding_ints looks among."""
+        return _dest(ints) in self._by_dest
+
     def holding_ints(self, ints: tuple, src_mask: int, any_sport: bool) -> Expectation | None:
         """holding() of a tuple given as FlowTuple._ints and a source mask as a number."""
         for key in self._by_dest.get(_dest(ints), ()):

@@ -57,11 +57,13 @@ class Reconciler:
             if ev.tuple_ints is None:
                 self.stats.events_lost += 1
             elif ev.helper is None or ev.helper in slots:  # (another helper's, or another worker's, is not ours)
-                last[(ev.tuple_ints, ev.src_mask, ev.any_sport)] = ev
+                last[(ev.tuple_ints, ev.mask_key)] = ev
         now = self.clock()
         adopted = []
         table = self.engine.table
         for ev in last.values():
+            if ev.kind == "destroy" and not table.expects(ev.tuple_ints):
+                continue  # nothing of alg's goes there (an expectation alg let go before the kernel did)
             e = table.holding_ints(ev.tuple_ints, ev.src_mask, ev.any_sport)
             if e is None and ev.kind == "new":
                 k = ev.expectation  # parsed whole only now

@@ -446,47 +446,69 @@ class ExpectationEvent:
     """One expectation event: `kind` ("new" | "destroy" | "overflow": ENOBUFS, events were
     lost, list() to resync) and what the reconciler matches it by, read without building
     the expectation: `helper` (its master's helper as the kernel names it, None if it names
-    none), `tuple_ints` and `master_ints` (the expected and the master tuple as
-    FlowTuple._ints), `src_mask` (a number) and `any_sport`. `expectation` (a
-    KernelExpectation) is parsed when first asked for: of alg's own events, only one alg
-    may adopt needs it (the lab's FTP load spent a third of alg's time building three
-    ipaddress-based tuples per event it then threw away)."""
+    none), `tuple_ints` (the expected tuple as FlowTuple._ints) and `mask_key` (the mask
+    as it came: equal masks, equal keys), then only if it gets that far `src_mask` (a
+    number), `any_sport` and `master_ints`. `expectation` (a KernelExpectation) is parsed
+    when first asked for: of alg's own events, only one alg may adopt needs it (the lab's
+    FTP load spent a third of alg's time building three ipaddress-based tuples per event
+    it then threw away; the end of an expectation alg forgot already is told by its
+    destination alone)."""
 
-    __slots__ = ("kind", "helper", "tuple_ints", "master_ints", "src_mask", "any_sport", "_payload", "_expectation")
+    __slots__ = ("kind", "helper", "tuple_ints", "mask_key", "_attrs", "_mask", "_master", "_payload",
+                 "_expectation")
     kind: str
     helper: str | None
     tuple_ints: tuple | None
-    master_ints: tuple | None
-    src_mask: int
-    any_sport: bool
+    mask_key: Any
+    _attrs: dict[int, bytes] | None
+    _mask: tuple[int, bool] | None
+    _master: tuple | None
     _payload: bytes | None
     _expectation: KernelExpectation | None
 
     def __init__(self, kind: str, expectation: KernelExpectation | None) -> None:
-        self.kind, self._expectation, self._payload = kind, expectation, None
+        self.kind, self._expectation, self._payload, self._attrs = kind, expectation, None, None
         if expectation is None:
-            self.helper = self.tuple_ints = self.master_ints = None
-            self.src_mask, self.any_sport = 0, True
+            self.helper = self.tuple_ints = self._master = self.mask_key = self._mask = None
             return
         k = expectation
-        self.helper, self.tuple_ints, self.master_ints = k.helper, k.tuple._ints, k.master._ints
-        self.src_mask, self.any_sport = int(k.mask.src), k.mask.sport == 0
+        self.helper, self.tuple_ints, self._master = k.helper, k.tuple._ints, k.master._ints
+        self._mask = self.mask_key = (int(k.mask.src), k.mask.sport == 0)
 
     @classmethod
     def peek(cls, kind: str, payload: bytes) -> "ExpectationEvent | None":
-        """The event of an EXP_NEW / EXP_DELETE payload (nfgenmsg + attributes), its
-        expectation left unparsed; None when it does not hold one."""
+        """The event of an EXP_NEW / EXP_DELETE payload (nfgenmsg + attributes), its mask and
+        master read when asked for, its expectation left unparsed; None when it holds none."""
         a = L.parse_attrs(payload, 4)
-        tup, mst, msk = _tuple_ints(a.get(CTA_EXPECT_TUPLE)), _tuple_ints(a.get(CTA_EXPECT_MASTER)), \
-            _tuple_ints(a.get(CTA_EXPECT_MASK))
-        if tup is None or mst is None or msk is None:
+        tup, mask = _tuple_ints(a.get(CTA_EXPECT_TUPLE)), a.get(CTA_EXPECT_MASK)
+        if tup is None or mask is None or CTA_EXPECT_MASTER not in a:
             return None
         ev = cls.__new__(cls)
         name = a.get(CTA_EXPECT_HELP_NAME)
-        ev.kind, ev._payload, ev._expectation = kind, payload, None
+        ev.kind, ev._payload, ev._expectation, ev._attrs, ev._mask, ev._master = kind, payload, None, a, None, None
         ev.helper = name.rstrip(b"\0").decode("ascii", "replace") if name else None
-        ev.tuple_ints, ev.master_ints, ev.src_mask, ev.any_sport = tup, mst, msk[2], msk[4] == 0
+        ev.tuple_ints, ev.mask_key = tup, mask
         return ev
+
+    def _read_mask(self) -> tuple[int, bool]:
+        if self._mask is None:
+            m = _tuple_ints(self._attrs.get(CTA_EXPECT_MASK)) if self._attrs is not None else None
+            self._mask = (m[2], m[4] == 0) if m is not None else (-1, False)  # (-1: no source mask is that)
+        return self._mask
+
+    @property
+    def src_mask(self) -> int:
+        return self._read_mask()[0]
+
+    @property
+    def any_sport(self) -> bool:
+        return self._read_mask()[1]
+
+    @property
+    def master_ints(self) -> tuple | None:
+        if self._master is None and self._attrs is not None:
+            self._master = _tuple_ints(self._attrs.get(CTA_EXPECT_MASTER))
+        return self._master
 
     @property
     def expectation(self) -> KernelExpectation | None:
