@@ -115,6 +115,7 @@ class FakeKernel:
     helpers: dict[str, Any] = field(default_factory=dict)
     expectations: dict[tuple, tuple[Any, FlowTuple | None]] = field(default_factory=dict)
     attached: list[bytes] = field(default_factory=list)
+    helper_of: dict[FlowTuple, str] = field(default_factory=dict)  # a conntrack's helper, by original tuple
     kernel_created: list[Any] = field(default_factory=list)  # what ctnetlink EXP_NEWs created, in order
     deleted: list[Any] = field(default_factory=list)  # what ctnetlink EXP_DELETEs removed, in order
     events: list[Any] = field(default_factory=list)
@@ -143,6 +144,7 @@ class FakeKernel:
         reply = CtTuple(l3, proto, rs, rd, dport, reply_dport or sport)
         cid = next(self._ids)
         self.conntracks[cid] = Entry(Conntrack(orig, reply, 0, cid, helper, None, master), bytes(self.priv_len))
+        self.helper_of[orig.flow()] = helper
         return cid
 
     def send(self, queue: int, cid: int, reply: bool, payload: bytes = b"", seq: int = 0,
@@ -237,11 +239,8 @@ class FakeKernel:
 
     def _max_expected(self, master: FlowTuple, class_id: int) -> int:
         """max_expected of class_id in the policy of the helper master's conntrack carries (0: none known)."""
-        for en in self.conntracks.values():
-            if en.ct.orig.flow() == master and en.ct.helper in self.helpers:
-                classes = self.helpers[en.ct.helper].classes
-                return classes[class_id].max_expected if class_id < len(classes) else 0
-        return 0
+        hp = self.helpers.get(self.helper_of.get(master, ""))
+        return hp.classes[class_id].max_expected if hp is not None and class_id < len(hp.classes) else 0
 
     def delete(self, e) -> None:
         held = self.expectations.pop(e.key, None)
