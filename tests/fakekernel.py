@@ -116,6 +116,8 @@ class FakeKernel:
     expectations: dict[tuple, tuple[Any, FlowTuple | None]] = field(default_factory=dict)
     attached: list[bytes] = field(default_factory=list)
     helper_of: dict[FlowTuple, str] = field(default_factory=dict)  # a conntrack's helper, by original tuple
+    # (master, class) -> the keys of its expectations, oldest first (those in `expectations`)
+    _of_master: dict[tuple, dict] = field(default_factory=dict)
     kernel_created: list[Any] = field(default_factory=list)  # what ctnetlink EXP_NEWs created, in order
     deleted: list[Any] = field(default_factory=list)  # what ctnetlink EXP_DELETEs removed, in order
     events: list[Any] = field(default_factory=list)
@@ -226,16 +228,26 @@ class FakeKernel:
         (alg.kernel.ctnetlink.Events), so none is queued here."""
         if master not in self._confirmed:
             raise KernelError(E.ENOENT, "exp-new")
-        if e.key in self.expectations:
-            self.expectations[e.key] = (e, master)  # (it keeps its place: the oldest stays the oldest)
+        held = self.expectations.get(e.key)
+        if held is not None:  # ctnetlink_change_expect: the one held keeps its master and its place
+            if held[1] == master:
+                self.expectations[e.key] = (e, master)
             return
         limit = self._max_expected(master, e.class_id)
-        mine = [x for x, m in self.expectations.values() if m == master and x.class_id == e.class_id]
+        mine = self._of_master.setdefault((master, e.class_id), {})  # keys, oldest first
         if limit and len(mine) >= limit:
-            self.expectations.pop(mine[0].key)  # in creation order: the oldest first
-            self.events.append(("destroy", mine[0], master))
+            oldest = next(iter(mine))
+            del mine[oldest]
+            victim, _m = self.expectations.pop(oldest)
+            self.events.append(("destroy", victim, master))
         self.expectations[e.key] = (e, master)
+        mine[e.key] = None
         self.kernel_created.append(e)
+
+    def hold(self, e, master: FlowTuple) -> None:
+        """The kernel holds e, created by someone else (conntrackd committing a primary's)."""
+        self.expectations[e.key] = (e, master)
+        self._of_master.setdefault((master, e.class_id), {})[e.key] = None
 
     def _max_expected(self, master: FlowTuple, class_id: int) -> int:
         """max_expected of class_id in the policy of the helper master's conntrack carries (0: none known)."""
@@ -243,11 +255,17 @@ class FakeKernel:
         return hp.classes[class_id].max_expected if hp is not None and class_id < len(hp.classes) else 0
 
     def delete(self, e) -> None:
-        held = self.expectations.pop(e.key, None)
+        held = self._let_go(e.key)
         if held is None:
             raise KernelError(E.ENOENT, "exp-delete")
         self.deleted.append(e)
         self.events.append(("destroy", held[0], held[1]))
+
+    def _let_go(self, key: tuple) -> tuple | None:
+        held = self.expectations.pop(key, None)
+        if held is not None:
+            self._of_master.get((held[1], held[0].class_id), {}).pop(key, None)
+        return held
 
     def get(self, e):
         return self.expectations.get(e.key)
@@ -264,7 +282,7 @@ class FakeKernel:
 
     def use(self, e) -> None:
         """The expected flow came: the kernel lets the expectation go."""
-        _e, master = self.expectations.pop(e.key)
+        _e, master = self._let_go(e.key)
         self.events.append(("destroy", e, master))
 
 
