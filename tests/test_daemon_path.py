@@ -563,12 +563,16 @@ def test_expectmax_1s_victim_is_left_to_the_kernels_own_eviction(tmp_path):
 
 
 def _pasv(tmp_path: Path, k: FakeKernel, core: str = "", ftp: str = "",
-                ports: tuple[int, ...] = (80, 81)) -> tuple[Daemon, list]:
+          ports: tuple[int, ...] = (80, 81), cthelper: bool = True) -> tuple[Daemon, list]:
     """A daemon in its own folder (core: lines for [core], ftp: for ftp.toml), one FTP session
     with a 227 for each of `ports`; the kernel's expectation keys each one created."""
     tmp_path.mkdir()
     (tmp_path / "alg.toml").write_text(f'[core]\nstatus_socket = "{tmp_path}/alg.sock"\n{core}')
-    d = daemon(tmp_path, k, ("ftp.toml", f'helper = "ftp"\nqueue = 7\n{ftp}'))
+    (tmp_path / "ftp.toml").write_text(f'helper = "ftp"\nqueue = 7\n{ftp}')
+    d = Daemon(HOST, [str(tmp_path / "ftp.toml"), str(tmp_path / "alg.toml")], use_cthelper=cthelper,
+               kernel=k.ports())
+    for slot in d.engine.slots.values():
+        d._register(slot)
     c = Tcp(k, d, 7, "ftp", 21)
     c.send(True, b"220 ready\r\n")
     return d, [c.send(True, PASV_227 % port) for port in ports]
@@ -576,8 +580,8 @@ def _pasv(tmp_path: Path, k: FakeKernel, core: str = "", ftp: str = "",
 
 def test_a_victim_the_kernel_may_not_evict_is_deleted_as_before(tmp_path):
     """ExpectMax 2 (a used expectation the kernel dropped unseen could make it keep alg's
-    victim), a create the kernel refuses, and a pair (conntrackd commits in class 0 with
-    the room of all): the victim is deleted over ctnetlink."""
+    victim), a pair (conntrackd commits in class 0 with the room of all) and helpers alg
+    did not register (--no-cthelper): the victim is deleted over ctnetlink."""
     k = FakeKernel()
     d, keys = _pasv(tmp_path / "max2", k, ftp="[classes.ftp]\nexpect_max = 2\n", ports=(80, 81, 82))
     assert [e.key for e in k.deleted] == keys[0] and list(k.expectations) == keys[1] + keys[2]
@@ -586,6 +590,10 @@ def test_a_victim_the_kernel_may_not_evict_is_deleted_as_before(tmp_path):
     k = FakeKernel()
     d, (first, second) = _pasv(tmp_path / "pair", k, core="pair = true\n")
     assert [e.key for e in k.deleted] == first and d.stats.evicted_by_kernel == 0
+
+    k = FakeKernel()  # --no-cthelper: the masters' helpers are not alg's to know
+    d, (first, second) = _pasv(tmp_path / "queue-only", k, cthelper=False)
+    assert not k.helpers and [e.key for e in k.deleted] == first and d.stats.evicted_by_kernel == 0
 
 
 def test_a_victim_of_a_create_the_kernel_refuses_is_deleted(tmp_path):
