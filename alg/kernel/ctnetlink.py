@@ -573,7 +573,10 @@ class Events:
         except OSError:
             pass
         if own is not None:
-            attach_filter(self.sock.sock, own_new_filter(own))
+            try:
+                attach_filter(self.sock.sock, own_new_filter(own))
+            except OSError:  # (no socket filters in this kernel) the reconciler knows them as its own anyway
+                pass
         self.sock.sock.setblocking(False)
 
     def fileno(self) -> int:
