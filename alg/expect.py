@@ -382,12 +382,20 @@ class ExpectationTable:
 
     def holding(self, t: FlowTuple, src_mask: IPAddress, any_sport: bool) -> Expectation | None:
         """Ours among the kernel's: the expectation of tuple t and this mask (as a kernel event names one)."""
-        wanted = int(src_mask)
-        for key in self._by_dest.get(_dest(t._ints), ()):
+        return self.holding_ints(t._ints, int(src_mask), any_sport)
+
+    def expects(self, ints: tuple) -> bool:
+        """Whether an expectation in the table has the destination of a tuple given as
+        FlowTuple._ints (its address, port and protocol): what holding_ints looks among."""
+        return _dest(ints) in self._by_dest
+
+    def holding_ints(self, ints: tuple, src_mask: int, any_sport: bool) -> Expectation | None:
+        """holding() of a tuple given as FlowTuple._ints and a source mask as a number."""
+        for key in self._by_dest.get(_dest(ints), ()):
             e = self._by_key[key]
             mask = e.src_mask_int
-            if (e.l3 == t.l3 and mask == wanted and (e.sport is None) == any_sport
-                    and (e.sport is None or e.sport == t.sport) and (t._ints[2] ^ (key[2] or 0)) & mask == 0):
+            if (e.l3 == ints[0] and mask == src_mask and (e.sport is None) == any_sport
+                    and (e.sport is None or e.sport == ints[4]) and (ints[2] ^ (key[2] or 0)) & mask == 0):
                 return e
         return None
 

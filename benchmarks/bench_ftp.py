@@ -189,6 +189,7 @@ class Lab:
         for c in self.conns:  # masters the fake's ctnetlink knows as confirmed (as FakeKernel.connect + verdict)
             o = Q.CtTuple(4, TCP, CLIENT, SERVER, c.sport, 21)
             self.k._confirmed.add(o.flow())
+            self.k.helper_of[o.flow()] = HELPER  # (its helper's max_expected: the kernel evicts as alg does)
         self.pid = 0
         self.by_id: dict[int, Connection] = {}
         self.timeout = TCP_TIMEOUT_ESTABLISHED

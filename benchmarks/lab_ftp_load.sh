@@ -180,6 +180,14 @@ raw_helper alg-ftp
 load alg "$ALG_PID"
 lab_fw "$ALG" status --socket "$SOCK" | head -3
 lab_fw "$ALG" status --socket "$SOCK" --format json >"$OUT/alg-status.json"
+# ExpectMax 1: one expectation per connection in the kernel and in alg's table (the kernel evicts the
+# last one as it creates the next: alg sends no EXP_DELETE for it, `evicted_by_kernel`)
+printf 'ftp-load alg: the kernel holds %s expectations of alg-ftp at the end; ' \
+    "$(lab_fw conntrack -L expect 2>/dev/null | grep -c 'helper=alg-ftp')"
+$SYS_PY -c 'import json, sys
+d = json.load(open(sys.argv[1]))
+print("alg status: %s held, %s left to the kernel to evict" % (d.get("expectations"), d.get("evicted_by_kernel")))' \
+    "$OUT/alg-status.json"
 # FTP_LOAD_PROFILE=1 (passed in with -e): then the same load once more with alg under cProfile, and where
 # its time went (the profiler slows alg down: that run's figures are not comparable, the shares are)
 if [ -n "${FTP_LOAD_PROFILE:-}" ]; then

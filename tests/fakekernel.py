@@ -115,6 +115,11 @@ class FakeKernel:
     helpers: dict[str, Any] = field(default_factory=dict)
     expectations: dict[tuple, tuple[Any, FlowTuple | None]] = field(default_factory=dict)
     attached: list[bytes] = field(default_factory=list)
+    helper_of: dict[FlowTuple, str] = field(default_factory=dict)  # a conntrack's helper, by original tuple
+    # (master, class) -> the keys of its expectations, oldest first (those in `expectations`)
+    _of_master: dict[tuple, dict] = field(default_factory=dict)
+    kernel_created: list[Any] = field(default_factory=list)  # what ctnetlink EXP_NEWs created, in order
+    deleted: list[Any] = field(default_factory=list)  # what ctnetlink EXP_DELETEs removed, in order
     events: list[Any] = field(default_factory=list)
     refuse_queue: set = field(default_factory=set)
     refuse_helper: set = field(default_factory=set)
@@ -141,6 +146,7 @@ class FakeKernel:
         reply = CtTuple(l3, proto, rs, rd, dport, reply_dport or sport)
         cid = next(self._ids)
         self.conntracks[cid] = Entry(Conntrack(orig, reply, 0, cid, helper, None, master), bytes(self.priv_len))
+        self.helper_of[orig.flow()] = helper
         return cid
 
     def send(self, queue: int, cid: int, reply: bool, payload: bytes = b"", seq: int = 0,
@@ -215,14 +221,51 @@ class FakeKernel:
         self.helpers.pop(name, None)
 
     def create(self, e, master: FlowTuple, exclusive: bool = False) -> None:
+        """ctnetlink EXP_NEW from the daemon's own socket. As the kernel: an expectation of the
+        same tuple is refreshed (no event); a new one first evicts the oldest of its master and
+        class when they hold its helper's max_expected (__nf_ct_expect_check), with a destroy
+        event. Its own NEW event the daemon's event socket filters out in the kernel
+        (alg.kernel.ctnetlink.Events), so none is queued here."""
         if master not in self._confirmed:
             raise KernelError(E.ENOENT, "exp-new")
+        held = self.expectations.get(e.key)
+        if held is not None:  # ctnetlink_change_expect: the one held keeps its master and its place
+            if held[1] == master:
+                self.expectations[e.key] = (e, master)
+            return
+        limit = self._max_expected(master, e.class_id)
+        mine = self._of_master.setdefault((master, e.class_id), {})  # keys, oldest first
+        if limit and len(mine) >= limit:
+            oldest = next(iter(mine))
+            del mine[oldest]
+            victim, _m = self.expectations.pop(oldest)
+            self.events.append(("destroy", victim, master))
         self.expectations[e.key] = (e, master)
-        self.events.append(("new", e, master))
+        mine[e.key] = None
+        self.kernel_created.append(e)
+
+    def hold(self, e, master: FlowTuple) -> None:
+        """The kernel holds e, created by someone else (conntrackd committing a primary's)."""
+        self.expectations[e.key] = (e, master)
+        self._of_master.setdefault((master, e.class_id), {})[e.key] = None
+
+    def _max_expected(self, master: FlowTuple, class_id: int) -> int:
+        """max_expected of class_id in the policy of the helper master's conntrack carries (0: none known)."""
+        hp = self.helpers.get(self.helper_of.get(master, ""))
+        return hp.classes[class_id].max_expected if hp is not None and class_id < len(hp.classes) else 0
 
     def delete(self, e) -> None:
-        if self.expectations.pop(e.key, None) is None:
+        held = self._let_go(e.key)
+        if held is None:
             raise KernelError(E.ENOENT, "exp-delete")
+        self.deleted.append(e)
+        self.events.append(("destroy", held[0], held[1]))
+
+    def _let_go(self, key: tuple) -> tuple | None:
+        held = self.expectations.pop(key, None)
+        if held is not None:
+            self._of_master.get((held[1], held[0].class_id), {}).pop(key, None)
+        return held
 
     def get(self, e):
         return self.expectations.get(e.key)
@@ -239,7 +282,7 @@ class FakeKernel:
 
     def use(self, e) -> None:
         """The expected flow came: the kernel lets the expectation go."""
-        _e, master = self.expectations.pop(e.key)
+        _e, master = self._let_go(e.key)
         self.events.append(("destroy", e, master))
 
 

@@ -542,3 +542,117 @@ def test_a_retransmitted_segment_is_rewritten_as_the_first_time(tmp_path):
     first, again = k.queues[7].verdicts[-2:]
     assert _segment(again.payload) == _segment(first.payload) == b"PORT 192,0,2,1,200,10\r\n"
     assert again.ct is not None and len(k.expectations) == 1
+
+
+PASV_227 = b"227 Entering Passive Mode (10,0,2,2,195,%d).\r\n"
+
+
+def test_expectmax_1s_victim_is_left_to_the_kernels_own_eviction(tmp_path):
+    """ExpectMax 1 and the helper registered by alg with it: creating the next expectation,
+    the kernel evicts the master's previous one itself (tests/fakekernel.py does as
+    __nf_ct_expect_check does), so no EXP_DELETE is sent for it; both tables agree after."""
+    from alg.daemon.reconciler import Reconciler
+    k = FakeKernel()
+    d, ([first], [second]) = _pasv(tmp_path / "max1", k)
+    d.reconciler = Reconciler(k.ports().events(), d.engine, d.sink, d.stats)
+    assert k.deleted == [] and d.stats.evicted_by_kernel == 1
+    assert list(k.expectations) == [second] and [e.key for e in d.engine.table] == [second]
+    d.reconciler.read()  # the kernel's destroy event of the first: alg let it go already
+    assert [e.key for e in d.engine.table] == [second] and first not in k.expectations
+    assert d.engine.stats()["helpers"]["ftp"]["classes"]["ftp"]["evicted"] == 1
+
+
+def _pasv(tmp_path: Path, k: FakeKernel, core: str = "", ftp: str = "",
+          ports: tuple[int, ...] = (80, 81), cthelper: bool = True) -> tuple[Daemon, list]:
+    """A daemon in its own folder (core: lines for [core], ftp: for ftp.toml), one FTP session
+    with a 227 for each of `ports`; the kernel's expectation keys each one created."""
+    tmp_path.mkdir()
+    (tmp_path / "alg.toml").write_text(f'[core]\nstatus_socket = "{tmp_path}/alg.sock"\n{core}')
+    (tmp_path / "ftp.toml").write_text(f'helper = "ftp"\nqueue = 7\n{ftp}')
+    d = Daemon(HOST, [str(tmp_path / "ftp.toml"), str(tmp_path / "alg.toml")], use_cthelper=cthelper,
+               kernel=k.ports())
+    for slot in d.engine.slots.values():
+        d._register(slot)
+    c = Tcp(k, d, 7, "ftp", 21)
+    c.send(True, b"220 ready\r\n")
+    return d, [c.send(True, PASV_227 % port) for port in ports]
+
+
+def test_a_victim_the_kernel_may_not_evict_is_deleted_as_before(tmp_path):
+    """ExpectMax 2 (a used expectation the kernel dropped unseen could make it keep alg's
+    victim), a pair (conntrackd commits in class 0 with the room of all) and helpers alg
+    did not register (--no-cthelper): the victim is deleted over ctnetlink."""
+    k = FakeKernel()
+    d, keys = _pasv(tmp_path / "max2", k, ftp="[classes.ftp]\nexpect_max = 2\n", ports=(80, 81, 82))
+    assert [e.key for e in k.deleted] == keys[0] and list(k.expectations) == keys[1] + keys[2]
+    assert d.stats.evicted_by_kernel == 0
+
+    k = FakeKernel()
+    d, (first, second) = _pasv(tmp_path / "pair", k, core="pair = true\n")
+    assert [e.key for e in k.deleted] == first and d.stats.evicted_by_kernel == 0
+
+    k = FakeKernel()  # --no-cthelper: the masters' helpers are not alg's to know
+    d, (first, second) = _pasv(tmp_path / "queue-only", k, cthelper=False)
+    assert not k.helpers and [e.key for e in k.deleted] == first and d.stats.evicted_by_kernel == 0
+
+
+def test_a_victim_of_a_create_the_kernel_refuses_is_deleted(tmp_path):
+    import errno
+
+    from alg.errors import KernelError
+    k = FakeKernel()
+    real = k.create
+
+    def refuse_the_second(e, master, exclusive=False):
+        if k.kernel_created:
+            raise KernelError(errno.EINVAL, "exp-new")
+        real(e, master, exclusive)
+    k.create = refuse_the_second  # type: ignore[method-assign]
+    d, (first, second) = _pasv(tmp_path / "refused", k)
+    assert second == [] and [e.key for e in k.deleted] == first and not k.expectations
+    assert d.stats.evicted_by_kernel == 0 and d.stats.kernel_errors["EINVAL"] == 1
+
+
+def test_a_victim_waiting_for_its_retry_is_deleted_not_left_to_the_kernel(tmp_path):
+    """An expectation whose create waits for a retry (ENOENT) may not be in the kernel yet:
+    the kernel could not evict it, so ExpectMax's EXP_DELETE goes out for it."""
+    import errno
+
+    from alg.errors import KernelError
+    k = FakeKernel()
+    real_create, real_delete = k.create, k.delete
+    asked: list = []
+
+    def late(e, master, exclusive=False):  # the first create finds no master yet
+        if not asked:
+            asked.append(e)
+            raise KernelError(errno.ENOENT, "exp-new")
+        real_create(e, master, exclusive)
+
+    def delete(e):
+        asked.append(("delete", e.key))
+        real_delete(e)
+    k.create, k.delete = late, delete  # type: ignore[method-assign]
+    d, (first, second) = _pasv(tmp_path / "late", k)
+    assert first == [] and d.stats.deferred == 1
+    assert asked[1] == ("delete", asked[0].key) and d.stats.evicted_by_kernel == 0
+    assert list(k.expectations) == second and [e.key for e in d.engine.table] == second
+
+
+def test_events_of_other_helpers_leave_alg_s_table_alone(tmp_path):
+    """An expectation event names its master's helper: one of a helper this process does not
+    serve (the kernel's own, another worker's instance) is not alg's, even with the same tuple."""
+    from dataclasses import replace
+
+    from alg.daemon.reconciler import Reconciler
+    k = FakeKernel()
+    d, [[key]] = _pasv(tmp_path / "other", k, ports=(80,))
+    d.reconciler = Reconciler(k.ports().events(), d.engine, d.sink, d.stats)
+    e = d.engine.table.get(key)
+    assert e is not None and e.kernel_master is not None
+    k.events.append(("destroy", replace(e, helper="ftp1"), e.kernel_master))
+    d.reconciler.read()
+    assert d.engine.table.get(key) is e
+    k.events.append(("destroy", e, e.kernel_master))
+    d.reconciler.read()
+    assert d.engine.table.get(key) is None

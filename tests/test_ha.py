@@ -260,7 +260,7 @@ def test_an_expectation_committed_while_alg_runs_is_adopted_and_counts_against_e
     st = d.status()
     assert st["adopted"] == 1 and st["expectations"] == 1
     assert st["helpers"]["ftp"]["classes"]["ftp"]["adopted"] == 1
-    k.expectations[e.key] = (e, master)  # the kernel holds it
+    k.hold(e, master)  # the kernel holds it
     # the next PASV on that master: ExpectMax 1, so the adopted one makes room (alg withdraws it)
     c.send(True, b"220 ready\r\n")
     (new,) = c.send(True, b"227 Entering Passive Mode (10,0,2,2,195,81).\r\n")

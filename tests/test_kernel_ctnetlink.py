@@ -188,6 +188,51 @@ def test_events(net):
     assert ("new", 50020) in kinds and ("destroy", 50020) in kinds
 
 
+def _gather(ev, want: set, seconds: float = 2.0) -> list:
+    """(kind, dport) of ev's events, until every one of `want` came (or the time is up)."""
+    got: list = []
+    deadline = time.monotonic() + seconds
+    while not want <= set(got) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        got += [(x.kind, x.tuple_ints[5]) for x in ev.read()]
+    return got
+
+
+def test_the_kernel_keeps_a_sockets_own_creations_out_of_its_events(net):
+    """Ctnetlink.events() filters in the kernel the EXP_NEW events of what its own socket created
+    (the event's nlmsg_pid); another socket's creations, the kernel's evictions and every delete come."""
+    from alg.kernel.ctnetlink import Ctnetlink
+    ctn, m, ev = net
+    other = in_ns("alg-nl-fw", Ctnetlink)
+    own = in_ns("alg-nl-fw", ctn.events)
+    try:
+        ctn.flush()
+        _gather(own, set(), 0.1), ev.read()
+        ctn.create(expect(m[21], dport=50040), m[21])
+        other.create(expect(m["21b"], dport=50041), m["21b"])
+        # the in-kernel ftp helper allows one per master: the kernel evicts 50040 itself
+        ctn.create(expect(m[21], dport=50042), m[21])
+        ctn.delete(expect(m[21], dport=50042))
+        want = {("new", 50041), ("destroy", 50040), ("destroy", 50042)}
+        mine = _gather(own, want)
+        assert set(mine) == want, mine
+        everything = _gather(ev, want | {("new", 50040), ("new", 50042)})
+        assert {("new", 50040), ("new", 50042)} <= set(everything), everything  # unfiltered: all of them
+        other.create(expect(m["21b"], dport=50043), m["21b"])
+        deadline = time.monotonic() + 2
+        got: list = []
+        while not got and time.monotonic() < deadline:
+            got = [x for x in own.read() if x.kind == "new"]
+        (x,) = got
+        k = x.expectation  # parsed whole on demand: the same facts as the peek
+        assert k is not None and (k.tuple._ints, k.master._ints, k.helper) == (x.tuple_ints, x.master_ints, "ftp")
+        assert x.master_ints == m["21b"]._ints and x.src_mask == int(k.mask.src) == 0xFFFFFFFF and x.any_sport
+    finally:
+        own.close()
+        other.close()
+        ctn.flush()
+
+
 def test_errors(net):
     ctn, m, _ = net
     with pytest.raises(KernelError) as ei:

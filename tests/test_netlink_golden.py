@@ -295,6 +295,32 @@ def test_parse_ignores_truncated():
     assert C.parse_expectation(b"\x02\x00\x00\x00" + b"\x08\x00\x02\x80\x00") is None
 
 
+@pytest.mark.parametrize("e", [exp(M4, assign_helper=True), exp(M6, src=None, sport=5060, proto=17),
+                               exp(M4, src_prefix=24, sport=20), exp(M6, src=None)])
+def test_an_events_peek_is_what_its_whole_parse_says(e):
+    """The reconciler matches events by what ExpectationEvent.peek reads (numbers, the helper's
+    name); the expectation parsed whole on demand must say the same."""
+    payload = C.pack_exp_new(e, e.master)[16:]
+    peeked = C.ExpectationEvent.peek("destroy", payload)
+    whole = C.ExpectationEvent("destroy", C.parse_expectation(payload))
+    fields = ("kind", "helper", "tuple_ints", "master_ints", "src_mask", "any_sport")
+    assert [getattr(peeked, f) for f in fields] == [getattr(whole, f) for f in fields]
+    assert peeked.expectation == whole.expectation and peeked.tuple_ints[3] == int(e.dst)
+    assert C.ExpectationEvent.peek("new", payload[:40]) is None  # cut short: no event
+
+
+def test_the_own_creations_filter_program():
+    """Six classic BPF instructions (struct sock_filter, host order): drop EXP_NEW whose
+    nlmsg_pid is ours, keep the rest; the constants are the header's host bytes read big-endian."""
+    prog = C.own_new_filter(0x01020304)
+    ins = [struct.unpack_from("=HBBI", prog, i) for i in range(0, len(prog), 8)]
+    little = struct.pack("=I", 1) == b"\x01\0\0\0"
+    assert ins[0] == (0x20, 0, 0, 12) and ins[2] == (0x28, 0, 0, 4)  # ld [12]; ldh [4]
+    assert ins[1] == (0x15, 0, 3, 0x04030201 if little else 0x01020304)
+    assert ins[3] == (0x15, 0, 1, 0x0002 if little else 0x0200)  # (NFNL_SUBSYS_CTNETLINK_EXP << 8) | EXP_NEW
+    assert ins[4:] == [(0x06, 0, 0, 0), (0x06, 0, 0, 0xFFFFFFFF)]
+
+
 CLASSES = (ExpectClass("data", 3, 120), ExpectClass("other", 1, 30))
 
 

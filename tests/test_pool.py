@@ -113,7 +113,12 @@ def test_the_budget_is_split_so_that_the_workers_together_never_exceed_it(tmp_pa
         opened += c.send(True, PASV % (80 + i))
     assert len(opened) == 2
     assert w.engine.stats()["helpers"]["ftp1"]["classes"]["ftp"]["refused"] == {"budget": 1}
+    assert w.workers[20 + INSTANCE_QUEUE_STRIDE].registered  # the supervisor registered ftp1: the kernel evicts
     w.stop()
+    alone = Shard(HOST, paths, 1, 3, theirs, FakeKernel().ports(), registered=False)  # --no-cthelper
+    alone.start()
+    assert not alone.workers[20 + INSTANCE_QUEUE_STRIDE].registered
+    alone.stop()
 
 
 def test_merged_status_adds_counters_and_keeps_instances_apart():

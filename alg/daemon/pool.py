@@ -153,8 +153,9 @@ class Shard(Daemon):
     The supervisor claims the namespace, registers the helpers and writes the state file."""
 
     def __init__(self, host: PluginHost, policy_paths: list[str] | None, index: int, workers: int, conn: Any,
-                 kernel: KernelPorts | None = None):
+                 kernel: KernelPorts | None = None, registered: bool = True):
         self.index, self.n_workers, self.conn = index, workers, conn
+        self.registered_by_supervisor = registered
         super().__init__(host, policy_paths, use_cthelper=False, kernel=kernel, notifier=Notifier({}))
 
     def _resolve(self) -> Policy:
@@ -171,6 +172,9 @@ class Shard(Daemon):
     def _write_state(self) -> None:
         pass  # the supervisor's
 
+    def _registers_helpers(self) -> bool:
+        return self.registered_by_supervisor  # this worker's instances, their classes as policy gives them
+
     def stop(self) -> None:
         for num in list(self.workers):
             self._unbind(num)  # drained first
@@ -184,16 +188,18 @@ class Shard(Daemon):
 
 
 def serve_shard(host: PluginHost, policy_paths: list[str] | None, index: int, workers: int, conn: Any,
-                kernel_factory: Callable[[], KernelPorts], supervisor: int, theirs: list[Any]) -> None:
+                kernel_factory: Callable[[], KernelPorts], supervisor: int, theirs: list[Any],
+                registered: bool = True) -> None:
     """The worker process's body (after fork): its own netlink sockets, then the loop.
     `theirs`: the supervisor's ends of the pipes, copied by the fork; closed, so that the
-    supervisor's death reads as the end of the pipe."""
+    supervisor's death reads as the end of the pipe. `registered`: the supervisor registers
+    the helpers (not with --no-cthelper: QueueWorker.registered)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for c in theirs:
         c.close()
     _stop_with_parent(supervisor)
     try:
-        shard = Shard(host, policy_paths, index, workers, conn, kernel_factory())
+        shard = Shard(host, policy_paths, index, workers, conn, kernel_factory(), registered)
         shard.start = _reporting(shard.start, conn)  # type: ignore[method-assign]
         shard.run()
     except Exception as exc:
@@ -305,7 +311,8 @@ class Pool:
         mine, theirs = self._ctx.Pipe()
         process = self._ctx.Process(target=serve_shard, name=f"alg-worker-{w.index}",
                                     args=(self.host, self.policy_paths, w.index, self.n, theirs, self.kernel_factory,
-                                          os.getpid(), [mine, *(o.conn for o in self.workers if o.conn)]))
+                                          os.getpid(), [mine, *(o.conn for o in self.workers if o.conn)],
+                                          self.use_cthelper))
         process.start()
         theirs.close()
         w.process, w.conn, w.started, w.due = process, mine, time.monotonic(), None

@@ -13,6 +13,13 @@ that a firewall pair's sync committed, count like alg's own. An EXP_NEW of
 one of alg's helpers that alg did not ask for is adopted too: on a pair's
 backup, conntrackd commits the primary's expectations (`conntrackd -c`) while
 alg runs, and they must count against ExpectMax and the budget from then on.
+
+What the events cost is kept to what they can change: the kernel does not
+send alg the EXP_NEW of an expectation alg created over ctnetlink (its answer
+said so; alg.kernel.ctnetlink.Events), events of helpers that are not this
+process's (the kernel's own, another worker's instances) are dropped on their
+helper's name, and the rest are matched by numbers; an expectation is parsed
+whole only when it is to be adopted.
 """
 
 from __future__ import annotations
@@ -44,23 +51,28 @@ class Reconciler:
         return self.events.fileno()
 
     def read(self) -> None:
+        slots = self.engine.slots
         last = {}  # the last event per tuple and mask says whether the kernel holds it now
         for ev in self.events.read():
-            if ev.expectation is None:
+            if ev.tuple_ints is None:
                 self.stats.events_lost += 1
-            else:
-                k = ev.expectation
-                last[(k.tuple, k.mask)] = (ev.kind, k)
+            elif ev.helper is None or ev.helper in slots:  # (another helper's, or another worker's, is not ours)
+                last[(ev.tuple_ints, ev.mask_key)] = ev
         now = self.clock()
         adopted = []
-        for (t, mask), (kind, k) in last.items():
-            e = self.engine.table.holding(t, mask.src, mask.sport == 0)
-            if e is None and kind == "new":
-                adopted.append(k)  # one of our helpers' that alg did not create (a pair's sync committed it)
+        table = self.engine.table
+        for ev in last.values():
+            if ev.kind == "destroy" and not table.expects(ev.tuple_ints):
+                continue  # nothing of alg's goes there (an expectation alg let go before the kernel did)
+            e = table.holding_ints(ev.tuple_ints, ev.src_mask, ev.any_sport)
+            if e is None and ev.kind == "new":
+                k = ev.expectation  # parsed whole only now
+                if k is not None:
+                    adopted.append(k)  # one of our helpers' that alg did not create (a pair's sync committed it)
                 continue
-            if e is None or (e.kernel_master is not None and e.kernel_master != k.master):
+            if e is None or (e.kernel_master is not None and e.kernel_master._ints != ev.master_ints):
                 continue  # not ours, or another master's expectation of the same tuple
-            if kind == "destroy":
+            if ev.kind == "destroy":
                 self.engine.ended(e, now)
             else:
                 self.sink.confirmed(e.key)

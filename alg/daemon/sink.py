@@ -10,6 +10,15 @@ confirmed from the kernel's expectation events (the reconciler calls
 `confirmed`); one not confirmed in time is counted as failed and created over
 ctnetlink instead, its master being confirmed by then. Retries wait on a
 timer heap.
+
+An expectation ExpectMax evicts is deleted over ctnetlink, unless the kernel
+evicts it itself: creating an expectation whose master's helper allows
+max_expected of its class, the kernel removes the oldest of that master and
+class first (nf_conntrack_expect.c, __nf_ct_expect_check and
+evict_oldest_expect), so with the same ExpectMax as alg's the EXP_DELETE is a
+second round trip for the same work. The worker decides when that holds
+(`create(e, evicts=victim)`); whatever keeps the kernel from creating e makes
+the sink delete the victim as before.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ class KernelSink:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
         self._attached: dict[tuple, Expectation] = {}  # key -> attached, waiting for the kernel's event
+        self._deferred: dict[tuple, Expectation] = {}  # key -> waiting for its master's verdict (ENOENT)
 
     # ------------------------------------------------------------ timers
     def later(self, delay: float, work: Callable[[], None]) -> None:
@@ -64,28 +74,50 @@ class KernelSink:
             heapq.heappop(self._timers)[2]()
 
     # ------------------------------------------------------------ work
-    def create(self, e: Expectation, attempt: int = 0) -> bool:
-        """Create e now; False when refused for lack of room."""
+    def create(self, e: Expectation, attempt: int = 0, evicts: Expectation | None = None) -> bool:
+        """Create e now; False when refused for lack of room. `evicts`: an expectation ExpectMax
+        evicts for e, which the kernel removes itself when it creates e (see the module's
+        docstring); deleted here if e is not created now."""
         assert e.kernel_master is not None
         try:
             self.ct.create(e, e.kernel_master)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s: created %s", e.helper, e.to_text())
-            return True
         except KernelError as exc:
+            if evicts is not None:  # the kernel may have stopped before its eviction (EBUSY, ENOENT, ...)
+                self.delete(evicts)
             if exc.errno == E.ENOENT and attempt < len(RETRY_DELAYS):
                 self.stats.deferred += 1
+                self._deferred[e.key] = e
                 self.later(RETRY_DELAYS[attempt], lambda: self._retry(e, attempt + 1))
                 return True
+            self._settle(e)
             return self._failed(e, exc)
+        self._settle(e)
+        if evicts is not None:
+            self.stats.evicted_by_kernel += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: created %s", e.helper, e.to_text())
+        return True
+
+    def _settle(self, e: Expectation) -> None:
+        if self._deferred.get(e.key) is e:
+            del self._deferred[e.key]
 
     def _retry(self, e: Expectation, attempt: int) -> None:
         if self.engine.table.get(e.key) is e:  # not ended or replaced meanwhile
             self.create(e, attempt)
+        else:
+            self._settle(e)
 
     def after_verdict(self, e: Expectation) -> None:
         """Create e once its master's first packet has had its verdict."""
+        self._deferred[e.key] = e
         self.later(0.0, lambda: self._retry(e, 0))
+
+    def settled(self, e: Expectation) -> bool:
+        """Whether the kernel holds e unless it let it go: e was created over ctnetlink (or
+        adopted, or its attachment confirmed), not waiting for a verdict or a retry."""
+        key = e.key
+        return self._attached.get(key) is not e and self._deferred.get(key) is not e
 
     def attached(self, e: Expectation) -> None:
         """e rode on its master's first verdict: wait for the kernel's word."""

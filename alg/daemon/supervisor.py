@@ -24,6 +24,7 @@ control connections (their conntracks are never confirmed, DESIGN.md).
 from __future__ import annotations
 
 import errno as E
+import gc
 import json
 import logging
 import os
@@ -66,6 +67,8 @@ class DaemonStats:
     attached: int = counter("expectations attached to a verdict (a master's first packet)")
     attach_failed: int = counter("attached expectations the kernel did not create (then made over ctnetlink)")
     adopted: int = counter("expectations the kernel held for alg's helpers, taken into the table")
+    evicted_by_kernel: int = counter("expectations ExpectMax evicted that the kernel removed itself as it created "
+                                     "the next one (no EXP_DELETE sent)")
     rewrite_failed: int = counter("NAT rewrites the packet could not take (cut to copy_range, too large)")
     held: float = counter("seconds packets spent in alg's hands before their verdict, in all")
     held_max: float = gauge("the longest a packet waited for its verdict, in seconds", 0.0)
@@ -230,7 +233,13 @@ class Daemon:
             log.warning("queue %d: this kernel cannot hand over each packet's conntrack "
                         "(no CONFIG_NETFILTER_NETLINK_GLUE_CT): asking ctnetlink for it per packet", hp.queue)
         return QueueWorker(queue, hp.name, self.engine, self.sink, self.stats, self.warn,
-                           lookup=None if queue.conntrack else self.kernel.ct.conntrack)
+                           lookup=None if queue.conntrack else self.kernel.ct.conntrack,
+                           registered=self._registers_helpers())
+
+    def _registers_helpers(self) -> bool:
+        """Whether alg registers its helpers with the kernel (with its own classes; see
+        QueueWorker.registered). Without cthelper, masters carry helpers alg does not know."""
+        return self.use_cthelper
 
     def _register(self, slot: HelperSlot) -> None:
         """Bind the queue, then register the helper (never a helper queueing to nobody)."""
@@ -305,6 +314,9 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_signal)
         try:
             self.start()
+            # what start-up made (plugins, pyroute2's classes, policy, tables) lives as long as
+            # the process: out of the collector's generations, a full collection does not walk it
+            gc.freeze()
             while not self.stopping:
                 self.step()
         finally:

@@ -92,10 +92,13 @@ def kernel_view(ct: Conntrack, ctinfo: int | None, helper: str, reply: bool = Fa
 class QueueWorker:
     def __init__(self, queue: QueuePort, helper: str, engine: Engine, sink: KernelSink, stats: Any,
                  warn: RateLimitedLog, lookup: Callable[[FlowTuple], Conntrack | None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, registered: bool = False):
         self.queue, self.helper, self.engine, self.sink = queue, helper, engine, sink
         self.stats, self.warn, self.clock = stats, warn, clock
         self.lookup = lookup  # ctnetlink, for queues without the conntrack glue
+        # alg registered `helper` with the kernel, its classes' max_expected its ExpectMax
+        # (outside a pair: HelperPolicy.kernel_classes): the kernel evicts as alg does
+        self.registered = registered
 
     def fileno(self) -> int:
         return self.queue.fileno()
@@ -156,13 +159,23 @@ class QueueWorker:
         accept, record, attach, payload = True, None, None, None
         # the kernel keeps no record for a conntrack an expectation created, and
         # fails the whole NFQA_CT (and with it NFQA_EXP) for another helper's name
-        keep = not view.expected and qp.ct is not None and qp.ct.helper == self.helper
+        ours = qp.ct is not None and qp.ct.helper == self.helper
+        keep = not view.expected and ours
+        # ExpectMax's victims, held until the create they make room for (the engine decides
+        # each Create right after its Deletes): the kernel may evict them itself
+        victims: list[Expectation] = []
+        evicts = self.registered and ours and view.confirmed and not self.engine.core.pair
         for d in self.engine.process(pkt, now, slot=slot, view=view):
             if isinstance(d, Remember):
                 if keep:
                     record = pack_ct_help(self.helper, d.record.pack())
             elif isinstance(d, Create):
                 e = d.expectation
+                victim = self._kernel_evicts(e, victims, slot) if victims else None
+                for v in victims:
+                    if v is not victim:
+                        self.sink.delete(v)
+                victims.clear()
                 if (attach is None and self.queue.conntrack and not self.engine.core.pair
                         and (not view.confirmed or e.assign_helper)):
                     # the master is unconfirmed while this packet waits: only its verdict can name it.
@@ -173,19 +186,48 @@ class QueueWorker:
                     attach = exp_body(e, None)
                     self.sink.attached(e)
                 elif view.confirmed:
-                    if not self.sink.create(e) and not self.engine.core.accept_on_pressure:
+                    if not self.sink.create(e, evicts=victim) and not self.engine.core.accept_on_pressure:
                         accept = False
+                    victim = None
                 else:
                     later.append(e)
+                if victim is not None:  # not created over ctnetlink now: deleted as before
+                    self.sink.delete(victim)
             elif isinstance(d, Delete):
-                self.sink.delete(d.expectation)
+                if evicts and d.why == "evicted":
+                    victims.append(d.expectation)
+                else:
+                    self.sink.delete(d.expectation)
             elif isinstance(d, Mangle):
                 payload = self._mangled(qp, pkt, d)
+        for v in victims:  # (none: every eviction comes before its create)
+            self.sink.delete(v)
         if payload is not None and record is None and qp.ct is not None:
             # a length change is applied to the connection's sequence numbers only
             # with NFQA_CT in the same verdict (an empty one names the packet's own)
             record = b""
         return accept, record, attach, payload
+
+    def _kernel_evicts(self, e: Expectation, victims: list[Expectation], slot: HelperSlot) -> Expectation | None:
+        """The victim the kernel evicts itself when it creates e over ctnetlink, if that is
+        provably alg's one victim, else None (then every victim is deleted first, as before).
+
+        The kernel, creating e, counts the expectations of e's master and class; at
+        max_expected it removes the oldest of them (its list keeps them newest first),
+        unless e clashes with one (EBUSY, checked first). With ExpectMax 1 the kernel
+        holds at most that one: alg's victim, if it is still there (if it was used or
+        timed out meanwhile, the kernel evicts nothing and nothing is left). Beyond 1,
+        an expectation used meanwhile whose event is not read yet would make the kernel
+        keep alg's victim (a refreshed one also keeps its old place in the kernel's
+        list), so the EXP_DELETE stays. The victim must be in the kernel for sure (not
+        riding on a verdict, not waiting for a retry) and of the same conntrack."""
+        if len(victims) != 1 or slot.max_expected.get(e.cls) != 1:
+            return None
+        v = victims[0]
+        if (v.cls != e.cls or v.kernel_master != e.kernel_master or not self.sink.settled(v)
+                or (v.l3, v.proto, v.dst, v.dport) == (e.l3, e.proto, e.dst, e.dport)):  # might clash
+            return None
+        return v
 
     def _mangled(self, qp: Any, pkt: Packet, d: Mangle) -> bytes | None:
         if not d.edits:

@@ -32,6 +32,7 @@ ctnetlink_new_expect / ctnetlink_create_expect):
 
 from __future__ import annotations
 
+import ctypes
 import errno as E
 import ipaddress
 import socket
@@ -336,7 +337,11 @@ def pyroute2_ct_get(t: FlowTuple, by_reply: bool = False, seq: int = 0, pid: int
 
 # ---------------------------------------------------------------- parsing
 
-def _parse_tuple(b: bytes) -> FlowTuple | None:
+def _tuple_ints(b: bytes | None) -> tuple | None:
+    """A CTA_TUPLE_* nest's body as FlowTuple._ints: (l3, proto, src, dst, sport, dport), the
+    addresses as numbers (what events are matched by; _parse_tuple makes the FlowTuple)."""
+    if b is None:
+        return None
     a = L.parse_attrs(b)
     ip = L.parse_attrs(a.get(CTA_TUPLE_IP, b""))
     pr = L.parse_attrs(a.get(CTA_TUPLE_PROTO, b""))
@@ -346,14 +351,24 @@ def _parse_tuple(b: bytes) -> FlowTuple | None:
         l3, src, dst = 6, ip[CTA_IP_V6_SRC], ip.get(CTA_IP_V6_DST)
     else:
         return None
-    if dst is None or CTA_PROTO_NUM not in pr:
+    num = pr.get(CTA_PROTO_NUM)
+    if dst is None or not num:
         return None
+    sport, dport = pr.get(CTA_PROTO_SRC_PORT), pr.get(CTA_PROTO_DST_PORT)
+    return (l3, num[0], int.from_bytes(src, "big"), int.from_bytes(dst, "big"),
+            int.from_bytes(sport, "big") if sport else 0, int.from_bytes(dport, "big") if dport else 0)
 
-    def port(k: int) -> int:
-        return struct.unpack("!H", pr[k])[0] if k in pr else 0
 
-    return FlowTuple(l3, pr[CTA_PROTO_NUM][0], ipaddress.ip_address(src), ipaddress.ip_address(dst),
-                     port(CTA_PROTO_SRC_PORT), port(CTA_PROTO_DST_PORT))
+def _parse_tuple(b: bytes) -> FlowTuple | None:
+    ints = _tuple_ints(b)
+    if ints is None:
+        return None
+    l3, proto, src, dst, sport, dport = ints
+    address = _ADDRESS[l3]
+    return FlowTuple(l3, proto, address(src), address(dst), sport, dport)
+
+
+_ADDRESS: dict[int, Any] = {4: ipaddress.IPv4Address, 6: ipaddress.IPv6Address}
 
 
 def parse_conntrack(data: bytes, off: int = 0) -> Conntrack | None:
@@ -425,18 +440,131 @@ def parse_expectation(payload: bytes) -> KernelExpectation | None:
         zone=struct.unpack("!H", a[CTA_EXPECT_ZONE])[0] if CTA_EXPECT_ZONE in a else 0)
 
 
-# ---------------------------------------------------------------- the adapter
+# ---------------------------------------------------------------- events
 
-@dataclass(frozen=True)
 class ExpectationEvent:
-    kind: str  # "new" | "destroy" | "overflow" (ENOBUFS: events were lost, list() to resync)
-    expectation: KernelExpectation | None
+    """One expectation event: `kind` ("new" | "destroy" | "overflow": ENOBUFS, events were
+    lost, list() to resync) and what the reconciler matches it by, read without building
+    the expectation: `helper` (its master's helper as the kernel names it, None if it names
+    none), `tuple_ints` (the expected tuple as FlowTuple._ints) and `mask_key` (the mask
+    as it came: equal masks, equal keys), then only if it gets that far `src_mask` (a
+    number), `any_sport` and `master_ints`. `expectation` (a KernelExpectation) is parsed
+    when first asked for: of alg's own events, only one alg may adopt needs it (the lab's
+    FTP load spent a third of alg's time building three ipaddress-based tuples per event
+    it then threw away; the end of an expectation alg forgot already is told by its
+    destination alone)."""
+
+    __slots__ = ("kind", "helper", "tuple_ints", "mask_key", "_attrs", "_mask", "_master", "_payload",
+                 "_expectation")
+    kind: str
+    helper: str | None
+    tuple_ints: tuple | None
+    mask_key: Any
+    _attrs: dict[int, bytes] | None
+    _mask: tuple[int, bool] | None
+    _master: tuple | None
+    _payload: bytes | None
+    _expectation: KernelExpectation | None
+
+    def __init__(self, kind: str, expectation: KernelExpectation | None) -> None:
+        self.kind, self._expectation, self._payload, self._attrs = kind, expectation, None, None
+        if expectation is None:
+            self.helper = self.tuple_ints = self._master = self.mask_key = self._mask = None
+            return
+        k = expectation
+        self.helper, self.tuple_ints, self._master = k.helper, k.tuple._ints, k.master._ints
+        self._mask = self.mask_key = (int(k.mask.src), k.mask.sport == 0)
+
+    @classmethod
+    def peek(cls, kind: str, payload: bytes) -> "ExpectationEvent | None":
+        """The event of an EXP_NEW / EXP_DELETE payload (nfgenmsg + attributes), its mask and
+        master read when asked for, its expectation left unparsed; None when it holds none."""
+        a = L.parse_attrs(payload, 4)
+        tup, mask = _tuple_ints(a.get(CTA_EXPECT_TUPLE)), a.get(CTA_EXPECT_MASK)
+        if tup is None or mask is None or CTA_EXPECT_MASTER not in a:
+            return None
+        ev = cls.__new__(cls)
+        name = a.get(CTA_EXPECT_HELP_NAME)
+        ev.kind, ev._payload, ev._expectation, ev._attrs, ev._mask, ev._master = kind, payload, None, a, None, None
+        ev.helper = name.rstrip(b"\0").decode("ascii", "replace") if name else None
+        ev.tuple_ints, ev.mask_key = tup, mask
+        return ev
+
+    def _read_mask(self) -> tuple[int, bool]:
+        if self._mask is None:
+            m = _tuple_ints(self._attrs.get(CTA_EXPECT_MASK)) if self._attrs is not None else None
+            self._mask = (m[2], m[4] == 0) if m is not None else (-1, False)  # (-1: no source mask is that)
+        return self._mask
+
+    @property
+    def src_mask(self) -> int:
+        return self._read_mask()[0]
+
+    @property
+    def any_sport(self) -> bool:
+        return self._read_mask()[1]
+
+    @property
+    def master_ints(self) -> tuple | None:
+        if self._master is None and self._attrs is not None:
+            self._master = _tuple_ints(self._attrs.get(CTA_EXPECT_MASTER))
+        return self._master
+
+    @property
+    def expectation(self) -> KernelExpectation | None:
+        if self._expectation is None and self._payload is not None:
+            self._expectation = parse_expectation(self._payload)
+        return self._expectation
+
+
+# classic BPF (include/uapi/linux/filter.h, bpf_common.h): a socket filter on the event socket
+BPF_LD, BPF_JMP, BPF_RET, BPF_W, BPF_H, BPF_ABS, BPF_JEQ, BPF_K = 0x00, 0x05, 0x06, 0x00, 0x08, 0x20, 0x10, 0x00
+SO_ATTACH_FILTER = 26  # asm-generic/socket.h
+NLMSG_TYPE_AT, NLMSG_PID_AT = 4, 12  # struct nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32
+_SOCK_FILTER = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
+
+
+def own_new_filter(portid: int) -> bytes:
+    """A socket filter program that drops the EXP_NEW events of expectations created through the
+    netlink socket `portid` (the kernel puts the requester's portid in an event's nlmsg_pid:
+    ctnetlink_expect_event, nf_ct_expect_related_report) and lets every other message by.
+
+    The filter reads the header in network byte order; nlmsghdr's fields are in the
+    host's, so the constants are the host's bytes read big-endian."""
+    pid = int.from_bytes(struct.pack("=I", portid), "big")
+    exp_new = int.from_bytes(struct.pack("=H", L.NFNL_SUBSYS_CTNETLINK_EXP << 8 | IPCTNL_MSG_EXP_NEW), "big")
+    keep, drop = 0xFFFFFFFF, 0  # (the bytes of the message to keep)
+    program = [
+        (BPF_LD | BPF_W | BPF_ABS, 0, 0, NLMSG_PID_AT),
+        (BPF_JMP | BPF_JEQ | BPF_K, 0, 3, pid),  # another socket's: keep
+        (BPF_LD | BPF_H | BPF_ABS, 0, 0, NLMSG_TYPE_AT),
+        (BPF_JMP | BPF_JEQ | BPF_K, 0, 1, exp_new),  # ours, and not a new one: keep
+        (BPF_RET | BPF_K, 0, 0, drop),
+        (BPF_RET | BPF_K, 0, 0, keep),
+    ]
+    return b"".join(_SOCK_FILTER.pack(*i) for i in program)
+
+
+def attach_filter(sock: socket.socket, program: bytes) -> None:
+    """SO_ATTACH_FILTER: `program` (sock_filter instructions) runs on every message the kernel
+    would queue to `sock`, before it is queued (netlink sockets included: do_one_broadcast)."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("@HP", len(program) // _SOCK_FILTER.size, ctypes.addressof(buf))  # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 class Events:
-    """Expectation events (NFNLGRP_CONNTRACK_EXP_NEW/DESTROY); select on fileno()."""
+    """Expectation events (NFNLGRP_CONNTRACK_EXP_NEW/DESTROY); select on fileno().
 
-    def __init__(self) -> None:
+    `own`: the portid of alg's ctnetlink socket. The EXP_NEW events of the expectations alg
+    creates through it tell alg nothing it does not know (the create's answer said it), so
+    the kernel drops them before they are queued (own_new_filter), and alg is not woken
+    for them. Every other event comes: expectations attached to a verdict (made through the
+    queue's socket), those other programs or workers created, and every end (a used,
+    timed-out, evicted or deleted expectation; a delete by tuple may remove another
+    master's, so alg's own deletes are reported too)."""
+
+    def __init__(self, own: int | None = None) -> None:
         self.sock = L.NfnlSocket()
         for g in (NFNLGRP_CONNTRACK_EXP_NEW, NFNLGRP_CONNTRACK_EXP_DESTROY):
             self.sock.sock.setsockopt(270, 1, g)  # SOL_NETLINK, NETLINK_ADD_MEMBERSHIP
@@ -444,6 +572,11 @@ class Events:
             self.sock.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 4 << 20)
         except OSError:
             pass
+        if own is not None:
+            try:
+                attach_filter(self.sock.sock, own_new_filter(own))
+            except OSError:  # (no socket filters in this kernel) the reconciler knows them as its own anyway
+                pass
         self.sock.sock.setblocking(False)
 
     def fileno(self) -> int:
@@ -464,13 +597,15 @@ class Events:
             for t, _f, _s, payload in L.iter_messages(data):
                 if t >> 8 != L.NFNL_SUBSYS_CTNETLINK_EXP:
                     continue
-                e = parse_expectation(payload)
-                if e is not None:
-                    out.append(ExpectationEvent("destroy" if t & 0xFF == IPCTNL_MSG_EXP_DELETE else "new", e))
+                ev = ExpectationEvent.peek("destroy" if t & 0xFF == IPCTNL_MSG_EXP_DELETE else "new", payload)
+                if ev is not None:
+                    out.append(ev)
 
     def close(self) -> None:
         self.sock.close()
 
+
+# ---------------------------------------------------------------- the adapter
 
 class Ctnetlink:
     """Expectations and master lookup over one netlink socket (per network namespace)."""
@@ -567,7 +702,8 @@ class Ctnetlink:
             self._do("exp-flush", pyroute2_exp_flush, fam)
 
     def events(self) -> Events:
-        return Events()
+        """The expectation events, less this socket's own creations (see Events)."""
+        return Events(own=self.sock.pid)
 
 
 def is_full(exc: KernelError) -> bool:
