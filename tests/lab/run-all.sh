@@ -10,7 +10,7 @@ names=("$@")
 [ ${#names[@]} -gt 0 ] || names=($(cd "$ALG_ROOT/tests/lab/scenarios" && ls *.sh | sed 's/\.sh$//'))
 for n in "${names[@]}"; do
     t0=$(date +%s)
-    timeout 600 bash "$ALG_ROOT/tests/lab/scenarios/$n.sh" >"$LAB_SCRATCH/$(basename "$n").out" 2>&1
+    timeout 900 bash "$ALG_ROOT/tests/lab/scenarios/$n.sh" >"$LAB_SCRATCH/$(basename "$n").out" 2>&1
     rc=$?
     echo "SCENARIO $n $rc $(( $(date +%s) - t0 ))"
 done

@@ -77,7 +77,10 @@ diagnose() {  # where alg's processes are: kernel wait channel and stack, Python
     sleep 1; tail -60 "$OUT/alg.log"
 }
 [ "$(workers | wc -l)" = 2 ] && pass two-worker-processes || { fail two-worker-processes; ps -ef | grep alg; }
-helpers=$(lab_fw nfct list helper 2>/dev/null | tr -s '\t\n' ' ')
+# nfct's helper list, one helper to a line (a `.*` must not reach into the next helper's fields:
+# a helper another scenario left registered, enabled, would make a disabled ftp0 look enabled)
+helper_lines() { lab_fw nfct list helper 2>/dev/null | tr -s '\t\n' ' ' | tr '}' '\n'; }
+helpers=$(helper_lines)
 echo "$helpers" | grep -q "name = ftp0, .queuenum = 5,.*status = enabled" \
     && echo "$helpers" | grep -q "name = ftp1, .queuenum = 4101,.*status = enabled" \
     && pass two-helpers-registered-on-their-queues || { fail two-helpers-registered-on-their-queues; echo "$helpers"; }
@@ -130,6 +133,6 @@ for _ in $(seq 600); do kill -0 "$ALG_PID" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$ALG_PID" 2>/dev/null && { echo "alg did not stop in 60 s"; diagnose; kill -KILL "$ALG_PID" $(workers); }
 wait "$ALG_PID"; rc=$?; ALG_PID=
 [ $rc = 0 ] && pass alg-stops-cleanly || fail "alg-stops-cleanly (rc=$rc)"
-lab_fw nfct list helper 2>/dev/null | tr -s '\t\n' ' ' | grep -q "name = ftp[01], .*status = enabled" \
+helper_lines | grep -q "name = ftp[01], .*status = enabled" \
     && fail helpers-disabled-on-stop || pass helpers-disabled-on-stop
 exit $((FAILS > 0))
