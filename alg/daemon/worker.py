@@ -200,7 +200,7 @@ class QueueWorker:
                     self.sink.delete(d.expectation)
             elif isinstance(d, Mangle):
                 payload = self._mangled(qp, pkt, d)
-        for v in victims:  # (none: every eviction comes before its create)
+        for v in victims:  # evicted for an expectation the budget then refused: no create came
             self.sink.delete(v)
         if payload is not None and record is None and qp.ct is not None:
             # a length change is applied to the connection's sequence numbers only
