@@ -11,12 +11,15 @@ import itertools
 import os
 import struct
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 from typing import Any
 
 from alg.daemon import KernelPorts
 from alg.errors import KernelError
 from alg.kernel import nlmsg as L
-from alg.kernel.ctnetlink import IPS_CONFIRMED, KernelExpectation, is_full
+from alg.kernel.ctnetlink import (CTA_EXPECT_MASTER, CTA_EXPECT_NAT, CTA_EXPECT_NAT_DIR, CTA_EXPECT_NAT_TUPLE,
+                                  IPS_CONFIRMED, KernelExpectation, _parse_tuple, is_full, pack_flow,
+                                  parse_expectation)
 from alg.kernel.nfqueue import CTA_HELP, CTA_HELP_INFO, CTA_HELP_NAME, Conntrack, CtTuple
 from alg.model import FlowTuple
 
@@ -181,6 +184,9 @@ class FakeKernel:
             self._confirmed.add(entry.ct.orig.flow())
         if v.expectation is not None:
             self.attached.append(v.expectation)
+            if self.attach_works and entry.ct.helper is not None:  # (ctnetlink_alloc_expect: a master with a helper)
+                self.attach(attached_expectation(v.expectation, entry.ct.orig.flow(), entry.ct.helper),
+                            entry.ct.orig.flow())
 
     # ---------------------------------------------------------------- the ports
     def bind(self, num: int, length: int) -> FakeQueue:
@@ -233,6 +239,26 @@ class FakeKernel:
             if held[1] == master:
                 self.expectations[e.key] = (e, master)
             return
+        self._expect(e, master)
+        self.kernel_created.append(e)
+
+    def attach(self, e, master: FlowTuple) -> None:
+        """An expectation on a verdict (NFQA_EXP: ctnetlink_glue_attach_expect). As the kernel
+        (__nf_ct_expect_check): the same tuple held for the same master and class is replaced
+        (its end reported), for another one refused (EALREADY); a refusal is silent; the NEW
+        event is the daemon's to read (it names the queue's socket, not the one the event
+        socket's filter drops)."""
+        held = self.expectations.get(e.key)
+        if held is not None:
+            if held[1] != master or held[0].class_id != e.class_id:
+                return
+            self._let_go(e.key)
+            self.events.append(("destroy", held[0], master))
+        self._expect(e, master)
+        self.events.append(("new", e, master))
+
+    def _expect(self, e, master: FlowTuple) -> None:
+        """Hold e, first evicting the oldest of its master and class at its helper's max_expected."""
         limit = self._max_expected(master, e.class_id)
         mine = self._of_master.setdefault((master, e.class_id), {})  # keys, oldest first
         if limit and len(mine) >= limit:
@@ -242,7 +268,6 @@ class FakeKernel:
             self.events.append(("destroy", victim, master))
         self.expectations[e.key] = (e, master)
         mine[e.key] = None
-        self.kernel_created.append(e)
 
     def hold(self, e, master: FlowTuple) -> None:
         """The kernel holds e, created by someone else (conntrackd committing a primary's)."""
@@ -284,6 +309,25 @@ class FakeKernel:
         """The expected flow came: the kernel lets the expectation go."""
         _e, master = self._let_go(e.key)
         self.events.append(("destroy", e, master))
+
+
+def attached_expectation(body: bytes, master: FlowTuple, helper: str) -> SimpleNamespace:
+    """The expectation an NFQA_EXP nest asks for, with the fields the fake kernel reads of
+    alg's Expectation (its key as alg.expect builds it); `helper`: the master's."""
+    k = parse_expectation(bytes(4) + pack_flow(CTA_EXPECT_MASTER, master) + body)
+    assert k is not None, "an NFQA_EXP without tuple or mask"
+    t, m = k.tuple, k.mask
+    src = t.src if int(m.src) else None
+    sport = t.sport if m.sport else None
+    nat = None
+    if CTA_EXPECT_NAT in (a := L.parse_attrs(body)):
+        n = L.parse_attrs(a[CTA_EXPECT_NAT])
+        inside = _parse_tuple(n[CTA_EXPECT_NAT_TUPLE])
+        assert inside is not None
+        nat = (struct.unpack("!I", n[CTA_EXPECT_NAT_DIR])[0], inside.src, inside.sport)
+    return SimpleNamespace(key=(t.l3, t.proto, None if src is None else int(src), int(t.dst), sport, t.dport),
+                           helper=helper, class_id=k.class_id, l3=t.l3, proto=t.proto, src=src, dst=t.dst,
+                           sport=sport, dport=t.dport, src_mask=m.src, timeout=k.timeout, flags=k.flags, nat=nat)
 
 
 class FakeEvents:

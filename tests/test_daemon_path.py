@@ -57,6 +57,8 @@ class Tcp:
         self.k.send(self.queue, self.cid, reply, data, self.seq[reply], flags, ctinfo)
         self.seq[reply] += len(data) + (1 if flags & SYN else 0)
         self.d.workers[self.queue].serve()
+        if self.d.reconciler is not None:  # the kernel's events, as the daemon's loop reads them between packets
+            self.d.reconciler.read()
         self.d.sink.run_due()
         return [k for k in self.k.expectations if k not in before]
 
@@ -184,21 +186,34 @@ INVITE = (b"INVITE sip:bob@10.0.2.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.1.2:5060;br
           b"Content-Length: %d\r\n\r\n" % len(_SDP)) + _SDP  # opens its dialog: its first packet has the SDP
 
 
-def test_an_expectation_of_a_flows_first_packet_rides_on_its_verdict(tmp_path):
-    k = FakeKernel()
-    d = daemon(tmp_path, k, ("sip.toml", 'helper = "sip"\nqueue = 9\n'))
+def with_reconciler(d: Daemon, k: FakeKernel) -> Daemon:
     d.reconciler = __import__("alg.daemon.reconciler", fromlist=["Reconciler"]).Reconciler(
         k.ports().events(), d.engine, d.sink, d.stats)
+    return d
+
+
+def attach_wait_over(d: Daemon) -> None:
+    """The sink's wait for the kernel's word on an attached expectation is over."""
+    d.sink._timers = [(0.0, *t[1:]) for t in d.sink._timers]
+    d.sink.run_due()
+
+
+@pytest.mark.parametrize("attach_works", [True, False])
+def test_an_expectation_of_a_flows_first_packet_rides_on_its_verdict(tmp_path, attach_works):
+    k = FakeKernel(attach_works=attach_works)
+    d = with_reconciler(daemon(tmp_path, k, ("sip.toml", 'helper = "sip"\nqueue = 9\n')), k)
     cid = k.connect("sip", 4, 17, CLIENT, SERVER, 5060, 5060)
     k.send(9, cid, False, INVITE)
     d.workers[9].serve()
     assert len(k.attached) == 1 and d.stats.attached == 1
     tup = L.parse_attrs(L.parse_attrs(k.attached[0])[CTA_EXPECT_TUPLE])
     assert tup  # the expected flow's tuple rides on the verdict, without a master
-    # the kernel did not create it (as it does silently): counted, then created over ctnetlink
-    d.sink._timers = [(0.0, *t[1:]) for t in d.sink._timers]
-    d.sink.run_due()
-    assert d.stats.attach_failed == 1 and len(k.expectations) >= 1
+    d.reconciler.read()
+    attach_wait_over(d)
+    if attach_works:  # the kernel's event confirmed it
+        assert d.stats.attach_failed == 0 and len(k.expectations) == 2
+    else:  # the kernel did not create it (as it does silently): counted, then created over ctnetlink
+        assert d.stats.attach_failed == 1 and len(k.expectations) >= 1
 
 
 def test_an_expectation_that_gives_a_helper_rides_on_a_confirmed_masters_verdict(tmp_path):
@@ -214,7 +229,7 @@ def test_an_expectation_that_gives_a_helper_rides_on_a_confirmed_masters_verdict
     k.send(24, cid, True, b"HTTP/1.1 200 OK\r\nLOCATION: http://%s:49152/desc.xml\r\n\r\n" % SERVER.encode())
     d.workers[24].serve()
     d.sink.run_due()
-    assert len(k.attached) == 1 and not k.expectations  # on the verdict, not over ctnetlink
+    assert len(k.attached) == 1 and not k.kernel_created  # on the verdict, not over ctnetlink
     exp = L.parse_attrs(k.attached[0])
     assert exp[CTA_EXPECT_HELP_NAME].rstrip(b"\0") == b"ssdp"
 
@@ -545,27 +560,83 @@ def test_a_retransmitted_segment_is_rewritten_as_the_first_time(tmp_path):
 
 
 PASV_227 = b"227 Entering Passive Mode (10,0,2,2,195,%d).\r\n"
+# a packet dropped when its expectation cannot be made needs the answer before its verdict:
+# the expectations of a confirmed master are then created over ctnetlink (QueueWorker._on_verdict)
+OVER_CTNETLINK = "accept_on_pressure = false\n"
 
 
 def test_expectmax_1s_victim_is_left_to_the_kernels_own_eviction(tmp_path):
     """ExpectMax 1 and the helper registered by alg with it: creating the next expectation,
     the kernel evicts the master's previous one itself (tests/fakekernel.py does as
     __nf_ct_expect_check does), so no EXP_DELETE is sent for it; both tables agree after."""
-    from alg.daemon.reconciler import Reconciler
+    for core in ("", OVER_CTNETLINK):  # each 227's expectation on its verdict; over ctnetlink
+        k = FakeKernel()
+        d, ([first], [second]) = _pasv(tmp_path / f"max1{len(core)}", k, core=core)
+        assert k.deleted == [] and d.stats.evicted_by_kernel == 1
+        assert len(k.kernel_created) == (0 if not core else 2) and d.stats.attached == (2 if not core else 0)
+        assert list(k.expectations) == [second] and [e.key for e in d.engine.table] == [second]
+        d.reconciler.read()  # the kernel's destroy event of the first: alg let it go already
+        assert [e.key for e in d.engine.table] == [second] and first not in k.expectations
+        assert d.engine.stats()["helpers"]["ftp"]["classes"]["ftp"]["evicted"] == 1
+        attach_wait_over(d)
+        assert d.stats.attach_failed == 0 and list(k.expectations) == [second]
+
+
+def test_a_confirmed_masters_expectation_on_its_verdict_is_confirmed_by_the_kernels_event(tmp_path):
+    """A 227 of a confirmed control connection: its expectation rides on the verdict (no
+    ctnetlink round trip while the packet waits), the kernel's EXP_NEW confirms it. Until
+    then it is not left to the kernel to evict: an attachment the kernel refused leaves
+    nothing to evict, and alg could not know which of two the kernel holds."""
     k = FakeKernel()
-    d, ([first], [second]) = _pasv(tmp_path / "max1", k)
-    d.reconciler = Reconciler(k.ports().events(), d.engine, d.sink, d.stats)
-    assert k.deleted == [] and d.stats.evicted_by_kernel == 1
-    assert list(k.expectations) == [second] and [e.key for e in d.engine.table] == [second]
-    d.reconciler.read()  # the kernel's destroy event of the first: alg let it go already
-    assert [e.key for e in d.engine.table] == [second] and first not in k.expectations
-    assert d.engine.stats()["helpers"]["ftp"]["classes"]["ftp"]["evicted"] == 1
+    d, ([first],) = _pasv(tmp_path / "confirmed", k, ports=(80,))
+    assert k.kernel_created == [] and d.stats.attached == 1 and list(k.expectations) == [first]
+    assert d.sink.settled(d.engine.table.get(first))  # its event was read
+    k = FakeKernel()
+    d, ([first], [second]) = _pasv(tmp_path / "unread", k, events=False)
+    assert [e.key for e in k.deleted] == [first] and d.stats.evicted_by_kernel == 0
+    assert list(k.expectations) == [second] and d.stats.attached == 2
+
+
+def test_an_attachment_whose_flow_came_before_its_event_was_read_is_not_made_again(tmp_path):
+    """Under load a batch of packets can outlast the wait for an attachment's event: the
+    data connection has used the expectation by then. The events are read before the
+    attachment is given up, so its end is seen and nothing is created again."""
+    k = FakeKernel()
+    d, ([first],) = _pasv(tmp_path / "used", k, ports=(80,), events=False)
+    with_reconciler(d, k)  # the EXP_NEW waits unread
+    k.use(k.expectations[first][0])
+    attach_wait_over(d)
+    assert d.stats.attach_failed == 0 and k.kernel_created == [] and not k.expectations
+    assert d.engine.table.get(first) is None
+
+
+def test_an_attachment_the_kernel_refused_is_made_over_ctnetlink_and_its_victim_goes(tmp_path):
+    """The kernel refuses an attachment silently (here: every one after the first): the
+    wait for its event runs out, alg asks ctnetlink, whose create evicts the victim the
+    attachment would have; both tables agree."""
+    k = FakeKernel()
+    d, ([first], [second]) = _pasv(tmp_path / "refused", k)
+    assert list(k.expectations) == [second]
+    k = FakeKernel()
+    real = k.attach
+
+    def only_the_first(e, master):
+        if not k.expectations:
+            real(e, master)
+    k.attach = only_the_first  # type: ignore[method-assign]
+    d, ([first], second) = _pasv(tmp_path / "refused2", k)
+    assert second == [] and list(k.expectations) == [first] and d.stats.attached == 2
+    attach_wait_over(d)
+    (key,) = [e.key for e in d.engine.table]
+    assert d.stats.attach_failed == 1 and list(k.expectations) == [key] and key != first
+    assert [e.key for e in k.kernel_created] == [key] and k.deleted == []
 
 
 def _pasv(tmp_path: Path, k: FakeKernel, core: str = "", ftp: str = "",
-          ports: tuple[int, ...] = (80, 81), cthelper: bool = True) -> tuple[Daemon, list]:
+          ports: tuple[int, ...] = (80, 81), cthelper: bool = True, events: bool = True) -> tuple[Daemon, list]:
     """A daemon in its own folder (core: lines for [core], ftp: for ftp.toml), one FTP session
-    with a 227 for each of `ports`; the kernel's expectation keys each one created."""
+    with a 227 for each of `ports`; the kernel's expectation keys each one created. `events`:
+    the kernel's expectation events are read after each packet (else not at all)."""
     tmp_path.mkdir()
     (tmp_path / "alg.toml").write_text(f'[core]\nstatus_socket = "{tmp_path}/alg.sock"\n{core}')
     (tmp_path / "ftp.toml").write_text(f'helper = "ftp"\nqueue = 7\n{ftp}')
@@ -573,6 +644,8 @@ def _pasv(tmp_path: Path, k: FakeKernel, core: str = "", ftp: str = "",
                kernel=k.ports())
     for slot in d.engine.slots.values():
         d._register(slot)
+    if events:
+        with_reconciler(d, k)
     c = Tcp(k, d, 7, "ftp", 21)
     c.send(True, b"220 ready\r\n")
     return d, [c.send(True, PASV_227 % port) for port in ports]
@@ -608,7 +681,7 @@ def test_a_victim_of_a_create_the_kernel_refuses_is_deleted(tmp_path):
             raise KernelError(errno.EINVAL, "exp-new")
         real(e, master, exclusive)
     k.create = refuse_the_second  # type: ignore[method-assign]
-    d, (first, second) = _pasv(tmp_path / "refused", k)
+    d, (first, second) = _pasv(tmp_path / "refused", k, core=OVER_CTNETLINK)
     assert second == [] and [e.key for e in k.deleted] == first and not k.expectations
     assert d.stats.evicted_by_kernel == 0 and d.stats.kernel_errors["EINVAL"] == 1
 
@@ -633,7 +706,7 @@ def test_a_victim_waiting_for_its_retry_is_deleted_not_left_to_the_kernel(tmp_pa
         asked.append(("delete", e.key))
         real_delete(e)
     k.create, k.delete = late, delete  # type: ignore[method-assign]
-    d, (first, second) = _pasv(tmp_path / "late", k)
+    d, (first, second) = _pasv(tmp_path / "late", k, core=OVER_CTNETLINK)
     assert first == [] and d.stats.deferred == 1
     assert asked[1] == ("delete", asked[0].key) and d.stats.evicted_by_kernel == 0
     assert list(k.expectations) == second and [e.key for e in d.engine.table] == second

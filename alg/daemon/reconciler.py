@@ -46,6 +46,7 @@ class Reconciler:
     def __init__(self, events: EventPort, engine: Engine, sink: KernelSink, stats: Any,
                  clock: Callable[[], float] = time.monotonic):
         self.events, self.engine, self.sink, self.stats, self.clock = events, engine, sink, stats, clock
+        sink.read_events = self.read
 
     def fileno(self) -> int:
         return self.events.fileno()
@@ -94,4 +95,5 @@ class Reconciler:
         return n
 
     def close(self) -> None:
+        self.sink.read_events = lambda: None
         self.events.close()

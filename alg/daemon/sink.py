@@ -1,15 +1,16 @@
 """The kernel sink: expectations created and deleted in the kernel.
 
-A master whose conntrack the kernel has confirmed gets its expectations over
-ctnetlink at once, before its packet's verdict, so that the flow they announce
-cannot arrive first. A master whose first packet waits in our queue is not
-in the kernel's table yet (ctnetlink answers ENOENT): one of its expectations
-rides on that packet's verdict (NFQA_EXP), the others are created right after
-the verdict. The kernel ignores an attachment it cannot make, so each one is
-confirmed from the kernel's expectation events (the reconciler calls
-`confirmed`); one not confirmed in time is counted as failed and created over
-ctnetlink instead, its master being confirmed by then. Retries wait on a
-timer heap.
+Every expectation exists in the kernel before its packet goes on, so that the
+flow it announces cannot arrive first. One per packet rides on the packet's
+verdict (NFQA_EXP; the worker decides which: QueueWorker._on_verdict), the
+others are created over ctnetlink before the verdict. A master whose first
+packet waits in our queue is not in the kernel's table yet (ctnetlink answers
+ENOENT): its other expectations are created right after the verdict. The
+kernel ignores an attachment it cannot make, so each one is confirmed from the
+kernel's expectation events (the reconciler calls `confirmed`); one not
+confirmed in time is counted as failed and created over ctnetlink instead
+(whose answer then says why, e.g. the table is full). Retries wait on a timer
+heap.
 
 An expectation ExpectMax evicts is deleted over ctnetlink, unless the kernel
 evicts it itself: creating an expectation whose master's helper allows
@@ -59,6 +60,9 @@ class KernelSink:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
         self._attached: dict[tuple, Expectation] = {}  # key -> attached, waiting for the kernel's event
+        # reads the kernel's expectation events (the reconciler's): before an attachment is
+        # given up, since what came meanwhile may confirm it or say that its flow came
+        self.read_events: Callable[[], None] = lambda: None
         self._deferred: dict[tuple, Expectation] = {}  # key -> waiting for its master's verdict (ENOENT)
 
     # ------------------------------------------------------------ timers
@@ -119,10 +123,13 @@ class KernelSink:
         key = e.key
         return self._attached.get(key) is not e and self._deferred.get(key) is not e
 
-    def attached(self, e: Expectation) -> None:
-        """e rode on its master's first verdict: wait for the kernel's word."""
+    def attached(self, e: Expectation, evicts: Expectation | None = None) -> None:
+        """e rode on a verdict of its master: wait for the kernel's word. `evicts`: as create's,
+        the kernel removes it as it creates e."""
         self._attached[e.key] = e
         self.stats.attached += 1
+        if evicts is not None:
+            self.stats.evicted_by_kernel += 1
         self.later(ATTACH_WAIT, lambda: self._attach_timeout(e))
 
     def confirmed(self, key: tuple) -> None:
@@ -130,6 +137,11 @@ class KernelSink:
         self._attached.pop(key, None)
 
     def _attach_timeout(self, e: Expectation) -> None:
+        if self._attached.get(e.key) is e:
+            # unread events (a long batch of packets under load) may hold its EXP_NEW, or the
+            # end of an expectation already used: asked only now, the kernel would no longer
+            # hold it, and creating it again would open what its flow has used
+            self.read_events()
         if self._attached.pop(e.key, None) is not e or self.engine.table.get(e.key) is not e:
             return
         try:
@@ -138,9 +150,10 @@ class KernelSink:
             held = False
         if not held:  # the kernel dropped the attachment: its master is confirmed now
             self.stats.attach_failed += 1
-            self.warn(logging.WARNING, "attach", "%s: an expectation attached to a verdict was not created; "
-                      "creating it over ctnetlink: %s", e.helper, e.to_text())
-            self.create(e)
+            self.create(e)  # a refusal (the table full, a clash) is counted and logged by its cause
+            if self.engine.table.get(e.key) is e:
+                self.warn(logging.WARNING, "attach", "%s: an expectation attached to a verdict was not created; "
+                          "created over ctnetlink: %s", e.helper, e.to_text())
 
     def _failed(self, e: Expectation, exc: KernelError) -> bool:
         name = errno_name(exc.errno)

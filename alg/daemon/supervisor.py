@@ -64,8 +64,8 @@ class DaemonStats:
     deferred: int = counter("expectation creations retried because the master was not confirmed yet")
     unresolved: int = counter("packets whose conntrack could not be known (inspected by no helper)")
     events_lost: int = counter("expectation events the kernel could not deliver (ENOBUFS)")
-    attached: int = counter("expectations attached to a verdict (a master's first packet)")
-    attach_failed: int = counter("attached expectations the kernel did not create (then made over ctnetlink)")
+    attached: int = counter("expectations attached to a verdict (NFQA_EXP) rather than created over ctnetlink")
+    attach_failed: int = counter("attached expectations the kernel did not create (then asked for over ctnetlink)")
     adopted: int = counter("expectations the kernel held for alg's helpers, taken into the table")
     evicted_by_kernel: int = counter("expectations ExpectMax evicted that the kernel removed itself as it created "
                                      "the next one (no EXP_DELETE sent)")

@@ -5,8 +5,8 @@ NFQA_CFG_F_CONNTRACK): the worker turns it into the engine's `KernelView`
 (direction and newness from ctinfo, the endpoints from the tuples, the
 flow's record from the helper's private data), lets the engine inspect the
 packet, carries out what it decides through the sink, and gives the verdict,
-with the flow's record (NFQA_CT) and an expectation for a master not yet
-confirmed (NFQA_EXP) when there are. Every packet gets its verdict, whatever
+with the flow's record (NFQA_CT) and one of the expectations the packet
+makes (NFQA_EXP: see `_on_verdict`) when there are. Every packet gets its verdict, whatever
 happens on the way. Verdicts of one batch leave in one system call. A bare TCP
 acknowledgement of a flow under way has nothing for anyone: it is accepted at
 once, uninspected (not counted in the helper's `packets`).
@@ -176,15 +176,10 @@ class QueueWorker:
                     if v is not victim:
                         self.sink.delete(v)
                 victims.clear()
-                if (attach is None and self.queue.conntrack and not self.engine.core.pair
-                        and (not view.confirmed or e.assign_helper)):
-                    # the master is unconfirmed while this packet waits: only its verdict can name it.
-                    # And an expectation that gives the expected conntrack a helper rides on the
-                    # verdict even for a confirmed master: the kernel honours CTA_EXPECT_HELP_NAME
-                    # only there (see exp_body). Not in a pair: the kernel announces it before its
-                    # master, and conntrackd drops an expectation whose master it has not seen.
+                if attach is None and self._on_verdict(e, view, ours):
                     attach = exp_body(e, None)
-                    self.sink.attached(e)
+                    self.sink.attached(e, evicts=victim)
+                    victim = None  # the kernel evicts it as it creates e
                 elif view.confirmed:
                     if not self.sink.create(e, evicts=victim) and not self.engine.core.accept_on_pressure:
                         accept = False
@@ -207,6 +202,29 @@ class QueueWorker:
             # with NFQA_CT in the same verdict (an empty one names the packet's own)
             record = b""
         return accept, record, attach, payload
+
+    def _on_verdict(self, e: Expectation, view: KernelView, ours: bool) -> bool:
+        """Whether e rides on its packet's verdict (NFQA_EXP, one per verdict) rather than
+        being created over ctnetlink.
+
+        The kernel creates an attached expectation while it takes the verdict, before the
+        packet goes on, as it would one created over ctnetlink first: for the flow it
+        announces nothing changes. The verdict saves the ctnetlink round trip (the packet
+        waits for it) but has no answer: the kernel's expectation event confirms it
+        (KernelSink.attached), and one the kernel refused (the table full, a clash) is
+        known a moment after the packet went on. So, with the conntrack glue and outside
+        a pair (there the kernel announces an attached expectation before its master, and
+        conntrackd drops one whose master it has not seen):
+        * always while the master is unconfirmed: ctnetlink cannot name it yet;
+        * always for an expectation that gives the expected conntrack a helper: the
+          kernel honours CTA_EXPECT_HELP_NAME only there (see exp_body);
+        * for a confirmed master that carries this helper (the kernel attaches only to a
+          conntrack with a helper), unless the packet must be dropped when the
+          expectation cannot be made (accept_on_pressure off): that needs the answer
+          before the verdict. conntrackd's helpers attach every expectation so."""
+        if not self.queue.conntrack or self.engine.core.pair:
+            return False
+        return not view.confirmed or e.assign_helper or (ours and self.engine.core.accept_on_pressure)
 
     def _kernel_evicts(self, e: Expectation, victims: list[Expectation], slot: HelperSlot) -> Expectation | None:
         """The victim the kernel evicts itself when it creates e over ctnetlink, if that is

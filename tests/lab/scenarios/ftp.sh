@@ -118,6 +118,13 @@ active_port "$OUT/alg-exp-active.txt" "$OUT/port4.log" && [ "$(related)" -gt "$r
 grep -q "helper=ftp" "$OUT/alg-exp-active.txt" && pass alg-active-expectation-listed || fail alg-active-expectation-listed
 lab_fw "$ALG" status --socket "$SOCK" >"$OUT/status.txt" 2>&1
 grep -q "created [1-9]" "$OUT/status.txt" && pass status-counts-created || { fail status-counts-created; cat "$OUT/status.txt"; }
+# the four transfers' expectations (confirmed control connections) rode on their packets' verdicts
+# (NFQA_EXP, as conntrackd's), and the kernel's events confirmed each one
+alg_status_json "$SOCK" >"$OUT/status.json"
+/usr/bin/python3 -I -S -c 'import json, sys
+d = json.load(open(sys.argv[1]))
+sys.exit(0 if d["attached"] >= 4 and d["attach_failed"] == 0 else 1)' "$OUT/status.json" \
+    && pass expectations-on-verdicts-confirmed || { fail expectations-on-verdicts-confirmed; head -c 800 "$OUT/status.json"; }
 
 # clean stop: helper removed, queue unbound
 stop_alg && pass alg-stops-cleanly || fail alg-stops-cleanly
