@@ -11,10 +11,10 @@ pure ACK (the lab counts 2.9 packets per PASV, 0.8 of them pure ACKs). They go t
 real binding (alg.kernel.nfqueue.QueueBinding: receive's decode, verdict, flush; only the
 system calls are left out: messages in, verdict bytes kept), the daemon's loop (one
 `Daemon.step` per packet: under the lab's load each packet wakes alg alone), the worker, the
-engine and the ftp helper; expectations go to the userspace kernel of the tests
-(tests/fakekernel.py), whose verdicts set the private data the next message carries, as the
-kernel's do. Then the expectation events (created, and the evicted one gone) are read once per
-227, as the daemon's reconciler does.
+engine and the ftp helper; the verdicts go to the userspace kernel of the tests
+(tests/fakekernel.py), which sets the private data the next message carries and creates the
+227's expectation, on its verdict, as the kernel does. Then the expectation events (created,
+and the evicted one gone) are read once per 227, as the daemon's reconciler does.
 
 Beside it, in the same run, the floor for Python: a loop that reads the same messages at
 bytes level (attributes, packet id, TCP payload, the 227's six numbers) and packs a plain
@@ -44,7 +44,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fakekernel import FakeKernel  # noqa: E402
+from fakekernel import FakeKernel, attached_expectation  # noqa: E402
 from bench_worker import flat  # noqa: E402  (this folder is the script's: sys.path[0])
 
 from alg.daemon import Daemon  # noqa: E402
@@ -220,8 +220,12 @@ class Lab:
                 else:
                     ids = [hdr[1]]
                     help_ = L.parse_attrs(L.parse_attrs(a.get(Q.NFQA_CT, b"")).get(Q.CTA_HELP, b""))
+                    c = self.by_id[hdr[1]]
                     if Q.CTA_HELP_INFO in help_:
-                        self.by_id[hdr[1]].info = help_[Q.CTA_HELP_INFO][:24].ljust(24, b"\0")
+                        c.info = help_[Q.CTA_HELP_INFO][:24].ljust(24, b"\0")
+                    if Q.NFQA_EXP in a:  # the 227's expectation, on its verdict: the kernel creates it there
+                        master = Q.CtTuple(4, TCP, CLIENT, SERVER, c.sport, 21).flow()
+                        self.k.attach(attached_expectation(a[Q.NFQA_EXP], master, HELPER), master)
                 for i in ids:
                     del self.by_id[i]
                     n += 1
