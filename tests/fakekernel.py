@@ -10,7 +10,7 @@ import ipaddress
 import itertools
 import os
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -165,7 +165,7 @@ class FakeKernel:
         if ctinfo is None:
             ctinfo = IP_CT_ESTABLISHED_REPLY if reply else (
                 IP_CT_NEW if not entry.ct.status & IPS_CONFIRMED else IP_CT_ESTABLISHED)
-        ct = replace(entry.ct, helper_info=entry.info or None) if self.glue else None
+        ct = entry.ct._replace(helper_info=entry.info or None) if self.glue else None
         pid = next(self._pkt_ids)
         self._by_packet[pid] = cid
         self.queues[queue].waiting.append(QueuedPacket(pid, raw, ctinfo if self.glue else None, ct, queue))
@@ -180,7 +180,7 @@ class FakeKernel:
             if name == entry.ct.helper and entry.ct.master is None and self.priv_len:
                 entry.info = help_[CTA_HELP_INFO][: self.priv_len].ljust(self.priv_len, b"\0")
         if v.accept and not entry.ct.status & IPS_CONFIRMED:
-            entry.ct = replace(entry.ct, status=entry.ct.status | IPS_CONFIRMED)
+            entry.ct = entry.ct._replace(status=entry.ct.status | IPS_CONFIRMED)
             self._confirmed.add(entry.ct.orig.flow())
         if v.expectation is not None:
             self.attached.append(v.expectation)

@@ -152,9 +152,9 @@ def _flow_of(t: CtTuple) -> FlowTuple:
     return FlowTuple(t.l3, t.proto, ipaddress.ip_address(t.src), ipaddress.ip_address(t.dst), t.sport, t.dport)
 
 
-@dataclass(frozen=True, slots=True)
-class Conntrack:
-    """Decoded NFQA_CT (ctnetlink attributes, nested: ctnetlink_glue_build)."""
+class Conntrack(NamedTuple):
+    """Decoded NFQA_CT (ctnetlink attributes, nested: ctnetlink_glue_build). A named tuple, as
+    QueuedPacket: most queued packets of a TCP flow bring one decoded anew."""
 
     orig: CtTuple
     reply: CtTuple
