@@ -37,6 +37,7 @@ from ._discovery import answers, subnet_only_option
 
 CLIENT_PORT, SERVER_PORT = 546, 547
 ALL_DHCP_RELAY_AGENTS_AND_SERVERS = ipaddress.ip_address("ff02::1:2")
+_ALL_DHCP_RELAY_AGENTS_AND_SERVERS = int(ALL_DHCP_RELAY_AGENTS_AND_SERVERS)
 # RFC 8415 §7.3 message types sent by clients
 CLIENT_MESSAGES = {1: "Solicit", 3: "Request", 4: "Confirm", 5: "Renew", 6: "Rebind", 8: "Release",
                    9: "Decline", 11: "Information-request"}
@@ -58,10 +59,12 @@ class Dhcpv6Helper(alg.Helper):
         data = segment.data
         if segment.direction is not Direction.ORIGINAL:
             return Parsed(len(data))
-        if segment.flow.dst != ALL_DHCP_RELAY_AGENTS_AND_SERVERS or segment.flow.dport != SERVER_PORT:
-            return Parsed(len(data), (Notice("not-multicast", str(segment.flow.dst)),))
-        if segment.sender_port != CLIENT_PORT:
-            return Parsed(len(data), (Notice("not-client-port", str(segment.sender_port)),))
+        flow = segment.flow  # from the client (ORIGINAL): the sender is flow.src, flow.sport
+        # compared as a number: no IPv4 address has ff02::1:2's
+        if int(flow.dst) != _ALL_DHCP_RELAY_AGENTS_AND_SERVERS or flow.dport != SERVER_PORT:
+            return Parsed(len(data), (Notice("not-multicast", str(flow.dst)),))
+        if flow.sport != CLIENT_PORT:
+            return Parsed(len(data), (Notice("not-client-port", str(flow.sport)),))
         if len(data) < 4:  # msg-type + transaction-id (RFC 8415 §8)
             return Parsed(len(data), (Notice("malformed", f"{len(data)} bytes"),))
         if data[0] not in CLIENT_MESSAGES:

@@ -63,8 +63,9 @@ class SlpHelper(alg.Helper):
         data = segment.data
         if segment.direction is not Direction.ORIGINAL:
             return Parsed(len(data))
-        dst = segment.flow.dst
-        if not (is_slp_group(dst) or is_broadcast_for(dst, segment.sender, self.options)):
+        flow = segment.flow  # from the client (ORIGINAL): the sender is flow.src
+        dst = flow.dst
+        if not (is_slp_group(dst) or is_broadcast_for(dst, flow.src, self.options)):
             return Parsed(len(data), (Notice("not-multicast", str(dst)),))
         if len(data) < 2 or data[0] not in _HEADER_MIN or len(data) < _HEADER_MIN[data[0]]:
             return Parsed(len(data), (Notice("malformed", data[:2].hex()),))
