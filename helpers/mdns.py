@@ -35,6 +35,7 @@ from ._discovery import answers, subnet_only_option
 
 MDNS_PORT = 5353
 GROUPS = {4: ipaddress.ip_address("224.0.0.251"), 6: ipaddress.ip_address("ff02::fb")}
+_GROUP_NUMBERS = {l3: int(group) for l3, group in GROUPS.items()}  # compared as numbers, with the family
 _DNS_HEADER = struct.Struct("!HHHHHH")  # RFC 1035 §4.1.1: id, flags, qd, an, ns, ar counts
 _FLAGS_QDCOUNT = struct.Struct("!HH")  # the two of them the helper reads, after the id
 _QR, _OPCODE = 0x8000, 0x7800
@@ -56,7 +57,8 @@ class MdnsHelper(alg.Helper):
         if segment.direction is not Direction.ORIGINAL:
             return Parsed(len(data))
         flow = segment.flow  # from the querier (ORIGINAL): the sender's port is flow.sport
-        if flow.dst != GROUPS[flow.l3] or flow.dport != MDNS_PORT:
+        dst = flow.dst
+        if int(dst) != _GROUP_NUMBERS[flow.l3] or dst.version != flow.l3 or flow.dport != MDNS_PORT:
             return Parsed(len(data), (Notice("not-multicast", str(flow.dst)),))
         if flow.sport == MDNS_PORT:
             return Parsed(len(data), (Notice("not-legacy-unicast"),))
