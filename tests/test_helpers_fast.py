@@ -1,4 +1,4 @@
-"""The helpers rewritten for speed (issue 14: RPC, TNS, SSDP, DHCPv6, mDNS, SLP, the shared
+"""The helpers rewritten for speed (issue 14: FTP, RPC, TNS, SSDP, DHCPv6, mDNS, SLP, the shared
 discovery and address code) behave exactly as before: each is run beside its former self
 (tests/oracle_helpers/, verbatim) on the same random and mutated inputs, and every outcome must be
 the same: bytes consumed, actions (every field), NEED_DATA, or the same ProtocolViolation."""
@@ -6,6 +6,7 @@ the same: bytes consumed, actions (every field), NEED_DATA, or the same Protocol
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import struct
 
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracle_helpers import _discovery as old_discovery
 from oracle_helpers import dhcpv6 as old_dhcpv6
+from oracle_helpers import ftp as old_ftp
 from oracle_helpers import mdns as old_mdns
 from oracle_helpers import rpc as old_rpc
 from oracle_helpers import slp as old_slp
@@ -22,9 +24,9 @@ from oracle_helpers import tns as old_tns
 import alg
 from alg import NEED_DATA, TCP, UDP, Direction, FlowTuple, NatMap, Segment
 from alg.errors import ProtocolViolation
-from alg_helpers import _addr, _discovery, dhcpv6, mdns, rpc, slp, ssdp, tns
+from alg_helpers import _addr, _discovery, dhcpv6, ftp, mdns, rpc, slp, ssdp, tns
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 OUT, R = Direction.ORIGINAL, Direction.REPLY
 
 # addresses that sit on the helpers' decisions: groups, broadcasts, their IPv4-compatible IPv6
@@ -120,6 +122,36 @@ def test_ip_from_text_is_ip_address(text):
                  st.sampled_from([b"10.0.2.2.8.1", b"::.0.111", b"fe80::1.3.255", b"0.0.0.0.1.0", b"010.0.0.1.1.1"])))
 def test_parse_uaddr_unchanged(uaddr):
     assert rpc.parse_uaddr(uaddr) == old_rpc.parse_uaddr(uaddr)
+
+
+# ---------------------------------------------------------------- FTP
+_FTP_LINES = [(OUT, b"USER anonymous\r\n"), (OUT, b"AUTH TLS\r\n"), (OUT, b"auth ssl\r\n"), (OUT, b"AUTH X\r\n"),
+              (OUT, b"PORT 10,0,1,2,19,137\r\n"), (OUT, b"EPRT |1|10.0.1.2|5001|\r\n"),
+              (OUT, b"EPRT |2|fe80::1|5001|\n"),
+              (OUT, b"GET / HTTP/1.1\r\n"), (R, b"220 FTP ready\r\n"), (R, b"234 AUTH TLS ok\r\n"),
+              (R, b"534 no\r\n"), (R, b"227 Entering Passive Mode (10,0,2,2,19,137).\r\n"),
+              (R, b"229 Entering Extended Passive Mode (|||5001|)\r\n"), (R, b"\x16\x03\x01\x00\x05hello"),
+              (OUT, b"\x17\x03\x03\x00\x02ab")]
+
+
+@SETTINGS
+@given(flows(protos=(TCP,)), st.lists(st.sampled_from(_FTP_LINES), min_size=1, max_size=8), st.data())
+def test_ftp_unchanged(flow, lines, data):
+    segments = [Segment(data.draw(st.one_of(st.just(m), mutated(m))), d, flow, 0.0) for d, m in lines]
+    same(old_ftp.FtpHelper({}), ftp.FtpHelper({}), segments, stream=True)
+
+
+def test_ftp_every_pair_of_lines_unchanged():
+    """Each line after each other (AUTH then its answer, say), whole, and cut in two at every byte."""
+    for l3 in (4, 6):
+        flow = FlowTuple(l3, TCP, *((V4[0], V4[1]) if l3 == 4 else (V6[0], V6[1])), 40000, 21)
+        for (d1, first), (d2, second) in itertools.product(_FTP_LINES, repeat=2):
+            same(old_ftp.FtpHelper({}), ftp.FtpHelper({}),
+                 [Segment(first, d1, flow, 0.0), Segment(second, d2, flow, 0.0)], stream=True)
+        for d, line in _FTP_LINES:
+            for cut in range(1, len(line)):
+                same(old_ftp.FtpHelper({}), ftp.FtpHelper({}),
+                     [Segment(line[:cut], d, flow, 0.0), Segment(line[cut:], d, flow, 0.0)], stream=True)
 
 
 # ---------------------------------------------------------------- RPC
