@@ -84,9 +84,12 @@ MAX_REDIRECT = 8192  # bytes of redirect data kept
 # whitespace. Read by one pass over the structural characters (`_NV_TOKEN`), never
 # by a pattern that backtracks over the spaces of a value (`\s*([^()]*?)\s*\)` cost
 # 166 ms on an 8 KB REDIRECT).
-# a structural character, or a whole (keyword=value) without a list inside: its two runs stop
-# at the first of the characters they exclude (each at most one look ahead: no backtracking)
-_NV_TOKEN = re.compile(rb"\(([^()=]*)=([^()=]*)\)|[()=]")
+# a structural character, or a whole (keyword=value) without a list inside. Its two runs stop at
+# the first character they exclude, are possessive (never given back) and bounded: a longer keyword
+# or value is read mark by mark instead (the same result), so a long run after a "(" is not
+# scanned once more for a (keyword=value) it cannot be. Each alternative starts with its literal
+# (not [()=]): the engine then skips to the next mark with one set test per byte, as `[()=]` alone
+_NV_TOKEN = re.compile(rb"\(([^()=]{0,64}+)=([^()=]{0,320}+)\)|\(|\)|=")
 _NV_KEYWORD = re.compile(rb"[A-Za-z_]+")
 MAX_NV_DEPTH = 16  # nesting kept; deeper descriptors are malformed
 _LABEL = re.compile(rb"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # RFC 1123 §2.1
