@@ -232,8 +232,11 @@ _NV_PIECES = [b"(", b")", b"=", b"(ADDRESS=", b"ADDRESS", b"address", b"(PROTOCO
               b"(HOST=", b"HOST", b"10.0.2.2", b"[fe80::2]", b"10.9.9.9", b"db.example", b"(PORT=1522)", b"PORT",
               b"1522", b"0", b"x y", b" ", b"\t", b"\r\n", b"a_b", b"A1", b"(DESCRIPTION=", b"\0",
               b"(host= 10.0.2.2 )", b"(Port=1522)", b"(protocol=tcp)", b"(A1=x)", b"( =x)", b"(=)"]
-_NV_KEYWORDS = st.sampled_from([b"ADDRESS", b"address", b"HOST", b"host", b"Port", b"PROTOCOL", b"A1", b"", b" x_y "])
-_NV_VALUES = st.sampled_from([b"TCP", b"tcp", b"10.0.2.2", b" 10.0.2.2\t", b"[fe80::2]", b"1522", b"", b"x y"])
+# keywords and values about the bounds of tns._NV_TOKEN's runs (64, 320) too
+_NV_KEYWORDS = st.sampled_from([b"ADDRESS", b"address", b"HOST", b"host", b"Port", b"PROTOCOL", b"A1", b"", b" x_y ",
+                                b" " * 60 + b"HOST", b" " * 61 + b"HOST", b"K" * 65])
+_NV_VALUES = st.sampled_from([b"TCP", b"tcp", b"10.0.2.2", b" 10.0.2.2\t", b"[fe80::2]", b"1522", b"", b"x y",
+                              b"10.0.2.2" + b" " * 312, b"10.0.2.2" + b" " * 313, b"v" * 400])
 # the grammar's shape: (keyword=value) and (keyword=(...)(...)), nested, with stray marks between
 nv_lists = st.recursive(
     st.tuples(_NV_KEYWORDS, _NV_VALUES).map(lambda kv: b"(" + kv[0] + b"=" + kv[1] + b")"),
