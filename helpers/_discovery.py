@@ -24,7 +24,7 @@ fe80::/64 with the default: answers from link-local addresses only.
 from __future__ import annotations
 
 import ipaddress
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import alg
 from alg import EXPECT_F_PERMANENT, UDP, Direction, Expect, Notice, Option, Parsed
@@ -51,12 +51,23 @@ def prefix_for(options, family: int) -> int | None:
     return max(0, min(int(options["subnet_prefix_v6"]), 128))
 
 
-def answers(seg: alg.Segment, cls: str, service_port: int | None, options) -> Expect:
-    """`udp *:service_port -> client:sport`, narrowed to the client's subnet if asked."""
+class AnswersHelper(alg.Helper):
+    """A helper whose expectations are `answers`: the src prefix of each family is read from its
+    options once, not per message (`self.prefixes`, for `answers(..., prefixes=)`)."""
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        super().__init__(options)
+        self.prefixes = {4: prefix_for(self.options, 4), 6: prefix_for(self.options, 6)}
+
+
+def answers(seg: alg.Segment, cls: str, service_port: int | None, options,
+            prefixes: Mapping[int, int | None] | None = None) -> Expect:
+    """`udp *:service_port -> client:sport`, narrowed to the client's subnet if asked (`prefixes`:
+    `prefix_for` of each family, made beforehand)."""
     flow = seg.flow
     # the sender's address and port, read from the flow once (each Segment property costs a call)
     client, client_port = (flow.src, flow.sport) if seg.direction is Direction.ORIGINAL else (flow.dst, flow.dport)
-    prefix = prefix_for(options, flow.l3)
+    prefix = prefix_for(options, flow.l3) if prefixes is None else prefixes[flow.l3]
     return Expect(cls, UDP, client if prefix is not None else None, client, service_port, client_port,
                   flags=EXPECT_F_PERMANENT, src_prefix=prefix)
 

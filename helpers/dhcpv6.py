@@ -33,7 +33,7 @@ import ipaddress
 import alg
 from alg import UDP, Direction, ExpectClass, HelperSpec, Notice, Parsed
 
-from ._discovery import answers, subnet_only_option
+from ._discovery import AnswersHelper, answers, subnet_only_option
 
 CLIENT_PORT, SERVER_PORT = 546, 547
 ALL_DHCP_RELAY_AGENTS_AND_SERVERS = ipaddress.ip_address("ff02::1:2")
@@ -43,7 +43,7 @@ CLIENT_MESSAGES = {1: "Solicit", 3: "Request", 4: "Confirm", 5: "Renew", 6: "Reb
                    9: "Decline", 11: "Information-request"}
 
 
-class Dhcpv6Helper(alg.Helper):
+class Dhcpv6Helper(AnswersHelper):
     spec = HelperSpec(
         name="dhcpv6",
         protocols=(UDP,),
@@ -69,7 +69,7 @@ class Dhcpv6Helper(alg.Helper):
             return Parsed(len(data), (Notice("malformed", f"{len(data)} bytes"),))
         if data[0] not in CLIENT_MESSAGES:
             return Parsed(len(data), (Notice("not-client-message", str(data[0])),))
-        return Parsed(len(data), (answers(segment, "default", SERVER_PORT, self.options),))
+        return Parsed(len(data), (answers(segment, "default", SERVER_PORT, self.options, self.prefixes),))
 
 
 @alg.hookimpl

@@ -31,7 +31,7 @@ import struct
 import alg
 from alg import UDP, Direction, ExpectClass, HelperSpec, Notice, Parsed
 
-from ._discovery import answers, subnet_only_option
+from ._discovery import AnswersHelper, answers, subnet_only_option
 
 MDNS_PORT = 5353
 GROUPS = {4: ipaddress.ip_address("224.0.0.251"), 6: ipaddress.ip_address("ff02::fb")}
@@ -41,7 +41,7 @@ _FLAGS_QDCOUNT = struct.Struct("!HH")  # the two of them the helper reads, after
 _QR, _OPCODE = 0x8000, 0x7800
 
 
-class MdnsHelper(alg.Helper):
+class MdnsHelper(AnswersHelper):
     spec = HelperSpec(
         name="mdns",
         protocols=(UDP,),
@@ -67,7 +67,7 @@ class MdnsHelper(alg.Helper):
         flags, qdcount = _FLAGS_QDCOUNT.unpack_from(data, 2)
         if flags & _QR or flags & _OPCODE or qdcount == 0:
             return Parsed(len(data), (Notice("not-a-query"),))
-        return Parsed(len(data), (answers(segment, "default", MDNS_PORT, self.options),))
+        return Parsed(len(data), (answers(segment, "default", MDNS_PORT, self.options, self.prefixes),))
 
 
 @alg.hookimpl

@@ -349,7 +349,9 @@ def test_discovery_functions_unchanged(addr, client, options):
     flow = FlowTuple(addr.version, UDP, addr, client, 40000, 427)
     for d in (OUT, R):
         seg = Segment(b"", d, flow, 0.0)
-        assert _discovery.answers(seg, "default", 427, options) == old_discovery.answers(seg, "default", 427, options)
+        want = old_discovery.answers(seg, "default", 427, options)
+        assert _discovery.answers(seg, "default", 427, options) == want
+        assert _discovery.answers(seg, "default", 427, options, slp.SlpHelper(options).prefixes) == want
 
 
 _SSDP_TCP = [b"SUBSCRIBE /ev HTTP/1.1\r\nCALLBACK: <http://10.0.1.2:5000/cb><http://10.9.9.9/>\r\n"
