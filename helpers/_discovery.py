@@ -24,12 +24,13 @@ fe80::/64 with the default: answers from link-local addresses only.
 from __future__ import annotations
 
 import ipaddress
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import alg
 from alg import EXPECT_F_PERMANENT, UDP, Direction, Expect, Notice, Option, Parsed
 
 LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+_LIMITED_BROADCAST = int(LIMITED_BROADCAST)
 SUBNET_OPTIONS = {
     "subnet_prefix_v4": Option(24, "prefix length of the client's IPv4 subnet (with subnet_only)", min=0, max=32),
     "subnet_prefix_v6": Option(64, "prefix length of the client's IPv6 subnet (with subnet_only)", min=0, max=128),
@@ -45,30 +46,42 @@ def prefix_for(options, family: int) -> int | None:
     """The src prefix for answers, or None when any source may answer."""
     if not options["subnet_only"]:
         return None
-    key = "subnet_prefix_v4" if family == 4 else "subnet_prefix_v6"
-    prefix = int(options[key])
-    limit = 32 if family == 4 else 128
-    return max(0, min(prefix, limit))
+    if family == 4:
+        return max(0, min(int(options["subnet_prefix_v4"]), 32))
+    return max(0, min(int(options["subnet_prefix_v6"]), 128))
 
 
-def answers(seg: alg.Segment, cls: str, service_port: int | None, options) -> Expect:
-    """`udp *:service_port -> client:sport`, narrowed to the client's subnet if asked."""
-    prefix = prefix_for(options, seg.flow.l3)
-    src = seg.sender if prefix is not None else None
-    return Expect(cls, UDP, src, seg.sender, service_port, seg.sender_port, flags=EXPECT_F_PERMANENT,
-                  src_prefix=prefix if prefix is not None else None)
+class AnswersHelper(alg.Helper):
+    """A helper whose expectations are `answers`: the src prefix of each family is read from its
+    options once, not per message (`self.prefixes`, for `answers(..., prefixes=)`)."""
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        super().__init__(options)
+        self.prefixes = {4: prefix_for(self.options, 4), 6: prefix_for(self.options, 6)}
+
+
+def answers(seg: alg.Segment, cls: str, service_port: int | None, options,
+            prefixes: Mapping[int, int | None] | None = None) -> Expect:
+    """`udp *:service_port -> client:sport`, narrowed to the client's subnet if asked (`prefixes`:
+    `prefix_for` of each family, made beforehand)."""
+    flow = seg.flow
+    # the sender's address and port, read from the flow once (each Segment property costs a call)
+    client, client_port = (flow.src, flow.sport) if seg.direction is Direction.ORIGINAL else (flow.dst, flow.dport)
+    prefix = prefix_for(options, flow.l3) if prefixes is None else prefixes[flow.l3]
+    return Expect(cls, UDP, client if prefix is not None else None, client, service_port, client_port,
+                  flags=EXPECT_F_PERMANENT, src_prefix=prefix)
 
 
 def is_broadcast_for(addr: alg.IPAddress, client: alg.IPAddress, options) -> bool:
     """255.255.255.255, or the directed broadcast of the client's subnet as configured."""
     if addr.version != 4:
         return False
-    if addr == LIMITED_BROADCAST:
+    value = int(addr)  # compared as numbers: an ip_network per message cost most of a discovery helper's time
+    if value == _LIMITED_BROADCAST:
         return True
     prefix = max(0, min(int(options["subnet_prefix_v4"]), 30))
-    # the subnet's broadcast: the client's address with every host bit set (as numbers: an
-    # ip_network per message cost most of a discovery helper's time)
-    return int(addr) == int(client) | ((1 << (32 - prefix)) - 1)
+    # the subnet's broadcast: the client's address with every host bit set
+    return value == int(client) | ((1 << (32 - prefix)) - 1)
 
 
 def broadcast_request(seg: alg.Segment, options, cls: str, service_port: int,

@@ -33,16 +33,17 @@ import ipaddress
 import alg
 from alg import UDP, Direction, ExpectClass, HelperSpec, Notice, Parsed
 
-from ._discovery import answers, subnet_only_option
+from ._discovery import AnswersHelper, answers, subnet_only_option
 
 CLIENT_PORT, SERVER_PORT = 546, 547
 ALL_DHCP_RELAY_AGENTS_AND_SERVERS = ipaddress.ip_address("ff02::1:2")
+_ALL_DHCP_RELAY_AGENTS_AND_SERVERS = int(ALL_DHCP_RELAY_AGENTS_AND_SERVERS)
 # RFC 8415 §7.3 message types sent by clients
 CLIENT_MESSAGES = {1: "Solicit", 3: "Request", 4: "Confirm", 5: "Renew", 6: "Rebind", 8: "Release",
                    9: "Decline", 11: "Information-request"}
 
 
-class Dhcpv6Helper(alg.Helper):
+class Dhcpv6Helper(AnswersHelper):
     spec = HelperSpec(
         name="dhcpv6",
         protocols=(UDP,),
@@ -58,15 +59,17 @@ class Dhcpv6Helper(alg.Helper):
         data = segment.data
         if segment.direction is not Direction.ORIGINAL:
             return Parsed(len(data))
-        if segment.flow.dst != ALL_DHCP_RELAY_AGENTS_AND_SERVERS or segment.flow.dport != SERVER_PORT:
-            return Parsed(len(data), (Notice("not-multicast", str(segment.flow.dst)),))
-        if segment.sender_port != CLIENT_PORT:
-            return Parsed(len(data), (Notice("not-client-port", str(segment.sender_port)),))
+        flow = segment.flow  # from the client (ORIGINAL): the sender is flow.src, flow.sport
+        # compared as a number: no IPv4 address has ff02::1:2's
+        if int(flow.dst) != _ALL_DHCP_RELAY_AGENTS_AND_SERVERS or flow.dport != SERVER_PORT:
+            return Parsed(len(data), (Notice("not-multicast", str(flow.dst)),))
+        if flow.sport != CLIENT_PORT:
+            return Parsed(len(data), (Notice("not-client-port", str(flow.sport)),))
         if len(data) < 4:  # msg-type + transaction-id (RFC 8415 §8)
             return Parsed(len(data), (Notice("malformed", f"{len(data)} bytes"),))
         if data[0] not in CLIENT_MESSAGES:
             return Parsed(len(data), (Notice("not-client-message", str(data[0])),))
-        return Parsed(len(data), (answers(segment, "default", SERVER_PORT, self.options),))
+        return Parsed(len(data), (answers(segment, "default", SERVER_PORT, self.options, self.prefixes),))
 
 
 @alg.hookimpl

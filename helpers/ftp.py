@@ -94,6 +94,7 @@ class FtpState:
         self.scanned = [0, 0]  # bytes of the unfinished line already searched for its end
 
 
+_ORIGINAL = Direction.ORIGINAL
 _FIRST_COMMANDS = (b"USER ", b"AUTH TLS", b"AUTH SSL", b"FEAT\r\n")  # what clients send first (RFC 959, 4217, 2389)
 
 
@@ -148,21 +149,23 @@ class FtpHelper(alg.Helper):
                 state.tls_skip[direction] -= n
                 return Parsed(n)
         d = segment.direction
-        end = data.find(b"\n", state.scanned[d])  # a line in 1-byte segments is searched once, not per byte
+        scanned = state.scanned
+        end = data.find(b"\n", scanned[d])  # a line in 1-byte segments is searched once, not per byte
         if end < 0:
-            state.scanned[d] = len(data)
+            scanned[d] = len(data)
             return alg.NEED_DATA
-        state.scanned[d] = 0
+        scanned[d] = 0
         line = data[:end + 1]
-        if d is Direction.ORIGINAL:
+        known = state.known
+        if d is _ORIGINAL:
             actions = self._command(line, segment, state)
-            if not state.known[d]:
+            if not known[d]:
                 verb = _VERB.match(line)
-                state.known[d] = verb is not None and verb[1].upper() in _COMMANDS
+                known[d] = verb is not None and verb[1].upper() in _COMMANDS
         else:
             actions = self._reply(line, segment, state)
-            if not state.known[d]:
-                state.known[d] = _REPLY.match(line) is not None
+            if not known[d]:
+                known[d] = _REPLY.match(line) is not None
         return Parsed(end + 1, actions)
 
     # ------------------------------------------------------------ client -> server
@@ -187,7 +190,7 @@ class FtpHelper(alg.Helper):
             return self._expect(addr, port, seg, (m.start("addr"), m.end("port") - m.start("addr")),
                                 lambda: (Rewrite(m.start("addr"), len(m["addr"]), addr, None, Form.ADDR),
                                          Rewrite(m.start("port"), len(m["port"]), addr, port, Form.PORT)))
-        if line[:8].upper() == b"AUTH TLS" or line[:8].upper() == b"AUTH SSL":
+        if verb == b"AUTH " and line[:8].upper() in (b"AUTH TLS", b"AUTH SSL"):
             state.auth_requested = True
         return ()
 

@@ -31,15 +31,17 @@ import struct
 import alg
 from alg import UDP, Direction, ExpectClass, HelperSpec, Notice, Parsed
 
-from ._discovery import answers, subnet_only_option
+from ._discovery import AnswersHelper, answers, subnet_only_option
 
 MDNS_PORT = 5353
 GROUPS = {4: ipaddress.ip_address("224.0.0.251"), 6: ipaddress.ip_address("ff02::fb")}
+_GROUP_NUMBERS = {l3: int(group) for l3, group in GROUPS.items()}  # compared as numbers, with the family
 _DNS_HEADER = struct.Struct("!HHHHHH")  # RFC 1035 §4.1.1: id, flags, qd, an, ns, ar counts
+_FLAGS_QDCOUNT = struct.Struct("!HH")  # the two of them the helper reads, after the id
 _QR, _OPCODE = 0x8000, 0x7800
 
 
-class MdnsHelper(alg.Helper):
+class MdnsHelper(AnswersHelper):
     spec = HelperSpec(
         name="mdns",
         protocols=(UDP,),
@@ -54,16 +56,18 @@ class MdnsHelper(alg.Helper):
         data = segment.data
         if segment.direction is not Direction.ORIGINAL:
             return Parsed(len(data))
-        if segment.flow.dst != GROUPS[segment.flow.l3] or segment.flow.dport != MDNS_PORT:
-            return Parsed(len(data), (Notice("not-multicast", str(segment.flow.dst)),))
-        if segment.sender_port == MDNS_PORT:
+        flow = segment.flow  # from the querier (ORIGINAL): the sender's port is flow.sport
+        dst = flow.dst
+        if int(dst) != _GROUP_NUMBERS[flow.l3] or dst.version != flow.l3 or flow.dport != MDNS_PORT:
+            return Parsed(len(data), (Notice("not-multicast", str(flow.dst)),))
+        if flow.sport == MDNS_PORT:
             return Parsed(len(data), (Notice("not-legacy-unicast"),))
         if len(data) < _DNS_HEADER.size:
             return Parsed(len(data), (Notice("malformed", f"{len(data)} bytes"),))
-        _id, flags, qdcount, *_ = _DNS_HEADER.unpack_from(data)
+        flags, qdcount = _FLAGS_QDCOUNT.unpack_from(data, 2)
         if flags & _QR or flags & _OPCODE or qdcount == 0:
             return Parsed(len(data), (Notice("not-a-query"),))
-        return Parsed(len(data), (answers(segment, "default", MDNS_PORT, self.options),))
+        return Parsed(len(data), (answers(segment, "default", MDNS_PORT, self.options, self.prefixes),))
 
 
 @alg.hookimpl

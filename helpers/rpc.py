@@ -51,7 +51,6 @@ of the port / address is reported).
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -59,6 +58,8 @@ from typing import Any, Mapping
 
 import alg
 from alg import EXPECT_F_PERMANENT, TCP, UDP, Direction, Expect, ExpectClass, HelperSpec, Notice, Option, Parsed
+
+from ._addr import ip_from_text
 
 # RFC 5531 §9
 CALL, REPLY = 0, 1
@@ -91,39 +92,33 @@ class _Short(Exception):
     pass
 
 
-class _Xdr:
-    """Reads XDR items (RFC 4506 §4) from a message; `_Short` past its end."""
+def _skip_auth(data: bytes, pos: int) -> int:
+    """Passes over an opaque_auth (RFC 5531 §8.2: flavor, body<400>) at `pos`: the position
+    after it; `_Short` past the end of `data`."""
+    if pos + 8 > len(data):
+        raise _Short
+    (n,) = _U32.unpack_from(data, pos + 4)
+    if n > MAX_AUTH_BYTES:
+        raise alg.ProtocolViolation(f"opaque of {n} bytes (limit {MAX_AUTH_BYTES})")
+    end = pos + 8 + n
+    if end > len(data):
+        raise _Short
+    return end + (-n % 4)
 
-    __slots__ = ("data", "pos")
 
-    def __init__(self, data: bytes, pos: int = 0):
-        self.data, self.pos = data, pos
-
-    def u32(self) -> int:
-        if self.pos + 4 > len(self.data):
-            raise _Short
-        (v,) = _U32.unpack_from(self.data, self.pos)
-        self.pos += 4
-        return v
-
-    def unpack(self, s: struct.Struct) -> tuple:
-        if self.pos + s.size > len(self.data):
-            raise _Short
-        v = s.unpack_from(self.data, self.pos)
-        self.pos += s.size
-        return v
-
-    def opaque(self, limit: int) -> bytes:
-        """Variable-length opaque or string: length, bytes, padding to 4."""
-        n = self.u32()
-        if n > limit:
-            raise alg.ProtocolViolation(f"opaque of {n} bytes (limit {limit})")
-        end = self.pos + n
-        if end > len(self.data):
-            raise _Short
-        v = self.data[self.pos:end]
-        self.pos = end + (-n % 4)
-        return v
+def _opaque(data: bytes, pos: int, limit: int) -> tuple[bytes, int]:
+    """Variable-length opaque or string at `pos` (RFC 4506 §4.10, §4.11: length, bytes, padding
+    to 4): its bytes and the position after it; `_Short` past the end of `data`."""
+    if pos + 4 > len(data):
+        raise _Short
+    (n,) = _U32.unpack_from(data, pos)
+    if n > limit:
+        raise alg.ProtocolViolation(f"opaque of {n} bytes (limit {limit})")
+    pos += 4
+    end = pos + n
+    if end > len(data):
+        raise _Short
+    return data[pos:end], end + (-n % 4)
 
 
 @dataclass(slots=True)
@@ -131,8 +126,15 @@ class PendingCall:
     proto: int | None  # None: unknown (the expectation is then not made)
     family: int | None  # address family the netid names (None: that of the flow)
     result: str  # "port" | "uaddr"
-    what: str  # for notices: "prog 100003 v3 tcp"
+    prog: int
+    vers: int
+    transport: str  # the protocol's name or number (GETPORT), the netid (GETADDR)
     when: float
+
+    @property
+    def what(self) -> str:
+        """For notices: "prog 100003 v3 tcp" (made only when one is given)."""
+        return f"prog {self.prog} v{self.vers} {self.transport}"
 
 
 class RpcState:
@@ -219,43 +221,52 @@ class RpcHelper(alg.Helper):
         return Parsed(4 + length, self._message(data[:4 + length], 4, seg, st))
 
     # ------------------------------------------------------------ one RPC message
+    # Read in place with one bounds check per field (a reader object with a method call per
+    # XDR item cost half of the helper's time); a read past the end raises `_Short`.
     def _message(self, data: bytes, base: int | None, seg: alg.Segment, st: RpcState) -> tuple:
         """`data[base or 0:]` is one RPC message; `base` is its offset in the segment (None: unknown)."""
-        x = _Xdr(data, base or 0)
+        pos = base or 0
         try:
-            xid, mtype = x.unpack(_HEAD)
+            if pos + 8 > len(data):
+                raise _Short
+            xid, mtype = _HEAD.unpack_from(data, pos)
             if mtype == CALL:
                 if seg.direction is not Direction.ORIGINAL:
                     return ()  # a call from the responder (a callback): not a portmapper question
-                return self._call(xid, x, seg, st)
+                return self._call(xid, data, pos + 8, seg, st)
             if mtype == REPLY:
                 if seg.direction is not Direction.REPLY:
                     return (Notice("reply-from-originator"),)
-                return self._reply(xid, x, base is not None, seg, st)
+                return self._reply(xid, data, pos + 8, base is not None, seg, st)
         except _Short:
             raise alg.ProtocolViolation("truncated RPC message") from None
         raise alg.ProtocolViolation(f"RPC message type {mtype} (neither CALL nor REPLY)")
 
-    def _call(self, xid: int, x: _Xdr, seg: alg.Segment, st: RpcState) -> tuple:
-        rpcvers, prog, vers, proc = x.unpack(_CALL)
+    def _call(self, xid: int, data: bytes, pos: int, seg: alg.Segment, st: RpcState) -> tuple:
+        if pos + 16 > len(data):
+            raise _Short
+        rpcvers, prog, vers, proc = _CALL.unpack_from(data, pos)
         result = _PROCEDURES.get((vers, proc))
         if rpcvers != RPC_VERSION or prog != PMAP_PROGRAM or result is None:
             return ()
-        for _ in ("credential", "verifier"):  # opaque_auth: flavor, body<400>
-            x.u32()
-            x.opaque(MAX_AUTH_BYTES)
-        return self._remember(xid, self._question(x, result, seg), seg, st)
+        pos = _skip_auth(data, _skip_auth(data, pos + 16))  # credential, verifier
+        return self._remember(xid, self._question(data, pos, result, seg), seg, st)
 
-    def _question(self, x: _Xdr, result: str, seg: alg.Segment) -> PendingCall:
+    @staticmethod
+    def _question(data: bytes, pos: int, result: str, seg: alg.Segment) -> PendingCall:
         if result == "port":
-            prog, vers, prot, _port = x.unpack(_MAPPING)  # RFC 1833 §3.2: the port argument is ignored
+            if pos + 16 > len(data):
+                raise _Short
+            prog, vers, prot, _port = _MAPPING.unpack_from(data, pos)  # RFC 1833 §3.2: the port argument is ignored
             name = alg.PROTO_NAMES.get(prot)
-            return PendingCall(prot if name else None, None, result, f"prog {prog} v{vers} {name or prot}", seg.now)
-        prog, vers = x.u32(), x.u32()
-        netid = x.opaque(MAX_STRING)
-        x.opaque(MAX_STRING), x.opaque(MAX_STRING)  # r_addr, r_owner
+            return PendingCall(prot if name else None, None, result, prog, vers, name or str(prot), seg.now)
+        if pos + 8 > len(data):
+            raise _Short
+        prog, vers = _HEAD.unpack_from(data, pos)
+        netid, pos = _opaque(data, pos + 8, MAX_STRING)
+        _opaque(data, _opaque(data, pos, MAX_STRING)[1], MAX_STRING)  # r_addr, r_owner
         proto, family = NETIDS.get(netid, (None, None))
-        return PendingCall(proto, family, result, f"prog {prog} v{vers} {netid.decode('latin-1')}", seg.now)
+        return PendingCall(proto, family, result, prog, vers, netid.decode("latin-1"), seg.now)
 
     def _remember(self, xid: int, call: PendingCall, seg: alg.Segment, st: RpcState) -> tuple:
         out: tuple = ()
@@ -270,25 +281,31 @@ class RpcHelper(alg.Helper):
         pending[xid] = call
         return out
 
-    def _reply(self, xid: int, x: _Xdr, offsets: bool, seg: alg.Segment, st: RpcState) -> tuple:
+    def _reply(self, xid: int, data: bytes, pos: int, offsets: bool, seg: alg.Segment, st: RpcState) -> tuple:
         call = st.pending.pop(xid, None)
         if call is None:
             return (Notice("unmatched-reply", f"xid {xid:#x}"),)
         if seg.now - call.when > self.options["call_timeout"]:
             return (Notice("call-expired", f"xid {xid:#x} {call.what}"),)
-        if x.u32() != MSG_ACCEPTED:
+        if pos + 4 > len(data):
+            raise _Short
+        if _U32.unpack_from(data, pos)[0] != MSG_ACCEPTED:
             return (Notice("denied", call.what),)
-        x.u32()  # verifier flavor
-        x.opaque(MAX_AUTH_BYTES)
-        if x.u32() != SUCCESS:
+        start = _skip_auth(data, pos + 4) + 4  # verifier, then accept_stat
+        if start > len(data):
+            raise _Short
+        if _U32.unpack_from(data, start - 4)[0] != SUCCESS:
             return (Notice("not-accepted", call.what),)
-        start = x.pos
+        flow = seg.flow
+        sender = flow.dst  # a reply: from the responder
         if call.result == "port":
-            port = x.u32()
+            if start + 4 > len(data):
+                raise _Short
+            (port,) = _U32.unpack_from(data, start)
             where = (start, 4)
-            addr: alg.IPAddress = seg.sender
+            addr: alg.IPAddress = sender
         else:
-            uaddr = x.opaque(MAX_STRING)
+            uaddr = _opaque(data, start, MAX_STRING)[0]
             where = (start + 4, len(uaddr))
             if not uaddr:
                 return (Notice("not-registered", call.what),)
@@ -302,13 +319,15 @@ class RpcHelper(alg.Helper):
             return (Notice("unknown-netid", call.what),)
         if not 0 < port < 65536:
             return (Notice("bad-port", f"{port} for {call.what}"),)
-        if addr.version != seg.flow.l3 or (call.family is not None and call.family != seg.flow.l3):
-            return (Notice("family-mismatch", f"{addr} for {call.what} on an IPv{seg.flow.l3} flow"),)
-        if addr.is_unspecified:
-            addr = seg.sender
-        if addr != seg.sender and not self.options["loose"] and not any(addr in n for n in self.allowed):
-            return (Notice("address-mismatch", f"{addr} named by {seg.sender} for {call.what}"),)
-        return (Expect("rpc", call.proto, seg.receiver, addr, None, port, flags=self.flags,
+        if addr.version != flow.l3 or (call.family is not None and call.family != flow.l3):
+            return (Notice("family-mismatch", f"{addr} for {call.what} on an IPv{flow.l3} flow"),)
+        # the server's own address (a GETPORT answer's is the sender itself) needs no check
+        if addr is not sender:
+            if not int(addr):  # the unspecified address: the server's
+                addr = sender
+            elif addr != sender and not self.options["loose"] and not any(addr in n for n in self.allowed):
+                return (Notice("address-mismatch", f"{addr} named by {sender} for {call.what}"),)
+        return (Expect("rpc", call.proto, flow.src, addr, None, port, flags=self.flags,
                        where=(where,) if offsets else ()),)
 
 
@@ -322,7 +341,7 @@ def parse_uaddr(uaddr: bytes) -> tuple[alg.IPAddress, int] | None:
         hi, lo = int(p1), int(p2)
         if hi > 255 or lo > 255:
             return None
-        return ipaddress.ip_address(host), hi * 256 + lo
+        return ip_from_text(host), hi * 256 + lo
     except (UnicodeDecodeError, ValueError):
         return None
 

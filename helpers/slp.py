@@ -31,7 +31,7 @@ import ipaddress
 import alg
 from alg import UDP, Direction, ExpectClass, HelperSpec, Notice, Parsed
 
-from ._discovery import answers, is_broadcast_for, subnet_only_option
+from ._discovery import AnswersHelper, answers, is_broadcast_for, subnet_only_option
 
 SLP_PORT = 427
 SLP_GROUP_V4 = ipaddress.ip_address("239.255.255.253")
@@ -48,7 +48,7 @@ def is_slp_group(addr: alg.IPAddress) -> bool:
     return group in (0x116, 0x123) or 0x11000 <= group <= 0x113FF
 
 
-class SlpHelper(alg.Helper):
+class SlpHelper(AnswersHelper):
     spec = HelperSpec(
         name="slp",
         protocols=(UDP,),
@@ -63,14 +63,15 @@ class SlpHelper(alg.Helper):
         data = segment.data
         if segment.direction is not Direction.ORIGINAL:
             return Parsed(len(data))
-        dst = segment.flow.dst
-        if not (is_slp_group(dst) or is_broadcast_for(dst, segment.sender, self.options)):
+        flow = segment.flow  # from the client (ORIGINAL): the sender is flow.src
+        dst = flow.dst
+        if not (is_slp_group(dst) or is_broadcast_for(dst, flow.src, self.options)):
             return Parsed(len(data), (Notice("not-multicast", str(dst)),))
         if len(data) < 2 or data[0] not in _HEADER_MIN or len(data) < _HEADER_MIN[data[0]]:
             return Parsed(len(data), (Notice("malformed", data[:2].hex()),))
         if data[1] not in REQUESTS:
             return Parsed(len(data), (Notice("not-a-request", str(data[1])),))
-        return Parsed(len(data), (answers(segment, "default", SLP_PORT, self.options),))
+        return Parsed(len(data), (answers(segment, "default", SLP_PORT, self.options, self.prefixes),))
 
 
 @alg.hookimpl

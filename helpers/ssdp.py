@@ -92,10 +92,14 @@ import re
 import alg
 from alg import EXPECT_F_PERMANENT, TCP, UDP, Direction, Expect, ExpectClass, Form, HelperSpec, Notice, Parsed, Rewrite
 
+from ._addr import ip_from_text
 from ._discovery import prefix_for, subnet_only_option
 
 SSDP_PORT = 1900
 GROUPS = frozenset(ipaddress.ip_address(a) for a in ("239.255.255.250", "ff02::c", "ff05::c"))
+# the same as numbers by family (an ipaddress object hashes through a hex string)
+_GROUP_NUMBERS = {4: frozenset(int(a) for a in GROUPS if a.version == 4),
+                  6: frozenset(int(a) for a in GROUPS if a.version == 6)}
 # RFC 9112 §3: request-line; UDA §1.3.2 M-SEARCH * HTTP/1.1 (matched on the first line only)
 _REQUEST_LINE = re.compile(rb"([A-Z-]+) (\S+) HTTP/1\.[01]\r?")
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})")
@@ -183,11 +187,12 @@ class SsdpHelper(alg.Helper):
             if seg.direction is not Direction.ORIGINAL:
                 return ()
             state.searched = True
-            if seg.flow.dst not in GROUPS:
+            flow = seg.flow  # from the searcher (ORIGINAL): the sender is flow.src, flow.sport
+            if int(flow.dst) not in _GROUP_NUMBERS[flow.dst.version]:
                 return (Notice("unicast-search"),)
-            prefix = prefix_for(self.options, seg.flow.l3)
-            return (Expect("search", UDP, seg.sender if prefix is not None else None, seg.sender, None,
-                           seg.sender_port, flags=EXPECT_F_PERMANENT, assign_helper=True, src_prefix=prefix),)
+            prefix = prefix_for(self.options, flow.l3)
+            return (Expect("search", UDP, flow.src if prefix is not None else None, flow.src, None,
+                           flow.sport, flags=EXPECT_F_PERMANENT, assign_helper=True, src_prefix=prefix),)
         m = _STATUS_LINE.match(data)
         if m is None or m[1] != b"200":
             return ()
@@ -221,7 +226,7 @@ class SsdpHelper(alg.Helper):
             return Notice("malformed", "url")
         text = m["v6"] or m["host"]
         try:
-            addr = ipaddress.ip_address(text.decode("ascii"))
+            addr = ip_from_text(text.decode("ascii"))
         except (ValueError, UnicodeDecodeError):
             return Notice("hostname-in-url", text[:64].decode("ascii", "replace"))
         if addr.version != l3:

@@ -61,13 +61,14 @@ redirect data.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import struct
 from typing import Any, Mapping
 
 import alg
 from alg import TCP, Direction, Expect, ExpectClass, Form, HelperSpec, Length, Notice, Option, Parsed, Rewrite
+
+from ._addr import ip_from_text
 
 # packet types (conntrackd tns.c, python-oracledb constants)
 CONNECT, ACCEPT, ACK, REFUSE, REDIRECT, DATA = 1, 2, 3, 4, 5, 6
@@ -80,10 +81,15 @@ _U16 = struct.Struct("!H")
 MAX_REDIRECT = 8192  # bytes of redirect data kept
 
 # Oracle Net connect descriptors: (KEYWORD=value) or (KEYWORD=(...)(...)), any case and
-# whitespace. Read by one pass over the structural characters (`_NV_PUNCT`), never
+# whitespace. Read by one pass over the structural characters (`_NV_TOKEN`), never
 # by a pattern that backtracks over the spaces of a value (`\s*([^()]*?)\s*\)` cost
 # 166 ms on an 8 KB REDIRECT).
-_NV_PUNCT = re.compile(rb"[()=]")
+# a structural character, or a whole (keyword=value) without a list inside. Its two runs stop at
+# the first character they exclude, are possessive (never given back) and bounded: a longer keyword
+# or value is read mark by mark instead (the same result), so a long run after a "(" is not
+# scanned once more for a (keyword=value) it cannot be. Each alternative starts with its literal
+# (not [()=]): the engine then skips to the next mark with one set test per byte, as `[()=]` alone
+_NV_TOKEN = re.compile(rb"\(([^()=]{0,64}+)=([^()=]{0,320}+)\)|\(|\)|=")
 _NV_KEYWORD = re.compile(rb"[A-Za-z_]+")
 MAX_NV_DEPTH = 16  # nesting kept; deeper descriptors are malformed
 _LABEL = re.compile(rb"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # RFC 1123 §2.1
@@ -162,7 +168,7 @@ class TnsHelper(alg.Helper):
         (need,) = _U16.unpack_from(data, _HEADER.size)
         if need > MAX_REDIRECT:
             return Parsed(end, (Notice("oversized", f"redirect data of {need} bytes not read"),))
-        joined = b"".join(chunk for _at, chunk in pieces)
+        joined = pieces[0][1] if len(pieces) == 1 else b"".join([chunk for _at, chunk in pieces])
         if need and len(joined) < need:
             return Parsed(end, (Notice("no-address", f"{len(joined)} of the {need} redirect bytes announced"),))
         # where the redirect data starts in the message, if it lies in one packet (else no offsets)
@@ -183,13 +189,13 @@ class TnsHelper(alg.Helper):
             return ()
         if base is None or not expect.where:
             return (Notice("not-rewritten", "redirect data split over several packets"),)
-        if any(message[f.offset + _PACKET_CSUM:f.offset + _PACKET_CSUM + 2] != b"\0\0"
-               or message[f.offset + _HEADER_CSUM:f.offset + _HEADER_CSUM + 2] != b"\0\0" for f in fields):
+        if any(message[at + _PACKET_CSUM:at + _PACKET_CSUM + 2] != b"\0\0"
+               or message[at + _HEADER_CSUM:at + _HEADER_CSUM + 2] != b"\0\0" for at, _end in fields):
             # conntrackd zeroes them; here a packet with checksums is left as it is
             return (Notice("not-rewritten", "TNS packet with checksums"),)
         (host, port) = expect.where
         spans: list = [Rewrite(*host, expect.dst, None, Form.ADDR), Rewrite(*port, expect.dst, expect.dport, Form.PORT)]
-        spans += fields
+        spans += [Length(at, _U16.size, at, end, Form.BE16) for at, end in fields]  # each packet's length
         if need:
             spans.append(Length(_HEADER.size, _U16.size, base, base + need, Form.BE16))
         return tuple(spans)
@@ -200,15 +206,14 @@ class TnsHelper(alg.Helper):
         if found is None:
             return (Notice("no-address", repr(address[:80])),)
         span, params = found
-        shown = repr(address[span[0]:span[1]][:80])
-        proto, host, port = (params.get(k) for k in (b"PROTOCOL", b"HOST", b"PORT"))
+        proto, host, port = params.get(b"PROTOCOL"), params.get(b"HOST"), params.get(b"PORT")
         if proto is None or proto[0].upper() not in (b"TCP", b"TCPS"):
-            return (Notice("not-tcp", shown),)
+            return (Notice("not-tcp", repr(address[span[0]:span[1]][:80])),)
         if host is None or port is None:
-            return (Notice("no-address", shown),)
+            return (Notice("no-address", repr(address[span[0]:span[1]][:80])),)
         text = host[0].strip(b"[]")
         try:
-            addr = ipaddress.ip_address(text.decode("ascii"))
+            addr = ip_from_text(text.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
             if _is_hostname(text):
                 return (Notice("hostname", text.decode("ascii")),)
@@ -227,17 +232,17 @@ class TnsHelper(alg.Helper):
         return (Expect("tns", TCP, seg.receiver, addr, None, int(ptext), where=where),)
 
 
-def _gather(data: bytes, length: int) -> int | tuple[int, list[tuple[int, bytes]], list[Length]]:
+def _gather(data: bytes, length: int) -> int | tuple[int, list[tuple[int, bytes]], list[tuple[int, int]]]:
     """The REDIRECT at the start of `data` (`length` bytes, all there) and the DATA
     packets that carry its redirect data: (end of the last, [(offset, chunk)] of
-    the data, the `Length` of each packet), or how many bytes the buffer must
+    the data, [(start, end)] of each packet), or how many bytes the buffer must
     hold before they can be read (more to come). The DATA packets are read as
     long as the data announced is not all there (length 0: the one next DATA
     packet, as conntrackd reads it); another packet type ends them."""
     (need,) = _U16.unpack_from(data, _HEADER.size)
     body = _HEADER.size + _U16.size
     pieces = [(body, data[body:length])]
-    fields = [Length(0, _U16.size, 0, length, Form.BE16)]
+    fields = [(0, length)]
     have, end = length - body, length
     while (have < need <= MAX_REDIRECT) if need else len(pieces) == 1 and not have:
         if len(data) < end + _HEADER.size:
@@ -248,7 +253,7 @@ def _gather(data: bytes, length: int) -> int | tuple[int, list[tuple[int, bytes]
         if len(data) < end + plen:
             return end + plen
         pieces.append((end + body, data[end + body:end + plen]))  # after the DATA packet's 2-byte flags
-        fields.append(Length(end, _U16.size, end, end + plen, Form.BE16))
+        fields.append((end, end + plen))
         have, end = have + plen - body, end + plen
     return end, pieces, fields
 
@@ -256,28 +261,50 @@ def _gather(data: bytes, length: int) -> int | tuple[int, list[tuple[int, bytes]
 def _first_address(text: bytes) -> tuple[tuple[int, int], dict[bytes, tuple[bytes, int]]] | None:
     """The first `(ADDRESS=...)` that closes: its span and its parameters, keyword (upper case) ->
     (value stripped, offset of the value). One pass over the `(`, `=` and `)` of the text, each
-    stretch between two of them sliced once: linear in the text."""
-    stack: list[list] = []  # open lists: [keyword or None, start, value start or None, params]
-    for m in _NV_PUNCT.finditer(text):
-        at, c = m.start(), text[m.start()]
+    stretch between two of them sliced once: linear in the text. A `(keyword=value)` with no
+    list inside is one token, read as its `(`, `=` and `)` would be one by one."""
+    stack: list[list] = []  # open lists: [keyword or None, start, value start or None, params or None]
+    for m in _NV_TOKEN.finditer(text):
+        at = m.start()
+        c = text[at]
+        if m.lastindex:  # (keyword=value)
+            if len(stack) >= MAX_NV_DEPTH:
+                return None
+            keyword = m[1].strip(_OWS)
+            if _NV_KEYWORD.fullmatch(keyword):
+                if stack:
+                    raw = m[2]
+                    value = raw.lstrip(_OWS)
+                    outer = stack[-1]
+                    if outer[3] is None:
+                        outer[3] = {}
+                    outer[3].setdefault(keyword.upper(), (value.rstrip(_OWS), m.start(2) + len(raw) - len(value)))
+                continue
+            # not a keyword: that list is no parameter, and its ")" closes the list around it
+            at, c = m.end() - 1, 0x29
         if c == 0x28:  # (
             if len(stack) >= MAX_NV_DEPTH:
                 return None
-            stack.append([None, at, None, {}])
-        elif c == 0x3D and stack and stack[-1][0] is None:  # = after a keyword
-            keyword = text[stack[-1][1] + 1:at].strip(_OWS)
-            if not _NV_KEYWORD.fullmatch(keyword):
-                stack.pop()  # not a keyword: this list is no parameter
-                continue
-            stack[-1][0], stack[-1][2] = keyword.upper(), at + 1
-        elif c == 0x29 and stack:  # )
+            stack.append([None, at, None, None])
+        elif c == 0x3D:  # =
+            if stack and stack[-1][0] is None:  # after a keyword
+                top = stack[-1]
+                keyword = text[top[1] + 1:at].strip(_OWS)
+                if not _NV_KEYWORD.fullmatch(keyword):
+                    stack.pop()  # not a keyword: this list is no parameter
+                    continue
+                top[0], top[2] = keyword.upper(), at + 1
+        elif stack:  # )
             keyword, start, value_at, params = stack.pop()
             if keyword == b"ADDRESS" and params:
                 return (start, at + 1), params
             if keyword is not None and value_at is not None and stack:
                 raw = text[value_at:at]
                 value = raw.lstrip(_OWS)
-                stack[-1][3].setdefault(keyword, (value.rstrip(_OWS), value_at + len(raw) - len(value)))
+                outer = stack[-1]
+                if outer[3] is None:
+                    outer[3] = {}
+                outer[3].setdefault(keyword, (value.rstrip(_OWS), value_at + len(raw) - len(value)))
     return None
 
 
