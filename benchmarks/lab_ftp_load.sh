@@ -269,14 +269,23 @@ SOURCES=$(awk '$2 != "none" {l[$2] = l[$2] " " $1} END {for (h in l) print l[h]}
     tr -s ' ' '\n' | grep . | head -"$CONNS" | paste -sd,)
 echo "ftp-load alg-2w sources: $SOURCES"
 LOAD_ARGS=(--sources "$SOURCES"); QUEUES="5 4101"
-q5=$(queued 5); q4101=$(queued 4101)
+q5=$(queued 5); q4101=$(queued 4101); PT0=(); for p in "$ALG_PID" "${WPIDS[@]}"; do PT0+=("$(ticks "$p")"); done
+# the control connections' conntracks halfway through the PASV phase (they end in a RST after QUIT,
+# gone 10 s later)
+(sleep $((SECS / 2)); lab_fw conntrack -L -p tcp --dport 21 >"$OUT/alg-2w-control.txt" 2>/dev/null) & SNAP=$!
 load alg-2w "$ALG_PID" "${WPIDS[@]}"
+wait "$SNAP"
 q5=$(( $(queued 5) - q5 )); q4101=$(( $(queued 4101) - q4101 ))
+i=0; for p in "$ALG_PID" "${WPIDS[@]}"; do  # whose CPU it was
+    printf 'ftp-load alg-2w CPU of %s %s: %s ms\n' "$( [ $i = 0 ] && echo supervisor || echo "worker $((i - 1))")" "$p" \
+        "$(echo "${PT0[$i]} $(ticks "$p")" | awk -v hz="$HZ" '{printf "%.0f", 1000 * ($3 + $4 - $1 - $2) / hz}')"
+    i=$((i + 1))
+done
 WPIDS_END=($(pgrep -P "$ALG_PID" | sort -n))
 echo "ftp-load alg-2w processes: workers ${WPIDS[*]} at the start, ${WPIDS_END[*]} at the end (CPU counted for the first)"
-printf 'ftp-load alg-2w instances: queued %d to queue 5 (alg-ftp0), %d to queue 4101 (alg-ftp1); control connections by helper (conntrack -L): %s; EXP_NEW events by helper: %s\n' \
+printf 'ftp-load alg-2w instances: queued %d to queue 5 (alg-ftp0), %d to queue 4101 (alg-ftp1); control connections by helper (conntrack -L halfway): %s; EXP_NEW events by helper: %s\n' \
     "$q5" "$q4101" \
-    "$(lab_fw conntrack -L -p tcp --dport 21 2>/dev/null | grep -o 'helper=[^ ]*' | sort | uniq -c | awk '{printf "%s %d, ", substr($2, 8), $1}' | sed 's/, $//')" \
+    "$(grep -o 'helper=[^ ]*' "$OUT/alg-2w-control.txt" | sort | uniq -c | awk '{printf "%s %d, ", substr($2, 8), $1}' | sed 's/, $//')" \
     "$(grep '\[NEW\]' "$OUT/alg-2w-exp.txt" | grep -o 'helper=[^ ]*' | sort | uniq -c | awk '{printf "%s %d, ", substr($2, 8), $1}' | sed 's/, $//')"
 lab_fw "$ALG" status --socket "$SOCK" | head -4
 lab_fw "$ALG" status --socket "$SOCK" --format json >"$OUT/alg-2w-status.json"
