@@ -243,6 +243,9 @@ lab_fw "$ALG" rules --nft --nft-chain none --policy "$POLICY" >"$OUT/alg-2w-rule
     && lab_fw nft -f "$OUT/alg-2w-rules.nft" \
     || { echo "ftp-load alg-2w: FAIL alg rules / nft -f"; cat "$OUT/alg-2w-rules.nft"; }
 sed 's/^/ftp-load alg-2w rules: /' "$OUT/alg-2w-rules.nft"
+IDLE=5; i0=$(ticks_of "$ALG_PID" "${WPIDS[@]}"); sleep $IDLE  # what the three cost with nothing to do
+printf 'ftp-load alg-2w idle: supervisor and workers %s ms of CPU in %d s without traffic\n' \
+    "$(echo "$i0 $(ticks_of "$ALG_PID" "${WPIDS[@]}")" | awk -v hz="$HZ" '{printf "%.0f", 1000 * ($3 + $4 - $1 - $2) / hz}')" "$IDLE"
 CANDIDATES=$(seq -f "10.0.1.%g" 11 42)
 printf 'address add %s/24 dev c0\n' $CANDIDATES | lab_cli ip -batch -
 # NEW to port 21 from every client address (netns.sh's rule names the client's first address only)
@@ -277,8 +280,9 @@ load alg-2w "$ALG_PID" "${WPIDS[@]}"
 wait "$SNAP"
 q5=$(( $(queued 5) - q5 )); q4101=$(( $(queued 4101) - q4101 ))
 i=0; for p in "$ALG_PID" "${WPIDS[@]}"; do  # whose CPU it was
-    printf 'ftp-load alg-2w CPU of %s %s: %s ms\n' "$( [ $i = 0 ] && echo supervisor || echo "worker $((i - 1))")" "$p" \
-        "$(echo "${PT0[$i]} $(ticks "$p")" | awk -v hz="$HZ" '{printf "%.0f", 1000 * ($3 + $4 - $1 - $2) / hz}')"
+    printf 'ftp-load alg-2w CPU of %s %s: %s\n' "$( [ $i = 0 ] && echo supervisor || echo "worker $((i - 1))")" "$p" \
+        "$(echo "${PT0[$i]} $(ticks "$p")" | awk -v hz="$HZ" '{printf "%.0f ms (user %.0f, system %.0f)", \
+            1000 * ($3 + $4 - $1 - $2) / hz, 1000 * ($3 - $1) / hz, 1000 * ($4 - $2) / hz}')"
     i=$((i + 1))
 done
 WPIDS_END=($(pgrep -P "$ALG_PID" | sort -n))
