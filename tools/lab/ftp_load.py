@@ -2,6 +2,7 @@
 """FTP control-channel load for the lab benchmark (benchmarks/lab_ftp_load.sh; standard library).
 
     ftp_load.py --host ADDR --connections N --seconds S [--data K] [--data-timeout T] [--log FILE]
+                [--sources ADDR,...]
 
 N control connections log in, then each asks PASV again and again for S seconds: the server's
 227 answer is what an FTP helper reads (and expects a data connection for) on its way back, so
@@ -17,6 +18,10 @@ ends, all connections at once, so the helper is loaded as it was; their round tr
 the PASV figures. Prints one line of names and values:
 
     pasv N p50_us P p99_us Q per_s R errors E cpu_ms C replies227 A data D data_failed F
+
+--sources ADDR,...: connection i (control and data) leaves from the i-th address, round robin (the
+client must hold them): a hash of the addresses that spreads control connections over helper
+instances (`alg rules` with workers > 1) sees one pair of hosts per source, not one for the whole load.
 
 --log FILE: one line per 227 read, 'CLIENT_PORT DATA_PORT' (the control connection's own port and
 the one the 227 names), to match against the expectation events.
@@ -90,12 +95,12 @@ def pasv(s: socket.socket, f, tally: Tally) -> tuple[str, int] | None:
     return endpoint
 
 
-def data_round(s: socket.socket, f, tally: Tally, timeout: float) -> bool:
+def data_round(s: socket.socket, f, tally: Tally, timeout: float, source: str | None) -> bool:
     endpoint = pasv(s, f, tally)
     if endpoint is None:
         return False
-    try:
-        socket.create_connection(endpoint, timeout=timeout).close()
+    try:  # from the control connection's address: the expectation names it (and the server checks it)
+        socket.create_connection(endpoint, timeout=timeout, source_address=(source, 0) if source else None).close()
         ok = True
     except OSError:  # timed out: the firewall dropped the SYN
         ok = False
@@ -105,9 +110,9 @@ def data_round(s: socket.socket, f, tally: Tally, timeout: float) -> bool:
     return True
 
 
-def session(host: str, until: float, rounds: int, timeout: float, tally: Tally) -> None:
+def session(host: str, until: float, rounds: int, timeout: float, tally: Tally, source: str | None = None) -> None:
     try:
-        with socket.create_connection((host, 21), timeout=10) as s:
+        with socket.create_connection((host, 21), timeout=10, source_address=(source, 0) if source else None) as s:
             f = s.makefile("r", encoding="latin-1", newline="\r\n")
             read_reply(f)
             for cmd in ("USER anonymous", "PASS lab@"):
@@ -123,7 +128,7 @@ def session(host: str, until: float, rounds: int, timeout: float, tally: Tally) 
             with tally.lock:
                 tally.pasv_end = max(tally.pasv_end, time.monotonic())
             for _ in range(rounds):
-                if not data_round(s, f, tally, timeout):
+                if not data_round(s, f, tally, timeout, source):
                     return
             s.sendall(b"QUIT\r\n")
     except OSError as exc:
@@ -140,11 +145,14 @@ def main() -> int:
     p.add_argument("--log", metavar="FILE", help="write each 227's control client port and data port")
     p.add_argument("--data-timeout", type=float, default=2.0, metavar="T",
                    help="seconds a data connection may take to open (the first SYN retry comes at 1 s)")
+    p.add_argument("--sources", metavar="ADDR,...", help="the client addresses the connections leave from, in turn")
     a = p.parse_args()
+    sources = a.sources.split(",") if a.sources else [None]
     until = time.monotonic() + a.seconds
     tally = Tally()
-    threads = [threading.Thread(target=session, args=(a.host, until, a.data, a.data_timeout, tally))
-               for _ in range(a.connections)]
+    threads = [threading.Thread(target=session, args=(a.host, until, a.data, a.data_timeout, tally,
+                                                      sources[i % len(sources)]))
+               for i in range(a.connections)]
     start = time.monotonic()
     for t in threads:
         t.start()
