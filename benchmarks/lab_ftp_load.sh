@@ -160,7 +160,7 @@ load() {  # LABEL [PID...]: the load, the expectations it made, the helper PIDs'
 # (15), not measured.
 warm_up() {
     lab_cli $SYS_PY "$LAB_DIR/ftp_load.py" --host "$LAB_SERVER4" --connections "$CONNS" \
-        --seconds "${FTP_LOAD_WARMUP:-15}" --data 0 "$@" >/dev/null 2>&1
+        --seconds "${FTP_LOAD_WARMUP:-15}" --data 0 "${LOAD_ARGS[@]}" >/dev/null 2>&1
 }
 raw_helper() {  # NAME: the control connections get helper NAME; their packets are counted first
     lab_fw iptables -t raw -F PREROUTING
@@ -283,6 +283,7 @@ SOURCES=$(awk '$2 != "none" {l[$2] = l[$2] " " $1} END {for (h in l) print l[h]}
     tr -s ' ' '\n' | grep . | head -"$CONNS" | paste -sd,)
 echo "ftp-load alg-2w sources: $SOURCES"
 LOAD_ARGS=(--sources "$SOURCES"); QUEUES="5 4101"
+warm_up
 q5=$(queued 5); q4101=$(queued 4101); PT0=(); for p in "$ALG_PID" "${WPIDS[@]}"; do PT0+=("$(ticks "$p")"); done
 # the control connections' conntracks halfway through the PASV phase (they end in a RST after QUIT,
 # gone 10 s later)
