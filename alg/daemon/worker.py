@@ -5,11 +5,11 @@ NFQA_CFG_F_CONNTRACK): the worker turns it into the engine's `KernelView`
 (direction and newness from ctinfo, the endpoints from the tuples, the
 flow's record from the helper's private data), lets the engine inspect the
 packet, carries out what it decides through the sink, and gives the verdict,
-with the flow's record (NFQA_CT) and one of the expectations the packet
-makes (NFQA_EXP: see `_on_verdict`) when there are. Every packet gets its verdict, whatever
-happens on the way. Verdicts of one batch leave in one system call. A bare TCP
-acknowledgement of a flow under way has nothing for anyone: it is accepted at
-once, uninspected (not counted in the helper's `packets`).
+with the flow's record (NFQA_CT) and one of the expectations the packet makes
+(NFQA_EXP: see `_on_verdict`) when there are. Every packet gets its verdict,
+whatever happens on the way. Verdicts of one batch leave in one system call. A
+bare TCP acknowledgement of a flow under way has nothing for anyone: it is
+accepted at once, uninspected (not counted in the helper's `packets`).
 
 On a kernel whose queues cannot carry the conntrack (no
 CONFIG_NETFILTER_NETLINK_GLUE_CT: `--no-cthelper` with plain NFQUEUE rules)
@@ -227,8 +227,9 @@ class QueueWorker:
         return not view.confirmed or e.assign_helper or (ours and self.engine.core.accept_on_pressure)
 
     def _kernel_evicts(self, e: Expectation, victims: list[Expectation], slot: HelperSlot) -> Expectation | None:
-        """The victim the kernel evicts itself when it creates e over ctnetlink, if that is
-        provably alg's one victim, else None (then every victim is deleted first, as before).
+        """The victim the kernel evicts itself when it creates e (over ctnetlink or from the
+        verdict: the same __nf_ct_expect_check), if that is provably alg's one victim, else
+        None (then every victim is deleted first, as before).
 
         The kernel, creating e, counts the expectations of e's master and class; at
         max_expected it removes the oldest of them (its list keeps them newest first),
