@@ -124,6 +124,17 @@ def test_the_kernels_private_a_rtcp_against_algs_public_one_is_deliberate(tmp_pa
     assert rc == 1
 
 
+def test_a_failing_difference_is_printed_before_the_deliberate_ones_past_the_limit(tmp_path, capsys):
+    # call 001's deliberate a=rtcp sorts before call 002's failing a=rtcp and m= port: with --limit 1
+    # a failing one must be the one printed
+    kernel = [invite(rtcp=" IN IP4 192.168.10.20"), invite(call="2-1@192.168.10.20")]
+    alg = [invite(rtcp=" IN IP4 203.0.113.1"), invite(call="2-1@192.168.10.20", media=16002)]
+    rc, out = run(tmp_path, kernel, alg, "sip", capsys, "--limit", "1")
+    assert rc == 1
+    assert out.splitlines()[0].startswith("DIFF call 002 | cseq 2 INVITE | INVITE | sdp a=rtcp 1"), out
+    assert "... 2 more" in out and "3 differ, 1 deliberately, 2 not" in out
+
+
 def ftp_session(port_line: bytes, pasv_line: bytes, retransmit: bool = False, cport: int = 33000,
                 after_port: bytes = b"RETR hello.txt\r\nPWD\r\n") -> list[bytes]:
     """A control connection on the public side: client = the gateway's public address."""

@@ -327,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     diffs = compare(ref, cand)
     failing = [d for d in diffs if d[3] is None]
-    for i, (key, x, y, why) in enumerate(diffs):
+    # the failing ones first: a long list of deliberate ones must not hide them past the limit
+    for i, (key, x, y, why) in enumerate(failing + [d for d in diffs if d[3] is not None]):
         if i < a.limit:
             tag = f"deliberate ({why})" if why else "DIFF"
             ref_v, cand_v = ("(absent)" if v is None else v for v in (x, y))
