@@ -16,6 +16,8 @@
 #   lab_fw_count NAME [4|6]       packets that hit the rule lab-NAME (both families by default)
 #   lab_fw_show                   raw PREROUTING and FORWARD with counters
 #   lab_net_down                  remove the namespaces (idempotent)
+#   lab_cap_start NS IF PCAP FILTER   tcpdump there into PCAP (its messages in PCAP's .tcpdump.err)
+#   lab_cap_stop                  stop it once it has written every packet it received
 # Before lab_net_up: LAB_NS_CLIENT / LAB_NS_FW / LAB_NS_SERVER (names), LAB_IPT / LAB_IP6T (commands).
 
 : "${LAB_NS_CLIENT:=lab-cli}" "${LAB_NS_FW:=lab-fw}" "${LAB_NS_SERVER:=lab-srv}"
@@ -101,4 +103,36 @@ lab_fw_show() {
         echo "== $ipt ($LAB_NS_FW) raw PREROUTING"; lab_fw "$ipt" -t raw -nvxL PREROUTING | tail -n +3
         echo "== $ipt ($LAB_NS_FW) filter FORWARD"; lab_fw "$ipt" -nvxL FORWARD | tail -n +2
     done
+}
+
+# A capture's end must not lose the last packets of what it recorded. Without --immediate-mode libpcap
+# hands packets over in blocks (a block waits up to a second to fill), and a SIGINT ends tcpdump with
+# what its current block held counted as received but never written: under a loaded VM, the last
+# exchange of a run. With it each packet is written as tcpdump reads it, so the file stops growing once
+# tcpdump has read everything that reached it: wait for that (a second without growth, at most 15 s).
+lab_cap_start() {  # NS IF PCAP FILTER; sets LAB_CAP_PID and LAB_CAP_FILE (one capture at a time)
+    LAB_CAP_FILE=$3
+    # `ip netns exec` directly, not a lab_* function: $! is then tcpdump itself
+    ip netns exec "$1" tcpdump -Z root --immediate-mode -U -n -s 0 -i "$2" -w "$3" "$4" \
+        2>"${3%.pcap}.tcpdump.err" & LAB_CAP_PID=$!
+    local _; for _ in $(seq 100); do grep -q listening "${3%.pcap}.tcpdump.err" 2>/dev/null && break; sleep 0.1; done
+}
+lab_cap_stop() {
+    [ -n "${LAB_CAP_PID:-}" ] || return 0
+    local size=-1 now still=0 _
+    for _ in $(seq 60); do
+        now=$(stat -c %s "$LAB_CAP_FILE" 2>/dev/null || echo 0)
+        if [ "$now" = "$size" ]; then still=$((still + 1)); [ "$still" -ge 4 ] && break
+        else still=0 size=$now; fi
+        sleep 0.25
+    done
+    kill -INT "$LAB_CAP_PID" 2>/dev/null; wait "$LAB_CAP_PID" 2>/dev/null; LAB_CAP_PID=
+    # tcpdump's own account: "N packets captured" (written) and "M packets received by filter"
+    local err=${LAB_CAP_FILE%.pcap}.tcpdump.err written seen
+    written=$(awk '/packets captured/ {print $1}' "$err" 2>/dev/null)
+    seen=$(awk '/packets received by filter/ {print $1}' "$err" 2>/dev/null)
+    if [ -n "$written" ] && [ -n "$seen" ] && [ "$written" != "$seen" ]; then
+        echo "   note: the capture $(basename "$LAB_CAP_FILE") wrote $written of the $seen packets tcpdump received"
+    fi
+    return 0
 }

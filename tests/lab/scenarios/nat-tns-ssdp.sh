@@ -98,11 +98,9 @@ round() {
 
     r0=$(lab_nat_count related-in)
     # the public side's view of the TNS exchange: what the REDIRECT said when it arrived at all
-    ip netns exec "$LAB_NS_SERVER" tcpdump -Z root -U -n -s 0 -i s0 -w "$OUT/$who-tns.pcap" 'tcp port 1521' \
-        2>"$OUT/$who-tns.tcpdump.err" & local cap=$!
-    for _ in $(seq 100); do grep -q listening "$OUT/$who-tns.tcpdump.err" 2>/dev/null && break; sleep 0.1; done
+    lab_cap_start "$LAB_NS_SERVER" s0 "$OUT/$who-tns.pcap" 'tcp port 1521'
     line=$(lab_pub "$PY" "$ALG_ROOT/tools/tns_listener.py" --follow "$LAB_GW_PUB4:1521" --timeout 4 2>&1 | tail -1)
-    sleep 0.5; kill -INT "$cap" 2>/dev/null; wait "$cap" 2>/dev/null
+    lab_cap_stop
     echo "   $who tns: $line" | tee -a "$OUT/results.txt"
     TOLD_TNS=$(sed -n 's/.*redirect\(ed\)\? to \(host \)\?\([^ ]*\) port \([0-9]*\).*/\3:\4/p' <<<"$line")
     TNS_RESULT=$line REL_TNS=$(( $(lab_nat_count related-in) - r0 ))

@@ -54,7 +54,7 @@ SIP_TIMEOUT=${NAT_SIP_TIMEOUT:-$(( HOLD_MS / 1000 + 60 ))}
 PHASES=" ${NAT_PHASES:-kernel alg conntrackd-ftp negative compare} "
 PHASES=${PHASES// kernel / kernel-ftp kernel-sip }; PHASES=${PHASES// alg / alg-ftp alg-sip }
 FTP_FILE=hello.txt
-PIDS=() TCPDUMP_PID= RULES_PID=
+PIDS=() RULES_PID=
 # Each phone holds about 5 expectations at once (its REGISTER's incoming signalling; RTP and RTCP each
 # way): 40 phones overflow a small guest's default table, and nf_conntrack_sip then DROPS the REGISTER
 # or INVITE it cannot expect for (what sip-pressure.sh shows). This scenario is about rewriting: the fix
@@ -66,7 +66,7 @@ cleanup() {
     [ "$OLD_EXPECT_MAX" -lt "$EXPECT_MAX" ] && sysctl -qw net.netfilter.nf_conntrack_expect_max="$OLD_EXPECT_MAX"
     sip_alg_stop
     [ -n "$RULES_PID" ] && kill "$RULES_PID" 2>/dev/null
-    [ -n "$TCPDUMP_PID" ] && kill -INT "$TCPDUMP_PID" 2>/dev/null
+    [ -n "${LAB_CAP_PID:-}" ] && kill -INT "$LAB_CAP_PID" 2>/dev/null
     local p; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
     wait 2>/dev/null
     # alg removes its helpers as it stops: `alg cleanup` (a Python start) only after one that could not
@@ -157,15 +157,7 @@ alg_policy() {  # DIR: sip.toml (alg-sip) and ftp.toml (alg-ftp): names the kern
 }
 
 # ------------------------------------------------------------------------------- captures
-cap_start() {  # NAME: the public side's view of the control traffic (not through lab_pub: $! must be tcpdump)
-    ip netns exec "$LAB_NS_SERVER" tcpdump -Z root -U -n -s 0 -i s0 -w "$OUT/$1.pcap" 'tcp port 21 or udp port 5060' 2>"$OUT/$1.tcpdump.err" &
-    TCPDUMP_PID=$!
-    for _ in $(seq 100); do grep -q listening "$OUT/$1.tcpdump.err" 2>/dev/null && break; sleep 0.1; done
-}
-cap_stop() {
-    sleep 0.5
-    kill -INT "$TCPDUMP_PID" 2>/dev/null; wait "$TCPDUMP_PID" 2>/dev/null; TCPDUMP_PID=
-}
+cap_start() { lab_cap_start "$LAB_NS_SERVER" s0 "$OUT/$1.pcap" 'tcp port 21 or udp port 5060'; }  # NAME: the public side
 related() { lab_nat_count "related-$1"; }  # in|out
 
 # ------------------------------------------------------------------------------- FTP
@@ -194,7 +186,7 @@ ftp_sessions() {
     r0=$(related in)
     ftp_client lab_pub "$LAB_GW_PUB4" "$OUT/ftp-$label-passive.log" pasv epsv pasv; rc=$?
     ftp_verdict "$label" "$want" "passive 227, 229, 227 behind the port forward" "$rc" $(( $(related in) - r0 )) 3 passive
-    cap_stop
+    lab_cap_stop
 }
 ftp_verdict() {  # LABEL pass|fail|untranslated WHAT RC RELATED WANT_RELATED LOGNAME
     local log=$OUT/ftp-$1-$7.log
@@ -301,7 +293,7 @@ PY
     CALLS_OK=${CALLS_OK:-0}
     TARGETS=$(wc -l <"$OUT/$label-targets.txt")
     PRIVATE_TARGETS=$(grep -c '^192\.168\.' "$OUT/$label-targets.txt") || PRIVATE_TARGETS=0
-    cap_stop
+    lab_cap_stop
     echo "$label: $n phones, calls ok $CALLS_OK, outside end rc $UAS_OK, media targets $TARGETS" \
          "($PRIVATE_TARGETS private), RTP RELATED to phones $TO_PHONES, to the outside $TO_UAS"
 }

@@ -51,15 +51,15 @@ pptp_server_start "$RUN" && PIDS+=("$PPTP_SERVER_PID") || { fail pptpd-listens; 
 phase_start() {
     # `ip netns exec` directly, not lab_fw: $! is then the recorder itself (a function would run in a subshell)
     ip netns exec "$LAB_NS_FW" conntrack -E expect >"$OUT/$1-expect.txt" 2>&1 & EV_PID=$!
-    ip netns exec "$LAB_NS_FW" tcpdump -i c1 -U -s 0 -w "$OUT/$1.pcap" "tcp port 1723" >/dev/null 2>"$RUN/$1-tcpdump.err" & CAP_PID=$!
-    for _ in $(seq 100); do grep -q "listening on" "$RUN/$1-tcpdump.err" && break; sleep 0.1; done
+    lab_cap_start "$LAB_NS_FW" c1 "$OUT/$1.pcap" "tcp port 1723"
 }
 phase_end() {  # PHASE: hang up, keep the GRE conntracks, stop the recorders
     lab_fw conntrack -L -p gre >"$OUT/$1-gre.txt" 2>/dev/null
     lab_fw conntrack -L expect >"$OUT/$1-expect-left.txt" 2>&1
     pptp_hangup "$RUN"
     sleep 1  # the Call-Disconnect-Notify and the expectations' DESTROY events
-    kill "$EV_PID" "$CAP_PID" 2>/dev/null; wait "$EV_PID" "$CAP_PID" 2>/dev/null
+    lab_cap_stop
+    kill "$EV_PID" 2>/dev/null; wait "$EV_PID" 2>/dev/null
     # "PNS_ID PAC_ID" from the Outgoing-Call-Reply (tcpdump's PPTP decoder)
     tcpdump -nr "$OUT/$1.pcap" 2>/dev/null \
         | sed -n 's/.*OCRP CALL_ID(\([0-9]*\)) PEER_CALL_ID(\([0-9]*\)).*/\2 \1/p' | head -1 >"$OUT/$1-call.txt"
