@@ -461,8 +461,8 @@ class SipHelper(alg.Helper):
         return actions + tuple(nat.spans(msg, seg, base))
 
     def _actions(self, msg: Message, seg: alg.Segment, state: SipState, base: int) -> tuple:
-        callid = msg.value(b"call-id")
-        cseq = grammar.parse_cseq(msg.value(b"cseq"))
+        callid = msg.first(grammar.CALL_ID_HEADER)
+        cseq = grammar.parse_cseq(msg.first(grammar.CSEQ_HEADER))
         if not callid or cseq is None:
             return (Notice("malformed", "no Call-ID or CSeq"),)
         tag = callid[:MAX_CALL_ID].decode("latin-1")
@@ -544,7 +544,7 @@ class SipHelper(alg.Helper):
         direction, flow = seg.direction, seg.flow
         sender, receiver = (flow.src, flow.dst) if direction is Direction.ORIGINAL else (flow.dst, flow.src)
         src = receiver if opts["direct_media"] else None
-        ctype = msg.value(b"content-type")
+        ctype = msg.first(grammar.CONTENT_TYPE_HEADER)
         bodies = ((body, msg.body_offset),) if ctype == b"application/sdp" else \
             sdp.sdp_bodies(ctype, body, msg.body_offset)  # the usual type as sent: no need to take it apart
         for body, off in bodies:
@@ -612,6 +612,8 @@ class SipHelper(alg.Helper):
                     out.append(Notice(rwhy, _named(media.rtcp_connection, seg)))
             else:
                 ports[1] = (media.rtcp_port, raddr, (media.rtcp_where or media.where,))
+        elif count == 1:  # one stream (a comprehension costs a call)
+            ports = [(port, addr, where), (port + 1, addr, where)] if rtp else [(port, addr, where)]
         else:  # each stream's ports in a row: RTP and RTCP, or one (T.38 udptl, ...)
             ports = [(p, addr, where) for p in range(port, port + (2 * count if rtp else count))]
         low = self.options["min_media_port"]

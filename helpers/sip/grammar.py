@@ -117,7 +117,12 @@ class Message:
         by one search of the head (the kernel's ct_sip_get_header), which
         also takes its line (one C-level step; a folded one is joined by
         `_value`). The helper asks for each header once or twice per message."""
-        m = (_SEARCH.get(name) or _compile(name)).search(self.head)  # _search, inline (a call fewer)
+        return self.first(_SEARCH.get(name) or _compile(name))
+
+    def first(self, search: re.Pattern[bytes]) -> bytes | None:
+        """`value` of the header a `_search` pattern finds (the hot ones are
+        module constants: CALL_ID_HEADER ...)."""
+        m = search.search(self.head)
         if m is None:
             return None
         v, folded = m.groups()  # (as _header does, without building one)
@@ -224,14 +229,35 @@ def parse(data: bytes, stream: bool, max_message: int) -> Message:
     to its end. A Content-Length that cannot fit `max_message` (or 2^32)
     raises ProtocolViolation: nothing after it can be framed.
     """
-    end, sep = head_end(data)
-    if end < 0:
-        if stream:
-            if len(data) > max_message:
-                raise alg.ProtocolViolation(f"no end of SIP headers within {max_message} bytes")
-            raise Incomplete
-        end = len(data.rstrip(b"\r\n"))  # a datagram without the empty line: all headers
-    msg = parse_head(data, end, sep, stream, max_message)
+    # head_end(data), inline, the LF LF search folded into the check of the lines: an
+    # empty line ending in LF alone ("\n\n") is neither a header nor a continuation, so
+    # the search for the first bad line before a CRLF CRLF also finds where an LF LF
+    # ends the head first (the lines before it are the same lines either way)
+    crlf = data.find(b"\r\n\r\n")
+    bad: re.Match[bytes] | None = None
+    if crlf >= 0:
+        first_nl = data.find(b"\n", 0, crlf)
+        if first_nl >= 0:
+            bad = _BAD_LINE.search(data, first_nl, crlf)
+        if bad is not None and data[bad.end()] == 0x0A:  # "\n\n": the head ends there
+            end, sep, bad = bad.start(), 2, None
+        else:
+            end, sep = crlf, 4
+        return _framed(data, parse_head(data, end, sep, stream, max_message, bad), stream)
+    end = data.find(b"\n\n")
+    if end >= 0:
+        sep = 2
+    elif stream:
+        if len(data) > max_message:
+            raise alg.ProtocolViolation(f"no end of SIP headers within {max_message} bytes")
+        raise Incomplete
+    else:
+        end, sep = len(data.rstrip(b"\r\n")), 0  # a datagram without the empty line: all headers
+    return _framed(data, parse_head(data, end, sep, stream, max_message), stream)
+
+
+def _framed(data: bytes, msg: Message, stream: bool) -> Message:
+    """`msg` with its body, once all of it is in `data`."""
     if msg.length > len(data):
         if stream:
             raise Incomplete
@@ -245,13 +271,15 @@ def take_body(msg: Message, data: bytes) -> None:
     msg.body = data[msg.body_offset:msg.length]
 
 
-def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int) -> Message:
+def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int,
+               bad: re.Match[bytes] | None | bool = True) -> Message:
     """Start line and headers of the message whose headers end at `end`
     (an empty line of `sep` bytes; 0: a datagram without one). Sets
     `length` from Content-Length; the body is taken by `take_body` once all
     of it is there. Each header line is read once: the headers the helper
     needs are found by one search over the lower-cased head, the others are
-    only checked to be header or continuation lines."""
+    only checked to be header or continuation lines (`bad`: what that check's
+    search found, when the caller searched already; True: not searched yet)."""
     head = data[:end]
     first_nl = head.find(b"\n")
     line_end = end if first_nl < 0 else first_nl
@@ -270,11 +298,17 @@ def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int) 
     if first_nl >= 0:
         if head.startswith(_FOLD, first_nl + 1):
             raise alg.ProtocolViolation("continuation line before any header")
-        bad = _BAD_LINE.search(head, first_nl)
+        if bad is True:
+            bad = _BAD_LINE.search(head, first_nl)
         if bad:
             _bad_line(head, bad.end())
     body_start = end + sep if sep and end + sep <= len(data) else len(data)
-    clen = msg.value(b"content-length")
+    cl = CONTENT_LENGTH_HEADER.search(head)  # msg.value(b"content-length"), inline
+    if cl is None:
+        clen = None
+    else:
+        clen, folded = cl.groups()
+        clen = clen.rstrip(_TRAILING) if folded is None else _value(head, cl.start(1))
     if clen is None:
         if stream:
             raise alg.ProtocolViolation("SIP over a stream without Content-Length (RFC 3261 §18.3)")
@@ -478,6 +512,8 @@ def parse_cseq(value: bytes | None) -> tuple[int, bytes] | None:
 
 _SEARCH.update((n, _compile(n)) for n in (b"call-id", b"cseq", b"content-length", b"content-type", b"contact",
                                           b"expires", b"via", b"from", b"to", b"route", b"record-route"))
+CALL_ID_HEADER, CSEQ_HEADER, CONTENT_TYPE_HEADER, CONTENT_LENGTH_HEADER = (
+    _SEARCH[n] for n in (b"call-id", b"cseq", b"content-type", b"content-length"))
 
 
 # Via = sent-protocol LWS sent-by *( SEMI via-params ) (§20.42, §25.1); the

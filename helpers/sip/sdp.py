@@ -20,22 +20,16 @@ from dataclasses import dataclass
 import alg
 
 # the lines read here (RFC 8866 §5: <type>=<value>, CRLF or LF; a value ends at the first CR
-# or LF), each read by one match in "\n" + body, fields and all (a literal first byte lets the
-# engine skip to each line start, the type's letter picks the one alternative to try). Each type
-# is a group of its own, followed by its fields when they are well formed: the last group that
-# matched (lastindex) says which line it was, and whether it was malformed.
-# m=<media> <port>[/<number of ports>] <proto> <fmt> ... (§5.14): type 1, fields 2-5
-_M = rb"(m)=(?:([A-Za-z0-9._-]+)[ ]+([0-9]{1,5})(?:/([0-9]{1,5}))?[ ]+([A-Za-z0-9/._-]+))?"
-# c=<nettype> <addrtype> <connection-address> (§5.7), TTL / count suffixes on multicast: type 6,
-# fields 7-8
-_C = rb"(c)=(?:IN[ ]+IP([46])[ ]+([^ /\r\n]+)(?:/[0-9]+){0,2}[ ]*(?![^\r\n]))?"
-# a=rtcp:<port> [<nettype> <addrtype> <connection-address>] (RFC 3605 §2.1): type 9, fields 10-12
-_RTCP = rb"(a)=rtcp:(?:([0-9]{1,5})(?:[ ]+IN[ ]+IP([46])[ ]+([^ \r\n]+))?[ ]*(?![^\r\n]))?"
-_LINE = re.compile(rb"\n(?:" + _M + rb"|" + _C + rb"|" + _RTCP + rb")")
-# lastindex of each: a well-formed m= (5), c= (8), a=rtcp: without (10) or with (12) an address;
-# a malformed m= (1), c= (6), a=rtcp: (9)
-_M_LINE, _C_LINE, _RTCP_PORT, _RTCP_ADDR = 5, 8, 10, 12
-_M_BAD, _C_BAD, _RTCP_BAD = 1, 6, 9
+# or LF), each found by a C-level search for its start ("\nm=" in "\n" + body: the three
+# kinds are searched for apart, each from where its last one was, and taken in the order they
+# come) and its fields read by one anchored match past the "<type>=" (no match: malformed).
+# m=<media> <port>[/<number of ports>] <proto> <fmt> ... (§5.14)
+_M = re.compile(rb"([A-Za-z0-9._-]+)[ ]+([0-9]{1,5})(?:/([0-9]{1,5}))?[ ]+([A-Za-z0-9/._-]+)")
+# c=<nettype> <addrtype> <connection-address> (§5.7), TTL / count suffixes on multicast
+_C = re.compile(rb"IN[ ]+IP([46])[ ]+([^ /\r\n]+)(?:/[0-9]+){0,2}[ ]*(?![^\r\n])")
+# a=rtcp:<port> [<nettype> <addrtype> <connection-address>] (RFC 3605 §2.1)
+_RTCP = re.compile(rb"([0-9]{1,5})(?:[ ]+IN[ ]+IP([46])[ ]+([^ \r\n]+))?[ ]*(?![^\r\n])")
+_M_START, _C_START, _RTCP_START = b"\nm=", b"\nc=", b"\na=rtcp:"
 MAX_LINES = 64  # m=, c= and a=rtcp lines read per body (a call has a handful)
 MAX_MALFORMED = 4  # malformed lines reported per body (the rest only make it stop sooner)
 
@@ -92,16 +86,13 @@ MAX_CACHED = 64  # bytes of an address text whose reading is cached (the longest
 
 
 def _connection(fam: int, text: bytes, off: int) -> Connection:
-    """The address `text` of family `fam` (c=, a=rtcp:, o=) at offset `off` of the message."""
-    addr, unusable = _literal(fam, text)
-    return Connection(fam, text, addr, (off, len(text)), unusable)
-
-
-def _literal(fam: int, text: bytes) -> tuple[alg.IPAddress | None, str | None]:
-    """The address in `text` if it is a literal of family `fam`, and why
-    media may not go there (cached for short texts: a gateway sees the same
-    few addresses over and over; a long one would make the cache hold megabytes)."""
-    return _literal_cached(fam, text) if len(text) <= MAX_CACHED else _literal_read(fam, text)
+    """The address `text` of family `fam` (c=, a=rtcp:, o=) at offset `off` of the message, if
+    it is a literal of that family, and why media may not go there (its reading cached for
+    short texts: a gateway sees the same few addresses over and over; a long one would make
+    the cache hold megabytes)."""
+    n = len(text)
+    addr, unusable = _literal_cached(fam, text) if n <= MAX_CACHED else _literal_read(fam, text)
+    return Connection(fam, text, addr, (off, n), unusable)
 
 
 def _literal_read(fam: int, text: bytes) -> tuple[alg.IPAddress | None, str | None]:
@@ -131,41 +122,56 @@ def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_
     found = s.media
     current: Media | None = None
     n = 0  # lines read (s.lines once done)
-    base -= 1  # offsets in "\n" + body
-    for lm in _LINE.finditer(b"\n" + body):
+    text = b"\n" + body  # "\nm=" at i of it is "m=" at i of the body
+    base -= 1  # offsets in text
+    # where the next line of each kind starts (-1: none left); the three searches go
+    # forward only, each from its own last line: every byte is searched at most 3 times
+    m_at, c_at, r_at = text.find(_M_START), text.find(_C_START), text.find(_RTCP_START)
+    while m_at >= 0 or c_at >= 0 or r_at >= 0:
         if n >= max_lines:
             s.truncated = True
             break
         n += 1
-        what = lm.lastindex
-        if what == _M_LINE or what == _M_BAD:
+        if m_at >= 0 and (c_at < 0 or m_at < c_at) and (r_at < 0 or m_at < r_at):
+            at, m_at = m_at, text.find(_M_START, m_at + 3)
             if len(found) >= max_media:
-                s.skipped = 1 + body.count(b"\nm=", lm.start())
+                s.skipped = 1 + body.count(b"\nm=", at)
                 break
-            if what == _M_BAD:
+            lm = _M.match(text, at + 3)
+            if lm is None:
                 current = None
                 if _malformed(s, "m="):
                     break
                 continue
-            kind, port, count, proto = lm.group(2, 3, 4, 5)
-            current = Media(kind.lower(), int(port), int(count) if count else 1, proto, (base + lm.start(3), len(port)))
+            kind, port, count, proto = lm.groups()
+            current = Media(kind.lower(), int(port), int(count) if count else 1, proto, (base + lm.start(2), len(port)))
             found.append(current)
-        elif what == _C_LINE:
-            c = _connection(int(lm[7]), lm[8], base + lm.start(8))
+        elif c_at >= 0 and (r_at < 0 or c_at < r_at):
+            at, c_at = c_at, text.find(_C_START, c_at + 3)
+            lm = _C.match(text, at + 3)
+            if lm is None:
+                if _malformed(s, "c="):
+                    break
+                continue
+            c = _connection(int(lm[1]), lm[2], base + lm.start(2))
             if current is None:
                 s.connection = s.connection or c  # the first c= of a level counts
             elif current.connection is None:
                 current.connection = c
-        elif what == _C_BAD or (what == _RTCP_BAD and current is not None):
-            # (an a=rtcp: line before any m= is not read, well formed or not)
-            if _malformed(s, "c=" if what == _C_BAD else "a=rtcp"):
-                break
-        elif current is not None:
-            port = lm[10]
+        else:
+            at, r_at = r_at, text.find(_RTCP_START, r_at + 8)
+            if current is None:
+                continue  # an a=rtcp: line before any m= is not read, well formed or not
+            lm = _RTCP.match(text, at + 8)
+            if lm is None:
+                if _malformed(s, "a=rtcp"):
+                    break
+                continue
+            port = lm[1]
             current.rtcp_port = int(port)
-            current.rtcp_where = (base + lm.start(10), len(port))
-            if what == _RTCP_ADDR:
-                current.rtcp_connection = _connection(int(lm[11]), lm[12], base + lm.start(12))
+            current.rtcp_where = (base + lm.start(1), len(port))
+            if lm[3] is not None:
+                current.rtcp_connection = _connection(int(lm[2]), lm[3], base + lm.start(3))
     s.lines = n
     return s
 
