@@ -32,6 +32,7 @@ kernel are listed in the package docstring.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import alg
@@ -39,6 +40,8 @@ from alg import Direction, Form, Length, Notice, Rewrite
 
 from . import grammar, sdp
 
+# a Record-Route or Route header (full names: neither has a compact form, RFC 3261 §7.3.3)
+_ROUTE = re.compile(rb"\n(?:record-)?route[ \t]*+:", re.IGNORECASE)
 SIP_PORT = 5060  # what a SIP URI without a port means (the kernel's SIP_PORT)
 VIA_TRANSPORT = {alg.UDP: b"UDP", alg.TCP: b"TCP"}  # the Via transport the kernel reads per flow protocol
 MAX_BODY_LINES = 128  # SDP m=, c=, a=rtcp lines read over all bodies (as many as the helper reads)
@@ -66,8 +69,8 @@ class _Spans:
             self.out.append(Notice("nat-folded-header", text[:40].decode("latin-1")))
             return
         to = self.nat.map(self.direction, addr, port)
-        if to is not None and to != (addr, port):
-            self.out.append(Rewrite(self.base + at, len(text), addr, port, form))
+        if to is not None and (to[1] != port or to[0] != addr):  # (the ports first: comparing addresses costs more)
+            self.out.append(_rewrite(self.base + at, len(text), addr, port, form))
 
     def uri(self, elem: bytes, at: int) -> None:
         """A SIP URI or name-addr (Contact, From, To, Route...) at offset `at`."""
@@ -91,17 +94,35 @@ class _Spans:
     def address(self, conn: sdp.Connection | None) -> None:
         """An SDP address (c=, o=, a=rtcp; offsets in the segment): named when the NAT
         maps it (0.0.0.0 never is)."""
-        if conn is None or conn.addr is None or conn.addr.version != self.l3:
+        if conn is None or conn.addr is None or conn.family != self.l3:  # (an address is of its line's family)
             return
         to = self.nat.map(self.direction, conn.addr, None)
         if to is not None and to[0] != conn.addr:
-            self.out.append(Rewrite(conn.where[0], conn.where[1], conn.addr, None, Form.ADDR))
+            self.out.append(_rewrite(conn.where[0], conn.where[1], conn.addr, None, Form.ADDR))
 
     def port(self, where: tuple[int, int], conn: sdp.Connection | None, port: int) -> None:
         """An SDP port (offsets in the segment): the media endpoint an Expect names (the
         core knows where it went)."""
-        if conn is not None and conn.addr is not None and conn.addr.version == self.l3:
-            self.out.append(Rewrite(where[0], where[1], conn.addr, port, Form.PORT))
+        if conn is not None and conn.addr is not None and conn.family == self.l3:
+            self.out.append(_rewrite(where[0], where[1], conn.addr, port, Form.PORT))
+
+
+# built as the package builds its Expects (alg_helpers.sip._settable): a class of the same
+# slots, filled with plain stores and then given Rewrite's class: half the constructor's
+# cost (each field through its slot's setter), and a message under NAT names several
+_SettableRewrite = type("SettableRewrite", (), {"__slots__": Rewrite.__dict__["__slots__"], "__module__": __name__})
+
+
+def _rewrite(offset: int, length: int, addr: Any, port: int | None, form: Form) -> Rewrite:
+    """Rewrite(offset, length, addr, port, form)."""
+    r = _SettableRewrite()
+    r.offset = offset
+    r.length = length
+    r.addr = addr
+    r.port = port
+    r.form = form
+    r.__class__ = Rewrite
+    return r  # type: ignore[return-value]
 
 
 def spans(msg: grammar.Message, seg: alg.Segment, base: int) -> list:
@@ -117,8 +138,9 @@ def spans(msg: grammar.Message, seg: alg.Segment, base: int) -> list:
         h = msg.get(name)
         if h is not None:
             s.uri(h.value, h.offset)
-    s.elements(msg, b"record-route")
-    s.elements(msg, b"route")
+    if _ROUTE.search(msg.head):  # most messages have neither (one search instead of two)
+        s.elements(msg, b"record-route")
+        s.elements(msg, b"route")
     before = len(s.out)
     _sdp(s, msg)
     if len(s.out) > before:
