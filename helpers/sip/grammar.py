@@ -73,6 +73,9 @@ CONTENT_LENGTH = re.compile(rb"[0-9]+$")
 # with an optional port. Group 1: the host, 2: the port.
 _HOSTPORT = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?")
 _SIP_URI = re.compile(rb"sips?:(?:[^@;>\s]*@)?", re.IGNORECASE)
+# the two in one match (the userinfo atomic: taken whenever it is there, as _SIP_URI.match takes
+# it, never given back to let a host match without it); the host classes hold both cases already
+_SIP_URI_HOSTPORT = re.compile(rb"sips?:(?>(?:[^@;>\s]*@)?)" + _HOSTPORT.pattern, re.IGNORECASE)
 
 MAX_CONTENT_LENGTH = (1 << 32) - 1  # the kernel's CVE-2026-23457 case: >= 2^32 overflows 32 bits
 
@@ -95,6 +98,7 @@ class Message:
     length: int = 0  # bytes of the whole message (start line to end of body)
     skipped: int = 0  # header lines past MAX_LIST of one name, not read
     sdp: list | None = None  # under NAT: the SDP bodies the helper read, (body, offset, sdp.Session)
+    content_length: tuple[bytes, int] | None = None  # the Content-Length value framing read, and its offset
 
     def all(self, name: bytes) -> list[Header]:
         """The headers called `name` (lower case, full name), MAX_LIST at
@@ -309,6 +313,7 @@ def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int,
     else:
         clen, folded = cl.groups()
         clen = clen.rstrip(_TRAILING) if folded is None else _value(head, cl.start(1))
+        msg.content_length = (clen, cl.start(1))  # (NAT rewrites it)
     if clen is None:
         if stream:
             raise alg.ProtocolViolation("SIP over a stream without Content-Length (RFC 3261 §18.3)")
@@ -379,6 +384,12 @@ def split_elements(value: bytes, limit: int) -> tuple[list[tuple[bytes, int]], b
     visited (found by one pattern; the rest is a C-level scan), at most
     SPECIALS_PER_ELEMENT per element asked for."""
     out: list[tuple[bytes, int]] = []
+    if b"," not in value and b'"' not in value and b"\\" not in value \
+            and value.count(b"<") + value.count(b">") <= limit * SPECIALS_PER_ELEMENT:
+        # one element and nothing quoted (a Contact, From, To as phones send them): what
+        # the loop below finds, without visiting its brackets
+        _element(out, value, 0)
+        return out, False
     depth, quoted, start, escaped = 0, False, 0, -1
     for k, m in enumerate(_LIST_SPECIAL.finditer(value)):
         if k >= limit * SPECIALS_PER_ELEMENT:
@@ -457,14 +468,12 @@ def uri_host(elem: bytes) -> tuple[int, int, bytes, int | None] | None:
     """Where the host[:port] of a SIP URI or name-addr is (offset, length in
     `elem`), the host and the port; the lean part of `parse_contact` (no
     parameters read) that NAT rewriting needs for every URI of a message."""
-    lt = elem.find(b"<")
-    m = _SIP_URI.match(elem, lt + 1)
-    if not m:
-        return None
-    hp = _HOSTPORT.match(elem, m.end())
+    hp = _SIP_URI_HOSTPORT.match(elem, elem.find(b"<") + 1)
     if not hp:
         return None
-    return hp.start(), hp.end() - hp.start(), hp.group(1), int(hp.group(2)) if hp.group(2) else None
+    host, port = hp.groups()
+    at = hp.start(1)
+    return at, hp.end() - at, host, int(port) if port else None
 
 
 def _params(text: bytes) -> dict[bytes, bytes]:

@@ -46,12 +46,14 @@ SIP_PORT = 5060  # what a SIP URI without a port means (the kernel's SIP_PORT)
 VIA_TRANSPORT = {alg.UDP: b"UDP", alg.TCP: b"TCP"}  # the Via transport the kernel reads per flow protocol
 MAX_BODY_LINES = 128  # SDP m=, c=, a=rtcp lines read over all bodies (as many as the helper reads)
 MAX_MEDIA = 32  # m= lines read per body (the helper reads as many per message)
+# what the NAT does to an endpoint a header names: not of the flow's family (or a name), left, moved
+_FOREIGN, _KEPT, _MOVED = 0, 1, 2
 
 
 class _Spans:
     """Collects one message's spans (offsets in the segment: `base` + the message's)."""
 
-    __slots__ = ("nat", "direction", "l3", "head", "base", "out")
+    __slots__ = ("nat", "direction", "l3", "head", "base", "out", "mapped")
 
     def __init__(self, seg: alg.Segment, head: bytes, base: int):
         self.nat: alg.NatMap = seg.nat  # type: ignore[assignment]  # only called under NAT
@@ -59,17 +61,31 @@ class _Spans:
         self.l3 = seg.flow.l3
         self.head, self.base = head, base
         self.out: list[Any] = []
+        # what endpoint() found for each endpoint text of this message (a phone names its own
+        # host:port in the Via, From and Contact): _FOREIGN, _KEPT or _MOVED
+        self.mapped: dict[tuple[bytes, int | None, Form], int] = {}
 
     def endpoint(self, at: int, text: bytes, addr: Any, port: int | None, form: Form) -> None:
         """The header bytes `text` at offset `at` of the message name addr:port:
         named when the NAT maps it to something else (map_addr)."""
-        if addr is None or addr.version != self.l3:
+        # addr:port follows from (text, port, form) for every caller (a URI's or Via's host[:port],
+        # a Via parameter's value), so the mapping is worked out once per message for each
+        key = (text, port, form)
+        how = self.mapped.get(key)
+        if how is None:
+            if addr is None or addr.version != self.l3:
+                how = _FOREIGN
+            else:
+                to = self.nat.map(self.direction, addr, port)
+                # (the ports compared first: comparing addresses costs more)
+                how = _MOVED if to is not None and (to[1] != port or to[0] != addr) else _KEPT
+            self.mapped[key] = how
+        if how == _FOREIGN:
             return
         if self.head[at:at + len(text)] != text:  # the value was unfolded: offsets past the first line differ
             self.out.append(Notice("nat-folded-header", text[:40].decode("latin-1")))
             return
-        to = self.nat.map(self.direction, addr, port)
-        if to is not None and (to[1] != port or to[0] != addr):  # (the ports first: comparing addresses costs more)
+        if how == _MOVED:
             self.out.append(_rewrite(self.base + at, len(text), addr, port, form))
 
     def uri(self, elem: bytes, at: int) -> None:
@@ -144,9 +160,10 @@ def spans(msg: grammar.Message, seg: alg.Segment, base: int) -> list:
     before = len(s.out)
     _sdp(s, msg)
     if len(s.out) > before:
-        h = msg.get(b"content-length")
-        if h is not None and msg.head.startswith(h.value, h.offset):
-            s.out.append(Length(base + h.offset, len(h.value), base + msg.body_offset, base + msg.length))
+        if msg.content_length is not None:
+            value, at = msg.content_length
+            if msg.head.startswith(value, at):
+                s.out.append(Length(base + at, len(value), base + msg.body_offset, base + msg.length))
     return s.out
 
 
