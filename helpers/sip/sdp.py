@@ -124,16 +124,21 @@ def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_
     n = 0  # lines read (s.lines once done)
     text = b"\n" + body  # "\nm=" at i of it is "m=" at i of the body
     base -= 1  # offsets in text
-    # where the next line of each kind starts (-1: none left); the three searches go
-    # forward only, each from its own last line: every byte is searched at most 3 times
+    # where the next line of each kind starts (`end`: none left, past every line start); the
+    # three searches go forward only, each from its own last line: every byte is searched at
+    # most 3 times
+    end = len(text)
     m_at, c_at, r_at = text.find(_M_START), text.find(_C_START), text.find(_RTCP_START)
-    while m_at >= 0 or c_at >= 0 or r_at >= 0:
+    m_at, c_at, r_at = m_at if m_at >= 0 else end, c_at if c_at >= 0 else end, r_at if r_at >= 0 else end
+    while m_at < end or c_at < end or r_at < end:
         if n >= max_lines:
             s.truncated = True
             break
         n += 1
-        if m_at >= 0 and (c_at < 0 or m_at < c_at) and (r_at < 0 or m_at < r_at):
+        if m_at < c_at and m_at < r_at:
             at, m_at = m_at, text.find(_M_START, m_at + 3)
+            if m_at < 0:
+                m_at = end
             if len(found) >= max_media:
                 s.skipped = 1 + body.count(b"\nm=", at)
                 break
@@ -146,8 +151,10 @@ def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_
             kind, port, count, proto = lm.groups()
             current = Media(kind.lower(), int(port), int(count) if count else 1, proto, (base + lm.start(2), len(port)))
             found.append(current)
-        elif c_at >= 0 and (r_at < 0 or c_at < r_at):
+        elif c_at < r_at:
             at, c_at = c_at, text.find(_C_START, c_at + 3)
+            if c_at < 0:
+                c_at = end
             lm = _C.match(text, at + 3)
             if lm is None:
                 if _malformed(s, "c="):
@@ -160,6 +167,8 @@ def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_
                 current.connection = c
         else:
             at, r_at = r_at, text.find(_RTCP_START, r_at + 8)
+            if r_at < 0:
+                r_at = end
             if current is None:
                 continue  # an a=rtcp: line before any m= is not read, well formed or not
             lm = _RTCP.match(text, at + 8)
