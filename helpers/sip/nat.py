@@ -132,11 +132,7 @@ _SettableRewrite = type("SettableRewrite", (), {"__slots__": Rewrite.__dict__["_
 def _rewrite(offset: int, length: int, addr: Any, port: int | None, form: Form) -> Rewrite:
     """Rewrite(offset, length, addr, port, form)."""
     r = _SettableRewrite()
-    r.offset = offset
-    r.length = length
-    r.addr = addr
-    r.port = port
-    r.form = form
+    r.offset, r.length, r.addr, r.port, r.form = offset, length, addr, port, form
     r.__class__ = Rewrite
     return r  # type: ignore[return-value]
 
