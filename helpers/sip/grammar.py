@@ -6,10 +6,13 @@ message so a later NAT step can rewrite it in place.
 
 Cost: the message is read at bytes level, without decoding and without
 splitting it into lines. The empty line that ends the headers is found by
-two C-level searches (resumable: `head_end(data, start)`), the start line by
-one match in place, each header the helper needs by one search of the head when it is
-asked for (the kernel's ct_sip_get_header), and every other line is checked
-once by one search for a line that is neither a header nor a continuation.
+two C-level searches (resumable: `head_end(data, start)`; for a whole
+message, `parse`, one search for CRLF CRLF and the check of the lines below,
+which also finds an LF LF before it), the start line by one match in place,
+each header the helper needs by one search of the head when it is asked for
+(the kernel's ct_sip_get_header; Content-Length's is kept from the framing),
+and every other line is checked once by one search for a line that is
+neither a header nor a continuation.
 No pattern here has adjacent or nested unbounded repetition over peer bytes.
 Lists are bounded: MAX_LIST headers of one name, MAX_LIST elements of a
 comma list, MAX_FOLDED bytes of a folded value. `StartScan` keeps where an
@@ -281,8 +284,8 @@ def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int,
     (an empty line of `sep` bytes; 0: a datagram without one). Sets
     `length` from Content-Length; the body is taken by `take_body` once all
     of it is there. Each header line is read once: the headers the helper
-    needs are found by one search over the lower-cased head, the others are
-    only checked to be header or continuation lines (`bad`: what that check's
+    needs are found by one search of the head each, the others are only
+    checked to be header or continuation lines (`bad`: what that check's
     search found, when the caller searched already; True: not searched yet)."""
     head = data[:end]
     first_nl = head.find(b"\n")
