@@ -20,16 +20,15 @@ from dataclasses import dataclass
 import alg
 
 # the lines read here (RFC 8866 §5: <type>=<value>, CRLF or LF; a value ends at the first CR
-# or LF), each found by a C-level search for its start ("\nm=" in "\n" + body: the three
-# kinds are searched for apart, each from where its last one was, and taken in the order they
-# come) and its fields read by one anchored match past the "<type>=" (no match: malformed).
+# or LF), each found by one search for the next line start of the three kinds ("\nm=" in
+# "\n" + body), its fields read by one anchored match past the "<type>=" (no match: malformed)
+_LINE_START = re.compile(rb"\n(?:m=|c=|a=rtcp:)")
 # m=<media> <port>[/<number of ports>] <proto> <fmt> ... (§5.14)
 _M = re.compile(rb"([A-Za-z0-9._-]+)[ ]+([0-9]{1,5})(?:/([0-9]{1,5}))?[ ]+([A-Za-z0-9/._-]+)")
 # c=<nettype> <addrtype> <connection-address> (§5.7), TTL / count suffixes on multicast
 _C = re.compile(rb"IN[ ]+IP([46])[ ]+([^ /\r\n]+)(?:/[0-9]+){0,2}[ ]*(?![^\r\n])")
 # a=rtcp:<port> [<nettype> <addrtype> <connection-address>] (RFC 3605 §2.1)
 _RTCP = re.compile(rb"([0-9]{1,5})(?:[ ]+IN[ ]+IP([46])[ ]+([^ \r\n]+))?[ ]*(?![^\r\n])")
-_M_START, _C_START, _RTCP_START = b"\nm=", b"\nc=", b"\na=rtcp:"
 MAX_LINES = 64  # m=, c= and a=rtcp lines read per body (a call has a handful)
 MAX_MALFORMED = 4  # malformed lines reported per body (the rest only make it stop sooner)
 
@@ -124,25 +123,18 @@ def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_
     n = 0  # lines read (s.lines once done)
     text = b"\n" + body  # "\nm=" at i of it is "m=" at i of the body
     base -= 1  # offsets in text
-    # where the next line of each kind starts (`end`: none left, past every line start); the
-    # three searches go forward only, each from its own last line: every byte is searched at
-    # most 3 times
-    end = len(text)
-    m_at, c_at, r_at = text.find(_M_START), text.find(_C_START), text.find(_RTCP_START)
-    m_at, c_at, r_at = m_at if m_at >= 0 else end, c_at if c_at >= 0 else end, r_at if r_at >= 0 else end
-    while m_at < end or c_at < end or r_at < end:
+    for start in _LINE_START.finditer(text):  # (advanced only as far as lines are read)
         if n >= max_lines:
             s.truncated = True
             break
         n += 1
-        if m_at < c_at and m_at < r_at:
-            at, m_at = m_at, text.find(_M_START, m_at + 3)
-            if m_at < 0:
-                m_at = end
+        at, fields = start.start(), start.end()
+        letter = text[at + 1]
+        if letter == 0x6D:  # m=
             if len(found) >= max_media:
                 s.skipped = 1 + body.count(b"\nm=", at)
                 break
-            lm = _M.match(text, at + 3)
+            lm = _M.match(text, fields)
             if lm is None:
                 current = None
                 if _malformed(s, "m="):
@@ -151,11 +143,8 @@ def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_
             kind, port, count, proto = lm.groups()
             current = Media(kind.lower(), int(port), int(count) if count else 1, proto, (base + lm.start(2), len(port)))
             found.append(current)
-        elif c_at < r_at:
-            at, c_at = c_at, text.find(_C_START, c_at + 3)
-            if c_at < 0:
-                c_at = end
-            lm = _C.match(text, at + 3)
+        elif letter == 0x63:  # c=
+            lm = _C.match(text, fields)
             if lm is None:
                 if _malformed(s, "c="):
                     break
@@ -165,13 +154,10 @@ def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_
                 s.connection = s.connection or c  # the first c= of a level counts
             elif current.connection is None:
                 current.connection = c
-        else:
-            at, r_at = r_at, text.find(_RTCP_START, r_at + 8)
-            if r_at < 0:
-                r_at = end
+        else:  # a=rtcp:
             if current is None:
                 continue  # an a=rtcp: line before any m= is not read, well formed or not
-            lm = _RTCP.match(text, at + 8)
+            lm = _RTCP.match(text, fields)
             if lm is None:
                 if _malformed(s, "a=rtcp"):
                     break
