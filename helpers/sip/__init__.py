@@ -385,6 +385,8 @@ class SipHelper(alg.Helper):
             msg = grammar.parse(data[skip:] if skip else data, False, len(data))
         except alg.ProtocolViolation as exc:
             return Parsed(len(data), (Notice("malformed", str(exc)),))
+        if segment.nat is None:  # _message without NAT, a call fewer
+            return _parsed(len(data), self._actions(msg, segment, state, skip))
         return _parsed(len(data), self._message(msg, segment, state, skip))
 
     def _stream(self, data: bytes, segment: alg.Segment, state: SipState) -> alg.Outcome:
@@ -461,12 +463,12 @@ class SipHelper(alg.Helper):
         return actions + tuple(nat.spans(msg, seg, base))
 
     def _actions(self, msg: Message, seg: alg.Segment, state: SipState, base: int) -> tuple:
-        callid = msg.value(b"call-id")
-        cseq = grammar.parse_cseq(msg.value(b"cseq"))
+        callid = msg.first(grammar.CALL_ID_HEADER)
+        cseq = grammar.parse_cseq(msg.first(grammar.CSEQ_HEADER))
         if not callid or cseq is None:
             return (Notice("malformed", "no Call-ID or CSeq"),)
         tag = callid[:MAX_CALL_ID].decode("latin-1")
-        key = (tag, cseq[0], cseq[1])
+        key = (tag, *cseq)
         if msg.method is not None:
             method = msg.method.upper()
             if cseq[1] != method:  # RFC 3261 §8.1.1.5: CSeq method matches the request's
@@ -536,34 +538,34 @@ class SipHelper(alg.Helper):
         body = msg.body
         if not body:  # no SDP (Content-Type is not even looked up)
             return out
-        opts = self.options
-        room = opts["max_media_expects"]
-        lines, media_lines = sdp.MAX_LINES * 2, MAX_MEDIA_LINES
-        capped = 0
-        # what every stream of the message is checked against, read once
-        direction, flow = seg.direction, seg.flow
-        sender, receiver = (flow.src, flow.dst) if direction is Direction.ORIGINAL else (flow.dst, flow.src)
-        src = receiver if opts["direct_media"] else None
-        ctype = msg.value(b"content-type")
+        ctype = msg.first(grammar.CONTENT_TYPE_HEADER)
         bodies = ((body, msg.body_offset),) if ctype == b"application/sdp" else \
             sdp.sdp_bodies(ctype, body, msg.body_offset)  # the usual type as sent: no need to take it apart
+        opts = self.options
+        room = opts["max_media_expects"]
+        lines, media_lines, capped = sdp.MAX_LINES * 2, MAX_MEDIA_LINES, 0
+        # what every stream of the message is checked against, read once
+        flow, under_nat = seg.flow, seg.nat is not None
+        sender, receiver = (flow.src, flow.dst) if seg.direction == Direction.ORIGINAL else (flow.dst, flow.src)
+        src = receiver if opts["direct_media"] else None
         for body, off in bodies:
             session = sdp.parse(body, base + off, media_lines, lines)
-            if seg.nat is not None:  # its spans are named from the same reading
+            if under_nat:  # its spans are named from the same reading
                 msg.sdp = (msg.sdp or []) + [(body, base + off, session)]
-            media_lines -= len(session.media)
+            found = session.media
+            media_lines -= len(found)
             lines -= session.lines
             capped += session.skipped
             if session.malformed:
                 out += [Notice("malformed-sdp", m) for m in session.malformed]
             if session.truncated:
                 out.append(Notice("sdp-truncated", f"more than {sdp.MAX_LINES * 2} m=, c=, a=rtcp lines"))
-            for media in session.media:
+            for media in found:
                 if room <= 0:
                     capped += 1
-                    continue
-                room, refused = self._media(media, session, seg, sender, src, tag, room, out)
-                capped += refused
+                else:
+                    room, refused = self._media(media, session, seg, sender, src, tag, room, out)
+                    capped += refused
             if lines <= 0 or media_lines <= 0:
                 break
         if capped:
@@ -587,12 +589,16 @@ class SipHelper(alg.Helper):
             out.append(Notice("tcp-media", media.proto.decode("latin-1")))
             return room, 0
         conn = media.connection or session.connection
-        addr, why = self._media_addr(conn, seg.flow.l3, sender)
-        if why:
-            out.append(Notice(why, _named(conn, seg)))
-        if addr is None:
-            return room, 0
-        assert conn is not None  # it gave the address
+        if conn is not None and conn.unusable is None and src is not None and conn.addr == sender \
+                and conn.family == seg.flow.l3:
+            addr = conn.addr  # the usual case, as _media_addr finds it (src set: direct_media)
+        else:
+            addr, why = self._media_addr(conn, seg.flow.l3, sender)
+            if why:
+                out.append(Notice(why, _named(conn, seg)))
+            if addr is None:
+                return room, 0
+            assert conn is not None  # it gave the address
         count = media.count
         if count > MAX_STREAMS:
             out.append(Notice("port-count-capped", str(count)))
@@ -612,6 +618,13 @@ class SipHelper(alg.Helper):
                     out.append(Notice(rwhy, _named(media.rtcp_connection, seg)))
             else:
                 ports[1] = (media.rtcp_port, raddr, (media.rtcp_where or media.where,))
+        elif count == 1 and rtp and room >= 2 and self.options["min_media_port"] <= port < 65535:
+            # the usual stream, RTP and RTCP both expected (what the loop below does, in fewer steps)
+            out.append(_media_expect(cls, src, addr, port, tag, where))
+            out.append(_media_expect(cls, src, addr, port + 1, tag, where))
+            return room - 2, 0
+        elif count == 1:  # one stream (a comprehension costs a call)
+            ports = [(port, addr, where), (port + 1, addr, where)] if rtp else [(port, addr, where)]
         else:  # each stream's ports in a row: RTP and RTCP, or one (T.38 udptl, ...)
             ports = [(p, addr, where) for p in range(port, port + (2 * count if rtp else count))]
         low = self.options["min_media_port"]

@@ -6,10 +6,13 @@ message so a later NAT step can rewrite it in place.
 
 Cost: the message is read at bytes level, without decoding and without
 splitting it into lines. The empty line that ends the headers is found by
-two C-level searches (resumable: `head_end(data, start)`), the start line by
-one match in place, each header the helper needs by one search of the head when it is
-asked for (the kernel's ct_sip_get_header), and every other line is checked
-once by one search for a line that is neither a header nor a continuation.
+two C-level searches (resumable: `head_end(data, start)`; for a whole
+message, `parse`, one search for CRLF CRLF and the check of the lines below,
+which also finds an LF LF before it), the start line by one match in place,
+each header the helper needs by one search of the head when it is asked for
+(the kernel's ct_sip_get_header; Content-Length's is kept from the framing),
+and every other line is checked once by one search for a line that is
+neither a header nor a continuation.
 No pattern here has adjacent or nested unbounded repetition over peer bytes.
 Lists are bounded: MAX_LIST headers of one name, MAX_LIST elements of a
 comma list, MAX_FOLDED bytes of a folded value. `StartScan` keeps where an
@@ -73,6 +76,9 @@ CONTENT_LENGTH = re.compile(rb"[0-9]+$")
 # with an optional port. Group 1: the host, 2: the port.
 _HOSTPORT = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?")
 _SIP_URI = re.compile(rb"sips?:(?:[^@;>\s]*@)?", re.IGNORECASE)
+# the two in one match (the userinfo atomic: taken whenever it is there, as _SIP_URI.match takes
+# it, never given back to let a host match without it); the host classes hold both cases already
+_SIP_URI_HOSTPORT = re.compile(rb"sips?:(?>(?:[^@;>\s]*@)?)" + _HOSTPORT.pattern, re.IGNORECASE)
 
 MAX_CONTENT_LENGTH = (1 << 32) - 1  # the kernel's CVE-2026-23457 case: >= 2^32 overflows 32 bits
 
@@ -95,6 +101,7 @@ class Message:
     length: int = 0  # bytes of the whole message (start line to end of body)
     skipped: int = 0  # header lines past MAX_LIST of one name, not read
     sdp: list | None = None  # under NAT: the SDP bodies the helper read, (body, offset, sdp.Session)
+    content_length: tuple[bytes, int] | None = None  # the Content-Length value framing read, and its offset
 
     def all(self, name: bytes) -> list[Header]:
         """The headers called `name` (lower case, full name), MAX_LIST at
@@ -117,7 +124,12 @@ class Message:
         by one search of the head (the kernel's ct_sip_get_header), which
         also takes its line (one C-level step; a folded one is joined by
         `_value`). The helper asks for each header once or twice per message."""
-        m = (_SEARCH.get(name) or _compile(name)).search(self.head)  # _search, inline (a call fewer)
+        return self.first(_SEARCH.get(name) or _compile(name))
+
+    def first(self, search: re.Pattern[bytes]) -> bytes | None:
+        """`value` of the header a `_search` pattern finds (the hot ones are
+        module constants: CALL_ID_HEADER ...)."""
+        m = search.search(self.head)
         if m is None:
             return None
         v, folded = m.groups()  # (as _header does, without building one)
@@ -224,14 +236,35 @@ def parse(data: bytes, stream: bool, max_message: int) -> Message:
     to its end. A Content-Length that cannot fit `max_message` (or 2^32)
     raises ProtocolViolation: nothing after it can be framed.
     """
-    end, sep = head_end(data)
-    if end < 0:
-        if stream:
-            if len(data) > max_message:
-                raise alg.ProtocolViolation(f"no end of SIP headers within {max_message} bytes")
-            raise Incomplete
-        end = len(data.rstrip(b"\r\n"))  # a datagram without the empty line: all headers
-    msg = parse_head(data, end, sep, stream, max_message)
+    # head_end(data), inline, the LF LF search folded into the check of the lines: an
+    # empty line ending in LF alone ("\n\n") is neither a header nor a continuation, so
+    # the search for the first bad line before a CRLF CRLF also finds where an LF LF
+    # ends the head first (the lines before it are the same lines either way)
+    crlf = data.find(b"\r\n\r\n")
+    bad: re.Match[bytes] | None = None
+    if crlf >= 0:
+        first_nl = data.find(b"\n", 0, crlf)
+        if first_nl >= 0:
+            bad = _BAD_LINE.search(data, first_nl, crlf)
+        if bad is not None and data[bad.end()] == 0x0A:  # "\n\n": the head ends there
+            end, sep, bad = bad.start(), 2, None
+        else:
+            end, sep = crlf, 4
+        return _framed(data, parse_head(data, end, sep, stream, max_message, bad), stream)
+    end = data.find(b"\n\n")
+    if end >= 0:
+        sep = 2
+    elif stream:
+        if len(data) > max_message:
+            raise alg.ProtocolViolation(f"no end of SIP headers within {max_message} bytes")
+        raise Incomplete
+    else:
+        end, sep = len(data.rstrip(b"\r\n")), 0  # a datagram without the empty line: all headers
+    return _framed(data, parse_head(data, end, sep, stream, max_message), stream)
+
+
+def _framed(data: bytes, msg: Message, stream: bool) -> Message:
+    """`msg` with its body, once all of it is in `data`."""
     if msg.length > len(data):
         if stream:
             raise Incomplete
@@ -245,13 +278,15 @@ def take_body(msg: Message, data: bytes) -> None:
     msg.body = data[msg.body_offset:msg.length]
 
 
-def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int) -> Message:
+def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int,
+               bad: re.Match[bytes] | None | bool = True) -> Message:
     """Start line and headers of the message whose headers end at `end`
     (an empty line of `sep` bytes; 0: a datagram without one). Sets
     `length` from Content-Length; the body is taken by `take_body` once all
     of it is there. Each header line is read once: the headers the helper
-    needs are found by one search over the lower-cased head, the others are
-    only checked to be header or continuation lines."""
+    needs are found by one search of the head each, the others are only
+    checked to be header or continuation lines (`bad`: what that check's
+    search found, when the caller searched already; True: not searched yet)."""
     head = data[:end]
     first_nl = head.find(b"\n")
     line_end = end if first_nl < 0 else first_nl
@@ -270,11 +305,18 @@ def parse_head(data: bytes, end: int, sep: int, stream: bool, max_message: int) 
     if first_nl >= 0:
         if head.startswith(_FOLD, first_nl + 1):
             raise alg.ProtocolViolation("continuation line before any header")
-        bad = _BAD_LINE.search(head, first_nl)
+        if bad is True:
+            bad = _BAD_LINE.search(head, first_nl)
         if bad:
             _bad_line(head, bad.end())
     body_start = end + sep if sep and end + sep <= len(data) else len(data)
-    clen = msg.value(b"content-length")
+    cl = CONTENT_LENGTH_HEADER.search(head)  # msg.value(b"content-length"), inline
+    if cl is None:
+        clen = None
+    else:
+        clen, folded = cl.groups()
+        clen = clen.rstrip(_TRAILING) if folded is None else _value(head, cl.start(1))
+        msg.content_length = (clen, cl.start(1))  # (NAT rewrites it)
     if clen is None:
         if stream:
             raise alg.ProtocolViolation("SIP over a stream without Content-Length (RFC 3261 §18.3)")
@@ -345,6 +387,12 @@ def split_elements(value: bytes, limit: int) -> tuple[list[tuple[bytes, int]], b
     visited (found by one pattern; the rest is a C-level scan), at most
     SPECIALS_PER_ELEMENT per element asked for."""
     out: list[tuple[bytes, int]] = []
+    if b"," not in value and b'"' not in value and b"\\" not in value \
+            and value.count(b"<") + value.count(b">") <= limit * SPECIALS_PER_ELEMENT:
+        # one element and nothing quoted (a Contact, From, To as phones send them): what
+        # the loop below finds, without visiting its brackets
+        _element(out, value, 0)
+        return out, False
     depth, quoted, start, escaped = 0, False, 0, -1
     for k, m in enumerate(_LIST_SPECIAL.finditer(value)):
         if k >= limit * SPECIALS_PER_ELEMENT:
@@ -423,14 +471,12 @@ def uri_host(elem: bytes) -> tuple[int, int, bytes, int | None] | None:
     """Where the host[:port] of a SIP URI or name-addr is (offset, length in
     `elem`), the host and the port; the lean part of `parse_contact` (no
     parameters read) that NAT rewriting needs for every URI of a message."""
-    lt = elem.find(b"<")
-    m = _SIP_URI.match(elem, lt + 1)
-    if not m:
-        return None
-    hp = _HOSTPORT.match(elem, m.end())
+    hp = _SIP_URI_HOSTPORT.match(elem, elem.find(b"<") + 1)
     if not hp:
         return None
-    return hp.start(), hp.end() - hp.start(), hp.group(1), int(hp.group(2)) if hp.group(2) else None
+    host, port = hp.groups()
+    at = hp.start(1)
+    return at, hp.end() - at, host, int(port) if port else None
 
 
 def _params(text: bytes) -> dict[bytes, bytes]:
@@ -478,6 +524,8 @@ def parse_cseq(value: bytes | None) -> tuple[int, bytes] | None:
 
 _SEARCH.update((n, _compile(n)) for n in (b"call-id", b"cseq", b"content-length", b"content-type", b"contact",
                                           b"expires", b"via", b"from", b"to", b"route", b"record-route"))
+CALL_ID_HEADER, CSEQ_HEADER, CONTENT_TYPE_HEADER, CONTENT_LENGTH_HEADER = (
+    _SEARCH[n] for n in (b"call-id", b"cseq", b"content-type", b"content-length"))
 
 
 # Via = sent-protocol LWS sent-by *( SEMI via-params ) (§20.42, §25.1); the

@@ -32,6 +32,7 @@ kernel are listed in the package docstring.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import alg
@@ -39,16 +40,20 @@ from alg import Direction, Form, Length, Notice, Rewrite
 
 from . import grammar, sdp
 
+# a Record-Route or Route header (full names: neither has a compact form, RFC 3261 §7.3.3)
+_ROUTE = re.compile(rb"\n(?:record-)?route[ \t]*+:", re.IGNORECASE)
 SIP_PORT = 5060  # what a SIP URI without a port means (the kernel's SIP_PORT)
 VIA_TRANSPORT = {alg.UDP: b"UDP", alg.TCP: b"TCP"}  # the Via transport the kernel reads per flow protocol
 MAX_BODY_LINES = 128  # SDP m=, c=, a=rtcp lines read over all bodies (as many as the helper reads)
 MAX_MEDIA = 32  # m= lines read per body (the helper reads as many per message)
+# what the NAT does to an endpoint a header names: not of the flow's family (or a name), left, moved
+_FOREIGN, _KEPT, _MOVED = 0, 1, 2
 
 
 class _Spans:
     """Collects one message's spans (offsets in the segment: `base` + the message's)."""
 
-    __slots__ = ("nat", "direction", "l3", "head", "base", "out")
+    __slots__ = ("nat", "direction", "l3", "head", "base", "out", "mapped")
 
     def __init__(self, seg: alg.Segment, head: bytes, base: int):
         self.nat: alg.NatMap = seg.nat  # type: ignore[assignment]  # only called under NAT
@@ -56,18 +61,32 @@ class _Spans:
         self.l3 = seg.flow.l3
         self.head, self.base = head, base
         self.out: list[Any] = []
+        # what endpoint() found for each endpoint text of this message (a phone names its own
+        # host:port in the Via, From and Contact): _FOREIGN, _KEPT or _MOVED
+        self.mapped: dict[tuple[bytes, int | None, Form], int] = {}
 
     def endpoint(self, at: int, text: bytes, addr: Any, port: int | None, form: Form) -> None:
         """The header bytes `text` at offset `at` of the message name addr:port:
         named when the NAT maps it to something else (map_addr)."""
-        if addr is None or addr.version != self.l3:
+        # addr:port follows from (text, port, form) for every caller (a URI's or Via's host[:port],
+        # a Via parameter's value), so the mapping is worked out once per message for each
+        key = (text, port, form)
+        how = self.mapped.get(key)
+        if how is None:
+            if addr is None or addr.version != self.l3:
+                how = _FOREIGN
+            else:
+                to = self.nat.map(self.direction, addr, port)
+                # (the ports compared first: comparing addresses costs more)
+                how = _MOVED if to is not None and (to[1] != port or to[0] != addr) else _KEPT
+            self.mapped[key] = how
+        if how == _FOREIGN:
             return
         if self.head[at:at + len(text)] != text:  # the value was unfolded: offsets past the first line differ
             self.out.append(Notice("nat-folded-header", text[:40].decode("latin-1")))
             return
-        to = self.nat.map(self.direction, addr, port)
-        if to is not None and to != (addr, port):
-            self.out.append(Rewrite(self.base + at, len(text), addr, port, form))
+        if how == _MOVED:
+            self.out.append(_rewrite(self.base + at, len(text), addr, port, form))
 
     def uri(self, elem: bytes, at: int) -> None:
         """A SIP URI or name-addr (Contact, From, To, Route...) at offset `at`."""
@@ -91,17 +110,31 @@ class _Spans:
     def address(self, conn: sdp.Connection | None) -> None:
         """An SDP address (c=, o=, a=rtcp; offsets in the segment): named when the NAT
         maps it (0.0.0.0 never is)."""
-        if conn is None or conn.addr is None or conn.addr.version != self.l3:
+        if conn is None or conn.addr is None or conn.family != self.l3:  # (an address is of its line's family)
             return
         to = self.nat.map(self.direction, conn.addr, None)
         if to is not None and to[0] != conn.addr:
-            self.out.append(Rewrite(conn.where[0], conn.where[1], conn.addr, None, Form.ADDR))
+            self.out.append(_rewrite(conn.where[0], conn.where[1], conn.addr, None, Form.ADDR))
 
     def port(self, where: tuple[int, int], conn: sdp.Connection | None, port: int) -> None:
         """An SDP port (offsets in the segment): the media endpoint an Expect names (the
         core knows where it went)."""
-        if conn is not None and conn.addr is not None and conn.addr.version == self.l3:
-            self.out.append(Rewrite(where[0], where[1], conn.addr, port, Form.PORT))
+        if conn is not None and conn.addr is not None and conn.family == self.l3:
+            self.out.append(_rewrite(where[0], where[1], conn.addr, port, Form.PORT))
+
+
+# built as the package builds its Expects (alg_helpers.sip._settable): a class of the same
+# slots, filled with plain stores and then given Rewrite's class: half the constructor's
+# cost (each field through its slot's setter), and a message under NAT names several
+_SettableRewrite = type("SettableRewrite", (), {"__slots__": Rewrite.__dict__["__slots__"], "__module__": __name__})
+
+
+def _rewrite(offset: int, length: int, addr: Any, port: int | None, form: Form) -> Rewrite:
+    """Rewrite(offset, length, addr, port, form)."""
+    r = _SettableRewrite()
+    r.offset, r.length, r.addr, r.port, r.form = offset, length, addr, port, form
+    r.__class__ = Rewrite
+    return r  # type: ignore[return-value]
 
 
 def spans(msg: grammar.Message, seg: alg.Segment, base: int) -> list:
@@ -117,14 +150,16 @@ def spans(msg: grammar.Message, seg: alg.Segment, base: int) -> list:
         h = msg.get(name)
         if h is not None:
             s.uri(h.value, h.offset)
-    s.elements(msg, b"record-route")
-    s.elements(msg, b"route")
+    if _ROUTE.search(msg.head):  # most messages have neither (one search instead of two)
+        s.elements(msg, b"record-route")
+        s.elements(msg, b"route")
     before = len(s.out)
     _sdp(s, msg)
     if len(s.out) > before:
-        h = msg.get(b"content-length")
-        if h is not None and msg.head.startswith(h.value, h.offset):
-            s.out.append(Length(base + h.offset, len(h.value), base + msg.body_offset, base + msg.length))
+        if msg.content_length is not None:
+            value, at = msg.content_length
+            if msg.head.startswith(value, at):
+                s.out.append(Length(base + at, len(value), base + msg.body_offset, base + msg.length))
     return s.out
 
 

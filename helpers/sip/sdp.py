@@ -20,22 +20,15 @@ from dataclasses import dataclass
 import alg
 
 # the lines read here (RFC 8866 §5: <type>=<value>, CRLF or LF; a value ends at the first CR
-# or LF), each read by one match in "\n" + body, fields and all (a literal first byte lets the
-# engine skip to each line start, the type's letter picks the one alternative to try). Each type
-# is a group of its own, followed by its fields when they are well formed: the last group that
-# matched (lastindex) says which line it was, and whether it was malformed.
-# m=<media> <port>[/<number of ports>] <proto> <fmt> ... (§5.14): type 1, fields 2-5
-_M = rb"(m)=(?:([A-Za-z0-9._-]+)[ ]+([0-9]{1,5})(?:/([0-9]{1,5}))?[ ]+([A-Za-z0-9/._-]+))?"
-# c=<nettype> <addrtype> <connection-address> (§5.7), TTL / count suffixes on multicast: type 6,
-# fields 7-8
-_C = rb"(c)=(?:IN[ ]+IP([46])[ ]+([^ /\r\n]+)(?:/[0-9]+){0,2}[ ]*(?![^\r\n]))?"
-# a=rtcp:<port> [<nettype> <addrtype> <connection-address>] (RFC 3605 §2.1): type 9, fields 10-12
-_RTCP = rb"(a)=rtcp:(?:([0-9]{1,5})(?:[ ]+IN[ ]+IP([46])[ ]+([^ \r\n]+))?[ ]*(?![^\r\n]))?"
-_LINE = re.compile(rb"\n(?:" + _M + rb"|" + _C + rb"|" + _RTCP + rb")")
-# lastindex of each: a well-formed m= (5), c= (8), a=rtcp: without (10) or with (12) an address;
-# a malformed m= (1), c= (6), a=rtcp: (9)
-_M_LINE, _C_LINE, _RTCP_PORT, _RTCP_ADDR = 5, 8, 10, 12
-_M_BAD, _C_BAD, _RTCP_BAD = 1, 6, 9
+# or LF), each found by one search for the next line start of the three kinds ("\nm=" in
+# "\n" + body), its fields read by one anchored match past the "<type>=" (no match: malformed)
+_LINE_START = re.compile(rb"\n(?:m=|c=|a=rtcp:)")
+# m=<media> <port>[/<number of ports>] <proto> <fmt> ... (§5.14)
+_M = re.compile(rb"([A-Za-z0-9._-]+)[ ]+([0-9]{1,5})(?:/([0-9]{1,5}))?[ ]+([A-Za-z0-9/._-]+)")
+# c=<nettype> <addrtype> <connection-address> (§5.7), TTL / count suffixes on multicast
+_C = re.compile(rb"IN[ ]+IP([46])[ ]+([^ /\r\n]+)(?:/[0-9]+){0,2}[ ]*(?![^\r\n])")
+# a=rtcp:<port> [<nettype> <addrtype> <connection-address>] (RFC 3605 §2.1)
+_RTCP = re.compile(rb"([0-9]{1,5})(?:[ ]+IN[ ]+IP([46])[ ]+([^ \r\n]+))?[ ]*(?![^\r\n])")
 MAX_LINES = 64  # m=, c= and a=rtcp lines read per body (a call has a handful)
 MAX_MALFORMED = 4  # malformed lines reported per body (the rest only make it stop sooner)
 
@@ -92,16 +85,13 @@ MAX_CACHED = 64  # bytes of an address text whose reading is cached (the longest
 
 
 def _connection(fam: int, text: bytes, off: int) -> Connection:
-    """The address `text` of family `fam` (c=, a=rtcp:, o=) at offset `off` of the message."""
-    addr, unusable = _literal(fam, text)
-    return Connection(fam, text, addr, (off, len(text)), unusable)
-
-
-def _literal(fam: int, text: bytes) -> tuple[alg.IPAddress | None, str | None]:
-    """The address in `text` if it is a literal of family `fam`, and why
-    media may not go there (cached for short texts: a gateway sees the same
-    few addresses over and over; a long one would make the cache hold megabytes)."""
-    return _literal_cached(fam, text) if len(text) <= MAX_CACHED else _literal_read(fam, text)
+    """The address `text` of family `fam` (c=, a=rtcp:, o=) at offset `off` of the message, if
+    it is a literal of that family, and why media may not go there (its reading cached for
+    short texts: a gateway sees the same few addresses over and over; a long one would make
+    the cache hold megabytes)."""
+    n = len(text)
+    addr, unusable = _literal_cached(fam, text) if n <= MAX_CACHED else _literal_read(fam, text)
+    return Connection(fam, text, addr, (off, n), unusable)
 
 
 def _literal_read(fam: int, text: bytes) -> tuple[alg.IPAddress | None, str | None]:
@@ -131,41 +121,52 @@ def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_
     found = s.media
     current: Media | None = None
     n = 0  # lines read (s.lines once done)
-    base -= 1  # offsets in "\n" + body
-    for lm in _LINE.finditer(b"\n" + body):
+    text = b"\n" + body  # "\nm=" at i of it is "m=" at i of the body
+    base -= 1  # offsets in text
+    for start in _LINE_START.finditer(text):  # (advanced only as far as lines are read)
         if n >= max_lines:
             s.truncated = True
             break
         n += 1
-        what = lm.lastindex
-        if what == _M_LINE or what == _M_BAD:
+        at, fields = start.start(), start.end()
+        letter = text[at + 1]
+        if letter == 0x6D:  # m=
             if len(found) >= max_media:
-                s.skipped = 1 + body.count(b"\nm=", lm.start())
+                s.skipped = 1 + body.count(b"\nm=", at)
                 break
-            if what == _M_BAD:
+            lm = _M.match(text, fields)
+            if lm is None:
                 current = None
                 if _malformed(s, "m="):
                     break
                 continue
-            kind, port, count, proto = lm.group(2, 3, 4, 5)
-            current = Media(kind.lower(), int(port), int(count) if count else 1, proto, (base + lm.start(3), len(port)))
+            kind, port, count, proto = lm.groups()
+            current = Media(kind.lower(), int(port), int(count) if count else 1, proto, (base + lm.start(2), len(port)))
             found.append(current)
-        elif what == _C_LINE:
-            c = _connection(int(lm[7]), lm[8], base + lm.start(8))
+        elif letter == 0x63:  # c=
+            lm = _C.match(text, fields)
+            if lm is None:
+                if _malformed(s, "c="):
+                    break
+                continue
+            c = _connection(4 if lm[1] == b"4" else 6, lm[2], base + lm.start(2))  # (int() costs more)
             if current is None:
                 s.connection = s.connection or c  # the first c= of a level counts
             elif current.connection is None:
                 current.connection = c
-        elif what == _C_BAD or (what == _RTCP_BAD and current is not None):
-            # (an a=rtcp: line before any m= is not read, well formed or not)
-            if _malformed(s, "c=" if what == _C_BAD else "a=rtcp"):
-                break
-        elif current is not None:
-            port = lm[10]
+        else:  # a=rtcp:
+            if current is None:
+                continue  # an a=rtcp: line before any m= is not read, well formed or not
+            lm = _RTCP.match(text, fields)
+            if lm is None:
+                if _malformed(s, "a=rtcp"):
+                    break
+                continue
+            port = lm[1]
             current.rtcp_port = int(port)
-            current.rtcp_where = (base + lm.start(10), len(port))
-            if what == _RTCP_ADDR:
-                current.rtcp_connection = _connection(int(lm[11]), lm[12], base + lm.start(12))
+            current.rtcp_where = (base + lm.start(1), len(port))
+            if lm[3] is not None:
+                current.rtcp_connection = _connection(4 if lm[2] == b"4" else 6, lm[3], base + lm.start(3))
     s.lines = n
     return s
 
