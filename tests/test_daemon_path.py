@@ -216,6 +216,28 @@ def test_an_expectation_of_a_flows_first_packet_rides_on_its_verdict(tmp_path, a
         assert d.stats.attach_failed == 1 and len(k.expectations) >= 1
 
 
+def test_a_withdrawal_later_in_the_batch_does_not_overtake_the_attachment_it_withdraws(tmp_path):
+    """Two re-INVITEs of one call in one batch: the first's RTP expectation rides on its verdict,
+    the second withdraws it. The verdicts leave at the batch's end, so the delete over ctnetlink
+    must not go first (it would find nothing, and the attachment would then open a pinhole alg
+    no longer counts): the kernel holds exactly what alg's table holds."""
+    k = FakeKernel()
+    d = daemon(tmp_path, k, ("sip.toml", 'helper = "sip"\nqueue = 9\n'))
+    cid = k.connect("sip", 4, 17, CLIENT, SERVER, 5060, 5060)
+    k.send(9, cid, False, INVITE)
+    d.workers[9].serve()
+    d.sink.run_due()
+    for cseq, port in ((2, b"4002"), (3, b"4004")):
+        k.send(9, cid, False, INVITE.replace(b"CSeq: 1", b"CSeq: %d" % cseq).replace(b"audio 4000", b"audio " + port))
+    d.workers[9].serve()
+    d.sink.run_due()
+    assert d.stats.attached == 3
+    assert sorted(e.dport for e in d.engine.table) == [4004, 4005]
+    assert set(k.expectations) == {e.key for e in d.engine.table}
+    attach_wait_over(d)
+    assert d.stats.attach_failed == 0 and set(k.expectations) == {e.key for e in d.engine.table}
+
+
 def test_an_expectation_that_gives_a_helper_rides_on_a_confirmed_masters_verdict(tmp_path):
     """A unicast M-SEARCH is answered on its own, confirmed flow; the answer's LOCATION
     expectation must give the description connection the ssdp helper (to read its SUBSCRIBE),

@@ -12,6 +12,14 @@ confirmed in time is counted as failed and created over ctnetlink instead
 (whose answer then says why, e.g. the table is full). Retries wait on a timer
 heap.
 
+A verdict is sent with its batch's others, so an attachment reaches the kernel at
+the batch's end. Whatever the sink then asks over ctnetlink (a delete, a create that
+may make the kernel evict, a lookup) must not overtake it: a re-INVITE that
+withdraws the media an INVITE earlier in the batch attached would delete nothing,
+and the attachment would be made after, a pinhole alg no longer counts. Before its
+next request the sink has the queues send the verdicts that carry an attachment
+(`unsent`).
+
 An expectation ExpectMax evicts is deleted over ctnetlink, unless the kernel
 evicts it itself: creating an expectation whose master's helper allows
 max_expected of its class, the kernel removes the oldest of that master and
@@ -64,6 +72,7 @@ class KernelSink:
         # given up, since what came meanwhile may confirm it or say that its flow came
         self.read_events: Callable[[], None] = lambda: None
         self._deferred: dict[tuple, Expectation] = {}  # key -> waiting for its master's verdict (ENOENT)
+        self._unsent: set[Callable[[], None]] = set()  # sends a queue's verdicts, an attachment among them
 
     # ------------------------------------------------------------ timers
     def later(self, delay: float, work: Callable[[], None]) -> None:
@@ -78,11 +87,27 @@ class KernelSink:
             heapq.heappop(self._timers)[2]()
 
     # ------------------------------------------------------------ work
+    def unsent(self, send: Callable[[], None]) -> None:
+        """A queue holds a verdict with an attachment, not sent yet: `send` sends the queue's
+        verdicts, before the sink's next ctnetlink request (see the module's docstring)."""
+        self._unsent.add(send)
+
+    def _send_verdicts(self) -> None:
+        if self._unsent:
+            sends, self._unsent = self._unsent, set()
+            for send in sends:
+                try:
+                    send()
+                except KernelError as exc:  # as the batch's own flush would have: those packets are lost
+                    self.stats.kernel_errors[errno_name(exc.errno)] += 1
+                    self.warn(logging.ERROR, "verdict", "verdicts not sent: %s", exc)
+
     def create(self, e: Expectation, attempt: int = 0, evicts: Expectation | None = None) -> bool:
         """Create e now; False when refused for lack of room. `evicts`: an expectation ExpectMax
         evicts for e, which the kernel removes itself when it creates e (see the module's
         docstring); deleted here if e is not created now."""
         assert e.kernel_master is not None
+        self._send_verdicts()
         try:
             self.ct.create(e, e.kernel_master)
         except KernelError as exc:
@@ -144,6 +169,7 @@ class KernelSink:
             self.read_events()
         if self._attached.pop(e.key, None) is not e or self.engine.table.get(e.key) is not e:
             return
+        self._send_verdicts()
         try:
             held = self.ct.get(e) is not None
         except KernelError:
@@ -167,6 +193,7 @@ class KernelSink:
 
     def delete(self, e: Expectation) -> None:
         self._attached.pop(e.key, None)
+        self._send_verdicts()
         try:
             self.ct.delete(e)
         except KernelError as exc:
@@ -175,6 +202,7 @@ class KernelSink:
 
     def holds(self, e: Expectation) -> bool:
         """Whether the kernel still holds e's tuple (asked before a clash is refused)."""
+        self._send_verdicts()
         try:
             return self.ct.get(e) is not None
         except KernelError:

@@ -137,6 +137,8 @@ class QueueWorker:
                       self.helper, type(exc).__name__, exc)
         try:
             self.queue.verdict(qp.id, accept, ct=record, expectation=attach, payload=payload)
+            if attach is not None:
+                self.sink.unsent(self.queue.flush)
             self.stats.verdicts += 1
             self.stats.dropped += not accept
         except Exception as exc:
