@@ -166,10 +166,11 @@ class QueueWorker:
         victims: list[Expectation] = []
         evicts = self.registered and ours and view.confirmed and not self.engine.core.pair
         for d in self.engine.process(pkt, now, slot=slot, view=view):
-            if isinstance(d, Remember):
+            kind = type(d)  # (the engine's own final classes: no isinstance chain per decision)
+            if kind is Remember:
                 if keep:
                     record = pack_ct_help(self.helper, d.record.pack())
-            elif isinstance(d, Create):
+            elif kind is Create:
                 e = d.expectation
                 victim = self._kernel_evicts(e, victims, slot) if victims else None
                 for v in victims:
@@ -188,12 +189,12 @@ class QueueWorker:
                     later.append(e)
                 if victim is not None:  # not created over ctnetlink now: deleted as before
                     self.sink.delete(victim)
-            elif isinstance(d, Delete):
+            elif kind is Delete:
                 if evicts and d.why == "evicted":
                     victims.append(d.expectation)
                 else:
                     self.sink.delete(d.expectation)
-            elif isinstance(d, Mangle):
+            elif kind is Mangle:
                 payload = self._mangled(qp, pkt, d)
         for v in victims:  # evicted for an expectation the budget then refused: no create came
             self.sink.delete(v)
