@@ -239,7 +239,7 @@ class Unexpect:
     tag: str | None = None
 
     def __init__(self, cls: str | None = None, tag: str | None = None) -> None:
-        set_cls, set_tag = _UNEXPECT  # (two fields: retype's two class changes would cost more)
+        set_cls, set_tag = _UNEXPECT  # (few fields: retype's two class changes would cost more)
         set_cls(self, cls)
         set_tag(self, tag)
 
@@ -282,17 +282,12 @@ class Rewrite:
     form: Form
 
     def __init__(self, offset: int, length: int, addr: IPAddress, port: int | None, form: Form) -> None:
-        if self.__class__ is not Rewrite:
-            set_slots(self, _REWRITE, (offset, length, addr, port, form))
-            return
-        retype(self, _OpenRewrite)
-        o: Any = self
-        o.offset = offset
-        o.length = length
-        o.addr = addr
-        o.port = port
-        o.form = form
-        o.__class__ = Rewrite
+        set_offset, set_length, set_addr, set_port, set_form = _REWRITE
+        set_offset(self, offset)
+        set_length(self, length)
+        set_addr(self, addr)
+        set_port(self, port)
+        set_form(self, form)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -307,17 +302,12 @@ class Length:
     form: Form = Form.DECIMAL
 
     def __init__(self, offset: int, length: int, start: int, end: int, form: Form = Form.DECIMAL) -> None:
-        if self.__class__ is not Length:
-            set_slots(self, _LENGTH, (offset, length, start, end, form))
-            return
-        retype(self, _OpenLength)
-        o: Any = self
-        o.offset = offset
-        o.length = length
-        o.start = start
-        o.end = end
-        o.form = form
-        o.__class__ = Length
+        set_offset, set_length, set_start, set_end, set_form = _LENGTH
+        set_offset(self, offset)
+        set_length(self, length)
+        set_start(self, start)
+        set_end(self, end)
+        set_form(self, form)
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +340,7 @@ class NatMap:
 
 Action = Union[Expect, Unexpect, Notice, Rewrite, Length]
 _EXPECT, _UNEXPECT, _NOTICE, _REWRITE, _LENGTH = map(slot_setters, (Expect, Unexpect, Notice, Rewrite, Length))
-_OpenExpect, _OpenRewrite, _OpenLength = map(unfrozen, (Expect, Rewrite, Length))
+_OpenExpect = unfrozen(Expect)
 
 
 @dataclass(frozen=True, slots=True, init=False)
