@@ -7,13 +7,18 @@ Expectation's 22 fields, and the daemon builds several per packet. Two ways roun
 it, the objects staying genuine frozen dataclasses (frozen, compared, hashed,
 printed, pickled and `dataclasses.replace`d by the dataclass's own methods):
 
-- `slot_setters(cls)`, for a class whose constructor is public (the model's
-  FlowTuple, Segment and actions, which plugins build and subclass): a hand-written
-  `__init__` stores each field through its slot's own setter.
-- `unfrozen(cls)`, for the engine's internal builders (one function per class, about
-  a third of the setters' cost again): a class with the same slots and no refusing
-  __setattr__; the builder fills one with plain attribute stores and then gives it
-  `cls` as its class (the same slots, so the same layout: CPython allows it).
+- `unfrozen(cls)`: a class with the same slots and no refusing __setattr__ (the same
+  layout: CPython lets an object change between the two). The engine's internal
+  builders (one function per class) fill a new one with plain attribute stores and
+  then give it `cls` as its class. The model's public constructors of six fields
+  or more (FlowTuple, Segment, Expect, which plugins build and subclass) do the
+  same with `self` in a hand-written `__init__`: `retype` it to the open class,
+  store each field, give it its class back (Expect: 0.38 us, 0.66 us through the
+  setters below; issue 14). For an instance of a plugin's subclass, whose layout
+  may differ, they fall back to the setters (`set_slots`).
+- `slot_setters(cls)`: the `__set__` of each of its slots. The smaller public
+  classes (Parsed, Notice, Unexpect, Rewrite, Length) store each field through
+  them: with two to five fields the two class changes would cost as much.
 
 Either way every field must be set: tests/test_model_init.py and tests/test_fastpath.py
 compare what they build with what the generated `__init__` builds.
@@ -28,6 +33,16 @@ from typing import Any, Callable
 def slot_setters(cls: type) -> tuple[Callable[[Any, Any], None], ...]:
     """The `__set__` of each of the slotted dataclass `cls`'s fields, in field order."""
     return tuple(cls.__dict__[f.name].__set__ for f in fields(cls))
+
+
+def set_slots(obj: Any, setters: tuple[Callable[[Any, Any], None], ...], values: tuple) -> None:
+    """Each field of `obj` set through its slot's setter (`slot_setters` of its class or a base)."""
+    for setter, value in zip(setters, values, strict=True):
+        setter(obj, value)
+
+
+# obj.__class__ = cls for an object whose own __setattr__ refuses (a frozen dataclass's)
+retype: Callable[[Any, type], None] = object.__dict__["__class__"].__set__
 
 
 def unfrozen(cls: type) -> type:

@@ -51,7 +51,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Sequence, Union
 
-from .frozen import slot_setters
+from .frozen import retype, set_slots, slot_setters, unfrozen
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -102,16 +102,21 @@ class FlowTuple:
     _hash: int = field(init=False, repr=False, compare=False)  # of _ints: a master is hashed on every table use
 
     def __init__(self, l3: int, proto: int, src: IPAddress, dst: IPAddress, sport: int, dport: int) -> None:
-        set_l3, set_proto, set_src, set_dst, set_sport, set_dport, set_ints, set_hash = _FLOW_TUPLE
-        set_l3(self, l3)
-        set_proto(self, proto)
-        set_src(self, src)
-        set_dst(self, dst)
-        set_sport(self, sport)
-        set_dport(self, dport)
         ints = (l3, proto, int(src), int(dst), sport, dport)
-        set_ints(self, ints)
-        set_hash(self, hash(ints))
+        if self.__class__ is not FlowTuple:  # a subclass: its own layout
+            set_slots(self, _FLOW_TUPLE, (l3, proto, src, dst, sport, dport, ints, hash(ints)))
+            return
+        retype(self, _OpenFlowTuple)
+        o: Any = self  # (its class open for the stores below)
+        o.l3 = l3
+        o.proto = proto
+        o.src = src
+        o.dst = dst
+        o.sport = sport
+        o.dport = dport
+        o._ints = ints
+        o._hash = hash(ints)
+        o.__class__ = FlowTuple
 
     def __eq__(self, other: object) -> bool:
         return self is other or (isinstance(other, FlowTuple) and self._ints == other._ints)
@@ -126,7 +131,7 @@ class FlowTuple:
         return f"{PROTO_NAMES.get(self.proto, self.proto)} {self.src}:{self.sport} -> {self.dst}:{self.dport}"
 
 
-_FLOW_TUPLE = slot_setters(FlowTuple)
+_FLOW_TUPLE, _OpenFlowTuple = slot_setters(FlowTuple), unfrozen(FlowTuple)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -145,13 +150,18 @@ class Segment:
 
     def __init__(self, data: bytes, direction: Direction, flow: FlowTuple, now: float, expected: bool = False,
                  nat: "NatMap | None" = None) -> None:
-        set_data, set_direction, set_flow, set_now, set_expected, set_nat = _SEGMENT
-        set_data(self, data)
-        set_direction(self, direction)
-        set_flow(self, flow)
-        set_now(self, now)
-        set_expected(self, expected)
-        set_nat(self, nat)
+        if self.__class__ is not Segment:
+            set_slots(self, _SEGMENT, (data, direction, flow, now, expected, nat))
+            return
+        retype(self, _OpenSegment)
+        o: Any = self
+        o.data = data
+        o.direction = direction
+        o.flow = flow
+        o.now = now
+        o.expected = expected
+        o.nat = nat
+        o.__class__ = Segment
 
     @property
     def sender(self) -> IPAddress:
@@ -170,7 +180,7 @@ class Segment:
         return self.flow.dport if self.direction is Direction.ORIGINAL else self.flow.sport
 
 
-_SEGMENT = slot_setters(Segment)
+_SEGMENT, _OpenSegment = slot_setters(Segment), unfrozen(Segment)
 
 
 # ---------------------------------------------------------------- actions
@@ -201,19 +211,24 @@ class Expect:
     def __init__(self, cls: str, proto: int, src: IPAddress | None, dst: IPAddress, sport: int | None, dport: int,
                  flags: int = 0, tag: str | None = None, where: tuple[tuple[int, int], ...] = (),
                  src_prefix: int | None = None, assign_helper: bool = False) -> None:
-        (set_cls, set_proto, set_src, set_dst, set_sport, set_dport, set_flags, set_tag, set_where, set_src_prefix,
-         set_assign_helper) = _EXPECT
-        set_cls(self, cls)
-        set_proto(self, proto)
-        set_src(self, src)
-        set_dst(self, dst)
-        set_sport(self, sport)
-        set_dport(self, dport)
-        set_flags(self, flags)
-        set_tag(self, tag)
-        set_where(self, where)
-        set_src_prefix(self, src_prefix)
-        set_assign_helper(self, assign_helper)
+        if self.__class__ is not Expect:
+            set_slots(self, _EXPECT, (cls, proto, src, dst, sport, dport, flags, tag, where, src_prefix,
+                                     assign_helper))
+            return
+        retype(self, _OpenExpect)
+        o: Any = self
+        o.cls = cls
+        o.proto = proto
+        o.src = src
+        o.dst = dst
+        o.sport = sport
+        o.dport = dport
+        o.flags = flags
+        o.tag = tag
+        o.where = where
+        o.src_prefix = src_prefix
+        o.assign_helper = assign_helper
+        o.__class__ = Expect
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -224,7 +239,7 @@ class Unexpect:
     tag: str | None = None
 
     def __init__(self, cls: str | None = None, tag: str | None = None) -> None:
-        set_cls, set_tag = _UNEXPECT
+        set_cls, set_tag = _UNEXPECT  # (few fields: retype's two class changes would cost more)
         set_cls(self, cls)
         set_tag(self, tag)
 
@@ -325,6 +340,7 @@ class NatMap:
 
 Action = Union[Expect, Unexpect, Notice, Rewrite, Length]
 _EXPECT, _UNEXPECT, _NOTICE, _REWRITE, _LENGTH = map(slot_setters, (Expect, Unexpect, Notice, Rewrite, Length))
+_OpenExpect = unfrozen(Expect)
 
 
 @dataclass(frozen=True, slots=True, init=False)

@@ -187,3 +187,43 @@ def test_admitting_with_evictions_leaves_the_table_as_removing_then_adding_does(
             assert table.of_master(m) == [x for c in classes[m] for x in model if x.master == m and x.cls == c]
         assert sorted(table.per_source.items()) == sorted(
             {k: sum(x.source_key == k for x in model) for k in {x.source_key for x in model}}.items())
+
+
+def test_tuples_packed_and_read_in_one_struct_call_are_the_ones_built_attribute_by_attribute():
+    """pack_tuple's and _tuple_ints's fixed layouts against the attribute-by-attribute way: both
+    families, every nest type, the kernel's unflagged nests, and damaged or cut bodies."""
+    import random
+
+    from alg.kernel import ctnetlink as C
+    from alg.kernel import nlmsg as L
+
+    def by_attributes(body: bytes):
+        fixed = dict(C._FIXED_TUPLES)
+        C._FIXED_TUPLES.clear()
+        try:
+            return C._tuple_ints(body)
+        finally:
+            C._FIXED_TUPLES.update(fixed)
+
+    rnd = random.Random(14)
+    for i in range(3000):
+        l3 = rnd.choice((4, 6))
+        n = 4 if l3 == 4 else 16
+        args = (rnd.choice((1, 2, 3, 4, 5, 9)), l3, rnd.randrange(256), rnd.randbytes(n), rnd.randbytes(n),
+                rnd.randrange(65536), rnd.randrange(65536))
+        whole = C.pack_tuple(*args)
+        assert whole == C._nest_tuple(*args)
+        body = whole[4:]
+        if i % 3 == 1:  # as ctnetlink writes it: no NLA_F_NESTED
+            a = L.parse_attrs(body)
+            body = L.nla(C.CTA_TUPLE_IP, a[C.CTA_TUPLE_IP]) + L.nla(C.CTA_TUPLE_PROTO, a[C.CTA_TUPLE_PROTO])
+        if i % 5 == 2:
+            damaged = bytearray(body)
+            damaged[rnd.randrange(len(body))] ^= 1 << rnd.randrange(8)
+            body = bytes(damaged)
+        if i % 7 == 3:
+            body = body[:rnd.randrange(len(body))]
+        assert C._tuple_ints(body) == by_attributes(body)
+        if i % 15 == 0 and i % 7 != 3:  # (whole, undamaged)
+            assert C._tuple_ints(body) == (l3, args[2], int.from_bytes(args[3], "big"),
+                                           int.from_bytes(args[4], "big"), args[5], args[6])

@@ -76,3 +76,21 @@ def test_a_flow_tuple_compares_and_hashes_by_numbers():
     assert FlowTuple(4, 17, A, B, 1, 2) == FlowTuple(4, 17, ipaddress.ip_address("10.0.1.2"), B, 1, 2)
     assert FlowTuple(4, 17, A, B, 1, 2) != FlowTuple(4, 17, A, B, 1, 3)
     assert FLOW._ints == (4, 17, int(A), int(B), 5060, 5061) and hash(FLOW) == hash(FLOW._ints)
+
+
+@pytest.mark.parametrize("cls", [FlowTuple, Segment, Expect, Rewrite, Length], ids=lambda c: c.__name__)
+def test_a_plugins_subclass_is_built_whole_and_stays_its_own_class(cls):
+    """The hand-written __init__ builds its own class through an open twin of its slots
+    (alg.frozen.retype); a subclass, whose layout may differ, gets every field all the same."""
+    values = SAMPLES[cls]
+    plain = type(f"Plain{cls.__name__}", (cls,), {})  # inherits the __init__, has a __dict__
+    slotted = type(f"Slotted{cls.__name__}", (cls,), {"__slots__": ()})  # the very same layout
+    extra = dataclasses.dataclass(frozen=True, slots=True)(
+        type(f"Extra{cls.__name__}", (cls,), {"__annotations__": {"note": str}, "note": "n"}))
+    for sub in (plain, slotted, extra):
+        obj = sub(**values)
+        assert type(obj) is sub and {n: getattr(obj, n) for n in values} == values
+        assert obj == sub(**values) and dataclasses.replace(obj) == obj
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, next(iter(values)), None)
+    assert extra(**values, note="m").note == "m"

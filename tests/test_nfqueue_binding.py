@@ -389,3 +389,26 @@ def test_batching_off_and_chunked_sends():
     assert [v[2] for v in sent(b)] == list(range(100)) and len(b.sock.sent) == 10
     b.flush()  # nothing pending: nothing sent
     assert len(b.sock.sent) == 10
+
+
+def test_a_bare_ack_of_a_flow_under_way_comes_without_its_conntrack_when_asked():
+    """QueueBinding leaves the conntrack of a bare TCP acknowledgement (ctinfo ESTABLISHED either
+    way) undecoded: the worker accepts those uninspected. Anything else keeps its conntrack."""
+    from alg.decode import tcp_without_data
+
+    def tcp(flags: int, data: bytes = b"") -> bytes:
+        head = struct.pack("!HHIIBBHHH", 40000, 21, 1, 2, 5 << 4, flags, 512, 0, 0)
+        return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(data), 0, 0, 64, 6, 0, bytes(4), bytes(4)) + head + data
+
+    ct = ct_attrs(V4, V4_REPLY_NAT, 8, 1, "ftp", b"\x01" * 16)
+    ack, data, fin = tcp(0x10), tcp(0x18, b"PASV\r\n"), tcp(0x11)
+    assert tcp_without_data(ack) and not tcp_without_data(data) and not tcp_without_data(fin)
+    for ctinfo in (Q.IP_CT_ESTABLISHED, Q.IP_CT_ESTABLISHED_REPLY, Q.IP_CT_NEW, Q.IP_CT_RELATED):
+        for payload in (ack, data, fin):
+            raw = kernel_packet(21, 7, payload, ct, ctinfo)
+            whole = Q.parse_packet(raw)
+            lean = Q.parse_packet(raw, bare_ack_conntrack=False)
+            assert whole.ct is not None and whole.ct.helper == "ftp"
+            skipped = payload is ack and ctinfo in Q.ESTABLISHED_CTINFO
+            assert lean == (whole._replace(ct=None) if skipped else whole)
+    assert Q.QueueBinding.bare_ack_conntrack is False

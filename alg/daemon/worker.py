@@ -28,8 +28,8 @@ from ..engine import Create, Delete, Engine, HelperSlot, Mangle, RateLimitedLog,
 from ..expect import Expectation
 from ..flows import FlowRecord, KernelView
 from ..kernel.ctnetlink import IPS_CONFIRMED, IPS_EXPECTED, exp_body
-from ..kernel.nfqueue import (IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_IS_REPLY, IP_CT_NEW, IP_CT_RELATED,
-                              Conntrack, CtTuple, pack_ct_help)
+from ..kernel.nfqueue import (ESTABLISHED_CTINFO, IP_CT_IS_REPLY, IP_CT_NEW, IP_CT_RELATED, Conntrack, CtTuple,
+                              pack_ct_help)
 from ..model import TCP, Direction, FlowTuple, NatMap
 from ..nat import RewriteError, mangle
 from .sink import KernelSink
@@ -38,9 +38,10 @@ log = logging.getLogger("alg.daemon")
 # A bare TCP acknowledgement of a flow the kernel has seen both ways (ctinfo ESTABLISHED, either
 # direction) leaves everything as it was: no bytes for the helper, no stream moved, nothing for the
 # conntrack's record. Such packets (a third of a control channel's) get their accept at once, with
-# none of the conntrack's decoding, the engine's flow lookup or the helper. A NEW or RELATED one is
-# not let by: it may be the first alg sees of its flow (and opens it, as a mid-stream pickup).
-_GOING_ON = frozenset((IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY))
+# none of the conntrack's decoding (QueueBinding leaves it undecoded), the engine's flow lookup or
+# the helper. A NEW or RELATED one is not let by: it may be the first alg sees of its flow (and
+# opens it, as a mid-stream pickup).
+_GOING_ON = ESTABLISHED_CTINFO
 
 
 class QueuePort(Protocol):

@@ -174,11 +174,42 @@ _IPA = {4: (CTA_IP_V4_SRC, CTA_IP_V4_DST), 6: (CTA_IP_V6_SRC, CTA_IP_V6_DST)}
 
 
 def pack_tuple(typ: int, l3: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
+    """A CTA_TUPLE_* nest: one struct.pack of its values between the attribute headers, which
+    depend on `typ` and the family alone (two to five per expectation made or deleted, while a
+    packet waits: 0.3 us each, 1.8 us attribute by attribute)."""
+    layout = _TUPLE_LAYOUTS.get((typ, l3))
+    if layout is None or not len(src) == len(dst) == _ADDR_SIZE[l3]:
+        return _nest_tuple(typ, l3, proto, src, dst, sport, dport)
+    fmt, head, between, proto_head, sport_head, dport_head = layout
+    return fmt(head, src, between, dst, proto_head, proto, sport_head, sport, dport_head, dport)
+
+
+def _nest_tuple(typ: int, l3: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
+    """pack_tuple attribute by attribute (what its layouts are made of)."""
     a, b = _IPA[l3]
     return L.nest(typ,
                   L.nest(CTA_TUPLE_IP, L.nla(a, src), L.nla(b, dst)),
                   L.nest(CTA_TUPLE_PROTO, L.nla(CTA_PROTO_NUM, L.u8(proto)),
                          L.nla(CTA_PROTO_SRC_PORT, L.be16(sport)), L.nla(CTA_PROTO_DST_PORT, L.be16(dport))))
+
+
+def _tuple_layout(typ: int, l3: int) -> tuple:
+    """(pack, the headers up to the source address, the destination's, the protocol nest's and
+    number's, the source port's, the destination port's) of a CTA_TUPLE_* nest `typ` in family
+    l3, cut out of one built by _nest_tuple: the headers are that function's."""
+    n = _ADDR_SIZE[l3]
+    whole = _nest_tuple(typ, l3, 0, bytes(n), bytes(n), 0, 0)
+    head, between, proto_head = whole[:12], whole[12 + n:16 + n], whole[16 + 2 * n:24 + 2 * n]
+    sport_head, dport_head = whole[28 + 2 * n:32 + 2 * n], whole[36 + 2 * n:40 + 2 * n]
+    pack = struct.Struct(f"!12s{n}s4s{n}s8sB3x4sH2x4sH2x").pack
+    assert len(whole) == 44 + 2 * n and pack(head, bytes(n), between, bytes(n), proto_head, 0, sport_head, 0,
+                                             dport_head, 0) == whole
+    return pack, head, between, proto_head, sport_head, dport_head
+
+
+_ADDR_SIZE = {4: 4, 6: 16}
+_TUPLE_LAYOUTS = {(typ, l3): _tuple_layout(typ, l3) for l3 in _ADDR_SIZE for typ in (
+    CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_EXPECT_MASTER, CTA_EXPECT_TUPLE, CTA_EXPECT_MASK, CTA_EXPECT_NAT_TUPLE)}
 
 
 def pack_flow(typ: int, t: FlowTuple) -> bytes:
@@ -221,13 +252,24 @@ def exp_body(e, master: FlowTuple | None, zone: int = 0) -> bytes:
         pack_flow(CTA_EXPECT_MASTER, master) if master is not None else b"",  # None: attached to a verdict
         pack_tuple(CTA_EXPECT_TUPLE, e.l3, e.proto, src, e.dst.packed, e.sport or 0, e.dport),
         _mask_nla(e.l3, e.proto, bits, e.sport is None),
-        L.nla(CTA_EXPECT_TIMEOUT, L.be32(e.timeout)),
+        _TIMEOUT(_TIMEOUT_HEAD, e.timeout),
         L.nla(CTA_EXPECT_HELP_NAME, L.asciiz(e.helper)) if getattr(e, "assign_helper", False) else b"",
-        L.nla(CTA_EXPECT_ZONE, L.be16(zone)),
-        L.nla(CTA_EXPECT_FLAGS, L.be32(e.flags)),
-        L.nla(CTA_EXPECT_CLASS, L.be32(e.class_id)),
+        _ZONE_FLAGS_CLASS(_ZONE_HEAD, zone, _FLAGS_HEAD, e.flags, _CLASS_HEAD, e.class_id),
         _nat_nla(e) if getattr(e, "nat", None) is not None else b"",
     ))
+
+
+# exp_body's fixed-size attributes, one struct.pack each with their headers (nla(t, be32(v)) is three calls)
+def _head(typ: int, size: int) -> bytes:
+    """The header of an attribute `typ` of `size` bytes."""
+    return L.nla(typ, bytes(size))[:4]
+
+
+_TIMEOUT_HEAD, _FLAGS_HEAD, _CLASS_HEAD = (_head(t, 4) for t in (CTA_EXPECT_TIMEOUT, CTA_EXPECT_FLAGS,
+                                                              CTA_EXPECT_CLASS))
+_ZONE_HEAD = _head(CTA_EXPECT_ZONE, 2)
+_TIMEOUT = struct.Struct("!4sI").pack
+_ZONE_FLAGS_CLASS = struct.Struct("!4sH2x4sI4sI").pack
 
 
 NAT_EXPECTFN = "nat-follow-master"  # nf_nat's: source as the master's peer, destination the saved endpoint
@@ -342,6 +384,14 @@ def _tuple_ints(b: bytes | None) -> tuple | None:
     addresses as numbers (what events are matched by; _parse_tuple makes the FlowTuple)."""
     if b is None:
         return None
+    fixed = _FIXED_TUPLES.get(len(b))
+    if fixed is not None:  # (0.4 us, 2.6 us attribute by attribute: three tuples per expectation event)
+        heads, known, values = fixed
+        if heads(b) in known:
+            v = values(b)
+            if len(v) == 5:
+                return 4, v[2], v[0], v[1], v[3], v[4]
+            return 6, v[4], v[0] << 64 | v[1], v[2] << 64 | v[3], v[5], v[6]
     a = L.parse_attrs(b)
     ip = L.parse_attrs(a.get(CTA_TUPLE_IP, b""))
     pr = L.parse_attrs(a.get(CTA_TUPLE_PROTO, b""))
@@ -357,6 +407,29 @@ def _tuple_ints(b: bytes | None) -> tuple | None:
     sport, dport = pr.get(CTA_PROTO_SRC_PORT), pr.get(CTA_PROTO_DST_PORT)
     return (l3, num[0], int.from_bytes(src, "big"), int.from_bytes(dst, "big"),
             int.from_bytes(sport, "big") if sport else 0, int.from_bytes(dport, "big") if dport else 0)
+
+
+def _fixed_tuple(l3: int) -> tuple:
+    """(the headers' unpack, the headers it may find, the values' unpack) of a TCP or UDP tuple's
+    nest body in family l3 as the kernel writes it (ctnetlink_dump_tuples: the address nest,
+    then the protocol nest with the number and both ports), without NLA_F_NESTED on its nests
+    (ctnetlink sets none) or with it (pack_tuple's). Anything else (ICMP, a missing port,
+    another order) _tuple_ints parses attribute by attribute."""
+    n = _ADDR_SIZE[l3]
+    a, b = _IPA[l3]
+    zero = bytes(n)
+    ports = L.nla(CTA_PROTO_NUM, L.u8(0)) + L.nla(CTA_PROTO_SRC_PORT, L.be16(0)) + L.nla(CTA_PROTO_DST_PORT, L.be16(0))
+    plain = L.nla(CTA_TUPLE_IP, L.nla(a, zero) + L.nla(b, zero)) + L.nla(CTA_TUPLE_PROTO, ports)
+    flagged = pack_tuple(CTA_TUPLE_ORIG, l3, 0, zero, zero, 0, 0)[4:]
+    address = "I" if l3 == 4 else "QQ"  # (an IPv6 address in two halves)
+    heads = struct.Struct(f"!8s{n}x4s{n}x8s4x4s4x4s4x")
+    values = struct.Struct(f"!8x{address}4x{address}8xB3x4xH2x4xH2x")
+    assert heads.size == values.size == len(plain) == len(flagged)
+    return heads.unpack, (heads.unpack(plain), heads.unpack(flagged)), values.unpack
+
+
+_FIXED_TUPLES = {len(pack_tuple(CTA_TUPLE_ORIG, l3, 0, bytes(n), bytes(n), 0, 0)) - 4: _fixed_tuple(l3)
+                 for l3, n in _ADDR_SIZE.items()}
 
 
 def _parse_tuple(b: bytes) -> FlowTuple | None:
