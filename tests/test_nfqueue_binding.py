@@ -297,7 +297,7 @@ def test_parse_packet_any_bytes_only_value_error(raw):
     try:
         Q.parse_packet(raw)
     except ValueError:
-        pass
+        Q.packet_ids(raw)  # what the binding then reads of it raises nothing
 
 
 VALID = kernel_packet(4, 77, b"E" * 40, ct_attrs(V6, V6_REPLY, 0x18, 3, "ftp", b"\x01" * 8, MASTER, 1, 2),
@@ -315,6 +315,7 @@ def test_parse_packet_mutated_kernel_message_only_value_error(data):
     try:
         p = Q.parse_packet(bytes(raw))
     except ValueError:
+        Q.packet_ids(bytes(raw))  # raises nothing
         return
     assert isinstance(p, Q.QueuedPacket)
 
@@ -412,3 +413,30 @@ def test_a_bare_ack_of_a_flow_under_way_comes_without_its_conntrack_when_asked()
             skipped = payload is ack and ctinfo in Q.ESTABLISHED_CTINFO
             assert lean == (whole._replace(ct=None) if skipped else whole)
     assert Q.QueueBinding.bare_ack_conntrack is False
+
+
+def test_a_packet_whose_message_does_not_read_still_gets_its_verdict():
+    """A message whose NFQA_PACKET_HDR reads but whose conntrack does not (here: its tuple cut
+    short) comes out with its id and an empty payload, which the worker accepts as a packet that
+    does not decode; one without a readable id cannot be answered and is only counted."""
+    good = kernel_packet(21, 7, b"E" * 20, ct_attrs(V4, V4_REPLY_NAT, 8, 1, "sip"), Q.IP_CT_ESTABLISHED)
+    off = 4
+    while True:  # the NFQA_CT attribute: its first nested attribute's length made too small
+        n, t = struct.unpack_from("=HH", good, off)
+        if t & 0x7FFF == Q.NFQA_CT:
+            break
+        off += (n + 3) & ~3
+    bad = bytearray(good)
+    struct.pack_into("=H", bad, off + 4, 3)
+    with pytest.raises(ValueError):
+        Q.parse_packet(bytes(bad))
+    b = binding([])
+    b.bad_messages, b.bare_ack_conntrack = 0, True
+    out: list = []
+    b._decode(bytes(bad), out)
+    assert [(p.queue, p.id, p.payload, p.ct) for p in out] == [(21, 7, b"", None)] and b.bad_messages == 1
+    b.verdict(7)
+    b.flush()
+    assert sent(b) == [(1, 1, 7)] and not b._outstanding
+    b._decode(bytes(bad[:8]), out)  # no NFQA_PACKET_HDR left
+    assert len(out) == 1 and b.bad_messages == 2

@@ -355,6 +355,22 @@ def parse_packet(msg_payload, bare_ack_conntrack: bool = True) -> QueuedPacket:
     return QueuedPacket(queue, hdr[0], hdr[2], hdr[1], payload, ctinfo, ct, mark, cap_len)
 
 
+def packet_ids(msg_payload) -> tuple[int, int] | None:
+    """(queue, packet id) of an NFQNL_MSG_PACKET parse_packet refused, if its NFQA_PACKET_HDR
+    reads: so that it still gets a verdict."""
+    b, off = msg_payload, 4
+    if len(b) < 4:
+        return None
+    while off + 4 <= len(b):
+        n, t = _NLA.unpack_from(b, off)
+        if n < 4:
+            return None
+        if t & _NLA_TYPE_MASK == NFQA_PACKET_HDR and n >= 4 + _PKT_HDR.size and off + n <= len(b):
+            return _NFGEN.unpack_from(b, 0)[2], _PKT_HDR.unpack_from(b, off + 4)[0]
+        off += (n + 3) & ~3
+    return None
+
+
 # ---------------------------------------------------------------- messages we send
 
 def pack_config(queue: int, *, command: int | None = None, copy_mode: int | None = None, copy_range: int = 0,
@@ -505,7 +521,7 @@ class QueueBinding:
         self.batch = batch  # fold runs of plain accepts into NFQNL_MSG_VERDICT_BATCH
         self.enobufs = 0  # times the socket reported lost messages (its buffer overflowed)
         self.errors: Counter[int] = Counter()  # errno of NLMSG_ERRORs answering our verdicts
-        self.bad_messages = 0  # NFQNL_MSG_PACKETs that did not decode (no id: cannot be verdicted)
+        self.bad_messages = 0  # NFQNL_MSG_PACKETs that did not decode (given an empty payload when their id reads)
         self._pending: list[tuple[int, bytes | None]] = []  # (id, message; None: a plain accept)
         self._outstanding: dict[int, None] = {}  # ids received, no verdict sent yet, in id order
         self._stash: list[bytes] = []  # packet messages read while waiting for an ACK
@@ -674,7 +690,11 @@ class QueueBinding:
             p = parse_packet(payload, self.bare_ack_conntrack)
         except ValueError:
             self.bad_messages += 1
-            return
+            ids = packet_ids(payload)
+            if ids is None:
+                return  # no id: nothing can give it a verdict (the kernel's queue counts it waiting)
+            # the rest of it did not read: the worker takes it for a packet that does not decode
+            p = QueuedPacket(ids[0], ids[1], 0, 0, b"", None, None)
         self._outstanding[p.id] = None
         out.append(p)
 
