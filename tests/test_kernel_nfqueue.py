@@ -19,14 +19,32 @@ ignored (no glue); with a userspace helper's master in the lab VM it is made
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from netns import CLIENT4, SERVER4, Net
 
+from alg.errors import KernelError
 from alg.kernel.nfqueue import conntrack_glue
+
+
+def unregister(cth, name: str, proto: int, wait: float = 30.0) -> None:
+    """Delete a userspace helper whose CT rule lived in a namespace just deleted. The kernel
+    finishes a namespace's teardown later (cleanup_net, from a workqueue: seconds under
+    emulation), and until then the rule's template holds the helper: the delete is EBUSY."""
+    end = time.monotonic() + wait
+    while True:
+        try:
+            cth.unregister(name, proto)
+            return
+        except KernelError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > end:
+                raise
+            time.sleep(0.1)
 
 # the peers that need only the standard library start without site-packages: in the lab VM (9p, TCG) the
 # site start-up (the .pth files) costs seconds per process, several times what the script itself takes
@@ -305,7 +323,7 @@ def test_conntrack_and_private_data_through_a_userspace_helper(kernel_ok: None) 
                 assert line, reader.stderr.read()
                 seen = json.loads(line)
         finally:
-            cth.unregister(HELPER, 17)
+            unregister(cth, HELPER, 17)
     finally:
         cth.close()
     ip = [bytes(map(int, a.split("."))).hex() for a in (CLIENT4, SERVER4)]
@@ -400,7 +418,7 @@ def test_a_longer_tcp_segment_keeps_the_stream_whole_only_with_its_conntrack(ker
                 assert line, "the server said nothing"
                 got = json.loads(line)
         finally:
-            cth.unregister(SEQ_HELPER, 6)
+            unregister(cth, SEQ_HELPER, 6)
     finally:
         cth.close()
     whole = "PORT 192,0,2,100,200,10\r\nLIST\r\nQUIT\r\n"
