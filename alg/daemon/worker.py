@@ -41,7 +41,6 @@ log = logging.getLogger("alg.daemon")
 # none of the conntrack's decoding (QueueBinding leaves it undecoded), the engine's flow lookup or
 # the helper. A NEW or RELATED one is not let by: it may be the first alg sees of its flow (and
 # opens it, as a mid-stream pickup).
-_GOING_ON = ESTABLISHED_CTINFO
 
 
 class QueuePort(Protocol):
@@ -130,7 +129,7 @@ class QueueWorker:
         accept, record, attach, payload = True, None, None, None
         try:
             slot = self.engine.slots.get(self.helper)
-            if slot is not None and not (qp.ctinfo in _GOING_ON and tcp_without_data(qp.payload)):
+            if slot is not None and not (qp.ctinfo in ESTABLISHED_CTINFO and tcp_without_data(qp.payload)):
                 accept, record, attach, payload = self._inspect(qp, slot, later, now)
         except Exception as exc:  # never leave a packet without a verdict
             self.stats.queue_errors += 1

@@ -199,6 +199,7 @@ import alg
 from alg import TCP, UDP, Direction, Expect, ExpectClass, HelperSpec, Notice, Option, Parsed, Unexpect
 
 from . import grammar, nat, sdp
+from .build import settable
 from .grammar import Contact, Message
 
 MEDIA_CLASSES = {b"audio": "audio", b"video": "video", b"image": "image"}
@@ -623,8 +624,6 @@ class SipHelper(alg.Helper):
             out.append(_media_expect(cls, src, addr, port, tag, where))
             out.append(_media_expect(cls, src, addr, port + 1, tag, where))
             return room - 2, 0
-        elif count == 1:  # one stream (a comprehension costs a call)
-            ports = [(port, addr, where), (port + 1, addr, where)] if rtp else [(port, addr, where)]
         else:  # each stream's ports in a row: RTP and RTCP, or one (T.38 udptl, ...)
             ports = [(p, addr, where) for p in range(port, port + (2 * count if rtp else count))]
         low = self.options["min_media_port"]
@@ -746,17 +745,8 @@ class SipHelper(alg.Helper):
         return int(v) if grammar.DELTA.match(v) else None
 
 
-def _settable(cls: type) -> type:
-    """A class with the slots of the frozen, slotted action `cls`, which may be set:
-    an instance filled with plain stores and then given `cls` as its class (the same
-    slots, so the same layout) is a genuine `cls`, built in a third of the time its
-    constructor takes (each field through its slot's setter). The engine builds its
-    own records this way (alg.frozen); the few actions every INVITE yields are built
-    so here (tests/test_sip_build.py compares them with the constructors')."""
-    return type(f"Settable{cls.__name__}", (), {"__slots__": cls.__dict__["__slots__"], "__module__": __name__})
-
-
-_SettableExpect, _SettableUnexpect, _SettableParsed = _settable(Expect), _settable(Unexpect), _settable(Parsed)
+# the few actions every INVITE yields (tests/test_sip_build.py compares them with the constructors')
+_SettableExpect, _SettableUnexpect, _SettableParsed = settable(Expect), settable(Unexpect), settable(Parsed)
 
 
 def _media_expect(cls: str, src: Any, dst: Any, port: int, tag: str, where: tuple) -> Expect:

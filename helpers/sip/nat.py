@@ -39,6 +39,7 @@ import alg
 from alg import Direction, Form, Length, Notice, Rewrite
 
 from . import grammar, sdp
+from .build import settable
 
 # a Record-Route or Route header (full names: neither has a compact form, RFC 3261 §7.3.3)
 _ROUTE = re.compile(rb"\n(?:record-)?route[ \t]*+:", re.IGNORECASE)
@@ -123,10 +124,8 @@ class _Spans:
             self.out.append(_rewrite(where[0], where[1], conn.addr, port, Form.PORT))
 
 
-# built as the package builds its Expects (alg_helpers.sip._settable): a class of the same
-# slots, filled with plain stores and then given Rewrite's class: half the constructor's
-# cost (each field through its slot's setter), and a message under NAT names several
-_SettableRewrite = type("SettableRewrite", (), {"__slots__": Rewrite.__dict__["__slots__"], "__module__": __name__})
+# a message under NAT names several
+_SettableRewrite = settable(Rewrite)
 
 
 def _rewrite(offset: int, length: int, addr: Any, port: int | None, form: Form) -> Rewrite:
