@@ -27,20 +27,20 @@ the flows hash evenly over the instances. One worker's rate is 1e6 / its CPU
 per packet (the "us/pkt CPU" column). The kernel's part of each packet
 (queueing, the copy to userspace, the verdict, forwarding) is the C loop's
 CPU per packet, ~5 us here, most of it in softirq and in the verdict call:
-at 16 cores, leave 2 to it. Measured on this 2-core machine (2026-12-06, 3
-rounds of 10,000 INVITEs, the lab VM busy on one core): the C loop 141k
-packets/s at 5 us; alg 2,900 packets/s at 265-296 us of CPU per packet with
-1 or 2 workers (the issue measured ~50 us on a quiet machine); a killed
-worker's queue bound again 10 ms after SIGKILL. So 16 cores would carry
-about 14 x 1e6 / 296 = 47k INVITEs/s at this run's cost, 14 x 1e6 / 50 =
-280k at the quiet machine's; the kernel's share of 280k packets/s at 5 us
-is 1.4 cores, within the 2 left to it. This machine cannot show the line
-itself: two C loops carry no more than one here (the "C loop x2" row, 1.00x
-in that run), so two workers cannot either; the CPU per packet staying the
-same with 2 workers is what says they do not slow each other down. What bends
-the line on a big machine: one pair of hosts (a SIP trunk between two
-proxies) always hashes to one worker, so its rate is one worker's whatever
-the core count; and the expectation budget per worker is budget / N
+at 16 cores, leave 2 to it. Measured on this 2-core machine, quiet (2026-12-07, 3
+rounds of 20,000 INVITEs): the C loop 157k packets/s at 5 us, two C loops
+261k (1.66x: what this machine's kernel and cores allow two readers); alg
+9,837 packets/s at 101.5 us of CPU per packet with 1 worker, 15,724 with 2
+(1.60x, 106 us each: 96% of the machine's own ceiling); a killed worker's
+queue bound again 13 ms after SIGKILL. So 16 cores would carry about
+14 x 1e6 / 101.5 = 138k INVITEs/s; the kernel's share of that at 5 us is
+0.7 cores, within the 2 left to it. With the lab VM busy on one of the two
+cores (2026-12-06), two C loops carried no more than one (1.00x), and
+neither could two workers: run it on a quiet machine. (This host's 101.5 us
+includes the conntrack lookup it needs without the queue's conntrack glue,
+21-25 us: benchmarks/bench_drain.py.) What bends the line on a big machine:
+one pair of hosts (a SIP trunk between two proxies) always hashes to one
+worker, so its rate is one worker's whatever the core count; and the expectation budget per worker is budget / N
 (alg.daemon.pool), which a trunk can fill on its worker.
 
     sudo .venv/bin/python benchmarks/bench_scaleout.py [--n 20000] [--rounds 3]
