@@ -329,3 +329,31 @@ def test_a_nat_expectation_sends_its_flow_to_the_inside_endpoint(net):
     assert "dport=50010" in out, out
     assert connect() == (0, "10.0.2.2 hello")  # the source as the master's peer: nat-follow-master's SNAT
     assert "dport=50010" not in conntrack_expect()  # used up
+
+
+def test_a_request_is_read_without_waiting_and_a_kernel_that_says_nothing_times_out():
+    """nfnetlink answers a request within its send, so NfnlSocket reads the answer without
+    waiting first (a non-blocking socket: two system calls a request, where a timeout would
+    make CPython poll before each). It waits only when nothing came: a request without
+    NLM_F_ACK that succeeds gets no answer, and transact gives up after its timeout; the
+    socket then serves the next request, the late nothing skipped."""
+    from alg.kernel import nlmsg as L
+    from alg.kernel.ctnetlink import IPCTNL_MSG_EXP_DELETE, pyroute2_exp_dump
+    ns = "alg-nl-quiet"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        s = in_ns(ns, lambda: L.NfnlSocket(timeout=0.3))
+        try:
+            assert s.sock.gettimeout() == 0.0  # non-blocking: no poll before each send and recv
+            seq = s.next_seq()  # an expectation flush (a DELETE naming none) without NLM_F_ACK: no answer
+            t0 = time.monotonic()
+            with pytest.raises(L.NetlinkError) as ei:
+                s.transact(L.message(L.NFNL_SUBSYS_CTNETLINK_EXP, IPCTNL_MSG_EXP_DELETE, L.NLM_F_REQUEST,
+                                     2, b"", seq), seq)
+            assert ei.value.errno == errno.ETIMEDOUT and time.monotonic() - t0 >= 0.25
+            seq = s.next_seq()
+            assert s.transact(pyroute2_exp_dump(2, seq=seq), seq) == []  # a dump of none, answered
+        finally:
+            s.close()
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno as _errno
 import ipaddress
+import select
 import socket
 import struct
 
@@ -109,11 +110,19 @@ class NetlinkError(OSError):
 
 
 class NfnlSocket:
-    """Plain blocking NETLINK_NETFILTER socket with sequence numbers."""
+    """NETLINK_NETFILTER socket with sequence numbers: requests and their answers.
+
+    Non-blocking, and read without waiting first: nfnetlink handles a request within the
+    sender's send(2), so its answer is queued by the time send returns, and recv finds it.
+    A blocking socket with a timeout would cost four system calls a request (CPython polls
+    before each send and recv); this costs two, and waits (at most ``timeout`` seconds, None:
+    for ever) only for what is not there yet: a dump's next part, or a kernel that never
+    answers, which must not hold a queued packet for ever."""
 
     def __init__(self, groups: int = 0, rcvbuf: int = 1 << 20, timeout: float | None = 2.0):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-        self.sock.settimeout(timeout)  # a kernel that never answers must not hold a packet forever
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
+                                  NETLINK_NETFILTER)
+        self.timeout = timeout
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         except OSError:
@@ -129,19 +138,31 @@ class NfnlSocket:
         self.seq = (self.seq + 1) & 0xFFFFFFFF or 1
         return self.seq
 
+    def _wait(self, write: bool = False) -> None:
+        ready = select.select([], [self.sock], [], self.timeout)[1] if write else \
+            select.select([self.sock], [], [], self.timeout)[0]
+        if not ready:
+            raise NetlinkError(_errno.ETIMEDOUT, "no answer from the kernel")
+
     def transact(self, msg: bytes, seq: int) -> list[tuple[int, bytes]]:
         """Send ``msg`` (already carrying ``seq``), collect replies until ACK/DONE.
 
         Returns [(type, payload)] of data messages; raises NetlinkError(errno)
         on an error ACK.
         """
-        self.sock.send(msg)
+        while True:
+            try:
+                self.sock.send(msg)
+                break
+            except BlockingIOError:
+                self._wait(write=True)
         out: list[tuple[int, bytes]] = []
         while True:
             try:
                 data = self.sock.recv(1 << 16)
-            except TimeoutError:
-                raise NetlinkError(_errno.ETIMEDOUT, "no answer from the kernel") from None
+            except BlockingIOError:
+                self._wait()
+                continue
             for t, _f, s, payload in iter_messages(data):
                 if s != seq:
                     continue  # stale reply of an earlier, abandoned request
