@@ -16,6 +16,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import Any, Callable, Iterable, Mapping
 
 from .decode import Packet
@@ -331,7 +332,7 @@ class Engine:
             flow, direction = found
         flow.last_seen = now
         out = self._inspect(flow, direction, pkt, now, frame)
-        if flow.nat is not None and any(isinstance(d, Mangle) for d in out):
+        if flow.nat is not None and out:
             out = self._one_mangle(flow, direction, pkt, out)
         self._charge(flow)
         if view is not None and view.record is not flow.record and view.record != flow.record and not view.expected:
@@ -401,18 +402,32 @@ class Engine:
 
     def _one_mangle(self, flow: Flow, direction: Direction, pkt: Packet, out: list[Decision]) -> list[Decision]:
         """The edits of all the packet's messages as one, or none if one could not be made."""
-        edits = [e for d in out if isinstance(d, Mangle) for e in (d.edits or ())]
-        rest: list[Decision] = [d for d in out if not isinstance(d, Mangle)]
-        if any(isinstance(d, Mangle) and d.edits is None for d in out) or not edits:
-            return rest
-        if any(e.offset + e.length > len(pkt.payload) for e in edits):  # a message that goes on in the next packet
-            flow.helper.stats.nat_failed += 1
-            return rest
-        edits.sort(key=lambda e: e.offset)
+        mangles = [d for d in out if type(d) is Mangle]
+        if not mangles:
+            return out
+        rest: list[Decision] = [d for d in out if type(d) is not Mangle]
+        if len(mangles) == 1:  # one message (a datagram's): its edits are sorted already
+            one = mangles[0]
+            if not one.edits:  # None (not made) or none to make
+                return rest
+            edits = one.edits
+        else:
+            if any(d.edits is None for d in mangles):
+                return rest
+            edits = tuple(sorted((e for d in mangles for e in d.edits or ()), key=_offset))
+            if not edits:
+                return rest
+            one = Mangle(edits)
+        size = len(pkt.payload)
+        for e in edits:
+            if e.offset + e.length > size:  # a message that goes on in the next packet
+                flow.helper.stats.nat_failed += 1
+                return rest
         flow.helper.stats.rewritten += 1
         if flow.streams is not None:
-            flow.rewrote = (direction, pkt.seq, pkt.payload, tuple(edits))
-        return rest + [Mangle(tuple(edits))]
+            flow.rewrote = (direction, pkt.seq, pkt.payload, edits)
+        rest.append(one)
+        return rest
 
     def _charge(self, flow: Flow) -> None:
         """Charge the flow's bytes to the memory budget; past it, evict the least
@@ -622,7 +637,7 @@ class Engine:
         asked: dict[str, int] = {}  # Expects of each class in this message
         total = 0  # and in all
         nat = None if flow.nat is None else _nat(flow)
-        outside: dict[tuple, int | None] = {}
+        outside: dict[int, int | None] = {}  # the sender's own ports expected outside (_outside_ports)
         if nat is not None:
             outside = self._outside_ports(flow, direction, actions, sender, nat)
         events, explained = self._events, self.explained  # (the same lists throughout the message)
@@ -633,8 +648,8 @@ class Engine:
             seen = len(events)
             if kind is Expect or kind is not Unexpect and isinstance(a, Expect):
                 nat_to = None
-                if nat is not None and (a.dst, a.dport) in outside:
-                    port = outside[(a.dst, a.dport)]
+                if nat is not None and a.dport in outside and a.dst == sender:
+                    port = outside[a.dport]
                     if port is None:  # every outside port tried is another master's
                         self.refused(_expectation(h, flow, a, now, frame, sender, None, sender_key), Refusal.CLASH,
                                      "no free outside port")
@@ -667,15 +682,17 @@ class Engine:
             if explained is not None and (events[seen:] or not isinstance(a, Unexpect)):
                 explained.append(self._explain(h, flow, a, frame, direction, message, events[seen:]))
         if nat is not None:
-            out.append(self._message_rewrite(flow, direction, actions, message, at, outside, nat))
+            out.append(self._message_rewrite(flow, direction, actions, message, at, sender, outside, nat))
         return out
 
     def _outside_ports(self, flow: Flow, direction: Direction, actions: tuple, sender: Any,
-                       nat: NatMap) -> dict[tuple, int | None]:
-        """Inside endpoint -> outside port, for the message's expectations of the
+                       nat: NatMap) -> dict[int, int | None]:
+        """Inside port -> outside port, for the message's expectations of the
         sender's own address: the same ports if no other master expects them
         outside, else all moved by the smallest even offset that frees them (an
-        RTP/RTCP pair stays a pair), None when NAT_PORT_TRIES offsets do not."""
+        RTP/RTCP pair stays a pair), None when NAT_PORT_TRIES offsets do not.
+        (Keyed by the port alone: the address is the sender's, and an ipaddress
+        object hashes through a hex string.)"""
         there = nat.outside(direction)
         inside = [a for a in actions if isinstance(a, Expect) and a.dst == sender]
         if not inside:
@@ -694,8 +711,8 @@ class Engine:
                     (l3, a.proto, None if a.src is None else int(a.src), int(there), a.sport,
                      base[a.dport] + shift), master)
                    for a in inside):
-                return {(a.dst, a.dport): base[a.dport] + shift for a in inside}
-        return {(a.dst, a.dport): None for a in inside}
+                return {a.dport: base[a.dport] + shift for a in inside}
+        return {a.dport: None for a in inside}
 
     def _port_free(self, key: tuple, master: FlowTuple) -> bool:
         held = self.table.get(key)
@@ -703,15 +720,18 @@ class Engine:
             self.kernel_holds is not None and not self.kernel_holds(held))
 
     def _message_rewrite(self, flow: Flow, direction: Direction, actions: tuple, message: bytes, at: int,
-                         outside: dict[tuple, int | None], nat: NatMap) -> Mangle:
+                         sender: Any, outside: dict[int, int | None], nat: NatMap) -> Mangle:
         """The message's spans rewritten for the far side, as edits of the packet
-        being inspected (`Mangle(None)`: they cannot be made)."""
+        being inspected (`Mangle(None)`: they cannot be made); `outside`: the
+        sender's ports expected outside (_outside_ports)."""
         there = nat.outside(direction)
         rewrites = []
         for a in actions:
             if not isinstance(a, Rewrite):
                 continue
-            moved = outside.get((a.addr, a.port)) if a.port is not None else None
+            moved = outside.get(a.port) if a.port is not None else None
+            if moved is not None and a.addr != sender:
+                moved = None
             to = (there, moved) if moved is not None else nat.map(direction, a.addr, a.port)
             if to is not None:
                 rewrites.append((a, to[0], to[1]))
@@ -720,6 +740,8 @@ class Engine:
         lengths = [a for a in actions if isinstance(a, Length)]
         try:
             edits = message_edits(len(message), rewrites, lengths, message)
+            if not at:  # (the packet starts the message: its offsets are the packet's)
+                return Mangle(tuple(edits))
             for e in edits:
                 if e.offset < at:
                     raise RewriteError("a span in bytes of an earlier packet")
@@ -896,6 +918,7 @@ REFUSED_SOURCES_MAX = 64  # source addresses named in the refusal counters (spoo
 # as plain numbers: an IntFlag operand costs a Python call (30 times an int's)
 _KNOWN_BITS, _BOUNDARY_BITS = tuple(int(bit) for bit in KNOWN), tuple(int(bit) for bit in BOUNDARY)
 _FAMILY = {4: ipaddress.IPv4Address, 6: ipaddress.IPv6Address}  # an expectation's addresses, by the flow's l3
+_offset = attrgetter("offset")
 
 
 def _share(budget: int, fraction: float) -> int:
