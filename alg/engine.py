@@ -23,7 +23,7 @@ from .decode import Packet
 from .errors import ProtocolViolation
 from .expect import Expectation, ExpectationTable, Refusal, address_key, expectation
 from .frozen import unfrozen
-from .flows import (BOUNDARY, KNOWN, Flow, FlowRecord, FlowTable, KernelView, RecordFlag, as_flags, packet_key,
+from .flows import (BOUNDARY, KNOWN, Flow, FlowRecord, FlowTable, KernelView, RecordFlag, flow_record, packet_key,
                     packet_tuple)
 from .metrics import counter, gauge, to_json
 from .model import (NEED_DATA, PROTO_NAMES, TCP, UDP, Direction, Expect, FlowTuple, Helper, Length, NatMap, Notice,
@@ -128,6 +128,7 @@ class ExpectationEvent:
 
 
 _UnfrozenEvent, _UnfrozenCreate, _UnfrozenDelete = unfrozen(ExpectationEvent), unfrozen(Create), unfrozen(Delete)
+_UnfrozenRemember = unfrozen(Remember)
 
 
 def _event(kind: str, e: Expectation, reason: str = "") -> ExpectationEvent:
@@ -149,6 +150,13 @@ def _delete(e: Expectation, why: str) -> Delete:
     d: Any = _UnfrozenDelete()
     d.expectation, d.why = e, why
     d.__class__ = Delete
+    return d
+
+
+def _remember(record: FlowRecord) -> Remember:
+    d: Any = _UnfrozenRemember()
+    d.record = record
+    d.__class__ = Remember
     return d
 
 
@@ -202,7 +210,7 @@ class TableStats:
 class HelperSlot:
     """A configured helper: its policy, its instance and its counters."""
 
-    __slots__ = ("policy", "helper", "stats", "max_expected", "class_names", "class_ids")
+    __slots__ = ("policy", "helper", "stats", "max_expected", "class_names", "class_ids", "classes")
 
     def __init__(self, policy: HelperPolicy, helper: Helper):
         self.policy = policy
@@ -214,6 +222,9 @@ class HelperSlot:
         self.class_ids: dict[str, tuple[int, int]] = {}  # name -> (class id, timeout), the first of a name
         for i, c in enumerate(policy.classes):
             self.class_ids.setdefault(c.name, (i, c.timeout))
+        # name -> (counters, ExpectMax, class id, timeout): what an Expect's class decides, in one lookup
+        self.classes: dict[str, tuple[ClassStats, int, int, int]] = {
+            name: (self.stats.classes[name], self.max_expected[name], *ids) for name, ids in self.class_ids.items()}
 
 
 class RateLimitedLog:
@@ -338,7 +349,7 @@ class Engine:
         if view is not None and view.record is not flow.record and view.record != flow.record and not view.expected:
             # the kernel keeps no record for a conntrack created by an expectation
             # (ctnetlink_change_helper leaves a child's helper alone)
-            out.append(Remember(flow.record))
+            out.append(_remember(flow.record))
         return out
 
     def _inspect(self, flow: Flow, direction: Direction, pkt: Packet, now: float, frame) -> list[Decision]:
@@ -475,7 +486,7 @@ class Engine:
             flags |= _BOUNDARY_BITS[direction]
             boundary = (at, boundary[1]) if direction is Direction.ORIGINAL else (boundary[0], at)
         if flags != old or boundary != record.boundary:
-            flow.record = FlowRecord(as_flags(flags), boundary)
+            flow.record = flow_record(flags, boundary)
 
     def _kernel_flow(self, pkt: Packet, view: KernelView, now: float, slot: HelperSlot | None,
                      found: tuple[Flow, Direction] | None) -> tuple[Flow, Direction] | None:
@@ -657,10 +668,10 @@ class Engine:
                     # the expected flow comes to the outside endpoint and is translated to the inside one
                     nat_to = (Direction(1 - direction), a.dst, a.dport)
                     a = _moved(a, nat.outside(direction), port)
-                cap = h.max_expected.get(a.cls)
+                c = h.classes.get(a.cls)
                 n = asked.get(a.cls, 0)
-                if cap is not None and (n >= cap or total >= self.core.expect_per_message):
-                    h.stats.classes[a.cls].refused[Refusal.PER_MESSAGE.value] += 1
+                if c is not None and (n >= c[1] or total >= self.core.expect_per_message):
+                    c[0].refused[Refusal.PER_MESSAGE.value] += 1
                     events.append(("refused", _expectation(h, flow, a, now, frame, sender, None, sender_key),
                                    Refusal.PER_MESSAGE.value))
                     if explained is not None:
@@ -668,7 +679,7 @@ class Engine:
                     continue
                 asked[a.cls] = n + 1
                 total += 1
-                self._expect(h, flow, a, now, frame, sender, nat_to, sender_key, out)
+                self._expect(h, c, flow, a, now, frame, sender, nat_to, sender_key, out)
             elif kind is Unexpect or isinstance(a, Unexpect):
                 for e in self.table.of_master(flow.tuple, a.cls, a.tag):
                     self.table.remove(e)
@@ -777,10 +788,11 @@ class Engine:
                        f"classes.{a.cls}.expect_max")
         return say(found, "expected")
 
-    def _expect(self, h: HelperSlot, flow: Flow, a: Expect, now: float, frame, sender: Any,
-                nat_to: tuple | None, sender_key: int | None, out: list[Decision]) -> None:
-        """Put one Expect through the policy gate; its decisions are appended to `out`."""
-        cls = h.stats.classes.get(a.cls)
+    def _expect(self, h: HelperSlot, c: tuple[ClassStats, int, int, int] | None, flow: Flow, a: Expect, now: float,
+                frame, sender: Any, nat_to: tuple | None, sender_key: int | None, out: list[Decision]) -> None:
+        """Put one Expect through the policy gate; its decisions are appended to `out`.
+        `c`: h.classes[a.cls], None for a class the helper does not have."""
+        cls = None if c is None else c[0]
         l3 = flow.tuple.l3
         # what invalid_expect checks, said quickly for what it passes (TCP or UDP, each port
         # 1-65535 or a None sport, addresses of the flow's family); anything else it judges
@@ -799,7 +811,8 @@ class Engine:
                 self.warn(logging.ERROR, f"invalid-{pol.name}", "%s: invalid expectation request %r: %s", pol.name,
                           a, invalid)
                 return
-        class_id, timeout = h.class_ids[a.cls]  # (_expectation, inline: its call costs as much as its work)
+        assert c is not None  # (an unknown class was refused above)
+        _cls, max_expected, class_id, timeout = c  # (_expectation, inline: its call costs as much as its work)
         e = expectation(h.policy.name, a.cls, class_id, l3, proto, src, a.dst, sport, dport, flow.tuple, timeout,
                         a.flags, frame, now, a.tag, a.src_prefix, a.assign_helper, flow.kernel, sender, nat_to,
                         sender_key)
@@ -809,7 +822,7 @@ class Engine:
                 and not self.kernel_holds(held):
             self.ended(held, now)  # used, and we missed the kernel's event: no clash
         evicted: list[Expectation] = []
-        refused = table.admit_into(e, h.max_expected[a.cls], evicted)
+        refused = table.admit_into(e, max_expected, evicted)
         events = self._events
         for victim in evicted:
             cls.evicted += 1
