@@ -28,7 +28,7 @@ from .flows import (BOUNDARY, KNOWN, Flow, FlowRecord, FlowTable, KernelView, Re
 from .metrics import counter, gauge, to_json
 from .model import (NEED_DATA, PROTO_NAMES, TCP, UDP, Direction, Expect, FlowTuple, Helper, Length, NatMap, Notice,
                     Parsed, Rewrite, Segment, Unexpect, invalid_expect)
-from .nat import Edit, RewriteError, message_edits
+from .nat import Edit, RewriteError, edit, message_edits
 from .policy import CorePolicy, HelperPolicy
 
 log = logging.getLogger("alg.engine")
@@ -736,9 +736,11 @@ class Engine:
         being inspected (`Mangle(None)`: they cannot be made); `outside`: the
         sender's ports expected outside (_outside_ports)."""
         there = nat.outside(direction)
-        rewrites = []
+        rewrites, lengths = [], []
         for a in actions:
             if not isinstance(a, Rewrite):
+                if isinstance(a, Length):
+                    lengths.append(a)
                 continue
             moved = outside.get(a.port) if a.port is not None else None
             if moved is not None and a.addr != sender:
@@ -748,7 +750,6 @@ class Engine:
                 rewrites.append((a, to[0], to[1]))
         if not rewrites:
             return Mangle(())
-        lengths = [a for a in actions if isinstance(a, Length)]
         try:
             edits = message_edits(len(message), rewrites, lengths, message)
             if not at:  # (the packet starts the message: its offsets are the packet's)
@@ -756,7 +757,7 @@ class Engine:
             for e in edits:
                 if e.offset < at:
                     raise RewriteError("a span in bytes of an earlier packet")
-            return Mangle(tuple(Edit(e.offset - at, e.length, e.data) for e in edits))
+            return Mangle(tuple(edit(e.offset - at, e.length, e.data) for e in edits))
         except RewriteError as exc:
             flow.helper.stats.nat_failed += 1
             self.warn(logging.WARNING, f"nat-{flow.helper.policy.name}", "%s: %s: NAT rewrite not made: %s",
