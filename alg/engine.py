@@ -16,18 +16,19 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import Any, Callable, Iterable, Mapping
 
 from .decode import Packet
 from .errors import ProtocolViolation
 from .expect import Expectation, ExpectationTable, Refusal, address_key, expectation
 from .frozen import unfrozen
-from .flows import (BOUNDARY, KNOWN, Flow, FlowRecord, FlowTable, KernelView, RecordFlag, as_flags, packet_key,
+from .flows import (BOUNDARY, KNOWN, Flow, FlowRecord, FlowTable, KernelView, RecordFlag, flow_record, packet_key,
                     packet_tuple)
 from .metrics import counter, gauge, to_json
 from .model import (NEED_DATA, PROTO_NAMES, TCP, UDP, Direction, Expect, FlowTuple, Helper, Length, NatMap, Notice,
                     Parsed, Rewrite, Segment, Unexpect, invalid_expect)
-from .nat import Edit, RewriteError, message_edits
+from .nat import Edit, RewriteError, edit, message_edits
 from .policy import CorePolicy, HelperPolicy
 
 log = logging.getLogger("alg.engine")
@@ -127,6 +128,7 @@ class ExpectationEvent:
 
 
 _UnfrozenEvent, _UnfrozenCreate, _UnfrozenDelete = unfrozen(ExpectationEvent), unfrozen(Create), unfrozen(Delete)
+_UnfrozenRemember = unfrozen(Remember)
 
 
 def _event(kind: str, e: Expectation, reason: str = "") -> ExpectationEvent:
@@ -148,6 +150,13 @@ def _delete(e: Expectation, why: str) -> Delete:
     d: Any = _UnfrozenDelete()
     d.expectation, d.why = e, why
     d.__class__ = Delete
+    return d
+
+
+def _remember(record: FlowRecord) -> Remember:
+    d: Any = _UnfrozenRemember()
+    d.record = record
+    d.__class__ = Remember
     return d
 
 
@@ -201,7 +210,7 @@ class TableStats:
 class HelperSlot:
     """A configured helper: its policy, its instance and its counters."""
 
-    __slots__ = ("policy", "helper", "stats", "max_expected", "class_names", "class_ids")
+    __slots__ = ("policy", "helper", "stats", "max_expected", "class_names", "class_ids", "classes")
 
     def __init__(self, policy: HelperPolicy, helper: Helper):
         self.policy = policy
@@ -213,6 +222,9 @@ class HelperSlot:
         self.class_ids: dict[str, tuple[int, int]] = {}  # name -> (class id, timeout), the first of a name
         for i, c in enumerate(policy.classes):
             self.class_ids.setdefault(c.name, (i, c.timeout))
+        # name -> (counters, ExpectMax, class id, timeout): what an Expect's class decides, in one lookup
+        self.classes: dict[str, tuple[ClassStats, int, int, int]] = {
+            name: (self.stats.classes[name], self.max_expected[name], *ids) for name, ids in self.class_ids.items()}
 
 
 class RateLimitedLog:
@@ -331,13 +343,13 @@ class Engine:
             flow, direction = found
         flow.last_seen = now
         out = self._inspect(flow, direction, pkt, now, frame)
-        if flow.nat is not None and any(isinstance(d, Mangle) for d in out):
+        if flow.nat is not None and out:
             out = self._one_mangle(flow, direction, pkt, out)
         self._charge(flow)
         if view is not None and view.record is not flow.record and view.record != flow.record and not view.expected:
             # the kernel keeps no record for a conntrack created by an expectation
             # (ctnetlink_change_helper leaves a child's helper alone)
-            out.append(Remember(flow.record))
+            out.append(_remember(flow.record))
         return out
 
     def _inspect(self, flow: Flow, direction: Direction, pkt: Packet, now: float, frame) -> list[Decision]:
@@ -401,18 +413,32 @@ class Engine:
 
     def _one_mangle(self, flow: Flow, direction: Direction, pkt: Packet, out: list[Decision]) -> list[Decision]:
         """The edits of all the packet's messages as one, or none if one could not be made."""
-        edits = [e for d in out if isinstance(d, Mangle) for e in (d.edits or ())]
-        rest: list[Decision] = [d for d in out if not isinstance(d, Mangle)]
-        if any(isinstance(d, Mangle) and d.edits is None for d in out) or not edits:
-            return rest
-        if any(e.offset + e.length > len(pkt.payload) for e in edits):  # a message that goes on in the next packet
-            flow.helper.stats.nat_failed += 1
-            return rest
-        edits.sort(key=lambda e: e.offset)
+        mangles = [d for d in out if type(d) is Mangle]
+        if not mangles:
+            return out
+        rest: list[Decision] = [d for d in out if type(d) is not Mangle]
+        if len(mangles) == 1:  # one message (a datagram's): its edits are sorted already
+            one = mangles[0]
+            if not one.edits:  # None (not made) or none to make
+                return rest
+            edits = one.edits
+        else:
+            if any(d.edits is None for d in mangles):
+                return rest
+            edits = tuple(sorted((e for d in mangles for e in d.edits or ()), key=_offset))
+            if not edits:
+                return rest
+            one = Mangle(edits)
+        size = len(pkt.payload)
+        for e in edits:
+            if e.offset + e.length > size:  # a message that goes on in the next packet
+                flow.helper.stats.nat_failed += 1
+                return rest
         flow.helper.stats.rewritten += 1
         if flow.streams is not None:
-            flow.rewrote = (direction, pkt.seq, pkt.payload, tuple(edits))
-        return rest + [Mangle(tuple(edits))]
+            flow.rewrote = (direction, pkt.seq, pkt.payload, edits)
+        rest.append(one)
+        return rest
 
     def _charge(self, flow: Flow) -> None:
         """Charge the flow's bytes to the memory budget; past it, evict the least
@@ -460,7 +486,7 @@ class Engine:
             flags |= _BOUNDARY_BITS[direction]
             boundary = (at, boundary[1]) if direction is Direction.ORIGINAL else (boundary[0], at)
         if flags != old or boundary != record.boundary:
-            flow.record = FlowRecord(as_flags(flags), boundary)
+            flow.record = flow_record(flags, boundary)
 
     def _kernel_flow(self, pkt: Packet, view: KernelView, now: float, slot: HelperSlot | None,
                      found: tuple[Flow, Direction] | None) -> tuple[Flow, Direction] | None:
@@ -622,7 +648,7 @@ class Engine:
         asked: dict[str, int] = {}  # Expects of each class in this message
         total = 0  # and in all
         nat = None if flow.nat is None else _nat(flow)
-        outside: dict[tuple, int | None] = {}
+        outside: dict[int, int | None] = {}  # the sender's own ports expected outside (_outside_ports)
         if nat is not None:
             outside = self._outside_ports(flow, direction, actions, sender, nat)
         events, explained = self._events, self.explained  # (the same lists throughout the message)
@@ -633,8 +659,8 @@ class Engine:
             seen = len(events)
             if kind is Expect or kind is not Unexpect and isinstance(a, Expect):
                 nat_to = None
-                if nat is not None and (a.dst, a.dport) in outside:
-                    port = outside[(a.dst, a.dport)]
+                if nat is not None and a.dport in outside and a.dst == sender:
+                    port = outside[a.dport]
                     if port is None:  # every outside port tried is another master's
                         self.refused(_expectation(h, flow, a, now, frame, sender, None, sender_key), Refusal.CLASH,
                                      "no free outside port")
@@ -642,10 +668,10 @@ class Engine:
                     # the expected flow comes to the outside endpoint and is translated to the inside one
                     nat_to = (Direction(1 - direction), a.dst, a.dport)
                     a = _moved(a, nat.outside(direction), port)
-                cap = h.max_expected.get(a.cls)
+                c = h.classes.get(a.cls)
                 n = asked.get(a.cls, 0)
-                if cap is not None and (n >= cap or total >= self.core.expect_per_message):
-                    h.stats.classes[a.cls].refused[Refusal.PER_MESSAGE.value] += 1
+                if c is not None and (n >= c[1] or total >= self.core.expect_per_message):
+                    c[0].refused[Refusal.PER_MESSAGE.value] += 1
                     events.append(("refused", _expectation(h, flow, a, now, frame, sender, None, sender_key),
                                    Refusal.PER_MESSAGE.value))
                     if explained is not None:
@@ -653,7 +679,7 @@ class Engine:
                     continue
                 asked[a.cls] = n + 1
                 total += 1
-                self._expect(h, flow, a, now, frame, sender, nat_to, sender_key, out)
+                self._expect(h, c, flow, a, now, frame, sender, nat_to, sender_key, out)
             elif kind is Unexpect or isinstance(a, Unexpect):
                 for e in self.table.of_master(flow.tuple, a.cls, a.tag):
                     self.table.remove(e)
@@ -667,15 +693,17 @@ class Engine:
             if explained is not None and (events[seen:] or not isinstance(a, Unexpect)):
                 explained.append(self._explain(h, flow, a, frame, direction, message, events[seen:]))
         if nat is not None:
-            out.append(self._message_rewrite(flow, direction, actions, message, at, outside, nat))
+            out.append(self._message_rewrite(flow, direction, actions, message, at, sender, outside, nat))
         return out
 
     def _outside_ports(self, flow: Flow, direction: Direction, actions: tuple, sender: Any,
-                       nat: NatMap) -> dict[tuple, int | None]:
-        """Inside endpoint -> outside port, for the message's expectations of the
+                       nat: NatMap) -> dict[int, int | None]:
+        """Inside port -> outside port, for the message's expectations of the
         sender's own address: the same ports if no other master expects them
         outside, else all moved by the smallest even offset that frees them (an
-        RTP/RTCP pair stays a pair), None when NAT_PORT_TRIES offsets do not."""
+        RTP/RTCP pair stays a pair), None when NAT_PORT_TRIES offsets do not.
+        (Keyed by the port alone: the address is the sender's, and an ipaddress
+        object hashes through a hex string.)"""
         there = nat.outside(direction)
         inside = [a for a in actions if isinstance(a, Expect) and a.dst == sender]
         if not inside:
@@ -694,8 +722,8 @@ class Engine:
                     (l3, a.proto, None if a.src is None else int(a.src), int(there), a.sport,
                      base[a.dport] + shift), master)
                    for a in inside):
-                return {(a.dst, a.dport): base[a.dport] + shift for a in inside}
-        return {(a.dst, a.dport): None for a in inside}
+                return {a.dport: base[a.dport] + shift for a in inside}
+        return {a.dport: None for a in inside}
 
     def _port_free(self, key: tuple, master: FlowTuple) -> bool:
         held = self.table.get(key)
@@ -703,27 +731,33 @@ class Engine:
             self.kernel_holds is not None and not self.kernel_holds(held))
 
     def _message_rewrite(self, flow: Flow, direction: Direction, actions: tuple, message: bytes, at: int,
-                         outside: dict[tuple, int | None], nat: NatMap) -> Mangle:
+                         sender: Any, outside: dict[int, int | None], nat: NatMap) -> Mangle:
         """The message's spans rewritten for the far side, as edits of the packet
-        being inspected (`Mangle(None)`: they cannot be made)."""
+        being inspected (`Mangle(None)`: they cannot be made); `outside`: the
+        sender's ports expected outside (_outside_ports)."""
         there = nat.outside(direction)
-        rewrites = []
+        rewrites, lengths = [], []
         for a in actions:
             if not isinstance(a, Rewrite):
+                if isinstance(a, Length):
+                    lengths.append(a)
                 continue
-            moved = outside.get((a.addr, a.port)) if a.port is not None else None
+            moved = outside.get(a.port) if a.port is not None else None
+            if moved is not None and a.addr != sender:
+                moved = None
             to = (there, moved) if moved is not None else nat.map(direction, a.addr, a.port)
             if to is not None:
                 rewrites.append((a, to[0], to[1]))
         if not rewrites:
             return Mangle(())
-        lengths = [a for a in actions if isinstance(a, Length)]
         try:
             edits = message_edits(len(message), rewrites, lengths, message)
+            if not at:  # (the packet starts the message: its offsets are the packet's)
+                return Mangle(tuple(edits))
             for e in edits:
                 if e.offset < at:
                     raise RewriteError("a span in bytes of an earlier packet")
-            return Mangle(tuple(Edit(e.offset - at, e.length, e.data) for e in edits))
+            return Mangle(tuple(edit(e.offset - at, e.length, e.data) for e in edits))
         except RewriteError as exc:
             flow.helper.stats.nat_failed += 1
             self.warn(logging.WARNING, f"nat-{flow.helper.policy.name}", "%s: %s: NAT rewrite not made: %s",
@@ -755,10 +789,11 @@ class Engine:
                        f"classes.{a.cls}.expect_max")
         return say(found, "expected")
 
-    def _expect(self, h: HelperSlot, flow: Flow, a: Expect, now: float, frame, sender: Any,
-                nat_to: tuple | None, sender_key: int | None, out: list[Decision]) -> None:
-        """Put one Expect through the policy gate; its decisions are appended to `out`."""
-        cls = h.stats.classes.get(a.cls)
+    def _expect(self, h: HelperSlot, c: tuple[ClassStats, int, int, int] | None, flow: Flow, a: Expect, now: float,
+                frame, sender: Any, nat_to: tuple | None, sender_key: int | None, out: list[Decision]) -> None:
+        """Put one Expect through the policy gate; its decisions are appended to `out`.
+        `c`: h.classes[a.cls], None for a class the helper does not have."""
+        cls = None if c is None else c[0]
         l3 = flow.tuple.l3
         # what invalid_expect checks, said quickly for what it passes (TCP or UDP, each port
         # 1-65535 or a None sport, addresses of the flow's family); anything else it judges
@@ -777,7 +812,8 @@ class Engine:
                 self.warn(logging.ERROR, f"invalid-{pol.name}", "%s: invalid expectation request %r: %s", pol.name,
                           a, invalid)
                 return
-        class_id, timeout = h.class_ids[a.cls]  # (_expectation, inline: its call costs as much as its work)
+        assert c is not None  # (an unknown class was refused above)
+        _cls, max_expected, class_id, timeout = c  # (_expectation, inline: its call costs as much as its work)
         e = expectation(h.policy.name, a.cls, class_id, l3, proto, src, a.dst, sport, dport, flow.tuple, timeout,
                         a.flags, frame, now, a.tag, a.src_prefix, a.assign_helper, flow.kernel, sender, nat_to,
                         sender_key)
@@ -787,7 +823,7 @@ class Engine:
                 and not self.kernel_holds(held):
             self.ended(held, now)  # used, and we missed the kernel's event: no clash
         evicted: list[Expectation] = []
-        refused = table.admit_into(e, h.max_expected[a.cls], evicted)
+        refused = table.admit_into(e, max_expected, evicted)
         events = self._events
         for victim in evicted:
             cls.evicted += 1
@@ -896,6 +932,7 @@ REFUSED_SOURCES_MAX = 64  # source addresses named in the refusal counters (spoo
 # as plain numbers: an IntFlag operand costs a Python call (30 times an int's)
 _KNOWN_BITS, _BOUNDARY_BITS = tuple(int(bit) for bit in KNOWN), tuple(int(bit) for bit in BOUNDARY)
 _FAMILY = {4: ipaddress.IPv4Address, 6: ipaddress.IPv6Address}  # an expectation's addresses, by the flow's l3
+_offset = attrgetter("offset")
 
 
 def _share(budget: int, fraction: float) -> int:

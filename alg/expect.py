@@ -317,12 +317,12 @@ class ExpectationTable:
                 victim = q.popleft()  # the oldest (remove's work, its queue known)
                 self._forget(victim)
                 evicted.append(victim)
-            if not q:  # as remove leaves it: the class (and master) added anew by _add
-                assert classes is not None
+            assert classes is not None
+            if not q and len(classes) > 1:  # as remove leaves it: the class added anew, after the master's others
                 del classes[e.cls]
-                if not classes:
-                    del self._by_master[master]
                 q = _EMPTY
+            # (the master's only class, emptied (ExpectMax 1, FTP's): its queue takes e as _add would, without
+            # the master's and the class's entries deleted and made again)
         if q is _EMPTY:
             self._add(e)
         else:

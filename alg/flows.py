@@ -211,7 +211,7 @@ class FlowRecord:
             return self
         if self.boundary == (0, 0) and flags | bits <= _FLAGS_MASK:
             return _PLAIN[flags | bits]
-        return FlowRecord(as_flags(flags | bits), self.boundary)
+        return flow_record(flags | bits, self.boundary)
 
     def has(self, bits: int) -> bool:
         """Whether any of `bits` is set (without an IntFlag operation)."""
@@ -231,8 +231,8 @@ class FlowRecord:
         version, flags, _r, b0, b1 = _RECORD.unpack_from(data)
         if version != RECORD_VERSION:
             return None
-        if cls is FlowRecord and b0 == b1 == 0:
-            return _PLAIN[flags & _FLAGS_MASK]
+        if cls is FlowRecord:
+            return _PLAIN[flags & _FLAGS_MASK] if b0 == b1 == 0 else flow_record(flags & _FLAGS_MASK, (b0, b1))
         return cls(_FLAGS[flags & _FLAGS_MASK], (b0, b1))
 
 
@@ -250,6 +250,18 @@ def _unpacked(data: bytes) -> FlowRecord | None:
 def as_flags(value: int) -> RecordFlag:
     """The RecordFlag of a number (made once for each value)."""
     return _FLAGS[value] if 0 <= value <= _FLAGS_MASK else RecordFlag(value)
+
+
+_UnfrozenRecord = unfrozen(FlowRecord)
+
+
+def flow_record(flags: int, boundary: tuple[int, int]) -> FlowRecord:
+    """FlowRecord(as_flags(flags), boundary), built at the cost of a plain object (see alg.frozen):
+    a TCP flow's record moves with every message, and comes back unpacked with its next packet."""
+    r: Any = _UnfrozenRecord()
+    r.flags, r.boundary = as_flags(flags), boundary
+    r.__class__ = FlowRecord
+    return r
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -312,7 +324,10 @@ class Flow:
 
     def held(self) -> int:
         """Bytes buffered for the helper (both directions, in order and parked)."""
-        return sum(len(s.buf) + s.ooo_bytes for s in self.streams) if self.streams is not None else 0
+        if self.streams is None:
+            return 0
+        a, b = self.streams  # (no generator: the engine asks for every packet)
+        return len(a.buf) + a.ooo_bytes + len(b.buf) + b.ooo_bytes
 
 
 def packet_key(pkt: Packet) -> tuple:

@@ -15,8 +15,10 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterable
+from operator import attrgetter
+from typing import Any, Iterable
 
+from .frozen import unfrozen
 from .model import Form, FlowTuple, IPAddress, Length, NatMap, Rewrite
 
 MAX_IP_PACKET = 65535  # an IPv4 total length / IPv6 payload length field
@@ -34,6 +36,18 @@ class Edit:
     offset: int
     length: int
     data: bytes
+
+
+_UnfrozenEdit = unfrozen(Edit)
+
+
+def edit(offset: int, length: int, data: bytes) -> Edit:
+    """Edit(offset, length, data), built at the cost of a plain object (see alg.frozen): a NATed
+    message has a few, made for every packet."""
+    e: Any = _UnfrozenEdit()
+    e.offset, e.length, e.data = offset, length, data
+    e.__class__ = Edit
+    return e
 
 
 @lru_cache(maxsize=RENDERED_MAX, typed=True)
@@ -75,19 +89,25 @@ def message_edits(message_len: int, rewrites: Iterable[tuple[Rewrite, IPAddress,
         _inside(r.offset, r.length, message_len)
         data = render(r.form, addr, port)
         if original is None or original[r.offset:r.offset + r.length] != data:
-            edits.append(Edit(r.offset, r.length, data))
+            edits.append(edit(r.offset, r.length, data))
     if edits:
         for f in lengths:
             _inside(f.offset, f.length, message_len)
             _inside(f.start, f.end - f.start, message_len)
-            grown = sum(len(e.data) - e.length for e in edits if f.start <= e.offset and e.offset + e.length <= f.end)
+            start, end, grown = f.start, f.end, 0
+            for e in edits:
+                if start <= e.offset and e.offset + e.length <= end:
+                    grown += len(e.data) - e.length
             if grown:
-                edits.append(Edit(f.offset, f.length, length_field(f.form, f.end - f.start + grown)))
-    edits.sort(key=lambda e: e.offset)
+                edits.append(edit(f.offset, f.length, length_field(f.form, end - start + grown)))
+    edits.sort(key=_OFFSET)
     for a, b in zip(edits, edits[1:], strict=False):
         if a.offset + a.length > b.offset:
             raise RewriteError(f"spans at {a.offset} and {b.offset} overlap")
     return edits
+
+
+_OFFSET = attrgetter("offset")
 
 
 def _inside(offset: int, length: int, size: int) -> None:

@@ -115,9 +115,10 @@ def frozen(obj: object) -> bool:
 
 
 def test_frozen_dataclasses_built_as_plain_objects_are_the_ones_their_class_builds():
-    from alg.engine import Create, Delete, ExpectationEvent, _create, _delete, _event
+    from alg.engine import Create, Delete, ExpectationEvent, Remember, _create, _delete, _event, _remember
     from alg.expect import expectation, source_key
-    from alg.flows import KernelView
+    from alg.flows import KernelView, flow_record
+    from alg.nat import Edit, edit
     from alg.model import Direction
 
     # every field set to a value that is not its default: one added to Expectation and
@@ -137,7 +138,13 @@ def test_frozen_dataclasses_built_as_plain_objects_are_the_ones_their_class_buil
     assert fields_of(KernelView((7,), Direction.ORIGINAL, False, False, False, None, print)) == {
         "key": (7,), "direction": Direction.ORIGINAL, "new": False, "confirmed": False, "expected": False,
         "record": None, "tuples": print, "natted": False, "nat": None}
-    assert all(frozen(x) for x in (e, ev, _create(e), _delete(e, "removed"), view))
+    rec = flow_record(0x15, (7, 9))
+    assert type(rec) is FlowRecord and fields_of(rec) == fields_of(FlowRecord(RecordFlag(0x15), (7, 9))) and \
+        type(rec.flags) is RecordFlag and rec == FlowRecord.unpack(rec.pack())
+    assert fields_of(_remember(rec)) == fields_of(Remember(rec))
+    assert type(edit(3, 4, b"x")) is Edit and fields_of(edit(3, 4, b"x")) == fields_of(Edit(3, 4, b"x"))
+    assert all(frozen(x) for x in (e, ev, _create(e), _delete(e, "removed"), view, rec, _remember(rec),
+                                   edit(3, 4, b"x")))
 
 
 def test_a_record_without_boundaries_comes_back_from_its_bytes_as_the_same_object():
