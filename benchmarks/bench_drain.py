@@ -22,9 +22,16 @@ packets in all: keep N below that. Then, the reader still running, --pings
 INVITEs go one at a time to an echo server: the added latency is their round
 trip's p50/p99 minus the same without the NFQUEUE rule (measured first).
 
---tracked makes the fw namespace track the flow, as a helper's flows are: then alg creates the
-INVITEs' expectations in the kernel (ctnetlink), and on a kernel with the glue (the lab VM:
-tools/lab/vm-run ... run-all.sh with a script calling this) each packet comes with its conntrack.
+--cthelper (a kernel with nfnetlink_cthelper and the glue: the lab VM, through
+tools/lab/vm-run ... run-all.sh with a script calling this) drains the flow as alg serves it:
+a userspace helper `sipd` on queue 9 is registered (by this script, for every reader; alg
+registers it again itself), `-t raw -j CT --helper sipd` gives it the flows to port 5060, and
+the kernel queues their packets to queue 9 with their conntrack, no NFQUEUE rule. alg runs as
+it does on a firewall (`alg run`, not --no-cthelper): each INVITE's expectations are made in
+the kernel, the first on its verdict (NFQA_EXP), and the kernel evicts past ExpectMax. Before
+each burst one INVITE goes through with the reader running, so that the burst's flow is
+confirmed, as a phone's is long before a burst (a burst of a flow's very first packets gets
+a conntrack per packet, none confirmed, whose expectations ctnetlink cannot make).
 
 This host's queues come without the conntrack (no CONFIG_NETFILTER_NETLINK_GLUE_CT):
 `alg run --no-cthelper` asks ctnetlink for each packet's conntrack, and the fw namespace,
@@ -33,7 +40,7 @@ then its reverse) that both find nothing. The same run measures that lookup alon
 fw namespace, and what replaces it where the queue hands the conntrack over (the lab's
 kernel, NFQA_CT): decoding NFQA_CT in the packet's message, no system call.
 
-    sudo .venv/bin/python benchmarks/bench_drain.py [--n 20000] [--rounds 3] [--tracked]
+    sudo .venv/bin/python benchmarks/bench_drain.py [--n 20000] [--rounds 3] [--cthelper]
 """
 
 from __future__ import annotations
@@ -153,6 +160,27 @@ for m in msgs:
     s.sendto(m, ("%s", 5060))
 """ % SERVER4
 
+# --cthelper: register (or enable again) the userspace helper of the drained flows, as alg would,
+# or remove it; alg's own policy files say what it is
+HELPER = "sipd"
+CTHELPER = """import errno, sys
+from alg.daemon.supervisor import _entries, kernel_ports, register_helper, resolve
+from alg.errors import KernelError
+from alg.plugins import load_plugins
+host = load_plugins()
+hp = resolve(host, sys.argv[2:]).helpers["%s"]
+kernel = kernel_ports()
+if sys.argv[1] == "add":
+    register_helper(kernel, host, hp, False)
+else:
+    for name, l3, proto in _entries(hp):
+        try:
+            kernel.cthelper.unregister(name, proto, l3)
+        except KernelError as exc:
+            if exc.errno != errno.ENOENT:
+                sys.exit(1)  # EBUSY: a conntrack or expectation of it on its way out; asked again
+""" % HELPER
+
 
 # the daemon's lookup of the drain's flow (alg.daemon.worker: one Ctnetlink.conntrack per packet)
 LOOKUP = """import ipaddress, sys, time
@@ -245,15 +273,21 @@ def ping(net: Net, n: int) -> tuple[float, float]:
     return float(out[0]), float(out[1])
 
 
-def drain_once(net: Net, argv: list[str], n: int, pings: int) -> tuple[float, float, int, float, float]:
+def drain_once(net: Net, argv: list[str], n: int, pings: int, confirm: bool = False
+               ) -> tuple[float, float, int, float, float]:
     """(wall seconds, CPU seconds, packets lost, round trip p50, p99) for one reader draining n
-    queued packets, then forwarding `pings` INVITEs one at a time."""
+    queued packets, then forwarding `pings` INVITEs one at a time. `confirm`: one INVITE of the
+    burst's flow goes through first, the reader running."""
     reader = net.popen("fw", *argv)
     try:
         pid = reader.pid  # ip netns exec execs the reader: same pid
         q0 = wait(lambda: (q := _read(pid)) is not None and q.portid and q, 180,
                   f"{' '.join(argv[:4])} never bound the queue")  # alg starts in 20-40 s in the lab VM
         time.sleep(0.2)  # let it reach its loop
+        if confirm:
+            net.cli(sys.executable, "-c", SEND, "1", str(HERE), timeout=120)
+            q0 = wait(lambda: (q := _read(pid)) and q.id_sequence > q0.id_sequence and q.total == 0 and q, 60,
+                      "the reader did not pass the flow's first packet")
         os.kill(pid, signal.SIGSTOP)
         net.cli(sys.executable, "-c", SEND, str(n), str(HERE), timeout=120)
         wait(lambda: (q := _read(pid)) and q.id_sequence - q0.id_sequence + q.dropped - q0.dropped >= n, 10,
@@ -284,8 +318,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-daemon", action="store_true", help="leave `alg run` out")
     ap.add_argument("--pings", type=int, default=1000, help="round trips for the added latency (0: skip)")
-    ap.add_argument("--tracked", action="store_true",
-                    help="the drained flow is tracked (with the glue, as in the lab VM: no lookup per packet)")
+    ap.add_argument("--cthelper", action="store_true",
+                    help=f"the flows get the userspace helper {HELPER} (nfnetlink_cthelper: the lab VM), alg runs as "
+                         "on a firewall")
     args = ap.parse_args()
     n = args.n
     with Net(f"alg-dr{os.getpid() % 100:02d}") as net, tempfile.TemporaryDirectory() as tmp:
@@ -294,28 +329,48 @@ def main() -> int:
         net.srv("iptables", "-A", "INPUT", "-p", "udp", "--sport", "5061", "-j", "DROP")  # the burst: no echo
         net.popen("srv", sys.executable, "-c", ECHO)
         time.sleep(0.5)
-        base = [ping(net, args.pings) for _ in range(args.rounds)] if args.pings else [(0.0, 0.0)]
-        # --tracked: a conntrack match makes the fw namespace track the flow (a helper's flows are
-        # tracked: conntrack assigns the helper), and a kernel with the glue hands each packet's
-        # conntrack to the readers that ask for it (alg; the C loop does not ask)
-        tracked = ["-m", "conntrack", "--ctstate", "NEW,ESTABLISHED"] if args.tracked else []
-        net.fw("iptables", "-A", "FORWARD", "-p", "udp", "--dport", "5060", *tracked, "-j", "NFQUEUE",
-               "--queue-num", str(QUEUE))
-        Path(tmp, "sip.toml").write_text(f'helper = "sip"\nqueue = {QUEUE}\nqueue_len = {n}\nprotocols = ["udp"]\n')
+        named = f'name = "{HELPER}"\n' if args.cthelper else ""
+        Path(tmp, "sip.toml").write_text(f'helper = "sip"\n{named}queue = {QUEUE}\nqueue_len = {n}\n'
+                                         'protocols = ["udp"]\n')
         Path(tmp, "alg.toml").write_text(f'[core]\nstatus_socket = "{tmp}/s"\n')
+        policy = ["--policy", f"{tmp}/sip.toml", "--policy", f"{tmp}/alg.toml"]
+        if args.cthelper:  # the kernel queues the helper's flows itself (and their replies), with their conntrack
+            net.fw(sys.executable, "-c", CTHELPER, "add", *policy[1::2], timeout=300)  # (Python starts slowly under TCG)
+            net.fw("sysctl", "-qw", "net.netfilter.nf_conntrack_events=1")  # alg confirms attachments from events
+            rule = ["PREROUTING", "-p", "udp", "--dport", "5060", "-j", "CT", "--helper", HELPER]
+            net.fw("iptables", "-t", "raw", "-A", *rule)
+        else:
+            queue_rule = ["FORWARD", "-p", "udp", "--dport", "5060", "-j", "NFQUEUE", "--queue-num", str(QUEUE)]
+            net.fw("iptables", "-A", *queue_rule)
         readers = {
             "C loop (libnetfilter_queue)": [exe, str(QUEUE), str(n), str(min(rcvbuf_for(n, 0xFFFF), 1 << 30))],
             "binding, Python loop": [sys.executable, "-c", PY_LOOP, str(QUEUE), str(n), "batch"],
             "binding, no batch verdicts": [sys.executable, "-c", PY_LOOP, str(QUEUE), str(n), "single"],
         }
+        alg = "alg run" if args.cthelper else "alg run --no-cthelper"
         if not args.skip_daemon:
-            readers["alg run --no-cthelper"] = [sys.executable, "-m", "alg", "run", "--no-cthelper", "--policy",
-                                                f"{tmp}/sip.toml", "--policy", f"{tmp}/alg.toml"]
+            readers[alg] = [sys.executable, "-m", *alg.split(), *policy]
         runs: dict[str, list[tuple[float, float, int, float, float]]] = {k: [] for k in readers}
-        for _ in range(args.rounds):
-            for name, argv in readers.items():
-                runs[name].append(drain_once(net, argv, n, args.pings))
-        lookup = lookup_cost(net) if not (args.skip_daemon or args.tracked) else None
+        try:
+            for _ in range(args.rounds):
+                for name, argv in readers.items():
+                    if args.cthelper and name == alg:
+                        runs[name].append(drain_once(net, argv, n, args.pings, confirm=True))
+                        # alg, stopping, disables its helper (the rule's template holds it): enabled again
+                        net.fw(sys.executable, "-c", CTHELPER, "add", *policy[1::2], timeout=300)
+                        continue
+                    runs[name].append(drain_once(net, argv, n, args.pings, confirm=args.cthelper))
+        finally:
+            net.fw("iptables", *(("-t", "raw", "-D", *rule) if args.cthelper else ("-D", *queue_rule)))
+            if args.cthelper:  # helpers are the kernel's, not the namespace's: removed once nothing holds it
+                net.fw("conntrack", "-F", check=False)
+                net.fw("conntrack", "-F", "expect", check=False)
+                wait(lambda: net.fw(sys.executable, "-c", CTHELPER, "del", *policy[1::2], check=False,
+                                    timeout=300).returncode == 0, 600, f"helper {HELPER} still held", step=0.5)
+        # the round trip without the queue, measured after the readers: in the lab VM the first
+        # runs of a code path are the emulator's translation, not the path
+        base = [ping(net, args.pings) for _ in range(args.rounds)] if args.pings else [(0.0, 0.0)]
+        lookup = lookup_cost(net) if not (args.skip_daemon or args.cthelper) else None
     med = {k: tuple(statistics.median(r[i] for r in v) for i in range(5)) for k, v in runs.items()}
     b50, b99 = statistics.median(b[0] for b in base), statistics.median(b[1] for b in base)
     c_wall, c_cpu, c_lost, _, _ = med["C loop (libnetfilter_queue)"]
@@ -335,10 +390,10 @@ def main() -> int:
           " runs in the reader's verdict call and counts for every reader)")
     if args.pings:
         print(f"added latency: {args.pings} INVITEs one at a time through the queue, round trip minus the same "
-              f"without the NFQUEUE rule (p50 {b50:.1f} us, p99 {b99:.1f} us)")
+              f"without the queue, measured after the readers (p50 {b50:.1f} us, p99 {b99:.1f} us)")
     if lookup is not None:
         l_cpu, l_wall, gets, found = lookup
-        wall, used, lost = med["alg run --no-cthelper"][:3]
+        wall, used, lost = med[alg][:3]
         per = used / max(n - lost, 1) * 1e6
         same, new = glue_cost(bench_invite())
         print(f"of alg's {per:.0f} us CPU per packet: its conntrack lookup {l_cpu:.1f} us CPU ({l_wall:.1f} us wall; "
