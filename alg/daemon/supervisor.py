@@ -330,7 +330,7 @@ class Daemon:
             self.reload_asked = False
             self.reload()
         readers: dict[int, Callable[[], Any]] = {w.fileno(): w.serve for w in self.workers.values()}
-        readers[self._wake_r] = lambda: os.read(self._wake_r, 64)
+        readers[self._wake_r] = self._woken
         if self.reconciler is not None:
             readers[self.reconciler.fileno()] = self.reconciler.read
         if self.status_server is not None:
@@ -342,7 +342,7 @@ class Daemon:
         if due is not None:
             timeout = max(0.0, min(timeout, due - time.monotonic()))
         try:
-            ready, _, _ = select.select(list(readers), [], [], timeout)
+            ready, _, _ = select.select(readers, [], [], timeout)
         except InterruptedError:
             return
         for fd in ready:
@@ -353,6 +353,9 @@ class Daemon:
         if self.policy.core.metrics_file and time.monotonic() >= self._metrics_due:
             self._metrics_due = time.monotonic() + METRICS_INTERVAL
             self._guarded(self._write_metrics)
+
+    def _woken(self) -> None:
+        os.read(self._wake_r, 64)
 
     def _guarded(self, work: Callable[[], Any]) -> None:
         """One failure (a netlink timeout, a bug) is counted and logged; the daemon goes on,
