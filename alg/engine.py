@@ -210,7 +210,7 @@ class TableStats:
 class HelperSlot:
     """A configured helper: its policy, its instance and its counters."""
 
-    __slots__ = ("policy", "helper", "stats", "max_expected", "class_names", "class_ids", "classes")
+    __slots__ = ("policy", "helper", "stats", "max_expected", "class_names", "classes")
 
     def __init__(self, policy: HelperPolicy, helper: Helper):
         self.policy = policy
@@ -219,12 +219,11 @@ class HelperSlot:
         self.max_expected = {c.name: c.max_expected for c in policy.classes}
         # looked up for every expectation (the policy's own lookups walk its classes)
         self.class_names = tuple(c.name for c in policy.classes)
-        self.class_ids: dict[str, tuple[int, int]] = {}  # name -> (class id, timeout), the first of a name
+        # name -> (counters, ExpectMax, class id, timeout): what an Expect's class decides, in one
+        # lookup (the id and timeout of the first class of a name)
+        self.classes: dict[str, tuple[ClassStats, int, int, int]] = {}
         for i, c in enumerate(policy.classes):
-            self.class_ids.setdefault(c.name, (i, c.timeout))
-        # name -> (counters, ExpectMax, class id, timeout): what an Expect's class decides, in one lookup
-        self.classes: dict[str, tuple[ClassStats, int, int, int]] = {
-            name: (self.stats.classes[name], self.max_expected[name], *ids) for name, ids in self.class_ids.items()}
+            self.classes.setdefault(c.name, (self.stats.classes[c.name], self.max_expected[c.name], i, c.timeout))
 
 
 class RateLimitedLog:
@@ -942,7 +941,7 @@ def _share(budget: int, fraction: float) -> int:
 def _expectation(h: HelperSlot, flow: Flow, a: Expect, now: float, frame: int | None, sender: Any,
                  nat_to: tuple | None, sender_key: int | None) -> Expectation:
     """The expectation `a` asks for (`sender_key`: source_key(sender))."""
-    class_id, timeout = h.class_ids[a.cls]
+    _stats, _max, class_id, timeout = h.classes[a.cls]
     tup = flow.tuple
     return expectation(h.policy.name, a.cls, class_id, tup.l3, a.proto, a.src, a.dst, a.sport, a.dport, tup, timeout,
                        a.flags, frame, now, a.tag, a.src_prefix, a.assign_helper, flow.kernel, sender, nat_to,
