@@ -24,8 +24,8 @@ trip's p50/p99 minus the same without the NFQUEUE rule (measured first).
 
 --cthelper (a kernel with nfnetlink_cthelper and the glue: the lab VM, through
 tools/lab/vm-run ... run-all.sh with a script calling this) drains the flow as alg serves it:
-a userspace helper `sipd` on queue 9 is registered (by this script, for every reader; alg
-registers it again itself), `-t raw -j CT --helper sipd` gives it the flows to port 5060, and
+a userspace helper `sipd` on queue 9 is registered by this script (and enabled again after
+alg, which disables it as it stops), `-t raw -j CT --helper sipd` gives it the flows to port 5060, and
 the kernel queues their packets to queue 9 with their conntrack, no NFQUEUE rule. alg runs as
 it does on a firewall (`alg run`, not --no-cthelper): each INVITE's expectations are made in
 the kernel, the first on its verdict (NFQA_EXP), and the kernel evicts past ExpectMax. Before

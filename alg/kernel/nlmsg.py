@@ -139,9 +139,9 @@ class NfnlSocket:
         return self.seq
 
     def _wait(self, write: bool = False) -> None:
-        ready = select.select([], [self.sock], [], self.timeout)[1] if write else \
-            select.select([self.sock], [], [], self.timeout)[0]
-        if not ready:
+        readable, writable, _ = select.select([] if write else [self.sock], [self.sock] if write else [], [],
+                                              self.timeout)
+        if not readable and not writable:
             raise NetlinkError(_errno.ETIMEDOUT, "no answer from the kernel")
 
     def transact(self, msg: bytes, seq: int) -> list[tuple[int, bytes]]:
