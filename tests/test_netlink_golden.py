@@ -6,6 +6,7 @@ and the main layouts are pinned as hex dumps so a change in either shows.
 """
 
 import ipaddress as I
+import random
 import socket
 import struct
 
@@ -421,3 +422,45 @@ def test_exp_new_with_nat_golden():
             nat=(1, I.ip_address("10.0.1.2"), 50004))
     lean = C.pack_exp_new(e, M4, seq=3, pid=5).hex()
     assert lean.endswith(EXP_NAT_TAIL) and lean == C.pyroute2_exp_new(e, M4, seq=3, pid=5).hex()
+
+
+def _walked_peek(kind: str, payload: bytes) -> tuple | None:
+    """What ExpectationEvent.peek must say of payload, read by walking every attribute."""
+    a = L.parse_attrs(payload, 4)
+    tup, mask, master = (a.get(t) for t in (C.CTA_EXPECT_TUPLE, C.CTA_EXPECT_MASK, C.CTA_EXPECT_MASTER))
+    ints = C._tuple_ints(tup)
+    if ints is None or mask is None or master is None:
+        return None
+    name = a.get(C.CTA_EXPECT_HELP_NAME)
+    m = C._tuple_ints(mask)
+    return (kind, name.rstrip(b"\0").decode("ascii", "replace") if name else None, ints, mask,
+            C._tuple_ints(master), m[2] if m else -1, m[4] == 0 if m else False)
+
+
+def _peeked(kind: str, payload: bytes) -> tuple | None:
+    ev = C.ExpectationEvent.peek(kind, payload)
+    if ev is None:
+        return None
+    return ev.kind, ev.helper, ev.tuple_ints, ev.mask_key, ev.master_ints, ev.src_mask, ev.any_sport
+
+
+def test_an_events_layout_reads_what_the_walk_reads():
+    """peek reads an event laid out as one before where that one's attributes lay (_EventLayout);
+    on damaged events (flipped bytes in the headers or the values, cut short, grown) it must
+    say what walking every attribute says."""
+    rng = random.Random(14)
+    payloads = [C.pack_exp_new(e, e.master)[16:] for e in
+                (exp(M4, assign_helper=True), exp(M6, src=None, sport=5060, proto=17), exp(M4, src_prefix=24))]
+    for good in payloads:
+        assert _peeked("new", good) == _walked_peek("new", good) is not None
+        assert len(good) in C._event_layouts  # learned: the next one of this length is read by its layout
+    for _ in range(3000):
+        b = bytearray(rng.choice(payloads))
+        for _ in range(rng.randint(1, 3)):
+            b[rng.randrange(4, len(b))] ^= 1 << rng.randrange(8)
+        if rng.random() < 0.2:
+            b = b[:rng.randrange(len(b))] if rng.random() < 0.5 else b + bytes(rng.choice((4, 8)))
+        damaged = bytes(b)
+        assert _peeked("destroy", damaged) == _walked_peek("destroy", damaged), damaged.hex()
+    for good in payloads:  # and the damage learned nothing wrong
+        assert _peeked("new", good) == _walked_peek("new", good)
