@@ -212,6 +212,24 @@ $SYS_PY -c 'import json, sys
 d = json.load(open(sys.argv[1]))
 print("alg status: %s held, %s left to the kernel to evict" % (d.get("expectations"), d.get("evicted_by_kernel")))' \
     "$OUT/alg-status.json"
+# FTP_LOAD_ALG_B=DIR (passed in with -e): then the same load with another version of alg (alg-b: DIR holds
+# its alg and alg_helpers, as `git archive REV alg helpers` gives them with helpers renamed; python -P keeps
+# the current folder's alg off the path) and with this one again (alg-again): a before and after in one
+# boot, where the emulator's speed differs from boot to boot
+if [ -n "${FTP_LOAD_ALG_B:-}" ]; then
+    for run in alg-b alg-again; do
+        raw_helper ""; lab_fw conntrack -F >/dev/null 2>&1  # a helper in use cannot be removed (EBUSY)
+        kill -TERM "$ALG_PID"; wait "$ALG_PID" 2>/dev/null
+        if [ "$run" = alg-b ]; then
+            start_alg env PYTHONPATH="$FTP_LOAD_ALG_B" "$ALG_ROOT/.venv/bin/python" -P -m alg
+        else
+            start_alg
+        fi
+        raw_helper alg-ftp
+        warm_up
+        load "$run" "$ALG_PID"
+    done
+fi
 # FTP_LOAD_PROFILE=1 (passed in with -e): then the same load once more with alg under cProfile, and where
 # its time went (the profiler slows alg down: that run's figures are not comparable, the shares are)
 if [ -n "${FTP_LOAD_PROFILE:-}" ]; then
@@ -337,6 +355,13 @@ done
 awk -v a=$(( P50[alg] - P50[none] )) -v c=$(( P50[conntrackd] - P50[none] )) \
     'BEGIN {if (c > 0) printf "ftp-load alg adds %.2fx the p50 latency conntrackd adds\n", a / c}'
 for label in none conntrackd alg; do echo "ftp-load work $label: ${WORK[$label]}"; done
+for label in alg alg-b alg-again; do  # (alg-b and alg-again: with FTP_LOAD_ALG_B only)
+    [ -n "${PER_S[$label]:-}" ] && awk -v l="$label" -v r="${PER_S[$label]}" -v c="${PER_S[conntrackd]:-0}" \
+        -v a=$(( P50[$label] - P50[none] )) -v ac=$(( P50[conntrackd] - P50[none] )) -v u="${US_PER_Q[$label]:-0}" \
+        -v uc="${US_PER_Q[conntrackd]:-0}" 'BEGIN {if (c > 0 && ac > 0 && uc > 0)
+        printf "ftp-load %s vs conntrackd: %.2fx the rate, %.2fx the added p50, %.2fx the CPU per queued packet (%d us)\n",
+            l, r / c, a / ac, u / uc, u}'
+done
 echo "ftp-load alg-2w adds p50 $(( P50[alg-2w] - P50[none] )) us, p99 $(( P99[alg-2w] - P99[none] )) us to a PASV round trip"
 awk -v a=$(( P50[alg-2w] - P50[none] )) -v c=$(( P50[conntrackd] - P50[none] )) \
     'BEGIN {if (c > 0) printf "ftp-load alg-2w adds %.2fx the p50 latency conntrackd adds\n", a / c}'
