@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import os
 import re
 import statistics
@@ -49,6 +50,7 @@ from bench_worker import flat  # noqa: E402  (this folder is the script's: sys.p
 
 from alg.daemon import Daemon  # noqa: E402
 from alg.daemon.reconciler import Reconciler  # noqa: E402
+from alg.daemon.supervisor import settle_collector  # noqa: E402
 from alg.kernel import nfqueue as Q  # noqa: E402
 from alg.kernel import nlmsg as L  # noqa: E402
 from alg.kernel.ctnetlink import IPS_CONFIRMED, pack_tuple  # noqa: E402
@@ -247,6 +249,7 @@ def run(exchanges: int, connections: int, profile: cProfile.Profile | None = Non
                 lab.q.put(lab.message(c, reply, payload, syn))
                 d.step(0)
         lab.kernel_side()
+        settle_collector()  # as the daemon's loop does once started
         packets = verdicts = 0
         cpu = 0.0
         kinds: tuple[list[float], ...] = ([], [], [])  # wall time of each PASV, 227, ACK
@@ -269,6 +272,7 @@ def run(exchanges: int, connections: int, profile: cProfile.Profile | None = Non
                 packets += 1
             if i % 1000 == 999:
                 lab.timeout -= 1  # (seconds go by: the remaining timeout the kernel reports changes)
+        gc.unfreeze()  # (this run's objects collectable again)
         st = d.engine.stats()["helpers"][HELPER]
         return {"cpu": cpu / packets, "median": [statistics.median(k) for k in kinds],
                 "packets": packets, "verdicts": verdicts,
