@@ -135,6 +135,17 @@ class Message:
         v, folded = m.groups()  # (as _header does, without building one)
         return v.rstrip(_TRAILING) if folded is None else _value(self.head, m.start(1))
 
+    def cseq(self) -> tuple[int, bytes] | None:
+        """`parse_cseq(self.value(b"cseq"))`, the usual one-line form read by the search
+        that finds the header (`CSEQ_FIELDS`), any other by that path."""
+        m = CSEQ_FIELDS.search(self.head)
+        if m is None:
+            return None
+        num, method = m.groups()
+        if num is None:
+            return parse_cseq(self.first(CSEQ_HEADER))
+        return (int(num), method.upper()) if len(method) <= MAX_METHOD else None
+
 
 class Incomplete(Exception):
     """The message is not complete yet (stream transports)."""
@@ -526,6 +537,13 @@ _SEARCH.update((n, _compile(n)) for n in (b"call-id", b"cseq", b"content-length"
                                           b"expires", b"via", b"from", b"to", b"route", b"record-route"))
 CALL_ID_HEADER, CSEQ_HEADER, CONTENT_TYPE_HEADER, CONTENT_LENGTH_HEADER = (
     _SEARCH[n] for n in (b"call-id", b"cseq", b"content-type", b"content-length"))
+# the first CSeq header (as CSEQ_HEADER finds it: CSeq has no compact form) and, when its
+# value is the usual one line that CSEQ matches (number, blanks, method, then the line ends:
+# neither more bytes nor a continuation line), the number and method (groups 1, 2; else None:
+# Message.cseq reads it the general way). The runs are possessive over disjoint classes:
+# nothing is given back
+CSEQ_FIELDS = re.compile(
+    rb"\ncseq[ \t]*+:[ \t]*+(?:([0-9]{1,10})[ \t]++(" + _TOKEN + rb"+)[ \t\r]*+(?![^\n]|\n[ \t]))?", re.IGNORECASE)
 
 
 # Via = sent-protocol LWS sent-by *( SEMI via-params ) (§20.42, §25.1); the
