@@ -108,7 +108,7 @@ class Message:
         most; `skipped` counts that there were more."""
         head = self.head
         out: list[Header] = []
-        for m in _search(name).finditer(head):
+        for m in (_SEARCH.get(name) or _compile(name)).finditer(head):
             if len(out) == MAX_LIST:
                 self.skipped += 1
                 break
@@ -116,7 +116,7 @@ class Message:
         return out
 
     def get(self, name: bytes) -> Header | None:
-        m = _search(name).search(self.head)
+        m = (_SEARCH.get(name) or _compile(name)).search(self.head)  # (a call fewer than a function for it)
         return None if m is None else _header(name, self.head, m)
 
     def value(self, name: bytes) -> bytes | None:
@@ -127,7 +127,7 @@ class Message:
         return self.first(_SEARCH.get(name) or _compile(name))
 
     def first(self, search: re.Pattern[bytes]) -> bytes | None:
-        """`value` of the header a `_search` pattern finds (the hot ones are
+        """`value` of the header a `_compile` pattern finds (the hot ones are
         module constants: CALL_ID_HEADER ...)."""
         m = search.search(self.head)
         if m is None:
@@ -350,10 +350,6 @@ def _bad_line(head: bytes, at: int) -> None:
     raise alg.ProtocolViolation(f"bad header line {line[:40]!r}")
 
 
-def _search(name: bytes) -> re.Pattern[bytes]:
-    return _SEARCH.get(name) or _compile(name)
-
-
 def _compile(name: bytes) -> re.Pattern[bytes]:
     """Header `name` (full or compact form, §7.3.3, any case) at the start
     of a line, whitespace around the colon (§7.3.1); group 1: the rest of
@@ -365,7 +361,7 @@ def _compile(name: bytes) -> re.Pattern[bytes]:
 
 
 def _header(name: bytes, head: bytes, m: re.Match[bytes]) -> Header:
-    """The header a `_search` pattern matched in `head`."""
+    """The header a `_compile` pattern matched in `head`."""
     v, folded = m.groups()
     at = m.start(1)
     return Header(name, v.rstrip(_TRAILING) if folded is None else _value(head, at), at)
@@ -398,8 +394,9 @@ def split_elements(value: bytes, limit: int) -> tuple[list[tuple[bytes, int]], b
     visited (found by one pattern; the rest is a C-level scan), at most
     SPECIALS_PER_ELEMENT per element asked for."""
     out: list[tuple[bytes, int]] = []
-    if b"," not in value and b'"' not in value and b"\\" not in value \
-            and value.count(b"<") + value.count(b">") <= limit * SPECIALS_PER_ELEMENT:
+    if b"," not in value and b'"' not in value and b"\\" not in value and (
+            len(value) <= limit * SPECIALS_PER_ELEMENT  # (too short to hold more brackets: not counted)
+            or value.count(b"<") + value.count(b">") <= limit * SPECIALS_PER_ELEMENT):
         # one element and nothing quoted (a Contact, From, To as phones send them): what
         # the loop below finds, without visiting its brackets
         _element(out, value, 0)
@@ -551,6 +548,13 @@ CSEQ_FIELDS = re.compile(
 _VIA = re.compile(rb"SIP/2\.0/([A-Za-z]+)[ \t]+", re.IGNORECASE)
 
 
+# a via-param the NAT reads (RFC 3261 §18.2.1, RFC 3581), within a sent-by's `;`-separated
+# parameters: `;`, the name (blanks around it, any case: §7.3.1), `=`; group 2: the value up
+# to the next `;` (bounded by the caller to the first element). The other parameters (a
+# branch= on every Via) are passed over by this one C-level search, not split in Python.
+_VIA_PARAM = re.compile(rb";\s*+(maddr|received|rport)\s*+=([^;]*+)", re.IGNORECASE)
+
+
 @dataclass(slots=True)  # not frozen: read once per message under NAT, where construction cost shows
 class Via:
     """The first (topmost) element of a Via value: where its sent-by is, and
@@ -560,7 +564,7 @@ class Via:
     host: bytes
     port: int | None
     where: tuple[int, int]  # (offset, length) of host[:port] within the value
-    params: tuple[tuple[bytes, bytes, int], ...]  # (name lower case, value, offset of the value)
+    params: tuple[tuple[bytes, bytes, int], ...]  # maddr/received/rport: (name lower case, value, offset of the value)
 
 
 def parse_via(value: bytes) -> Via | None:
@@ -571,17 +575,12 @@ def parse_via(value: bytes) -> Via | None:
     hp = _HOSTPORT.match(value, m.end())
     if not hp:
         return None
-    end = value.find(b",", hp.end())
-    end = len(value) if end < 0 else end
     params = []
     at = hp.end()
-    while at < end and value[at:at + 1] == b";":
-        nxt = value.find(b";", at + 1, end)
-        nxt = end if nxt < 0 else nxt
-        name, eq, v = value[at + 1:nxt].partition(b"=")
-        if eq:
-            lead = len(v) - len(v.lstrip())
-            params.append((name.strip().lower(), v.strip(), at + 1 + len(name) + 1 + lead))
-        at = nxt
+    if value.startswith(b";", at):  # parameters follow sent-by directly, up to the next element
+        end = value.find(b",", at)
+        for p in _VIA_PARAM.finditer(value, at, len(value) if end < 0 else end):
+            v = p[2]
+            params.append((p[1].lower(), v.strip(), p.start(2) + len(v) - len(v.lstrip())))
     port = int(hp.group(2)) if hp.group(2) else None
     return Via(m.group(1).upper(), hp.group(1), port, (hp.start(), hp.end() - hp.start()), tuple(params))
