@@ -108,11 +108,14 @@ class Message:
         most; `skipped` counts that there were more."""
         head = self.head
         out: list[Header] = []
-        for m in (_SEARCH.get(name) or _compile(name)).finditer(head):
+        search = (_SEARCH.get(name) or _compile(name)).search
+        m = search(head)
+        while m is not None:  # (one search per header, from the end of the last: finditer's scanner costs more)
             if len(out) == MAX_LIST:
                 self.skipped += 1
                 break
             out.append(_header(name, head, m))
+            m = search(head, m.end())
         return out
 
     def get(self, name: bytes) -> Header | None:
@@ -579,8 +582,11 @@ def parse_via(value: bytes) -> Via | None:
     at = hp.end()
     if value.startswith(b";", at):  # parameters follow sent-by directly, up to the next element
         end = value.find(b",", at)
-        for p in _VIA_PARAM.finditer(value, at, len(value) if end < 0 else end):
+        end = len(value) if end < 0 else end
+        p = _VIA_PARAM.search(value, at, end)  # (searches, not finditer's scanner: usually none is there)
+        while p is not None:
             v = p[2]
             params.append((p[1].lower(), v.strip(), p.start(2) + len(v) - len(v.lstrip())))
+            p = _VIA_PARAM.search(value, p.end(), end)
     port = int(hp.group(2)) if hp.group(2) else None
     return Via(m.group(1).upper(), hp.group(1), port, (hp.start(), hp.end() - hp.start()), tuple(params))

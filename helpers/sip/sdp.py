@@ -125,7 +125,12 @@ def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_
     n = 0  # lines read (s.lines once done)
     text = b"\n" + body  # "\nm=" at i of it is "m=" at i of the body
     base -= 1  # offsets in text
-    for lm in _LINE.finditer(text):  # (advanced only as far as lines are read)
+    search, pos = _LINE.search, 0
+    while True:  # one search per line read, from the end of the last (finditer's scanner costs more in a short body)
+        lm = search(text, pos)
+        if lm is None:
+            break
+        pos = lm.end()
         if n >= max_lines:
             s.truncated = True
             break
