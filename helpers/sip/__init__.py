@@ -465,7 +465,7 @@ class SipHelper(alg.Helper):
 
     def _actions(self, msg: Message, seg: alg.Segment, state: SipState, base: int) -> tuple:
         callid = msg.first(grammar.CALL_ID_HEADER)
-        cseq = grammar.parse_cseq(msg.first(grammar.CSEQ_HEADER))
+        cseq = msg.cseq()
         if not callid or cseq is None:
             return (Notice("malformed", "no Call-ID or CSeq"),)
         tag = callid[:MAX_CALL_ID].decode("latin-1")

@@ -108,15 +108,18 @@ class Message:
         most; `skipped` counts that there were more."""
         head = self.head
         out: list[Header] = []
-        for m in _search(name).finditer(head):
+        search = (_SEARCH.get(name) or _compile(name)).search
+        m = search(head)
+        while m is not None:  # (one search per header, from the end of the last: finditer's scanner costs more)
             if len(out) == MAX_LIST:
                 self.skipped += 1
                 break
             out.append(_header(name, head, m))
+            m = search(head, m.end())
         return out
 
     def get(self, name: bytes) -> Header | None:
-        m = _search(name).search(self.head)
+        m = (_SEARCH.get(name) or _compile(name)).search(self.head)  # (a call fewer than a function for it)
         return None if m is None else _header(name, self.head, m)
 
     def value(self, name: bytes) -> bytes | None:
@@ -127,13 +130,24 @@ class Message:
         return self.first(_SEARCH.get(name) or _compile(name))
 
     def first(self, search: re.Pattern[bytes]) -> bytes | None:
-        """`value` of the header a `_search` pattern finds (the hot ones are
+        """`value` of the header a `_compile` pattern finds (the hot ones are
         module constants: CALL_ID_HEADER ...)."""
         m = search.search(self.head)
         if m is None:
             return None
         v, folded = m.groups()  # (as _header does, without building one)
         return v.rstrip(_TRAILING) if folded is None else _value(self.head, m.start(1))
+
+    def cseq(self) -> tuple[int, bytes] | None:
+        """`parse_cseq(self.value(b"cseq"))`, the usual one-line form read by the search
+        that finds the header (`CSEQ_FIELDS`), any other by that path."""
+        m = CSEQ_FIELDS.search(self.head)
+        if m is None:
+            return None
+        num, method = m.groups()
+        if num is None:
+            return parse_cseq(self.first(CSEQ_HEADER))
+        return (int(num), method.upper()) if len(method) <= MAX_METHOD else None
 
 
 class Incomplete(Exception):
@@ -339,10 +353,6 @@ def _bad_line(head: bytes, at: int) -> None:
     raise alg.ProtocolViolation(f"bad header line {line[:40]!r}")
 
 
-def _search(name: bytes) -> re.Pattern[bytes]:
-    return _SEARCH.get(name) or _compile(name)
-
-
 def _compile(name: bytes) -> re.Pattern[bytes]:
     """Header `name` (full or compact form, §7.3.3, any case) at the start
     of a line, whitespace around the colon (§7.3.1); group 1: the rest of
@@ -354,7 +364,7 @@ def _compile(name: bytes) -> re.Pattern[bytes]:
 
 
 def _header(name: bytes, head: bytes, m: re.Match[bytes]) -> Header:
-    """The header a `_search` pattern matched in `head`."""
+    """The header a `_compile` pattern matched in `head`."""
     v, folded = m.groups()
     at = m.start(1)
     return Header(name, v.rstrip(_TRAILING) if folded is None else _value(head, at), at)
@@ -387,8 +397,9 @@ def split_elements(value: bytes, limit: int) -> tuple[list[tuple[bytes, int]], b
     visited (found by one pattern; the rest is a C-level scan), at most
     SPECIALS_PER_ELEMENT per element asked for."""
     out: list[tuple[bytes, int]] = []
-    if b"," not in value and b'"' not in value and b"\\" not in value \
-            and value.count(b"<") + value.count(b">") <= limit * SPECIALS_PER_ELEMENT:
+    if b"," not in value and b'"' not in value and b"\\" not in value and (
+            len(value) <= limit * SPECIALS_PER_ELEMENT  # (too short to hold more brackets: not counted)
+            or value.count(b"<") + value.count(b">") <= limit * SPECIALS_PER_ELEMENT):
         # one element and nothing quoted (a Contact, From, To as phones send them): what
         # the loop below finds, without visiting its brackets
         _element(out, value, 0)
@@ -526,11 +537,25 @@ _SEARCH.update((n, _compile(n)) for n in (b"call-id", b"cseq", b"content-length"
                                           b"expires", b"via", b"from", b"to", b"route", b"record-route"))
 CALL_ID_HEADER, CSEQ_HEADER, CONTENT_TYPE_HEADER, CONTENT_LENGTH_HEADER = (
     _SEARCH[n] for n in (b"call-id", b"cseq", b"content-type", b"content-length"))
+# the first CSeq header (as CSEQ_HEADER finds it: CSeq has no compact form) and, when its
+# value is the usual one line that CSEQ matches (number, blanks, method, then the line ends:
+# neither more bytes nor a continuation line), the number and method (groups 1, 2; else None:
+# Message.cseq reads it the general way). The runs are possessive over disjoint classes:
+# nothing is given back
+CSEQ_FIELDS = re.compile(
+    rb"\ncseq[ \t]*+:[ \t]*+(?:([0-9]{1,10})[ \t]++(" + _TOKEN + rb"+)[ \t\r]*+(?![^\n]|\n[ \t]))?", re.IGNORECASE)
 
 
 # Via = sent-protocol LWS sent-by *( SEMI via-params ) (§20.42, §25.1); the
 # transport (group 1) and where sent-by starts
 _VIA = re.compile(rb"SIP/2\.0/([A-Za-z]+)[ \t]+", re.IGNORECASE)
+
+
+# a via-param the NAT reads (RFC 3261 §18.2.1, RFC 3581), within a sent-by's `;`-separated
+# parameters: `;`, the name (blanks around it, any case: §7.3.1), `=`; group 2: the value up
+# to the next `;` (bounded by the caller to the first element). The other parameters (a
+# branch= on every Via) are passed over by this one C-level search, not split in Python.
+_VIA_PARAM = re.compile(rb";\s*+(maddr|received|rport)\s*+=([^;]*+)", re.IGNORECASE)
 
 
 @dataclass(slots=True)  # not frozen: read once per message under NAT, where construction cost shows
@@ -542,7 +567,7 @@ class Via:
     host: bytes
     port: int | None
     where: tuple[int, int]  # (offset, length) of host[:port] within the value
-    params: tuple[tuple[bytes, bytes, int], ...]  # (name lower case, value, offset of the value)
+    params: tuple[tuple[bytes, bytes, int], ...]  # maddr/received/rport: (name lower case, value, offset of the value)
 
 
 def parse_via(value: bytes) -> Via | None:
@@ -553,17 +578,15 @@ def parse_via(value: bytes) -> Via | None:
     hp = _HOSTPORT.match(value, m.end())
     if not hp:
         return None
-    end = value.find(b",", hp.end())
-    end = len(value) if end < 0 else end
     params = []
     at = hp.end()
-    while at < end and value[at:at + 1] == b";":
-        nxt = value.find(b";", at + 1, end)
-        nxt = end if nxt < 0 else nxt
-        name, eq, v = value[at + 1:nxt].partition(b"=")
-        if eq:
-            lead = len(v) - len(v.lstrip())
-            params.append((name.strip().lower(), v.strip(), at + 1 + len(name) + 1 + lead))
-        at = nxt
+    if value.startswith(b";", at):  # parameters follow sent-by directly, up to the next element
+        end = value.find(b",", at)
+        end = len(value) if end < 0 else end
+        p = _VIA_PARAM.search(value, at, end)  # (searches, not finditer's scanner: usually none is there)
+        while p is not None:
+            v = p[2]
+            params.append((p[1].lower(), v.strip(), p.start(2) + len(v) - len(v.lstrip())))
+            p = _VIA_PARAM.search(value, p.end(), end)
     port = int(hp.group(2)) if hp.group(2) else None
     return Via(m.group(1).upper(), hp.group(1), port, (hp.start(), hp.end() - hp.start()), tuple(params))

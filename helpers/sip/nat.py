@@ -54,7 +54,7 @@ _FOREIGN, _KEPT, _MOVED = 0, 1, 2
 class _Spans:
     """Collects one message's spans (offsets in the segment: `base` + the message's)."""
 
-    __slots__ = ("nat", "direction", "l3", "head", "base", "out", "mapped")
+    __slots__ = ("nat", "direction", "l3", "head", "base", "out", "mapped", "moved")
 
     def __init__(self, seg: alg.Segment, head: bytes, base: int):
         self.nat: alg.NatMap = seg.nat  # type: ignore[assignment]  # only called under NAT
@@ -62,28 +62,42 @@ class _Spans:
         self.l3 = seg.flow.l3
         self.head, self.base = head, base
         self.out: list[Any] = []
-        # what endpoint() found for each endpoint text of this message (a phone names its own
-        # host:port in the Via, From and Contact): _FOREIGN, _KEPT or _MOVED
-        self.mapped: dict[tuple[bytes, int | None, Form], int] = {}
+        # what host_port() found for each host[:port] text and port of this message: what the
+        # NAT does to it (_FOREIGN, _KEPT or _MOVED) and its address
+        self.mapped: dict[tuple[bytes, int], tuple[int, Any]] = {}
+        # what address() found for each SDP address text (o= and c= usually name the same one)
+        self.moved: dict[bytes, bool] = {}
 
     def endpoint(self, at: int, text: bytes, addr: Any, port: int | None, form: Form) -> None:
         """The header bytes `text` at offset `at` of the message name addr:port:
         named when the NAT maps it to something else (map_addr)."""
-        # addr:port follows from (text, port, form) for every caller (a URI's or Via's host[:port],
-        # a Via parameter's value), so the mapping is worked out once per message for each
-        key = (text, port, form)
-        how = self.mapped.get(key)
-        if how is None:
-            if addr is None or addr.version != self.l3:
-                how = _FOREIGN
-            else:
-                to = self.nat.map(self.direction, addr, port)
-                # (the ports compared first: comparing addresses costs more)
-                how = _MOVED if to is not None and (to[1] != port or to[0] != addr) else _KEPT
-            self.mapped[key] = how
+        self._name(at, text, addr, port, form, self._how(addr, port))
+
+    def host_port(self, at: int, text: bytes, host: bytes, port: int) -> None:
+        """`endpoint(at, text, ip_literal(host), port, Form.HOST_PORT)` of a URI's or Via's
+        host[:port] `text` (whose host part is `host`): a phone names its own in the Via,
+        From and Contact, so its address and what the NAT does to it are worked out once
+        per message for each (text, port) (the key holds no Form: an enum's hash is a
+        Python-level call)."""
+        key = (text, port)
+        known = self.mapped.get(key)
+        if known is None:
+            addr = grammar.ip_literal(host)
+            known = self.mapped[key] = (self._how(addr, port), addr)
+        self._name(at, text, known[1], port, Form.HOST_PORT, known[0])
+
+    def _how(self, addr: Any, port: int | None) -> int:
+        """What the NAT does to addr:port: _FOREIGN, _KEPT or _MOVED."""
+        if addr is None or addr.version != self.l3:
+            return _FOREIGN
+        to = self.nat.map(self.direction, addr, port)
+        # (the ports compared first: comparing addresses costs more)
+        return _MOVED if to is not None and (to[1] != port or to[0] != addr) else _KEPT
+
+    def _name(self, at: int, text: bytes, addr: Any, port: int | None, form: Form, how: int) -> None:
         if how == _FOREIGN:
             return
-        if self.head[at:at + len(text)] != text:  # the value was unfolded: offsets past the first line differ
+        if not self.head.startswith(text, at):  # the value was unfolded: offsets past the first line differ
             self.out.append(Notice("nat-folded-header", text[:40].decode("latin-1")))
             return
         if how == _MOVED:
@@ -94,7 +108,7 @@ class _Spans:
         u = grammar.uri_host(elem)
         if u is not None:
             off, n, host, port = u
-            self.endpoint(at + off, elem[off:off + n], grammar.ip_literal(host), port or SIP_PORT, Form.HOST_PORT)
+            self.host_port(at + off, elem[off:off + n], host, port or SIP_PORT)
 
     def elements(self, msg: grammar.Message, name: bytes) -> None:
         """The URIs of every header `name`, MAX_LIST of them at most over all its
@@ -113,8 +127,11 @@ class _Spans:
         maps it (0.0.0.0 never is)."""
         if conn is None or conn.addr is None or conn.family != self.l3:  # (an address is of its line's family)
             return
-        to = self.nat.map(self.direction, conn.addr, None)
-        if to is not None and to[0] != conn.addr:
+        moved = self.moved.get(conn.text)  # (within a family the address follows from the text)
+        if moved is None:
+            to = self.nat.map(self.direction, conn.addr, None)
+            moved = self.moved[conn.text] = to is not None and to[0] != conn.addr
+        if moved:
             self.out.append(_rewrite(conn.where[0], conn.where[1], conn.addr, None, Form.ADDR))
 
     def port(self, where: tuple[int, int], conn: sdp.Connection | None, port: int) -> None:
@@ -175,7 +192,7 @@ def _via(s: _Spans, msg: grammar.Message, seg: alg.Segment, here: alg.FlowTuple,
     if addr is None or (addr, port) != mine:
         return
     off, n = v.where
-    s.endpoint(h.offset + off, h.value[off:off + n], addr, port, Form.HOST_PORT)
+    s.host_port(h.offset + off, h.value[off:off + n], v.host, port)
     for name, value, at in v.params:
         if name == b"maddr":  # RFC 3261 §18.2.1: where to send the response; written bracketed
             a = grammar.ip_literal(value) or _literal(value)

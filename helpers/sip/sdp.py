@@ -21,14 +21,16 @@ import alg
 
 # the lines read here (RFC 8866 §5: <type>=<value>, CRLF or LF; a value ends at the first CR
 # or LF), each found by one search for the next line start of the three kinds ("\nm=" in
-# "\n" + body), its fields read by one anchored match past the "<type>=" (no match: malformed)
-_LINE_START = re.compile(rb"\n(?:m=|c=|a=rtcp:)")
-# m=<media> <port>[/<number of ports>] <proto> <fmt> ... (§5.14)
-_M = re.compile(rb"([A-Za-z0-9._-]+)[ ]+([0-9]{1,5})(?:/([0-9]{1,5}))?[ ]+([A-Za-z0-9/._-]+)")
-# c=<nettype> <addrtype> <connection-address> (§5.7), TTL / count suffixes on multicast
-_C = re.compile(rb"IN[ ]+IP([46])[ ]+([^ /\r\n]+)(?:/[0-9]+){0,2}[ ]*(?![^\r\n])")
-# a=rtcp:<port> [<nettype> <addrtype> <connection-address>] (RFC 3605 §2.1)
-_RTCP = re.compile(rb"([0-9]{1,5})(?:[ ]+IN[ ]+IP([46])[ ]+([^ \r\n]+))?[ ]*(?![^\r\n])")
+# "\n" + body), which also reads its fields: the type's letter picks the one alternative, whose
+# fields are an optional group (not there: the line is malformed). A match call and its groups
+# per line fewer than a search and then an anchored match of the fields (issue 14).
+# m=<media> <port>[/<number of ports>] <proto> <fmt> ... (§5.14): groups 1-4
+_M = rb"([A-Za-z0-9._-]+)[ ]+([0-9]{1,5})(?:/([0-9]{1,5}))?[ ]+([A-Za-z0-9/._-]+)"
+# c=<nettype> <addrtype> <connection-address> (§5.7), TTL / count suffixes on multicast: groups 5-6
+_C = rb"IN[ ]+IP([46])[ ]+([^ /\r\n]+)(?:/[0-9]+){0,2}[ ]*(?![^\r\n])"
+# a=rtcp:<port> [<nettype> <addrtype> <connection-address>] (RFC 3605 §2.1): groups 7-9
+_RTCP = rb"([0-9]{1,5})(?:[ ]+IN[ ]+IP([46])[ ]+([^ \r\n]+))?[ ]*(?![^\r\n])"
+_LINE = re.compile(rb"\n(?:m=(?:" + _M + rb")?|c=(?:" + _C + rb")?|a=rtcp:(?:" + _RTCP + rb")?)")
 MAX_LINES = 64  # m=, c= and a=rtcp lines read per body (a call has a handful)
 MAX_MALFORMED = 4  # malformed lines reported per body (the rest only make it stop sooner)
 
@@ -123,33 +125,37 @@ def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_
     n = 0  # lines read (s.lines once done)
     text = b"\n" + body  # "\nm=" at i of it is "m=" at i of the body
     base -= 1  # offsets in text
-    for start in _LINE_START.finditer(text):  # (advanced only as far as lines are read)
+    search, pos = _LINE.search, 0
+    while True:  # one search per line read, from the end of the last (finditer's scanner costs more in a short body)
+        lm = search(text, pos)
+        if lm is None:
+            break
+        pos = lm.end()
         if n >= max_lines:
             s.truncated = True
             break
         n += 1
-        at, fields = start.start(), start.end()
+        at = lm.start()
         letter = text[at + 1]
         if letter == 0x6D:  # m=
             if len(found) >= max_media:
                 s.skipped = 1 + body.count(b"\nm=", at)
                 break
-            lm = _M.match(text, fields)
-            if lm is None:
+            kind, port, count, proto = lm.group(1, 2, 3, 4)
+            if kind is None:
                 current = None
                 if _malformed(s, "m="):
                     break
                 continue
-            kind, port, count, proto = lm.groups()
             current = Media(kind.lower(), int(port), int(count) if count else 1, proto, (base + lm.start(2), len(port)))
             found.append(current)
         elif letter == 0x63:  # c=
-            lm = _C.match(text, fields)
-            if lm is None:
+            fam, addr = lm.group(5, 6)
+            if fam is None:
                 if _malformed(s, "c="):
                     break
                 continue
-            c = _connection(4 if lm[1] == b"4" else 6, lm[2], base + lm.start(2))  # (int() costs more)
+            c = _connection(4 if fam == b"4" else 6, addr, base + lm.start(6))  # (int() costs more)
             if current is None:
                 s.connection = s.connection or c  # the first c= of a level counts
             elif current.connection is None:
@@ -157,16 +163,15 @@ def parse(body: bytes, base: int = 0, max_media: int = 32, max_lines: int = MAX_
         else:  # a=rtcp:
             if current is None:
                 continue  # an a=rtcp: line before any m= is not read, well formed or not
-            lm = _RTCP.match(text, fields)
-            if lm is None:
+            port, fam, addr = lm.group(7, 8, 9)
+            if port is None:
                 if _malformed(s, "a=rtcp"):
                     break
                 continue
-            port = lm[1]
             current.rtcp_port = int(port)
-            current.rtcp_where = (base + lm.start(1), len(port))
-            if lm[3] is not None:
-                current.rtcp_connection = _connection(4 if lm[2] == b"4" else 6, lm[3], base + lm.start(3))
+            current.rtcp_where = (base + lm.start(7), len(port))
+            if addr is not None:
+                current.rtcp_connection = _connection(4 if fam == b"4" else 6, addr, base + lm.start(9))
     s.lines = n
     return s
 
