@@ -234,3 +234,35 @@ def test_tuples_packed_and_read_in_one_struct_call_are_the_ones_built_attribute_
         if i % 15 == 0 and i % 7 != 3:  # (whole, undamaged)
             assert C._tuple_ints(body) == (l3, args[2], int.from_bytes(args[3], "big"),
                                            int.from_bytes(args[4], "big"), args[5], args[6])
+
+
+def test_a_record_packed_for_a_verdict_comes_back_from_its_bytes_as_itself():
+    """FlowRecord.pack keeps the record by its bytes, which the flow's next packet brings back
+    (the kernel gives back its NFCTH_PRIV_DATA_LEN, zero-filled past the 16): unpacked, they must
+    be that record, as reading them anew says, and the kept records stay bounded."""
+    from alg.flows import _RECORDS_MAX, _records
+
+    rec = FlowRecord(RecordFlag.STARTED | RecordFlag.KNOWN_ORIGINAL | RecordFlag.BOUNDARY_ORIGINAL, (1006, 5000))
+    data = rec.pack()
+    assert FlowRecord.unpack(data) is rec and FlowRecord.unpack(data + bytes(8)) is rec
+    assert FlowRecord._unpack(data) == rec  # the long way round
+    assert FlowRecord.unpack(bytes(24)) is None and FlowRecord.unpack(b"\x09" + data[1:]) is None
+    for n in range(_RECORDS_MAX + 10):
+        FlowRecord(RecordFlag.STARTED, (n, n)).pack()
+    assert len(_records) <= _RECORDS_MAX
+    assert FlowRecord.unpack(data) == rec  # (dropped from the kept ones: read anew)
+
+
+def test_a_message_that_asks_for_nothing_is_not_put_through_the_policy_gate():
+    """The engine skips _apply for a message without actions: that is what _apply does with one
+    (nothing decided, counted, explained or rewritten), with explanations on and off."""
+    from alg.engine import Engine
+    from alg.flows import Flow
+
+    for explained in (None, []):
+        eng = Engine({})
+        eng.explained = explained
+        flow = Flow(FlowTuple(4, 6, A, B, 40000, 21), None, None, 8192, 0.0)
+        assert eng._apply(flow, (), 0.0, None, message=b"PASV\r\n") == []
+        assert eng._apply(flow, [], 0.0, None, message=b"PASV\r\n") == []
+        assert eng._events == [] and eng.explained == explained

@@ -35,6 +35,7 @@ from ..nat import RewriteError, mangle
 from .sink import KernelSink
 
 log = logging.getLogger("alg.daemon")
+_ORIGINAL, _REPLY = Direction.ORIGINAL, Direction.REPLY  # (module names: a member read off its enum costs a lookup)
 # A bare TCP acknowledgement of a flow the kernel has seen both ways (ctinfo ESTABLISHED, either
 # direction) leaves everything as it was: no bytes for the helper, no stream moved, nothing for the
 # conntrack's record. Such packets (a third of a control channel's) get their accept at once, with
@@ -75,17 +76,17 @@ def kernel_view(ct: Conntrack, ctinfo: int | None, helper: str, reply: bool = Fa
         ends = CtTuple(orig.l3, orig.proto, orig.src, rep.src, orig.sport, rep.sport).flow()
         return ends, orig.flow() if natted else ends
 
-    return KernelView(
-        key=key or (ct.id, orig),
-        direction=Direction.REPLY if reply else Direction.ORIGINAL,
+    return KernelView(  # (positional: one per packet)
+        key or (ct.id, orig),
+        _REPLY if reply else _ORIGINAL,
         # before any reply, an expected conntrack's packets come as RELATED, other ones as NEW
-        new=ctinfo in (IP_CT_NEW, IP_CT_RELATED) if ctinfo is not None else new,
-        confirmed=confirmed,
-        expected=ct.master is not None or bool(ct.status & IPS_EXPECTED),
-        record=FlowRecord.unpack(ct.helper_info) if ct.helper == helper else None,
-        tuples=tuples,
-        natted=natted,
-        nat=(lambda: NatMap(orig.flow(), rep.flow())) if natted else None,
+        ctinfo in (IP_CT_NEW, IP_CT_RELATED) if ctinfo is not None else new,  # new
+        confirmed,
+        ct.master is not None or bool(ct.status & IPS_EXPECTED),  # expected
+        FlowRecord.unpack(ct.helper_info) if ct.helper == helper else None,  # record
+        tuples,
+        natted,
+        (lambda: NatMap(orig.flow(), rep.flow())) if natted else None,  # nat
     )
 
 
