@@ -916,6 +916,10 @@ class Engine:
         events, self._events = self._events, []
         return [_event(kind, e, reason) for kind, e, reason in events]
 
+    def has_events(self) -> bool:
+        """Whether something happened to expectations since the last take_events (or drop_events)."""
+        return bool(self._events)
+
     def drop_events(self) -> None:
         """Forget what happened since the last call, unseen (nobody observes it)."""
         self._events = []

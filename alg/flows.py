@@ -54,7 +54,6 @@ GAP_SECONDS = 20.0  # age of a hole (with data parked behind it) before it is sk
 
 
 _NO_SEGMENTS: dict[int, bytes] = {}  # shared by every stream with nothing parked (never written to)
-_ORIGINAL = Direction.ORIGINAL  # (a module name: an enum member read off its class costs a lookup in the enum)
 
 
 class TcpStream:
@@ -320,7 +319,7 @@ class Flow:
     """One master flow as alg sees it."""
 
     __slots__ = ("tuple", "helper", "state", "streams", "failed", "last_seen", "related_to", "kernel",
-                 "record", "expected", "cost", "state_cost", "packets", "nat", "rewrote")
+                 "record", "expected", "cost", "state_cost", "packets", "nat", "rewrote", "key")
 
     def __init__(self, tup: FlowTuple, helper: Any, state: Any, max_buffer: int, now: float):
         self.tuple = tup
@@ -338,6 +337,7 @@ class Flow:
         self.packets = 0
         self.nat: Any = None  # model.NatMap: the kernel translates this flow (its helper may rewrite)
         self.rewrote: Any = None  # (direction, seq, payload, edits): the last TCP segment rewritten
+        self.key: tuple = ()  # its original key in the FlowTable that holds it (FlowTable.add sets it)
 
     def held(self) -> int:
         """Bytes buffered for the helper (both directions, in order and parked)."""
@@ -387,7 +387,10 @@ class FlowTable:
         """The flow of `key` (either direction's), now the most recently used."""
         found = self._by_key.get(key)
         if found is not None:
-            orig = key if found[1] is _ORIGINAL else _reverse(key)
+            # the key object the table holds (its key if the flow is found the original way): the
+            # two orderings find it by identity, with no key comparison (a live key's conntrack
+            # tuple, decoded anew for each packet, compares in Python)
+            orig = found[0].key
             self._flows.move_to_end(orig)
             helper = found[0].helper
             if helper is not None:  # _owner(flow)
@@ -409,6 +412,7 @@ class FlowTable:
         if owner is not None:
             self._owned[owner][key] = None
         self._flows[key] = flow
+        flow.key = key
         self._by_key[key] = (flow, Direction.ORIGINAL)
         if both_ways:
             self._by_key[_reverse(key)] = (flow, Direction.REPLY)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Protocol
 from ..decode import TCP_SYN, DecodeError, Packet, decode_ip, tcp_without_data
 from ..engine import Create, Delete, Engine, HelperSlot, Mangle, RateLimitedLog, Remember
 from ..expect import Expectation
-from ..flows import FlowRecord, KernelView
+from ..flows import FLOW_RECORD_LEN, FlowRecord, KernelView
 from ..kernel.ctnetlink import IPS_CONFIRMED, IPS_EXPECTED, exp_body
 from ..kernel.nfqueue import (ESTABLISHED_CTINFO, IP_CT_IS_REPLY, IP_CT_NEW, IP_CT_RELATED, Conntrack, CtTuple,
                               pack_ct_help)
@@ -100,6 +100,9 @@ class QueueWorker:
         # alg registered `helper` with the kernel, its classes' max_expected its ExpectMax
         # (outside a pair: HelperPolicy.kernel_classes): the kernel evicts as alg does
         self.registered = registered
+        # NFQA_CT's CTA_HELP for a flow's record is the same bytes up to the record's own:
+        # pack_ct_help's nest made once (a record is FLOW_RECORD_LEN bytes: no padding after it)
+        self._record_head = pack_ct_help(helper, bytes(FLOW_RECORD_LEN))[:-FLOW_RECORD_LEN]
 
     def fileno(self) -> int:
         return self.queue.fileno()
@@ -171,7 +174,7 @@ class QueueWorker:
         for d in self.engine.process(pkt, now, slot=slot, view=view):
             if isinstance(d, Remember):
                 if keep:
-                    record = pack_ct_help(self.helper, d.record.pack())
+                    record = self._record_head + d.record.pack()  # (pack_ct_help(self.helper, ...))
             elif isinstance(d, Create):
                 e = d.expectation
                 victim = self._kernel_evicts(e, victims, slot) if victims else None
@@ -246,8 +249,10 @@ class QueueWorker:
         if len(victims) != 1 or slot.max_expected.get(e.cls) != 1:
             return None
         v = victims[0]
+        # (the destination compared as the number in its key: the same address of the same family,
+        # without an ipaddress comparison)
         if (v.cls != e.cls or v.kernel_master != e.kernel_master or not self.sink.settled(v)
-                or (v.l3, v.proto, v.dst, v.dport) == (e.l3, e.proto, e.dst, e.dport)):  # might clash
+                or (v.l3, v.proto, v.key[3], v.dport) == (e.l3, e.proto, e.key[3], e.dport)):  # might clash
             return None
         return v
 
