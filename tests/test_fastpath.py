@@ -270,13 +270,15 @@ def test_a_message_that_asks_for_nothing_is_not_put_through_the_policy_gate():
 
 def test_a_workers_record_attribute_is_the_one_pack_ct_help_makes():
     """The queue worker writes a flow's record into NFQA_CT as its helper's CTA_HELP head and the
-    record's bytes (pack_ct_help's nest made once): the same bytes, for records of any flags and
-    boundaries, as long as a record packs to FLOW_RECORD_LEN bytes."""
+    record's bytes (pack_ct_help's nest made once a name): the same bytes, for records of any flags
+    and boundaries, as long as a record packs to FLOW_RECORD_LEN bytes, and under the name a
+    reload gave the queue (the head made with the old one would name a helper the kernel refuses)."""
     from alg.daemon.worker import QueueWorker
     from alg.flows import FLOW_RECORD_LEN
 
+    worker = QueueWorker(None, "ftp", None, None, None, None)  # type: ignore[arg-type]
     for name in ("ftp", "alg-ftp", "x" * 15):
-        worker = QueueWorker(None, name, None, None, None, None)  # type: ignore[arg-type]
+        worker.helper = name  # (as a reload gives the queue another helper)
         for rec in (FlowRecord(), FlowRecord(RecordFlag(0x3F), (2**32 - 1, 7))):
             data = rec.pack()
             assert len(data) == FLOW_RECORD_LEN

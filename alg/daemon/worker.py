@@ -100,9 +100,18 @@ class QueueWorker:
         # alg registered `helper` with the kernel, its classes' max_expected its ExpectMax
         # (outside a pair: HelperPolicy.kernel_classes): the kernel evicts as alg does
         self.registered = registered
+
+    @property
+    def helper(self) -> str:
+        """The name of the helper whose queue this is (a reload may give the queue another)."""
+        return self._helper
+
+    @helper.setter
+    def helper(self, name: str) -> None:
+        self._helper = name
         # NFQA_CT's CTA_HELP for a flow's record is the same bytes up to the record's own:
-        # pack_ct_help's nest made once (a record is FLOW_RECORD_LEN bytes: no padding after it)
-        self._record_head = pack_ct_help(helper, bytes(FLOW_RECORD_LEN))[:-FLOW_RECORD_LEN]
+        # pack_ct_help's nest made once a name (a record is FLOW_RECORD_LEN bytes: no padding after it)
+        self._record_head = pack_ct_help(name, bytes(FLOW_RECORD_LEN))[:-FLOW_RECORD_LEN]
 
     def fileno(self) -> int:
         return self.queue.fileno()
@@ -132,7 +141,7 @@ class QueueWorker:
     def handle(self, qp: Any, later: list[Expectation], now: float) -> None:
         accept, record, attach, payload = True, None, None, None
         try:
-            slot = self.engine.slots.get(self.helper)
+            slot = self.engine.slots.get(self._helper)  # (helper's own attribute: read per packet)
             if slot is not None and not (qp.ctinfo in ESTABLISHED_CTINFO and tcp_without_data(qp.payload)):
                 accept, record, attach, payload = self._inspect(qp, slot, later, now)
         except Exception as exc:  # never leave a packet without a verdict
@@ -165,7 +174,7 @@ class QueueWorker:
         accept, record, attach, payload = True, None, None, None
         # the kernel keeps no record for a conntrack an expectation created, and
         # fails the whole NFQA_CT (and with it NFQA_EXP) for another helper's name
-        ours = qp.ct is not None and qp.ct.helper == self.helper
+        ours = qp.ct is not None and qp.ct.helper == self._helper
         keep = not view.expected and ours
         # ExpectMax's victims, held until the create they make room for (the engine decides
         # each Create right after its Deletes): the kernel may evict them itself
@@ -278,7 +287,7 @@ class QueueWorker:
 
     def _view(self, qp: Any, pkt: Packet) -> KernelView | None:
         if qp.ct is not None:
-            return kernel_view(qp.ct, qp.ctinfo, self.helper)
+            return kernel_view(qp.ct, qp.ctinfo, self._helper)
         if self.lookup is not None:
             return self._looked_up(pkt)
         return None
