@@ -51,26 +51,23 @@ class Packet:
     head: int = 0  # where the payload starts (a NAT rewrite edits the packet from here)
 
 
-def _l4(pkt: Packet, data: bytes, off: int) -> Packet:
-    if pkt.proto == TCP:
+def _l4(l3: int, proto: int, src: bytes, dst: bytes, data: bytes, off: int) -> Packet:
+    """The packet whose L4 header starts at `off` of data, built in one call (once per queued packet)."""
+    if proto == TCP:
         if len(data) - off < 20:
             raise DecodeError("truncated TCP header")
-        pkt.sport, pkt.dport, pkt.seq, _ack, hl, pkt.tcp_flags = _TCP.unpack_from(data, off)
+        sport, dport, seq, _ack, hl, flags = _TCP.unpack_from(data, off)
         hlen = (hl >> 4) * 4
         if hlen < 20 or off + hlen > len(data):
             raise DecodeError("bad TCP header length")
-        pkt.payload = data[off + hlen :]
-        pkt.l4, pkt.head = off, off + hlen
-    elif pkt.proto == UDP:
+        return Packet(l3, proto, src, dst, sport, dport, data[off + hlen:], seq, flags, None, off, off + hlen)
+    if proto == UDP:
         if len(data) - off < 8:
             raise DecodeError("truncated UDP header")
-        pkt.sport, pkt.dport, ulen, _ = _UDP.unpack_from(data, off)
+        sport, dport, ulen, _ = _UDP.unpack_from(data, off)
         end = off + ulen if 8 <= ulen <= len(data) - off else len(data)
-        pkt.payload = data[off + 8 : end]
-        pkt.l4, pkt.head = off, off + 8
-    else:
-        pkt.payload = data[off:]
-    return pkt
+        return Packet(l3, proto, src, dst, sport, dport, data[off + 8:end], 0, 0, None, off, off + 8)
+    return Packet(l3, proto, src, dst, payload=data[off:])
 
 
 def decode_ip(data: bytes) -> Packet:
@@ -87,12 +84,10 @@ def decode_ip(data: bytes) -> Packet:
             raise DecodeError("bad IPv4 header length")
         if total >= ihl and total < len(data):
             data = data[:total]  # Ethernet padding
-        pkt = Packet(4, proto, src, dst)
         offset, more = (frag & 0x1FFF) * 8, bool(frag & 0x2000)
         if offset or more:
-            pkt.frag = (ident, offset, more, data[ihl:])
-            return pkt
-        return _l4(pkt, data, ihl)
+            return Packet(4, proto, src, dst, frag=(ident, offset, more, data[ihl:]))
+        return _l4(4, proto, src, dst, data, ihl)
     if version == 6:
         if len(data) < 40:
             raise DecodeError("truncated IPv6 header")
@@ -119,13 +114,11 @@ def decode_ip(data: bytes) -> Packet:
                 break
             if off > len(data):
                 raise DecodeError("IPv6 extension headers overrun the packet")
-        pkt = Packet(6, nxt, src, dst)
         if frag is not None and (frag[1] or frag[2]):
-            pkt.frag = (frag[0], frag[1], frag[2], data[off:])
-            return pkt
+            return Packet(6, nxt, src, dst, frag=(frag[0], frag[1], frag[2], data[off:]))
         if nxt == _EXT_NONE:
-            return pkt
-        return _l4(pkt, data, off)
+            return Packet(6, nxt, src, dst)
+        return _l4(6, nxt, src, dst, data, off)
     raise DecodeError(f"not IP (version {version})")
 
 
@@ -499,6 +492,5 @@ class Defragmenter:
         self.held -= dg.held
         buf = b"".join(dg.parts[off] for off in dg.offsets)
         end = dg.end
-        whole = Packet(pkt.l3, pkt.proto, pkt.src, pkt.dst)
-        return _l4(whole, buf[:end], 0)
+        return _l4(pkt.l3, pkt.proto, pkt.src, pkt.dst, buf[:end], 0)
 

@@ -331,7 +331,7 @@ class Engine:
             if now - self._swept >= 1.0 or now < self._swept:
                 self.sweep(now)
             found = self.flows.lookup(pkt)
-            if found is not None and pkt.proto == TCP and found[1] is Direction.ORIGINAL \
+            if found is not None and pkt.proto == TCP and found[1] is _ORIGINAL \
                     and _reopens(found[0], pkt):
                 # a new connection on the same ports (a phone reconnecting from its
                 # fixed source port): conntrack makes it a new flow, so do we
@@ -483,7 +483,7 @@ class Engine:
         elif stream.next_seq is not None and not stream.ooo and not stream.resync:
             at = (stream.next_seq - len(stream.buf)) % (1 << 32)
             flags |= _BOUNDARY_BITS[direction]
-            boundary = (at, boundary[1]) if direction is Direction.ORIGINAL else (boundary[0], at)
+            boundary = (at, boundary[1]) if direction is _ORIGINAL else (boundary[0], at)
         if flags != old or boundary != record.boundary:
             flow.record = flow_record(flags, boundary)
 
@@ -596,8 +596,10 @@ class Engine:
         """`at`: where the packet being inspected starts in the buffer (NAT edits must fall in it)."""
         decisions: list[Decision] = []
         helper = flow.helper.helper
+        tup, state = flow.tuple, flow.state
+        expected = flow.expected if flow.related_to is None else _expected(flow)  # (_expected, without its call)
         if stream.resync:
-            skip = helper.resync(Segment(stream.buf, direction, flow.tuple, now, _expected(flow)), flow.state)
+            skip = helper.resync(Segment(stream.buf, direction, tup, now, expected), state)
             if skip is NEED_DATA:
                 return decisions
             if skip is None:
@@ -608,21 +610,25 @@ class Engine:
                 raise RuntimeError(f"helper resync skipped {skip!r} of {len(stream.buf)} bytes")
             stream.buf, stream.resync = stream.buf[skip:], False
             at -= skip
-        nat = _nat(flow)
-        while stream.buf:
-            outcome = helper.inspect(Segment(stream.buf, direction, flow.tuple, now, _expected(flow), nat),
-                                     flow.state)
+        nat = None if flow.nat is None else _nat(flow)
+        keep = self.explained is not None or nat is not None  # whether _apply is shown the message's bytes
+        known = _KNOWN_BITS[direction]
+        buf = stream.buf
+        while buf:
+            outcome = helper.inspect(Segment(buf, direction, tup, now, expected, nat), state)
             if outcome is NEED_DATA:
                 break
             assert isinstance(outcome, Parsed)
-            if outcome.consumed <= 0 or outcome.consumed > len(stream.buf):
-                raise RuntimeError(f"helper consumed {outcome.consumed} of {len(stream.buf)} bytes")
-            message = stream.buf[: outcome.consumed] if self.explained is not None or nat else b""
-            stream.buf = stream.buf[outcome.consumed :]
-            if not int(flow.record.flags) & _KNOWN_BITS[direction]:
+            consumed = outcome.consumed
+            if consumed <= 0 or consumed > len(buf):
+                raise RuntimeError(f"helper consumed {consumed} of {len(buf)} bytes")
+            message = buf[:consumed] if keep else b""
+            buf = stream.buf = buf[consumed:]
+            if not int(flow.record.flags) & known:
                 flow.record = flow.record.with_flags(KNOWN[direction])
-            decisions += self._apply(flow, outcome.actions, now, frame, direction, message, at)
-            at -= outcome.consumed
+            if outcome.actions:  # (most messages of a control channel ask for nothing: _apply's call saved)
+                decisions += self._apply(flow, outcome.actions, now, frame, direction, message, at)
+            at -= consumed
         return decisions
 
     # ------------------------------------------------------------ actions
@@ -638,7 +644,7 @@ class Engine:
             return []  # nothing asked for, nothing to rewrite: as the long way round, after _one_mangle
         tup = flow.tuple
         ints = tup._ints  # (l3, proto, src, dst, sport, dport), the addresses as numbers
-        if direction is Direction.ORIGINAL:  # (_sender and source_key, without their calls)
+        if direction is _ORIGINAL:  # (_sender and source_key, without their calls)
             sender, sender_key = tup.src, address_key(ints[2], ints[0])
         else:
             sender, sender_key = tup.dst, address_key(ints[3], ints[0])
@@ -910,6 +916,10 @@ class Engine:
         events, self._events = self._events, []
         return [_event(kind, e, reason) for kind, e, reason in events]
 
+    def has_events(self) -> bool:
+        """Whether something happened to expectations since the last take_events (or drop_events)."""
+        return bool(self._events)
+
     def drop_events(self) -> None:
         """Forget what happened since the last call, unseen (nobody observes it)."""
         self._events = []
@@ -932,6 +942,7 @@ REFUSED_SOURCES_MAX = 64  # source addresses named in the refusal counters (spoo
 _KNOWN_BITS, _BOUNDARY_BITS = tuple(int(bit) for bit in KNOWN), tuple(int(bit) for bit in BOUNDARY)
 _FAMILY = {4: ipaddress.IPv4Address, 6: ipaddress.IPv6Address}  # an expectation's addresses, by the flow's l3
 _offset = attrgetter("offset")
+_ORIGINAL = Direction.ORIGINAL  # (a module name: an enum member read off its class costs a lookup in the enum)
 
 
 def _share(budget: int, fraction: float) -> int:

@@ -41,7 +41,6 @@ import ipaddress
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Callable
 
 from .decode import TCP_SYN, Packet
@@ -115,7 +114,8 @@ class TcpStream:
         else:
             self._append(payload)
             skipped = False
-        self._drain()
+        if self.ooo:  # (most segments come in order, nothing parked: _drain's call saved)
+            self._drain()
         if not self.ooo:
             self.hole_since = None
         elif skipped:  # a further hole behind the skipped one starts its own clock
@@ -185,7 +185,7 @@ _FLAGS_MASK = 0x3F  # every RecordFlag bit
 # Each flags value made once: an IntFlag operation (&, |, a call) costs half a microsecond,
 # and a record's flags are read or set for every packet
 _FLAGS = tuple(RecordFlag(v) for v in range(_FLAGS_MASK + 1))
-_RECORDS_MAX = 1024  # records kept unpacked for their bytes
+_RECORDS_MAX = 1024  # records kept unpacked for their bytes (_records)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +202,14 @@ class FlowRecord:
     boundary: tuple[int, int] = (0, 0)
 
     def pack(self) -> bytes:
-        return _RECORD.pack(RECORD_VERSION, int(self.flags), 0, *self.boundary)
+        flags = int(self.flags)
+        data = _RECORD.pack(RECORD_VERSION, flags, 0, *self.boundary)
+        if type(self) is FlowRecord and flags <= _FLAGS_MASK:  # (what unpack makes of data: this record)
+            # a record is packed to go into its conntrack (the daemon's verdict), and its bytes come
+            # back with the flow's next packet: unpacked as this very object, the engine sees at a
+            # glance that the conntrack holds the flow's record (a TCP flow's moves with every message)
+            _keep(data, self)
+        return data
 
     def with_flags(self, bits: int) -> "FlowRecord":
         """This record with `bits` set too (itself when they are set already)."""
@@ -222,8 +229,11 @@ class FlowRecord:
         """None when there is no record (no private data, zeros, or another layout)."""
         if not data or len(data) < _RECORD.size:
             return None
-        if cls is FlowRecord and type(data) is bytes:
-            return _unpacked(data)  # (the daemon reads one record per packet)
+        if cls is FlowRecord and type(data) is bytes:  # (the daemon reads one record per packet)
+            key = data if len(data) == _RECORD.size else data[:_RECORD.size]  # (what _unpack reads of it)
+            if key in _records:
+                return _records[key]
+            return _keep(key, cls._unpack(key))
         return cls._unpack(data)
 
     @classmethod
@@ -241,10 +251,16 @@ class FlowRecord:
 _PLAIN = tuple(FlowRecord(f) for f in _FLAGS)
 
 
-@lru_cache(maxsize=_RECORDS_MAX)
-def _unpacked(data: bytes) -> FlowRecord | None:
-    """A record's bytes unpacked, kept (FlowRecord is frozen): a UDP flow's record seldom changes."""
-    return FlowRecord._unpack(data)
+# A record's bytes -> the record (FlowRecord is frozen: shared), the oldest dropped past
+# _RECORDS_MAX: a UDP flow's record seldom changes, a TCP flow's comes back as it was packed
+_records: dict[bytes, FlowRecord | None] = {}
+
+
+def _keep(data: bytes, record: FlowRecord | None) -> FlowRecord | None:
+    if len(_records) >= _RECORDS_MAX and data not in _records:
+        del _records[next(iter(_records))]
+    _records[data] = record
+    return record
 
 
 def as_flags(value: int) -> RecordFlag:
@@ -303,7 +319,7 @@ class Flow:
     """One master flow as alg sees it."""
 
     __slots__ = ("tuple", "helper", "state", "streams", "failed", "last_seen", "related_to", "kernel",
-                 "record", "expected", "cost", "state_cost", "packets", "nat", "rewrote")
+                 "record", "expected", "cost", "state_cost", "packets", "nat", "rewrote", "key")
 
     def __init__(self, tup: FlowTuple, helper: Any, state: Any, max_buffer: int, now: float):
         self.tuple = tup
@@ -321,6 +337,7 @@ class Flow:
         self.packets = 0
         self.nat: Any = None  # model.NatMap: the kernel translates this flow (its helper may rewrite)
         self.rewrote: Any = None  # (direction, seq, payload, edits): the last TCP segment rewritten
+        self.key: tuple = ()  # its original key in the FlowTable that holds it (FlowTable.add sets it)
 
     def held(self) -> int:
         """Bytes buffered for the helper (both directions, in order and parked)."""
@@ -370,7 +387,10 @@ class FlowTable:
         """The flow of `key` (either direction's), now the most recently used."""
         found = self._by_key.get(key)
         if found is not None:
-            orig = key if found[1] is Direction.ORIGINAL else _reverse(key)
+            # the key object the table holds (its key if the flow is found the original way): the
+            # two orderings find it by identity, with no key comparison (a live key's conntrack
+            # tuple, decoded anew for each packet, compares in Python)
+            orig = found[0].key
             self._flows.move_to_end(orig)
             helper = found[0].helper
             if helper is not None:  # _owner(flow)
@@ -392,6 +412,7 @@ class FlowTable:
         if owner is not None:
             self._owned[owner][key] = None
         self._flows[key] = flow
+        flow.key = key
         self._by_key[key] = (flow, Direction.ORIGINAL)
         if both_ways:
             self._by_key[_reverse(key)] = (flow, Direction.REPLY)

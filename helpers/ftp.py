@@ -222,9 +222,10 @@ class FtpHelper(alg.Helper):
         sender = seg.sender
         # the sender's own address (as it must be, unless `loose`): its object, not a new one
         addr = sender if sender.version == 4 and int(sender) == value else ipaddress.IPv4Address(value)
-        where = (m.start(), m.end() - m.start())
-        six = (m.start(1), m.end(6) - m.start(1))  # PORT's match takes the line's end too
-        return self._expect(addr, port, seg, where, lambda: (Rewrite(*six, addr, port, Form.FTP),))
+        start, end = m.span()
+        # (the six numbers' span, PORT's match taking the line's end too: only under NAT)
+        return self._expect(addr, port, seg, (start, end - start),
+                            lambda: (Rewrite(m.start(1), m.end(6) - m.start(1), addr, port, Form.FTP),))
 
     def _expect(self, addr: alg.IPAddress, port: int, seg: alg.Segment, where: tuple[int, int],
                 rewrites: Callable[[], tuple]) -> tuple:
@@ -235,9 +236,10 @@ class FtpHelper(alg.Helper):
             return (Notice("bad-port", str(port)),)
         if addr.version != seg.flow.l3:
             return (Notice("family-mismatch", str(addr)),)
-        if addr != seg.sender:
+        sender = seg.sender
+        if addr is not sender and addr != sender:  # (_six passes the sender's own object: no comparison)
             if not self.options["loose"]:
-                return (Notice("address-mismatch", f"{addr} advertised by {seg.sender}"),)
+                return (Notice("address-mismatch", f"{addr} advertised by {sender}"),)
         expect = Expect("ftp", TCP, seg.receiver, addr, None, port, where=(where,))
         return (expect, *rewrites()) if seg.nat is not None else (expect,)
 

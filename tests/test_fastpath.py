@@ -234,3 +234,75 @@ def test_tuples_packed_and_read_in_one_struct_call_are_the_ones_built_attribute_
         if i % 15 == 0 and i % 7 != 3:  # (whole, undamaged)
             assert C._tuple_ints(body) == (l3, args[2], int.from_bytes(args[3], "big"),
                                            int.from_bytes(args[4], "big"), args[5], args[6])
+
+
+def test_a_record_packed_for_a_verdict_comes_back_from_its_bytes_as_itself():
+    """FlowRecord.pack keeps the record by its bytes, which the flow's next packet brings back
+    (the kernel gives back its NFCTH_PRIV_DATA_LEN, zero-filled past the 16): unpacked, they must
+    be that record, as reading them anew says, and the kept records stay bounded."""
+    from alg.flows import _RECORDS_MAX, _records
+
+    rec = FlowRecord(RecordFlag.STARTED | RecordFlag.KNOWN_ORIGINAL | RecordFlag.BOUNDARY_ORIGINAL, (1006, 5000))
+    data = rec.pack()
+    assert FlowRecord.unpack(data) is rec and FlowRecord.unpack(data + bytes(8)) is rec
+    assert FlowRecord._unpack(data) == rec  # the long way round
+    assert FlowRecord.unpack(bytes(24)) is None and FlowRecord.unpack(b"\x09" + data[1:]) is None
+    for n in range(_RECORDS_MAX + 10):
+        FlowRecord(RecordFlag.STARTED, (n, n)).pack()
+    assert len(_records) <= _RECORDS_MAX
+    assert FlowRecord.unpack(data) == rec  # (dropped from the kept ones: read anew)
+
+
+def test_a_message_that_asks_for_nothing_is_not_put_through_the_policy_gate():
+    """The engine skips _apply for a message without actions: that is what _apply does with one
+    (nothing decided, counted, explained or rewritten), with explanations on and off."""
+    from alg.engine import Engine
+    from alg.flows import Flow
+
+    for explained in (None, []):
+        eng = Engine({})
+        eng.explained = explained
+        flow = Flow(FlowTuple(4, 6, A, B, 40000, 21), None, None, 8192, 0.0)
+        assert eng._apply(flow, (), 0.0, None, message=b"PASV\r\n") == []
+        assert eng._apply(flow, [], 0.0, None, message=b"PASV\r\n") == []
+        assert eng._events == [] and eng.explained == explained
+
+
+def test_a_workers_record_attribute_is_the_one_pack_ct_help_makes():
+    """The queue worker writes a flow's record into NFQA_CT as its helper's CTA_HELP head and the
+    record's bytes (pack_ct_help's nest made once a name): the same bytes, for records of any flags
+    and boundaries, as long as a record packs to FLOW_RECORD_LEN bytes, and under the name a
+    reload gave the queue (the head made with the old one would name a helper the kernel refuses)."""
+    from alg.daemon.worker import QueueWorker
+    from alg.flows import FLOW_RECORD_LEN
+
+    worker = QueueWorker(None, "ftp", None, None, None, None)  # type: ignore[arg-type]
+    for name in ("ftp", "alg-ftp", "x" * 15):
+        worker.helper = name  # (as a reload gives the queue another helper)
+        for rec in (FlowRecord(), FlowRecord(RecordFlag(0x3F), (2**32 - 1, 7))):
+            data = rec.pack()
+            assert len(data) == FLOW_RECORD_LEN
+            assert worker._record_head + data == Q.pack_ct_help(name, data)
+
+
+def test_a_flow_found_by_an_equal_key_or_its_reverse_becomes_the_most_recent():
+    """FlowTable.get moves the flow by the key object the table holds (Flow.key): the same
+    order as the key it was asked with (or its reverse) gives, live and in replay."""
+    from alg.flows import Flow, FlowTable
+
+    class Slot:
+        class policy:
+            name = "ftp"
+
+    for both_ways in (False, True):
+        table = FlowTable()
+        keys = [(6, b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02", 40000 + i, 21) if both_ways
+                else (1000 + i, Q.CtTuple(4, 6, A.packed, B.packed, 40000 + i, 21)) for i in range(3)]
+        flows = [Flow(MASTER, Slot, None, 0, 0.0) for _ in keys]
+        for k, f in zip(keys, flows, strict=True):
+            table.add(k, f, both_ways=both_ways)
+        asked = (6, keys[0][2], keys[0][1], keys[0][4], keys[0][3]) if both_ways else \
+            (keys[0][0], Q.CtTuple(*dataclasses.astuple(keys[0][1])[:6]))  # an equal key, not the table's
+        assert asked is not keys[0] and table.get(asked)[0] is flows[0]
+        assert table.oldest() == (keys[1], flows[1])
+        assert list(table._owned["ftp"]) == [keys[1], keys[2], keys[0]]

@@ -388,6 +388,8 @@ class Daemon:
         os.write(self._wake_w, b"x")
 
     def _observe(self) -> None:
+        if not self.engine.has_events():  # (most turns: nothing to deliver or drop, no hook looked up)
+            return
         if not self.host.hook.alg_expectation_event.get_hookimpls():
             # nobody observes: a hook call per event (or the events themselves) would cost each packet microseconds
             self.engine.drop_events()

@@ -26,7 +26,7 @@ from typing import Any, Callable, Protocol
 from ..decode import TCP_SYN, DecodeError, Packet, decode_ip, tcp_without_data
 from ..engine import Create, Delete, Engine, HelperSlot, Mangle, RateLimitedLog, Remember
 from ..expect import Expectation
-from ..flows import FlowRecord, KernelView
+from ..flows import FLOW_RECORD_LEN, FlowRecord, KernelView
 from ..kernel.ctnetlink import IPS_CONFIRMED, IPS_EXPECTED, exp_body
 from ..kernel.nfqueue import (ESTABLISHED_CTINFO, IP_CT_IS_REPLY, IP_CT_NEW, IP_CT_RELATED, Conntrack, CtTuple,
                               pack_ct_help)
@@ -35,6 +35,7 @@ from ..nat import RewriteError, mangle
 from .sink import KernelSink
 
 log = logging.getLogger("alg.daemon")
+_ORIGINAL, _REPLY = Direction.ORIGINAL, Direction.REPLY  # (module names: a member read off its enum costs a lookup)
 # A bare TCP acknowledgement of a flow the kernel has seen both ways (ctinfo ESTABLISHED, either
 # direction) leaves everything as it was: no bytes for the helper, no stream moved, nothing for the
 # conntrack's record. Such packets (a third of a control channel's) get their accept at once, with
@@ -75,17 +76,17 @@ def kernel_view(ct: Conntrack, ctinfo: int | None, helper: str, reply: bool = Fa
         ends = CtTuple(orig.l3, orig.proto, orig.src, rep.src, orig.sport, rep.sport).flow()
         return ends, orig.flow() if natted else ends
 
-    return KernelView(
-        key=key or (ct.id, orig),
-        direction=Direction.REPLY if reply else Direction.ORIGINAL,
+    return KernelView(  # (positional: one per packet)
+        key or (ct.id, orig),
+        _REPLY if reply else _ORIGINAL,
         # before any reply, an expected conntrack's packets come as RELATED, other ones as NEW
-        new=ctinfo in (IP_CT_NEW, IP_CT_RELATED) if ctinfo is not None else new,
-        confirmed=confirmed,
-        expected=ct.master is not None or bool(ct.status & IPS_EXPECTED),
-        record=FlowRecord.unpack(ct.helper_info) if ct.helper == helper else None,
-        tuples=tuples,
-        natted=natted,
-        nat=(lambda: NatMap(orig.flow(), rep.flow())) if natted else None,
+        ctinfo in (IP_CT_NEW, IP_CT_RELATED) if ctinfo is not None else new,  # new
+        confirmed,
+        ct.master is not None or bool(ct.status & IPS_EXPECTED),  # expected
+        FlowRecord.unpack(ct.helper_info) if ct.helper == helper else None,  # record
+        tuples,
+        natted,
+        (lambda: NatMap(orig.flow(), rep.flow())) if natted else None,  # nat
     )
 
 
@@ -99,6 +100,18 @@ class QueueWorker:
         # alg registered `helper` with the kernel, its classes' max_expected its ExpectMax
         # (outside a pair: HelperPolicy.kernel_classes): the kernel evicts as alg does
         self.registered = registered
+
+    @property
+    def helper(self) -> str:
+        """The name of the helper whose queue this is (a reload may give the queue another)."""
+        return self._helper
+
+    @helper.setter
+    def helper(self, name: str) -> None:
+        self._helper = name
+        # NFQA_CT's CTA_HELP for a flow's record is the same bytes up to the record's own:
+        # pack_ct_help's nest made once a name (a record is FLOW_RECORD_LEN bytes: no padding after it)
+        self._record_head = pack_ct_help(name, bytes(FLOW_RECORD_LEN))[:-FLOW_RECORD_LEN]
 
     def fileno(self) -> int:
         return self.queue.fileno()
@@ -128,7 +141,7 @@ class QueueWorker:
     def handle(self, qp: Any, later: list[Expectation], now: float) -> None:
         accept, record, attach, payload = True, None, None, None
         try:
-            slot = self.engine.slots.get(self.helper)
+            slot = self.engine.slots.get(self._helper)  # (helper's own attribute: read per packet)
             if slot is not None and not (qp.ctinfo in ESTABLISHED_CTINFO and tcp_without_data(qp.payload)):
                 accept, record, attach, payload = self._inspect(qp, slot, later, now)
         except Exception as exc:  # never leave a packet without a verdict
@@ -161,7 +174,7 @@ class QueueWorker:
         accept, record, attach, payload = True, None, None, None
         # the kernel keeps no record for a conntrack an expectation created, and
         # fails the whole NFQA_CT (and with it NFQA_EXP) for another helper's name
-        ours = qp.ct is not None and qp.ct.helper == self.helper
+        ours = qp.ct is not None and qp.ct.helper == self._helper
         keep = not view.expected and ours
         # ExpectMax's victims, held until the create they make room for (the engine decides
         # each Create right after its Deletes): the kernel may evict them itself
@@ -170,7 +183,7 @@ class QueueWorker:
         for d in self.engine.process(pkt, now, slot=slot, view=view):
             if isinstance(d, Remember):
                 if keep:
-                    record = pack_ct_help(self.helper, d.record.pack())
+                    record = self._record_head + d.record.pack()  # (pack_ct_help(self.helper, ...))
             elif isinstance(d, Create):
                 e = d.expectation
                 victim = self._kernel_evicts(e, victims, slot) if victims else None
@@ -245,8 +258,10 @@ class QueueWorker:
         if len(victims) != 1 or slot.max_expected.get(e.cls) != 1:
             return None
         v = victims[0]
+        # (the destination compared as the number in its key: the same address of the same family,
+        # without an ipaddress comparison)
         if (v.cls != e.cls or v.kernel_master != e.kernel_master or not self.sink.settled(v)
-                or (v.l3, v.proto, v.dst, v.dport) == (e.l3, e.proto, e.dst, e.dport)):  # might clash
+                or (v.l3, v.proto, v.key[3], v.dport) == (e.l3, e.proto, e.key[3], e.dport)):  # might clash
             return None
         return v
 
@@ -272,7 +287,7 @@ class QueueWorker:
 
     def _view(self, qp: Any, pkt: Packet) -> KernelView | None:
         if qp.ct is not None:
-            return kernel_view(qp.ct, qp.ctinfo, self.helper)
+            return kernel_view(qp.ct, qp.ctinfo, self._helper)
         if self.lookup is not None:
             return self._looked_up(pkt)
         return None
