@@ -198,6 +198,11 @@ start_alg() {  # [PREFIX...]: `alg run` in lab-fw (PREFIX: what runs it instead 
         sleep 0.2
     done
 }
+stop_alg() {  # the control connections without a helper (one in use cannot be removed: EBUSY), alg stopped
+    raw_helper ""; lab_fw conntrack -F >/dev/null 2>&1
+    if [ -n "$ALG_PID" ]; then kill -TERM "$ALG_PID"; wait "$ALG_PID" 2>/dev/null; fi
+    ALG_PID=
+}
 start_alg
 raw_helper alg-ftp
 warm_up
@@ -218,8 +223,7 @@ print("alg status: %s held, %s left to the kernel to evict" % (d.get("expectatio
 # boot, where the emulator's speed differs from boot to boot
 if [ -n "${FTP_LOAD_ALG_B:-}" ]; then
     for run in alg-b alg-again; do
-        raw_helper ""; lab_fw conntrack -F >/dev/null 2>&1  # a helper in use cannot be removed (EBUSY)
-        kill -TERM "$ALG_PID"; wait "$ALG_PID" 2>/dev/null
+        stop_alg
         if [ "$run" = alg-b ]; then
             start_alg env PYTHONPATH="$FTP_LOAD_ALG_B" "$ALG_ROOT/.venv/bin/python" -P -m alg
         else
@@ -233,13 +237,11 @@ fi
 # FTP_LOAD_PROFILE=1 (passed in with -e): then the same load once more with alg under cProfile, and where
 # its time went (the profiler slows alg down: that run's figures are not comparable, the shares are)
 if [ -n "${FTP_LOAD_PROFILE:-}" ]; then
-    raw_helper ""; lab_fw conntrack -F >/dev/null 2>&1  # a helper in use cannot be removed (EBUSY)
-    kill -TERM "$ALG_PID"; wait "$ALG_PID" 2>/dev/null
+    stop_alg
     start_alg "$ALG_ROOT/.venv/bin/python" -m cProfile -o "$OUT/alg.prof" -m alg
     raw_helper alg-ftp
     load alg-cprofile "$ALG_PID"
-    raw_helper ""; lab_fw conntrack -F >/dev/null 2>&1
-    kill -TERM "$ALG_PID"; wait "$ALG_PID" 2>/dev/null; ALG_PID=  # the profile is written as alg exits
+    stop_alg  # (the profile is written as alg exits)
     "$ALG_ROOT/.venv/bin/python" -c 'import pstats, sys
 pstats.Stats(sys.argv[1]).sort_stats("tottime").print_stats(35)' "$OUT/alg.prof" | grep -v "^$" | head -50
 fi
@@ -250,10 +252,7 @@ fi
 # 8 are picked 4 per instance (a probe connection from each of 32 candidates shows where the loaded
 # map sends it), so that the run measures two workers with even shares; where the first 8
 # candidates fell is printed too (what 8 clients would have got by chance).
-if [ -n "$ALG_PID" ]; then
-    raw_helper ""; lab_fw conntrack -F >/dev/null 2>&1
-    kill -TERM "$ALG_PID"; wait "$ALG_PID" 2>/dev/null; ALG_PID=
-fi
+stop_alg
 POLICY=$RUN/policy2; mkdir -p "$POLICY"
 cp "$RUN/policy/ftp.toml" "$POLICY/"
 printf '[core]\nstatus_socket = "%s"\nworkers = 2\n' "$SOCK" >"$POLICY/alg.toml"
@@ -337,8 +336,7 @@ print("ftp-load alg-2w status: %s held, %s left to the kernel to evict, %s verdi
       d.get("evicted_by_kernel"), d.get("verdicts"), d.get("dropped")))' "$OUT/alg-2w-status.json"
 printf 'ftp-load alg-2w alg.log: %d lines, %d naming an error or a traceback\n' "$(tail -n +$((log0 + 1)) "$OUT/alg.log" | wc -l)" \
     "$(tail -n +$((log0 + 1)) "$OUT/alg.log" | grep -ciE 'error|traceback')"
-raw_helper ""; lab_fw nft delete table inet alg; lab_fw conntrack -F >/dev/null 2>&1
-kill -TERM "$ALG_PID"; wait "$ALG_PID" 2>/dev/null; ALG_PID=
+lab_fw nft delete table inet alg; stop_alg
 
 # what the VM charges for what alg does per packet beside its Python: a clock read (alg reads the clock a
 # few times per packet; without a usable TSC the guest's clock may be an emulated device) and a system call
