@@ -433,7 +433,7 @@ def _walked_peek(kind: str, payload: bytes) -> tuple | None:
         return None
     name = a.get(C.CTA_EXPECT_HELP_NAME)
     m = C._tuple_ints(mask)
-    return (kind, name.rstrip(b"\0").decode("ascii", "replace") if name else None, ints, mask,
+    return (kind, L.c_string(name) if name else None, ints, mask,
             C._tuple_ints(master), m[2] if m else -1, m[4] == 0 if m else False)
 
 

@@ -507,7 +507,7 @@ def parse_expectation(payload: bytes) -> KernelExpectation | None:
 
     name = a.get(CTA_EXPECT_HELP_NAME)
     return KernelExpectation(
-        helper=name.rstrip(b"\0").decode() if name else None,
+        helper=L.c_string(name) if name else None,
         class_id=u32(CTA_EXPECT_CLASS), tuple=tup, mask=msk, master=mst,
         timeout=u32(CTA_EXPECT_TIMEOUT), flags=u32(CTA_EXPECT_FLAGS), id=u32(CTA_EXPECT_ID),
         zone=struct.unpack("!H", a[CTA_EXPECT_ZONE])[0] if CTA_EXPECT_ZONE in a else 0)
@@ -563,7 +563,7 @@ class ExpectationEvent:
         ev = cls.__new__(cls)
         ev.kind, ev._payload, ev._expectation, ev._master_raw, ev._mask, ev._master = \
             kind, payload, None, master, None, None
-        ev.helper = _helper_name(name) if name else None
+        ev.helper = L.c_string(name) if name else None
         ev.tuple_ints, ev.mask_key = tuple_ints, mask
         return ev
 
@@ -594,14 +594,8 @@ class ExpectationEvent:
         return self._expectation
 
 
-@lru_cache(maxsize=64)
-def _helper_name(raw: bytes) -> str:
-    return raw.rstrip(b"\0").decode("ascii", "replace")
-
-
 # what ExpectationEvent.peek reads of an event, in this order
 _PEEKED = (CTA_EXPECT_TUPLE, CTA_EXPECT_MASK, CTA_EXPECT_MASTER, CTA_EXPECT_HELP_NAME)
-_NLA = struct.Struct("=HH")
 
 
 class _EventLayout:
@@ -619,12 +613,12 @@ class _EventLayout:
         fmt, pos, off, end = "=", 0, 4, len(payload)
         spans: dict[int, tuple[int, int]] = {}
         while off + 4 <= end:  # (parse_attrs' walk, keeping where each header lies)
-            n, t = _NLA.unpack_from(payload, off)
+            n, t = L.NLA_HEADER.unpack_from(payload, off)
             fmt += f"{off - pos}x4s"
             pos = off + 4
             if n < 4:
                 break
-            spans[t & 0x3FFF] = (off + 4, off + n)  # (of an attribute given twice the last counts)
+            spans[t & L.NLA_TYPE_MASK] = (off + 4, off + n)  # (of an attribute given twice the last counts)
             off += (n + 3) & ~3
         self.heads = struct.Struct(fmt).unpack_from
         self.known = self.heads(payload)

@@ -91,12 +91,12 @@ SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # asm-generic/socket.h; Python names ne
 _QUEUE = NFNL_SUBSYS_QUEUE << 8
 _NLH = struct.Struct("=IHHII")
 _NFGEN = struct.Struct("!BBH")
-_NLA = struct.Struct("=HH")
+_NLA = L.NLA_HEADER  # (module names: read for every attribute)
 _PKT_HDR = struct.Struct("!IHB")  # struct nfqnl_msg_packet_hdr (packed)
 _VERDICT_HDR = struct.Struct("!II")  # struct nfqnl_msg_verdict_hdr
 _BE32 = struct.Struct("!I")
 _BE16 = struct.Struct("!H")
-_NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
+_NLA_TYPE_MASK = L.NLA_TYPE_MASK
 
 # Socket buffer accounting (sk_rmem_alloc counts each message's skb truesize): a message is its
 # packet plus at most this much metadata (headers, interfaces, conntrack with labels and seqadj);
@@ -303,15 +303,10 @@ def _conntrack_spans(b, span: tuple[int, int]) -> tuple[list, tuple | None, tupl
 def _conntrack_at(b, spans: list, name: tuple | None, info: tuple | None) -> Conntrack:
     orig, reply, status, ct_id, _help, master, mark, zone = spans
     return Conntrack(_tuple(b, orig), _tuple(b, reply), _u32(b, status, 0), _u32(b, ct_id, None),
-                     _helper_name(bytes(b[name[0]:name[1]])) if name is not None else None,
+                     L.c_string(bytes(b[name[0]:name[1]])) if name is not None else None,
                      bytes(b[info[0]:info[1]]) if info is not None else None,
                      _tuple(b, master) if master is not None else None,
                      _u32(b, mark, 0), _BE16.unpack_from(b, zone[0])[0] if zone else 0)
-
-
-@lru_cache(maxsize=64)
-def _helper_name(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
 
 
 # raw NFQA_CT kept decoded: the packets of a flow within a second (CTA_TIMEOUT counts

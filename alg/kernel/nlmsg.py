@@ -13,6 +13,7 @@ import ipaddress
 import select
 import socket
 import struct
+from functools import lru_cache
 
 NETLINK_NETFILTER = 12
 NLMSG_ERROR = 2
@@ -34,8 +35,9 @@ NFNL_SUBSYS_CTHELPER = 9
 
 _NLH = struct.Struct("=IHHII")
 _NFGEN = struct.Struct("!BBH")
-_NLA = struct.Struct("=HH")
-_NLA_PACK = _NLA.pack
+NLA_HEADER = struct.Struct("=HH")  # struct nlattr: nla_len, nla_type
+NLA_TYPE_MASK = 0x3FFF  # an attribute's type without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+_NLA_PACK = NLA_HEADER.pack
 
 
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")  # by length % 4: what pads an attribute to 4 bytes
@@ -69,6 +71,14 @@ def asciiz(s: str) -> bytes:
     return s.encode() + b"\0"
 
 
+@lru_cache(maxsize=64)
+def c_string(raw: bytes) -> str:
+    """A name as the kernel writes it (nla_put_string: its characters, then a NUL): up to the
+    first NUL, ASCII, anything else replaced. Kept: the same few helper names come with
+    every queued packet and expectation event."""
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
+
+
 def message(subsys: int, msg: int, flags: int, family: int, body: bytes, seq: int = 0, pid: int = 0,
             res_id: int = 0) -> bytes:
     """nlmsghdr + nfgenmsg + attributes (``res_id``: the queue number for nfnetlink_queue)."""
@@ -81,10 +91,10 @@ def parse_attrs(data: bytes, off: int = 0, end: int | None = None) -> dict[int, 
     out: dict[int, bytes] = {}
     end = len(data) if end is None else end
     while off + 4 <= end:
-        n, t = _NLA.unpack_from(data, off)
+        n, t = NLA_HEADER.unpack_from(data, off)
         if n < 4:
             break
-        out[t & 0x3FFF] = data[off + 4 : off + n]
+        out[t & NLA_TYPE_MASK] = data[off + 4 : off + n]
         off += (n + 3) & ~3
     return out
 
