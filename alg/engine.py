@@ -597,7 +597,7 @@ class Engine:
         decisions: list[Decision] = []
         helper = flow.helper.helper
         tup, state = flow.tuple, flow.state
-        expected = flow.expected if flow.related_to is None else _expected(flow)  # (_expected, without its call)
+        expected = _expected(flow)  # (once, not per message)
         if stream.resync:
             skip = helper.resync(Segment(stream.buf, direction, tup, now, expected), state)
             if skip is NEED_DATA:
