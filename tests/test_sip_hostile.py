@@ -9,6 +9,7 @@ benchmarks/bench_sip_hostile.py.
 
 from __future__ import annotations
 
+import random
 import sys
 
 import pytest
@@ -226,3 +227,29 @@ def test_state_size_does_not_walk_the_transactions(monkeypatch):
     monkeypatch.setattr(sys, "getsizeof", lambda o: calls.append(o) or real(o))
     d.state.size()
     assert len(calls) <= 8  # the state, its three tables, two TCP scans (not 300 transactions and dialogs)
+
+
+def test_cseq_read_by_the_search_that_finds_it_is_what_the_general_reading_gives():
+    """Message.cseq reads the usual one-line CSeq with the search that finds the header
+    (grammar.CSEQ_FIELDS: a bounded method run, so a long method costs no more than a short one),
+    anything else the general way (parse_cseq of its value): on random values (blanks, tabs,
+    case, numbers past 32 bits, methods at and past MAX_METHOD, continuation lines, more on the
+    line) both readings must agree."""
+    rng = random.Random(7)
+    n = grammar.MAX_METHOD
+    pieces = ([b"", b" ", b"\t", b"\r\n "], [b"1", b"4294967295", b"12345678901", b"", b"x"],
+              [b" ", b"\t ", b"", b"\r\n "],
+              [b"INVITE", b"invite", b"A" * n, b"A" * (n + 1), b"A" * (5 * n), b"", b";"],
+              [b"", b"", b" ", b"\r", b" x", b"\r\n more", b"\r\n\t"])
+    read = 0
+    for _ in range(5000):
+        value = b"".join(rng.choice(p) for p in pieces)
+        data = b"OPTIONS sip:b@10.0.2.2 SIP/2.0\r\nCSeq:" + value + b"\r\nTo: <sip:b@10.0.2.2>\r\n\r\n"
+        try:
+            m = grammar.parse(data, False, 65535)
+        except alg.ProtocolViolation:
+            continue
+        assert m.cseq() == grammar.parse_cseq(m.first(grammar.CSEQ_HEADER)), value
+        read += m.cseq() is not None
+    assert read > 200  # (the usual form was among them)
+

@@ -147,7 +147,7 @@ class Message:
         num, method = m.groups()
         if num is None:
             return parse_cseq(self.first(CSEQ_HEADER))
-        return (int(num), method.upper()) if len(method) <= MAX_METHOD else None
+        return int(num), method.upper()
 
 
 class Incomplete(Exception):
@@ -538,12 +538,14 @@ _SEARCH.update((n, _compile(n)) for n in (b"call-id", b"cseq", b"content-length"
 CALL_ID_HEADER, CSEQ_HEADER, CONTENT_TYPE_HEADER, CONTENT_LENGTH_HEADER = (
     _SEARCH[n] for n in (b"call-id", b"cseq", b"content-type", b"content-length"))
 # the first CSeq header (as CSEQ_HEADER finds it: CSeq has no compact form) and, when its
-# value is the usual one line that CSEQ matches (number, blanks, method, then the line ends:
-# neither more bytes nor a continuation line), the number and method (groups 1, 2; else None:
-# Message.cseq reads it the general way). The runs are possessive over disjoint classes:
-# nothing is given back
+# value is the usual one line that CSEQ matches (number, blanks, a method of at most
+# MAX_METHOD bytes, then the line ends: neither more bytes nor a continuation line), the
+# number and method (groups 1, 2; else None: Message.cseq reads it the general way, which
+# refuses a longer method). The runs are possessive over disjoint classes and bounded:
+# nothing is given back, and a long method costs no more than a short one
 CSEQ_FIELDS = re.compile(
-    rb"\ncseq[ \t]*+:[ \t]*+(?:([0-9]{1,10})[ \t]++(" + _TOKEN + rb"+)[ \t\r]*+(?![^\n]|\n[ \t]))?", re.IGNORECASE)
+    rb"\ncseq[ \t]*+:[ \t]*+(?:([0-9]{1,10})[ \t]++(" + _TOKEN[:-1] + rb"{1,%d}+)[ \t\r]*+(?![^\n]|\n[ \t]))?"
+    % MAX_METHOD, re.IGNORECASE)
 
 
 # Via = sent-protocol LWS sent-by *( SEMI via-params ) (§20.42, §25.1); the
