@@ -234,16 +234,17 @@ if [ -n "${FTP_LOAD_ALG_B:-}" ]; then
         load "$run" "$ALG_PID"
     done
 fi
-# FTP_LOAD_PROFILE=1 (passed in with -e): then the same load once more with alg under cProfile, and where
-# its time went (the profiler slows alg down: that run's figures are not comparable, the shares are)
+# FTP_LOAD_PROFILE=1 (passed in with -e): then the same load once more with alg under a sampling
+# profiler (benchmarks/sample_profile.py: cProfile's clock reads are system calls here), and where its
+# CPU time went (the profiler costs alg a little: that run's figures are not compared, the shares are)
 if [ -n "${FTP_LOAD_PROFILE:-}" ]; then
     stop_alg
-    start_alg "$ALG_ROOT/.venv/bin/python" -m cProfile -o "$OUT/alg.prof" -m alg
+    start_alg "$ALG_ROOT/.venv/bin/python" "$ALG_ROOT/benchmarks/sample_profile.py" "$OUT/alg-profile.txt" alg
     raw_helper alg-ftp
-    load alg-cprofile "$ALG_PID"
+    warm_up
+    load alg-profiled "$ALG_PID"
     stop_alg  # (the profile is written as alg exits)
-    "$ALG_ROOT/.venv/bin/python" -c 'import pstats, sys
-pstats.Stats(sys.argv[1]).sort_stats("tottime").print_stats(35)' "$OUT/alg.prof" | grep -v "^$" | head -50
+    cat "$OUT/alg-profile.txt"
 fi
 
 # alg-2w: two workers. The map `alg rules --nft` prints hashes the control connection's addresses
