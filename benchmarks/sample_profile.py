@@ -69,7 +69,13 @@ def main() -> None:
         sys.exit(__doc__)
     out, module = sys.argv[1], sys.argv[2]
     sampler = Sampler()
-    atexit.register(lambda: open(out, "w").write(sampler.report()))
+
+    def write() -> None:
+        signal.setitimer(signal.ITIMER_PROF, 0)  # (a sample taken while the counts are read changes them)
+        with open(out, "w") as f:
+            f.write(sampler.report())
+
+    atexit.register(write)
     signal.signal(signal.SIGPROF, sampler.tick)
     signal.setitimer(signal.ITIMER_PROF, INTERVAL, INTERVAL)
     sys.argv = [module, *sys.argv[3:]]
