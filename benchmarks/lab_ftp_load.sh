@@ -106,7 +106,7 @@ unmatched() {  # LOG EVENTS: the 227s of ftp_load.py's --log LOG (client port, d
 field() {  # NAME LINE: the value after NAME in ftp_load.py's line of names and values
     awk -v k="$1" '{for (i = 1; i < NF; i++) if ($i == k) {print $(i + 1); exit}}' <<<"$2"
 }
-declare -A P50 P99 WORK PER_S US_PER_Q
+declare -A P50 P99 MEAN WORK PER_S US_PER_Q
 load() {  # LABEL [PID...]: the load, the expectations it made, the helper PIDs' cost; sets P50[LABEL] P99[LABEL]
     local label=$1 pids=("${@:2}") ev line n t0 t1 s0 s1 c0 c1 q pkts acks pasv replies cpu_gen u s e0 e1 r0 r1 w0 w1 \
         data failed listener x0 x1
@@ -132,9 +132,10 @@ load() {  # LABEL [PID...]: the load, the expectations it made, the helper PIDs'
     n=$(grep -c "\[NEW\]" "$OUT/$label-exp.txt")
     pasv=$(field pasv "$line"); replies=$(field replies227 "$line"); cpu_gen=$(field cpu_ms "$line")
     data=$(field data "$line"); failed=$(field data_failed "$line")
-    P50[$label]=$(field p50_us "$line"); P99[$label]=$(field p99_us "$line"); PER_S[$label]=$(field per_s "$line")
+    P50[$label]=$(field p50_us "$line"); P99[$label]=$(field p99_us "$line"); MEAN[$label]=$(field mean_us "$line")
+    PER_S[$label]=$(field per_s "$line")
     US_PER_Q[$label]=$(awk -v t=$((u + s)) -v q="$q" -v hz="$HZ" 'BEGIN {if (q > 0) printf "%.0f", 1e6 * t / hz / q}')
-    : "${P50[$label]:=0}" "${P99[$label]:=0}" "${replies:=0}"
+    : "${P50[$label]:=0}" "${P99[$label]:=0}" "${MEAN[$label]:=0}" "${replies:=0}"
     printf 'ftp-load %-10s %s; %.1f s\n' "$label" "$line" "$(( (w1 - w0) / 1000000 ))e-3"
     WORK[$label]=$(awk -v a="$replies" -v x=$((e1 - e0)) -v d="${data:-0}" -v f="${failed:-0}" -v w=$((w1 - w0)) 'BEGIN {
         printf "%d 227 answers, %d expectations created (%.1f%%, %.1f/s), %d of %d data connections failed", \
@@ -349,7 +350,8 @@ cost = {name: timeit.timeit(f, number=n) / n * 1e6 for name, f in (
     ("select() of nothing", lambda: select.select([], [], [], 0)), ("a Python call", lambda: None))}
 print("; ".join(f"{k} {v:.2f} us" for k, v in cost.items()))'
 for label in conntrackd alg; do
-    echo "ftp-load $label adds p50 $(( P50[$label] - P50[none] )) us, p99 $(( P99[$label] - P99[none] )) us to a PASV round trip"
+    echo "ftp-load $label adds p50 $(( P50[$label] - P50[none] )) us, p99 $(( P99[$label] - P99[none] )) us," \
+        "mean $(( MEAN[$label] - MEAN[none] )) us to a PASV round trip"
 done
 awk -v a=$(( P50[alg] - P50[none] )) -v c=$(( P50[conntrackd] - P50[none] )) \
     'BEGIN {if (c > 0) printf "ftp-load alg adds %.2fx the p50 latency conntrackd adds\n", a / c}'
@@ -357,9 +359,10 @@ for label in none conntrackd alg; do echo "ftp-load work $label: ${WORK[$label]}
 for label in alg alg-b alg-again; do  # (alg-b and alg-again: with FTP_LOAD_ALG_B only)
     [ -n "${PER_S[$label]:-}" ] && awk -v l="$label" -v r="${PER_S[$label]}" -v c="${PER_S[conntrackd]:-0}" \
         -v a=$(( P50[$label] - P50[none] )) -v ac=$(( P50[conntrackd] - P50[none] )) -v u="${US_PER_Q[$label]:-0}" \
-        -v uc="${US_PER_Q[conntrackd]:-0}" 'BEGIN {if (c > 0 && ac > 0 && uc > 0)
-        printf "ftp-load %s vs conntrackd: %.2fx the rate, %.2fx the added p50, %.2fx the CPU per queued packet (%d us)\n",
-            l, r / c, a / ac, u / uc, u}'
+        -v uc="${US_PER_Q[conntrackd]:-0}" -v m=$(( MEAN[$label] - MEAN[none] )) \
+        -v mc=$(( MEAN[conntrackd] - MEAN[none] )) 'BEGIN {if (c > 0 && ac > 0 && uc > 0 && mc > 0)
+        printf "ftp-load %s vs conntrackd: %.2fx the rate, %.2fx the added p50, %.2fx the added mean, " \
+            "%.2fx the CPU per queued packet (%d us)\n", l, r / c, a / ac, m / mc, u / uc, u}'
 done
 echo "ftp-load alg-2w adds p50 $(( P50[alg-2w] - P50[none] )) us, p99 $(( P99[alg-2w] - P99[none] )) us to a PASV round trip"
 awk -v a=$(( P50[alg-2w] - P50[none] )) -v c=$(( P50[conntrackd] - P50[none] )) \

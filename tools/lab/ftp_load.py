@@ -17,7 +17,7 @@ the helper acted on the 227, whatever an event listener saw. The rounds start wh
 ends, all connections at once, so the helper is loaded as it was; their round trips are not in
 the PASV figures. Prints one line of names and values:
 
-    pasv N p50_us P p99_us Q per_s R errors E cpu_ms C replies227 A data D data_failed F
+    pasv N p50_us P p99_us Q mean_us M per_s R errors E cpu_ms C replies227 A data D data_failed F
 
 --sources ADDR,...: connection i (control and data) leaves from the i-th address, round robin (the
 client must hold them): a hash of the addresses that spreads control connections over helper
@@ -26,9 +26,11 @@ instances (`alg rules` with workers > 1) sees one pair of hosts per source, not 
 --log FILE: one line per 227 read, 'CLIENT_PORT DATA_PORT' (the control connection's own port and
 the one the 227 names), to match against the expectation events.
 
-(per_s: PASV answers per second of the PASV phase; A: every 227 read, both phases; C: this
-process's own CPU time, user and system: under emulation the load generator shares the VM's CPUs
-with the helper it measures, so its share is part of the result.)
+(per_s: PASV answers per second of the PASV phase; M: the mean round trip, which in this closed
+loop is the connections over the rate (Little's law): two helpers carrying the same rate add the
+same mean, and differ only in how their round trips spread about it; A: every 227 read, both
+phases; C: this process's own CPU time, user and system: under emulation the load generator shares
+the VM's CPUs with the helper it measures, so its share is part of the result.)
 """
 
 from __future__ import annotations
@@ -165,10 +167,11 @@ def main() -> int:
     tail = (f"errors {len(tally.errors)} cpu_ms {time.process_time() * 1e3:.0f} replies227 {tally.replies} "
             f"data {tally.data} data_failed {tally.data_failed}")
     if len(times) < 2:
-        print(f"pasv {len(times)} p50_us 0 p99_us 0 per_s 0 {tail} {tally.errors[:1]}")
+        print(f"pasv {len(times)} p50_us 0 p99_us 0 mean_us 0 per_s 0 {tail} {tally.errors[:1]}")
         return 1
     q = statistics.quantiles(times, n=100)
     print(f"pasv {len(times)} p50_us {q[49] * 1e6:.0f} p99_us {q[98] * 1e6:.0f} "
+          f"mean_us {statistics.fmean(times) * 1e6:.0f} "
           f"per_s {len(times) / max(tally.pasv_end - start, 1e-9):.1f} {tail}")
     return 0
 
