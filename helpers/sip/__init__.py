@@ -217,6 +217,7 @@ MAX_PENDING_REGISTERS = 4  # REGISTER transactions per flow holding Contacts (ol
 KEEPALIVE = (b"\r", b"\n")  # the bytes a CRLF keep-alive (RFC 5626 §3.5.1) starts with
 PREFIX_CHECK = 16  # first bytes of a TCP buffer compared to tell it is the one scanned before
 MAX_MEDIA_LINES = 32  # m= lines read per message (all SDP bodies together)
+_ORIGINAL = Direction.ORIGINAL  # (looked up through its class, an enum member costs 60 ns more)
 
 
 class Transaction:
@@ -264,8 +265,9 @@ class SipState:
               old: Transaction | None) -> None:
         """A new transaction (in place of `old`, the one of the same key, whose request
         went the other way); the oldest are forgotten past `limit`."""
+        tag, number, method = key
         size = sys.getsizeof
-        held = _ENTRY + size(key[0]) + size(key[1]) + size(key[2])
+        held = _ENTRY + size(tag) + size(number) + _BYTES + len(method)  # (the method's size without a call)
         table = self.transactions
         table[key] = Transaction(direction, held)
         self.held += held if old is None else held - old.held
@@ -317,6 +319,9 @@ def _key_size(key: tuple) -> int:
 # a transaction's key tuple, the Transaction and its empty statuses: what every one holds besides its
 # key's Call-ID, CSeq number and method
 _ENTRY = sys.getsizeof(("", 0, b"")) + sys.getsizeof(Transaction(Direction.ORIGINAL)) + sys.getsizeof(())
+
+
+_BYTES = sys.getsizeof(b"")  # a bytes object's size without its bytes: sys.getsizeof(b) == _BYTES + len(b)
 
 
 def _bindings_size(key: tuple, contacts: tuple[Contact, ...]) -> int:
@@ -547,7 +552,7 @@ class SipHelper(alg.Helper):
         lines, media_lines, capped = sdp.MAX_LINES * 2, MAX_MEDIA_LINES, 0
         # what every stream of the message is checked against, read once
         flow, under_nat = seg.flow, seg.nat is not None
-        sender, receiver = (flow.src, flow.dst) if seg.direction == Direction.ORIGINAL else (flow.dst, flow.src)
+        sender, receiver = (flow.src, flow.dst) if seg.direction == _ORIGINAL else (flow.dst, flow.src)
         src = receiver if opts["direct_media"] else None
         for body, off in bodies:
             session = sdp.parse(body, base + off, media_lines, lines)

@@ -264,21 +264,17 @@ def parse(data: bytes, stream: bool, max_message: int) -> Message:
             end, sep, bad = bad.start(), 2, None
         else:
             end, sep = crlf, 4
-        return _framed(data, parse_head(data, end, sep, stream, max_message, bad), stream)
-    end = data.find(b"\n\n")
-    if end >= 0:
-        sep = 2
-    elif stream:
-        if len(data) > max_message:
-            raise alg.ProtocolViolation(f"no end of SIP headers within {max_message} bytes")
-        raise Incomplete
     else:
-        end, sep = len(data.rstrip(b"\r\n")), 0  # a datagram without the empty line: all headers
-    return _framed(data, parse_head(data, end, sep, stream, max_message), stream)
-
-
-def _framed(data: bytes, msg: Message, stream: bool) -> Message:
-    """`msg` with its body, once all of it is in `data`."""
+        end = data.find(b"\n\n")
+        if end >= 0:
+            sep = 2
+        elif stream:
+            if len(data) > max_message:
+                raise alg.ProtocolViolation(f"no end of SIP headers within {max_message} bytes")
+            raise Incomplete
+        else:
+            end, sep = len(data.rstrip(b"\r\n")), 0  # a datagram without the empty line: all headers
+    msg = parse_head(data, end, sep, stream, max_message, bad if crlf >= 0 else True)  # True: lines not checked yet
     if msg.length > len(data):
         if stream:
             raise Incomplete

@@ -49,6 +49,9 @@ MAX_BODY_LINES = 128  # SDP m=, c=, a=rtcp lines read over all bodies (as many a
 MAX_MEDIA = 32  # m= lines read per body (the helper reads as many per message)
 # what the NAT does to an endpoint a header names: not of the flow's family (or a name), left, moved
 _FOREIGN, _KEPT, _MOVED = 0, 1, 2
+# the enum members a message's spans name, looked up once: through their class each lookup costs
+# 60 ns more (Python 3.11's EnumType), and a message under NAT names a dozen
+_HOST_PORT, _ADDR, _PORT, _ORIGINAL = Form.HOST_PORT, Form.ADDR, Form.PORT, Direction.ORIGINAL
 
 
 class _Spans:
@@ -84,7 +87,7 @@ class _Spans:
         if known is None:
             addr = grammar.ip_literal(host)
             known = self.mapped[key] = (self._how(addr, port), addr)
-        self._name(at, text, known[1], port, Form.HOST_PORT, known[0])
+        self._name(at, text, known[1], port, _HOST_PORT, known[0])
 
     def _how(self, addr: Any, port: int | None) -> int:
         """What the NAT does to addr:port: _FOREIGN, _KEPT or _MOVED."""
@@ -132,13 +135,13 @@ class _Spans:
             to = self.nat.map(self.direction, conn.addr, None)
             moved = self.moved[conn.text] = to is not None and to[0] != conn.addr
         if moved:
-            self.out.append(_rewrite(conn.where[0], conn.where[1], conn.addr, None, Form.ADDR))
+            self.out.append(_rewrite(conn.where[0], conn.where[1], conn.addr, None, _ADDR))
 
     def port(self, where: tuple[int, int], conn: sdp.Connection | None, port: int) -> None:
         """An SDP port (offsets in the segment): the media endpoint an Expect names (the
         core knows where it went)."""
         if conn is not None and conn.addr is not None and conn.family == self.l3:
-            self.out.append(_rewrite(where[0], where[1], conn.addr, port, Form.PORT))
+            self.out.append(_rewrite(where[0], where[1], conn.addr, port, _PORT))
 
 
 # a message under NAT names several
@@ -157,7 +160,7 @@ def spans(msg: grammar.Message, seg: alg.Segment, base: int) -> list:
     """The Rewrite and Length actions of one message under `seg.nat`."""
     s = _Spans(seg, msg.head, base)
     nat = s.nat
-    here, there = (nat.original, nat.reply) if seg.direction is Direction.ORIGINAL else (nat.reply, nat.original)
+    here, there = (nat.original, nat.reply) if seg.direction is _ORIGINAL else (nat.reply, nat.original)
     if msg.method is not None:
         s.uri(msg.uri, len(msg.method) + 1)
     _via(s, msg, seg, here, there)
@@ -197,14 +200,14 @@ def _via(s: _Spans, msg: grammar.Message, seg: alg.Segment, here: alg.FlowTuple,
         if name == b"maddr":  # RFC 3261 §18.2.1: where to send the response; written bracketed
             a = grammar.ip_literal(value) or _literal(value)
             if a == here.src and a != there.dst:
-                s.endpoint(h.offset + at, value, a, None, Form.HOST_PORT)
+                s.endpoint(h.offset + at, value, a, None, _HOST_PORT)
         elif name == b"received":  # the address the request came from
             a = _literal(value)
             if a == here.dst and a != there.src:
-                s.endpoint(h.offset + at, value, a, None, Form.ADDR)
+                s.endpoint(h.offset + at, value, a, None, _ADDR)
         elif name == b"rport" and value.isdigit() and len(value) <= 5:  # RFC 3581: the port it came from
             if int(value) == here.dport != there.sport:
-                s.endpoint(h.offset + at, value, here.dst, int(value), Form.PORT)
+                s.endpoint(h.offset + at, value, here.dst, int(value), _PORT)
 
 
 def _literal(text: bytes) -> Any:
