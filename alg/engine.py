@@ -717,7 +717,7 @@ class Engine:
         # the sender's own port on this flow is reached outside where the NAT put it (nf_nat_sip:
         # "if the signalling port matches the connection's source port ... use the destination
         # port in the opposite direction"): an M-SEARCH answered on its masqueraded port
-        own = flow.tuple.sport if direction is Direction.ORIGINAL else flow.tuple.dport
+        own = flow.tuple.sport if direction is _ORIGINAL else flow.tuple.dport
         mapped = nat.map(direction, sender, own)
         base = {a.dport: a.dport for a in inside}
         if mapped is not None and mapped[1] is not None and own in base:
@@ -972,7 +972,7 @@ def _nat(flow: Flow) -> NatMap | None:
 
 
 def _sender(flow: Flow, direction: Direction) -> Any:
-    return flow.tuple.src if direction is Direction.ORIGINAL else flow.tuple.dst
+    return flow.tuple.src if direction is _ORIGINAL else flow.tuple.dst
 
 
 def _expected(flow: Flow) -> bool:
@@ -988,7 +988,7 @@ def _reopens(flow: Flow, pkt: Packet) -> bool:
     """A SYN (without ACK) whose sequence number is not the flow's own."""
     if pkt.tcp_flags & 0x12 != 0x02 or flow.streams is None:
         return False
-    nxt = flow.streams[Direction.ORIGINAL].next_seq
+    nxt = flow.streams[_ORIGINAL].next_seq
     return nxt is not None and nxt != (pkt.seq + 1) % (1 << 32)
 
 

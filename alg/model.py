@@ -86,6 +86,9 @@ class Direction(enum.IntEnum):
     REPLY = 1
 
 
+_ORIGINAL = Direction.ORIGINAL  # (a module name: read off its class, an enum member costs 60 ns more)
+
+
 @dataclass(frozen=True, slots=True, eq=False, init=False)
 class FlowTuple:
     """A connection's original-direction tuple."""
@@ -165,19 +168,19 @@ class Segment:
 
     @property
     def sender(self) -> IPAddress:
-        return self.flow.src if self.direction is Direction.ORIGINAL else self.flow.dst
+        return self.flow.src if self.direction is _ORIGINAL else self.flow.dst
 
     @property
     def receiver(self) -> IPAddress:
-        return self.flow.dst if self.direction is Direction.ORIGINAL else self.flow.src
+        return self.flow.dst if self.direction is _ORIGINAL else self.flow.src
 
     @property
     def sender_port(self) -> int:
-        return self.flow.sport if self.direction is Direction.ORIGINAL else self.flow.dport
+        return self.flow.sport if self.direction is _ORIGINAL else self.flow.dport
 
     @property
     def receiver_port(self) -> int:
-        return self.flow.dport if self.direction is Direction.ORIGINAL else self.flow.sport
+        return self.flow.dport if self.direction is _ORIGINAL else self.flow.sport
 
 
 _SEGMENT, _OpenSegment = slot_setters(Segment), unfrozen(Segment)
