@@ -107,7 +107,7 @@ field() {  # NAME LINE: the value after NAME in ftp_load.py's line of names and 
     awk -v k="$1" '{for (i = 1; i < NF; i++) if ($i == k) {print $(i + 1); exit}}' <<<"$2"
 }
 declare -A P50 P99 MEAN WORK PER_S US_PER_Q
-load() {  # LABEL [PID...]: the load, the expectations it made, the helper PIDs' cost; sets P50[LABEL] P99[LABEL]
+load() {  # LABEL [PID...]: the load, the expectations it made, the helper PIDs' cost; sets its P50, P99, MEAN, PER_S, US_PER_Q, WORK
     local label=$1 pids=("${@:2}") ev line n t0 t1 s0 s1 c0 c1 q pkts acks pasv replies cpu_gen u s e0 e1 r0 r1 w0 w1 \
         data failed listener x0 x1
     lab_fw conntrack -F >/dev/null 2>&1
