@@ -18,7 +18,10 @@
 #               giving each new control connection one of them by a hash of its addresses; the
 #               connections leave from 8 client addresses (one each), picked 4 per instance (below)
 # For each: PASV round trips completed, their p50/p99, the rate, and the latency the helper adds (its
-# p50/p99 minus none's). Under TCG every figure is the emulator's; the ratio between the two helpers,
+# p50/p99 minus none's). Each connection asks again as soon as answered, so the helpers run saturated
+# and the rate says what each carries. none, conntrackd and alg run once more paced (none-paced ...):
+# FTP_LOAD_RATE (100) PASVs per second in all, below what either carries, where the round trip shows
+# what a helper adds to each packet (FTP_LOAD_RATE=0: not run). Under TCG every figure is the emulator's; the ratio between the two helpers,
 # measured in the same boot, is the result.
 # How much of the work each helper did (a `work` line): 227 answers read against expectations created,
 # counted by the kernel (expect_create of `conntrack -S expect` in lab-fw, before and after), and the
@@ -41,6 +44,7 @@ RUN=/run/alg-lab/ftpload; OUT=$LAB_SCRATCH/ftpload
 rm -rf "$RUN"; mkdir -p "$RUN/root" "$RUN/policy" "$OUT"
 SYS_PY="/usr/bin/python3 -I"            # has pyftpdlib (Debian package)
 CONNS=${FTP_LOAD_CONNECTIONS:-8}; SECS=${FTP_LOAD_SECONDS:-20}; ROUNDS=${FTP_LOAD_DATA_ROUNDS:-3}
+RATE=${FTP_LOAD_RATE:-100}  # PASV exchanges per second of the paced runs (0: none)
 SOCK=$RUN/alg.sock; POLICY=$RUN/policy
 PIDS=(); CTD_PID=; ALG_PID=
 QUEUES=5; LOAD_ARGS=()  # what load() counts as queued (queues summed), what ftp_load.py gets besides
@@ -171,9 +175,18 @@ raw_helper() {  # NAME: the control connections get helper NAME; their packets a
     [ -n "$1" ] && lab_fw iptables -t raw -A PREROUTING -p tcp --dport 21 -j CT --helper "$1"
 }
 
+paced() {  # LABEL [PID...]: load() again with the PASVs paced at RATE per second in all, as LABEL-paced
+    [ "$RATE" = 0 ] && return
+    local saved=("${LOAD_ARGS[@]}")
+    LOAD_ARGS+=(--rate "$RATE")
+    load "$1-paced" "${@:2}"
+    LOAD_ARGS=("${saved[@]}")
+}
+
 raw_helper ""
 warm_up
 load none
+paced none
 
 nfct add helper ftp inet tcp || { echo "FAIL nfct add helper ftp"; exit 1; }
 conntrackd_conf "$RUN/conntrackd.conf" "$RUN" ftp tcp 5 1 300
@@ -185,6 +198,7 @@ done
 raw_helper ftp
 warm_up
 load conntrackd "$CTD_PID"
+paced conntrackd "$CTD_PID"
 kill "$CTD_PID"; wait "$CTD_PID" 2>/dev/null; CTD_PID=
 raw_helper ""; lab_fw conntrack -F >/dev/null 2>&1  # a helper in use cannot be removed (EBUSY)
 nfct del helper ftp inet tcp
@@ -218,6 +232,7 @@ $SYS_PY -c 'import json, sys
 d = json.load(open(sys.argv[1]))
 print("alg status: %s held, %s left to the kernel to evict" % (d.get("expectations"), d.get("evicted_by_kernel")))' \
     "$OUT/alg-status.json"
+paced alg "$ALG_PID"
 # FTP_LOAD_ALG_B=DIR (passed in with -e): then the same load with another version of alg (alg-b: DIR holds
 # its alg and alg_helpers, as `git archive REV alg helpers` gives them with helpers renamed; python -P keeps
 # the current folder's alg off the path) and with this one again (alg-again): a before and after in one
@@ -356,6 +371,17 @@ done
 awk -v a=$(( P50[alg] - P50[none] )) -v c=$(( P50[conntrackd] - P50[none] )) \
     'BEGIN {if (c > 0) printf "ftp-load alg adds %.2fx the p50 latency conntrackd adds\n", a / c}'
 for label in none conntrackd alg; do echo "ftp-load work $label: ${WORK[$label]}"; done
+if [ "$RATE" != 0 ]; then  # the paced runs: what each helper adds to a round trip below saturation
+    for label in conntrackd alg; do
+        echo "ftp-load paced at $RATE PASV/s: $label adds p50 $(( P50[$label-paced] - P50[none-paced] )) us," \
+            "p99 $(( P99[$label-paced] - P99[none-paced] )) us, mean $(( MEAN[$label-paced] - MEAN[none-paced] )) us" \
+            "(${PER_S[$label-paced]} PASV answers/s)"
+    done
+    awk -v a=$(( P50[alg-paced] - P50[none-paced] )) -v c=$(( P50[conntrackd-paced] - P50[none-paced] )) \
+        -v m=$(( MEAN[alg-paced] - MEAN[none-paced] )) -v mc=$(( MEAN[conntrackd-paced] - MEAN[none-paced] )) \
+        'BEGIN {if (c > 0 && mc > 0) printf "ftp-load paced: alg adds %.2fx the p50, %.2fx the mean conntrackd adds\n", \
+            a / c, m / mc}'
+fi
 for label in alg alg-b alg-again; do  # (alg-b and alg-again: with FTP_LOAD_ALG_B only)
     [ -n "${PER_S[$label]:-}" ] && awk -v l="$label" -v r="${PER_S[$label]}" -v c="${PER_S[conntrackd]:-0}" \
         -v a=$(( P50[$label] - P50[none] )) -v ac=$(( P50[conntrackd] - P50[none] )) -v u="${US_PER_Q[$label]:-0}" \

@@ -19,6 +19,11 @@ the PASV figures. Prints one line of names and values:
 
     pasv N p50_us P p99_us Q mean_us M per_s R errors E cpu_ms C replies227 A data D data_failed F
 
+--rate R: an open loop instead: the connections' PASVs leave at R per second in all, evenly
+spaced, whenever the last answer came (a helper that cannot keep up shows as per_s below R). Well
+below what the helpers can carry, the round trip then shows what each adds to a packet, not how
+the queue behind a saturated one grows.
+
 --sources ADDR,...: connection i (control and data) leaves from the i-th address, round robin (the
 client must hold them): a hash of the addresses that spreads control connections over helper
 instances (`alg rules` with workers > 1) sees one pair of hosts per source, not one for the whole load.
@@ -112,7 +117,11 @@ def data_round(s: socket.socket, f, tally: Tally, timeout: float, source: str | 
     return True
 
 
-def session(host: str, until: float, rounds: int, timeout: float, tally: Tally, source: str | None = None) -> None:
+def session(host: str, until: float, rounds: int, timeout: float, tally: Tally, source: str | None = None,
+            interval: float = 0.0, offset: float = 0.0) -> None:
+    """One control connection: PASV in a loop until `until`, then `rounds` data rounds. With an
+    `interval`, each PASV leaves `interval` seconds after the last one left (the first `offset`
+    after the login), or at once when the last one's answer came later than that."""
     try:
         with socket.create_connection((host, 21), timeout=10, source_address=(source, 0) if source else None) as s:
             f = s.makefile("r", encoding="latin-1", newline="\r\n")
@@ -120,7 +129,11 @@ def session(host: str, until: float, rounds: int, timeout: float, tally: Tally, 
             for cmd in ("USER anonymous", "PASS lab@"):
                 s.sendall(cmd.encode() + b"\r\n")
                 read_reply(f)
+            due = time.monotonic() + offset
             while time.monotonic() < until:
+                if interval:
+                    time.sleep(max(0.0, due - time.monotonic()))
+                    due = max(due, time.monotonic()) + interval  # (one left late: the next counts from it)
                 t0 = time.perf_counter()
                 if pasv(s, f, tally) is None:
                     return
@@ -148,12 +161,16 @@ def main() -> int:
     p.add_argument("--data-timeout", type=float, default=2.0, metavar="T",
                    help="seconds a data connection may take to open (the first SYN retry comes at 1 s)")
     p.add_argument("--sources", metavar="ADDR,...", help="the client addresses the connections leave from, in turn")
+    p.add_argument("--rate", type=float, default=0.0, metavar="R",
+                   help="PASV exchanges per second over all connections, paced (0: each asks again once answered)")
     a = p.parse_args()
+    interval = a.connections / a.rate if a.rate > 0 else 0.0
     sources = a.sources.split(",") if a.sources else [None]
     until = time.monotonic() + a.seconds
     tally = Tally()
     threads = [threading.Thread(target=session, args=(a.host, until, a.data, a.data_timeout, tally,
-                                                      sources[i % len(sources)]))
+                                                      sources[i % len(sources)], interval,
+                                                      i * interval / a.connections))  # (evenly spaced)
                for i in range(a.connections)]
     start = time.monotonic()
     for t in threads:
