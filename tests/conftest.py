@@ -55,7 +55,7 @@ def lab_vm(request, tmp_path_factory):
     scratch = tmp_path_factory.mktemp("lab")
     os.environ["ALG_ROOT"] = str(ROOT)
     run = start_in_vm(str(ROOT / "tests" / "lab" / "run-all.sh"), *([] if names == LAB_SCENARIOS else names),
-                      scratch=scratch, timeout=3300, env={"ALG_ROOT": str(ROOT)})
+                      scratch=scratch, timeout=4500, env={"ALG_ROOT": str(ROOT)})
     yield scratch, run
     run.stop()  # an interrupted session leaves no VM behind
 
