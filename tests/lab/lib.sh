@@ -52,7 +52,24 @@ stop_alg() { kill -TERM "$ALG_PID" 2>/dev/null; wait "$ALG_PID"; local rc=$?; AL
 fw_reset() { lab_fw conntrack -F >/dev/null 2>&1; lab_fw conntrack -F expect >/dev/null 2>&1; }
 watch_start() {  # FILE: expectation events in lab-fw
     ip netns exec "$LAB_NS_FW" stdbuf -oL conntrack -E expect >"$1" 2>&1 & EW_PID=$!
-    sleep 0.3
+    wait_listening "$EW_PID"
+}
+# wait_listening PID: until the event listener PID (`conntrack -E` in lab-fw, or a shell whose child it
+# is) has joined its netlink groups, at most 20 s. A fixed 0.3-0.5 s was too short on a loaded machine:
+# the listener, not started yet, missed the first events (a rehearsal's discovery lost three of them).
+wait_listening() {
+    local i
+    for i in $(seq 100); do listening_events "$1" && return 0; sleep 0.2; done
+    return 1
+}
+listening_events() {  # PID: one of the netlink sockets of PID or its children in lab-fw has groups
+    local p inodes=" "
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+        inodes+=$(ls -l "/proc/$p/fd" 2>/dev/null | sed -n 's/.*socket:\[\([0-9]*\)\]$/\1/p' | tr '\n' ' ')
+    done
+    # /proc/net/netlink (of lab-fw's namespace): sk Eth Pid Groups ... Inode; NETLINK_NETFILTER is 12
+    ip netns exec "$LAB_NS_FW" awk -v s="$inodes" '$2 == 12 && $4 != "00000000" && index(s, " " $10 " ") {f = 1}
+        END {exit !f}' /proc/net/netlink
 }
 watch_stop() { sleep 0.3; kill -INT "$EW_PID" 2>/dev/null; wait "$EW_PID" 2>/dev/null; EW_PID=; }
 

@@ -152,7 +152,7 @@ drive() {  # PHASE DHCP_TIMEOUT
     zero
     # expectation events: nf_conntrack_events=2 reports only masters created while a listener exists
     start events "$LAB_NS_FW" stdbuf -oL conntrack -E expect
-    sleep 0.5
+    wait_listening "${PID[events]}"
     rm -f "$RUN/dh.leases"
     # -1: one try; with a lease it forks to the background (killed below by its pid file)
     start dhclient "$LAB_NS_FW" timeout "$2" dhclient -6 -1 -sf /bin/true -lf "$RUN/dh.leases" -pf "$RUN/dh.pid" s1
