@@ -19,10 +19,10 @@ the PASV figures. Prints one line of names and values:
 
     pasv N p50_us P p99_us Q mean_us M per_s R errors E cpu_ms C replies227 A data D data_failed F
 
---rate R: an open loop instead: the connections' PASVs leave at R per second in all, evenly
-spaced, whenever the last answer came (a helper that cannot keep up shows as per_s below R). Well
-below what the helpers can carry, the round trip then shows what each adds to a packet, not how
-the queue behind a saturated one grows.
+--rate R: an open loop instead: the PASVs leave R per second over all connections, evenly spaced;
+a connection whose answer came late asks at once, never in a burst (a helper that cannot keep up
+shows as per_s below R). Well below what the helpers can carry, the round trip then shows what
+each adds to a packet, not how the queue behind a saturated one grows.
 
 --sources ADDR,...: connection i (control and data) leaves from the i-th address, round robin (the
 client must hold them): a hash of the addresses that spreads control connections over helper
@@ -31,8 +31,8 @@ instances (`alg rules` with workers > 1) sees one pair of hosts per source, not 
 --log FILE: one line per 227 read, 'CLIENT_PORT DATA_PORT' (the control connection's own port and
 the one the 227 names), to match against the expectation events.
 
-(per_s: PASV answers per second of the PASV phase; M: the mean round trip, which in this closed
-loop is the connections over the rate (Little's law): two helpers carrying the same rate add the
+(per_s: PASV answers per second of the PASV phase; M: the mean round trip, which without --rate
+is the connections over the rate (Little's law): two helpers carrying the same rate add the
 same mean, and differ only in how their round trips spread about it; A: every 227 read, both
 phases; C: this process's own CPU time, user and system: under emulation the load generator shares
 the VM's CPUs with the helper it measures, so its share is part of the result.)
