@@ -94,7 +94,7 @@ round() {
     local who=$1 r0 line
     lab_fw conntrack -F >/dev/null 2>&1; lab_fw conntrack -F expect >/dev/null 2>&1
     ip netns exec "$LAB_NS_FW" stdbuf -oL conntrack -E expect >"$OUT/$who-expect-events.txt" 2>&1 & local ev=$!
-    sleep 0.3
+    wait_listening "$ev"
 
     r0=$(lab_nat_count related-in)
     # the public side's view of the TNS exchange: what the REDIRECT said when it arrived at all

@@ -91,7 +91,7 @@ lab_fw "$ALG" rules --nft --apply --nft-chain none --policy "$RUN/policy" >"$OUT
 lab_fw nft list table inet alg >"$OUT/nft.txt" 2>&1
 
 lab_fw conntrack -E expect >"$OUT/expect-events.txt" 2>&1 & EW=$!
-sleep 0.3
+wait_listening "$EW"
 d0=$(lab_fw_count related)
 lab_cli $SYS_PY "$RUN/get.py" "$LAB_SERVER4" $SOURCES >"$OUT/get1.log" 2>&1 \
     && pass downloads-from-8-sources || { fail downloads-from-8-sources; cat "$OUT/get1.log"; }
